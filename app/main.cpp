@@ -1,0 +1,82 @@
+// The pconv command: composes the subcommands, and maps every failure to one line on stderr
+// and a documented exit code (exit_codes.h).
+#include "commands/demo.h"
+#include "common.h"
+#include "exit_codes.h"
+
+#include <pconv/error.h>
+
+#include <c10/util/Exception.h>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/cfg/env.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <exception>
+#include <string>
+
+namespace {
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+void setup_logging() {
+  auto logger = spdlog::stderr_color_mt("pconv");
+  logger->set_pattern("pconv: %^%l%$: %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::info);
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug etc.
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace pconv::app;
+  setup_logging();
+
+  CLI::App app{"pconv: image inpainting with partial convolutions (Liu et al., ECCV 2018)",
+               "pconv"};
+  app.set_version_flag("--version", version_string(), "Print the version and exit");
+  app.require_subcommand(0, 1);  // none: usage error below, after CLI11 names unknown words
+  app.fallthrough();
+  int verbose = 0;
+  bool quiet = false;
+  app.add_flag("-v,--verbose", verbose, "More log output (-vv for everything)");
+  app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
+  app.parse_complete_callback([&] {
+    if (quiet) spdlog::set_level(spdlog::level::warn);
+    if (verbose > 0) spdlog::set_level(verbose > 1 ? spdlog::level::trace : spdlog::level::debug);
+  });
+  app.footer(
+      "Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 bad input file,\n"
+      "4 bad model file, 130 interrupted. Logging level also from SPDLOG_LEVEL.");
+
+  setup_demo(app);
+
+  try {
+    app.parse(argc, argv);
+    if (app.get_subcommands().empty()) {
+      throw CLI::RequiredError("a subcommand");
+    }
+  } catch (const CLI::ParseError& error) {
+    if (error.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
+      return app.exit(error);  // --help, --version
+    }
+    spdlog::error("{}", first_line(error.what()));
+    spdlog::error("run 'pconv --help' (or 'pconv SUBCOMMAND --help') for usage");
+    return kExitUsage;
+  } catch (const pconv::InputError& error) {
+    spdlog::error("{}", first_line(error.what()));
+    return kExitInput;
+  } catch (const pconv::ModelError& error) {
+    spdlog::error("{}", first_line(error.what()));
+    return kExitModel;
+  } catch (const c10::Error& error) {
+    spdlog::error("{}", first_line(error.what_without_backtrace()));
+    return kExitRuntime;
+  } catch (const std::exception& error) {
+    spdlog::error("{}", first_line(error.what()));
+    return kExitRuntime;
+  }
+  return kExitOk;
+}

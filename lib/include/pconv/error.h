@@ -1,0 +1,30 @@
+// The exceptions pconv throws for problems a caller can act on (bad input files, bad model
+// files); programming errors in tensor shapes are reported by TORCH_CHECK (c10::Error).
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace pconv {
+
+/// Base of every pconv exception; `what()` is one line, fit to show to a user.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// An input (image, mask, folder, dataset) that cannot be used: missing, unreadable, corrupt,
+/// or of the wrong size or kind. The message names the file.
+class InputError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A model or checkpoint file that cannot be used: missing, truncated, corrupt, or for another
+/// architecture. The message names the file.
+class ModelError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace pconv

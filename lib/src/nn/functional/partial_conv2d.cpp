@@ -1,0 +1,179 @@
+#include "pconv/nn/functional/partial_conv2d.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace pconv::nn::functional {
+namespace {
+
+int64_t mask_terms_groups(const torch::Tensor& mask, const PartialConv2dFuncOptions& options) {
+  // In padding mode every channel is valid, so the per-group ratio equals the one-channel one.
+  return mask.defined() && options.multi_channel() ? options.groups() : 1;
+}
+
+void check_input(const torch::Tensor& input) {
+  TORCH_CHECK(input.defined(), "partial_conv2d: input is undefined");
+  TORCH_CHECK(input.dim() == 4, "partial_conv2d: input must be 4-D (N, C_in, H, W); got ",
+              input.sizes());
+  TORCH_CHECK(input.is_floating_point(), "partial_conv2d: input must be floating point; got ",
+              input.scalar_type());
+}
+
+void check_mask(const torch::Tensor& mask, const torch::Tensor& input,
+                const PartialConv2dFuncOptions& options) {
+  if (!mask.defined()) return;
+  const int64_t channels = options.multi_channel() ? input.size(1) : 1;
+  const bool shape_ok = mask.dim() == 4 && (mask.size(0) == input.size(0) || mask.size(0) == 1) &&
+                        mask.size(1) == channels && mask.size(2) == input.size(2) &&
+                        mask.size(3) == input.size(3);
+  TORCH_CHECK(shape_ok, "partial_conv2d: mask must be (", input.size(0), " or 1, ", channels, ", ",
+              input.size(2), ", ", input.size(3), ") for input ", input.sizes(), " with a ",
+              options.multi_channel() ? "multi-channel" : "single-channel", " mask; got ",
+              mask.sizes());
+  TORCH_CHECK(mask.is_floating_point(), "partial_conv2d: mask must be floating point; got ",
+              mask.scalar_type());
+  TORCH_CHECK(mask.device() == input.device(), "partial_conv2d: mask is on ", mask.device(),
+              " but input is on ", input.device());
+}
+
+void check_weight(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                  const PartialConv2dFuncOptions& options) {
+  const int64_t groups = options.groups();
+  TORCH_CHECK(groups >= 1, "partial_conv2d: groups must be >= 1; got ", groups);
+  TORCH_CHECK(weight.defined() && weight.dim() == 4,
+              "partial_conv2d: weight must be 4-D (C_out, C_in / groups, kH, kW); got ",
+              weight.defined() ? weight.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(input.size(1) % groups == 0, "partial_conv2d: input channels (", input.size(1),
+              ") of input ", input.sizes(), " are not divisible by groups (", groups, ")");
+  TORCH_CHECK(weight.size(0) % groups == 0, "partial_conv2d: output channels of weight ",
+              weight.sizes(), " are not divisible by groups (", groups, ")");
+  TORCH_CHECK(weight.size(1) * groups == input.size(1), "partial_conv2d: input ", input.sizes(),
+              " has ", input.size(1), " channels but weight ", weight.sizes(), " with groups=",
+              groups, " expects ", weight.size(1) * groups);
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+              "partial_conv2d: bias must be (", weight.size(0), "); got ", bias.sizes());
+}
+
+}  // namespace
+
+PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
+                                                 const torch::Tensor& input,
+                                                 torch::ExpandingArray<2> kernel_size,
+                                                 const PartialConv2dFuncOptions& options) {
+  check_input(input);
+  check_mask(mask, input, options);
+  const int64_t in_channels = input.size(1);
+  TORCH_CHECK(in_channels % options.groups() == 0, "partial_conv2d: input channels (", in_channels,
+              ") of input ", input.sizes(), " are not divisible by groups (", options.groups(), ")");
+  const int64_t kernel_h = (*kernel_size)[0];
+  const int64_t kernel_w = (*kernel_size)[1];
+  const int64_t groups = mask_terms_groups(mask, options);
+  const auto terms_dtype = input.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+
+  torch::NoGradGuard no_grad;
+  // Valid counts summed over the channels of each group first, so that the window sum is one
+  // cheap depthwise k x k box filter instead of a C_out x C_in convolution of ones.
+  torch::Tensor channel_counts;
+  int64_t window = kernel_h * kernel_w;
+  if (!mask.defined()) {
+    channel_counts = at::ones({1, 1, input.size(2), input.size(3)},
+                              input.options().dtype(torch::kFloat).requires_grad(false));
+  } else if (options.multi_channel()) {
+    const int64_t group_channels = in_channels / groups;
+    window *= group_channels;
+    const torch::Tensor mask_float = mask.detach().to(torch::kFloat);
+    channel_counts =
+        groups == 1 ? mask_float.sum(1, /*keepdim=*/true)
+                    : mask_float.reshape({mask.size(0), groups, group_channels, mask.size(2),
+                                          mask.size(3)})
+                          .sum(2);
+  } else {
+    channel_counts = mask.detach().to(torch::kFloat);
+  }
+  // Box sums of 0/1 values must be exact integers. CPU convolutions here are direct or GEMM
+  // based and exact in float32; cuDNN may pick Winograd or FFT, which round, so use float64
+  // there (the tensor has at most `groups` channels, so this costs little).
+  const auto count_dtype = channel_counts.is_cuda() ? torch::kDouble : terms_dtype;
+  channel_counts = channel_counts.to(count_dtype);
+  const torch::Tensor box = at::ones({groups, 1, kernel_h, kernel_w}, channel_counts.options());
+  const torch::Tensor counts =
+      at::conv2d(channel_counts, box, {}, *options.stride(), *options.padding(),
+                 *options.dilation(), groups)
+          .to(terms_dtype);
+
+  // window / count, computed in float32 (float64 for float64 inputs) and selected rather than
+  // multiplied, so a zero count gives exactly 0 and never inf * 0 = NaN, whatever the input's
+  // precision.
+  const torch::Tensor valid = counts > 0;
+  PartialConv2dMaskTerms terms;
+  terms.ratio = at::where(valid, counts.reciprocal().mul_(static_cast<double>(window)), 0.0);
+  terms.valid = valid.to(terms_dtype);
+  return terms;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
+    const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,
+    const torch::Tensor& bias, const PartialConv2dMaskTerms& terms,
+    const PartialConv2dFuncOptions& options) {
+  check_input(input);
+  check_mask(mask, input, options);
+  check_weight(input, weight, bias, options);
+
+  // Hole pixels are zeroed by the multiply, so their values never reach the output.
+  const torch::Tensor masked_input =
+      mask.defined() ? input * mask.detach().to(input.scalar_type()) : input;
+  torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(),
+                                    *options.padding(), *options.dilation(), options.groups());
+
+  const int64_t batch = output.size(0);
+  const int64_t out_channels = output.size(1);
+  const int64_t out_h = output.size(2);
+  const int64_t out_w = output.size(3);
+  const int64_t term_groups = mask_terms_groups(mask, options);
+  const int64_t term_batch = terms.ratio.size(0);
+  TORCH_CHECK(terms.ratio.dim() == 4 && terms.ratio.size(1) == term_groups &&
+                  terms.ratio.size(2) == out_h && terms.ratio.size(3) == out_w &&
+                  (term_batch == 1 || term_batch == batch),
+              "partial_conv2d: mask terms ", terms.ratio.sizes(), " do not fit output ",
+              output.sizes());
+
+  // y = conv(x * m) * ratio + bias * valid: two in-place passes over the output. The ratio is 0
+  // where no input was valid, so those outputs are exactly 0.
+  const torch::Tensor valid = terms.valid.to(output.scalar_type());
+  if (term_groups == 1) {
+    output.mul_(terms.ratio);
+    if (bias.defined()) output.addcmul_(bias.view({1, out_channels, 1, 1}), valid);
+  } else {
+    const int64_t per_group = out_channels / term_groups;
+    torch::Tensor grouped = output.view({batch, term_groups, per_group, out_h, out_w});
+    grouped.mul_(terms.ratio.unsqueeze(2));
+    if (bias.defined()) {
+      grouped.addcmul_(bias.view({1, term_groups, per_group, 1, 1}), valid.unsqueeze(2));
+    }
+  }
+
+  // The updated mask: a broadcast view where possible (clone() it before writing into it).
+  torch::Tensor new_mask = terms.valid.to(mask.defined() ? mask.scalar_type() : input.scalar_type());
+  if (options.multi_channel()) {
+    new_mask = term_groups == 1
+                   ? new_mask.expand({term_batch, out_channels, out_h, out_w})
+                   : new_mask.unsqueeze(2)
+                         .expand({term_batch, term_groups, out_channels / term_groups, out_h, out_w})
+                         .reshape({term_batch, out_channels, out_h, out_w});
+  }
+  return {output, new_mask};
+}
+
+std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(const torch::Tensor& input,
+                                                        const torch::Tensor& mask,
+                                                        const torch::Tensor& weight,
+                                                        const torch::Tensor& bias,
+                                                        const PartialConv2dFuncOptions& options) {
+  check_input(input);
+  check_weight(input, weight, bias, options);
+  const auto terms = partial_conv2d_mask_terms(
+      mask, input, torch::ExpandingArray<2>({weight.size(2), weight.size(3)}), options);
+  return partial_conv2d_with_terms(input, mask, weight, bias, terms, options);
+}
+
+}  // namespace pconv::nn::functional

@@ -1,0 +1,233 @@
+// Benchmarks PartialConv2d against a plain Conv2d of the same shape and against NVIDIA's
+// formulation of the layer, on the shapes of the paper's UNet, and prints the ratios.
+//
+//   bench_partial_conv2d [--threads N] [--device cpu|cuda] [google benchmark flags]
+#include <pconv/nn/partial_conv2d.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/cuda.h>
+#include <torch/nn/modules/conv.h>
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Shape {
+  const char* name;
+  int64_t in_channels, out_channels, kernel, stride, size;
+};
+
+// The UNet's encoder layers at 512x512 input and one decoder layer (512 + 256 channels in).
+const std::vector<Shape> kShapes = {
+    {"3->64 k7 s2 @256", 3, 64, 7, 2, 256},        {"64->128 k5 s2 @128", 64, 128, 5, 2, 128},
+    {"128->256 k5 s2 @64", 128, 256, 5, 2, 64},    {"256->512 k3 s2 @32", 256, 512, 3, 2, 32},
+    {"512->512 k3 s2 @16", 512, 512, 3, 2, 16},    {"768->256 k3 s1 @64", 768, 256, 3, 1, 64},
+};
+
+enum class Variant { kConv2d, kPartial, kNvidia };
+const char* variant_name(Variant variant) {
+  switch (variant) {
+    case Variant::kConv2d: return "conv2d";
+    case Variant::kPartial: return "pconv";
+    case Variant::kNvidia: return "nvidia";
+  }
+  return "?";
+}
+
+c10::Device g_device(c10::kCPU);
+
+// NVIDIA's PartialConv2d forward (multi-channel), written out: a ones kernel of
+// C_out x C_in x k x k over the mask, the ratio with 1e-8, clamps and multiplies.
+std::tuple<at::Tensor, at::Tensor> nvidia_forward(const at::Tensor& input, const at::Tensor& mask,
+                                                  const at::Tensor& weight, const at::Tensor& bias,
+                                                  const at::Tensor& ones_kernel, int64_t stride,
+                                                  int64_t padding) {
+  at::Tensor update_mask;
+  at::Tensor ratio;
+  {
+    at::NoGradGuard no_grad;
+    update_mask = at::conv2d(mask, ones_kernel, {}, stride, padding);
+    const double window = static_cast<double>(ones_kernel.size(1) * ones_kernel.size(2) *
+                                              ones_kernel.size(3));
+    ratio = window / (update_mask + 1e-8);
+    update_mask = at::clamp(update_mask, 0, 1);
+    ratio = at::mul(ratio, update_mask);
+  }
+  const auto raw = at::conv2d(at::mul(input, mask), weight, bias, stride, padding);
+  const auto bias_view = bias.view({1, -1, 1, 1});
+  auto output = at::mul(raw - bias_view, ratio) + bias_view;
+  output = at::mul(output, update_mask);
+  return {output, update_mask};
+}
+
+void sync() {
+  if (g_device.is_cuda()) torch::cuda::synchronize();
+}
+
+void run_layer(benchmark::State& state, const Shape& shape, Variant variant, bool backward,
+               int64_t batch) {
+  torch::manual_seed(0);
+  const auto options = at::TensorOptions().device(g_device);
+  const int64_t padding = shape.kernel / 2;
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
+                             .stride(shape.stride)
+                             .padding(padding));
+  pconv::nn::PartialConv2d pconv(pconv::nn::PartialConv2dOptions(shape.in_channels, shape.out_channels,
+                                                                 shape.kernel)
+                                     .stride(shape.stride)
+                                     .padding(padding)
+                                     .multi_channel(true));
+  conv->to(g_device);
+  pconv->to(g_device);
+  const auto ones_kernel = at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel}, options);
+  // Inside the network every layer's input needs a gradient, except the image at the first.
+  const bool input_grad = backward && shape.in_channels != 3;
+  const auto input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
+                         .requires_grad_(input_grad);
+  // A multi-channel mask with a quarter of holes, stored in full as in the decoder.
+  const auto mask = (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
+                        .to(at::kFloat)
+                        .expand({batch, shape.in_channels, shape.size, shape.size})
+                        .contiguous();
+
+  auto step = [&] {
+    at::Tensor output;
+    switch (variant) {
+      case Variant::kConv2d: output = conv(input); break;
+      case Variant::kPartial: output = std::get<0>(pconv(input, mask)); break;
+      case Variant::kNvidia:
+        output = std::get<0>(nvidia_forward(input, mask, pconv->weight, pconv->bias, ones_kernel,
+                                            shape.stride, padding));
+        break;
+    }
+    if (backward) {
+      output.backward(at::ones_like(output));
+      for (auto* parameters : {&conv->weight, &conv->bias, &pconv->weight, &pconv->bias}) {
+        parameters->mutable_grad().reset();
+      }
+      if (input_grad) input.mutable_grad().reset();
+    }
+    benchmark::DoNotOptimize(output);
+  };
+
+  std::unique_ptr<at::NoGradGuard> no_grad;
+  if (!backward) no_grad = std::make_unique<at::NoGradGuard>();
+  step();  // warm up: allocator, oneDNN primitive caches, cuDNN algorithm choice
+  sync();
+  for (auto _ : state) {
+    step();
+    sync();
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+
+// Collects each run's time, then prints the ratio table in Markdown.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const auto& run : runs) {
+      if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
+      times_[run.run_name.function_name] = run.GetAdjustedRealTime();  // in the run's time unit (ms)
+    }
+  }
+
+  void PrintRatios() const {
+    std::printf("\n| layer | pass | batch | conv2d ms | pconv ms | nvidia ms | pconv / conv2d | nvidia / pconv |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+    std::map<std::string, std::pair<double, int>> log_sums;  // geometric means per pass
+    for (const char* pass : {"forward", "forward+backward"}) {
+      for (const auto& shape : kShapes) {
+        for (const int64_t batch : {1, 4}) {
+          const auto time = [&](Variant variant) {
+            const auto found = times_.find(Name(shape, variant, pass, batch));
+            return found == times_.end() ? NAN : found->second;
+          };
+          const double conv = time(Variant::kConv2d);
+          const double partial = time(Variant::kPartial);
+          const double nvidia = time(Variant::kNvidia);
+          if (std::isnan(conv) || std::isnan(partial) || std::isnan(nvidia)) continue;
+          std::printf("| %s | %s | %lld | %.2f | %.2f | %.2f | %.3f | %.2f |\n", shape.name, pass,
+                      static_cast<long long>(batch), conv, partial, nvidia, partial / conv,
+                      nvidia / partial);
+          for (const auto& key : {std::string(pass), std::string(pass) + " b" + std::to_string(batch)}) {
+            log_sums[key + " vs conv2d"].first += std::log(partial / conv);
+            log_sums[key + " vs conv2d"].second += 1;
+            log_sums[key + " nvidia speed-up"].first += std::log(nvidia / partial);
+            log_sums[key + " nvidia speed-up"].second += 1;
+          }
+        }
+      }
+    }
+    std::printf("\nGeometric means (pconv / conv2d: target <= 1.15; nvidia / pconv: target >= 1.5):\n");
+    for (const auto& [key, sum] : log_sums) {
+      std::printf("  %-36s %.3f  (%d runs)\n", key.c_str(), std::exp(sum.first / sum.second), sum.second);
+    }
+  }
+
+  static std::string Name(const Shape& shape, Variant variant, const char* pass, int64_t batch) {
+    return std::string("layer/") + pass + "/" + shape.name + "/b" + std::to_string(batch) + "/" +
+           variant_name(variant);
+  }
+
+ private:
+  std::map<std::string, double> times_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2;
+  std::vector<char*> remaining;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+      g_device = c10::Device(argv[++i]);
+    } else {
+      remaining.push_back(argv[i]);
+    }
+  }
+  at::set_num_threads(threads);
+  if (g_device.is_cuda() && !torch::cuda::is_available()) {
+    std::fprintf(stderr, "bench_partial_conv2d: --device %s asked for, but no CUDA GPU is available\n",
+                 g_device.str().c_str());
+    return 2;
+  }
+  std::printf("device %s, %d CPU threads\n", g_device.str().c_str(), at::get_num_threads());
+
+  for (const char* pass : {"forward", "forward+backward"}) {
+    const bool backward = std::strcmp(pass, "forward") != 0;
+    for (const auto& shape : kShapes) {
+      for (const int64_t batch : {1, 4}) {
+        for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kNvidia}) {
+          benchmark::RegisterBenchmark(RatioReporter::Name(shape, variant, pass, batch).c_str(),
+                                       [=](benchmark::State& state) {
+                                         run_layer(state, shape, variant, backward, batch);
+                                       })
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
+      }
+    }
+  }
+
+  int remaining_argc = static_cast<int>(remaining.size());
+  benchmark::Initialize(&remaining_argc, remaining.data());
+  if (benchmark::ReportUnrecognizedArguments(remaining_argc, remaining.data())) return 2;
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  reporter.PrintRatios();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,25 @@
+# Builds tests/package/consumer twice: with pconv_DIR pointing at the build tree, and with
+# CMAKE_PREFIX_PATH pointing at a fresh `cmake --install` prefix. Runs the program each time.
+file(REMOVE_RECURSE ${WORK_DIR})
+set(prefix ${WORK_DIR}/install)
+
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}")
+  endif()
+  message("${out}")
+endfunction()
+
+function(consume label)
+  set(build ${WORK_DIR}/${label})
+  run(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${build} -G ${GENERATOR}
+      -DCMAKE_BUILD_TYPE=Release -DTorch_DIR=${Torch_DIR} -DCUDAToolkit_ROOT=${CUDAToolkit_ROOT}
+      ${ARGN})
+  run(${CMAKE_COMMAND} --build ${build})
+  run(${build}/consumer)
+endfunction()
+
+consume(build_tree -Dpconv_DIR=${PCONV_BUILD_DIR})
+run(${CMAKE_COMMAND} --install ${PCONV_BUILD_DIR} --prefix ${prefix})
+consume(install_prefix -DCMAKE_PREFIX_PATH=${prefix})

@@ -1,0 +1,554 @@
+// Tests of pconv::nn::PartialConv2d and its functional form against a naive double-precision
+// reference, the invariances of the layer, its gradients, reduced precision and mask caching.
+#include <pconv/nn/functional/partial_conv2d.h>
+#include <pconv/nn/partial_conv2d.h>
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/cuda.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/serialize.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using pconv::nn::PartialConv2d;
+using pconv::nn::PartialConv2dOptions;
+using ::testing::HasSubstr;
+namespace F = pconv::nn::functional;
+
+struct Geometry {
+  int64_t batch = 1, mask_batch = 1, groups = 1, in_channels = 1, out_channels = 1;
+  int64_t height = 8, width = 8;
+  int64_t kernel_h = 3, kernel_w = 3, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+  bool bias = true, multi_channel = false;
+
+  int64_t out_h() const { return (height + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1; }
+  int64_t out_w() const { return (width + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1; }
+
+  PartialConv2dOptions options() const {
+    return PartialConv2dOptions(in_channels, out_channels, {kernel_h, kernel_w})
+        .stride({stride_h, stride_w})
+        .padding({pad_h, pad_w})
+        .dilation({dilation_h, dilation_w})
+        .groups(groups)
+        .bias(bias)
+        .multi_channel(multi_channel);
+  }
+  std::string str() const {
+    std::ostringstream out;
+    out << "N=" << batch << " Nm=" << mask_batch << " G=" << groups << " Cin=" << in_channels
+        << " Cout=" << out_channels << " HxW=" << height << "x" << width << " k=" << kernel_h << "x"
+        << kernel_w << " s=" << stride_h << "x" << stride_w << " p=" << pad_h << "x" << pad_w
+        << " d=" << dilation_h << "x" << dilation_w << " bias=" << bias << " multi=" << multi_channel;
+    return out.str();
+  }
+};
+
+// The definition, written out with explicit loops over every window, in double precision.
+std::tuple<at::Tensor, at::Tensor> reference(const Geometry& g, const at::Tensor& input,
+                                             const at::Tensor& mask, const at::Tensor& weight,
+                                             const at::Tensor& bias) {
+  const auto x = input.to(at::kDouble).contiguous();
+  const auto m = mask.to(at::kDouble).contiguous();
+  const auto w = weight.to(at::kDouble).contiguous();
+  const auto xa = x.accessor<double, 4>();
+  const auto ma = m.accessor<double, 4>();
+  const auto wa = w.accessor<double, 4>();
+  const int64_t group_in = g.in_channels / g.groups;
+  const int64_t group_out = g.out_channels / g.groups;
+  const double window = static_cast<double>((g.multi_channel ? group_in : 1) * g.kernel_h * g.kernel_w);
+  const int64_t mask_channels = g.multi_channel ? g.out_channels : 1;
+  auto out = at::zeros({g.batch, g.out_channels, g.out_h(), g.out_w()}, at::kDouble);
+  auto new_mask = at::zeros({g.mask_batch, mask_channels, g.out_h(), g.out_w()}, at::kDouble);
+  auto oa = out.accessor<double, 4>();
+  auto na = new_mask.accessor<double, 4>();
+  for (int64_t n = 0; n < g.batch; ++n) {
+    const int64_t nm = g.mask_batch == 1 ? 0 : n;
+    for (int64_t o = 0; o < g.out_channels; ++o) {
+      const int64_t group = o / group_out;
+      for (int64_t oy = 0; oy < g.out_h(); ++oy) {
+        for (int64_t ox = 0; ox < g.out_w(); ++ox) {
+          double acc = 0.0;
+          double count = 0.0;
+          for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
+            for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
+              const int64_t iy = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
+              const int64_t ix = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
+              if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) continue;
+              if (!g.multi_channel) count += ma[nm][0][iy][ix];
+              for (int64_t c = 0; c < group_in; ++c) {
+                const int64_t ic = group * group_in + c;
+                const double mv = ma[nm][g.multi_channel ? ic : 0][iy][ix];
+                if (g.multi_channel) count += mv;
+                acc += wa[o][c][ky][kx] * xa[n][ic][iy][ix] * mv;
+              }
+            }
+          }
+          if (count > 0) {
+            oa[n][o][oy][ox] = acc * window / count + (bias.defined() ? bias[o].item<double>() : 0.0);
+          }
+          if (g.multi_channel || o == 0) na[nm][g.multi_channel ? o : 0][oy][ox] = count > 0 ? 1.0 : 0.0;
+        }
+      }
+    }
+  }
+  return {out, new_mask};
+}
+
+at::Tensor random_mask(const Geometry& g, double hole_probability, at::ScalarType dtype = at::kFloat) {
+  const int64_t channels = g.multi_channel ? g.in_channels : 1;
+  return (at::rand({g.mask_batch, channels, g.height, g.width}) >= hole_probability).to(dtype);
+}
+
+std::string error_message(const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const c10::Error& error) {
+    return error.what_without_backtrace();
+  }
+  return "(no error)";
+}
+
+class PartialConv2dTest : public ::testing::Test {
+ protected:
+  void SetUp() override { torch::manual_seed(1234); }
+};
+
+TEST_F(PartialConv2dTest, MatchesNaiveReferenceOnRandomGeometries) {
+  std::mt19937 rng(42);
+  auto pick = [&](int64_t low, int64_t high) {
+    return std::uniform_int_distribution<int64_t>(low, high)(rng);
+  };
+  for (int trial = 0; trial < 60; ++trial) {
+    Geometry g;
+    g.batch = pick(1, 3);
+    g.mask_batch = pick(0, 1) ? 1 : g.batch;
+    g.groups = pick(1, 3);
+    g.in_channels = g.groups * pick(1, 3);
+    g.out_channels = g.groups * pick(1, 3);
+    g.kernel_h = pick(1, 4);
+    g.kernel_w = pick(1, 4);
+    g.stride_h = pick(1, 3);
+    g.stride_w = pick(1, 3);
+    g.pad_h = pick(0, 2);
+    g.pad_w = pick(0, 2);
+    g.dilation_h = pick(1, 2);
+    g.dilation_w = pick(1, 2);
+    g.height = pick(5, 11);
+    g.width = pick(5, 11);
+    g.bias = pick(0, 1) == 1;
+    g.multi_channel = pick(0, 1) == 1;
+    if (g.out_h() < 1 || g.out_w() < 1) continue;
+    SCOPED_TRACE(g.str());
+
+    PartialConv2d conv(g.options());
+    conv->to(at::kDouble);
+    const auto input = at::randn({g.batch, g.in_channels, g.height, g.width}, at::kDouble);
+    // Dense holes so that some windows see none valid, and the rest see various counts.
+    const auto mask = random_mask(g, trial % 3 == 0 ? 0.8 : 0.4, at::kDouble);
+    const auto [out, new_mask] = conv(input, mask);
+    const auto [expected, expected_mask] = reference(g, input, mask, conv->weight, conv->bias);
+
+    ASSERT_EQ(out.sizes(), expected.sizes());
+    ASSERT_EQ(new_mask.sizes(), expected_mask.sizes());
+    EXPECT_TRUE(at::equal(new_mask.contiguous(), expected_mask));
+    EXPECT_TRUE(at::allclose(out, expected, 1e-10, 1e-12)) << (out - expected).abs().max();
+
+    // float32 end to end agrees too.
+    PartialConv2d conv32(g.options());
+    conv32->weight.data().copy_(conv->weight);
+    if (g.bias) conv32->bias.data().copy_(conv->bias);
+    const auto out32 = std::get<0>(conv32(input.to(at::kFloat), mask.to(at::kFloat)));
+    EXPECT_TRUE(at::allclose(out32.to(at::kDouble), expected, 1e-4, 1e-4));
+  }
+}
+
+TEST_F(PartialConv2dTest, BatchOneMaskBroadcastsOverTheBatch) {
+  for (const bool multi : {false, true}) {
+    Geometry g;
+    g.batch = 3;
+    g.in_channels = 4;
+    g.out_channels = 5;
+    g.pad_h = g.pad_w = 1;
+    g.multi_channel = multi;
+    PartialConv2d conv(g.options());
+    const auto input = at::randn({3, 4, 8, 8});
+    const auto mask = random_mask(g, 0.5);
+    const auto [broadcast, broadcast_mask] = conv(input, mask);
+    const auto [full, full_mask] = conv(input, mask.expand({3, -1, -1, -1}).contiguous());
+    EXPECT_TRUE(at::allclose(broadcast, full));
+    EXPECT_EQ(broadcast_mask.size(0), 1);
+    EXPECT_TRUE(at::equal(broadcast_mask.expand_as(full_mask), full_mask));
+  }
+}
+
+TEST_F(PartialConv2dTest, FunctionalFormEqualsModule) {
+  Geometry g;
+  g.batch = 2;
+  g.in_channels = 6;
+  g.out_channels = 4;
+  g.groups = 2;
+  g.stride_h = 2;
+  g.pad_w = 1;
+  g.multi_channel = true;
+  PartialConv2d conv(g.options());
+  const auto input = at::randn({2, 6, 9, 8});
+  g.height = 9;
+  const auto mask = random_mask(g, 0.5);
+  const auto [out, new_mask] = conv(input, mask);
+  const auto [f_out, f_mask] = F::partial_conv2d(
+      input, mask, conv->weight, conv->bias,
+      F::PartialConv2dFuncOptions().stride({2, 1}).padding({0, 1}).groups(2).multi_channel(true));
+  EXPECT_TRUE(at::equal(out, f_out));
+  EXPECT_TRUE(at::equal(new_mask, f_mask));
+}
+
+TEST_F(PartialConv2dTest, ParametersAreLaidOutAndInitialisedAsConv2d) {
+  const auto pconv_options = PartialConv2dOptions(6, 4, {3, 5}).groups(2);
+  torch::manual_seed(7);
+  PartialConv2d pconv(pconv_options);
+  torch::manual_seed(7);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(6, 4, {3, 5}).groups(2));
+  const auto ours = pconv->named_parameters();
+  const auto theirs = conv->named_parameters();
+  ASSERT_EQ(ours.keys(), theirs.keys());
+  for (const auto& key : ours.keys()) {
+    EXPECT_TRUE(at::equal(ours[key], theirs[key])) << key;
+  }
+}
+
+TEST_F(PartialConv2dTest, AllOnesMaskEqualsConv2dInTheInterior) {
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(5, 7, 3).padding(1));
+  PartialConv2d pconv(PartialConv2dOptions(5, 7, 3).padding(1).multi_channel(true));
+  pconv->weight.data().copy_(conv->weight);
+  pconv->bias.data().copy_(conv->bias);
+  const auto input = at::randn({2, 5, 10, 12});
+  const auto expected = conv(input);
+  const auto [out, new_mask] = pconv(input, at::ones({2, 5, 10, 12}));
+  using at::indexing::Slice;
+  const auto interior = Slice(1, -1);
+  EXPECT_TRUE(at::allclose(out.index({Slice(), Slice(), interior, interior}),
+                           expected.index({Slice(), Slice(), interior, interior}), 1e-5, 1e-6));
+  // At the border the zero padding is a hole: the output is renormalised, not Conv2d's.
+  EXPECT_FALSE(at::allclose(out, expected, 1e-5, 1e-6));
+  EXPECT_TRUE(at::equal(new_mask, at::ones_like(new_mask)));
+}
+
+TEST_F(PartialConv2dTest, HolePixelValuesDoNotChangeTheOutput) {
+  for (const bool multi : {false, true}) {
+    Geometry g;
+    g.batch = 2;
+    g.in_channels = 3;
+    g.out_channels = 4;
+    g.height = g.width = 12;
+    g.kernel_h = g.kernel_w = 5;
+    g.stride_h = g.stride_w = 2;
+    g.pad_h = g.pad_w = 2;
+    g.mask_batch = 2;
+    g.multi_channel = multi;
+    PartialConv2d conv(g.options());
+    const auto mask = random_mask(g, 0.5);
+    const auto input = at::randn({2, 3, 12, 12});
+    const auto hole = (mask == 0).expand_as(input);
+    const auto garbage = at::where(hole, at::randn_like(input) * 1e4, input);
+    EXPECT_TRUE(at::equal(std::get<0>(conv(input, mask)), std::get<0>(conv(garbage, mask))));
+  }
+}
+
+TEST_F(PartialConv2dTest, PaddingModeRenormalisesEdgesAndCorners) {
+  const auto input = at::ones({1, 1, 5, 6});
+  const auto terms = F::partial_conv2d_mask_terms({}, input, 3, F::PartialConv2dFuncOptions().padding(1));
+  const auto ratio = terms.ratio[0][0];
+  EXPECT_EQ(ratio[2][2].item<float>(), 1.0F);
+  EXPECT_EQ(ratio[0][2].item<float>(), 1.5F);
+  EXPECT_EQ(ratio[2][0].item<float>(), 1.5F);
+  EXPECT_EQ(ratio[4][3].item<float>(), 1.5F);
+  EXPECT_EQ(ratio[0][0].item<float>(), 2.25F);
+  EXPECT_EQ(ratio[4][5].item<float>(), 2.25F);
+
+  // With an all-ones image and kernel every output is 9: the missing border taps are made up.
+  PartialConv2d conv(PartialConv2dOptions(1, 1, 3).padding(1).bias(false));
+  conv->weight.data().fill_(1.0);
+  const auto [out, new_mask] = conv(input);
+  EXPECT_TRUE(at::equal(out, at::full_like(out, 9.0)));
+  EXPECT_TRUE(at::equal(new_mask, at::ones({1, 1, 5, 6})));
+}
+
+TEST_F(PartialConv2dTest, UnmaskedCallAfterMaskedCallIsPaddingMode) {
+  // NVIDIA's layer keeps the last mask and reuses it for a following call without one.
+  PartialConv2d conv(PartialConv2dOptions(3, 4, 3).padding(1));
+  const auto input = at::randn({1, 3, 8, 8});
+  auto fresh = std::dynamic_pointer_cast<pconv::nn::PartialConv2dImpl>(conv->clone());
+  const auto expected = std::get<0>(fresh->forward(input));
+  const auto mask = (at::rand({1, 1, 8, 8}) > 0.5).to(at::kFloat);
+  const auto masked = std::get<0>(conv(input, mask));
+  const auto [out, new_mask] = conv(input);
+  EXPECT_FALSE(at::allclose(masked, expected));
+  EXPECT_TRUE(at::equal(out, expected));
+  EXPECT_TRUE(at::equal(new_mask, at::ones_like(new_mask)));
+}
+
+TEST_F(PartialConv2dTest, GradientsMatchFiniteDifferences) {
+  Geometry g;
+  g.batch = 2;
+  g.mask_batch = 2;
+  g.groups = 2;
+  g.in_channels = 4;
+  g.out_channels = 4;
+  g.height = 7;
+  g.width = 6;
+  g.stride_h = 2;
+  g.pad_h = g.pad_w = 1;
+  g.dilation_w = 2;
+  g.multi_channel = true;
+  PartialConv2d conv(g.options());
+  conv->to(at::kDouble);
+  const auto input = at::randn({2, 4, 7, 6}, at::kDouble).requires_grad_(true);
+  const auto mask = random_mask(g, 0.5, at::kDouble);
+  const auto upstream = at::randn({2, 4, g.out_h(), g.out_w()}, at::kDouble);
+  auto loss = [&] { return (std::get<0>(conv(input, mask)) * upstream).sum(); };
+
+  loss().backward();
+  const std::vector<std::pair<std::string, at::Tensor>> checked{
+      {"input", input}, {"weight", conv->weight}, {"bias", conv->bias}};
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, tensor] : checked) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(tensor.grad().defined());
+    const auto analytic = tensor.grad().clone();
+    auto flat = tensor.view(-1);
+    auto numeric = at::zeros_like(flat);
+    constexpr double kStep = 1e-6;
+    for (int64_t i = 0; i < flat.numel(); ++i) {
+      const double saved = flat[i].item<double>();
+      flat[i] = saved + kStep;
+      const double plus = loss().item<double>();
+      flat[i] = saved - kStep;
+      const double minus = loss().item<double>();
+      flat[i] = saved;
+      numeric[i] = (plus - minus) / (2 * kStep);
+    }
+    EXPECT_TRUE(at::allclose(analytic.view(-1), numeric, 1e-6, 1e-7))
+        << (analytic.view(-1) - numeric).abs().max();
+  }
+  // Holes get no gradient: their values never reach the output.
+  EXPECT_EQ(input.grad().masked_select(mask == 0).abs().max().item<double>(), 0.0);
+}
+
+TEST_F(PartialConv2dTest, ReducedPrecisionStaysFiniteAndClose) {
+  Geometry g;
+  g.batch = 2;
+  g.mask_batch = 2;
+  g.in_channels = 8;
+  g.out_channels = 8;
+  g.height = g.width = 16;
+  g.kernel_h = g.kernel_w = 3;
+  g.pad_h = g.pad_w = 1;
+  for (const bool multi : {false, true}) {
+    g.multi_channel = multi;
+    PartialConv2d conv(g.options());
+    const auto input = at::randn({2, 8, 16, 16});
+    // A large hole: windows inside it see no valid pixel, where NVIDIA's 1 / (0 + 1e-8)
+    // overflows in half precision.
+    auto mask = random_mask(g, 0.5);
+    mask.narrow(2, 4, 8).narrow(3, 2, 10).zero_();
+    const auto [expected, expected_mask] = conv(input, mask);
+    ASSERT_TRUE((expected_mask == 0).any().item<bool>());
+    for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+      SCOPED_TRACE(std::string(c10::toString(dtype)) + (multi ? " multi" : " single"));
+      auto reduced = std::dynamic_pointer_cast<pconv::nn::PartialConv2dImpl>(conv->clone());
+      reduced->to(dtype);
+      const auto [out, new_mask] = reduced->forward(input.to(dtype), mask.to(dtype));
+      EXPECT_EQ(out.scalar_type(), dtype);
+      EXPECT_TRUE(out.isfinite().all().item<bool>());
+      EXPECT_TRUE(at::equal(new_mask.to(at::kFloat), expected_mask));
+      const double tolerance = dtype == at::kHalf ? 2e-2 : 1e-1;
+      EXPECT_TRUE(at::allclose(out.to(at::kFloat), expected, tolerance, tolerance))
+          << (out.to(at::kFloat) - expected).abs().max();
+
+      // And the backward pass stays finite too.
+      auto x = input.to(dtype).requires_grad_(true);
+      std::get<0>(reduced->forward(x, mask.to(dtype))).sum().backward();
+      EXPECT_TRUE(x.grad().isfinite().all().item<bool>());
+      EXPECT_TRUE(reduced->weight.grad().isfinite().all().item<bool>());
+    }
+  }
+}
+
+TEST_F(PartialConv2dTest, CachedMaskModifiedInPlaceGivesTheNewResult) {
+  auto options = PartialConv2dOptions(3, 4, 3).padding(1).multi_channel(true);
+  PartialConv2d cached(options.cache_masks(true));
+  PartialConv2d uncached(options.cache_masks(false));
+  uncached->weight.data().copy_(cached->weight);
+  uncached->bias.data().copy_(cached->bias);
+  const auto input = at::randn({2, 3, 8, 8});
+  auto mask = (at::rand({2, 3, 8, 8}) > 0.3).to(at::kFloat);
+
+  const auto [first, first_mask] = cached(input, mask);
+  const auto [again, again_mask] = cached(input, mask);
+  // The same unchanged mask hits the cache: the updated mask comes from the same storage.
+  EXPECT_EQ(first_mask.data_ptr(), again_mask.data_ptr());
+  EXPECT_TRUE(at::equal(first, again));
+
+  mask.narrow(2, 0, 5).zero_();  // in place, through a view of the mask
+  const auto [changed, changed_mask] = cached(input, mask);
+  const auto [expected, expected_mask] = uncached(input, mask);
+  EXPECT_NE(changed_mask.data_ptr(), first_mask.data_ptr());
+  EXPECT_TRUE(at::equal(changed, expected));
+  EXPECT_TRUE(at::equal(changed_mask, expected_mask));
+  EXPECT_FALSE(at::equal(changed, first));
+
+  // A view of a mask modified through its base.
+  auto base = (at::rand({2, 3, 8, 10}) > 0.3).to(at::kFloat);
+  const auto view = base.narrow(3, 1, 8);
+  cached(input, view);
+  base.fill_(0.0);
+  EXPECT_TRUE(at::equal(std::get<0>(cached(input, view)), std::get<0>(uncached(input, view))));
+}
+
+TEST_F(PartialConv2dTest, CachedLayerGivesTheNewResultForANewMaskOfTheSameShape) {
+  PartialConv2d cached(PartialConv2dOptions(3, 4, 3).padding(1).cache_masks(true));
+  PartialConv2d uncached(PartialConv2dOptions(3, 4, 3).padding(1));
+  uncached->weight.data().copy_(cached->weight);
+  uncached->bias.data().copy_(cached->bias);
+  const auto input = at::randn({1, 3, 8, 8});
+  for (int i = 0; i < 20; ++i) {
+    // Each mask is dropped after use; without the reference the cache holds, the allocator
+    // would be free to hand the same address to the next one.
+    const auto mask = (at::rand({1, 1, 8, 8}) > 0.5).to(at::kFloat);
+    const auto [out, new_mask] = cached(input, mask);
+    const auto [expected, expected_mask] = uncached(input, mask);
+    ASSERT_TRUE(at::equal(out, expected)) << "iteration " << i;
+    ASSERT_TRUE(at::equal(new_mask, expected_mask)) << "iteration " << i;
+  }
+  // Padding-mode terms follow the image size.
+  for (const int64_t size : {8, 9, 8}) {
+    const auto x = at::randn({1, 3, size, size});
+    EXPECT_TRUE(at::equal(std::get<0>(cached(x)), std::get<0>(uncached(x))));
+  }
+}
+
+TEST_F(PartialConv2dTest, CachedLayerFollowsGeometryChanges) {
+  PartialConv2d conv(PartialConv2dOptions(2, 2, 3).padding(1).cache_masks(true));
+  const auto input = at::randn({1, 2, 8, 8});
+  const auto mask = (at::rand({1, 1, 8, 8}) > 0.5).to(at::kFloat);
+  conv(input, mask);
+  conv(input);
+  conv->options.padding(0);
+  const auto [out, new_mask] = conv(input, mask);
+  EXPECT_EQ(out.size(2), 6);
+  EXPECT_EQ(std::get<0>(conv(input)).size(2), 6);
+}
+
+TEST_F(PartialConv2dTest, StateDictSaveLoadAndCloneRoundTrip) {
+  PartialConv2d conv(PartialConv2dOptions(4, 6, {3, 2}).stride(2).padding(1).groups(2).multi_channel(true));
+  const auto input = at::randn({2, 4, 9, 9});
+  const auto mask = (at::rand({2, 4, 9, 9}) > 0.4).to(at::kFloat);
+  const auto expected = std::get<0>(conv(input, mask));
+
+  std::stringstream stream;
+  torch::save(conv, stream);
+  PartialConv2d loaded(PartialConv2dOptions(4, 6, {3, 2}).stride(2).padding(1).groups(2).multi_channel(true));
+  EXPECT_FALSE(at::equal(std::get<0>(loaded(input, mask)), expected));
+  torch::load(loaded, stream);
+  EXPECT_TRUE(at::equal(std::get<0>(loaded(input, mask)), expected));
+
+  auto copy = std::dynamic_pointer_cast<pconv::nn::PartialConv2dImpl>(conv->clone());
+  ASSERT_NE(copy, nullptr);
+  EXPECT_TRUE(at::equal(std::get<0>(copy->forward(input, mask)), expected));
+  copy->weight.data().add_(1.0);  // the clone owns its parameters
+  EXPECT_TRUE(at::equal(std::get<0>(conv(input, mask)), expected));
+}
+
+TEST_F(PartialConv2dTest, BadArgumentsNameTheArgumentAndTheShape) {
+  PartialConv2d conv(PartialConv2dOptions(3, 4, 3).padding(1));
+  const auto input = at::randn({2, 3, 8, 8});
+  EXPECT_THAT(error_message([&] { conv(input, at::ones({2, 3, 8, 8})); }),
+              ::testing::AllOf(HasSubstr("mask"), HasSubstr("[2, 3, 8, 8]")));
+  EXPECT_THAT(error_message([&] { conv(input, at::ones({2, 1, 8, 7})); }),
+              ::testing::AllOf(HasSubstr("mask"), HasSubstr("[2, 1, 8, 7]")));
+  EXPECT_THAT(error_message([&] { conv(input, at::ones({3, 1, 8, 8})); }),
+              ::testing::AllOf(HasSubstr("mask"), HasSubstr("[3, 1, 8, 8]")));
+  EXPECT_THAT(error_message([&] { conv(at::randn({3, 8, 8})); }),
+              ::testing::AllOf(HasSubstr("input"), HasSubstr("4-D"), HasSubstr("[3, 8, 8]")));
+  EXPECT_THAT(error_message([&] { conv(at::randn({2, 5, 8, 8})); }),
+              ::testing::AllOf(HasSubstr("input"), HasSubstr("[2, 5, 8, 8]")));
+  EXPECT_THAT(error_message([] { PartialConv2d(PartialConv2dOptions(5, 4, 3).groups(2)); }),
+              ::testing::AllOf(HasSubstr("in_channels (5)"), HasSubstr("groups (2)")));
+  EXPECT_THAT(error_message([] { PartialConv2d(PartialConv2dOptions(4, 5, 3).groups(2)); }),
+              ::testing::AllOf(HasSubstr("out_channels (5)"), HasSubstr("groups (2)")));
+  EXPECT_THAT(error_message([&] {
+                F::partial_conv2d(at::randn({1, 5, 8, 8}), {}, at::randn({4, 2, 3, 3}), {},
+                                  F::PartialConv2dFuncOptions().groups(2));
+              }),
+              ::testing::AllOf(HasSubstr("groups"), HasSubstr("[1, 5, 8, 8]")));
+}
+
+// CUDA: the same results as the CPU. Skipped where no GPU is present.
+class PartialConv2dCudaTest : public PartialConv2dTest {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+    PartialConv2dTest::SetUp();
+    at::globalContext().setAllowTF32CuDNN(false);
+  }
+};
+
+TEST_F(PartialConv2dCudaTest, CpuEqualsCuda_CUDA) {
+  std::mt19937 rng(3);
+  auto pick = [&](int64_t low, int64_t high) {
+    return std::uniform_int_distribution<int64_t>(low, high)(rng);
+  };
+  for (int trial = 0; trial < 20; ++trial) {
+    Geometry g;
+    g.batch = pick(1, 3);
+    g.mask_batch = pick(0, 1) ? 1 : g.batch;
+    g.groups = pick(1, 2);
+    g.in_channels = g.groups * pick(1, 8);
+    g.out_channels = g.groups * pick(1, 8);
+    g.kernel_h = g.kernel_w = 2 * pick(0, 3) + 1;
+    g.stride_h = g.stride_w = pick(1, 2);
+    g.pad_h = g.pad_w = g.kernel_h / 2;
+    g.dilation_h = pick(1, 2);
+    g.height = pick(8, 40);
+    g.width = pick(8, 40);
+    g.multi_channel = pick(0, 1) == 1;
+    if (g.out_h() < 1 || g.out_w() < 1) continue;
+    SCOPED_TRACE(g.str());
+    PartialConv2d conv(g.options());
+    const auto input = at::randn({g.batch, g.in_channels, g.height, g.width});
+    const auto mask = random_mask(g, 0.6);
+    const auto [cpu, cpu_mask] = conv(input, mask);
+    conv->to(at::kCUDA);
+    const auto [gpu, gpu_mask] = conv(input.cuda(), mask.cuda());
+    EXPECT_TRUE(at::equal(gpu_mask.cpu(), cpu_mask));
+    EXPECT_TRUE(at::allclose(gpu.cpu(), cpu, 1e-4, 1e-5)) << (gpu.cpu() - cpu).abs().max();
+  }
+}
+
+TEST_F(PartialConv2dCudaTest, ReducedPrecisionIsFinite_CUDA) {
+  PartialConv2d conv(PartialConv2dOptions(16, 16, 3).padding(1).multi_channel(true));
+  conv->to(at::kCUDA);
+  const auto input = at::randn({2, 16, 32, 32}, at::kCUDA);
+  const auto mask = (at::rand({2, 16, 32, 32}, at::kCUDA) > 0.9).to(at::kFloat);
+  const auto expected = std::get<0>(conv(input, mask));
+  for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+    auto reduced = std::dynamic_pointer_cast<pconv::nn::PartialConv2dImpl>(conv->clone());
+    reduced->to(dtype);
+    const auto out = std::get<0>(reduced->forward(input.to(dtype), mask.to(dtype)));
+    EXPECT_TRUE(out.isfinite().all().item<bool>());
+    EXPECT_TRUE(at::allclose(out.to(at::kFloat), expected, 1e-1, 1e-1));
+  }
+}
+
+}  // namespace
