@@ -11,11 +11,14 @@
 #include <torch/nn/modules/conv.h>
 
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -138,11 +141,13 @@ class RatioReporter : public benchmark::ConsoleReporter {
     ConsoleReporter::ReportRuns(runs);
     for (const auto& run : runs) {
       if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
-      times_[run.run_name.function_name] = run.GetAdjustedRealTime();  // in the run's time unit (ms)
+      // In the run's time unit (ms); one entry per repetition.
+      times_[run.run_name.function_name].push_back(run.GetAdjustedRealTime());
     }
   }
 
   void PrintRatios() const {
+    std::printf("\nMedian times over the repetitions.\n");
     std::printf("\n| layer | pass | batch | conv2d ms | pconv ms | nvidia ms | pconv / conv2d | nvidia / pconv |\n");
     std::printf("|---|---|---|---|---|---|---|---|\n");
     std::map<std::string, std::pair<double, int>> log_sums;  // geometric means per pass
@@ -151,7 +156,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
         for (const int64_t batch : {1, 4}) {
           const auto time = [&](Variant variant) {
             const auto found = times_.find(Name(shape, variant, pass, batch));
-            return found == times_.end() ? NAN : found->second;
+            return found == times_.end() ? NAN : Median(found->second);
           };
           const double conv = time(Variant::kConv2d);
           const double partial = time(Variant::kPartial);
@@ -175,13 +180,19 @@ class RatioReporter : public benchmark::ConsoleReporter {
     }
   }
 
+  static double Median(std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    const size_t middle = values.size() / 2;
+    return values.size() % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2;
+  }
+
   static std::string Name(const Shape& shape, Variant variant, const char* pass, int64_t batch) {
     return std::string("layer/") + pass + "/" + shape.name + "/b" + std::to_string(batch) + "/" +
            variant_name(variant);
   }
 
  private:
-  std::map<std::string, double> times_;
+  std::map<std::string, std::vector<double>> times_;
 };
 
 }  // namespace
@@ -198,6 +209,11 @@ int main(int argc, char** argv) {
       remaining.push_back(argv[i]);
     }
   }
+  // Keep freed memory for reuse, as a long-running process with a caching allocator does.
+  // glibc otherwise hands every large tensor back to the kernel when it is freed, and each
+  // iteration then pays page faults for its outputs: noise that swamps a 1-channel mask op.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
   at::set_num_threads(threads);
   if (g_device.is_cuda() && !torch::cuda::is_available()) {
     std::fprintf(stderr, "bench_partial_conv2d: --device %s asked for, but no CUDA GPU is available\n",

@@ -192,6 +192,29 @@ TEST_F(PartialConv2dTest, BatchOneMaskBroadcastsOverTheBatch) {
   }
 }
 
+TEST_F(PartialConv2dTest, ChannelsLastAndContiguousInputsAgree) {
+  // A channels-last input gives a strided output, which takes the ATen path instead of the
+  // fused CPU epilogue: the two must agree, forward and backward.
+  for (const bool multi : {false, true}) {
+    PartialConv2d conv(PartialConv2dOptions(4, 6, 3).padding(1).groups(2).multi_channel(multi));
+    const auto input = at::randn({2, 4, 9, 7});
+    const auto mask = (at::rand({2, multi ? 4 : 1, 9, 7}) > 0.5).to(at::kFloat);
+    auto run = [&](const at::Tensor& x) {
+      conv->zero_grad();
+      const auto leaf = x.detach().requires_grad_(true);
+      const auto out = std::get<0>(conv(leaf, mask));
+      (out * out).sum().backward();
+      return std::make_tuple(out.contiguous(), leaf.grad().contiguous(), conv->bias.grad().clone());
+    };
+    ASSERT_FALSE(std::get<0>(conv(input.contiguous(at::MemoryFormat::ChannelsLast), mask)).is_contiguous());
+    const auto [out, grad_x, grad_bias] = run(input);
+    const auto [out_cl, grad_x_cl, grad_bias_cl] = run(input.contiguous(at::MemoryFormat::ChannelsLast));
+    EXPECT_TRUE(at::allclose(out, out_cl, 1e-5, 1e-6));
+    EXPECT_TRUE(at::allclose(grad_x, grad_x_cl, 1e-4, 1e-5));
+    EXPECT_TRUE(at::allclose(grad_bias, grad_bias_cl, 1e-4, 1e-5));
+  }
+}
+
 TEST_F(PartialConv2dTest, FunctionalFormEqualsModule) {
   Geometry g;
   g.batch = 2;

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "partial_conv2d_kernels.h"
+
 namespace pconv::nn::functional {
 namespace {
 
@@ -77,28 +79,29 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   int64_t window = kernel_h * kernel_w;
   if (!mask.defined()) {
     channel_counts = at::ones({1, 1, input.size(2), input.size(3)},
-                              input.options().dtype(torch::kFloat).requires_grad(false));
+                              input.options().dtype(terms_dtype).requires_grad(false));
   } else if (options.multi_channel()) {
     const int64_t group_channels = in_channels / groups;
     window *= group_channels;
-    const torch::Tensor mask_float = mask.detach().to(torch::kFloat);
+    const torch::Tensor mask_float = mask.detach().to(terms_dtype);
     channel_counts =
         groups == 1 ? mask_float.sum(1, /*keepdim=*/true)
                     : mask_float.reshape({mask.size(0), groups, group_channels, mask.size(2),
                                           mask.size(3)})
                           .sum(2);
   } else {
-    channel_counts = mask.detach().to(torch::kFloat);
+    channel_counts = mask.detach().to(terms_dtype);
   }
-  // Box sums of 0/1 values must be exact integers. CPU convolutions here are direct or GEMM
-  // based and exact in float32; cuDNN may pick Winograd or FFT, which round, so use float64
-  // there (the tensor has at most `groups` channels, so this costs little).
+  // Window sums of 0/1 values must be exact integers. On the CPU a separable box sum gives them
+  // (and is far cheaper than a one-channel convolution); cuDNN may pick Winograd or FFT, which
+  // round, so count in float64 there (the tensor has at most `groups` channels).
   const auto count_dtype = channel_counts.is_cuda() ? torch::kDouble : terms_dtype;
-  channel_counts = channel_counts.to(count_dtype);
-  const torch::Tensor box = at::ones({groups, 1, kernel_h, kernel_w}, channel_counts.options());
   const torch::Tensor counts =
-      at::conv2d(channel_counts, box, {}, *options.stride(), *options.padding(),
-                 *options.dilation(), groups)
+      detail::window_sums(channel_counts.to(count_dtype),
+                          {{kernel_h, kernel_w},
+                           {(*options.stride())[0], (*options.stride())[1]},
+                           {(*options.padding())[0], (*options.padding())[1]},
+                           {(*options.dilation())[0], (*options.dilation())[1]}})
           .to(terms_dtype);
 
   // window / count, computed in float32 (float64 for float64 inputs) and selected rather than
@@ -137,20 +140,9 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
               "partial_conv2d: mask terms ", terms.ratio.sizes(), " do not fit output ",
               output.sizes());
 
-  // y = conv(x * m) * ratio + bias * valid: two in-place passes over the output. The ratio is 0
-  // where no input was valid, so those outputs are exactly 0.
-  const torch::Tensor valid = terms.valid.to(output.scalar_type());
-  if (term_groups == 1) {
-    output.mul_(terms.ratio);
-    if (bias.defined()) output.addcmul_(bias.view({1, out_channels, 1, 1}), valid);
-  } else {
-    const int64_t per_group = out_channels / term_groups;
-    torch::Tensor grouped = output.view({batch, term_groups, per_group, out_h, out_w});
-    grouped.mul_(terms.ratio.unsqueeze(2));
-    if (bias.defined()) {
-      grouped.addcmul_(bias.view({1, term_groups, per_group, 1, 1}), valid.unsqueeze(2));
-    }
-  }
+  // y = conv(x * m) * ratio + bias * valid, in place. The ratio is 0 where no input was valid,
+  // so those outputs are exactly 0.
+  output = detail::renormalize(output, bias, terms.ratio, terms.valid);
 
   // The updated mask: a broadcast view where possible (clone() it before writing into it).
   torch::Tensor new_mask = terms.valid.to(mask.defined() ? mask.scalar_type() : input.scalar_type());

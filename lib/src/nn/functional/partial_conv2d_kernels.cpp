@@ -1,0 +1,189 @@
+#include "partial_conv2d_kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace pconv::nn::functional::detail {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Rows of work per task: about at::internal::GRAIN_SIZE element operations.
+int64_t grain_for(int64_t work_per_row) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_row));
+}
+
+bool fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
+             const at::Tensor& valid) {
+  const auto dtype = raw.scalar_type();
+  return raw.is_cpu() && (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
+         ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
+         valid.is_contiguous() && bias.defined() && bias.scalar_type() == dtype;
+}
+
+// Where plane (n, c) of the output finds its ratio and valid planes.
+struct PlaneIndex {
+  int64_t channels, groups, term_batch, plane_size;
+  int64_t term_offset(int64_t plane) const {
+    const int64_t n = plane / channels;
+    const int64_t group = (plane % channels) / (channels / groups);
+    return ((term_batch == 1 ? 0 : n) * groups + group) * plane_size;
+  }
+};
+
+PlaneIndex plane_index(const at::Tensor& raw, const at::Tensor& ratio) {
+  return {raw.size(1), ratio.size(1), ratio.size(0), raw.size(2) * raw.size(3)};
+}
+
+// raw * ratio + bias * valid, in place, in one pass over the output (layers with a bias).
+class Renormalize : public torch::autograd::Function<Renormalize> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
+                            const at::Tensor& ratio, const at::Tensor& valid) {
+    const PlaneIndex index = plane_index(raw, ratio);
+    const int64_t planes = raw.size(0) * index.channels;
+    AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize", [&] {
+      scalar_t* out = raw.mutable_data_ptr<scalar_t>();
+      const scalar_t* ratio_data = ratio.const_data_ptr<scalar_t>();
+      const scalar_t* valid_data = valid.const_data_ptr<scalar_t>();
+      const scalar_t* bias_data = bias.const_data_ptr<scalar_t>();
+      at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          scalar_t* __restrict__ o = out + plane * index.plane_size;
+          const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
+          const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
+          const scalar_t b = bias_data[plane % index.channels];
+          for (int64_t i = 0; i < index.plane_size; ++i) o[i] = o[i] * r[i] + b * v[i];
+        }
+      });
+    });
+    ctx->mark_dirty({raw});
+    ctx->save_for_backward({ratio, valid});
+    return raw;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& ratio = saved[0];
+    const at::Tensor& valid = saved[1];
+    const at::Tensor grad = grad_outputs[0].contiguous();
+    const PlaneIndex index = plane_index(grad, ratio);
+    const int64_t planes = grad.size(0) * index.channels;
+
+    // grad_raw = grad * ratio, and each plane's sum of grad * valid for the bias, in one pass.
+    at::Tensor grad_raw = at::empty_like(grad);
+    at::Tensor plane_sums = at::empty({planes}, grad.options().dtype(at::kDouble));
+    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pconv_renormalize_backward", [&] {
+      const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
+      scalar_t* grad_raw_data = grad_raw.mutable_data_ptr<scalar_t>();
+      const scalar_t* ratio_data = ratio.const_data_ptr<scalar_t>();
+      const scalar_t* valid_data = valid.const_data_ptr<scalar_t>();
+      double* sums = plane_sums.mutable_data_ptr<double>();
+      at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const scalar_t* __restrict__ g = grad_data + plane * index.plane_size;
+          scalar_t* __restrict__ gr = grad_raw_data + plane * index.plane_size;
+          const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
+          const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
+          scalar_t sum = 0;
+          for (int64_t i = 0; i < index.plane_size; ++i) {
+            gr[i] = g[i] * r[i];
+            sum += g[i] * v[i];
+          }
+          sums[plane] = static_cast<double>(sum);
+        }
+      });
+    });
+    const at::Tensor grad_bias =
+        plane_sums.view({grad.size(0), index.channels}).sum(0).to(grad.scalar_type());
+    return {grad_raw, grad_bias, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor window_sums(const at::Tensor& counts, const WindowGeometry& geometry) {
+  const auto [kernel_h, kernel_w] = geometry.kernel;
+  const auto [stride_h, stride_w] = geometry.stride;
+  const auto [pad_h, pad_w] = geometry.padding;
+  const auto [dilation_h, dilation_w] = geometry.dilation;
+  const auto dtype = counts.scalar_type();
+  if (!counts.is_cpu() || (dtype != at::kFloat && dtype != at::kDouble)) {
+    const at::Tensor box = at::ones({counts.size(1), 1, kernel_h, kernel_w}, counts.options());
+    return at::conv2d(counts, box, {}, geometry.stride, geometry.padding, geometry.dilation,
+                      counts.size(1));
+  }
+
+  // Separable on the CPU: sum the k_h taps of each column, then the k_w taps of each row.
+  // The counts are whole numbers, so every order of summation gives the exact result.
+  const at::Tensor input = counts.contiguous();
+  const int64_t planes = input.size(0) * input.size(1);
+  const int64_t height = input.size(2);
+  const int64_t width = input.size(3);
+  const int64_t out_h = (height + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
+  const int64_t out_w = (width + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
+  TORCH_CHECK(out_h > 0 && out_w > 0, "partial_conv2d: a ", kernel_h, "x", kernel_w,
+              " kernel (dilation ", dilation_h, "x", dilation_w, ") does not fit the padded ",
+              height, "x", width, " input");
+  at::Tensor output = at::empty({input.size(0), input.size(1), out_h, out_w}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pconv_window_sums", [&] {
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    const int64_t work_per_row = kernel_h * width + kernel_w * out_w;
+    at::parallel_for(0, planes * out_h, grain_for(work_per_row), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> column_sums(width);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t plane = row / out_h;
+        const int64_t out_y = row % out_h;
+        std::fill(column_sums.begin(), column_sums.end(), scalar_t(0));
+        for (int64_t ky = 0; ky < kernel_h; ++ky) {
+          const int64_t in_y = out_y * stride_h - pad_h + ky * dilation_h;
+          if (in_y < 0 || in_y >= height) continue;
+          const scalar_t* __restrict__ src = in + (plane * height + in_y) * width;
+          for (int64_t x = 0; x < width; ++x) column_sums[x] += src[x];
+        }
+        scalar_t* dst = out + row * out_w;
+        for (int64_t out_x = 0; out_x < out_w; ++out_x) {
+          scalar_t sum = 0;
+          for (int64_t kx = 0; kx < kernel_w; ++kx) {
+            const int64_t in_x = out_x * stride_w - pad_w + kx * dilation_w;
+            if (in_x >= 0 && in_x < width) sum += column_sums[in_x];
+          }
+          dst[out_x] = sum;
+        }
+      }
+    });
+  });
+  return output;
+}
+
+at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
+                       const at::Tensor& valid) {
+  if (fusable(raw, bias, ratio, valid)) return Renormalize::apply(raw, bias, ratio, valid);
+
+  // The reference path (CUDA, half and bfloat16, strided outputs, no bias): in-place ATen ops.
+  const int64_t batch = raw.size(0);
+  const int64_t channels = raw.size(1);
+  const int64_t groups = ratio.size(1);
+  at::Tensor output = raw;
+  at::Tensor view = groups == 1 ? output
+                                : output.view({batch, groups, channels / groups, raw.size(2),
+                                               raw.size(3)});
+  const auto term = [&](const at::Tensor& t) { return groups == 1 ? t : t.unsqueeze(2); };
+  view.mul_(term(ratio));
+  if (bias.defined()) {
+    const auto bias_shape = groups == 1 ? std::vector<int64_t>{1, channels, 1, 1}
+                                        : std::vector<int64_t>{1, groups, channels / groups, 1, 1};
+    view.addcmul_(bias.view(bias_shape), term(valid.to(raw.scalar_type())));
+  }
+  return output;
+}
+
+}  // namespace pconv::nn::functional::detail
