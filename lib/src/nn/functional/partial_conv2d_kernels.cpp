@@ -28,6 +28,68 @@ bool fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ra
          valid.is_contiguous() && bias.defined() && bias.scalar_type() == dtype;
 }
 
+// The inner loops, compiled for AVX-512, AVX2 + FMA and the x86-64 baseline; the loader picks
+// the best one for the machine (GCC function multi-versioning). Other dtypes use the templates.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PCONV_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define PCONV_CPU_CLONES
+#endif
+
+template <typename T>
+void renormalize_plane(T* __restrict__ out, const T* __restrict__ ratio, const T* __restrict__ valid,
+                       T bias, int64_t size) {
+  for (int64_t i = 0; i < size; ++i) out[i] = out[i] * ratio[i] + bias * valid[i];
+}
+
+template <>
+PCONV_CPU_CLONES void renormalize_plane<float>(float* __restrict__ out,
+                                               const float* __restrict__ ratio,
+                                               const float* __restrict__ valid, float bias,
+                                               int64_t size) {
+#pragma omp simd
+  for (int64_t i = 0; i < size; ++i) out[i] = out[i] * ratio[i] + bias * valid[i];
+}
+
+// grad_raw = grad * ratio; returns the plane's sum of grad * valid.
+template <typename T>
+T renormalize_backward_plane(const T* __restrict__ grad, T* __restrict__ grad_raw,
+                             const T* __restrict__ ratio, const T* __restrict__ valid, int64_t size) {
+  T sum = 0;
+  for (int64_t i = 0; i < size; ++i) {
+    grad_raw[i] = grad[i] * ratio[i];
+    sum += grad[i] * valid[i];
+  }
+  return sum;
+}
+
+template <>
+PCONV_CPU_CLONES float renormalize_backward_plane<float>(const float* __restrict__ grad,
+                                                         float* __restrict__ grad_raw,
+                                                         const float* __restrict__ ratio,
+                                                         const float* __restrict__ valid,
+                                                         int64_t size) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < size; ++i) {
+    grad_raw[i] = grad[i] * ratio[i];
+    sum += grad[i] * valid[i];
+  }
+  return sum;
+}
+
+template <typename T>
+void accumulate_row(T* __restrict__ sums, const T* __restrict__ row, int64_t size) {
+  for (int64_t i = 0; i < size; ++i) sums[i] += row[i];
+}
+
+template <>
+PCONV_CPU_CLONES void accumulate_row<float>(float* __restrict__ sums, const float* __restrict__ row,
+                                            int64_t size) {
+#pragma omp simd
+  for (int64_t i = 0; i < size; ++i) sums[i] += row[i];
+}
+
 // Where plane (n, c) of the output finds its ratio and valid planes.
 struct PlaneIndex {
   int64_t channels, groups, term_batch, plane_size;
@@ -59,8 +121,8 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
           scalar_t* __restrict__ o = out + plane * index.plane_size;
           const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
           const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
-          const scalar_t b = bias_data[plane % index.channels];
-          for (int64_t i = 0; i < index.plane_size; ++i) o[i] = o[i] * r[i] + b * v[i];
+          renormalize_plane<scalar_t>(o, r, v, bias_data[plane % index.channels],
+                                      index.plane_size);
         }
       });
     });
@@ -92,12 +154,8 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
           scalar_t* __restrict__ gr = grad_raw_data + plane * index.plane_size;
           const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
           const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
-          scalar_t sum = 0;
-          for (int64_t i = 0; i < index.plane_size; ++i) {
-            gr[i] = g[i] * r[i];
-            sum += g[i] * v[i];
-          }
-          sums[plane] = static_cast<double>(sum);
+          sums[plane] =
+              static_cast<double>(renormalize_backward_plane<scalar_t>(g, gr, r, v, index.plane_size));
         }
       });
     });
@@ -138,25 +196,24 @@ at::Tensor window_sums(const at::Tensor& counts, const WindowGeometry& geometry)
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     const int64_t work_per_row = kernel_h * width + kernel_w * out_w;
     at::parallel_for(0, planes * out_h, grain_for(work_per_row), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> column_sums(width);
+      // Column sums of one output row, with pad_w zeros on either side so that the horizontal
+      // pass needs no bounds checks.
+      std::vector<scalar_t> padded(width + 2 * pad_w);
+      scalar_t* column_sums = padded.data() + pad_w;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t plane = row / out_h;
         const int64_t out_y = row % out_h;
-        std::fill(column_sums.begin(), column_sums.end(), scalar_t(0));
+        std::fill(padded.begin(), padded.end(), scalar_t(0));
         for (int64_t ky = 0; ky < kernel_h; ++ky) {
           const int64_t in_y = out_y * stride_h - pad_h + ky * dilation_h;
           if (in_y < 0 || in_y >= height) continue;
-          const scalar_t* __restrict__ src = in + (plane * height + in_y) * width;
-          for (int64_t x = 0; x < width; ++x) column_sums[x] += src[x];
+          accumulate_row<scalar_t>(column_sums, in + (plane * height + in_y) * width, width);
         }
-        scalar_t* dst = out + row * out_w;
-        for (int64_t out_x = 0; out_x < out_w; ++out_x) {
-          scalar_t sum = 0;
-          for (int64_t kx = 0; kx < kernel_w; ++kx) {
-            const int64_t in_x = out_x * stride_w - pad_w + kx * dilation_w;
-            if (in_x >= 0 && in_x < width) sum += column_sums[in_x];
-          }
-          dst[out_x] = sum;
+        scalar_t* __restrict__ dst = out + row * out_w;
+        std::fill(dst, dst + out_w, scalar_t(0));
+        for (int64_t kx = 0; kx < kernel_w; ++kx) {
+          const scalar_t* __restrict__ taps = padded.data() + kx * dilation_w;
+          for (int64_t out_x = 0; out_x < out_w; ++out_x) dst[out_x] += taps[out_x * stride_w];
         }
       }
     });
