@@ -96,21 +96,16 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   // (and is far cheaper than a one-channel convolution); cuDNN may pick Winograd or FFT, which
   // round, so count in float64 there (the tensor has at most `groups` channels).
   const auto count_dtype = channel_counts.is_cuda() ? torch::kDouble : terms_dtype;
-  const torch::Tensor counts =
-      detail::window_sums(channel_counts.to(count_dtype),
-                          {{kernel_h, kernel_w},
-                           {(*options.stride())[0], (*options.stride())[1]},
-                           {(*options.padding())[0], (*options.padding())[1]},
-                           {(*options.dilation())[0], (*options.dilation())[1]}})
-          .to(terms_dtype);
-
-  // window / count, computed in float32 (float64 for float64 inputs) and selected rather than
-  // multiplied, so a zero count gives exactly 0 and never inf * 0 = NaN, whatever the input's
-  // precision.
-  const torch::Tensor valid = counts > 0;
+  auto window_terms = detail::window_terms(
+      channel_counts.to(count_dtype), static_cast<double>(window),
+      {{kernel_h, kernel_w},
+       {(*options.stride())[0], (*options.stride())[1]},
+       {(*options.padding())[0], (*options.padding())[1]},
+       {(*options.dilation())[0], (*options.dilation())[1]}},
+      terms_dtype);
   PartialConv2dMaskTerms terms;
-  terms.ratio = at::where(valid, counts.reciprocal().mul_(static_cast<double>(window)), 0.0);
-  terms.valid = valid.to(terms_dtype);
+  terms.ratio = std::move(window_terms.ratio);
+  terms.valid = std::move(window_terms.valid);
   return terms;
 }
 

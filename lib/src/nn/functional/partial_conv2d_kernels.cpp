@@ -167,20 +167,27 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
 
 }  // namespace
 
-at::Tensor window_sums(const at::Tensor& counts, const WindowGeometry& geometry) {
+WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGeometry& geometry,
+                         at::ScalarType terms_dtype) {
   const auto [kernel_h, kernel_w] = geometry.kernel;
   const auto [stride_h, stride_w] = geometry.stride;
   const auto [pad_h, pad_w] = geometry.padding;
   const auto [dilation_h, dilation_w] = geometry.dilation;
   const auto dtype = counts.scalar_type();
-  if (!counts.is_cpu() || (dtype != at::kFloat && dtype != at::kDouble)) {
+  if (!counts.is_cpu() || dtype != terms_dtype || (dtype != at::kFloat && dtype != at::kDouble)) {
+    // The reference path: a depthwise convolution with a ones kernel, then the ratio selected
+    // (never multiplied) so that a zero count gives exactly 0.
     const at::Tensor box = at::ones({counts.size(1), 1, kernel_h, kernel_w}, counts.options());
-    return at::conv2d(counts, box, {}, geometry.stride, geometry.padding, geometry.dilation,
-                      counts.size(1));
+    const at::Tensor sums = at::conv2d(counts, box, {}, geometry.stride, geometry.padding,
+                                       geometry.dilation, counts.size(1))
+                                .to(terms_dtype);
+    const at::Tensor valid = sums > 0;
+    return {at::where(valid, sums.reciprocal().mul_(window), 0.0), valid.to(terms_dtype)};
   }
 
-  // Separable on the CPU: sum the k_h taps of each column, then the k_w taps of each row.
-  // The counts are whole numbers, so every order of summation gives the exact result.
+  // Separable on the CPU: sum the k_h taps of each column, then the k_w taps of each row, and
+  // write ratio and valid straight from the sums. The counts are whole numbers, so every order
+  // of summation gives the exact result.
   const at::Tensor input = counts.contiguous();
   const int64_t planes = input.size(0) * input.size(1);
   const int64_t height = input.size(2);
@@ -190,15 +197,19 @@ at::Tensor window_sums(const at::Tensor& counts, const WindowGeometry& geometry)
   TORCH_CHECK(out_h > 0 && out_w > 0, "partial_conv2d: a ", kernel_h, "x", kernel_w,
               " kernel (dilation ", dilation_h, "x", dilation_w, ") does not fit the padded ",
               height, "x", width, " input");
-  at::Tensor output = at::empty({input.size(0), input.size(1), out_h, out_w}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "pconv_window_sums", [&] {
+  WindowTerms terms{at::empty({input.size(0), input.size(1), out_h, out_w}, input.options()),
+                    at::empty({input.size(0), input.size(1), out_h, out_w}, input.options())};
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pconv_window_terms", [&] {
     const scalar_t* in = input.const_data_ptr<scalar_t>();
-    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    scalar_t* ratio = terms.ratio.mutable_data_ptr<scalar_t>();
+    scalar_t* valid = terms.valid.mutable_data_ptr<scalar_t>();
+    const auto window_size = static_cast<scalar_t>(window);
     const int64_t work_per_row = kernel_h * width + kernel_w * out_w;
     at::parallel_for(0, planes * out_h, grain_for(work_per_row), [&](int64_t begin, int64_t end) {
       // Column sums of one output row, with pad_w zeros on either side so that the horizontal
       // pass needs no bounds checks.
       std::vector<scalar_t> padded(width + 2 * pad_w);
+      std::vector<scalar_t> sums(out_w);
       scalar_t* column_sums = padded.data() + pad_w;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t plane = row / out_h;
@@ -209,16 +220,22 @@ at::Tensor window_sums(const at::Tensor& counts, const WindowGeometry& geometry)
           if (in_y < 0 || in_y >= height) continue;
           accumulate_row<scalar_t>(column_sums, in + (plane * height + in_y) * width, width);
         }
-        scalar_t* __restrict__ dst = out + row * out_w;
-        std::fill(dst, dst + out_w, scalar_t(0));
+        std::fill(sums.begin(), sums.end(), scalar_t(0));
         for (int64_t kx = 0; kx < kernel_w; ++kx) {
           const scalar_t* __restrict__ taps = padded.data() + kx * dilation_w;
-          for (int64_t out_x = 0; out_x < out_w; ++out_x) dst[out_x] += taps[out_x * stride_w];
+          for (int64_t out_x = 0; out_x < out_w; ++out_x) sums[out_x] += taps[out_x * stride_w];
+        }
+        scalar_t* __restrict__ ratio_row = ratio + row * out_w;
+        scalar_t* __restrict__ valid_row = valid + row * out_w;
+        for (int64_t out_x = 0; out_x < out_w; ++out_x) {
+          const bool seen = sums[out_x] > 0;
+          ratio_row[out_x] = seen ? window_size / sums[out_x] : scalar_t(0);
+          valid_row[out_x] = seen ? scalar_t(1) : scalar_t(0);
         }
       }
     });
   });
-  return output;
+  return terms;
 }
 
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
