@@ -1,7 +1,10 @@
 // Benchmarks PartialConv2d against a plain Conv2d of the same shape and against NVIDIA's
 // formulation of the layer, on the shapes of the paper's UNet, and prints the ratios.
 //
-//   bench_partial_conv2d [--threads N] [--device cpu|cuda] [google benchmark flags]
+//   bench_partial_conv2d [--threads N] [--device cpu|cuda] [--shape I] [google benchmark flags]
+//
+// --shape I runs only the I-th layer shape (0-based); scripts/bench.sh runs each shape in a
+// process of its own, which keeps one shape's heap layout from skewing another's timings.
 #include <pconv/nn/partial_conv2d.h>
 
 #include <ATen/ATen.h>
@@ -199,10 +202,13 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
 int main(int argc, char** argv) {
   int threads = 2;
+  int only_shape = -1;
   std::vector<char*> remaining;
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
+      only_shape = std::atoi(argv[++i]);
     } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
       g_device = c10::Device(argv[++i]);
     } else {
@@ -224,7 +230,9 @@ int main(int argc, char** argv) {
 
   for (const char* pass : {"forward", "forward+backward"}) {
     const bool backward = std::strcmp(pass, "forward") != 0;
-    for (const auto& shape : kShapes) {
+    for (size_t index = 0; index < kShapes.size(); ++index) {
+      if (only_shape >= 0 && static_cast<size_t>(only_shape) != index) continue;
+      const Shape& shape = kShapes[index];
       for (const int64_t batch : {1, 4}) {
         for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kNvidia}) {
           benchmark::RegisterBenchmark(RatioReporter::Name(shape, variant, pass, batch).c_str(),

@@ -92,13 +92,29 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   } else {
     channel_counts = mask.detach().to(terms_dtype);
   }
+  return partial_conv2d_mask_terms_from_counts(channel_counts, window, kernel_size, options,
+                                               terms_dtype);
+}
+
+PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(const torch::Tensor& channel_counts,
+                                                             int64_t window,
+                                                             torch::ExpandingArray<2> kernel_size,
+                                                             const PartialConv2dFuncOptions& options,
+                                                             torch::ScalarType terms_dtype) {
+  TORCH_CHECK(channel_counts.defined() && channel_counts.dim() == 4,
+              "partial_conv2d: channel_counts must be 4-D (N, G, H, W); got ",
+              channel_counts.defined() ? channel_counts.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(terms_dtype == torch::kFloat || terms_dtype == torch::kDouble,
+              "partial_conv2d: mask terms are float32 or float64; asked for ", terms_dtype);
+  TORCH_CHECK(window > 0, "partial_conv2d: window must be positive; got ", window);
+  torch::NoGradGuard no_grad;
   // Window sums of 0/1 values must be exact integers. On the CPU a separable box sum gives them
   // (and is far cheaper than a one-channel convolution); cuDNN may pick Winograd or FFT, which
   // round, so count in float64 there (the tensor has at most `groups` channels).
   const auto count_dtype = channel_counts.is_cuda() ? torch::kDouble : terms_dtype;
   auto window_terms = detail::window_terms(
-      channel_counts.to(count_dtype), static_cast<double>(window),
-      {{kernel_h, kernel_w},
+      channel_counts.detach().to(count_dtype), static_cast<double>(window),
+      {{(*kernel_size)[0], (*kernel_size)[1]},
        {(*options.stride())[0], (*options.stride())[1]},
        {(*options.padding())[0], (*options.padding())[1]},
        {(*options.dilation())[0], (*options.dilation())[1]}},
@@ -109,35 +125,51 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   return terms;
 }
 
+torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
+                                          const torch::Tensor& weight, const torch::Tensor& bias,
+                                          const PartialConv2dMaskTerms& terms,
+                                          const PartialConv2dFuncOptions& options) {
+  check_input(masked_input);
+  check_weight(masked_input, weight, bias, options);
+  torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(),
+                                    *options.padding(), *options.dilation(), options.groups());
+  const int64_t groups = terms.ratio.defined() ? terms.ratio.size(1) : 0;
+  const int64_t term_batch = terms.ratio.defined() ? terms.ratio.size(0) : 0;
+  TORCH_CHECK(terms.ratio.defined() && terms.valid.defined() && terms.ratio.dim() == 4 &&
+                  terms.valid.sizes() == terms.ratio.sizes() &&
+                  (groups == 1 || groups == options.groups()) &&
+                  terms.ratio.size(2) == output.size(2) && terms.ratio.size(3) == output.size(3) &&
+                  (term_batch == 1 || term_batch == output.size(0)),
+              "partial_conv2d: mask terms ",
+              terms.ratio.defined() ? terms.ratio.sizes() : c10::IntArrayRef{},
+              " do not fit output ", output.sizes(), " with groups=", options.groups());
+  // y = conv(x * m) * ratio + bias * valid, in place. The ratio is 0 where no input was valid,
+  // so those outputs are exactly 0.
+  return detail::renormalize(output, bias, terms.ratio, terms.valid);
+}
+
 std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
     const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,
     const torch::Tensor& bias, const PartialConv2dMaskTerms& terms,
     const PartialConv2dFuncOptions& options) {
   check_input(input);
   check_mask(mask, input, options);
-  check_weight(input, weight, bias, options);
 
   // Hole pixels are zeroed by the multiply, so their values never reach the output.
   const torch::Tensor masked_input =
       mask.defined() ? input * mask.detach().to(input.scalar_type()) : input;
-  torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(),
-                                    *options.padding(), *options.dilation(), options.groups());
-
-  const int64_t batch = output.size(0);
+  const int64_t term_groups = mask_terms_groups(mask, options);
+  TORCH_CHECK(terms.ratio.defined() && terms.ratio.dim() == 4 && terms.ratio.size(1) == term_groups,
+              "partial_conv2d: mask terms ",
+              terms.ratio.defined() ? terms.ratio.sizes() : c10::IntArrayRef{}, " have ",
+              terms.ratio.defined() ? terms.ratio.size(1) : 0, " groups; this mask needs ",
+              term_groups);
+  const torch::Tensor output =
+      partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
   const int64_t out_channels = output.size(1);
   const int64_t out_h = output.size(2);
   const int64_t out_w = output.size(3);
-  const int64_t term_groups = mask_terms_groups(mask, options);
   const int64_t term_batch = terms.ratio.size(0);
-  TORCH_CHECK(terms.ratio.dim() == 4 && terms.ratio.size(1) == term_groups &&
-                  terms.ratio.size(2) == out_h && terms.ratio.size(3) == out_w &&
-                  (term_batch == 1 || term_batch == batch),
-              "partial_conv2d: mask terms ", terms.ratio.sizes(), " do not fit output ",
-              output.sizes());
-
-  // y = conv(x * m) * ratio + bias * valid, in place. The ratio is 0 where no input was valid,
-  // so those outputs are exactly 0.
-  output = detail::renormalize(output, bias, terms.ratio, terms.valid);
 
   // The updated mask: a broadcast view where possible (clone() it before writing into it).
   torch::Tensor new_mask = terms.valid.to(mask.defined() ? mask.scalar_type() : input.scalar_type());

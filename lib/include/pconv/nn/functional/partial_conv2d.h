@@ -46,6 +46,24 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
                                                  torch::ExpandingArray<2> kernel_size,
                                                  const PartialConv2dFuncOptions& options = {});
 
+/// The mask terms from valid counts already summed over the channels of each group:
+/// `channel_counts` (N, G, H, W) holds, per pixel, the number of valid input channels of each
+/// of the G groups (G = 1 for single-channel masks and ungrouped convolutions), and `window`
+/// is the number of inputs a full window sees (channels per group x kH x kW). A network whose
+/// masks are blocks of identical channels (the UNet's concatenated skips) computes its counts
+/// this way in one cheap pass instead of summing a full multi-channel mask. `terms_dtype` is
+/// float32 or float64.
+PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(
+    const torch::Tensor& channel_counts, int64_t window, torch::ExpandingArray<2> kernel_size,
+    const PartialConv2dFuncOptions& options = {}, torch::ScalarType terms_dtype = torch::kFloat);
+
+/// The convolution half of a partial convolution, for an input whose holes are already zero
+/// (x * mask): y = conv(masked_input, weight) * ratio + bias * valid. Returns y only.
+torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
+                                          const torch::Tensor& weight, const torch::Tensor& bias,
+                                          const PartialConv2dMaskTerms& terms,
+                                          const PartialConv2dFuncOptions& options = {});
+
 /// Applies a partial convolution with precomputed mask terms:
 ///   y = conv(x * mask, weight) * ratio + bias * valid
 /// `mask` may be undefined (padding mode). Returns the output and the updated mask

@@ -1,0 +1,181 @@
+#include "pconv/nn/pconv_unet.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+namespace pconv::nn {
+namespace {
+
+namespace F = functional;
+
+constexpr int64_t kDecoderKernel = 3;
+constexpr double kDecoderSlope = 0.2;
+
+// The paper's encoder kernels: 7, 5, 5, then 3.
+int64_t encoder_kernel(int64_t level) { return level == 1 ? 7 : (level <= 3 ? 5 : 3); }
+
+F::PartialConv2dFuncOptions encoder_geometry(int64_t level) {
+  return F::PartialConv2dFuncOptions().stride(2).padding(encoder_kernel(level) / 2);
+}
+
+F::PartialConv2dFuncOptions decoder_geometry() {
+  return F::PartialConv2dFuncOptions().stride(1).padding(kDecoderKernel / 2);
+}
+
+}  // namespace
+
+PConvUNetImpl::PConvUNetImpl(PConvUNetOptions options_) : options(std::move(options_)) {
+  PConvUNetImpl::reset();
+}
+
+int64_t PConvUNetImpl::encoder_width(int64_t level) const {
+  if (level == 0) return options.image_channels();
+  return std::min(options.base_width() << std::min<int64_t>(level - 1, 20), options.max_width());
+}
+
+void PConvUNetImpl::reset() {
+  const int64_t depth = options.depth();
+  TORCH_CHECK(depth >= 1 && depth <= 10, "PConvUNet: depth must be in 1..10; got ", depth);
+  TORCH_CHECK(options.base_width() > 0, "PConvUNet: base_width must be positive; got ",
+              options.base_width());
+  TORCH_CHECK(options.max_width() >= options.base_width(), "PConvUNet: max_width (",
+              options.max_width(), ") must be at least base_width (", options.base_width(), ")");
+  TORCH_CHECK(options.image_channels() > 0, "PConvUNet: image_channels must be positive; got ",
+              options.image_channels());
+  encoder.clear();
+  decoder.clear();
+  encoder_bn.clear();
+  decoder_bn.clear();
+
+  // A bias only where no BatchNorm follows: BatchNorm would cancel it.
+  for (int64_t level = 1; level <= depth; ++level) {
+    const int64_t kernel = encoder_kernel(level);
+    const auto geometry = encoder_geometry(level);
+    encoder.push_back(register_module(
+        "encoder" + std::to_string(level),
+        PartialConv2d(PartialConv2dOptions(encoder_width(level - 1), encoder_width(level), kernel)
+                          .stride(geometry.stride())
+                          .padding(geometry.padding())
+                          .bias(level == 1)
+                          .multi_channel(true))));
+    if (level >= 2) {
+      encoder_bn.push_back(register_module("encoder_bn" + std::to_string(level),
+                                           torch::nn::BatchNorm2d(encoder_width(level))));
+    }
+  }
+  for (int64_t level = depth; level >= 1; --level) {
+    const int64_t up_channels = level == depth ? encoder_width(depth) : encoder_width(level);
+    const int64_t in_channels = up_channels + encoder_width(level - 1);
+    const int64_t out_channels = level == 1 ? options.image_channels() : encoder_width(level - 1);
+    decoder.push_back(register_module(
+        "decoder" + std::to_string(level),
+        PartialConv2d(PartialConv2dOptions(in_channels, out_channels, kDecoderKernel)
+                          .padding(kDecoderKernel / 2)
+                          .bias(level == 1)
+                          .multi_channel(true))));
+    if (level >= 2) {
+      decoder_bn.push_back(register_module("decoder_bn" + std::to_string(level),
+                                           torch::nn::BatchNorm2d(out_channels)));
+    }
+  }
+  set_freeze_encoder_bn(options.freeze_encoder_bn());
+}
+
+void PConvUNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "pconv::nn::PConvUNet(depth=" << options.depth()
+         << ", base_width=" << options.base_width() << ", max_width=" << options.max_width()
+         << ", image_channels=" << options.image_channels()
+         << (options.freeze_encoder_bn() ? ", freeze_encoder_bn=true" : "") << ')';
+}
+
+void PConvUNetImpl::set_freeze_encoder_bn(bool freeze) {
+  options.freeze_encoder_bn(freeze);
+  for (auto& bn : encoder_bn) {
+    bn->weight.requires_grad_(!freeze);
+    bn->bias.requires_grad_(!freeze);
+    bn->train(is_training() && !freeze);
+  }
+}
+
+void PConvUNetImpl::train(bool on) {
+  torch::nn::Module::train(on);
+  if (options.freeze_encoder_bn()) {
+    for (auto& bn : encoder_bn) bn->eval();
+  }
+}
+
+std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Tensor& image,
+                                                               const torch::Tensor& mask) {
+  TORCH_CHECK(image.defined() && image.dim() == 4 && image.size(1) == options.image_channels(),
+              "PConvUNet: image must be (N, ", options.image_channels(), ", H, W); got ",
+              image.defined() ? image.sizes() : c10::IntArrayRef{});
+  const int64_t multiple = size_multiple();
+  TORCH_CHECK(image.size(2) % multiple == 0 && image.size(3) % multiple == 0,
+              "PConvUNet: image height and width must be multiples of ", multiple, " (2^depth, depth ",
+              options.depth(), "); got ", image.size(2), "x", image.size(3),
+              " (pad the image, e.g. as pconv inpaint does)");
+  TORCH_CHECK(mask.defined() && mask.dim() == 4 && mask.size(1) == 1 &&
+                  (mask.size(0) == 1 || mask.size(0) == image.size(0)) &&
+                  mask.size(2) == image.size(2) && mask.size(3) == image.size(3),
+              "PConvUNet: mask must be (", image.size(0), " or 1, 1, ", image.size(2), ", ",
+              image.size(3), "); got ", mask.sizes());
+  TORCH_CHECK(mask.is_floating_point(), "PConvUNet: mask must be floating point; got ",
+              mask.scalar_type());
+
+  const int64_t depth = options.depth();
+  const auto terms_dtype = image.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  // Every mask in the network is one channel shared by the channels of one tensor, so a
+  // layer's valid counts are (channels x mask) summed over its input blocks: no full
+  // multi-channel mask is ever built or summed.
+  std::vector<torch::Tensor> masks{mask.detach().to(terms_dtype)};
+  std::vector<torch::Tensor> masked_features;  // encoder outputs with their holes zeroed
+  masked_features.reserve(depth + 1);
+  torch::Tensor features = image;
+  for (int64_t level = 1; level <= depth; ++level) {
+    const torch::Tensor& level_mask = masks.back();
+    masked_features.push_back(features * level_mask.to(features.scalar_type()));
+    const int64_t kernel = encoder_kernel(level);
+    const auto geometry = encoder_geometry(level);
+    // The count is channels x mask and the window channels x k x k: the channels cancel.
+    const auto terms = F::partial_conv2d_mask_terms_from_counts(level_mask, kernel * kernel, kernel,
+                                                                geometry, terms_dtype);
+    const auto& conv = encoder[level - 1];
+    features = F::partial_conv2d_masked_input(masked_features.back(), conv->weight, conv->bias,
+                                              terms, geometry);
+    if (level >= 2) features = encoder_bn[level - 2](features);
+    features = at::relu(features);
+    masks.push_back(terms.valid);
+  }
+
+  torch::Tensor current_mask = masks.back();
+  for (int64_t level = depth; level >= 1; --level) {
+    const auto size = masked_features[level - 1].sizes();
+    const torch::Tensor up = at::upsample_nearest2d(features, {size[2], size[3]});
+    const torch::Tensor up_mask = at::upsample_nearest2d(current_mask, {size[2], size[3]});
+    const torch::Tensor& skip_mask = masks[level - 1];
+    const int64_t up_channels = up.size(1);
+    const int64_t skip_channels = size[1];
+    const torch::Tensor masked_input =
+        at::cat({up * up_mask.to(up.scalar_type()), masked_features[level - 1]}, 1);
+    const torch::Tensor counts =
+        up_mask * static_cast<double>(up_channels) + skip_mask * static_cast<double>(skip_channels);
+    const auto geometry = decoder_geometry();
+    const auto terms = F::partial_conv2d_mask_terms_from_counts(
+        counts, (up_channels + skip_channels) * kDecoderKernel * kDecoderKernel, kDecoderKernel,
+        geometry, terms_dtype);
+    const auto& conv = decoder[depth - level];
+    features = F::partial_conv2d_masked_input(masked_input, conv->weight, conv->bias, terms, geometry);
+    if (level >= 2) {
+      features = decoder_bn[depth - level](features);
+      features = at::leaky_relu(features, kDecoderSlope);
+    }
+    current_mask = terms.valid;
+  }
+  return {features, current_mask.to(mask.scalar_type())};
+}
+
+}  // namespace pconv::nn

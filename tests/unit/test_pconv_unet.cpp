@@ -1,0 +1,183 @@
+// Tests of pconv::nn::PConvUNet: shapes for several depths and sizes, the mask pyramid against a
+// composition of multi-channel PartialConv2d layers, encoder BatchNorm freezing, bad input.
+#include <pconv/nn/pconv_unet.h>
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/optim/adam.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using pconv::nn::PConvUNet;
+using pconv::nn::PConvUNetOptions;
+
+class PConvUNetTest : public ::testing::Test {
+ protected:
+  void SetUp() override { torch::manual_seed(99); }
+};
+
+at::Tensor hole_mask(int64_t batch, int64_t size) {
+  auto mask = at::ones({batch, 1, size, size});
+  mask.narrow(2, size / 4, size / 2).narrow(3, size / 8, size / 2).zero_();
+  return mask;
+}
+
+TEST_F(PConvUNetTest, OutputShapesForSeveralDepthsAndSizes) {
+  for (const int64_t depth : {1, 3, 5, 7, 8}) {
+    PConvUNet net(PConvUNetOptions().depth(depth).base_width(4).max_width(16));
+    const int64_t multiple = int64_t{1} << depth;
+    for (const auto& [height, width] : std::vector<std::pair<int64_t, int64_t>>{
+             {multiple, multiple}, {2 * multiple, 3 * multiple}}) {
+      SCOPED_TRACE("depth " + std::to_string(depth) + " " + std::to_string(height) + "x" +
+                   std::to_string(width));
+      const auto image = at::rand({2, 3, height, width});
+      auto mask = at::ones({2, 1, height, width});
+      mask.narrow(2, 0, height / 2).zero_();
+      const auto [output, out_mask] = net(image, mask);
+      EXPECT_EQ(output.sizes(), image.sizes());
+      EXPECT_EQ(out_mask.sizes(), (at::IntArrayRef{2, 1, height, width}));
+      EXPECT_TRUE(output.isfinite().all().item<bool>());
+    }
+  }
+}
+
+TEST_F(PConvUNetTest, LayerWidthsFollowThePaper) {
+  PConvUNet net(PConvUNetOptions().depth(8));
+  const std::vector<int64_t> encoder_out{64, 128, 256, 512, 512, 512, 512, 512};
+  const std::vector<int64_t> encoder_kernel{7, 5, 5, 3, 3, 3, 3, 3};
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(net->encoder[i]->options.out_channels(), encoder_out[i]);
+    EXPECT_EQ((*net->encoder[i]->options.kernel_size())[0], encoder_kernel[i]);
+  }
+  // Decoder inputs: 512+512 (x4), 512+256, 256+128, 128+64, 64+3.
+  const std::vector<int64_t> decoder_in{1024, 1024, 1024, 1024, 768, 384, 192, 67};
+  const std::vector<int64_t> decoder_out{512, 512, 512, 512, 256, 128, 64, 3};
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(net->decoder[i]->options.in_channels(), decoder_in[i]);
+    EXPECT_EQ(net->decoder[i]->options.out_channels(), decoder_out[i]);
+  }
+  EXPECT_EQ(net->encoder_bn.size(), 7U);
+  EXPECT_EQ(net->decoder_bn.size(), 7U);
+}
+
+// The network's count-based mask pyramid must equal what its PartialConv2d layers compute from
+// full multi-channel masks (the concatenated masks of the paper).
+TEST_F(PConvUNetTest, MaskPyramidEqualsMultiChannelLayers) {
+  const int64_t depth = 3;
+  PConvUNet net(PConvUNetOptions().depth(depth).base_width(4).max_width(8));
+  net->eval();
+  const auto image = at::rand({2, 3, 32, 32}, at::kDouble);
+  const auto mask = (at::rand({2, 1, 32, 32}) > 0.6).to(at::kDouble);
+  net->to(at::kDouble);
+  const auto [output, out_mask] = net(image, mask);
+
+  auto full = [](const at::Tensor& m, int64_t channels) {
+    return m.expand({m.size(0), channels, m.size(2), m.size(3)});
+  };
+  std::vector<at::Tensor> features{image};
+  std::vector<at::Tensor> masks{mask};
+  for (int64_t level = 1; level <= depth; ++level) {
+    auto [x, m] = net->encoder[level - 1](features.back(), full(masks.back(), features.back().size(1)));
+    if (level >= 2) x = net->encoder_bn[level - 2](x);
+    features.push_back(at::relu(x));
+    masks.push_back(m.narrow(1, 0, 1));
+  }
+  at::Tensor x = features.back();
+  at::Tensor m = masks.back();
+  for (int64_t level = depth; level >= 1; --level) {
+    const auto& skip = features[level - 1];
+    const auto up = at::upsample_nearest2d(x, {skip.size(2), skip.size(3)});
+    const auto up_mask = at::upsample_nearest2d(m, {skip.size(2), skip.size(3)});
+    const auto input = at::cat({up, skip}, 1);
+    const auto input_mask = at::cat({full(up_mask, up.size(1)), full(masks[level - 1], skip.size(1))}, 1);
+    auto [y, new_mask] = net->decoder[depth - level](input, input_mask);
+    if (level >= 2) y = at::leaky_relu(net->decoder_bn[depth - level](y), 0.2);
+    x = y;
+    m = new_mask.narrow(1, 0, 1);
+  }
+  EXPECT_TRUE(at::allclose(output, x, 1e-10, 1e-12)) << (output - x).abs().max();
+  EXPECT_TRUE(at::equal(out_mask, m));
+}
+
+TEST_F(PConvUNetTest, HolesFillAndGradientsFlow) {
+  PConvUNet net(PConvUNetOptions().depth(4).base_width(8).max_width(32));
+  const auto image = at::rand({2, 3, 64, 64});
+  const auto mask = hole_mask(1, 64);  // one mask for the batch
+  const auto [output, out_mask] = net(image, mask);
+  EXPECT_EQ(out_mask.min().item<float>(), 1.0F);  // a 32x32 hole is gone after 4 levels
+  (output * output).mean().backward();
+  for (const auto& parameter : net->parameters()) {
+    ASSERT_TRUE(parameter.grad().defined());
+    EXPECT_TRUE(parameter.grad().isfinite().all().item<bool>());
+  }
+  EXPECT_GT(net->encoder[0]->weight.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST_F(PConvUNetTest, FreezingEncoderBatchNormFreezesIt) {
+  PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
+  net->train();
+  const auto image = at::rand({4, 3, 32, 32});
+  const auto mask = hole_mask(4, 32);
+  // A step without freezing moves the statistics, so the frozen check below can fail.
+  const auto stats_before = net->encoder_bn[0]->running_mean.clone();
+  net(image, mask);
+  ASSERT_FALSE(at::equal(stats_before, net->encoder_bn[0]->running_mean));
+
+  net->set_freeze_encoder_bn(true);
+  net->train();
+  torch::optim::Adam optimizer(net->parameters(), torch::optim::AdamOptions(1e-2));
+  std::vector<at::Tensor> encoder_state;
+  for (const auto& bn : net->encoder_bn) {
+    EXPECT_FALSE(bn->is_training());
+    for (const auto& tensor : {bn->running_mean, bn->running_var, bn->weight, bn->bias}) {
+      encoder_state.push_back(tensor.clone());
+    }
+  }
+  const auto decoder_weight = net->decoder_bn[0]->weight.clone();
+  for (int step = 0; step < 2; ++step) {
+    optimizer.zero_grad();
+    const auto [output, out_mask] = net(image, mask);
+    ((output - image).abs().mean() + 0.1 * output.mean()).backward();
+    optimizer.step();
+  }
+  size_t index = 0;
+  for (const auto& bn : net->encoder_bn) {
+    for (const auto& tensor : {bn->running_mean, bn->running_var, bn->weight, bn->bias}) {
+      EXPECT_TRUE(at::equal(tensor, encoder_state[index++]));
+    }
+  }
+  EXPECT_FALSE(at::equal(decoder_weight, net->decoder_bn[0]->weight));
+  EXPECT_TRUE(net->decoder_bn[0]->is_training());
+
+  net->set_freeze_encoder_bn(false);
+  EXPECT_TRUE(net->encoder_bn[0]->is_training());
+  EXPECT_TRUE(net->encoder_bn[0]->weight.requires_grad());
+}
+
+TEST_F(PConvUNetTest, BadInputNamesTheProblem) {
+  PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
+  auto message = [&](const at::Tensor& image, const at::Tensor& mask) -> std::string {
+    try {
+      net(image, mask);
+    } catch (const c10::Error& error) {
+      return error.what_without_backtrace();
+    }
+    return "(no error)";
+  };
+  EXPECT_THAT(message(at::rand({1, 3, 30, 32}), at::ones({1, 1, 30, 32})),
+              ::testing::AllOf(::testing::HasSubstr("multiples of 8"), ::testing::HasSubstr("30x32")));
+  EXPECT_THAT(message(at::rand({1, 4, 32, 32}), at::ones({1, 1, 32, 32})),
+              ::testing::HasSubstr("[1, 4, 32, 32]"));
+  EXPECT_THAT(message(at::rand({1, 3, 32, 32}), at::ones({1, 3, 32, 32})),
+              ::testing::HasSubstr("mask must be"));
+  EXPECT_THROW(PConvUNet(PConvUNetOptions().base_width(64).max_width(32)), c10::Error);
+}
+
+}  // namespace
