@@ -8,6 +8,13 @@
 #include <torch/headeronly/version.h>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <regex>
 
 namespace pconv::app {
 
@@ -51,6 +58,66 @@ c10::Device resolve_device(const CommonOptions& options) {
                                                        options.device, count));
   }
   return device;
+}
+
+std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option) {
+  static const std::regex pattern(R"(^\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*$)");
+  std::smatch match;
+  if (!std::regex_match(text, match, pattern)) {
+    throw CLI::ValidationError(option, "'" + text + "' is not WIDTHxHEIGHT (e.g. 512x512)");
+  }
+  const int64_t width = std::stoll(match[1].str());
+  const int64_t height = std::stoll(match[2].str());
+  if (width < 1 || height < 1) {
+    throw CLI::ValidationError(option, "'" + text + "' has a zero side");
+  }
+  return {width, height};
+}
+
+Progress::Progress(std::string label, int64_t total)
+    : label_(std::move(label)),
+      total_(std::max<int64_t>(total, 1)),
+      terminal_(isatty(STDERR_FILENO) != 0),
+      enabled_(spdlog::should_log(spdlog::level::info)),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {}
+
+void Progress::advance(int64_t steps) {
+  done_ = std::min(total_, done_ + steps);
+  draw(false);
+}
+
+void Progress::finish() { draw(true); }
+
+void Progress::draw(bool final) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
+  const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
+  const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : 0.0;
+  const auto clock = [](double seconds) {
+    const auto s = static_cast<int64_t>(seconds + 0.5);
+    return fmt::format("{}:{:02d}:{:02d}", s / 3600, (s / 60) % 60, s % 60);
+  };
+  if (terminal_) {
+    if (!final && since_draw < 0.1 && done_ < total_) return;
+    constexpr int kBarWidth = 30;
+    const int filled = static_cast<int>(kBarWidth * done_ / total_);
+    std::fprintf(stderr, "\r%s [%s%s] %lld/%lld  %.1f/s  %s %s%s", label_.c_str(),
+                 std::string(filled, '#').c_str(), std::string(kBarWidth - filled, '.').c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), rate,
+                 final ? "took" : "ETA", clock(final ? elapsed : eta).c_str(), final ? "\n" : "");
+    std::fflush(stderr);
+  } else if (final || (done_ < total_ && (done_ >= next_log_ || since_draw >= 30.0))) {
+    spdlog::info("{}: {}/{} ({:.1f}/s, {} {})", label_, done_, total_, rate,
+                 final ? "took" : "ETA", clock(final ? elapsed : eta));
+    next_log_ = done_ + std::max<int64_t>(1, total_ / 10);
+    if (final) enabled_ = false;
+  } else {
+    return;
+  }
+  last_draw_ = now;
 }
 
 std::string version_string() {

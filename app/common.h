@@ -4,7 +4,10 @@
 #include <CLI/CLI.hpp>
 #include <c10/core/Device.h>
 
+#include <chrono>
+#include <cstdint>
 #include <string>
+#include <utility>
 
 namespace pconv::app {
 
@@ -23,5 +26,30 @@ c10::Device resolve_device(const CommonOptions& options);
 
 /// "pconv X.Y.Z (LibTorch A.B.C)".
 std::string version_string();
+
+/// Parses "WIDTHxHEIGHT" (e.g. 512x384) into (width, height); throws CLI::ValidationError
+/// naming `option` otherwise.
+std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option);
+
+/// Progress of a long job on stderr: a bar with count, rate and ETA, redrawn in place, on a
+/// terminal; a plain log line every 10% (and at most every 30 s) otherwise. Silent with -q.
+class Progress {
+ public:
+  Progress(std::string label, int64_t total);
+  void advance(int64_t steps = 1);
+  void finish();
+
+ private:
+  void draw(bool final);
+
+  std::string label_;
+  int64_t total_;
+  int64_t done_ = 0;
+  bool terminal_;
+  bool enabled_;
+  int64_t next_log_ = 0;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_draw_;
+};
 
 }  // namespace pconv::app

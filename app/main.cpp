@@ -1,6 +1,7 @@
 // The pconv command: composes the subcommands, and maps every failure to one line on stderr
 // and a documented exit code (exit_codes.h).
 #include "commands/demo.h"
+#include "commands/masks.h"
 #include "common.h"
 #include "exit_codes.h"
 
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
       "4 bad model file, 130 interrupted. Logging level also from SPDLOG_LEVEL.");
 
   setup_demo(app);
+  setup_masks(app);
 
   try {
     app.parse(argc, argv);

@@ -17,7 +17,7 @@ done
 {
   echo "| layer | pass | batch | conv2d ms | pconv ms | nvidia ms | pconv / conv2d | nvidia / pconv |"
   echo "|---|---|---|---|---|---|---|---|"
-  sort -t'|' -k3,3r -s "$rows"
+  sort -t'|' -k3,3 -s "$rows"
   echo
   echo "| geometric mean over the layers | pconv / conv2d | nvidia / pconv |"
   echo "|---|---|---|"

@@ -1,0 +1,79 @@
+#include "masks.h"
+
+#include "../common.h"
+
+#include <pconv/data/mask_generator.h>
+#include <pconv/error.h>
+#include <pconv/io/image_file.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <memory>
+
+namespace pconv::app {
+
+void setup_masks(CLI::App& app) {
+  auto options = std::make_shared<MasksOptions>();
+  auto* command = app.add_subcommand(
+      "masks", "Write generated irregular hole masks (free-form strokes and blobs) as PNG files, "
+               "white = hole, named mask_00000.png, mask_00001.png, ...");
+  command->add_option("-n,--count", options->count, "Number of masks")
+      ->check(CLI::Range(int64_t{1}, int64_t{10000000}))
+      ->capture_default_str();
+  command->add_option("-o,--out", options->out_dir, "Folder to write into (created if missing)")
+      ->required();
+  command->add_option("--size", options->size, "Mask size, WIDTHxHEIGHT")->capture_default_str();
+  command->add_option("--seed", options->seed, "Random seed: the same seed gives the same masks")
+      ->capture_default_str();
+  command->add_option("--min-ratio", options->min_ratio, "Smallest hole fraction")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  command->add_option("--max-ratio", options->max_ratio, "Largest hole fraction")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  command->add_flag("--overwrite", options->overwrite, "Replace mask files that already exist");
+  command->callback([options] { run_masks(*options); });
+}
+
+void run_masks(const MasksOptions& options) {
+  const auto [width, height] = parse_size(options.size, "--size");
+  if (options.min_ratio > options.max_ratio) {
+    throw CLI::ValidationError("--min-ratio", fmt::format("{} is larger than --max-ratio {}",
+                                                          options.min_ratio, options.max_ratio));
+  }
+  const std::filesystem::path out_dir(options.out_dir);
+  std::error_code error;
+  std::filesystem::create_directories(out_dir, error);
+  if (error || !std::filesystem::is_directory(out_dir)) {
+    throw InputError(out_dir.string() + ": cannot create the output folder" +
+                     (error ? ": " + error.message() : std::string()));
+  }
+
+  const data::MaskGenerator generator(
+      data::MaskGeneratorOptions(height, width).min_ratio(options.min_ratio).max_ratio(options.max_ratio),
+      options.seed);
+  Progress progress("masks", options.count);
+  double ratio_sum = 0.0;
+  int64_t skipped = 0;
+  for (int64_t index = 0; index < options.count; ++index) {
+    const auto path = out_dir / fmt::format("mask_{:05d}.png", index);
+    if (!options.overwrite && std::filesystem::exists(path)) {
+      ++skipped;
+    } else {
+      const auto holes = generator.holes(static_cast<uint64_t>(index));
+      ratio_sum += data::MaskGenerator::hole_ratio(holes);
+      io::write_mask(path, holes, height, width);
+    }
+    progress.advance();
+  }
+  progress.finish();
+  const int64_t written = options.count - skipped;
+  spdlog::info("wrote {} masks of {}x{} to {} (mean hole ratio {:.3f}){}", written, width, height,
+               out_dir.string(), written > 0 ? ratio_sum / static_cast<double>(written) : 0.0,
+               skipped > 0 ? fmt::format("; {} existed and were kept (--overwrite replaces them)", skipped)
+                           : std::string());
+}
+
+}  // namespace pconv::app

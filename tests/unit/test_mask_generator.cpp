@@ -1,0 +1,66 @@
+// Tests of pconv::data::MaskGenerator: hole ratios land in the asked bin, masks are
+// reproducible for a seed and index, and the tensor form follows the network's convention.
+#include <pconv/data/mask_generator.h>
+
+#include <ATen/ATen.h>
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using pconv::data::MaskGenerator;
+using pconv::data::MaskGeneratorOptions;
+
+// The paper's evaluation bins.
+const std::vector<std::pair<double, double>> kBins = {
+    {0.01, 0.1}, {0.1, 0.2}, {0.2, 0.3}, {0.3, 0.4}, {0.4, 0.5}, {0.5, 0.6}};
+
+TEST(MaskGeneratorTest, RatiosLandInTheAskedBin) {
+  for (const auto& [low, high] : kBins) {
+    for (const auto& [height, width] : std::vector<std::pair<int64_t, int64_t>>{{128, 128}, {96, 160}}) {
+      SCOPED_TRACE(std::to_string(low) + "-" + std::to_string(high) + " " + std::to_string(width) +
+                   "x" + std::to_string(height));
+      const MaskGenerator generator(MaskGeneratorOptions(height, width).min_ratio(low).max_ratio(high), 7);
+      for (uint64_t index = 0; index < 12; ++index) {
+        const auto holes = generator.holes(index);
+        ASSERT_EQ(holes.size(), static_cast<size_t>(height * width));
+        const double ratio = MaskGenerator::hole_ratio(holes);
+        EXPECT_GE(ratio, low) << "mask " << index;
+        EXPECT_LE(ratio, high) << "mask " << index;
+      }
+    }
+  }
+}
+
+TEST(MaskGeneratorTest, ReproducibleForSeedAndIndex) {
+  const auto options = MaskGeneratorOptions(64, 80).min_ratio(0.1).max_ratio(0.4);
+  const MaskGenerator first(options, 3);
+  const MaskGenerator again(options, 3);
+  const MaskGenerator other_seed(options, 4);
+  EXPECT_EQ(first.holes(5), again.holes(5));
+  EXPECT_NE(first.holes(5), first.holes(6));
+  EXPECT_NE(first.holes(5), other_seed.holes(5));
+}
+
+TEST(MaskGeneratorTest, TensorIsOneWhereValid) {
+  const MaskGenerator generator(MaskGeneratorOptions(32, 48).min_ratio(0.2).max_ratio(0.3), 1);
+  const auto holes = generator.holes(0);
+  const auto mask = generator.mask(0);
+  EXPECT_EQ(mask.sizes(), (at::IntArrayRef{1, 32, 48}));
+  EXPECT_EQ(mask.scalar_type(), at::kFloat);
+  const auto hole_bytes = at::from_blob(const_cast<uint8_t*>(holes.data()), {1, 32, 48}, at::kByte);
+  EXPECT_TRUE(at::equal(mask, 1.0 - hole_bytes.to(at::kFloat)));
+  EXPECT_NEAR(1.0 - mask.mean().item<double>(), MaskGenerator::hole_ratio(holes), 1e-6);
+}
+
+TEST(MaskGeneratorTest, RejectsImpossibleOptions) {
+  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(0, 10)), c10::Error);
+  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_ratio(0.5).max_ratio(0.2)), c10::Error);
+  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_width(0.0)), c10::Error);
+}
+
+}  // namespace
