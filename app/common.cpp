@@ -38,18 +38,19 @@ c10::Device resolve_device(const CommonOptions& options) {
   try {
     device = c10::Device(options.device);
   } catch (const c10::Error&) {
-    throw CLI::ValidationError("--device", "'" + options.device +
-                                               "' is not a device; use auto, cpu, cuda or cuda:N");
+    throw CLI::ValidationError(
+        "--device", "'" + options.device + "' is not a device; use auto, cpu, cuda or cuda:N");
   }
   if (device.is_cpu()) return device;
   if (!device.is_cuda()) {
-    throw CLI::ValidationError("--device", "'" + options.device + "' is not supported; use auto, "
-                                                                  "cpu, cuda or cuda:N");
+    throw CLI::ValidationError("--device", "'" + options.device +
+                                               "' is not supported; use auto, "
+                                               "cpu, cuda or cuda:N");
   }
   const auto count = static_cast<int64_t>(torch::cuda::device_count());
   if (count == 0) {
-    throw CLI::ValidationError("--device", "'" + options.device +
-                                               "' asked for, but no CUDA GPU is available here");
+    throw CLI::ValidationError(
+        "--device", "'" + options.device + "' asked for, but no CUDA GPU is available here");
   }
   if (!device.has_index()) device.set_index(0);
   if (device.index() >= count) {
@@ -110,8 +111,8 @@ void Progress::draw(bool final) {
                  final ? "took" : "ETA", clock(final ? elapsed : eta).c_str(), final ? "\n" : "");
     std::fflush(stderr);
   } else if (final || (done_ < total_ && (done_ >= next_log_ || since_draw >= 30.0))) {
-    spdlog::info("{}: {}/{} ({:.1f}/s, {} {})", label_, done_, total_, rate,
-                 final ? "took" : "ETA", clock(final ? elapsed : eta));
+    spdlog::info("{}: {}/{} ({:.1f}/s, {} {})", label_, done_, total_, rate, final ? "took" : "ETA",
+                 clock(final ? elapsed : eta));
     next_log_ = done_ + std::max<int64_t>(1, total_ / 10);
     if (final) enabled_ = false;
   } else {

@@ -1,8 +1,8 @@
 // Pieces that several pconv subcommands share: logging set-up, device and thread choice.
 #pragma once
 
-#include <CLI/CLI.hpp>
 #include <c10/core/Device.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cstdint>

@@ -6,10 +6,10 @@ namespace pconv::app {
 
 enum ExitCode : int {
   kExitOk = 0,
-  kExitRuntime = 1,  // the work itself failed: out of memory, device error, internal error
-  kExitUsage = 2,    // the command line is wrong: unknown subcommand or option, bad value
-  kExitInput = 3,    // an input file or folder is missing, unreadable or unusable
-  kExitModel = 4,    // a model or checkpoint file is missing, corrupt or incompatible
+  kExitRuntime = 1,        // the work itself failed: out of memory, device error, internal error
+  kExitUsage = 2,          // the command line is wrong: unknown subcommand or option, bad value
+  kExitInput = 3,          // an input file or folder is missing, unreadable or unusable
+  kExitModel = 4,          // a model or checkpoint file is missing, corrupt or incompatible
   kExitInterrupted = 130,  // stopped by SIGINT/SIGTERM after saving what could be saved
 };
 

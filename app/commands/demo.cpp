@@ -48,8 +48,10 @@ void setup_demo(CLI::App& app) {
   command->add_option("--layers", options->layers, "Number of stride-2 layers")
       ->check(CLI::Range(int64_t{1}, int64_t{10}))
       ->capture_default_str();
-  command->add_option("--width", options->width, "Channels of the first layer (doubled per layer, "
-                                                 "at most 8x)")
+  command
+      ->add_option("--width", options->width,
+                   "Channels of the first layer (doubled per layer, "
+                   "at most 8x)")
       ->check(CLI::Range(int64_t{1}, int64_t{512}))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed")->capture_default_str();
@@ -73,8 +75,9 @@ void run_demo(const DemoOptions& options) {
   for (int64_t layer = 0; layer < options.layers; ++layer) {
     const int64_t kernel = encoder_kernel(layer);
     const int64_t out_channels = options.width * std::min<int64_t>(int64_t{1} << layer, 8);
-    pconv::nn::PartialConv2d conv(
-        pconv::nn::PartialConv2dOptions(channels, out_channels, kernel).stride(2).padding(kernel / 2));
+    pconv::nn::PartialConv2d conv(pconv::nn::PartialConv2dOptions(channels, out_channels, kernel)
+                                      .stride(2)
+                                      .padding(kernel / 2));
     conv->to(device);
     const auto start = std::chrono::steady_clock::now();
     std::tie(image, mask) = conv(image, mask);

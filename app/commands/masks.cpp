@@ -17,8 +17,9 @@ namespace pconv::app {
 void setup_masks(CLI::App& app) {
   auto options = std::make_shared<MasksOptions>();
   auto* command = app.add_subcommand(
-      "masks", "Write generated irregular hole masks (free-form strokes and blobs) as PNG files, "
-               "white = hole, named mask_00000.png, mask_00001.png, ...");
+      "masks",
+      "Write generated irregular hole masks (free-form strokes and blobs) as PNG files, "
+      "white = hole, named mask_00000.png, mask_00001.png, ...");
   command->add_option("-n,--count", options->count, "Number of masks")
       ->check(CLI::Range(int64_t{1}, int64_t{10000000}))
       ->capture_default_str();
@@ -51,9 +52,10 @@ void run_masks(const MasksOptions& options) {
                      (error ? ": " + error.message() : std::string()));
   }
 
-  const data::MaskGenerator generator(
-      data::MaskGeneratorOptions(height, width).min_ratio(options.min_ratio).max_ratio(options.max_ratio),
-      options.seed);
+  const data::MaskGenerator generator(data::MaskGeneratorOptions(height, width)
+                                          .min_ratio(options.min_ratio)
+                                          .max_ratio(options.max_ratio),
+                                      options.seed);
   Progress progress("masks", options.count);
   double ratio_sum = 0.0;
   int64_t skipped = 0;
@@ -72,8 +74,9 @@ void run_masks(const MasksOptions& options) {
   const int64_t written = options.count - skipped;
   spdlog::info("wrote {} masks of {}x{} to {} (mean hole ratio {:.3f}){}", written, width, height,
                out_dir.string(), written > 0 ? ratio_sum / static_cast<double>(written) : 0.0,
-               skipped > 0 ? fmt::format("; {} existed and were kept (--overwrite replaces them)", skipped)
-                           : std::string());
+               skipped > 0
+                   ? fmt::format("; {} existed and were kept (--overwrite replaces them)", skipped)
+                   : std::string());
 }
 
 }  // namespace pconv::app

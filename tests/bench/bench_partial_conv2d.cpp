@@ -35,17 +35,20 @@ struct Shape {
 
 // The UNet's encoder layers at 512x512 input and one decoder layer (512 + 256 channels in).
 const std::vector<Shape> kShapes = {
-    {"3->64 k7 s2 @256", 3, 64, 7, 2, 256},        {"64->128 k5 s2 @128", 64, 128, 5, 2, 128},
-    {"128->256 k5 s2 @64", 128, 256, 5, 2, 64},    {"256->512 k3 s2 @32", 256, 512, 3, 2, 32},
-    {"512->512 k3 s2 @16", 512, 512, 3, 2, 16},    {"768->256 k3 s1 @64", 768, 256, 3, 1, 64},
+    {"3->64 k7 s2 @256", 3, 64, 7, 2, 256},     {"64->128 k5 s2 @128", 64, 128, 5, 2, 128},
+    {"128->256 k5 s2 @64", 128, 256, 5, 2, 64}, {"256->512 k3 s2 @32", 256, 512, 3, 2, 32},
+    {"512->512 k3 s2 @16", 512, 512, 3, 2, 16}, {"768->256 k3 s1 @64", 768, 256, 3, 1, 64},
 };
 
 enum class Variant { kConv2d, kPartial, kNvidia };
 const char* variant_name(Variant variant) {
   switch (variant) {
-    case Variant::kConv2d: return "conv2d";
-    case Variant::kPartial: return "pconv";
-    case Variant::kNvidia: return "nvidia";
+    case Variant::kConv2d:
+      return "conv2d";
+    case Variant::kPartial:
+      return "pconv";
+    case Variant::kNvidia:
+      return "nvidia";
   }
   return "?";
 }
@@ -63,8 +66,8 @@ std::tuple<at::Tensor, at::Tensor> nvidia_forward(const at::Tensor& input, const
   {
     at::NoGradGuard no_grad;
     update_mask = at::conv2d(mask, ones_kernel, {}, stride, padding);
-    const double window = static_cast<double>(ones_kernel.size(1) * ones_kernel.size(2) *
-                                              ones_kernel.size(3));
+    const double window =
+        static_cast<double>(ones_kernel.size(1) * ones_kernel.size(2) * ones_kernel.size(3));
     ratio = window / (update_mask + 1e-8);
     update_mask = at::clamp(update_mask, 0, 1);
     ratio = at::mul(ratio, update_mask);
@@ -85,17 +88,19 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
   torch::manual_seed(0);
   const auto options = at::TensorOptions().device(g_device);
   const int64_t padding = shape.kernel / 2;
-  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
-                             .stride(shape.stride)
-                             .padding(padding));
-  pconv::nn::PartialConv2d pconv(pconv::nn::PartialConv2dOptions(shape.in_channels, shape.out_channels,
-                                                                 shape.kernel)
-                                     .stride(shape.stride)
-                                     .padding(padding)
-                                     .multi_channel(true));
+  torch::nn::Conv2d conv(
+      torch::nn::Conv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
+          .stride(shape.stride)
+          .padding(padding));
+  pconv::nn::PartialConv2d pconv(
+      pconv::nn::PartialConv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
+          .stride(shape.stride)
+          .padding(padding)
+          .multi_channel(true));
   conv->to(g_device);
   pconv->to(g_device);
-  const auto ones_kernel = at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel}, options);
+  const auto ones_kernel =
+      at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel}, options);
   // Inside the network every layer's input needs a gradient, except the image at the first.
   const bool input_grad = backward && shape.in_channels != 3;
   const auto input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
@@ -109,8 +114,12 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
   auto step = [&] {
     at::Tensor output;
     switch (variant) {
-      case Variant::kConv2d: output = conv(input); break;
-      case Variant::kPartial: output = std::get<0>(pconv(input, mask)); break;
+      case Variant::kConv2d:
+        output = conv(input);
+        break;
+      case Variant::kPartial:
+        output = std::get<0>(pconv(input, mask));
+        break;
       case Variant::kNvidia:
         output = std::get<0>(nvidia_forward(input, mask, pconv->weight, pconv->bias, ones_kernel,
                                             shape.stride, padding));
@@ -151,7 +160,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
   void PrintRatios() const {
     std::printf("\nMedian times over the repetitions.\n");
-    std::printf("\n| layer | pass | batch | conv2d ms | pconv ms | nvidia ms | pconv / conv2d | nvidia / pconv |\n");
+    std::printf(
+        "\n| layer | pass | batch | conv2d ms | pconv ms | nvidia ms | pconv / conv2d | nvidia / "
+        "pconv |\n");
     std::printf("|---|---|---|---|---|---|---|---|\n");
     std::map<std::string, std::pair<double, int>> log_sums;  // geometric means per pass
     for (const char* pass : {"forward", "forward+backward"}) {
@@ -168,7 +179,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
           std::printf("| %s | %s | %lld | %.2f | %.2f | %.2f | %.3f | %.2f |\n", shape.name, pass,
                       static_cast<long long>(batch), conv, partial, nvidia, partial / conv,
                       nvidia / partial);
-          for (const auto& key : {std::string(pass), std::string(pass) + " b" + std::to_string(batch)}) {
+          for (const auto& key :
+               {std::string(pass), std::string(pass) + " b" + std::to_string(batch)}) {
             log_sums[key + " vs conv2d"].first += std::log(partial / conv);
             log_sums[key + " vs conv2d"].second += 1;
             log_sums[key + " nvidia speed-up"].first += std::log(nvidia / partial);
@@ -177,9 +189,11 @@ class RatioReporter : public benchmark::ConsoleReporter {
         }
       }
     }
-    std::printf("\nGeometric means (pconv / conv2d: target <= 1.15; nvidia / pconv: target >= 1.5):\n");
+    std::printf(
+        "\nGeometric means (pconv / conv2d: target <= 1.15; nvidia / pconv: target >= 1.5):\n");
     for (const auto& [key, sum] : log_sums) {
-      std::printf("  %-36s %.3f  (%d runs)\n", key.c_str(), std::exp(sum.first / sum.second), sum.second);
+      std::printf("  %-36s %.3f  (%d runs)\n", key.c_str(), std::exp(sum.first / sum.second),
+                  sum.second);
     }
   }
 
@@ -222,7 +236,8 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
   at::set_num_threads(threads);
   if (g_device.is_cuda() && !torch::cuda::is_available()) {
-    std::fprintf(stderr, "bench_partial_conv2d: --device %s asked for, but no CUDA GPU is available\n",
+    std::fprintf(stderr,
+                 "bench_partial_conv2d: --device %s asked for, but no CUDA GPU is available\n",
                  g_device.str().c_str());
     return 2;
   }
@@ -235,10 +250,9 @@ int main(int argc, char** argv) {
       const Shape& shape = kShapes[index];
       for (const int64_t batch : {1, 4}) {
         for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kNvidia}) {
-          benchmark::RegisterBenchmark(RatioReporter::Name(shape, variant, pass, batch).c_str(),
-                                       [=](benchmark::State& state) {
-                                         run_layer(state, shape, variant, backward, batch);
-                                       })
+          benchmark::RegisterBenchmark(
+              RatioReporter::Name(shape, variant, pass, batch).c_str(),
+              [=](benchmark::State& state) { run_layer(state, shape, variant, backward, batch); })
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         }

@@ -16,15 +16,17 @@ using pconv::data::MaskGenerator;
 using pconv::data::MaskGeneratorOptions;
 
 // The paper's evaluation bins.
-const std::vector<std::pair<double, double>> kBins = {
-    {0.01, 0.1}, {0.1, 0.2}, {0.2, 0.3}, {0.3, 0.4}, {0.4, 0.5}, {0.5, 0.6}};
+const std::vector<std::pair<double, double>> kBins = {{0.01, 0.1}, {0.1, 0.2}, {0.2, 0.3},
+                                                      {0.3, 0.4},  {0.4, 0.5}, {0.5, 0.6}};
 
 TEST(MaskGeneratorTest, RatiosLandInTheAskedBin) {
   for (const auto& [low, high] : kBins) {
-    for (const auto& [height, width] : std::vector<std::pair<int64_t, int64_t>>{{128, 128}, {96, 160}}) {
+    for (const auto& [height, width] :
+         std::vector<std::pair<int64_t, int64_t>>{{128, 128}, {96, 160}}) {
       SCOPED_TRACE(std::to_string(low) + "-" + std::to_string(high) + " " + std::to_string(width) +
                    "x" + std::to_string(height));
-      const MaskGenerator generator(MaskGeneratorOptions(height, width).min_ratio(low).max_ratio(high), 7);
+      const MaskGenerator generator(
+          MaskGeneratorOptions(height, width).min_ratio(low).max_ratio(high), 7);
       for (uint64_t index = 0; index < 12; ++index) {
         const auto holes = generator.holes(index);
         ASSERT_EQ(holes.size(), static_cast<size_t>(height * width));
@@ -59,7 +61,8 @@ TEST(MaskGeneratorTest, TensorIsOneWhereValid) {
 
 TEST(MaskGeneratorTest, RejectsImpossibleOptions) {
   EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(0, 10)), c10::Error);
-  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_ratio(0.5).max_ratio(0.2)), c10::Error);
+  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_ratio(0.5).max_ratio(0.2)),
+               c10::Error);
   EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_width(0.0)), c10::Error);
 }
 

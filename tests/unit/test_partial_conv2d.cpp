@@ -32,8 +32,12 @@ struct Geometry {
   int64_t dilation_h = 1, dilation_w = 1;
   bool bias = true, multi_channel = false;
 
-  int64_t out_h() const { return (height + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1; }
-  int64_t out_w() const { return (width + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1; }
+  int64_t out_h() const {
+    return (height + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
+  }
+  int64_t out_w() const {
+    return (width + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
+  }
 
   PartialConv2dOptions options() const {
     return PartialConv2dOptions(in_channels, out_channels, {kernel_h, kernel_w})
@@ -49,7 +53,8 @@ struct Geometry {
     out << "N=" << batch << " Nm=" << mask_batch << " G=" << groups << " Cin=" << in_channels
         << " Cout=" << out_channels << " HxW=" << height << "x" << width << " k=" << kernel_h << "x"
         << kernel_w << " s=" << stride_h << "x" << stride_w << " p=" << pad_h << "x" << pad_w
-        << " d=" << dilation_h << "x" << dilation_w << " bias=" << bias << " multi=" << multi_channel;
+        << " d=" << dilation_h << "x" << dilation_w << " bias=" << bias
+        << " multi=" << multi_channel;
     return out.str();
   }
 };
@@ -66,7 +71,8 @@ std::tuple<at::Tensor, at::Tensor> reference(const Geometry& g, const at::Tensor
   const auto wa = w.accessor<double, 4>();
   const int64_t group_in = g.in_channels / g.groups;
   const int64_t group_out = g.out_channels / g.groups;
-  const double window = static_cast<double>((g.multi_channel ? group_in : 1) * g.kernel_h * g.kernel_w);
+  const double window =
+      static_cast<double>((g.multi_channel ? group_in : 1) * g.kernel_h * g.kernel_w);
   const int64_t mask_channels = g.multi_channel ? g.out_channels : 1;
   auto out = at::zeros({g.batch, g.out_channels, g.out_h(), g.out_w()}, at::kDouble);
   auto new_mask = at::zeros({g.mask_batch, mask_channels, g.out_h(), g.out_w()}, at::kDouble);
@@ -95,9 +101,11 @@ std::tuple<at::Tensor, at::Tensor> reference(const Geometry& g, const at::Tensor
             }
           }
           if (count > 0) {
-            oa[n][o][oy][ox] = acc * window / count + (bias.defined() ? bias[o].item<double>() : 0.0);
+            oa[n][o][oy][ox] =
+                acc * window / count + (bias.defined() ? bias[o].item<double>() : 0.0);
           }
-          if (g.multi_channel || o == 0) na[nm][g.multi_channel ? o : 0][oy][ox] = count > 0 ? 1.0 : 0.0;
+          if (g.multi_channel || o == 0)
+            na[nm][g.multi_channel ? o : 0][oy][ox] = count > 0 ? 1.0 : 0.0;
         }
       }
     }
@@ -105,7 +113,8 @@ std::tuple<at::Tensor, at::Tensor> reference(const Geometry& g, const at::Tensor
   return {out, new_mask};
 }
 
-at::Tensor random_mask(const Geometry& g, double hole_probability, at::ScalarType dtype = at::kFloat) {
+at::Tensor random_mask(const Geometry& g, double hole_probability,
+                       at::ScalarType dtype = at::kFloat) {
   const int64_t channels = g.multi_channel ? g.in_channels : 1;
   return (at::rand({g.mask_batch, channels, g.height, g.width}) >= hole_probability).to(dtype);
 }
@@ -206,9 +215,11 @@ TEST_F(PartialConv2dTest, ChannelsLastAndContiguousInputsAgree) {
       (out * out).sum().backward();
       return std::make_tuple(out.contiguous(), leaf.grad().contiguous(), conv->bias.grad().clone());
     };
-    ASSERT_FALSE(std::get<0>(conv(input.contiguous(at::MemoryFormat::ChannelsLast), mask)).is_contiguous());
+    ASSERT_FALSE(
+        std::get<0>(conv(input.contiguous(at::MemoryFormat::ChannelsLast), mask)).is_contiguous());
     const auto [out, grad_x, grad_bias] = run(input);
-    const auto [out_cl, grad_x_cl, grad_bias_cl] = run(input.contiguous(at::MemoryFormat::ChannelsLast));
+    const auto [out_cl, grad_x_cl, grad_bias_cl] =
+        run(input.contiguous(at::MemoryFormat::ChannelsLast));
     EXPECT_TRUE(at::allclose(out, out_cl, 1e-5, 1e-6));
     EXPECT_TRUE(at::allclose(grad_x, grad_x_cl, 1e-4, 1e-5));
     EXPECT_TRUE(at::allclose(grad_bias, grad_bias_cl, 1e-4, 1e-5));
@@ -290,7 +301,8 @@ TEST_F(PartialConv2dTest, HolePixelValuesDoNotChangeTheOutput) {
 
 TEST_F(PartialConv2dTest, PaddingModeRenormalisesEdgesAndCorners) {
   const auto input = at::ones({1, 1, 5, 6});
-  const auto terms = F::partial_conv2d_mask_terms({}, input, 3, F::PartialConv2dFuncOptions().padding(1));
+  const auto terms =
+      F::partial_conv2d_mask_terms({}, input, 3, F::PartialConv2dFuncOptions().padding(1));
   const auto ratio = terms.ratio[0][0];
   EXPECT_EQ(ratio[2][2].item<float>(), 1.0F);
   EXPECT_EQ(ratio[0][2].item<float>(), 1.5F);
@@ -474,14 +486,16 @@ TEST_F(PartialConv2dTest, CachedLayerFollowsGeometryChanges) {
 }
 
 TEST_F(PartialConv2dTest, StateDictSaveLoadAndCloneRoundTrip) {
-  PartialConv2d conv(PartialConv2dOptions(4, 6, {3, 2}).stride(2).padding(1).groups(2).multi_channel(true));
+  PartialConv2d conv(
+      PartialConv2dOptions(4, 6, {3, 2}).stride(2).padding(1).groups(2).multi_channel(true));
   const auto input = at::randn({2, 4, 9, 9});
   const auto mask = (at::rand({2, 4, 9, 9}) > 0.4).to(at::kFloat);
   const auto expected = std::get<0>(conv(input, mask));
 
   std::stringstream stream;
   torch::save(conv, stream);
-  PartialConv2d loaded(PartialConv2dOptions(4, 6, {3, 2}).stride(2).padding(1).groups(2).multi_channel(true));
+  PartialConv2d loaded(
+      PartialConv2dOptions(4, 6, {3, 2}).stride(2).padding(1).groups(2).multi_channel(true));
   EXPECT_FALSE(at::equal(std::get<0>(loaded(input, mask)), expected));
   torch::load(loaded, stream);
   EXPECT_TRUE(at::equal(std::get<0>(loaded(input, mask)), expected));
@@ -496,15 +510,25 @@ TEST_F(PartialConv2dTest, StateDictSaveLoadAndCloneRoundTrip) {
 TEST_F(PartialConv2dTest, BadArgumentsNameTheArgumentAndTheShape) {
   PartialConv2d conv(PartialConv2dOptions(3, 4, 3).padding(1));
   const auto input = at::randn({2, 3, 8, 8});
-  EXPECT_THAT(error_message([&] { conv(input, at::ones({2, 3, 8, 8})); }),
+  EXPECT_THAT(error_message([&] {
+                conv(input, at::ones({2, 3, 8, 8}));
+              }),
               ::testing::AllOf(HasSubstr("mask"), HasSubstr("[2, 3, 8, 8]")));
-  EXPECT_THAT(error_message([&] { conv(input, at::ones({2, 1, 8, 7})); }),
+  EXPECT_THAT(error_message([&] {
+                conv(input, at::ones({2, 1, 8, 7}));
+              }),
               ::testing::AllOf(HasSubstr("mask"), HasSubstr("[2, 1, 8, 7]")));
-  EXPECT_THAT(error_message([&] { conv(input, at::ones({3, 1, 8, 8})); }),
+  EXPECT_THAT(error_message([&] {
+                conv(input, at::ones({3, 1, 8, 8}));
+              }),
               ::testing::AllOf(HasSubstr("mask"), HasSubstr("[3, 1, 8, 8]")));
-  EXPECT_THAT(error_message([&] { conv(at::randn({3, 8, 8})); }),
+  EXPECT_THAT(error_message([&] {
+                conv(at::randn({3, 8, 8}));
+              }),
               ::testing::AllOf(HasSubstr("input"), HasSubstr("4-D"), HasSubstr("[3, 8, 8]")));
-  EXPECT_THAT(error_message([&] { conv(at::randn({2, 5, 8, 8})); }),
+  EXPECT_THAT(error_message([&] {
+                conv(at::randn({2, 5, 8, 8}));
+              }),
               ::testing::AllOf(HasSubstr("input"), HasSubstr("[2, 5, 8, 8]")));
   EXPECT_THAT(error_message([] { PartialConv2d(PartialConv2dOptions(5, 4, 3).groups(2)); }),
               ::testing::AllOf(HasSubstr("in_channels (5)"), HasSubstr("groups (2)")));

@@ -84,7 +84,8 @@ TEST_F(PConvUNetTest, MaskPyramidEqualsMultiChannelLayers) {
   std::vector<at::Tensor> features{image};
   std::vector<at::Tensor> masks{mask};
   for (int64_t level = 1; level <= depth; ++level) {
-    auto [x, m] = net->encoder[level - 1](features.back(), full(masks.back(), features.back().size(1)));
+    auto [x, m] =
+        net->encoder[level - 1](features.back(), full(masks.back(), features.back().size(1)));
     if (level >= 2) x = net->encoder_bn[level - 2](x);
     features.push_back(at::relu(x));
     masks.push_back(m.narrow(1, 0, 1));
@@ -96,7 +97,8 @@ TEST_F(PConvUNetTest, MaskPyramidEqualsMultiChannelLayers) {
     const auto up = at::upsample_nearest2d(x, {skip.size(2), skip.size(3)});
     const auto up_mask = at::upsample_nearest2d(m, {skip.size(2), skip.size(3)});
     const auto input = at::cat({up, skip}, 1);
-    const auto input_mask = at::cat({full(up_mask, up.size(1)), full(masks[level - 1], skip.size(1))}, 1);
+    const auto input_mask =
+        at::cat({full(up_mask, up.size(1)), full(masks[level - 1], skip.size(1))}, 1);
     auto [y, new_mask] = net->decoder[depth - level](input, input_mask);
     if (level >= 2) y = at::leaky_relu(net->decoder_bn[depth - level](y), 0.2);
     x = y;
@@ -171,8 +173,9 @@ TEST_F(PConvUNetTest, BadInputNamesTheProblem) {
     }
     return "(no error)";
   };
-  EXPECT_THAT(message(at::rand({1, 3, 30, 32}), at::ones({1, 1, 30, 32})),
-              ::testing::AllOf(::testing::HasSubstr("multiples of 8"), ::testing::HasSubstr("30x32")));
+  EXPECT_THAT(
+      message(at::rand({1, 3, 30, 32}), at::ones({1, 1, 30, 32})),
+      ::testing::AllOf(::testing::HasSubstr("multiples of 8"), ::testing::HasSubstr("30x32")));
   EXPECT_THAT(message(at::rand({1, 4, 32, 32}), at::ones({1, 1, 32, 32})),
               ::testing::HasSubstr("[1, 4, 32, 32]"));
   EXPECT_THAT(message(at::rand({1, 3, 32, 32}), at::ones({1, 3, 32, 32})),

@@ -36,7 +36,8 @@ class Canvas {
   std::vector<uint8_t> take() && { return std::move(pixels_); }
 
   void disc(double center_x, double center_y, double radius) {
-    const int64_t y_begin = std::max<int64_t>(0, static_cast<int64_t>(std::ceil(center_y - radius)));
+    const int64_t y_begin =
+        std::max<int64_t>(0, static_cast<int64_t>(std::ceil(center_y - radius)));
     const int64_t y_end =
         std::min<int64_t>(height_ - 1, static_cast<int64_t>(std::floor(center_y + radius)));
     for (int64_t y = y_begin; y <= y_end; ++y) {
@@ -49,7 +50,8 @@ class Canvas {
   // A thick line: discs stamped at most half a radius apart.
   void stroke_segment(double x0, double y0, double x1, double y1, double radius) {
     const double length = std::hypot(x1 - x0, y1 - y0);
-    const int64_t steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(length / std::max(0.5, radius / 2))));
+    const int64_t steps =
+        std::max<int64_t>(1, static_cast<int64_t>(std::ceil(length / std::max(0.5, radius / 2))));
     for (int64_t step = 0; step <= steps; ++step) {
       const double t = static_cast<double>(step) / static_cast<double>(steps);
       disc(x0 + t * (x1 - x0), y0 + t * (y1 - y0), radius);
@@ -61,9 +63,11 @@ class Canvas {
     const double cos_angle = std::cos(angle);
     const double sin_angle = std::sin(angle);
     const int64_t y_begin = std::max<int64_t>(0, static_cast<int64_t>(std::ceil(center_y - reach)));
-    const int64_t y_end = std::min<int64_t>(height_ - 1, static_cast<int64_t>(std::floor(center_y + reach)));
+    const int64_t y_end =
+        std::min<int64_t>(height_ - 1, static_cast<int64_t>(std::floor(center_y + reach)));
     const int64_t x_begin = std::max<int64_t>(0, static_cast<int64_t>(std::ceil(center_x - reach)));
-    const int64_t x_end = std::min<int64_t>(width_ - 1, static_cast<int64_t>(std::floor(center_x + reach)));
+    const int64_t x_end =
+        std::min<int64_t>(width_ - 1, static_cast<int64_t>(std::floor(center_x + reach)));
     for (int64_t y = y_begin; y <= y_end; ++y) {
       for (int64_t x = x_begin; x <= x_end; ++x) {
         const double dx = static_cast<double>(x) - center_x;
@@ -98,7 +102,8 @@ class Canvas {
 MaskGenerator::MaskGenerator(MaskGeneratorOptions options, uint64_t seed)
     : options_(std::move(options)), seed_(seed) {
   TORCH_CHECK(options_.height() > 0 && options_.width() > 0,
-              "MaskGenerator: size must be positive; got ", options_.width(), "x", options_.height());
+              "MaskGenerator: size must be positive; got ", options_.width(), "x",
+              options_.height());
   TORCH_CHECK(options_.min_ratio() >= 0.0 && options_.min_ratio() <= options_.max_ratio() &&
                   options_.max_ratio() <= 1.0,
               "MaskGenerator: need 0 <= min_ratio <= max_ratio <= 1; got ", options_.min_ratio(),
@@ -137,7 +142,8 @@ std::vector<uint8_t> MaskGenerator::holes(uint64_t index) const {
         trial.ellipse(uniform(0, width), uniform(0, height), uniform(0.03, 0.15) * side * scale,
                       uniform(0.03, 0.15) * side * scale, uniform(0, kTwoPi));
       } else {
-        const double radius = std::max(0.5, uniform(o.min_width(), o.max_width()) * side * scale / 2);
+        const double radius =
+            std::max(0.5, uniform(o.min_width(), o.max_width()) * side * scale / 2);
         const int64_t vertices = std::uniform_int_distribution<int64_t>(1, o.max_vertices())(rng);
         double x = uniform(0, width);
         double y = uniform(0, height);
@@ -163,9 +169,9 @@ std::vector<uint8_t> MaskGenerator::holes(uint64_t index) const {
       return std::move(canvas).take();
     }
   }
-  TORCH_CHECK(false, "MaskGenerator: no ", o.width(), "x", o.height(), " mask with a hole ratio in [",
-              o.min_ratio(), ", ", o.max_ratio(), "] after ", kAttempts,
-              " attempts; widen the range or enlarge the mask");
+  TORCH_CHECK(false, "MaskGenerator: no ", o.width(), "x", o.height(),
+              " mask with a hole ratio in [", o.min_ratio(), ", ", o.max_ratio(), "] after ",
+              kAttempts, " attempts; widen the range or enlarge the mask");
 }
 
 torch::Tensor MaskGenerator::mask(uint64_t index) const {

@@ -25,7 +25,8 @@ void write_file_atomically(const std::filesystem::path& path, const std::vector<
   const auto temporary = temporary_sibling(path);
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+    out.write(reinterpret_cast<const char*>(data.data()),
+              static_cast<std::streamsize>(data.size()));
     out.close();
     if (!out) {
       std::error_code ignored;

@@ -109,14 +109,14 @@ void PConvUNetImpl::train(bool on) {
 }
 
 std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Tensor& image,
-                                                               const torch::Tensor& mask) {
+                                                                const torch::Tensor& mask) {
   TORCH_CHECK(image.defined() && image.dim() == 4 && image.size(1) == options.image_channels(),
               "PConvUNet: image must be (N, ", options.image_channels(), ", H, W); got ",
               image.defined() ? image.sizes() : c10::IntArrayRef{});
   const int64_t multiple = size_multiple();
   TORCH_CHECK(image.size(2) % multiple == 0 && image.size(3) % multiple == 0,
-              "PConvUNet: image height and width must be multiples of ", multiple, " (2^depth, depth ",
-              options.depth(), "); got ", image.size(2), "x", image.size(3),
+              "PConvUNet: image height and width must be multiples of ", multiple,
+              " (2^depth, depth ", options.depth(), "); got ", image.size(2), "x", image.size(3),
               " (pad the image, e.g. as pconv inpaint does)");
   TORCH_CHECK(mask.defined() && mask.dim() == 4 && mask.size(1) == 1 &&
                   (mask.size(0) == 1 || mask.size(0) == image.size(0)) &&
@@ -168,7 +168,8 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
         counts, (up_channels + skip_channels) * kDecoderKernel * kDecoderKernel, kDecoderKernel,
         geometry, terms_dtype);
     const auto& conv = decoder[depth - level];
-    features = F::partial_conv2d_masked_input(masked_input, conv->weight, conv->bias, terms, geometry);
+    features =
+        F::partial_conv2d_masked_input(masked_input, conv->weight, conv->bias, terms, geometry);
     if (level >= 2) {
       features = decoder_bn[depth - level](features);
       features = at::leaky_relu(features, kDecoderSlope);

@@ -38,8 +38,8 @@ void check_mask(const torch::Tensor& mask, const torch::Tensor& input,
               " but input is on ", input.device());
 }
 
-void check_weight(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
-                  const PartialConv2dFuncOptions& options) {
+void check_weight(const torch::Tensor& input, const torch::Tensor& weight,
+                  const torch::Tensor& bias, const PartialConv2dFuncOptions& options) {
   const int64_t groups = options.groups();
   TORCH_CHECK(groups >= 1, "partial_conv2d: groups must be >= 1; got ", groups);
   TORCH_CHECK(weight.defined() && weight.dim() == 4,
@@ -50,8 +50,8 @@ void check_weight(const torch::Tensor& input, const torch::Tensor& weight, const
   TORCH_CHECK(weight.size(0) % groups == 0, "partial_conv2d: output channels of weight ",
               weight.sizes(), " are not divisible by groups (", groups, ")");
   TORCH_CHECK(weight.size(1) * groups == input.size(1), "partial_conv2d: input ", input.sizes(),
-              " has ", input.size(1), " channels but weight ", weight.sizes(), " with groups=",
-              groups, " expects ", weight.size(1) * groups);
+              " has ", input.size(1), " channels but weight ", weight.sizes(),
+              " with groups=", groups, " expects ", weight.size(1) * groups);
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "partial_conv2d: bias must be (", weight.size(0), "); got ", bias.sizes());
 }
@@ -66,7 +66,8 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   check_mask(mask, input, options);
   const int64_t in_channels = input.size(1);
   TORCH_CHECK(in_channels % options.groups() == 0, "partial_conv2d: input channels (", in_channels,
-              ") of input ", input.sizes(), " are not divisible by groups (", options.groups(), ")");
+              ") of input ", input.sizes(), " are not divisible by groups (", options.groups(),
+              ")");
   const int64_t kernel_h = (*kernel_size)[0];
   const int64_t kernel_w = (*kernel_size)[1];
   const int64_t groups = mask_terms_groups(mask, options);
@@ -85,10 +86,10 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
     window *= group_channels;
     const torch::Tensor mask_float = mask.detach().to(terms_dtype);
     channel_counts =
-        groups == 1 ? mask_float.sum(1, /*keepdim=*/true)
-                    : mask_float.reshape({mask.size(0), groups, group_channels, mask.size(2),
-                                          mask.size(3)})
-                          .sum(2);
+        groups == 1
+            ? mask_float.sum(1, /*keepdim=*/true)
+            : mask_float.reshape({mask.size(0), groups, group_channels, mask.size(2), mask.size(3)})
+                  .sum(2);
   } else {
     channel_counts = mask.detach().to(terms_dtype);
   }
@@ -96,11 +97,9 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
                                                terms_dtype);
 }
 
-PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(const torch::Tensor& channel_counts,
-                                                             int64_t window,
-                                                             torch::ExpandingArray<2> kernel_size,
-                                                             const PartialConv2dFuncOptions& options,
-                                                             torch::ScalarType terms_dtype) {
+PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(
+    const torch::Tensor& channel_counts, int64_t window, torch::ExpandingArray<2> kernel_size,
+    const PartialConv2dFuncOptions& options, torch::ScalarType terms_dtype) {
   TORCH_CHECK(channel_counts.defined() && channel_counts.dim() == 4,
               "partial_conv2d: channel_counts must be 4-D (N, G, H, W); got ",
               channel_counts.defined() ? channel_counts.sizes() : c10::IntArrayRef{});
@@ -112,13 +111,13 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(const torch::Tensor
   // (and is far cheaper than a one-channel convolution); cuDNN may pick Winograd or FFT, which
   // round, so count in float64 there (the tensor has at most `groups` channels).
   const auto count_dtype = channel_counts.is_cuda() ? torch::kDouble : terms_dtype;
-  auto window_terms = detail::window_terms(
-      channel_counts.detach().to(count_dtype), static_cast<double>(window),
-      {{(*kernel_size)[0], (*kernel_size)[1]},
-       {(*options.stride())[0], (*options.stride())[1]},
-       {(*options.padding())[0], (*options.padding())[1]},
-       {(*options.dilation())[0], (*options.dilation())[1]}},
-      terms_dtype);
+  auto window_terms =
+      detail::window_terms(channel_counts.detach().to(count_dtype), static_cast<double>(window),
+                           {{(*kernel_size)[0], (*kernel_size)[1]},
+                            {(*options.stride())[0], (*options.stride())[1]},
+                            {(*options.padding())[0], (*options.padding())[1]},
+                            {(*options.dilation())[0], (*options.dilation())[1]}},
+                           terms_dtype);
   PartialConv2dMaskTerms terms;
   terms.ratio = std::move(window_terms.ratio);
   terms.valid = std::move(window_terms.valid);
@@ -131,8 +130,8 @@ torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
                                           const PartialConv2dFuncOptions& options) {
   check_input(masked_input);
   check_weight(masked_input, weight, bias, options);
-  torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(),
-                                    *options.padding(), *options.dilation(), options.groups());
+  torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(), *options.padding(),
+                                    *options.dilation(), options.groups());
   const int64_t groups = terms.ratio.defined() ? terms.ratio.size(1) : 0;
   const int64_t term_batch = terms.ratio.defined() ? terms.ratio.size(0) : 0;
   TORCH_CHECK(terms.ratio.defined() && terms.valid.defined() && terms.ratio.dim() == 4 &&
@@ -172,13 +171,15 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
   const int64_t term_batch = terms.ratio.size(0);
 
   // The updated mask: a broadcast view where possible (clone() it before writing into it).
-  torch::Tensor new_mask = terms.valid.to(mask.defined() ? mask.scalar_type() : input.scalar_type());
+  torch::Tensor new_mask =
+      terms.valid.to(mask.defined() ? mask.scalar_type() : input.scalar_type());
   if (options.multi_channel()) {
-    new_mask = term_groups == 1
-                   ? new_mask.expand({term_batch, out_channels, out_h, out_w})
-                   : new_mask.unsqueeze(2)
-                         .expand({term_batch, term_groups, out_channels / term_groups, out_h, out_w})
-                         .reshape({term_batch, out_channels, out_h, out_w});
+    new_mask =
+        term_groups == 1
+            ? new_mask.expand({term_batch, out_channels, out_h, out_w})
+            : new_mask.unsqueeze(2)
+                  .expand({term_batch, term_groups, out_channels / term_groups, out_h, out_w})
+                  .reshape({term_batch, out_channels, out_h, out_w});
   }
   return {output, new_mask};
 }

@@ -31,14 +31,15 @@ bool fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ra
 // The inner loops, compiled for AVX-512, AVX2 + FMA and the x86-64 baseline; the loader picks
 // the best one for the machine (GCC function multi-versioning). Other dtypes use the templates.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PCONV_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define PCONV_CPU_CLONES \
+  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 #else
 #define PCONV_CPU_CLONES
 #endif
 
 template <typename T>
-void renormalize_plane(T* __restrict__ out, const T* __restrict__ ratio, const T* __restrict__ valid,
-                       T bias, int64_t size) {
+void renormalize_plane(T* __restrict__ out, const T* __restrict__ ratio,
+                       const T* __restrict__ valid, T bias, int64_t size) {
   for (int64_t i = 0; i < size; ++i) out[i] = out[i] * ratio[i] + bias * valid[i];
 }
 
@@ -54,7 +55,8 @@ PCONV_CPU_CLONES void renormalize_plane<float>(float* __restrict__ out,
 // grad_raw = grad * ratio; returns the plane's sum of grad * valid.
 template <typename T>
 T renormalize_backward_plane(const T* __restrict__ grad, T* __restrict__ grad_raw,
-                             const T* __restrict__ ratio, const T* __restrict__ valid, int64_t size) {
+                             const T* __restrict__ ratio, const T* __restrict__ valid,
+                             int64_t size) {
   T sum = 0;
   for (int64_t i = 0; i < size; ++i) {
     grad_raw[i] = grad[i] * ratio[i];
@@ -121,8 +123,7 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
           scalar_t* __restrict__ o = out + plane * index.plane_size;
           const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
           const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
-          renormalize_plane<scalar_t>(o, r, v, bias_data[plane % index.channels],
-                                      index.plane_size);
+          renormalize_plane<scalar_t>(o, r, v, bias_data[plane % index.channels], index.plane_size);
         }
       });
     });
@@ -154,8 +155,8 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
           scalar_t* __restrict__ gr = grad_raw_data + plane * index.plane_size;
           const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
           const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
-          sums[plane] =
-              static_cast<double>(renormalize_backward_plane<scalar_t>(g, gr, r, v, index.plane_size));
+          sums[plane] = static_cast<double>(
+              renormalize_backward_plane<scalar_t>(g, gr, r, v, index.plane_size));
         }
       });
     });
@@ -247,9 +248,9 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
   const int64_t channels = raw.size(1);
   const int64_t groups = ratio.size(1);
   at::Tensor output = raw;
-  at::Tensor view = groups == 1 ? output
-                                : output.view({batch, groups, channels / groups, raw.size(2),
-                                               raw.size(3)});
+  at::Tensor view = groups == 1
+                        ? output
+                        : output.view({batch, groups, channels / groups, raw.size(2), raw.size(3)});
   const auto term = [&](const at::Tensor& t) { return groups == 1 ? t : t.unsqueeze(2); };
   view.mul_(term(ratio));
   if (bias.defined()) {

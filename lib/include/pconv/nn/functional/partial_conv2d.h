@@ -77,10 +77,8 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
 /// described for `multi_channel`; batch 1 broadcasts over N; undefined means padding mode),
 /// `weight` (C_out, C_in / groups, kH, kW) and optional `bias` (C_out). Returns the output and
 /// the updated mask. Differentiable in input, weight and bias; the mask carries no gradient.
-std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(const torch::Tensor& input,
-                                                        const torch::Tensor& mask,
-                                                        const torch::Tensor& weight,
-                                                        const torch::Tensor& bias = {},
-                                                        const PartialConv2dFuncOptions& options = {});
+std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(
+    const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,
+    const torch::Tensor& bias = {}, const PartialConv2dFuncOptions& options = {});
 
 }  // namespace pconv::nn::functional
