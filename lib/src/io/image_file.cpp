@@ -4,43 +4,56 @@
 
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
-#include <fstream>
-#include <random>
+#include <ATen/ATen.h>
+
 #include <string>
-#include <system_error>
 
 namespace pconv::io {
-namespace {
-
-std::filesystem::path temporary_sibling(const std::filesystem::path& path) {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  return path.parent_path() /
-         ("." + path.filename().string() + ".tmp" + std::to_string(rng() % 1000000000));
+const std::vector<std::string>& image_extensions() {
+  static const std::vector<std::string> extensions{".png", ".jpg", ".jpeg", ".webp",
+                                                   ".bmp", ".tif", ".tiff"};
+  return extensions;
 }
 
-}  // namespace
-
-void write_file_atomically(const std::filesystem::path& path, const std::vector<uint8_t>& data) {
-  const auto temporary = temporary_sibling(path);
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(data.data()),
-              static_cast<std::streamsize>(data.size()));
-    out.close();
-    if (!out) {
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      throw InputError(path.string() + ": cannot write the file (is the folder writable?)");
-    }
+Image read_image(const std::filesystem::path& path) {
+  const std::string name = path.string();
+  if (!std::filesystem::is_regular_file(path)) throw InputError(name + ": no such file");
+  cv::Mat decoded;
+  try {
+    decoded = cv::imread(name, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception&) {
+    decoded = cv::Mat();
   }
-  std::error_code error;
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw InputError(path.string() + ": cannot write the file: " + error.message());
+  if (decoded.empty()) throw InputError(name + ": cannot read the image (corrupt or not an image)");
+  if (decoded.depth() != CV_8U && decoded.depth() != CV_16U) {
+    throw InputError(name + ": unsupported sample type (only 8- and 16-bit images)");
   }
+  const int channels = decoded.channels();
+  cv::Mat rgb;
+  switch (channels) {
+    case 1:
+      rgb = decoded;
+      break;
+    case 3:
+      cv::cvtColor(decoded, rgb, cv::COLOR_BGR2RGB);
+      break;
+    case 4:
+      cv::cvtColor(decoded, rgb, cv::COLOR_BGRA2RGBA);
+      break;
+    default:
+      throw InputError(name + ": " + std::to_string(channels) +
+                       " channels; only grey, RGB and RGBA images");
+  }
+  Image image;
+  image.bit_depth = decoded.depth() == CV_16U ? 16 : 8;
+  cv::Mat as_float;
+  rgb.convertTo(as_float, CV_32F, image.bit_depth == 16 ? 1.0 / 65535.0 : 1.0 / 255.0);
+  const auto hwc =
+      at::from_blob(as_float.data, {as_float.rows, as_float.cols, channels}, at::kFloat);
+  image.pixels = hwc.permute({2, 0, 1}).contiguous();
+  return image;
 }
 
 void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& holes,

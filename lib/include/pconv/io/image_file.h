@@ -2,10 +2,13 @@
 // format and depth into float tensors and writes masks, always atomically.
 #pragma once
 
+#include <pconv/io/atomic_file.h>
+
 #include <torch/types.h>
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace pconv::io {
@@ -14,15 +17,26 @@ namespace pconv::io {
 /// cv::inpaint, LaMa and IOPaint.
 inline constexpr uint8_t kMaskHoleValue = 255;
 
+/// An image read from a file, with what is needed to write a result back in the same form.
+struct Image {
+  /// (C, H, W) float32 in [0, 1]; C is 1 (grey), 3 (RGB) or 4 (RGBA), channels in RGB order.
+  torch::Tensor pixels;
+  /// 8 or 16: the bit depth of the file's samples.
+  int bit_depth = 8;
+};
+
+/// Reads an image file (png, jpg, webp, bmp, tiff, ...; grey, RGB or RGBA; 8 or 16 bit).
+/// Throws pconv::InputError naming the file if it is missing, unreadable or not an image.
+Image read_image(const std::filesystem::path& path);
+
+/// The file extensions read_image handles, lower case with the dot.
+const std::vector<std::string>& image_extensions();
+
 /// Writes a hole map (height x width bytes, non-zero = hole) as an 8-bit grey image, white
 /// where the hole is. The format follows the extension (.png recommended). The file appears
 /// whole or not at all: it is written under a temporary name and renamed. Throws
 /// pconv::InputError naming the file if it cannot be written.
 void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& holes,
                 int64_t height, int64_t width);
-
-/// Writes `data` to `path` through a temporary file in the same folder and a rename, so a
-/// reader never sees a partial file. Throws pconv::InputError naming the file on failure.
-void write_file_atomically(const std::filesystem::path& path, const std::vector<uint8_t>& data);
 
 }  // namespace pconv::io

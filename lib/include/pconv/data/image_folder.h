@@ -1,0 +1,107 @@
+// Training and validation data from a folder of photos: listing, random scale + crop + flip,
+// fixed validation crops, and a stream of batches decoded by worker threads ahead of use.
+#pragma once
+
+#include <pconv/data/mask_generator.h>
+
+#include <torch/arg.h>
+#include <torch/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace pconv::data {
+
+/// Image files under `folder`, recursively, with an extension io::image_extensions() lists;
+/// sorted by path so that every run sees the same order. Throws pconv::InputError naming the
+/// folder if it is missing or holds no image.
+std::vector<std::filesystem::path> list_images(const std::filesystem::path& folder);
+
+/// How training crops are made from a photo.
+struct CropOptions {
+  /// Side of the square crops, in pixels.
+  TORCH_ARG(int64_t, size) = 256;
+  /// The shorter side is first scaled to a random length in [size, max_scale * size] (never
+  /// above its own length unless the photo is smaller than `size`).
+  TORCH_ARG(double, max_scale) = 1.5;
+  /// Photos whose shorter side is below this fraction of `size` are skipped as too small;
+  /// smaller photos above it are upscaled so that the shorter side is `size`.
+  TORCH_ARG(double, min_fraction) = 0.25;
+};
+
+/// One training example: an RGB crop (3, S, S) in [0, 1] and its mask (1, S, S), 1 = valid.
+struct Example {
+  torch::Tensor image;
+  torch::Tensor mask;
+};
+
+/// A batch: images (B, 3, S, S) and masks (B, 1, S, S).
+struct Batch {
+  torch::Tensor images;
+  torch::Tensor masks;
+};
+
+/// Reads `path` and returns an RGB crop: grey is repeated to three channels, alpha dropped,
+/// 16-bit scaled to [0, 1]. With `random` the crop is randomly scaled, placed and flipped from
+/// `seed`; otherwise it is the centre crop of the photo scaled so its shorter side is `size`.
+/// Throws pconv::InputError for unreadable or too small photos.
+torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions& options,
+                           bool random, uint64_t seed);
+
+/// An endless, reproducible stream of training batches. Example `i` (counted from the start of
+/// training) uses photo `order[i mod n]` of a per-epoch shuffle of the files, crop randomness
+/// from (seed, i) and generated mask `i`, so the stream resumed at any batch continues exactly
+/// as it would have, whatever the number of workers. Unreadable photos are skipped (the next
+/// photo in the epoch's order takes their place) and reported once each.
+class TrainingStream {
+ public:
+  TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop,
+                 MaskGeneratorOptions masks, int64_t batch_size, uint64_t seed, int workers,
+                 int64_t first_batch = 0);
+  ~TrainingStream();
+  TrainingStream(const TrainingStream&) = delete;
+  TrainingStream& operator=(const TrainingStream&) = delete;
+
+  /// The next batch; waits for the workers when they are behind.
+  Batch next();
+
+  /// Photos found unreadable so far (each reported once through the warning hook).
+  std::vector<std::string> skipped() const;
+
+  /// Called once per unreadable photo with a one-line message; the library never prints.
+  void set_warning_hook(std::function<void(const std::string&)> hook);
+
+ private:
+  Example make_example(int64_t index);
+  void work();
+
+  std::vector<std::filesystem::path> files_;
+  CropOptions crop_;
+  MaskGenerator masks_;
+  int64_t batch_size_;
+  uint64_t seed_;
+  int64_t capacity_;  // examples decoded ahead at most
+
+  mutable std::mutex mutex_;
+  std::condition_variable ready_;
+  std::condition_variable space_;
+  std::map<int64_t, Example> done_;
+  std::map<int64_t, std::string> failed_;  // example index -> error, for next() to rethrow
+  std::set<std::string> skipped_;
+  std::function<void(const std::string&)> warning_hook_;
+  int64_t next_to_claim_;
+  int64_t next_to_deliver_;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace pconv::data

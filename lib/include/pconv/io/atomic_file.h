@@ -1,0 +1,17 @@
+// Writing files so that a reader never sees a partial one: write under a temporary name in
+// the same folder, then rename over the target (atomic on POSIX file systems).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace pconv::io {
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename. Throws
+/// pconv::InputError naming the file on failure, leaving no temporary file behind.
+void write_file_atomically(const std::filesystem::path& path, const std::vector<uint8_t>& data);
+void write_file_atomically(const std::filesystem::path& path, const std::string& data);
+
+}  // namespace pconv::io

@@ -1,0 +1,233 @@
+#include "pconv/data/image_folder.h"
+
+#include "pconv/error.h"
+#include "pconv/io/image_file.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <utility>
+
+namespace pconv::data {
+namespace {
+
+uint64_t mix(uint64_t seed, uint64_t value) {
+  uint64_t z = seed ^ (0x9E3779B97F4A7C15ULL * (value + 0x632BE59BD9B4E019ULL));
+  z = (z ^ (z >> 30U)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27U)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31U);
+}
+
+std::string lower(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return text;
+}
+
+// (3, H, W) RGB from grey, RGB or RGBA pixels (alpha dropped).
+torch::Tensor to_rgb(const torch::Tensor& pixels) {
+  if (pixels.size(0) == 1) return pixels.expand({3, pixels.size(1), pixels.size(2)});
+  return pixels.narrow(0, 0, 3);
+}
+
+// Antialiased bilinear resize of (C, H, W) to (height, width).
+torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width) {
+  if (image.size(1) == height && image.size(2) == width) return image;
+  return at::_upsample_bilinear2d_aa(image.unsqueeze(0).contiguous(), {height, width},
+                                     /*align_corners=*/false)
+      .squeeze(0);
+}
+
+}  // namespace
+
+std::vector<std::filesystem::path> list_images(const std::filesystem::path& folder) {
+  std::error_code error;
+  if (!std::filesystem::is_directory(folder, error)) {
+    throw InputError(folder.string() + ": no such folder");
+  }
+  const auto& extensions = io::image_extensions();
+  std::vector<std::filesystem::path> files;
+  for (auto it = std::filesystem::recursive_directory_iterator(
+           folder, std::filesystem::directory_options::skip_permission_denied, error);
+       !error && it != std::filesystem::recursive_directory_iterator(); it.increment(error)) {
+    if (!it->is_regular_file(error)) continue;
+    const auto extension = lower(it->path().extension().string());
+    if (std::find(extensions.begin(), extensions.end(), extension) != extensions.end()) {
+      files.push_back(it->path());
+    }
+  }
+  if (error) throw InputError(folder.string() + ": cannot list the folder: " + error.message());
+  if (files.empty()) {
+    throw InputError(folder.string() + ": no images (png, jpg, webp, bmp, tiff) in the folder");
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions& options,
+                           bool random, uint64_t seed) {
+  const int64_t size = options.size();
+  const auto image = to_rgb(io::read_image(path).pixels);
+  const int64_t height = image.size(1);
+  const int64_t width = image.size(2);
+  const int64_t shorter = std::min(height, width);
+  if (static_cast<double>(shorter) < options.min_fraction() * static_cast<double>(size)) {
+    throw InputError(path.string() + ": " + std::to_string(width) + "x" + std::to_string(height) +
+                     " is too small for " + std::to_string(size) + "x" + std::to_string(size) +
+                     " crops");
+  }
+  std::mt19937_64 rng(seed);
+  // The shorter side's length after scaling: random in [size, max_scale * size] but not above
+  // the photo's own (photos smaller than the crop are upscaled to exactly the crop).
+  double target = static_cast<double>(size);
+  if (random) {
+    const double upper = std::max(
+        static_cast<double>(size),
+        std::min(options.max_scale() * static_cast<double>(size), static_cast<double>(shorter)));
+    target = std::uniform_real_distribution<double>(static_cast<double>(size), upper)(rng);
+  }
+  const double scale = target / static_cast<double>(shorter);
+  const int64_t scaled_h = std::max(size, static_cast<int64_t>(std::lround(height * scale)));
+  const int64_t scaled_w = std::max(size, static_cast<int64_t>(std::lround(width * scale)));
+  const auto scaled = resize(image, scaled_h, scaled_w);
+  int64_t top = (scaled_h - size) / 2;
+  int64_t left = (scaled_w - size) / 2;
+  bool flip = false;
+  if (random) {
+    top = std::uniform_int_distribution<int64_t>(0, scaled_h - size)(rng);
+    left = std::uniform_int_distribution<int64_t>(0, scaled_w - size)(rng);
+    flip = std::bernoulli_distribution(0.5)(rng);
+  }
+  auto crop = scaled.narrow(1, top, size).narrow(2, left, size);
+  if (flip) crop = crop.flip({2});
+  return crop.clamp(0.0, 1.0).contiguous();
+}
+
+TrainingStream::TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop,
+                               MaskGeneratorOptions masks, int64_t batch_size, uint64_t seed,
+                               int workers, int64_t first_batch)
+    : files_(std::move(files)),
+      crop_(crop),
+      masks_(masks.height(crop.size()).width(crop.size()), seed),
+      batch_size_(batch_size),
+      seed_(seed),
+      capacity_(std::max<int64_t>(2 * batch_size, 4 * std::max(workers, 1))),
+      next_to_claim_(first_batch * batch_size),
+      next_to_deliver_(first_batch * batch_size) {
+  TORCH_CHECK(!files_.empty(), "TrainingStream: no files");
+  TORCH_CHECK(batch_size_ > 0, "TrainingStream: batch size must be positive; got ", batch_size_);
+  for (int worker = 0; worker < workers; ++worker) workers_.emplace_back([this] { work(); });
+}
+
+TrainingStream::~TrainingStream() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  space_.notify_all();
+  ready_.notify_all();
+  for (auto& worker : workers_) worker.join();
+}
+
+void TrainingStream::set_warning_hook(std::function<void(const std::string&)> hook) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  warning_hook_ = std::move(hook);
+}
+
+std::vector<std::string> TrainingStream::skipped() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return {skipped_.begin(), skipped_.end()};
+}
+
+Example TrainingStream::make_example(int64_t index) {
+  const auto count = static_cast<int64_t>(files_.size());
+  const int64_t epoch = index / count;
+  std::vector<int64_t> order(static_cast<size_t>(count));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::shuffle(order.begin(), order.end(),
+               std::mt19937_64(mix(seed_, static_cast<uint64_t>(epoch))));
+  const uint64_t example_seed = mix(seed_ ^ 0xA5A5A5A5ULL, static_cast<uint64_t>(index));
+  for (int64_t attempt = 0; attempt < count; ++attempt) {
+    const auto& path =
+        files_[static_cast<size_t>(order[static_cast<size_t>((index + attempt) % count)])];
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (skipped_.count(path.string()) != 0) continue;
+    }
+    try {
+      Example example;
+      example.image = crop_example(path, crop_, /*random=*/true, example_seed);
+      example.mask = masks_.mask(static_cast<uint64_t>(index));
+      return example;
+    } catch (const InputError& error) {
+      std::function<void(const std::string&)> hook;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!skipped_.insert(path.string()).second) continue;
+        hook = warning_hook_;
+      }
+      if (hook) hook(std::string(error.what()) + " (skipped)");
+    }
+  }
+  throw InputError("no readable image left among the " + std::to_string(count) + " files");
+}
+
+void TrainingStream::work() {
+  while (true) {
+    int64_t index = 0;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      space_.wait(lock, [&] { return stopping_ || next_to_claim_ < next_to_deliver_ + capacity_; });
+      if (stopping_) return;
+      index = next_to_claim_++;
+    }
+    Example example;
+    std::string failure;
+    try {
+      example = make_example(index);
+    } catch (const std::exception& error) {
+      failure = error.what();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (failure.empty()) {
+        done_.emplace(index, std::move(example));
+      } else {
+        failed_.emplace(index, failure);
+      }
+    }
+    ready_.notify_all();
+  }
+}
+
+Batch TrainingStream::next() {
+  std::vector<torch::Tensor> images;
+  std::vector<torch::Tensor> masks;
+  for (int64_t item = 0; item < batch_size_; ++item) {
+    Example example;
+    if (workers_.empty()) {
+      example = make_example(next_to_deliver_++);
+    } else {
+      std::unique_lock<std::mutex> lock(mutex_);
+      const int64_t index = next_to_deliver_;
+      ready_.wait(lock, [&] { return done_.count(index) != 0 || failed_.count(index) != 0; });
+      if (const auto failed = failed_.find(index); failed != failed_.end()) {
+        throw InputError(failed->second);
+      }
+      example = std::move(done_.at(index));
+      done_.erase(index);
+      ++next_to_deliver_;
+      lock.unlock();
+      space_.notify_all();
+    }
+    images.push_back(example.image);
+    masks.push_back(example.mask);
+  }
+  return {at::stack(images), at::stack(masks)};
+}
+
+}  // namespace pconv::data

@@ -1,0 +1,62 @@
+#include "pconv/eval/metrics.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <vector>
+
+namespace pconv::eval {
+namespace {
+
+void check_pair(const torch::Tensor& image, const torch::Tensor& truth, const char* metric) {
+  TORCH_CHECK(image.dim() == 4 && image.sizes() == truth.sizes(), metric, ": image ", image.sizes(),
+              " and truth ", truth.sizes(), " must be the same (N, C, H, W)");
+}
+
+}  // namespace
+
+torch::Tensor psnr(const torch::Tensor& image, const torch::Tensor& truth) {
+  check_pair(image, truth, "psnr");
+  const auto mse = (image.to(at::kDouble) - truth.to(at::kDouble)).pow(2).mean({1, 2, 3});
+  return -10.0 * at::log10(mse);
+}
+
+torch::Tensor ssim(const torch::Tensor& image, const torch::Tensor& truth) {
+  check_pair(image, truth, "ssim");
+  constexpr int64_t kWindow = 11;
+  constexpr double kSigma = 1.5;
+  constexpr double kC1 = 0.01 * 0.01;
+  constexpr double kC2 = 0.03 * 0.03;
+  TORCH_CHECK(image.size(2) >= kWindow && image.size(3) >= kWindow,
+              "ssim: images must be at least 11x11; got ", image.size(2), "x", image.size(3));
+  const auto x = image.to(at::kDouble);
+  const auto y = truth.to(at::kDouble);
+  const int64_t channels = x.size(1);
+  const auto coords = at::arange(kWindow, x.options()) - static_cast<double>(kWindow / 2);
+  auto gauss = at::exp(-coords.pow(2) / (2 * kSigma * kSigma));
+  gauss = gauss / gauss.sum();
+  const auto window = (gauss.view({-1, 1}) * gauss.view({1, -1}))
+                          .expand({channels, 1, kWindow, kWindow})
+                          .contiguous();
+  const std::vector<int64_t> ones{1, 1};
+  const std::vector<int64_t> zeros{0, 0};
+  const auto filter = [&](const torch::Tensor& t) {
+    return at::conv2d(t, window, at::Tensor(), ones, zeros, ones, channels);
+  };
+  const auto mu_x = filter(x);
+  const auto mu_y = filter(y);
+  const auto sigma_xx = filter(x * x) - mu_x * mu_x;
+  const auto sigma_yy = filter(y * y) - mu_y * mu_y;
+  const auto sigma_xy = filter(x * y) - mu_x * mu_y;
+  const auto map = ((2 * mu_x * mu_y + kC1) * (2 * sigma_xy + kC2)) /
+                   ((mu_x * mu_x + mu_y * mu_y + kC1) * (sigma_xx + sigma_yy + kC2));
+  return map.mean({1, 2, 3});
+}
+
+torch::Tensor l1_error(const torch::Tensor& image, const torch::Tensor& truth) {
+  check_pair(image, truth, "l1_error");
+  return (image.to(at::kDouble) - truth.to(at::kDouble)).abs().mean({1, 2, 3});
+}
+
+}  // namespace pconv::eval

@@ -1,0 +1,134 @@
+#include "pconv/io/model_file.h"
+
+#include "pconv/error.h"
+#include "pconv/io/atomic_file.h"
+
+#include <ATen/ATen.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <sstream>
+
+namespace pconv::io {
+namespace {
+
+constexpr int64_t kFormatVersion = 1;
+constexpr const char* kMagic = "pconv-model";
+
+}  // namespace
+
+void save_model(const std::filesystem::path& path, nn::PConvUNet& model,
+                const ModelMetadata& metadata, bool half_weights) {
+  torch::serialize::OutputArchive archive;
+  archive.write("magic", c10::IValue(std::string(kMagic)));
+  archive.write("format", c10::IValue(kFormatVersion));
+  const auto& options = model->options;
+  archive.write("options.depth", c10::IValue(options.depth()));
+  archive.write("options.base_width", c10::IValue(options.base_width()));
+  archive.write("options.max_width", c10::IValue(options.max_width()));
+  archive.write("options.image_channels", c10::IValue(options.image_channels()));
+  archive.write("meta.training_data", c10::IValue(metadata.training_data));
+  archive.write("meta.command", c10::IValue(metadata.command));
+  archive.write("meta.created", c10::IValue(metadata.created));
+  archive.write("meta.steps", c10::IValue(metadata.steps));
+  archive.write("meta.image_size", c10::IValue(metadata.image_size));
+  c10::Dict<std::string, double> metrics;
+  for (const auto& [name, value] : metadata.metrics) metrics.insert(name, value);
+  archive.write("meta.metrics", c10::IValue(metrics));
+
+  torch::serialize::OutputArchive weights;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model->named_parameters()) {
+    const auto& value = item.value();
+    weights.write(item.key(),
+                  half_weights && value.is_floating_point() ? value.to(at::kHalf) : value);
+  }
+  for (const auto& item : model->named_buffers()) {
+    const auto& value = item.value();
+    weights.write(item.key(),
+                  half_weights && value.is_floating_point() ? value.to(at::kHalf) : value,
+                  /*is_buffer=*/true);
+  }
+  archive.write("weights", weights);
+
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  write_file_atomically(path, bytes.str());
+}
+
+nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metadata) {
+  const std::string name = path.string();
+  if (!std::filesystem::is_regular_file(path)) throw ModelError(name + ": no such model file");
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(name, at::kCPU);
+    c10::IValue value;
+    if (!archive.try_read("magic", value) || !value.isString() || value.toStringRef() != kMagic) {
+      throw ModelError(name + ": not a pconv model file");
+    }
+    archive.read("format", value);
+    if (value.toInt() > kFormatVersion) {
+      throw ModelError(name + ": model format " + std::to_string(value.toInt()) +
+                       " is newer than this pconv reads (" + std::to_string(kFormatVersion) + ")");
+    }
+    auto read_int = [&](const char* key) {
+      c10::IValue item;
+      archive.read(key, item);
+      return item.toInt();
+    };
+    nn::PConvUNetOptions options;
+    options.depth(read_int("options.depth"))
+        .base_width(read_int("options.base_width"))
+        .max_width(read_int("options.max_width"))
+        .image_channels(read_int("options.image_channels"));
+    nn::PConvUNet model(options);
+
+    torch::serialize::InputArchive weights;
+    archive.read("weights", weights);
+    torch::NoGradGuard no_grad;
+    for (auto& item : model->named_parameters()) {
+      at::Tensor stored;
+      weights.read(item.key(), stored);
+      if (stored.sizes() != item.value().sizes()) {
+        throw ModelError(name + ": weight '" + item.key() + "' has the wrong shape");
+      }
+      item.value().copy_(stored);
+    }
+    for (auto& item : model->named_buffers()) {
+      at::Tensor stored;
+      weights.read(item.key(), stored, /*is_buffer=*/true);
+      if (stored.sizes() != item.value().sizes()) {
+        throw ModelError(name + ": buffer '" + item.key() + "' has the wrong shape");
+      }
+      item.value().copy_(stored);
+    }
+    if (metadata != nullptr) {
+      auto read_string = [&](const char* key) {
+        c10::IValue item;
+        archive.read(key, item);
+        return item.toStringRef();
+      };
+      metadata->training_data = read_string("meta.training_data");
+      metadata->command = read_string("meta.command");
+      metadata->created = read_string("meta.created");
+      metadata->steps = read_int("meta.steps");
+      metadata->image_size = read_int("meta.image_size");
+      c10::IValue metrics;
+      archive.read("meta.metrics", metrics);
+      metadata->metrics.clear();
+      for (const auto& entry : metrics.toGenericDict()) {
+        metadata->metrics[entry.key().toStringRef()] = entry.value().toDouble();
+      }
+    }
+    model->eval();
+    return model;
+  } catch (const ModelError&) {
+    throw;
+  } catch (const std::exception& error) {
+    const std::string what = error.what();
+    throw ModelError(name + ": cannot read the model (truncated or corrupt: " +
+                     what.substr(0, what.find('\n')) + ")");
+  }
+}
+
+}  // namespace pconv::io

@@ -1,0 +1,172 @@
+// Tests of the image io and the training data: every listed format, grey/RGBA/16-bit, corrupt
+// and too-small files, crops, and a stream that is the same for any number of workers and
+// when resumed.
+#include <pconv/data/image_folder.h>
+#include <pconv/error.h>
+#include <pconv/io/image_file.h>
+
+#include <ATen/ATen.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace D = pconv::data;
+namespace fs = std::filesystem;
+
+class ImageFolderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    torch::manual_seed(11);
+    dir_ = fs::temp_directory_path() /
+           ("pconv_data_test_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "sub");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A smooth colour gradient, BGR as OpenCV stores it.
+  static cv::Mat gradient(int height, int width, int type) {
+    cv::Mat image(height, width, type);
+    const double scale = CV_MAT_DEPTH(type) == CV_16U ? 65535.0 : 255.0;
+    for (int y = 0; y < height; ++y) {
+      for (int x = 0; x < width; ++x) {
+        for (int c = 0; c < image.channels(); ++c) {
+          const double value = scale * (0.2 + 0.6 * ((x + 2 * y + 31 * c) % 97) / 97.0);
+          if (CV_MAT_DEPTH(type) == CV_16U) {
+            image.ptr<uint16_t>(y)[x * image.channels() + c] = static_cast<uint16_t>(value);
+          } else {
+            image.ptr<uint8_t>(y)[x * image.channels() + c] = static_cast<uint8_t>(value);
+          }
+        }
+      }
+    }
+    return image;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(ImageFolderTest, ReadsEveryFormatDepthAndChannelCount) {
+  struct Case {
+    std::string name;
+    int type;
+    int64_t channels;
+    int bit_depth;
+  };
+  const std::vector<Case> cases = {
+      {"rgb.png", CV_8UC3, 3, 8},    {"grey.png", CV_8UC1, 1, 8},   {"rgba.png", CV_8UC4, 4, 8},
+      {"deep.png", CV_16UC3, 3, 16}, {"photo.jpg", CV_8UC3, 3, 8},  {"photo.webp", CV_8UC3, 3, 8},
+      {"photo.bmp", CV_8UC3, 3, 8},  {"photo.tiff", CV_8UC3, 3, 8}, {"deep.tif", CV_16UC1, 1, 16}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const cv::Mat written = gradient(20, 30, c.type);
+    ASSERT_TRUE(cv::imwrite((dir_ / c.name).string(), written));
+    const auto image = pconv::io::read_image(dir_ / c.name);
+    EXPECT_EQ(image.pixels.sizes(), (at::IntArrayRef{c.channels, 20, 30}));
+    EXPECT_EQ(image.bit_depth, c.bit_depth);
+    EXPECT_GE(image.pixels.min().item<float>(), 0.0F);
+    EXPECT_LE(image.pixels.max().item<float>(), 1.0F);
+    if (c.name.find(".png") != std::string::npos || c.name.find(".tif") != std::string::npos ||
+        c.name.find(".bmp") != std::string::npos) {
+      // Lossless: the first pixel comes back exactly, in RGB order.
+      const double scale = c.bit_depth == 16 ? 65535.0 : 255.0;
+      const int bgr_channel = c.channels >= 3 ? 2 : 0;
+      const double stored = c.bit_depth == 16 ? written.ptr<uint16_t>(0)[bgr_channel]
+                                              : written.ptr<uint8_t>(0)[bgr_channel];
+      EXPECT_NEAR(image.pixels[0][0][0].item<double>(), stored / scale, 1e-6);
+    }
+  }
+}
+
+TEST_F(ImageFolderTest, CorruptAndMissingFilesAreInputErrorsNamingTheFile) {
+  std::ofstream(dir_ / "broken.jpg") << "this is not a jpeg";
+  EXPECT_THAT([&] { pconv::io::read_image(dir_ / "broken.jpg"); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("broken.jpg")));
+  EXPECT_THAT([&] { pconv::io::read_image(dir_ / "absent.png"); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("absent.png")));
+}
+
+TEST_F(ImageFolderTest, ListsImagesRecursivelyInOrder) {
+  for (const auto* name : {"b.png", "a.JPG", "sub/c.webp", "notes.txt"}) {
+    if (std::string(name).find(".txt") != std::string::npos) {
+      std::ofstream(dir_ / name) << "text";
+    } else {
+      cv::imwrite((dir_ / name).string(), gradient(8, 8, CV_8UC3));
+    }
+  }
+  const auto files = D::list_images(dir_);
+  ASSERT_EQ(files.size(), 3U);
+  EXPECT_EQ(files[0].filename(), "a.JPG");
+  EXPECT_EQ(files[1].filename(), "b.png");
+  EXPECT_EQ(files[2].filename(), "c.webp");
+  EXPECT_THROW(D::list_images(dir_ / "nothing-here"), pconv::InputError);
+  fs::create_directories(dir_ / "empty");
+  EXPECT_THAT([&] { D::list_images(dir_ / "empty"); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("no images")));
+}
+
+TEST_F(ImageFolderTest, CropsAreSquareRgbReproducibleAndFollowTheSizeRule) {
+  cv::imwrite((dir_ / "wide.png").string(), gradient(60, 90, CV_8UC3));
+  cv::imwrite((dir_ / "grey.png").string(), gradient(50, 40, CV_8UC1));
+  cv::imwrite((dir_ / "tiny.png").string(), gradient(6, 6, CV_8UC3));
+  const auto options = D::CropOptions().size(32);
+  const auto first = D::crop_example(dir_ / "wide.png", options, true, 5);
+  EXPECT_EQ(first.sizes(), (at::IntArrayRef{3, 32, 32}));
+  EXPECT_TRUE(at::equal(first, D::crop_example(dir_ / "wide.png", options, true, 5)));
+  EXPECT_FALSE(at::equal(first, D::crop_example(dir_ / "wide.png", options, true, 6)));
+  const auto grey = D::crop_example(dir_ / "grey.png", options, false, 0);
+  EXPECT_TRUE(at::equal(grey[0], grey[2]));  // grey repeated to RGB
+  // 6 px is below a quarter of 32: skipped as too small. 10 px would be upscaled.
+  EXPECT_THAT([&] { D::crop_example(dir_ / "tiny.png", options, true, 0); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("too small")));
+  cv::imwrite((dir_ / "small.png").string(), gradient(10, 12, CV_8UC3));
+  EXPECT_EQ(D::crop_example(dir_ / "small.png", options, true, 1).sizes(),
+            (at::IntArrayRef{3, 32, 32}));
+}
+
+TEST_F(ImageFolderTest, StreamIsTheSameForAnyWorkerCountAndWhenResumed) {
+  for (int i = 0; i < 5; ++i) {
+    cv::imwrite((dir_ / ("photo" + std::to_string(i) + ".png")).string(),
+                gradient(40 + 3 * i, 48, CV_8UC3));
+  }
+  std::ofstream(dir_ / "photo9.jpg") << "corrupt";
+  const auto files = D::list_images(dir_);
+  ASSERT_EQ(files.size(), 6U);
+  const auto crop = D::CropOptions().size(16);
+  const auto masks = D::MaskGeneratorOptions(16, 16).min_ratio(0.1).max_ratio(0.3);
+
+  std::vector<std::string> warnings;
+  D::TrainingStream serial(files, crop, masks, 3, 42, 0);
+  serial.set_warning_hook([&](const std::string& message) { warnings.push_back(message); });
+  std::vector<D::Batch> expected;
+  for (int step = 0; step < 6; ++step) expected.push_back(serial.next());
+  EXPECT_EQ(expected[0].images.sizes(), (at::IntArrayRef{3, 3, 16, 16}));
+  EXPECT_EQ(expected[0].masks.sizes(), (at::IntArrayRef{3, 1, 16, 16}));
+  ASSERT_EQ(warnings.size(), 1U);  // the corrupt file, reported once over three epochs
+  EXPECT_THAT(warnings[0], ::testing::HasSubstr("photo9.jpg"));
+  EXPECT_EQ(serial.skipped().size(), 1U);
+
+  D::TrainingStream threaded(files, crop, masks, 3, 42, 2);
+  for (int step = 0; step < 6; ++step) {
+    const auto batch = threaded.next();
+    EXPECT_TRUE(at::equal(batch.images, expected[step].images)) << "step " << step;
+    EXPECT_TRUE(at::equal(batch.masks, expected[step].masks)) << "step " << step;
+  }
+  D::TrainingStream resumed(files, crop, masks, 3, 42, 2, /*first_batch=*/4);
+  EXPECT_TRUE(at::equal(resumed.next().images, expected[4].images));
+  EXPECT_TRUE(at::equal(resumed.next().images, expected[5].images));
+  D::TrainingStream other_seed(files, crop, masks, 3, 43, 0);
+  EXPECT_FALSE(at::equal(other_seed.next().images, expected[0].images));
+}
+
+}  // namespace

@@ -1,0 +1,42 @@
+// Tests of the quality metrics against values computed by hand.
+#include <pconv/eval/metrics.h>
+
+#include <ATen/ATen.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace {
+
+namespace E = pconv::eval;
+
+TEST(MetricsTest, PsnrOfAKnownErrorAndOfIdenticalImages) {
+  const auto truth = at::full({2, 3, 8, 8}, 0.5, at::kDouble);
+  auto image = truth.clone();
+  image[0].add_(0.1);  // MSE 0.01 -> 20 dB
+  const auto values = E::psnr(image, truth);
+  EXPECT_NEAR(values[0].item<double>(), 20.0, 1e-9);
+  EXPECT_TRUE(std::isinf(values[1].item<double>()));
+}
+
+TEST(MetricsTest, SsimOfConstantImagesHasAClosedForm) {
+  // Constant images a and b: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
+  const double a = 0.3;
+  const double b = 0.6;
+  const double c1 = 0.01 * 0.01;
+  const auto value = E::ssim(at::full({1, 1, 16, 16}, a), at::full({1, 1, 16, 16}, b));
+  EXPECT_NEAR(value[0].item<double>(), (2 * a * b + c1) / (a * a + b * b + c1), 1e-9);
+  const auto noise = at::rand({1, 3, 16, 16});
+  EXPECT_NEAR(E::ssim(noise, noise)[0].item<double>(), 1.0, 1e-9);
+  EXPECT_LT(E::ssim(noise, at::rand({1, 3, 16, 16}))[0].item<double>(), 0.5);
+}
+
+TEST(MetricsTest, L1IsTheMeanAbsoluteDifference) {
+  const auto truth = at::zeros({1, 1, 2, 2}, at::kDouble);
+  const auto image = torch::tensor({0.1, -0.2, 0.3, 0.0}, at::kDouble).view({1, 1, 2, 2});
+  EXPECT_NEAR(E::l1_error(image, truth)[0].item<double>(), 0.6 / 4, 1e-9);
+  EXPECT_THROW(E::l1_error(image, at::zeros({1, 1, 2, 3})), c10::Error);
+}
+
+}  // namespace
