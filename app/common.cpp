@@ -61,6 +61,24 @@ c10::Device resolve_device(const CommonOptions& options) {
   return device;
 }
 
+namespace {
+std::string& invocation_storage() {
+  static std::string text;
+  return text;
+}
+}  // namespace
+
+void set_invocation(int argc, char** argv) {
+  std::string text;
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0) text += ' ';
+    text += i == 0 ? std::string("pconv") : std::string(argv[i]);
+  }
+  invocation_storage() = text;
+}
+
+const std::string& invocation() { return invocation_storage(); }
+
 std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option) {
   static const std::regex pattern(R"(^\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*$)");
   std::smatch match;
@@ -88,14 +106,29 @@ void Progress::advance(int64_t steps) {
   draw(false);
 }
 
+void Progress::resume_at(int64_t done) {
+  done_ = first_ = std::min(total_, done);
+  next_log_ = done_;
+}
+
 void Progress::finish() { draw(true); }
+
+void Progress::note(const std::string& text, bool warning) {
+  if (terminal_ && enabled_) std::fprintf(stderr, "\r\033[K");  // clear the bar's line
+  if (warning) {
+    spdlog::warn("{}", text);
+  } else {
+    spdlog::info("{}", text);
+  }
+  if (terminal_ && enabled_) draw(false);
+}
 
 void Progress::draw(bool final) {
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
-  const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
+  const double rate = elapsed > 0 ? static_cast<double>(done_ - first_) / elapsed : 0.0;
   const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : 0.0;
   const auto clock = [](double seconds) {
     const auto s = static_cast<int64_t>(seconds + 0.5);
@@ -105,14 +138,16 @@ void Progress::draw(bool final) {
     if (!final && since_draw < 0.1 && done_ < total_) return;
     constexpr int kBarWidth = 30;
     const int filled = static_cast<int>(kBarWidth * done_ / total_);
-    std::fprintf(stderr, "\r%s [%s%s] %lld/%lld  %.1f/s  %s %s%s", label_.c_str(),
+    std::fprintf(stderr, "\r\033[K%s [%s%s] %lld/%lld  %.2f/s  %s %s  %s%s", label_.c_str(),
                  std::string(filled, '#').c_str(), std::string(kBarWidth - filled, '.').c_str(),
                  static_cast<long long>(done_), static_cast<long long>(total_), rate,
-                 final ? "took" : "ETA", clock(final ? elapsed : eta).c_str(), final ? "\n" : "");
+                 final ? "took" : "ETA", clock(final ? elapsed : eta).c_str(), status_.c_str(),
+                 final ? "\n" : "");
     std::fflush(stderr);
   } else if (final || (done_ < total_ && (done_ >= next_log_ || since_draw >= 30.0))) {
-    spdlog::info("{}: {}/{} ({:.1f}/s, {} {})", label_, done_, total_, rate, final ? "took" : "ETA",
-                 clock(final ? elapsed : eta));
+    spdlog::info("{}: {}/{} ({:.2f}/s, {} {}){}{}", label_, done_, total_, rate,
+                 final ? "took" : "ETA", clock(final ? elapsed : eta), status_.empty() ? "" : "  ",
+                 status_);
     next_log_ = done_ + std::max<int64_t>(1, total_ / 10);
     if (final) enabled_ = false;
   } else {

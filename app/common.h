@@ -27,6 +27,10 @@ c10::Device resolve_device(const CommonOptions& options);
 /// "pconv X.Y.Z (LibTorch A.B.C)".
 std::string version_string();
 
+/// The command line as typed (for records such as the model file); main() sets it.
+void set_invocation(int argc, char** argv);
+const std::string& invocation();
+
 /// Parses "WIDTHxHEIGHT" (e.g. 512x384) into (width, height); throws CLI::ValidationError
 /// naming `option` otherwise.
 std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option);
@@ -37,14 +41,22 @@ class Progress {
  public:
   Progress(std::string label, int64_t total);
   void advance(int64_t steps = 1);
+  /// Starts the count at `done` (a resumed job) without counting it in the rate.
+  void resume_at(int64_t done);
   void finish();
+  /// Text shown after the counts (e.g. the current loss).
+  void set_status(std::string status) { status_ = std::move(status); }
+  /// Logs a line (a warning if `warning`) without garbling the bar.
+  void note(const std::string& text, bool warning = false);
 
  private:
   void draw(bool final);
 
   std::string label_;
+  std::string status_;
   int64_t total_;
   int64_t done_ = 0;
+  int64_t first_ = 0;
   bool terminal_;
   bool enabled_;
   int64_t next_log_ = 0;

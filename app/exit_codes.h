@@ -2,7 +2,15 @@
 // command line from a bad input file from a bad model file. Documented in the README.
 #pragma once
 
+#include <stdexcept>
+
 namespace pconv::app {
+
+/// Thrown when a long job stopped on SIGINT/SIGTERM after saving its state: exit code 130.
+class Interrupted : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 enum ExitCode : int {
   kExitOk = 0,

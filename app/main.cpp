@@ -2,6 +2,7 @@
 // and a documented exit code (exit_codes.h).
 #include "commands/demo.h"
 #include "commands/masks.h"
+#include "commands/train.h"
 #include "common.h"
 #include "exit_codes.h"
 
@@ -34,6 +35,7 @@ void setup_logging() {
 int main(int argc, char** argv) {
   using namespace pconv::app;
   setup_logging();
+  set_invocation(argc, argv);
 
   CLI::App app{"pconv: image inpainting with partial convolutions (Liu et al., ECCV 2018)",
                "pconv"};
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
 
   setup_demo(app);
   setup_masks(app);
+  setup_train(app);
 
   try {
     app.parse(argc, argv);
@@ -67,6 +70,9 @@ int main(int argc, char** argv) {
     spdlog::error("{}", first_line(error.what()));
     spdlog::error("run 'pconv --help' (or 'pconv SUBCOMMAND --help') for usage");
     return kExitUsage;
+  } catch (const Interrupted& error) {
+    spdlog::warn("{}", first_line(error.what()));
+    return kExitInterrupted;
   } catch (const pconv::InputError& error) {
     spdlog::error("{}", first_line(error.what()));
     return kExitInput;

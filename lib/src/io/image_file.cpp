@@ -56,6 +56,56 @@ Image read_image(const std::filesystem::path& path) {
   return image;
 }
 
+namespace {
+
+void encode_and_write(const std::filesystem::path& path, const cv::Mat& image) {
+  std::vector<uint8_t> encoded;
+  const std::string extension = path.extension().string();
+  bool ok = false;
+  try {
+    ok = cv::imencode(extension.empty() ? ".png" : extension, image, encoded);
+  } catch (const cv::Exception&) {
+    ok = false;
+  }
+  if (!ok) {
+    throw InputError(path.string() + ": cannot encode the image as '" + extension +
+                     "' (use .png, .jpg, .webp, .bmp or .tif)");
+  }
+  write_file_atomically(path, encoded);
+}
+
+}  // namespace
+
+void write_image(const std::filesystem::path& path, const torch::Tensor& pixels, int bit_depth) {
+  TORCH_CHECK(
+      pixels.dim() == 3 && (pixels.size(0) == 1 || pixels.size(0) == 3 || pixels.size(0) == 4),
+      "write_image: pixels must be (1, 3 or 4, H, W); got ", pixels.sizes());
+  TORCH_CHECK(bit_depth == 8 || bit_depth == 16, "write_image: bit depth 8 or 16; got ", bit_depth);
+  const double scale = bit_depth == 16 ? 65535.0 : 255.0;
+  const auto hwc = (pixels.detach().to(at::kCPU, at::kFloat).clamp(0.0, 1.0) * scale)
+                       .round()
+                       .permute({1, 2, 0})
+                       .contiguous();
+  const int channels = static_cast<int>(pixels.size(0));
+  const int height = static_cast<int>(pixels.size(1));
+  const int width = static_cast<int>(pixels.size(2));
+  cv::Mat as_float(height, width, CV_32FC(channels), hwc.data_ptr<float>());
+  cv::Mat samples;
+  as_float.convertTo(samples, bit_depth == 16 ? CV_16U : CV_8U);
+  cv::Mat bgr;
+  switch (channels) {
+    case 3:
+      cv::cvtColor(samples, bgr, cv::COLOR_RGB2BGR);
+      break;
+    case 4:
+      cv::cvtColor(samples, bgr, cv::COLOR_RGBA2BGRA);
+      break;
+    default:
+      bgr = samples;
+  }
+  encode_and_write(path, bgr);
+}
+
 void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& holes,
                 int64_t height, int64_t width) {
   if (static_cast<int64_t>(holes.size()) != height * width) {
@@ -67,19 +117,7 @@ void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& h
   for (int64_t i = 0; i < height * width; ++i) {
     image.data[i] = holes[static_cast<size_t>(i)] != 0 ? kMaskHoleValue : 0;
   }
-  std::vector<uint8_t> encoded;
-  const std::string extension = path.extension().string();
-  bool ok = false;
-  try {
-    ok = cv::imencode(extension.empty() ? ".png" : extension, image, encoded);
-  } catch (const cv::Exception&) {
-    ok = false;
-  }
-  if (!ok) {
-    throw InputError(path.string() + ": cannot encode a mask as '" + extension +
-                     "' (use .png, .bmp or .tif)");
-  }
-  write_file_atomically(path, encoded);
+  encode_and_write(path, image);
 }
 
 }  // namespace pconv::io

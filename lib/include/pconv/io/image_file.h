@@ -32,6 +32,11 @@ Image read_image(const std::filesystem::path& path);
 /// The file extensions read_image handles, lower case with the dot.
 const std::vector<std::string>& image_extensions();
 
+/// Writes `pixels` ((C, H, W), C = 1, 3 or 4, RGB order, values in [0, 1], clamped) as an
+/// image with `bit_depth` 8 or 16 bits per sample, in the format the extension names,
+/// atomically. Throws pconv::InputError naming the file on failure.
+void write_image(const std::filesystem::path& path, const torch::Tensor& pixels, int bit_depth = 8);
+
 /// Writes a hole map (height x width bytes, non-zero = hole) as an 8-bit grey image, white
 /// where the hole is. The format follows the extension (.png recommended). The file appears
 /// whole or not at all: it is written under a temporary name and renamed. Throws

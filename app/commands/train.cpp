@@ -1,0 +1,214 @@
+#include "train.h"
+
+#include <pconv/data/image_folder.h>
+#include <pconv/error.h>
+#include <pconv/train/trainer.h>
+
+#include "../exit_codes.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <memory>
+
+namespace pconv::app {
+namespace {
+
+std::atomic<bool> g_stop_requested{false};
+
+extern "C" void request_stop(int /*signal*/) { g_stop_requested = true; }
+
+// While alive, SIGINT and SIGTERM ask the trainer to save a checkpoint and stop.
+class StopOnSignal {
+ public:
+  StopOnSignal() {
+    g_stop_requested = false;
+    previous_int_ = std::signal(SIGINT, request_stop);
+    previous_term_ = std::signal(SIGTERM, request_stop);
+  }
+  ~StopOnSignal() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
+  StopOnSignal(const StopOnSignal&) = delete;
+  StopOnSignal& operator=(const StopOnSignal&) = delete;
+
+ private:
+  void (*previous_int_)(int) = SIG_DFL;
+  void (*previous_term_)(int) = SIG_DFL;
+};
+
+}  // namespace
+
+void setup_train(CLI::App& app) {
+  auto options = std::make_shared<TrainOptions>();
+  auto* command = app.add_subcommand(
+      "train",
+      "Train a partial-convolution UNet on a folder of photos (random crops, generated masks). "
+      "Writes config.txt, log.csv, validation.csv, samples/*.png, checkpoint.pt and, at the "
+      "end, model.pt into --out. Ctrl-C saves a checkpoint; --resume continues it exactly.");
+  command
+      ->add_option("--data", options->data_dir, "Folder of training photos (searched recursively)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  command->add_option("--val", options->validation_dir, "Folder of validation photos")
+      ->check(CLI::ExistingDirectory);
+  command->add_option("-o,--out", options->out_dir, "Run folder")->capture_default_str();
+  command->add_option("--size", options->size, "Crop size (a multiple of 2^depth)")
+      ->check(CLI::Range(int64_t{8}, int64_t{4096}))
+      ->capture_default_str();
+  command->add_option("--batch", options->batch, "Batch size")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->capture_default_str();
+  command->add_option("--steps", options->steps, "Total optimisation steps")
+      ->check(CLI::Range(int64_t{1}, int64_t{100000000}))
+      ->capture_default_str();
+  command
+      ->add_option("--lr", options->learning_rate,
+                   "Learning rate (default 2e-4; 5e-5 with --finetune)")
+      ->check(CLI::Range(0.0, 1.0));
+  command->add_flag("--finetune", options->finetune,
+                    "Fine-tuning stage: encoder BatchNorm frozen, learning rate 5e-5 by default "
+                    "(start from a model with --init)");
+  command
+      ->add_option("--depth", options->depth,
+                   "Stride-2 layers of the UNet (paper: 7 at 256, 8 at 512)")
+      ->check(CLI::Range(int64_t{1}, int64_t{10}))
+      ->capture_default_str();
+  command->add_option("--width", options->width, "Channels of the first layer (paper: 64)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1024}))
+      ->capture_default_str();
+  command->add_option("--max-width", options->max_width, "Most channels of any layer (paper: 512)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->capture_default_str();
+  command->add_option("--loss-valid", options->loss_valid, "Weight of the valid-pixel L1 term")
+      ->capture_default_str();
+  command->add_option("--loss-hole", options->loss_hole, "Weight of the hole-pixel L1 term")
+      ->capture_default_str();
+  command
+      ->add_option("--loss-perceptual", options->loss_perceptual, "Weight of the perceptual term")
+      ->capture_default_str();
+  command->add_option("--loss-style", options->loss_style, "Weight of each style term")
+      ->capture_default_str();
+  command->add_option("--loss-tv", options->loss_tv, "Weight of the total-variation term")
+      ->capture_default_str();
+  command
+      ->add_option("--vgg", options->vgg,
+                   "VGG16 TorchScript file for the perceptual and style terms (see README)")
+      ->check(CLI::ExistingFile);
+  command
+      ->add_option("--init", options->init_model, "Start from the weights of this pconv model file")
+      ->check(CLI::ExistingFile);
+  command->add_option("--workers", options->workers, "Threads decoding photos")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
+  command->add_option("--seed", options->seed, "Random seed (data order, crops, masks)")
+      ->capture_default_str();
+  command->add_flag("--resume", options->resume, "Continue the run in --out from its checkpoint");
+  command
+      ->add_option("--sample-every", options->sample_every,
+                   "Steps between sample grids (0: only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command
+      ->add_option("--checkpoint-every", options->checkpoint_every,
+                   "Steps between checkpoints (0: only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command
+      ->add_option("--validate-every", options->validate_every,
+                   "Steps between validations (0: only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  add_common_options(*command, options->common);
+  command->callback([options] {
+    options->command_line = invocation();
+    run_train(*options);
+  });
+}
+
+void run_train(const TrainOptions& options) {
+  const c10::Device device = resolve_device(options.common);
+  if (options.max_width < options.width) {
+    throw CLI::ValidationError("--max-width", fmt::format("{} is smaller than --width {}",
+                                                          options.max_width, options.width));
+  }
+  const int64_t multiple = int64_t{1} << options.depth;
+  if (options.size % multiple != 0) {
+    throw CLI::ValidationError(
+        "--size", fmt::format("{} is not a multiple of 2^depth = {}", options.size, multiple));
+  }
+  const auto train_files = data::list_images(options.data_dir);
+  std::vector<std::filesystem::path> validation_files;
+  if (!options.validation_dir.empty()) validation_files = data::list_images(options.validation_dir);
+  spdlog::info("{} training photos in {}{}", train_files.size(), options.data_dir,
+               validation_files.empty()
+                   ? std::string(", no validation folder")
+                   : fmt::format(", {} validation photos in {}", validation_files.size(),
+                                 options.validation_dir));
+
+  train::TrainerOptions trainer_options;
+  trainer_options.size(options.size)
+      .batch_size(options.batch)
+      .steps(options.steps)
+      .learning_rate(options.learning_rate > 0 ? options.learning_rate
+                                               : (options.finetune ? 5e-5 : 2e-4))
+      .finetune(options.finetune)
+      .model(nn::PConvUNetOptions()
+                 .depth(options.depth)
+                 .base_width(options.width)
+                 .max_width(options.max_width))
+      .loss_weights(loss::InpaintingLossOptions()
+                        .valid(options.loss_valid)
+                        .hole(options.loss_hole)
+                        .perceptual(options.loss_perceptual)
+                        .style(options.loss_style)
+                        .tv(options.loss_tv))
+      .vgg_path(options.vgg)
+      .init_model(options.init_model)
+      .workers(options.workers)
+      .seed(options.seed)
+      .device(device)
+      .sample_every(options.sample_every)
+      .checkpoint_every(options.checkpoint_every)
+      .validate_every(options.validate_every)
+      .validation_count(options.validation_count);
+  train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
+                         options.resume, options.command_line);
+
+  StopOnSignal stop_on_signal;
+  Progress progress("train", options.steps);
+  progress.resume_at(trainer.step());
+  train::TrainerCallbacks callbacks;
+  callbacks.on_message = [&](const std::string& text) {
+    // Skipped photos are warnings; the rest is information.
+    progress.note(text, text.find("(skipped)") != std::string::npos);
+  };
+  callbacks.should_stop = [] { return g_stop_requested.load(); };
+  callbacks.on_step = [&](const train::StepReport& report) {
+    double total = 0;
+    for (const auto& [name, value] : report.losses) {
+      if (name == "total") total = value;
+    }
+    progress.set_status(fmt::format("loss {:.4f}  {:.2f} img/s", total, report.images_per_second));
+    progress.advance();
+  };
+  callbacks.on_validation = [&](const train::ValidationReport& report) {
+    progress.note(fmt::format("step {}: validation PSNR {:.2f} dB, SSIM {:.4f} ({} images)",
+                              report.step, report.psnr, report.ssim, report.images));
+  };
+  const auto result = trainer.run(callbacks);
+  progress.finish();
+  if (result.stopped_early)
+    throw Interrupted(fmt::format(
+        "stopped at step {}; run 'pconv train ... --resume' with the same options to continue",
+        result.step));
+  spdlog::info("done: {} steps; model written to {}", result.step, result.model_file.string());
+}
+
+}  // namespace pconv::app

@@ -1,0 +1,126 @@
+// The trainer: Adam on the inpainting loss over a stream of photo crops with generated masks,
+// the paper's two stages, validation, sample grids, a CSV log, atomic checkpoints and an exact
+// resume. Reports through callbacks; the library never prints.
+#pragma once
+
+#include <pconv/loss/inpainting_loss.h>
+#include <pconv/nn/pconv_unet.h>
+
+#include <torch/arg.h>
+#include <torch/optim/adam.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace pconv::train {
+
+struct TrainerOptions {
+  /// Side of the square training crops.
+  TORCH_ARG(int64_t, size) = 256;
+  TORCH_ARG(int64_t, batch_size) = 4;
+  /// Total optimisation steps of the run (a resumed run continues up to this).
+  TORCH_ARG(int64_t, steps) = 1000;
+  /// Adam's learning rate: the paper uses 2e-4, and 5e-5 for fine-tuning.
+  TORCH_ARG(double, learning_rate) = 2e-4;
+  /// Fine-tuning stage: encoder BatchNorm frozen.
+  TORCH_ARG(bool, finetune) = false;
+  TORCH_ARG(nn::PConvUNetOptions, model) = {};
+  TORCH_ARG(loss::InpaintingLossOptions, loss_weights) = {};
+  /// A VGG16 TorchScript file for the perceptual and style terms; empty: pixel terms only.
+  TORCH_ARG(std::string, vgg_path) = "";
+  /// A pconv model file to start from (e.g. for fine-tuning); empty: random initialisation.
+  TORCH_ARG(std::string, init_model) = "";
+  /// Threads decoding photos ahead of the model.
+  TORCH_ARG(int, workers) = 2;
+  TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
+  /// Hole ratios of the training masks.
+  TORCH_ARG(double, min_hole_ratio) = 0.01;
+  TORCH_ARG(double, max_hole_ratio) = 0.6;
+  /// Every N steps (0: never; the last step always): sample grid, checkpoint, validation.
+  TORCH_ARG(int64_t, sample_every) = 500;
+  TORCH_ARG(int64_t, checkpoint_every) = 500;
+  TORCH_ARG(int64_t, validate_every) = 500;
+  /// Validation photos used (centre crops, fixed masks); 0: all.
+  TORCH_ARG(int64_t, validation_count) = 32;
+};
+
+struct StepReport {
+  int64_t step = 0;  // 1-based: steps done
+  std::vector<std::pair<std::string, double>> losses;
+  double learning_rate = 0;
+  double images_per_second = 0;
+};
+
+struct ValidationReport {
+  int64_t step = 0;
+  double psnr = 0;  // dB, of the composite, mean over the validation images
+  double ssim = 0;
+  int64_t images = 0;
+};
+
+struct TrainerCallbacks {
+  std::function<void(const StepReport&)> on_step;
+  std::function<void(const ValidationReport&)> on_validation;
+  /// One-line notes worth showing (skipped files, checkpoints, what the loss uses).
+  std::function<void(const std::string&)> on_message;
+  /// Polled between steps; true saves a checkpoint and ends the run early.
+  std::function<bool()> should_stop;
+};
+
+/// What `run` ended with.
+struct RunResult {
+  int64_t step = 0;
+  bool stopped_early = false;
+  std::filesystem::path model_file;  // written when the run reached its last step
+  std::vector<ValidationReport> validations;
+};
+
+class Trainer {
+ public:
+  /// Prepares a run in `run_dir` (created if missing). With `resume` the run continues from
+  /// run_dir/checkpoint.pt exactly where it stopped; without it an existing checkpoint is an
+  /// error (pconv::InputError) so that no run is overwritten by accident. `command` is
+  /// recorded in the model file. Throws pconv::InputError / ModelError for bad inputs.
+  Trainer(TrainerOptions options, std::vector<std::filesystem::path> train_files,
+          std::vector<std::filesystem::path> validation_files, std::filesystem::path run_dir,
+          bool resume, std::string command = "");
+
+  RunResult run(const TrainerCallbacks& callbacks = {});
+
+  nn::PConvUNet& model() { return model_; }
+  int64_t step() const { return step_; }
+
+  /// Files the run writes, relative to its folder.
+  static constexpr const char* kCheckpointFile = "checkpoint.pt";
+  static constexpr const char* kModelFile = "model.pt";
+  static constexpr const char* kLogFile = "log.csv";
+  static constexpr const char* kValidationFile = "validation.csv";
+  static constexpr const char* kConfigFile = "config.txt";
+
+ private:
+  void save_checkpoint() const;
+  void load_checkpoint();
+  ValidationReport validate();
+  void write_samples(const std::string& name);
+
+  TrainerOptions options_;
+  std::vector<std::filesystem::path> train_files_;
+  std::vector<std::filesystem::path> validation_files_;
+  std::filesystem::path run_dir_;
+  std::string command_;
+  nn::PConvUNet model_;
+  loss::InpaintingLoss loss_;
+  std::unique_ptr<torch::optim::Adam> optimizer_;
+  int64_t step_ = 0;
+  torch::Tensor validation_images_;  // (V, 3, S, S) on the device
+  torch::Tensor validation_masks_;   // (V, 1, S, S)
+};
+
+}  // namespace pconv::train

@@ -1,0 +1,390 @@
+#include "pconv/train/trainer.h"
+
+#include "pconv/data/image_folder.h"
+#include "pconv/data/mask_generator.h"
+#include "pconv/error.h"
+#include "pconv/eval/metrics.h"
+#include "pconv/io/atomic_file.h"
+#include "pconv/io/image_file.h"
+#include "pconv/io/model_file.h"
+#include "pconv/version.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+namespace pconv::train {
+namespace {
+
+// Validation masks come from their own fixed seed, so every run is scored on the same holes.
+constexpr uint64_t kValidationMaskSeed = 20180415;
+constexpr int64_t kSampleRows = 4;
+
+// What must match between a checkpoint and the run that resumes it.
+std::string run_identity(const TrainerOptions& o) {
+  std::ostringstream out;
+  const auto& m = o.model();
+  out << "size=" << o.size() << " batch=" << o.batch_size() << " seed=" << o.seed()
+      << " depth=" << m.depth() << " base_width=" << m.base_width()
+      << " max_width=" << m.max_width() << " finetune=" << o.finetune();
+  return out.str();
+}
+
+std::string config_text(const TrainerOptions& o, size_t train_count, size_t validation_count) {
+  std::ostringstream out;
+  const auto& m = o.model();
+  const auto& w = o.loss_weights();
+  out << "pconv " << kVersion << " training run\n"
+      << "size " << o.size() << "\nbatch_size " << o.batch_size() << "\nsteps " << o.steps()
+      << "\nlearning_rate " << o.learning_rate() << "\nfinetune " << o.finetune() << "\ndepth "
+      << m.depth() << "\nbase_width " << m.base_width() << "\nmax_width " << m.max_width()
+      << "\nloss_valid " << w.valid() << "\nloss_hole " << w.hole() << "\nloss_perceptual "
+      << w.perceptual() << "\nloss_style " << w.style() << "\nloss_tv " << w.tv() << "\nvgg "
+      << (o.vgg_path().empty() ? "(none: pixel terms only)" : o.vgg_path()) << "\ninit_model "
+      << (o.init_model().empty() ? "(none)" : o.init_model()) << "\nworkers " << o.workers()
+      << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\nhole_ratio "
+      << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\ntrain_images " << train_count
+      << "\nvalidation_images " << validation_count << '\n';
+  return out.str();
+}
+
+// The initial weights follow the run's seed (this reseeds LibTorch's global generator).
+nn::PConvUNet seeded_model(const TrainerOptions& options) {
+  torch::manual_seed(options.seed());
+  return nn::PConvUNet(options.model());
+}
+
+bool due(int64_t step, int64_t every, int64_t last) {
+  return step == last || (every > 0 && step % every == 0);
+}
+
+std::string now_iso() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  std::ostringstream out;
+  out << std::put_time(&utc, "%Y-%m-%dT%H:%M:%SZ");
+  return out.str();
+}
+
+// Keeps the first `keep_steps` data rows of a CSV log (and its header): a resumed run rewrites
+// what came after its checkpoint.
+void truncate_log(const std::filesystem::path& path, int64_t keep_steps) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line;
+  std::string kept;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (header || std::stoll(line.substr(0, line.find(','))) <= keep_steps) kept += line + '\n';
+    header = false;
+  }
+  in.close();
+  io::write_file_atomically(path, kept);
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> train_files,
+                 std::vector<std::filesystem::path> validation_files, std::filesystem::path run_dir,
+                 bool resume, std::string command)
+    : options_(std::move(options)),
+      train_files_(std::move(train_files)),
+      validation_files_(std::move(validation_files)),
+      run_dir_(std::move(run_dir)),
+      command_(std::move(command)),
+      model_(seeded_model(options_)),
+      loss_(options_.loss_weights()) {
+  if (train_files_.empty()) throw InputError("no training images");
+  if (options_.size() % model_->size_multiple() != 0) {
+    throw InputError("--size " + std::to_string(options_.size()) + " must be a multiple of " +
+                     std::to_string(model_->size_multiple()) + " (2^depth)");
+  }
+  std::error_code error;
+  std::filesystem::create_directories(run_dir_ / "samples", error);
+  if (error)
+    throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
+  const auto checkpoint = run_dir_ / kCheckpointFile;
+  if (!resume && std::filesystem::exists(checkpoint)) {
+    throw InputError(run_dir_.string() +
+                     ": holds a checkpoint already; use --resume to continue it or another --out");
+  }
+  if (resume && !std::filesystem::exists(checkpoint)) {
+    throw InputError(checkpoint.string() + ": no checkpoint to resume");
+  }
+
+  if (!options_.vgg_path().empty()) {
+    loss_ = loss::InpaintingLoss(options_.loss_weights(),
+                                 loss::load_vgg16_features(options_.vgg_path()));
+  }
+  if (!options_.init_model().empty()) {
+    auto initial = io::load_model(options_.init_model());
+    const auto& a = initial->options;
+    const auto& b = model_->options;
+    if (a.depth() != b.depth() || a.base_width() != b.base_width() ||
+        a.max_width() != b.max_width()) {
+      throw ModelError(options_.init_model() + ": its architecture (depth " +
+                       std::to_string(a.depth()) + ", width " + std::to_string(a.base_width()) +
+                       "-" + std::to_string(a.max_width()) + ") differs from the one asked for");
+    }
+    torch::NoGradGuard no_grad;
+    const auto source = initial->named_parameters();
+    for (auto& item : model_->named_parameters()) item.value().copy_(source[item.key()]);
+    const auto buffers = initial->named_buffers();
+    for (auto& item : model_->named_buffers()) item.value().copy_(buffers[item.key()]);
+  }
+  model_->set_freeze_encoder_bn(options_.finetune());
+  model_->to(options_.device());
+  loss_.to(options_.device());
+  model_->train();
+
+  std::vector<torch::Tensor> trainable;
+  for (const auto& parameter : model_->parameters()) {
+    if (parameter.requires_grad()) trainable.push_back(parameter);
+  }
+  optimizer_ = std::make_unique<torch::optim::Adam>(
+      trainable, torch::optim::AdamOptions(options_.learning_rate()));
+
+  // Fixed validation set: centre crops and generated masks from a fixed seed.
+  if (!validation_files_.empty()) {
+    const auto crop = data::CropOptions().size(options_.size());
+    const data::MaskGenerator masks(
+        data::MaskGeneratorOptions(options_.size(), options_.size()).min_ratio(0.01).max_ratio(0.6),
+        kValidationMaskSeed);
+    std::vector<torch::Tensor> images;
+    std::vector<torch::Tensor> hole_masks;
+    const auto limit = options_.validation_count() > 0
+                           ? std::min<size_t>(validation_files_.size(), options_.validation_count())
+                           : validation_files_.size();
+    for (const auto& path : validation_files_) {
+      if (images.size() >= limit) break;
+      try {
+        images.push_back(data::crop_example(path, crop, /*random=*/false, 0));
+        hole_masks.push_back(masks.mask(images.size() - 1));
+      } catch (const InputError&) {
+        // Reported by the caller's listing; an unreadable validation photo is just left out.
+      }
+    }
+    if (!images.empty()) {
+      validation_images_ = at::stack(images).to(options_.device());
+      validation_masks_ = at::stack(hole_masks).to(options_.device());
+    }
+  }
+
+  if (resume) {
+    load_checkpoint();
+    truncate_log(run_dir_ / kLogFile, step_);
+    truncate_log(run_dir_ / kValidationFile, step_);
+  } else {
+    io::write_file_atomically(run_dir_ / kConfigFile,
+                              config_text(options_, train_files_.size(), validation_files_.size()));
+    io::write_file_atomically(
+        run_dir_ / kLogFile, std::string("step,valid,hole,perceptual,style_out,style_comp,tv,total,"
+                                         "learning_rate,images_per_second\n"));
+    io::write_file_atomically(run_dir_ / kValidationFile, std::string("step,psnr,ssim,images\n"));
+  }
+}
+
+void Trainer::save_checkpoint() const {
+  torch::serialize::OutputArchive archive;
+  archive.write("identity", c10::IValue(run_identity(options_)));
+  archive.write("step", c10::IValue(step_));
+  torch::serialize::OutputArchive model_archive;
+  model_->save(model_archive);
+  archive.write("model", model_archive);
+  torch::serialize::OutputArchive optimizer_archive;
+  optimizer_->save(optimizer_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("cpu_rng", at::detail::getDefaultCPUGenerator().get_state());
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  io::write_file_atomically(run_dir_ / kCheckpointFile, bytes.str());
+}
+
+void Trainer::load_checkpoint() {
+  const auto path = run_dir_ / kCheckpointFile;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string(), options_.device());
+    c10::IValue value;
+    archive.read("identity", value);
+    if (value.toStringRef() != run_identity(options_)) {
+      throw InputError(path.string() + ": the checkpoint is of another run (" +
+                       value.toStringRef() +
+                       "); resume with the same size, batch, seed, model and stage");
+    }
+    archive.read("step", value);
+    step_ = value.toInt();
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    model_->load(model_archive);
+    torch::serialize::InputArchive optimizer_archive;
+    archive.read("optimizer", optimizer_archive);
+    optimizer_->load(optimizer_archive);
+    at::Tensor rng_state;
+    archive.read("cpu_rng", rng_state);
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(rng_state.to(at::kCPU));
+    model_->set_freeze_encoder_bn(options_.finetune());
+    model_->train();
+  } catch (const InputError&) {
+    throw;
+  } catch (const std::exception& error) {
+    const std::string what = error.what();
+    throw ModelError(path.string() + ": cannot read the checkpoint (" +
+                     what.substr(0, what.find('\n')) + ")");
+  }
+}
+
+ValidationReport Trainer::validate() {
+  ValidationReport report;
+  report.step = step_;
+  if (!validation_images_.defined()) return report;
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  double psnr_sum = 0;
+  double ssim_sum = 0;
+  const int64_t count = validation_images_.size(0);
+  for (int64_t begin = 0; begin < count; begin += options_.batch_size()) {
+    const int64_t size = std::min(options_.batch_size(), count - begin);
+    const auto images = validation_images_.narrow(0, begin, size);
+    const auto masks = validation_masks_.narrow(0, begin, size);
+    const auto output = std::get<0>(model_(images * masks, masks));
+    const auto comp = loss::composite(output.clamp(0.0, 1.0), images, masks);
+    psnr_sum += eval::psnr(comp, images).clamp_max(100.0).sum().item<double>();
+    ssim_sum += eval::ssim(comp, images).sum().item<double>();
+  }
+  model_->train();
+  report.images = count;
+  report.psnr = psnr_sum / static_cast<double>(count);
+  report.ssim = ssim_sum / static_cast<double>(count);
+  return report;
+}
+
+void Trainer::write_samples(const std::string& name) {
+  if (!validation_images_.defined()) return;
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  const int64_t rows = std::min<int64_t>(kSampleRows, validation_images_.size(0));
+  const auto images = validation_images_.narrow(0, 0, rows);
+  const auto masks = validation_masks_.narrow(0, 0, rows);
+  const auto output = std::get<0>(model_(images * masks, masks)).clamp(0.0, 1.0);
+  model_->train();
+  // input with white holes | mask (white = hole) | output | composite | truth
+  const auto holes = (1.0 - masks).expand_as(images);
+  const auto input = images * masks + holes;
+  const auto columns =
+      at::cat({input, holes, output, loss::composite(output, images, masks), images}, 3);
+  const auto grid = at::cat(columns.unbind(0), 1);  // rows stacked vertically
+  io::write_image(run_dir_ / "samples" / name, grid);
+}
+
+RunResult Trainer::run(const TrainerCallbacks& callbacks) {
+  RunResult result;
+  auto message = [&](const std::string& text) {
+    if (callbacks.on_message) callbacks.on_message(text);
+  };
+  message(loss_.has_features()
+              ? "loss: pixel, perceptual and style terms (VGG16 from " + options_.vgg_path() + ")"
+              : "loss: pixel terms only (valid, hole, total variation); give --vgg for the "
+                "perceptual and style terms");
+  if (step_ > 0) message("resuming at step " + std::to_string(step_));
+
+  data::TrainingStream stream(train_files_, data::CropOptions().size(options_.size()),
+                              data::MaskGeneratorOptions(options_.size(), options_.size())
+                                  .min_ratio(options_.min_hole_ratio())
+                                  .max_ratio(options_.max_hole_ratio()),
+                              options_.batch_size(), options_.seed(), options_.workers(),
+                              /*first_batch=*/step_);
+  stream.set_warning_hook(message);
+
+  std::ofstream log(run_dir_ / kLogFile, std::ios::app);
+  std::ofstream validation_log(run_dir_ / kValidationFile, std::ios::app);
+  const int64_t last = options_.steps();
+  auto window_start = std::chrono::steady_clock::now();
+  int64_t window_images = 0;
+  while (step_ < last) {
+    if (callbacks.should_stop && callbacks.should_stop()) {
+      save_checkpoint();
+      message("stopped at step " + std::to_string(step_) +
+              "; checkpoint saved, --resume continues");
+      result.stopped_early = true;
+      break;
+    }
+    const auto batch = stream.next();
+    const auto images = batch.images.to(options_.device());
+    const auto masks = batch.masks.to(options_.device());
+    optimizer_->zero_grad();
+    const auto output = std::get<0>(model_(images * masks, masks));
+    const auto terms = loss_(output, images, masks);
+    terms.total.backward();
+    optimizer_->step();
+    ++step_;
+
+    window_images += options_.batch_size();
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - window_start).count();
+    StepReport report;
+    report.step = step_;
+    report.losses = terms.values();
+    report.learning_rate = options_.learning_rate();
+    report.images_per_second = seconds > 0 ? static_cast<double>(window_images) / seconds : 0;
+    if (seconds > 10.0) {  // a rate over the last ~10 s
+      window_start = now;
+      window_images = 0;
+    }
+    std::map<std::string, double> values(report.losses.begin(), report.losses.end());
+    auto field = [&](const char* name) {
+      const auto found = values.find(name);
+      return found == values.end() ? std::string() : std::to_string(found->second);
+    };
+    log << step_ << ',' << field("valid") << ',' << field("hole") << ',' << field("perceptual")
+        << ',' << field("style_out") << ',' << field("style_comp") << ',' << field("tv") << ','
+        << field("total") << ',' << report.learning_rate << ',' << report.images_per_second << '\n';
+    log.flush();
+    if (callbacks.on_step) callbacks.on_step(report);
+
+    if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
+      const auto validation = validate();
+      result.validations.push_back(validation);
+      validation_log << validation.step << ',' << validation.psnr << ',' << validation.ssim << ','
+                     << validation.images << '\n';
+      validation_log.flush();
+      if (callbacks.on_validation) callbacks.on_validation(validation);
+    }
+    if (due(step_, options_.sample_every(), last)) {
+      std::ostringstream name;
+      name << "step_" << std::setw(7) << std::setfill('0') << step_ << ".png";
+      write_samples(name.str());
+    }
+    if (due(step_, options_.checkpoint_every(), last)) save_checkpoint();
+  }
+  result.step = step_;
+
+  if (step_ >= last && !result.stopped_early) {
+    io::ModelMetadata metadata;
+    metadata.training_data = std::to_string(train_files_.size()) + " images";
+    metadata.command = command_;
+    metadata.created = now_iso();
+    metadata.steps = step_;
+    metadata.image_size = options_.size();
+    if (!result.validations.empty()) {
+      metadata.metrics["val_psnr"] = result.validations.back().psnr;
+      metadata.metrics["val_ssim"] = result.validations.back().ssim;
+    }
+    model_->to(at::kCPU);
+    io::save_model(run_dir_ / kModelFile, model_, metadata);
+    model_->to(options_.device());
+    result.model_file = run_dir_ / kModelFile;
+  }
+  return result;
+}
+
+}  // namespace pconv::train

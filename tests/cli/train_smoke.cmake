@@ -1,0 +1,40 @@
+# A smoke run of the real binary: make a few pictures (generated masks serve as photos), train
+# a tiny model, check the run folder, refuse to overwrite it, then resume it to more steps.
+#   cmake -DPCONV=<binary> -DWORK_DIR=<dir> -P train_smoke.cmake
+file(REMOVE_RECURSE ${WORK_DIR})
+
+function(pconv expected_rc)
+  execute_process(COMMAND ${PCONV} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  message("pconv ${ARGN}\n-> ${rc}\n${out}")
+  if(NOT rc STREQUAL expected_rc)
+    message(FATAL_ERROR "expected exit code ${expected_rc}, got ${rc}")
+  endif()
+  set(last_output "${out}" PARENT_SCOPE)
+endfunction()
+
+pconv(0 masks -n 6 -o ${WORK_DIR}/photos --size 48x40 --seed 2 --min-ratio 0.2 --max-ratio 0.5)
+set(train_args train --data ${WORK_DIR}/photos --val ${WORK_DIR}/photos -o ${WORK_DIR}/run --size 32
+    --depth 3 --width 8 --max-width 16 --batch 2 --validate-every 2 --sample-every 2
+    --checkpoint-every 2 --workers 1 --threads 1)
+pconv(0 ${train_args} --steps 4)
+foreach(file config.txt log.csv validation.csv checkpoint.pt model.pt samples/step_0000002.png samples/step_0000004.png)
+  if(NOT EXISTS ${WORK_DIR}/run/${file})
+    message(FATAL_ERROR "missing ${WORK_DIR}/run/${file}")
+  endif()
+endforeach()
+if(NOT last_output MATCHES "validation PSNR [0-9.]+ dB")
+  message(FATAL_ERROR "no validation line")
+endif()
+pconv(3 ${train_args} --steps 4)
+if(NOT last_output MATCHES "pconv: error: .*checkpoint already; use --resume")
+  message(FATAL_ERROR "no clear error for an existing run")
+endif()
+pconv(0 ${train_args} --steps 6 --resume)
+if(NOT last_output MATCHES "resuming at step 4" OR NOT last_output MATCHES "done: 6 steps")
+  message(FATAL_ERROR "the run did not resume from step 4 to 6")
+endif()
+file(STRINGS ${WORK_DIR}/run/log.csv log_lines)
+list(LENGTH log_lines count)
+if(NOT count EQUAL 7)
+  message(FATAL_ERROR "log.csv has ${count} lines, expected a header and 6 steps")
+endif()

@@ -1,0 +1,141 @@
+// Tests of the trainer on a few generated photos: the loss goes down, the run folder holds
+// what it should, and a run stopped and resumed ends exactly where an uninterrupted one does.
+#include <pconv/error.h>
+#include <pconv/io/model_file.h>
+#include <pconv/train/trainer.h>
+
+#include <ATen/ATen.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace T = pconv::train;
+namespace fs = std::filesystem;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    torch::manual_seed(3);
+    dir_ = fs::temp_directory_path() /
+           ("pconv_trainer_test_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "photos");
+    // Smooth random colour fields: something a network can learn to fill.
+    for (int i = 0; i < 6; ++i) {
+      const auto small = at::rand({3, 4, 4});
+      const auto image = at::upsample_bilinear2d(small.unsqueeze(0), {48, 56}, false).squeeze(0);
+      const auto bytes = (image * 255).round().to(at::kByte).permute({1, 2, 0}).contiguous();
+      cv::Mat mat(48, 56, CV_8UC3, bytes.data_ptr<uint8_t>());
+      cv::imwrite((dir_ / "photos" / ("p" + std::to_string(i) + ".png")).string(), mat);
+      files_.push_back(dir_ / "photos" / ("p" + std::to_string(i) + ".png"));
+    }
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  T::TrainerOptions tiny(int64_t steps) const {
+    return T::TrainerOptions()
+        .size(32)
+        .batch_size(2)
+        .steps(steps)
+        .learning_rate(2e-3)
+        .model(pconv::nn::PConvUNetOptions().depth(3).base_width(8).max_width(16))
+        .workers(1)
+        .seed(9)
+        .sample_every(0)
+        .validate_every(0)
+        .checkpoint_every(0);
+  }
+
+  static std::vector<at::Tensor> parameters(T::Trainer& trainer) {
+    std::vector<at::Tensor> result;
+    for (const auto& p : trainer.model()->parameters()) result.push_back(p.detach().clone());
+    for (const auto& b : trainer.model()->buffers()) result.push_back(b.detach().clone());
+    return result;
+  }
+
+  fs::path dir_;
+  std::vector<fs::path> files_;
+};
+
+TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
+  T::Trainer trainer(tiny(40), files_, files_, dir_ / "run", false, "pconv train (test)");
+  std::vector<double> totals;
+  std::vector<T::ValidationReport> validations;
+  T::TrainerCallbacks callbacks;
+  callbacks.on_step = [&](const T::StepReport& report) {
+    for (const auto& [name, value] : report.losses) {
+      if (name == "total") totals.push_back(value);
+    }
+  };
+  callbacks.on_validation = [&](const T::ValidationReport& report) {
+    validations.push_back(report);
+  };
+  const auto result = trainer.run(callbacks);
+  ASSERT_EQ(totals.size(), 40U);
+  double first = 0;
+  double last = 0;
+  for (int i = 0; i < 8; ++i) {
+    first += totals[i];
+    last += totals[totals.size() - 1 - i];
+  }
+  EXPECT_LT(last, 0.8 * first) << "first 8 steps " << first / 8 << ", last 8 steps " << last / 8;
+  EXPECT_EQ(result.step, 40);
+  ASSERT_EQ(validations.size(), 1U);  // only at the last step
+  EXPECT_GT(validations[0].psnr, 10.0);
+  for (const auto* name : {"checkpoint.pt", "model.pt", "log.csv", "validation.csv", "config.txt",
+                           "samples/step_0000040.png"}) {
+    EXPECT_TRUE(fs::exists(dir_ / "run" / name)) << name;
+  }
+  pconv::io::ModelMetadata metadata;
+  const auto model = pconv::io::load_model(dir_ / "run" / "model.pt", &metadata);
+  EXPECT_EQ(metadata.steps, 40);
+  EXPECT_EQ(metadata.command, "pconv train (test)");
+  EXPECT_NEAR(metadata.metrics.at("val_psnr"), validations[0].psnr, 1e-9);
+  // 41 lines: the header and one per step.
+  std::ifstream log(dir_ / "run" / "log.csv");
+  int lines = 0;
+  for (std::string line; std::getline(log, line);) ++lines;
+  EXPECT_EQ(lines, 41);
+}
+
+TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
+  T::Trainer straight(tiny(6), files_, {}, dir_ / "straight", false);
+  straight.run();
+  const auto expected = parameters(straight);
+
+  {
+    T::Trainer interrupted(tiny(6), files_, {}, dir_ / "resumed", false);
+    T::TrainerCallbacks callbacks;
+    callbacks.should_stop = [&] { return interrupted.step() == 3; };  // as Ctrl-C would
+    const auto result = interrupted.run(callbacks);
+    EXPECT_TRUE(result.stopped_early);
+    EXPECT_EQ(result.step, 3);
+    EXPECT_FALSE(fs::exists(dir_ / "resumed" / "model.pt"));
+  }
+  // A second run without --resume must not overwrite the stopped one.
+  EXPECT_THAT([&] { T::Trainer(tiny(6), files_, {}, dir_ / "resumed", false); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("--resume")));
+  T::Trainer resumed(tiny(6), files_, {}, dir_ / "resumed", true);
+  EXPECT_EQ(resumed.step(), 3);
+  resumed.run();
+  const auto actual = parameters(resumed);
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) {
+    EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
+  }
+  // Resuming with other options is refused.
+  EXPECT_THAT([&] { T::Trainer(tiny(8).seed(10), files_, {}, dir_ / "resumed", true); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("another run")));
+}
+
+}  // namespace
