@@ -99,6 +99,11 @@ void setup_train(CLI::App& app) {
                    "VGG16 TorchScript file for the perceptual and style terms (see README)")
       ->check(CLI::ExistingFile);
   command
+      ->add_option("--masks", options->mask_dir,
+                   "Folder of mask images (white = hole) to train with, randomly flipped, "
+                   "rotated, dilated and cropped; default: generated masks")
+      ->check(CLI::ExistingDirectory);
+  command
       ->add_option("--init", options->init_model, "Start from the weights of this pconv model file")
       ->check(CLI::ExistingFile);
   command->add_option("--workers", options->workers, "Threads decoding photos")
@@ -171,6 +176,7 @@ void run_train(const TrainOptions& options) {
                         .tv(options.loss_tv))
       .vgg_path(options.vgg)
       .init_model(options.init_model)
+      .mask_dir(options.mask_dir)
       .workers(options.workers)
       .seed(options.seed)
       .device(device)

@@ -28,6 +28,7 @@ struct TrainOptions {
          loss_tv = 0.1;
   std::string vgg;
   std::string init_model;
+  std::string mask_dir;
   int workers = 2;
   uint64_t seed = 0;
   bool resume = false;

@@ -13,9 +13,9 @@ function(pconv expected_rc)
 endfunction()
 
 pconv(0 masks -n 6 -o ${WORK_DIR}/photos --size 48x40 --seed 2 --min-ratio 0.2 --max-ratio 0.5)
-set(train_args train --data ${WORK_DIR}/photos --val ${WORK_DIR}/photos -o ${WORK_DIR}/run --size 32
-    --depth 3 --width 8 --max-width 16 --batch 2 --validate-every 2 --sample-every 2
-    --checkpoint-every 2 --workers 1 --threads 1)
+set(model_args --size 32 --depth 3 --width 8 --max-width 16 --batch 2 --workers 1 --threads 1)
+set(train_args train --data ${WORK_DIR}/photos --val ${WORK_DIR}/photos -o ${WORK_DIR}/run
+    ${model_args} --validate-every 2 --sample-every 2 --checkpoint-every 2)
 pconv(0 ${train_args} --steps 4)
 foreach(file config.txt log.csv validation.csv checkpoint.pt model.pt samples/step_0000002.png samples/step_0000004.png)
   if(NOT EXISTS ${WORK_DIR}/run/${file})
@@ -37,4 +37,22 @@ file(STRINGS ${WORK_DIR}/run/log.csv log_lines)
 list(LENGTH log_lines count)
 if(NOT count EQUAL 7)
   message(FATAL_ERROR "log.csv has ${count} lines, expected a header and 6 steps")
+endif()
+
+# Training on a mask folder (the generated pictures serve as masks too).
+pconv(0 train --data ${WORK_DIR}/photos --masks ${WORK_DIR}/photos -o ${WORK_DIR}/run_masks
+      ${model_args} --steps 2)
+if(NOT last_output MATCHES "masks: augmented from the mask images")
+  message(FATAL_ERROR "the mask folder was not used")
+endif()
+
+# SIGINT in the middle of a long run: a checkpoint, exit code 130, and a resumable run.
+find_program(TIMEOUT timeout REQUIRED)
+execute_process(COMMAND ${TIMEOUT} --preserve-status -s INT 5 ${PCONV} train --data ${WORK_DIR}/photos
+                        -o ${WORK_DIR}/run_interrupted ${model_args} --steps 1000000
+                        --checkpoint-every 0 --validate-every 0 --sample-every 0
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+message("interrupted run -> ${rc}\n${out}")
+if(NOT rc EQUAL 130 OR NOT out MATCHES "checkpoint saved" OR NOT EXISTS ${WORK_DIR}/run_interrupted/checkpoint.pt)
+  message(FATAL_ERROR "SIGINT did not save a checkpoint and exit with 130")
 endif()

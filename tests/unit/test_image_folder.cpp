@@ -2,6 +2,7 @@
 // and too-small files, crops, and a stream that is the same for any number of workers and
 // when resumed.
 #include <pconv/data/image_folder.h>
+#include <pconv/data/mask_folder.h>
 #include <pconv/error.h>
 #include <pconv/io/image_file.h>
 
@@ -143,7 +144,9 @@ TEST_F(ImageFolderTest, StreamIsTheSameForAnyWorkerCountAndWhenResumed) {
   const auto files = D::list_images(dir_);
   ASSERT_EQ(files.size(), 6U);
   const auto crop = D::CropOptions().size(16);
-  const auto masks = D::MaskGeneratorOptions(16, 16).min_ratio(0.1).max_ratio(0.3);
+  const D::MaskGenerator generator(D::MaskGeneratorOptions(16, 16).min_ratio(0.1).max_ratio(0.3),
+                                   42);
+  const D::MaskSource masks = [&](uint64_t index) { return generator.mask(index); };
 
   std::vector<std::string> warnings;
   D::TrainingStream serial(files, crop, masks, 3, 42, 0);
@@ -167,6 +170,32 @@ TEST_F(ImageFolderTest, StreamIsTheSameForAnyWorkerCountAndWhenResumed) {
   EXPECT_TRUE(at::equal(resumed.next().images, expected[5].images));
   D::TrainingStream other_seed(files, crop, masks, 3, 43, 0);
   EXPECT_FALSE(at::equal(other_seed.next().images, expected[0].images));
+}
+
+TEST_F(ImageFolderTest, MaskFolderGivesAugmentedBinaryMasksReproducibly) {
+  // Two 40x48 mask files, white = hole: a left band and a centre block.
+  std::vector<uint8_t> band(40 * 48, 0);
+  std::vector<uint8_t> block(40 * 48, 0);
+  for (int y = 0; y < 40; ++y) {
+    for (int x = 0; x < 48; ++x) {
+      band[y * 48 + x] = x < 12 ? 1 : 0;
+      block[y * 48 + x] = (y >= 10 && y < 30 && x >= 14 && x < 34) ? 1 : 0;
+    }
+  }
+  fs::create_directories(dir_ / "masks");
+  pconv::io::write_mask(dir_ / "masks" / "band.png", band, 40, 48);
+  pconv::io::write_mask(dir_ / "masks" / "block.png", block, 40, 48);
+  const D::MaskFolder folder(dir_ / "masks", D::MaskFolderOptions().size(64), 5);
+  EXPECT_EQ(folder.size(), 2U);
+  for (uint64_t index = 0; index < 6; ++index) {
+    const auto mask = folder.mask(index);
+    ASSERT_EQ(mask.sizes(), (at::IntArrayRef{1, 64, 64}));
+    EXPECT_TRUE(at::equal(mask, mask.round()));       // 0 or 1 only
+    EXPECT_GT((mask == 0).sum().item<int64_t>(), 0);  // some hole survives any augmentation
+    EXPECT_TRUE(at::equal(mask, folder.mask(index)));
+  }
+  EXPECT_THAT([&] { D::MaskFolder(dir_ / "sub", {}, 0); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("no images")));
 }
 
 }  // namespace

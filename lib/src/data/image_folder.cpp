@@ -108,11 +108,11 @@ torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions&
 }
 
 TrainingStream::TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop,
-                               MaskGeneratorOptions masks, int64_t batch_size, uint64_t seed,
-                               int workers, int64_t first_batch)
+                               MaskSource masks, int64_t batch_size, uint64_t seed, int workers,
+                               int64_t first_batch)
     : files_(std::move(files)),
       crop_(crop),
-      masks_(masks.height(crop.size()).width(crop.size()), seed),
+      masks_(std::move(masks)),
       batch_size_(batch_size),
       seed_(seed),
       capacity_(std::max<int64_t>(2 * batch_size, 4 * std::max(workers, 1))),
@@ -161,7 +161,11 @@ Example TrainingStream::make_example(int64_t index) {
     try {
       Example example;
       example.image = crop_example(path, crop_, /*random=*/true, example_seed);
-      example.mask = masks_.mask(static_cast<uint64_t>(index));
+      example.mask = masks_(static_cast<uint64_t>(index));
+      TORCH_CHECK(example.mask.dim() == 3 && example.mask.size(0) == 1 &&
+                      example.mask.size(1) == crop_.size() && example.mask.size(2) == crop_.size(),
+                  "TrainingStream: mask ", index, " is ", example.mask.sizes(), "; expected (1, ",
+                  crop_.size(), ", ", crop_.size(), ")");
       return example;
     } catch (const InputError& error) {
       std::function<void(const std::string&)> hook;

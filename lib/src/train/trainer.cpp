@@ -1,6 +1,7 @@
 #include "pconv/train/trainer.h"
 
 #include "pconv/data/image_folder.h"
+#include "pconv/data/mask_folder.h"
 #include "pconv/data/mask_generator.h"
 #include "pconv/error.h"
 #include "pconv/eval/metrics.h"
@@ -50,8 +51,9 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << (o.vgg_path().empty() ? "(none: pixel terms only)" : o.vgg_path()) << "\ninit_model "
       << (o.init_model().empty() ? "(none)" : o.init_model()) << "\nworkers " << o.workers()
       << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\nhole_ratio "
-      << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\ntrain_images " << train_count
-      << "\nvalidation_images " << validation_count << '\n';
+      << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nmask_dir "
+      << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\ntrain_images "
+      << train_count << "\nvalidation_images " << validation_count << '\n';
   return out.str();
 }
 
@@ -103,6 +105,9 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
       model_(seeded_model(options_)),
       loss_(options_.loss_weights()) {
   if (train_files_.empty()) throw InputError("no training images");
+  if (!options_.mask_dir().empty()) {
+    data::MaskFolder check(options_.mask_dir(), {}, 0);  // a bad mask folder fails here, early
+  }
   if (options_.size() % model_->size_multiple() != 0) {
     throw InputError("--size " + std::to_string(options_.size()) + " must be a multiple of " +
                      std::to_string(model_->size_multiple()) + " (2^depth)");
@@ -297,10 +302,20 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
                 "perceptual and style terms");
   if (step_ > 0) message("resuming at step " + std::to_string(step_));
 
-  data::TrainingStream stream(train_files_, data::CropOptions().size(options_.size()),
-                              data::MaskGeneratorOptions(options_.size(), options_.size())
-                                  .min_ratio(options_.min_hole_ratio())
-                                  .max_ratio(options_.max_hole_ratio()),
+  data::MaskSource masks;
+  if (options_.mask_dir().empty()) {
+    masks = [generator = data::MaskGenerator(
+                 data::MaskGeneratorOptions(options_.size(), options_.size())
+                     .min_ratio(options_.min_hole_ratio())
+                     .max_ratio(options_.max_hole_ratio()),
+                 options_.seed())](uint64_t index) { return generator.mask(index); };
+  } else {
+    masks = [folder = data::MaskFolder(
+                 options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),
+                 options_.seed())](uint64_t index) { return folder.mask(index); };
+    message("masks: augmented from the mask images in " + options_.mask_dir());
+  }
+  data::TrainingStream stream(train_files_, data::CropOptions().size(options_.size()), masks,
                               options_.batch_size(), options_.seed(), options_.workers(),
                               /*first_batch=*/step_);
   stream.set_warning_hook(message);

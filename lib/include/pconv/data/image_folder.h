@@ -57,16 +57,20 @@ struct Batch {
 torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions& options,
                            bool random, uint64_t seed);
 
+/// Where a stream's masks come from: mask `index` as (1, S, S), 1 = valid. It must depend only
+/// on the index (MaskGenerator::mask and MaskFolder::mask do) and be safe to call from several
+/// threads.
+using MaskSource = std::function<torch::Tensor(uint64_t index)>;
+
 /// An endless, reproducible stream of training batches. Example `i` (counted from the start of
 /// training) uses photo `order[i mod n]` of a per-epoch shuffle of the files, crop randomness
-/// from (seed, i) and generated mask `i`, so the stream resumed at any batch continues exactly
-/// as it would have, whatever the number of workers. Unreadable photos are skipped (the next
-/// photo in the epoch's order takes their place) and reported once each.
+/// from (seed, i) and mask `i` of the mask source, so the stream resumed at any batch continues
+/// exactly as it would have, whatever the number of workers. Unreadable photos are skipped (the
+/// next photo in the epoch's order takes their place) and reported once each.
 class TrainingStream {
  public:
-  TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop,
-                 MaskGeneratorOptions masks, int64_t batch_size, uint64_t seed, int workers,
-                 int64_t first_batch = 0);
+  TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop, MaskSource masks,
+                 int64_t batch_size, uint64_t seed, int workers, int64_t first_batch = 0);
   ~TrainingStream();
   TrainingStream(const TrainingStream&) = delete;
   TrainingStream& operator=(const TrainingStream&) = delete;
@@ -86,7 +90,7 @@ class TrainingStream {
 
   std::vector<std::filesystem::path> files_;
   CropOptions crop_;
-  MaskGenerator masks_;
+  MaskSource masks_;
   int64_t batch_size_;
   uint64_t seed_;
   int64_t capacity_;  // examples decoded ahead at most

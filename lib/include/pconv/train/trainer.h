@@ -40,7 +40,9 @@ struct TrainerOptions {
   TORCH_ARG(int, workers) = 2;
   TORCH_ARG(uint64_t, seed) = 0;
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
-  /// Hole ratios of the training masks.
+  /// A folder of mask images (white = hole) to train with, augmented; empty: generated masks.
+  TORCH_ARG(std::string, mask_dir) = "";
+  /// Hole ratios of the generated training masks.
   TORCH_ARG(double, min_hole_ratio) = 0.01;
   TORCH_ARG(double, max_hole_ratio) = 0.6;
   /// Every N steps (0: never; the last step always): sample grid, checkpoint, validation.

@@ -1,0 +1,44 @@
+// Hole masks from a folder of mask images (white = hole), augmented per example by flips,
+// rotation, dilation and a random crop, reproducibly from a seed and an index.
+#pragma once
+
+#include <torch/arg.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+namespace pconv::data {
+
+struct MaskFolderOptions {
+  /// Side of the square masks produced.
+  TORCH_ARG(int64_t, size) = 256;
+  /// Largest dilation of the holes, in pixels (a random 0..max is applied).
+  TORCH_ARG(int64_t, max_dilation) = 4;
+  /// Largest rotation, in degrees (a random angle in [-max, max]).
+  TORCH_ARG(double, max_rotation) = 45.0;
+};
+
+/// Reads the mask images of a folder (any format io::read_image takes; a pixel is a hole when
+/// its value is above half the range, the command's white = hole convention) and makes
+/// training masks from them.
+class MaskFolder {
+ public:
+  /// Throws pconv::InputError naming the folder if it holds no image.
+  MaskFolder(const std::filesystem::path& folder, MaskFolderOptions options, uint64_t seed);
+
+  /// Mask `index` as a (1, S, S) float tensor, 1 = valid, 0 = hole: the file chosen by the
+  /// index, randomly flipped, rotated, dilated, scaled so its shorter side is at least S and
+  /// cropped. Throws pconv::InputError naming the file if it cannot be read.
+  torch::Tensor mask(uint64_t index) const;
+
+  size_t size() const { return files_.size(); }
+
+ private:
+  std::vector<std::filesystem::path> files_;
+  MaskFolderOptions options_;
+  uint64_t seed_;
+};
+
+}  // namespace pconv::data
