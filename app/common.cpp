@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <regex>
 
@@ -47,7 +48,7 @@ c10::Device resolve_device(const CommonOptions& options) {
                                                "' is not supported; use auto, "
                                                "cpu, cuda or cuda:N");
   }
-  const auto count = static_cast<int64_t>(torch::cuda::device_count());
+  const int64_t count = static_cast<unsigned char>(torch::cuda::device_count());
   if (count == 0) {
     throw CLI::ValidationError(
         "--device", "'" + options.device + "' asked for, but no CUDA GPU is available here");
@@ -131,7 +132,7 @@ void Progress::draw(bool final) {
   const double rate = elapsed > 0 ? static_cast<double>(done_ - first_) / elapsed : 0.0;
   const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : 0.0;
   const auto clock = [](double seconds) {
-    const auto s = static_cast<int64_t>(seconds + 0.5);
+    const int64_t s = std::llround(seconds);
     return fmt::format("{}:{:02d}:{:02d}", s / 3600, (s / 60) % 60, s % 60);
   };
   if (terminal_) {

@@ -17,6 +17,7 @@
 
 #include <malloc.h>
 
+#include <cstdio>
 #include <exception>
 #include <limits>
 #include <string>
@@ -35,7 +36,7 @@ void setup_logging() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_pconv(int argc, char** argv) {
   using namespace pconv::app;
   // Keep freed memory for reuse: glibc otherwise returns every large tensor to the kernel when
   // it is freed, and each training step pays page faults for all of them again (a third of the
@@ -95,4 +96,14 @@ int main(int argc, char** argv) {
     return kExitRuntime;
   }
   return kExitOk;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run_pconv(argc, argv);
+  } catch (...) {
+    // Only logging set-up itself can get here; everything after it is caught in run().
+    std::fputs("pconv: error: unexpected failure\n", stderr);
+    return pconv::app::kExitRuntime;
+  }
 }

@@ -22,7 +22,7 @@ bool same_unchanged_mask(const torch::Tensor& cached, uint32_t cached_version,
 
 }  // namespace
 
-PartialConv2dImpl::PartialConv2dImpl(PartialConv2dOptions options_) : options(std::move(options_)) {
+PartialConv2dImpl::PartialConv2dImpl(PartialConv2dOptions options_) : options(options_) {
   PartialConv2dImpl::reset();
 }
 

@@ -28,7 +28,7 @@ F::PartialConv2dFuncOptions decoder_geometry() {
 
 }  // namespace
 
-PConvUNetImpl::PConvUNetImpl(PConvUNetOptions options_) : options(std::move(options_)) {
+PConvUNetImpl::PConvUNetImpl(PConvUNetOptions options_) : options(options_) {
   PConvUNetImpl::reset();
 }
 

@@ -323,7 +323,9 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   std::ofstream log(run_dir_ / kLogFile, std::ios::app);
   std::ofstream validation_log(run_dir_ / kValidationFile, std::ios::app);
   const int64_t last = options_.steps();
-  auto window_start = std::chrono::steady_clock::now();
+  const auto run_start = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::duration data_wait{};
+  auto window_start = run_start;
   int64_t window_images = 0;
   while (step_ < last) {
     if (callbacks.should_stop && callbacks.should_stop()) {
@@ -333,7 +335,9 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       result.stopped_early = true;
       break;
     }
+    const auto wait_start = std::chrono::steady_clock::now();
     const auto batch = stream.next();
+    data_wait += std::chrono::steady_clock::now() - wait_start;
     const auto images = batch.images.to(options_.device());
     const auto masks = batch.masks.to(options_.device());
     optimizer_->zero_grad();
@@ -382,6 +386,17 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     if (due(step_, options_.checkpoint_every(), last)) save_checkpoint();
   }
   result.step = step_;
+  const double run_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  const double wait_seconds = std::chrono::duration<double>(data_wait).count();
+  result.data_wait_fraction = run_seconds > 0 ? wait_seconds / run_seconds : 0.0;
+  std::ostringstream summary;
+  summary << std::fixed << std::setprecision(1) << "waited " << wait_seconds << " s of "
+          << run_seconds << " s for data (" << 100.0 * result.data_wait_fraction << "%)";
+  if (const auto skipped = stream.skipped(); !skipped.empty()) {
+    summary << "; " << skipped.size() << " unreadable photo(s) skipped";
+  }
+  message(summary.str());
 
   if (step_ >= last && !result.stopped_early) {
     io::ModelMetadata metadata;

@@ -82,6 +82,8 @@ struct RunResult {
   bool stopped_early = false;
   std::filesystem::path model_file;  // written when the run reached its last step
   std::vector<ValidationReport> validations;
+  /// Fraction of the run's wall time spent waiting for the data workers.
+  double data_wait_fraction = 0;
 };
 
 class Trainer {
