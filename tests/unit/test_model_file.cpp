@@ -1,0 +1,108 @@
+// Tests of pconv model files: a round trip keeps outputs and metadata, half-precision weights
+// stay close, and truncated, corrupt or foreign files are ModelErrors naming the file.
+#include <pconv/error.h>
+#include <pconv/io/model_file.h>
+
+#include <ATen/ATen.h>
+#include <torch/serialize/output-archive.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::ThrowsMessage;
+
+class ModelFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    torch::manual_seed(21);
+    dir_ = fs::temp_directory_path() /
+           ("pconv_model_test_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    model_ =
+        pconv::nn::PConvUNet(pconv::nn::PConvUNetOptions().depth(3).base_width(4).max_width(8));
+    // Non-trivial BatchNorm statistics, so that buffers are checked too.
+    model_->train();
+    model_(at::rand({2, 3, 16, 16}), at::ones({2, 1, 16, 16}));
+    model_->eval();
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  fs::path dir_;
+  pconv::nn::PConvUNet model_{nullptr};
+};
+
+TEST_F(ModelFileTest, RoundTripKeepsOutputsAndMetadata) {
+  pconv::io::ModelMetadata metadata;
+  metadata.training_data = "318 images";
+  metadata.command = "pconv train --data x";
+  metadata.created = "2026-11-23T00:00:00Z";
+  metadata.steps = 1500;
+  metadata.image_size = 256;
+  metadata.metrics["val_psnr"] = 25.19;
+  const auto path = dir_ / "model.pt";
+  pconv::io::save_model(path, model_, metadata);
+
+  pconv::io::ModelMetadata read;
+  auto loaded = pconv::io::load_model(path, &read);
+  EXPECT_EQ(loaded->options.depth(), 3);
+  EXPECT_EQ(loaded->options.max_width(), 8);
+  EXPECT_EQ(read.training_data, metadata.training_data);
+  EXPECT_EQ(read.command, metadata.command);
+  EXPECT_EQ(read.created, metadata.created);
+  EXPECT_EQ(read.steps, 1500);
+  EXPECT_EQ(read.image_size, 256);
+  EXPECT_DOUBLE_EQ(read.metrics.at("val_psnr"), 25.19);
+  const auto image = at::rand({1, 3, 16, 16});
+  auto mask = at::ones({1, 1, 16, 16});
+  mask.narrow(2, 4, 6).zero_();
+  EXPECT_TRUE(at::equal(std::get<0>(loaded(image, mask)), std::get<0>(model_(image, mask))));
+
+  const auto half_path = dir_ / "half.pt";
+  pconv::io::save_model(half_path, model_, metadata, /*half_weights=*/true);
+  EXPECT_LT(fs::file_size(half_path), fs::file_size(path));
+  auto half = pconv::io::load_model(half_path);
+  EXPECT_EQ(half->encoder[0]->weight.scalar_type(), at::kFloat);
+  EXPECT_TRUE(
+      at::allclose(std::get<0>(half(image, mask)), std::get<0>(model_(image, mask)), 1e-2, 1e-2));
+}
+
+TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
+  const auto path = dir_ / "model.pt";
+  pconv::io::save_model(path, model_, {});
+  const auto size = fs::file_size(path);
+
+  const auto truncated = dir_ / "truncated.pt";
+  fs::copy_file(path, truncated);
+  fs::resize_file(truncated, size / 2);
+  EXPECT_THAT([&] { pconv::io::load_model(truncated); },
+              ThrowsMessage<pconv::ModelError>(HasSubstr("truncated.pt")));
+
+  const auto garbage = dir_ / "garbage.pt";
+  std::ofstream(garbage) << "definitely not a model";
+  EXPECT_THAT([&] { pconv::io::load_model(garbage); },
+              ThrowsMessage<pconv::ModelError>(HasSubstr("garbage.pt")));
+
+  const auto foreign = dir_ / "foreign.pt";
+  torch::serialize::OutputArchive archive;
+  archive.write("weight", at::ones({2}));
+  archive.save_to(foreign.string());
+  EXPECT_THAT([&] { pconv::io::load_model(foreign); },
+              ThrowsMessage<pconv::ModelError>(HasSubstr("foreign.pt: not a pconv model file")));
+
+  EXPECT_THAT([&] { pconv::io::load_model(dir_ / "absent.pt"); },
+              ThrowsMessage<pconv::ModelError>(HasSubstr("absent.pt: no such model file")));
+  EXPECT_THAT([&] { pconv::io::save_model(dir_ / "no" / "such" / "dir.pt", model_, {}); },
+              ThrowsMessage<pconv::InputError>(HasSubstr("dir.pt")));
+}
+
+}  // namespace
