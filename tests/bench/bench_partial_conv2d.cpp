@@ -14,14 +14,14 @@
 #include <torch/nn/modules/conv.h>
 
 #include <benchmark/benchmark.h>
-#include <malloc.h>
+
+#include "bench_setup.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
-#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -215,33 +215,12 @@ class RatioReporter : public benchmark::ConsoleReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2;
-  int only_shape = -1;
-  std::vector<char*> remaining;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-      threads = std::atoi(argv[++i]);
-    } else if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
-      only_shape = std::atoi(argv[++i]);
-    } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
-      g_device = c10::Device(argv[++i]);
-    } else {
-      remaining.push_back(argv[i]);
-    }
-  }
-  // Keep freed memory for reuse, as a long-running process with a caching allocator does.
-  // glibc otherwise hands every large tensor back to the kernel when it is freed, and each
-  // iteration then pays page faults for its outputs: noise that swamps a 1-channel mask op.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
-  at::set_num_threads(threads);
-  if (g_device.is_cuda() && !torch::cuda::is_available()) {
-    std::fprintf(stderr,
-                 "bench_partial_conv2d: --device %s asked for, but no CUDA GPU is available\n",
-                 g_device.str().c_str());
-    return 2;
-  }
-  std::printf("device %s, %d CPU threads\n", g_device.str().c_str(), at::get_num_threads());
+  pconv::bench::BenchSetup setup;
+  if (!pconv::bench::setup(argc, argv, {"--shape"}, setup)) return 2;
+  g_device = setup.device;
+  const int only_shape =
+      setup.extra.count("--shape") != 0 ? std::atoi(setup.extra["--shape"].c_str()) : -1;
+  auto& remaining = setup.remaining;
 
   for (const char* pass : {"forward", "forward+backward"}) {
     const bool backward = std::strcmp(pass, "forward") != 0;

@@ -13,11 +13,11 @@
 #include <torch/optim/adam.h>
 
 #include <benchmark/benchmark.h>
-#include <malloc.h>
+
+#include "bench_setup.h"
 
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,7 +30,8 @@ c10::Device g_device(c10::kCPU);
 
 void train_step(benchmark::State& state, int64_t width, int64_t max_width, bool with_vgg) {
   torch::manual_seed(0);
-  pconv::nn::PConvUNet model(pconv::nn::PConvUNetOptions().depth(7).base_width(width).max_width(max_width));
+  pconv::nn::PConvUNet model(
+      pconv::nn::PConvUNetOptions().depth(7).base_width(width).max_width(max_width));
   model->to(g_device);
   model->train();
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(2e-4));
@@ -59,48 +60,31 @@ void train_step(benchmark::State& state, int64_t width, int64_t max_width, bool 
   step();  // warm up
   for (auto _ : state) step();
   state.SetItemsProcessed(state.iterations() * kBatch);
-  state.counters["images/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * kBatch), benchmark::Counter::kIsRate);
+  state.counters["images/s"] = benchmark::Counter(static_cast<double>(state.iterations() * kBatch),
+                                                  benchmark::Counter::kIsRate);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2;
-  std::vector<char*> remaining;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-      threads = std::atoi(argv[++i]);
-    } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
-      g_device = c10::Device(argv[++i]);
-    } else {
-      remaining.push_back(argv[i]);
-    }
-  }
-  // As in the pconv command: keep freed memory for reuse instead of page-faulting it back.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
-  at::set_num_threads(threads);
-  if (g_device.is_cuda() && !torch::cuda::is_available()) {
-    std::fprintf(stderr, "bench_train_step: no CUDA GPU available\n");
-    return 2;
-  }
-  std::printf("device %s, %d CPU threads, %lldx%lld, batch %lld\n", g_device.str().c_str(),
-              at::get_num_threads(), static_cast<long long>(kSize), static_cast<long long>(kSize),
-              static_cast<long long>(kBatch));
+  pconv::bench::BenchSetup setup;
+  if (!pconv::bench::setup(argc, argv, {}, setup)) return 2;
+  g_device = setup.device;
+  auto& remaining = setup.remaining;
+  std::printf("%lldx%lld, batch %lld\n", static_cast<long long>(kSize),
+              static_cast<long long>(kSize), static_cast<long long>(kBatch));
   struct Variant {
     const char* name;
     int64_t width, max_width;
     bool vgg;
   };
-  for (const auto& v : {Variant{"small(16-128)/pixel", 16, 128, false},
-                        Variant{"small(16-128)/vgg", 16, 128, true},
-                        Variant{"paper(64-512)/pixel", 64, 512, false},
-                        Variant{"paper(64-512)/vgg", 64, 512, true}}) {
-    benchmark::RegisterBenchmark((std::string("train_step/") + v.name).c_str(),
-                                 [v](benchmark::State& state) {
-                                   train_step(state, v.width, v.max_width, v.vgg);
-                                 })
+  for (const auto& v :
+       {Variant{"small(16-128)/pixel", 16, 128, false}, Variant{"small(16-128)/vgg", 16, 128, true},
+        Variant{"paper(64-512)/pixel", 64, 512, false},
+        Variant{"paper(64-512)/vgg", 64, 512, true}}) {
+    benchmark::RegisterBenchmark(
+        (std::string("train_step/") + v.name).c_str(),
+        [v](benchmark::State& state) { train_step(state, v.width, v.max_width, v.vgg); })
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
   }

@@ -13,6 +13,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "temp_dir.h"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -27,13 +29,8 @@ class ImageFolderTest : public ::testing::Test {
  protected:
   void SetUp() override {
     torch::manual_seed(11);
-    dir_ = fs::temp_directory_path() /
-           ("pconv_data_test_" +
-            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
     fs::create_directories(dir_ / "sub");
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   // A smooth colour gradient, BGR as OpenCV stores it.
   static cv::Mat gradient(int height, int width, int type) {
@@ -54,7 +51,8 @@ class ImageFolderTest : public ::testing::Test {
     return image;
   }
 
-  fs::path dir_;
+  pconv::testing::TempDir temp_;
+  const fs::path& dir_ = temp_.path();
 };
 
 TEST_F(ImageFolderTest, ReadsEveryFormatDepthAndChannelCount) {

@@ -11,6 +11,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "temp_dir.h"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -21,15 +23,9 @@ namespace L = pconv::loss;
 
 class InpaintingLossTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    torch::manual_seed(5);
-    dir_ = std::filesystem::temp_directory_path() /
-           ("pconv_loss_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-            "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::filesystem::path dir_;
+  void SetUp() override { torch::manual_seed(5); }
+  pconv::testing::TempDir temp_;
+  const std::filesystem::path& dir_ = temp_.path();
 };
 
 TEST_F(InpaintingLossTest, PixelTermsMatchHandComputedValues) {

@@ -9,6 +9,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "temp_dir.h"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -23,11 +25,6 @@ class ModelFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
     torch::manual_seed(21);
-    dir_ = fs::temp_directory_path() /
-           ("pconv_model_test_" +
-            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     model_ =
         pconv::nn::PConvUNet(pconv::nn::PConvUNetOptions().depth(3).base_width(4).max_width(8));
     // Non-trivial BatchNorm statistics, so that buffers are checked too.
@@ -35,9 +32,9 @@ class ModelFileTest : public ::testing::Test {
     model_(at::rand({2, 3, 16, 16}), at::ones({2, 1, 16, 16}));
     model_->eval();
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
-  fs::path dir_;
+  pconv::testing::TempDir temp_;
+  const fs::path& dir_ = temp_.path();
   pconv::nn::PConvUNet model_{nullptr};
 };
 

@@ -11,6 +11,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "temp_dir.h"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -25,10 +27,6 @@ class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     torch::manual_seed(3);
-    dir_ = fs::temp_directory_path() /
-           ("pconv_trainer_test_" +
-            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
     fs::create_directories(dir_ / "photos");
     // Smooth random colour fields: something a network can learn to fill.
     for (int i = 0; i < 6; ++i) {
@@ -40,7 +38,6 @@ class TrainerTest : public ::testing::Test {
       files_.push_back(dir_ / "photos" / ("p" + std::to_string(i) + ".png"));
     }
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   T::TrainerOptions tiny(int64_t steps) const {
     return T::TrainerOptions()
@@ -63,7 +60,8 @@ class TrainerTest : public ::testing::Test {
     return result;
   }
 
-  fs::path dir_;
+  pconv::testing::TempDir temp_;
+  const fs::path& dir_ = temp_.path();
   std::vector<fs::path> files_;
 };
 

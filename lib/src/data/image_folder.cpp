@@ -1,5 +1,7 @@
 #include "pconv/data/image_folder.h"
 
+#include "seed_mix.h"
+
 #include "pconv/error.h"
 #include "pconv/io/image_file.h"
 
@@ -14,13 +16,6 @@
 
 namespace pconv::data {
 namespace {
-
-uint64_t mix(uint64_t seed, uint64_t value) {
-  uint64_t z = seed ^ (0x9E3779B97F4A7C15ULL * (value + 0x632BE59BD9B4E019ULL));
-  z = (z ^ (z >> 30U)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27U)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31U);
-}
 
 std::string lower(std::string text) {
   std::transform(text.begin(), text.end(), text.begin(),
@@ -83,7 +78,7 @@ torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions&
   std::mt19937_64 rng(seed);
   // The shorter side's length after scaling: random in [size, max_scale * size] but not above
   // the photo's own (photos smaller than the crop are upscaled to exactly the crop).
-  double target = static_cast<double>(size);
+  auto target = static_cast<double>(size);
   if (random) {
     const double upper = std::max(
         static_cast<double>(size),
@@ -91,8 +86,10 @@ torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions&
     target = std::uniform_real_distribution<double>(static_cast<double>(size), upper)(rng);
   }
   const double scale = target / static_cast<double>(shorter);
-  const int64_t scaled_h = std::max(size, static_cast<int64_t>(std::lround(height * scale)));
-  const int64_t scaled_w = std::max(size, static_cast<int64_t>(std::lround(width * scale)));
+  const int64_t scaled_h =
+      std::max(size, static_cast<int64_t>(std::lround(static_cast<double>(height) * scale)));
+  const int64_t scaled_w =
+      std::max(size, static_cast<int64_t>(std::lround(static_cast<double>(width) * scale)));
   const auto scaled = resize(image, scaled_h, scaled_w);
   int64_t top = (scaled_h - size) / 2;
   int64_t left = (scaled_w - size) / 2;
@@ -115,7 +112,7 @@ TrainingStream::TrainingStream(std::vector<std::filesystem::path> files, CropOpt
       masks_(std::move(masks)),
       batch_size_(batch_size),
       seed_(seed),
-      capacity_(std::max<int64_t>(2 * batch_size, 4 * std::max(workers, 1))),
+      capacity_(std::max<int64_t>(2 * batch_size, int64_t{4} * std::max(workers, 1))),
       next_to_claim_(first_batch * batch_size),
       next_to_deliver_(first_batch * batch_size) {
   TORCH_CHECK(!files_.empty(), "TrainingStream: no files");
@@ -149,8 +146,10 @@ Example TrainingStream::make_example(int64_t index) {
   std::vector<int64_t> order(static_cast<size_t>(count));
   std::iota(order.begin(), order.end(), int64_t{0});
   std::shuffle(order.begin(), order.end(),
-               std::mt19937_64(mix(seed_, static_cast<uint64_t>(epoch))));
-  const uint64_t example_seed = mix(seed_ ^ 0xA5A5A5A5ULL, static_cast<uint64_t>(index));
+               std::mt19937_64(detail::mix_seed(seed_, detail::SeedStream::kEpochOrder,
+                                                static_cast<uint64_t>(epoch))));
+  const uint64_t example_seed =
+      detail::mix_seed(seed_, detail::SeedStream::kCrop, static_cast<uint64_t>(index));
   for (int64_t attempt = 0; attempt < count; ++attempt) {
     const auto& path =
         files_[static_cast<size_t>(order[static_cast<size_t>((index + attempt) % count)])];

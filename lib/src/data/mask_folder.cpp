@@ -1,5 +1,7 @@
 #include "pconv/data/mask_folder.h"
 
+#include "seed_mix.h"
+
 #include "pconv/data/image_folder.h"
 #include "pconv/error.h"
 #include "pconv/io/image_file.h"
@@ -15,13 +17,6 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-uint64_t mix(uint64_t seed, uint64_t value) {
-  uint64_t z = seed + 0xD1B54A32D192ED03ULL * (value + 1);
-  z = (z ^ (z >> 30U)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27U)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31U);
-}
-
 }  // namespace
 
 MaskFolder::MaskFolder(const std::filesystem::path& folder, MaskFolderOptions options,
@@ -29,7 +24,7 @@ MaskFolder::MaskFolder(const std::filesystem::path& folder, MaskFolderOptions op
     : files_(list_images(folder)), options_(options), seed_(seed) {}
 
 torch::Tensor MaskFolder::mask(uint64_t index) const {
-  std::mt19937_64 rng(mix(seed_, index));
+  std::mt19937_64 rng(detail::mix_seed(seed_, detail::SeedStream::kMaskFolder, index));
   const auto& path = files_[std::uniform_int_distribution<size_t>(0, files_.size() - 1)(rng)];
   const auto pixels = io::read_image(path).pixels;
   // Hole where the first channel is above half the range; (1, 1, H, W), 1 = hole.
@@ -61,8 +56,9 @@ torch::Tensor MaskFolder::mask(uint64_t index) const {
       std::max(1.0, static_cast<double>(size) / static_cast<double>(std::min(height, width)));
   if (scale > 1.0) {
     holes = at::upsample_nearest2d(
-        holes, {std::max(size, static_cast<int64_t>(std::ceil(height * scale))),
-                std::max(size, static_cast<int64_t>(std::ceil(width * scale)))});
+        holes,
+        {std::max(size, static_cast<int64_t>(std::ceil(static_cast<double>(height) * scale))),
+         std::max(size, static_cast<int64_t>(std::ceil(static_cast<double>(width) * scale)))});
   }
   const int64_t top = std::uniform_int_distribution<int64_t>(0, holes.size(2) - size)(rng);
   const int64_t left = std::uniform_int_distribution<int64_t>(0, holes.size(3) - size)(rng);

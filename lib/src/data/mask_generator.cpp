@@ -1,5 +1,7 @@
 #include "pconv/data/mask_generator.h"
 
+#include "seed_mix.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -16,15 +18,6 @@ constexpr double kTwoPi = 6.283185307179586;
 constexpr int kAttempts = 64;           // fresh masks tried before giving up on a target
 constexpr int kRejectionsPerMask = 48;  // shapes that overshot max_ratio before a restart
 constexpr double kShrinkOnReject = 0.7;
-
-// splitmix64: a well-mixed 64-bit state from (seed, index), so nearby indices give unrelated
-// masks.
-uint64_t mix(uint64_t seed, uint64_t index) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (index + 1);
-  z = (z ^ (z >> 30U)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27U)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31U);
-}
 
 // A hole map being drawn, with its hole count kept up to date.
 class Canvas {
@@ -100,7 +93,7 @@ class Canvas {
 }  // namespace
 
 MaskGenerator::MaskGenerator(MaskGeneratorOptions options, uint64_t seed)
-    : options_(std::move(options)), seed_(seed) {
+    : options_(options), seed_(seed) {
   TORCH_CHECK(options_.height() > 0 && options_.width() > 0,
               "MaskGenerator: size must be positive; got ", options_.width(), "x",
               options_.height());
@@ -123,12 +116,12 @@ double MaskGenerator::hole_ratio(const std::vector<uint8_t>& holes) {
 
 std::vector<uint8_t> MaskGenerator::holes(uint64_t index) const {
   const auto& o = options_;
-  std::mt19937_64 rng(mix(seed_, index));
+  std::mt19937_64 rng(detail::mix_seed(seed_, detail::SeedStream::kGeneratedMask, index));
   auto uniform = [&](double low, double high) {
     return std::uniform_real_distribution<double>(low, high)(rng);
   };
-  const double height = static_cast<double>(o.height());
-  const double width = static_cast<double>(o.width());
+  const auto height = static_cast<double>(o.height());
+  const auto width = static_cast<double>(o.width());
   const double side = std::min(height, width);
 
   for (int attempt = 0; attempt < kAttempts; ++attempt) {

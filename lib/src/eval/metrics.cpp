@@ -33,7 +33,7 @@ torch::Tensor ssim(const torch::Tensor& image, const torch::Tensor& truth) {
   const auto x = image.to(at::kDouble);
   const auto y = truth.to(at::kDouble);
   const int64_t channels = x.size(1);
-  const auto coords = at::arange(kWindow, x.options()) - static_cast<double>(kWindow / 2);
+  const auto coords = at::arange(kWindow, x.options()) - static_cast<double>(kWindow - 1) / 2.0;
   auto gauss = at::exp(-coords.pow(2) / (2 * kSigma * kSigma));
   gauss = gauss / gauss.sum();
   const auto window = (gauss.view({-1, 1}) * gauss.view({1, -1}))

@@ -1,0 +1,63 @@
+// What every pconv benchmark program does before Google Benchmark runs: take --threads and
+// --device (and the program's own flags) off the command line, keep freed memory for reuse,
+// and set LibTorch's thread count.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/core/Device.h>
+#include <torch/cuda.h>
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace pconv::bench {
+
+struct BenchSetup {
+  int threads = 2;
+  c10::Device device = c10::Device(c10::kCPU);
+  std::map<std::string, std::string> extra;  // values of the program's own flags
+  std::vector<char*> remaining;              // for benchmark::Initialize
+};
+
+/// Parses --threads N, --device D and each flag in `extra_flags` (all taking a value); the
+/// rest stays for Google Benchmark. Returns false (after a message) if the device is missing.
+inline bool setup(int argc, char** argv, const std::vector<std::string>& extra_flags,
+                  BenchSetup& out) {
+  for (int i = 0; i < argc; ++i) {
+    const std::string flag = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (flag == "--threads" && has_value) {
+      out.threads = std::atoi(argv[++i]);
+    } else if (flag == "--device" && has_value) {
+      out.device = c10::Device(argv[++i]);
+    } else if (has_value &&
+               std::find(extra_flags.begin(), extra_flags.end(), flag) != extra_flags.end()) {
+      out.extra[flag] = argv[++i];
+    } else {
+      out.remaining.push_back(argv[i]);
+    }
+  }
+  // Keep freed memory for reuse, as a long-running process with a caching allocator does.
+  // glibc otherwise hands every large tensor back to the kernel when it is freed, and each
+  // iteration then pays page faults for its outputs: noise that swamps the small operations.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  at::set_num_threads(out.threads);
+  if (out.device.is_cuda() && !torch::cuda::is_available()) {
+    std::fprintf(stderr, "%s: --device %s asked for, but no CUDA GPU is available\n", argv[0],
+                 out.device.str().c_str());
+    return false;
+  }
+  std::printf("device %s, %d CPU threads\n", out.device.str().c_str(), at::get_num_threads());
+  return true;
+}
+
+}  // namespace pconv::bench
