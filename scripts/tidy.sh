@@ -6,11 +6,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 torch_prefix=$(.venv/bin/python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
-if [ ! -f build-tidy/compile_commands.json ]; then
-  cmake -S . -B build-tidy -G Ninja -DCMAKE_BUILD_TYPE=Release -DPCONV_PCH=OFF \
-    -DCMAKE_EXPORT_COMPILE_COMMANDS=ON -DCMAKE_PREFIX_PATH="$torch_prefix" \
-    -DCUDAToolkit_ROOT=/usr/local/cuda >/dev/null
-fi
+# Configured every time (a few seconds) so that the compile commands follow the CMake files.
+cmake -S . -B build-tidy -G Ninja -DCMAKE_BUILD_TYPE=Release -DPCONV_PCH=OFF \
+  -DCMAKE_EXPORT_COMPILE_COMMANDS=ON -DCMAKE_PREFIX_PATH="$torch_prefix" \
+  -DCUDAToolkit_ROOT=/usr/local/cuda >/dev/null
 files=("$@")
 [ ${#files[@]} -gt 0 ] || mapfile -t files < <(git ls-files 'lib/*.cpp' 'app/*.cpp')
 status=0

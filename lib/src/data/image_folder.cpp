@@ -23,10 +23,10 @@ std::string lower(std::string text) {
   return text;
 }
 
-// (3, H, W) RGB from grey, RGB or RGBA pixels (alpha dropped).
-torch::Tensor to_rgb(const torch::Tensor& pixels) {
-  if (pixels.size(0) == 1) return pixels.expand({3, pixels.size(1), pixels.size(2)});
-  return pixels.narrow(0, 0, 3);
+// Grey or RGB, without alpha: (1 or 3, H, W). Grey becomes RGB only after the resize and crop,
+// which is cheaper and keeps the three channels exactly equal.
+torch::Tensor without_alpha(const torch::Tensor& pixels) {
+  return pixels.size(0) == 4 ? pixels.narrow(0, 0, 3) : pixels;
 }
 
 // Antialiased bilinear resize of (C, H, W) to (height, width).
@@ -66,7 +66,7 @@ std::vector<std::filesystem::path> list_images(const std::filesystem::path& fold
 torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions& options,
                            bool random, uint64_t seed) {
   const int64_t size = options.size();
-  const auto image = to_rgb(io::read_image(path).pixels);
+  const auto image = without_alpha(io::read_image(path).pixels);
   const int64_t height = image.size(1);
   const int64_t width = image.size(2);
   const int64_t shorter = std::min(height, width);
@@ -101,6 +101,7 @@ torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions&
   }
   auto crop = scaled.narrow(1, top, size).narrow(2, left, size);
   if (flip) crop = crop.flip({2});
+  if (crop.size(0) == 1) crop = crop.expand({3, size, size});
   return crop.clamp(0.0, 1.0).contiguous();
 }
 

@@ -52,7 +52,9 @@ Image read_image(const std::filesystem::path& path) {
   rgb.convertTo(as_float, CV_32F, image.bit_depth == 16 ? 1.0 / 65535.0 : 1.0 / 255.0);
   const auto hwc =
       at::from_blob(as_float.data, {as_float.rows, as_float.cols, channels}, at::kFloat);
-  image.pixels = hwc.permute({2, 0, 1}).contiguous();
+  // clone(), not contiguous(): for one channel the permuted view already counts as contiguous
+  // and would keep pointing into the cv::Mat, which is freed on return.
+  image.pixels = hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
   return image;
 }
 

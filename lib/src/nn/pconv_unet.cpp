@@ -55,7 +55,7 @@ void PConvUNetImpl::reset() {
   for (int64_t level = 1; level <= depth; ++level) {
     const int64_t kernel = encoder_kernel(level);
     const auto geometry = encoder_geometry(level);
-    encoder.push_back(register_module(
+    encoder.emplace_back(register_module(
         "encoder" + std::to_string(level),
         PartialConv2d(PartialConv2dOptions(encoder_width(level - 1), encoder_width(level), kernel)
                           .stride(geometry.stride())
@@ -63,23 +63,23 @@ void PConvUNetImpl::reset() {
                           .bias(level == 1)
                           .multi_channel(true))));
     if (level >= 2) {
-      encoder_bn.push_back(register_module("encoder_bn" + std::to_string(level),
-                                           torch::nn::BatchNorm2d(encoder_width(level))));
+      encoder_bn.emplace_back(register_module("encoder_bn" + std::to_string(level),
+                                              torch::nn::BatchNorm2d(encoder_width(level))));
     }
   }
   for (int64_t level = depth; level >= 1; --level) {
     const int64_t up_channels = level == depth ? encoder_width(depth) : encoder_width(level);
     const int64_t in_channels = up_channels + encoder_width(level - 1);
     const int64_t out_channels = level == 1 ? options.image_channels() : encoder_width(level - 1);
-    decoder.push_back(register_module(
+    decoder.emplace_back(register_module(
         "decoder" + std::to_string(level),
         PartialConv2d(PartialConv2dOptions(in_channels, out_channels, kDecoderKernel)
                           .padding(kDecoderKernel / 2)
                           .bias(level == 1)
                           .multi_channel(true))));
     if (level >= 2) {
-      decoder_bn.push_back(register_module("decoder_bn" + std::to_string(level),
-                                           torch::nn::BatchNorm2d(out_channels)));
+      decoder_bn.emplace_back(register_module("decoder_bn" + std::to_string(level),
+                                              torch::nn::BatchNorm2d(out_channels)));
     }
   }
   set_freeze_encoder_bn(options.freeze_encoder_bn());

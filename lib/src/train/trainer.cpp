@@ -60,7 +60,7 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
 // The initial weights follow the run's seed (this reseeds LibTorch's global generator).
 nn::PConvUNet seeded_model(const TrainerOptions& options) {
   torch::manual_seed(options.seed());
-  return nn::PConvUNet(options.model());
+  return nn::PConvUNet{options.model()};
 }
 
 bool due(int64_t step, int64_t every, int64_t last) {
@@ -302,20 +302,20 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
                 "perceptual and style terms");
   if (step_ > 0) message("resuming at step " + std::to_string(step_));
 
-  data::MaskSource masks;
+  data::MaskSource mask_source;
   if (options_.mask_dir().empty()) {
-    masks = [generator = data::MaskGenerator(
-                 data::MaskGeneratorOptions(options_.size(), options_.size())
-                     .min_ratio(options_.min_hole_ratio())
-                     .max_ratio(options_.max_hole_ratio()),
-                 options_.seed())](uint64_t index) { return generator.mask(index); };
+    mask_source = [generator = data::MaskGenerator(
+                       data::MaskGeneratorOptions(options_.size(), options_.size())
+                           .min_ratio(options_.min_hole_ratio())
+                           .max_ratio(options_.max_hole_ratio()),
+                       options_.seed())](uint64_t index) { return generator.mask(index); };
   } else {
-    masks = [folder = data::MaskFolder(
-                 options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),
-                 options_.seed())](uint64_t index) { return folder.mask(index); };
+    mask_source = [folder = data::MaskFolder(
+                       options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),
+                       options_.seed())](uint64_t index) { return folder.mask(index); };
     message("masks: augmented from the mask images in " + options_.mask_dir());
   }
-  data::TrainingStream stream(train_files_, data::CropOptions().size(options_.size()), masks,
+  data::TrainingStream stream(train_files_, data::CropOptions().size(options_.size()), mask_source,
                               options_.batch_size(), options_.seed(), options_.workers(),
                               /*first_batch=*/step_);
   stream.set_warning_hook(message);

@@ -114,10 +114,10 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     const PlaneIndex index = plane_index(raw, ratio);
     const int64_t planes = raw.size(0) * index.channels;
     AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize", [&] {
-      scalar_t* out = raw.mutable_data_ptr<scalar_t>();
-      const scalar_t* ratio_data = ratio.const_data_ptr<scalar_t>();
-      const scalar_t* valid_data = valid.const_data_ptr<scalar_t>();
-      const scalar_t* bias_data = bias.const_data_ptr<scalar_t>();
+      auto* out = raw.mutable_data_ptr<scalar_t>();
+      const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
+      const auto* valid_data = valid.const_data_ptr<scalar_t>();
+      const auto* bias_data = bias.const_data_ptr<scalar_t>();
       at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
           scalar_t* __restrict__ o = out + plane * index.plane_size;
@@ -144,11 +144,11 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     at::Tensor grad_raw = at::empty_like(grad);
     at::Tensor plane_sums = at::empty({planes}, grad.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pconv_renormalize_backward", [&] {
-      const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
-      scalar_t* grad_raw_data = grad_raw.mutable_data_ptr<scalar_t>();
-      const scalar_t* ratio_data = ratio.const_data_ptr<scalar_t>();
-      const scalar_t* valid_data = valid.const_data_ptr<scalar_t>();
-      double* sums = plane_sums.mutable_data_ptr<double>();
+      const auto* grad_data = grad.const_data_ptr<scalar_t>();
+      auto* grad_raw_data = grad_raw.mutable_data_ptr<scalar_t>();
+      const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
+      const auto* valid_data = valid.const_data_ptr<scalar_t>();
+      auto* sums = plane_sums.mutable_data_ptr<double>();
       at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
           const scalar_t* __restrict__ g = grad_data + plane * index.plane_size;
@@ -170,10 +170,15 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
 
 WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGeometry& geometry,
                          at::ScalarType terms_dtype) {
-  const auto [kernel_h, kernel_w] = geometry.kernel;
-  const auto [stride_h, stride_w] = geometry.stride;
-  const auto [pad_h, pad_w] = geometry.padding;
-  const auto [dilation_h, dilation_w] = geometry.dilation;
+  // Plain variables, not structured bindings: C++17 lambdas cannot capture those.
+  const int64_t kernel_h = geometry.kernel[0];
+  const int64_t kernel_w = geometry.kernel[1];
+  const int64_t stride_h = geometry.stride[0];
+  const int64_t stride_w = geometry.stride[1];
+  const int64_t pad_h = geometry.padding[0];
+  const int64_t pad_w = geometry.padding[1];
+  const int64_t dilation_h = geometry.dilation[0];
+  const int64_t dilation_w = geometry.dilation[1];
   const auto dtype = counts.scalar_type();
   if (!counts.is_cpu() || dtype != terms_dtype || (dtype != at::kFloat && dtype != at::kDouble)) {
     // The reference path: a depthwise convolution with a ones kernel, then the ratio selected
@@ -201,9 +206,9 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   WindowTerms terms{at::empty({input.size(0), input.size(1), out_h, out_w}, input.options()),
                     at::empty({input.size(0), input.size(1), out_h, out_w}, input.options())};
   AT_DISPATCH_FLOATING_TYPES(dtype, "pconv_window_terms", [&] {
-    const scalar_t* in = input.const_data_ptr<scalar_t>();
-    scalar_t* ratio = terms.ratio.mutable_data_ptr<scalar_t>();
-    scalar_t* valid = terms.valid.mutable_data_ptr<scalar_t>();
+    const auto* in = input.const_data_ptr<scalar_t>();
+    auto* ratio = terms.ratio.mutable_data_ptr<scalar_t>();
+    auto* valid = terms.valid.mutable_data_ptr<scalar_t>();
     const auto window_size = static_cast<scalar_t>(window);
     const int64_t work_per_row = kernel_h * width + kernel_w * out_w;
     at::parallel_for(0, planes * out_h, grain_for(work_per_row), [&](int64_t begin, int64_t end) {
