@@ -1,6 +1,7 @@
 // The pconv command: composes the subcommands, and maps every failure to one line on stderr
 // and a documented exit code (exit_codes.h).
 #include "commands/demo.h"
+#include "commands/info.h"
 #include "commands/masks.h"
 #include "commands/train.h"
 #include "common.h"
@@ -66,6 +67,7 @@ static int run_pconv(int argc, char** argv) {
   setup_demo(app);
   setup_masks(app);
   setup_train(app);
+  setup_info(app);
 
   try {
     app.parse(argc, argv);

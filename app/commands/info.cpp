@@ -1,0 +1,44 @@
+#include "info.h"
+
+#include <pconv/io/model_file.h>
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <memory>
+
+namespace pconv::app {
+
+void setup_info(CLI::App& app) {
+  auto options = std::make_shared<InfoOptions>();
+  auto* command = app.add_subcommand(
+      "info", "Print what a pconv model file holds: architecture, size and training metadata");
+  command->add_option("model", options->model, "Model file (model.pt from pconv train)")
+      ->required();
+  command->callback([options] { run_info(*options); });
+}
+
+void run_info(const InfoOptions& options) {
+  io::ModelMetadata metadata;
+  auto model = io::load_model(options.model, &metadata);
+  int64_t parameters = 0;
+  for (const auto& parameter : model->parameters()) parameters += parameter.numel();
+  const auto& o = model->options;
+  fmt::print("model        {}\n", options.model);
+  fmt::print("file size    {:.1f} MB\n",
+             static_cast<double>(std::filesystem::file_size(options.model)) / 1e6);
+  fmt::print("architecture PConvUNet depth {}, widths {}..{}, {} image channels\n", o.depth(),
+             o.base_width(), o.max_width(), o.image_channels());
+  fmt::print("parameters   {:.2f} M\n", static_cast<double>(parameters) / 1e6);
+  fmt::print("input        height and width multiples of {}\n", model->size_multiple());
+  fmt::print("trained on   {}\n",
+             metadata.training_data.empty() ? "(not recorded)" : metadata.training_data);
+  fmt::print("steps        {} at {}x{}\n", metadata.steps, metadata.image_size,
+             metadata.image_size);
+  fmt::print("created      {}\n", metadata.created.empty() ? "(not recorded)" : metadata.created);
+  fmt::print("command      {}\n", metadata.command.empty() ? "(not recorded)" : metadata.command);
+  for (const auto& [name, value] : metadata.metrics)
+    fmt::print("metric       {} = {:.4f}\n", name, value);
+}
+
+}  // namespace pconv::app
