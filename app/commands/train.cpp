@@ -138,6 +138,8 @@ void setup_train(CLI::App& app) {
 }
 
 void run_train(const TrainOptions& options) {
+  // From the start, so that an early Ctrl-C also ends in a checkpoint rather than a kill.
+  StopOnSignal stop_on_signal;
   const c10::Device device = resolve_device(options.common);
   if (options.max_width < options.width) {
     throw CLI::ValidationError("--max-width", fmt::format("{} is smaller than --width {}",
@@ -187,7 +189,6 @@ void run_train(const TrainOptions& options) {
   train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
                          options.resume, options.command_line);
 
-  StopOnSignal stop_on_signal;
   Progress progress("train", options.steps);
   progress.resume_at(trainer.step());
   train::TrainerCallbacks callbacks;

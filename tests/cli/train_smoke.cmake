@@ -58,7 +58,7 @@ endif()
 
 # SIGINT in the middle of a long run: a checkpoint, exit code 130, and a resumable run.
 find_program(TIMEOUT timeout REQUIRED)
-execute_process(COMMAND ${TIMEOUT} --preserve-status -s INT 5 ${PCONV} train --data ${WORK_DIR}/photos
+execute_process(COMMAND ${TIMEOUT} --preserve-status -s INT 10 ${PCONV} train --data ${WORK_DIR}/photos
                         -o ${WORK_DIR}/run_interrupted ${model_args} --steps 1000000
                         --checkpoint-every 0 --validate-every 0 --sample-every 0
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
