@@ -194,7 +194,8 @@ void run_train(const TrainOptions& options) {
   train::TrainerCallbacks callbacks;
   callbacks.on_message = [&](const std::string& text) {
     // Skipped photos are warnings; the rest is information.
-    progress.note(text, text.find("(skipped)") != std::string::npos);
+    progress.note(text, text.find("(skipped)") != std::string::npos ||
+                            text.find("(left out") != std::string::npos);
   };
   callbacks.should_stop = [] { return g_stop_requested.load(); };
   callbacks.on_step = [&](const train::StepReport& report) {

@@ -173,8 +173,9 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
       try {
         images.push_back(data::crop_example(path, crop, /*random=*/false, 0));
         hole_masks.push_back(masks.mask(images.size() - 1));
-      } catch (const InputError&) {
-        // Reported by the caller's listing; an unreadable validation photo is just left out.
+      } catch (const InputError& unreadable) {
+        validation_problems_.push_back(std::string(unreadable.what()) +
+                                       " (left out of validation)");
       }
     }
     if (!images.empty()) {
@@ -300,6 +301,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
               ? "loss: pixel, perceptual and style terms (VGG16 from " + options_.vgg_path() + ")"
               : "loss: pixel terms only (valid, hole, total variation); give --vgg for the "
                 "perceptual and style terms");
+  for (const auto& problem : validation_problems_) message(problem);
   if (step_ > 0) message("resuming at step " + std::to_string(step_));
 
   data::MaskSource mask_source;

@@ -122,8 +122,9 @@ class Trainer {
   loss::InpaintingLoss loss_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
   int64_t step_ = 0;
-  torch::Tensor validation_images_;  // (V, 3, S, S) on the device
-  torch::Tensor validation_masks_;   // (V, 1, S, S)
+  torch::Tensor validation_images_;               // (V, 3, S, S) on the device
+  torch::Tensor validation_masks_;                // (V, 1, S, S)
+  std::vector<std::string> validation_problems_;  // photos left out, reported by run()
 };
 
 }  // namespace pconv::train
