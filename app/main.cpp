@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   try {
     return run_pconv(argc, argv);
   } catch (...) {
-    // Only logging set-up itself can get here; everything after it is caught in run().
+    // Only logging set-up itself can get here; everything after it is caught in run_pconv().
     std::fputs("pconv: error: unexpected failure\n", stderr);
     return pconv::app::kExitRuntime;
   }
