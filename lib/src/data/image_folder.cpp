@@ -141,19 +141,30 @@ std::vector<std::string> TrainingStream::skipped() const {
   return {skipped_.begin(), skipped_.end()};
 }
 
-Example TrainingStream::make_example(int64_t index) {
-  const auto count = static_cast<int64_t>(files_.size());
-  const int64_t epoch = index / count;
-  std::vector<int64_t> order(static_cast<size_t>(count));
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::shuffle(order.begin(), order.end(),
+std::shared_ptr<const std::vector<int64_t>> TrainingStream::epoch_order(int64_t epoch) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (const auto found = epoch_orders_.find(epoch); found != epoch_orders_.end()) {
+    return found->second;
+  }
+  auto order = std::make_shared<std::vector<int64_t>>(files_.size());
+  std::iota(order->begin(), order->end(), int64_t{0});
+  std::shuffle(order->begin(), order->end(),
                std::mt19937_64(detail::mix_seed(seed_, detail::SeedStream::kEpochOrder,
                                                 static_cast<uint64_t>(epoch))));
+  // Workers are rarely more than one epoch apart; an evicted order is recomputed if needed.
+  epoch_orders_.erase(epoch_orders_.begin(), epoch_orders_.lower_bound(epoch - 1));
+  epoch_orders_.emplace(epoch, order);
+  return order;
+}
+
+Example TrainingStream::make_example(int64_t index) {
+  const auto count = static_cast<int64_t>(files_.size());
+  const auto order = epoch_order(index / count);
   const uint64_t example_seed =
       detail::mix_seed(seed_, detail::SeedStream::kCrop, static_cast<uint64_t>(index));
   for (int64_t attempt = 0; attempt < count; ++attempt) {
     const auto& path =
-        files_[static_cast<size_t>(order[static_cast<size_t>((index + attempt) % count)])];
+        files_[static_cast<size_t>((*order)[static_cast<size_t>((index + attempt) % count)])];
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (skipped_.count(path.string()) != 0) continue;

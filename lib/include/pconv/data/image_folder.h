@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -86,6 +87,8 @@ class TrainingStream {
 
  private:
   Example make_example(int64_t index);
+  /// The shuffled file order of an epoch, computed once per epoch, not once per example.
+  std::shared_ptr<const std::vector<int64_t>> epoch_order(int64_t epoch);
   void work();
 
   std::vector<std::filesystem::path> files_;
@@ -101,6 +104,7 @@ class TrainingStream {
   std::map<int64_t, Example> done_;
   std::map<int64_t, std::string> failed_;  // example index -> error, for next() to rethrow
   std::set<std::string> skipped_;
+  std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> epoch_orders_;
   std::function<void(const std::string&)> warning_hook_;
   int64_t next_to_claim_;
   int64_t next_to_deliver_;
