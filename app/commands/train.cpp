@@ -127,6 +127,8 @@ void setup_train(CLI::App& app) {
                    "Steps between validations (0: only at the end)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  command->add_flag("--half-weights", options->half_weights,
+                    "Store the final model's weights as float16 (half the file size)");
   command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -185,7 +187,9 @@ void run_train(const TrainOptions& options) {
       .sample_every(options.sample_every)
       .checkpoint_every(options.checkpoint_every)
       .validate_every(options.validate_every)
-      .validation_count(options.validation_count);
+      .validation_count(options.validation_count)
+      .half_weights(options.half_weights)
+      .data_description(options.data_dir);
   train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
                          options.resume, options.command_line);
 

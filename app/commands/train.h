@@ -36,6 +36,7 @@ struct TrainOptions {
   int64_t checkpoint_every = 500;
   int64_t validate_every = 500;
   int64_t validation_count = 32;
+  bool half_weights = false;
   std::string command_line;
 };
 

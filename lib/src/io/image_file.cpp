@@ -2,24 +2,142 @@
 
 #include "pconv/error.h"
 
+#ifdef PCONV_WITH_OPENCV
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#endif
 
 #include <ATen/ATen.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 namespace pconv::io {
+namespace {
+
+std::string lower_extension(const std::filesystem::path& path) {
+  std::string extension = path.extension().string();
+  std::transform(extension.begin(), extension.end(), extension.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return extension;
+}
+
+bool is_tensor_image(const std::filesystem::path& path) {
+  return lower_extension(path) == kTensorImageExtension;
+}
+
+// A tensor image: one uint8 or uint16 tensor (H, W) or (H, W, C), C = 1, 3 or 4, RGB order,
+// as torch.save writes it in Python or torch::pickle_save in C++.
+Image read_tensor_image(const std::filesystem::path& path) {
+  const std::string name = path.string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(name + ": cannot open the file");
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                                std::istreambuf_iterator<char>());
+  c10::IValue value;
+  try {
+    value = torch::jit::pickle_load(bytes);
+  } catch (const std::exception&) {
+    throw InputError(name + ": cannot read the tensor image (corrupt or not a torch.save file)");
+  }
+  if (!value.isTensor()) throw InputError(name + ": holds no tensor; expected an image tensor");
+  auto hwc = value.toTensor();
+  if (hwc.dim() == 2) hwc = hwc.unsqueeze(2);
+  const auto type = hwc.scalar_type();
+  if (hwc.dim() != 3 || (type != at::kByte && type != at::kUInt16) ||
+      (hwc.size(2) != 1 && hwc.size(2) != 3 && hwc.size(2) != 4) || hwc.numel() == 0) {
+    throw InputError(name + ": expected a uint8 or uint16 tensor (H, W[, 1|3|4]); got " +
+                     std::string(c10::toString(type)) + " " + c10::str(hwc.sizes()));
+  }
+  Image image;
+  image.bit_depth = type == at::kUInt16 ? 16 : 8;
+  // uint16 has few kernels; int32 holds every value exactly.
+  const auto samples = type == at::kUInt16 ? hwc.view(at::kShort).to(at::kInt).bitwise_and(0xFFFF)
+                                           : hwc.to(at::kInt);
+  const double scale = image.bit_depth == 16 ? 65535.0 : 255.0;
+  image.pixels =
+      (samples.to(at::kFloat) / scale).permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+  return image;
+}
+
+void write_tensor_image(const std::filesystem::path& path, const at::Tensor& hwc_samples,
+                        int bit_depth) {
+  auto samples = hwc_samples.to(at::kInt);
+  if (bit_depth == 16) {
+    samples = samples.to(at::kShort).view(at::kUInt16);
+  } else {
+    samples = samples.to(at::kByte);
+  }
+  const auto bytes = torch::jit::pickle_save(samples.contiguous());
+  write_file_atomically(path, std::string(bytes.begin(), bytes.end()));
+}
+
+// (H, W, C) integer samples in RGB order, written in the format the extension names.
+void encode_and_write(const std::filesystem::path& path, const at::Tensor& hwc_samples,
+                      int bit_depth) {
+  if (is_tensor_image(path)) {
+    write_tensor_image(path, hwc_samples, bit_depth);
+    return;
+  }
+#ifdef PCONV_WITH_OPENCV
+  const auto samples_int = hwc_samples.to(at::kInt).contiguous();
+  const int height = static_cast<int>(samples_int.size(0));
+  const int width = static_cast<int>(samples_int.size(1));
+  const int channels = static_cast<int>(samples_int.size(2));
+  cv::Mat as_int(height, width, CV_32SC(channels), samples_int.data_ptr<int32_t>());
+  cv::Mat samples;
+  as_int.convertTo(samples, bit_depth == 16 ? CV_16U : CV_8U);
+  cv::Mat bgr;
+  switch (channels) {
+    case 3:
+      cv::cvtColor(samples, bgr, cv::COLOR_RGB2BGR);
+      break;
+    case 4:
+      cv::cvtColor(samples, bgr, cv::COLOR_RGBA2BGRA);
+      break;
+    default:
+      bgr = samples;
+  }
+  std::vector<uint8_t> encoded;
+  const std::string extension = path.extension().string();
+  bool ok = false;
+  try {
+    ok = cv::imencode(extension.empty() ? ".png" : extension, bgr, encoded);
+  } catch (const cv::Exception&) {
+    ok = false;
+  }
+  if (!ok) {
+    throw InputError(path.string() + ": cannot encode the image as '" + extension +
+                     "' (use .png, .jpg, .webp, .bmp or .tif)");
+  }
+  write_file_atomically(path, encoded);
+#else
+  throw InputError(path.string() + ": this pconv was built without OpenCV and writes only " +
+                   kTensorImageExtension + " tensor images");
+#endif
+}
+
+}  // namespace
+
 const std::vector<std::string>& image_extensions() {
-  static const std::vector<std::string> extensions{".png", ".jpg", ".jpeg", ".webp",
-                                                   ".bmp", ".tif", ".tiff"};
+  static const std::vector<std::string> extensions{
+#ifdef PCONV_WITH_OPENCV
+      ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff",
+#endif
+      kTensorImageExtension};
   return extensions;
 }
 
 Image read_image(const std::filesystem::path& path) {
   const std::string name = path.string();
   if (!std::filesystem::is_regular_file(path)) throw InputError(name + ": no such file");
+  if (is_tensor_image(path)) return read_tensor_image(path);
+#ifdef PCONV_WITH_OPENCV
   cv::Mat decoded;
   try {
     decoded = cv::imread(name, cv::IMREAD_UNCHANGED);
@@ -56,27 +174,11 @@ Image read_image(const std::filesystem::path& path) {
   // and would keep pointing into the cv::Mat, which is freed on return.
   image.pixels = hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
   return image;
+#else
+  throw InputError(name + ": this pconv was built without OpenCV and reads only " +
+                   kTensorImageExtension + " tensor images");
+#endif
 }
-
-namespace {
-
-void encode_and_write(const std::filesystem::path& path, const cv::Mat& image) {
-  std::vector<uint8_t> encoded;
-  const std::string extension = path.extension().string();
-  bool ok = false;
-  try {
-    ok = cv::imencode(extension.empty() ? ".png" : extension, image, encoded);
-  } catch (const cv::Exception&) {
-    ok = false;
-  }
-  if (!ok) {
-    throw InputError(path.string() + ": cannot encode the image as '" + extension +
-                     "' (use .png, .jpg, .webp, .bmp or .tif)");
-  }
-  write_file_atomically(path, encoded);
-}
-
-}  // namespace
 
 void write_image(const std::filesystem::path& path, const torch::Tensor& pixels, int bit_depth) {
   TORCH_CHECK(
@@ -86,26 +188,9 @@ void write_image(const std::filesystem::path& path, const torch::Tensor& pixels,
   const double scale = bit_depth == 16 ? 65535.0 : 255.0;
   const auto hwc = (pixels.detach().to(at::kCPU, at::kFloat).clamp(0.0, 1.0) * scale)
                        .round()
-                       .permute({1, 2, 0})
-                       .contiguous();
-  const int channels = static_cast<int>(pixels.size(0));
-  const int height = static_cast<int>(pixels.size(1));
-  const int width = static_cast<int>(pixels.size(2));
-  cv::Mat as_float(height, width, CV_32FC(channels), hwc.data_ptr<float>());
-  cv::Mat samples;
-  as_float.convertTo(samples, bit_depth == 16 ? CV_16U : CV_8U);
-  cv::Mat bgr;
-  switch (channels) {
-    case 3:
-      cv::cvtColor(samples, bgr, cv::COLOR_RGB2BGR);
-      break;
-    case 4:
-      cv::cvtColor(samples, bgr, cv::COLOR_RGBA2BGRA);
-      break;
-    default:
-      bgr = samples;
-  }
-  encode_and_write(path, bgr);
+                       .to(at::kInt)
+                       .permute({1, 2, 0});
+  encode_and_write(path, hwc, bit_depth);
 }
 
 void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& holes,
@@ -115,11 +200,11 @@ void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& h
                      " bytes does not match " + std::to_string(width) + "x" +
                      std::to_string(height));
   }
-  cv::Mat image(static_cast<int>(height), static_cast<int>(width), CV_8UC1);
-  for (int64_t i = 0; i < height * width; ++i) {
-    image.data[i] = holes[static_cast<size_t>(i)] != 0 ? kMaskHoleValue : 0;
-  }
-  encode_and_write(path, image);
+  auto samples = at::from_blob(const_cast<uint8_t*>(holes.data()), {height, width, 1}, at::kByte)
+                     .ne(0)
+                     .to(at::kInt)
+                     .mul(kMaskHoleValue);
+  encode_and_write(path, samples, 8);
 }
 
 }  // namespace pconv::io

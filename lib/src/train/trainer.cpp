@@ -382,7 +382,13 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     }
     if (due(step_, options_.sample_every(), last)) {
       std::ostringstream name;
-      name << "step_" << std::setw(7) << std::setfill('0') << step_ << ".png";
+      // A build without OpenCV writes tensor images.
+#ifdef PCONV_WITH_OPENCV
+      const char* extension = ".png";
+#else
+      const char* extension = io::kTensorImageExtension;
+#endif
+      name << "step_" << std::setw(7) << std::setfill('0') << step_ << extension;
       write_samples(name.str());
     }
     if (due(step_, options_.checkpoint_every(), last)) save_checkpoint();
@@ -403,6 +409,9 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   if (step_ >= last && !result.stopped_early) {
     io::ModelMetadata metadata;
     metadata.training_data = std::to_string(train_files_.size()) + " images";
+    if (!options_.data_description().empty()) {
+      metadata.training_data += " in " + options_.data_description();
+    }
     metadata.command = command_;
     metadata.created = now_iso();
     metadata.steps = step_;
@@ -412,7 +421,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       metadata.metrics["val_ssim"] = result.validations.back().ssim;
     }
     model_->to(at::kCPU);
-    io::save_model(run_dir_ / kModelFile, model_, metadata);
+    io::save_model(run_dir_ / kModelFile, model_, metadata, options_.half_weights());
     model_->to(options_.device());
     result.model_file = run_dir_ / kModelFile;
   }

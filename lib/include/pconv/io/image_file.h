@@ -1,5 +1,7 @@
 // Image and mask files: the only place pconv touches OpenCV. Reads images of any common
-// format and depth into float tensors and writes masks, always atomically.
+// format and depth into float tensors and writes images and masks, always atomically. Tensor
+// images (.pt: one uint8 or uint16 tensor (H, W[, C]) in RGB order, from Python's torch.save)
+// work in every build, so that a build without OpenCV (a GPU machine) can still train.
 #pragma once
 
 #include <pconv/io/atomic_file.h>
@@ -17,6 +19,9 @@ namespace pconv::io {
 /// cv::inpaint, LaMa and IOPaint.
 inline constexpr uint8_t kMaskHoleValue = 255;
 
+/// The extension of tensor images, which need no OpenCV.
+inline constexpr const char* kTensorImageExtension = ".pt";
+
 /// An image read from a file, with what is needed to write a result back in the same form.
 struct Image {
   /// (C, H, W) float32 in [0, 1]; C is 1 (grey), 3 (RGB) or 4 (RGBA), channels in RGB order.
@@ -25,7 +30,8 @@ struct Image {
   int bit_depth = 8;
 };
 
-/// Reads an image file (png, jpg, webp, bmp, tiff, ...; grey, RGB or RGBA; 8 or 16 bit).
+/// Reads an image file (png, jpg, webp, bmp, tiff, ...; grey, RGB or RGBA; 8 or 16 bit), or
+/// a tensor image. Without OpenCV only tensor images can be read.
 /// Throws pconv::InputError naming the file if it is missing, unreadable or not an image.
 Image read_image(const std::filesystem::path& path);
 

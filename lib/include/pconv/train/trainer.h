@@ -50,6 +50,10 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, validate_every) = 500;
   /// Validation photos used (centre crops, fixed masks); 0: all.
   TORCH_ARG(int64_t, validation_count) = 32;
+  /// Store the final model file's weights in float16 (half the size; read back as float32).
+  TORCH_ARG(bool, half_weights) = false;
+  /// What the training photos are (e.g. their folder), recorded in the model file.
+  TORCH_ARG(std::string, data_description) = "";
 };
 
 struct StepReport {

@@ -1,0 +1,78 @@
+// Tensor images (.pt): the image format every build reads and writes, OpenCV or not.
+#include "temp_dir.h"
+
+#include <pconv/error.h>
+#include <pconv/io/image_file.h>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+namespace {
+
+using pconv::testing::TempDir;
+
+void write_bytes(const std::filesystem::path& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+TEST(TensorImage, RoundTripsEightBitRgbExactly) {
+  TempDir dir;
+  const auto path = dir.path() / "photo.pt";
+  const auto samples = at::arange(0, 5 * 7 * 3, at::kInt).remainder(256).reshape({5, 7, 3});
+  pconv::io::write_image(path, samples.permute({2, 0, 1}).to(at::kFloat) / 255.0, 8);
+  const auto image = pconv::io::read_image(path);
+  EXPECT_EQ(image.bit_depth, 8);
+  ASSERT_EQ(image.pixels.sizes(), (at::IntArrayRef{3, 5, 7}));
+  EXPECT_TRUE(at::equal((image.pixels * 255.0).round().to(at::kInt).permute({1, 2, 0}), samples));
+}
+
+TEST(TensorImage, KeepsSixteenBitsAndGrey) {
+  TempDir dir;
+  const auto path = dir.path() / "grey16.PT";
+  const auto values = at::tensor({0, 1, 32767, 32768, 65534, 65535}, at::kInt).reshape({1, 2, 3});
+  pconv::io::write_image(path, values.to(at::kDouble).div(65535.0).to(at::kFloat), 16);
+  const auto image = pconv::io::read_image(path);
+  EXPECT_EQ(image.bit_depth, 16);
+  ASSERT_EQ(image.pixels.sizes(), (at::IntArrayRef{1, 2, 3}));
+  EXPECT_TRUE(at::equal((image.pixels.to(at::kDouble) * 65535.0).round().to(at::kInt), values));
+}
+
+TEST(TensorImage, ReadsTwoDimensionalTensorsAsGrey) {
+  TempDir dir;
+  const auto path = dir.path() / "plain.pt";
+  write_bytes(path, torch::jit::pickle_save(at::full({4, 6}, 255, at::kByte)));
+  const auto image = pconv::io::read_image(path);
+  EXPECT_EQ(image.pixels.sizes(), (at::IntArrayRef{1, 4, 6}));
+  EXPECT_EQ(image.pixels.min().item<float>(), 1.0F);
+}
+
+TEST(TensorImage, RejectsCorruptWrongTypeAndWrongShape) {
+  TempDir dir;
+  const auto corrupt = dir.path() / "corrupt.pt";
+  write_bytes(corrupt, {'n', 'o', 't', ' ', 'a', ' ', 'z', 'i', 'p'});
+  EXPECT_THROW(pconv::io::read_image(corrupt), pconv::InputError);
+  const auto floats = dir.path() / "floats.pt";
+  write_bytes(floats, torch::jit::pickle_save(at::zeros({4, 4, 3})));
+  EXPECT_THROW(pconv::io::read_image(floats), pconv::InputError);
+  const auto five = dir.path() / "five.pt";
+  write_bytes(five, torch::jit::pickle_save(at::zeros({4, 4, 5}, at::kByte)));
+  EXPECT_THROW(pconv::io::read_image(five), pconv::InputError);
+  const auto list = dir.path() / "list.pt";
+  write_bytes(list, torch::jit::pickle_save(c10::IValue(int64_t{3})));
+  EXPECT_THROW(pconv::io::read_image(list), pconv::InputError);
+}
+
+TEST(TensorImage, WritesMasksWhiteForHoles) {
+  TempDir dir;
+  const auto path = dir.path() / "mask.pt";
+  pconv::io::write_mask(path, {0, 1, 0, 7}, 2, 2);
+  const auto image = pconv::io::read_image(path);
+  EXPECT_TRUE(at::equal(image.pixels.reshape({4}), at::tensor({0.0F, 1.0F, 0.0F, 1.0F})));
+}
+
+}  // namespace
