@@ -77,7 +77,7 @@ case "$command" in
       "$python" "$root/scripts/photos_to_tensors.py" "$root/.gpu-data/photos" "$photos" \
         > "$out_dir/photos.log" 2>&1 || { tail "$out_dir/photos.log"; exit 1; }
     fi
-    tail -1 "$out_dir/photos.log"
+    tail -1 "$out_dir/photos.log" 2>/dev/null || true
     run=${PCONV_GPU_RUN:-/tmp/pconv-run}
     resume=()
     [ -f "$run/checkpoint.pt" ] && resume=(--resume)
