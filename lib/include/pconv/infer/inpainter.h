@@ -1,0 +1,100 @@
+// Inpainter: fills the holes of an image of any size with a PConvUNet. Pads to the network's
+// multiple (the padding counts as missing, like the image border in training), works on the
+// whole image, on crops around the holes, or on a downscaled copy, and composites the result
+// so that every known pixel is kept exactly.
+#pragma once
+
+#include <pconv/nn/pconv_unet.h>
+
+#include <torch/arg.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pconv::infer {
+
+/// How an image is processed.
+enum class Strategy {
+  kAuto,    // full when it fits the memory budget, else crop when the holes are local, else resize
+  kFull,    // the whole image at full resolution
+  kCrop,    // only boxes around the holes (with context), each at full resolution
+  kResize,  // the whole image scaled down to resize_side, the result scaled back up
+};
+
+/// "auto", "full", "crop" or "resize".
+std::string to_string(Strategy strategy);
+/// Parses a strategy name; throws std::invalid_argument otherwise.
+Strategy parse_strategy(const std::string& name);
+
+struct InpaintOptions {
+  TORCH_ARG(Strategy, strategy) = Strategy::kAuto;
+  /// Keep the known pixels of the input exactly (composite); false: the raw network output.
+  TORCH_ARG(bool, composite) = true;
+  /// Context kept around the holes in the crop strategy, in pixels (at least; a box also grows
+  /// to the network's multiple).
+  TORCH_ARG(int64_t, crop_margin) = 96;
+  /// The resize strategy scales the longer side down to this.
+  TORCH_ARG(int64_t, resize_side) = 1024;
+  /// Auto uses the full image when a full pass is estimated to need at most this many bytes.
+  TORCH_ARG(int64_t, memory_budget) = int64_t{3} << 30;
+};
+
+/// A box in pixel coordinates: rows [top, bottom), columns [left, right).
+struct Box {
+  int64_t top = 0;
+  int64_t left = 0;
+  int64_t bottom = 0;
+  int64_t right = 0;
+  int64_t height() const { return bottom - top; }
+  int64_t width() const { return right - left; }
+};
+
+/// Boxes that together cover every hole of `holes` ((H, W), non-zero = hole) with `margin`
+/// pixels of context, split where the holes are more than 2 * margin apart (recursive cuts
+/// along empty rows and columns). Deterministic; empty when there is no hole.
+std::vector<Box> hole_regions(const torch::Tensor& holes, int64_t margin);
+
+struct InpaintResult {
+  /// (C, H, W) float in [0, 1], the channels of the input.
+  torch::Tensor pixels;
+  /// The strategy used (never kAuto).
+  Strategy strategy = Strategy::kFull;
+  /// Network passes made (crop: one per box).
+  int64_t passes = 0;
+};
+
+class Inpainter {
+ public:
+  /// Takes the model for inference on `device`; `half` runs it in float16 (CUDA only).
+  Inpainter(nn::PConvUNet model, c10::Device device, bool half = false);
+
+  /// Fills `holes` ((H, W), non-zero = hole) in `image` ((C, H, W) float in [0, 1]; C = 1, 3
+  /// or 4: grey goes through the network as RGB and comes back as the channel mean, alpha is
+  /// passed through). Throws std::invalid_argument for bad shapes.
+  InpaintResult inpaint(const torch::Tensor& image, const torch::Tensor& holes,
+                        const InpaintOptions& options = {}) const;
+
+  /// Estimated peak memory of one network pass over height x width pixels, in bytes.
+  int64_t estimate_bytes(int64_t height, int64_t width) const;
+
+  const nn::PConvUNet& model() const { return model_; }
+  c10::Device device() const { return device_; }
+
+ private:
+  /// The network on `rgb` (3, h, w) with `valid` (1, h, w), padded to the multiple and
+  /// cropped back: the raw output (3, h, w) on the CPU in float32.
+  torch::Tensor run(const torch::Tensor& rgb, const torch::Tensor& valid) const;
+  torch::Tensor full(const torch::Tensor& rgb, const torch::Tensor& holes) const;
+  torch::Tensor crop(const torch::Tensor& rgb, const torch::Tensor& holes,
+                     const std::vector<Box>& regions) const;
+  torch::Tensor resize(const torch::Tensor& rgb, const torch::Tensor& holes, int64_t side) const;
+
+  // Not changed by inference (eval mode), but LibTorch's forward is not const.
+  mutable nn::PConvUNet model_;
+  c10::Device device_;
+  bool half_;
+};
+
+}  // namespace pconv::infer

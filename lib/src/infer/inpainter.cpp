@@ -1,0 +1,269 @@
+#include "pconv/infer/inpainter.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+namespace pconv::infer {
+
+std::string to_string(Strategy strategy) {
+  switch (strategy) {
+    case Strategy::kAuto:
+      return "auto";
+    case Strategy::kFull:
+      return "full";
+    case Strategy::kCrop:
+      return "crop";
+    case Strategy::kResize:
+      return "resize";
+  }
+  return "?";
+}
+
+Strategy parse_strategy(const std::string& name) {
+  for (auto strategy : {Strategy::kAuto, Strategy::kFull, Strategy::kCrop, Strategy::kResize}) {
+    if (to_string(strategy) == name) return strategy;
+  }
+  throw std::invalid_argument("unknown strategy '" + name + "' (auto, full, crop or resize)");
+}
+
+namespace {
+
+// First and one-past-last index of the true entries of a 1-D bool tensor on the CPU, and the
+// first gap (a run of false inside that range): {first, last, gap_begin, gap_end}; gap_begin
+// == gap_end when there is none.
+struct Extent {
+  int64_t first = 0;
+  int64_t last = 0;
+  int64_t gap_begin = 0;
+  int64_t gap_end = 0;
+};
+
+Extent extent_of(const at::Tensor& any) {
+  const auto* flags = any.data_ptr<bool>();
+  const int64_t n = any.numel();
+  Extent extent;
+  int64_t first = 0;
+  while (first < n && !flags[first]) ++first;
+  int64_t last = n;
+  while (last > first && !flags[last - 1]) --last;
+  extent.first = first;
+  extent.last = last;
+  for (int64_t i = first; i < last; ++i) {
+    if (!flags[i]) {
+      int64_t end = i;
+      while (end < last && !flags[end]) ++end;
+      extent.gap_begin = i;
+      extent.gap_end = end;
+      break;
+    }
+  }
+  return extent;
+}
+
+void cut(const at::Tensor& covered, Box box, std::vector<Box>& out) {
+  const auto window = covered.narrow(0, box.top, box.height()).narrow(1, box.left, box.width());
+  const auto rows = extent_of(window.any(1).contiguous());
+  if (rows.first >= rows.last) return;  // nothing here
+  const auto columns = extent_of(window.any(0).contiguous());
+  if (rows.gap_begin < rows.gap_end) {
+    cut(covered, {box.top + rows.first, box.left, box.top + rows.gap_begin, box.right}, out);
+    cut(covered, {box.top + rows.gap_end, box.left, box.top + rows.last, box.right}, out);
+    return;
+  }
+  if (columns.gap_begin < columns.gap_end) {
+    cut(covered, {box.top, box.left + columns.first, box.bottom, box.left + columns.gap_begin}, out);
+    cut(covered, {box.top, box.left + columns.gap_end, box.bottom, box.left + columns.last}, out);
+    return;
+  }
+  out.push_back({box.top + rows.first, box.left + columns.first, box.top + rows.last,
+                 box.left + columns.last});
+}
+
+// Grows [begin, end) to at least `length` (centred, kept inside [0, limit)), then rounds it
+// up to a multiple of `multiple` where the image allows.
+std::pair<int64_t, int64_t> grow(int64_t begin, int64_t end, int64_t multiple, int64_t limit) {
+  int64_t length = ((end - begin + multiple - 1) / multiple) * multiple;
+  length = std::min(length, limit);
+  int64_t start = std::max<int64_t>(0, (begin + end - length) / 2);
+  start = std::min(start, limit - length);
+  return {start, start + length};
+}
+
+at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
+  if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3 && image.size(0) != 4)) {
+    throw std::invalid_argument("inpaint: the image must be (1, 3 or 4, H, W)");
+  }
+  if (holes.dim() != 2 || holes.size(0) != image.size(1) || holes.size(1) != image.size(2)) {
+    throw std::invalid_argument("inpaint: the hole map must be (H, W) like the image");
+  }
+  return holes.to(at::kCPU).ne(0);
+}
+
+}  // namespace
+
+std::vector<Box> hole_regions(const torch::Tensor& holes, int64_t margin) {
+  TORCH_CHECK(holes.dim() == 2, "hole_regions: holes must be (H, W)");
+  auto covered = holes.to(at::kCPU).ne(0);
+  if (margin > 0) {
+    // Dilating by `margin` with a max filter: holes closer than 2 * margin fall in one box.
+    covered = at::max_pool2d(covered.to(at::kFloat).unsqueeze(0).unsqueeze(0),
+                             {2 * margin + 1, 2 * margin + 1}, {1, 1}, {margin, margin})
+                  .squeeze(0)
+                  .squeeze(0)
+                  .gt(0);
+  }
+  covered = covered.contiguous();
+  std::vector<Box> boxes;
+  cut(covered, {0, 0, covered.size(0), covered.size(1)}, boxes);
+  return boxes;
+}
+
+Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, bool half)
+    : model_(std::move(model)), device_(device), half_(half) {
+  if (half_ && !device_.is_cuda()) {
+    throw std::invalid_argument("half precision needs a CUDA device");
+  }
+  model_->eval();
+  model_->to(device_, half_ ? at::kHalf : at::kFloat);
+}
+
+int64_t Inpainter::estimate_bytes(int64_t height, int64_t width) const {
+  const auto& o = model_->options;
+  const int64_t multiple = model_->size_multiple();
+  const int64_t h = (height + multiple - 1) / multiple * multiple;
+  const int64_t w = (width + multiple - 1) / multiple * multiple;
+  // The last decoder layer dominates: its input (upsampled features + skip + masks), the masked
+  // copy and the output at full resolution, plus every encoder output kept for the skips.
+  double per_pixel = 3.0 * static_cast<double>(model_->encoder_width(1) + o.image_channels()) + 8;
+  for (int64_t level = 1; level <= o.depth(); ++level) {
+    per_pixel += 2.0 * static_cast<double>(model_->encoder_width(level)) /
+                 static_cast<double>(int64_t{1} << (2 * level));
+  }
+  const double bytes_per_value = half_ ? 2.0 : 4.0;
+  return static_cast<int64_t>(per_pixel * bytes_per_value * static_cast<double>(h * w));
+}
+
+torch::Tensor Inpainter::run(const torch::Tensor& rgb, const torch::Tensor& valid) const {
+  c10::InferenceMode guard;
+  const int64_t multiple = model_->size_multiple();
+  const int64_t height = rgb.size(1);
+  const int64_t width = rgb.size(2);
+  const int64_t pad_h = (multiple - height % multiple) % multiple;
+  const int64_t pad_w = (multiple - width % multiple) % multiple;
+  const auto type = half_ ? at::kHalf : at::kFloat;
+  // Padding is missing data to the network, as the image border is in training.
+  auto image = at::constant_pad_nd(rgb.to(device_, type).unsqueeze(0), {0, pad_w, 0, pad_h}, 0);
+  auto mask = at::constant_pad_nd(valid.to(device_, type).unsqueeze(0), {0, pad_w, 0, pad_h}, 0);
+  image = image * mask;
+  auto output = std::get<0>(model_->forward(image, mask));
+  return output.squeeze(0)
+      .narrow(1, 0, height)
+      .narrow(2, 0, width)
+      .to(at::kCPU, at::kFloat)
+      .clamp(0.0, 1.0)
+      .contiguous();
+}
+
+torch::Tensor Inpainter::full(const torch::Tensor& rgb, const torch::Tensor& holes) const {
+  return run(rgb, holes.logical_not().to(at::kFloat).unsqueeze(0));
+}
+
+torch::Tensor Inpainter::crop(const torch::Tensor& rgb, const torch::Tensor& holes,
+                              const std::vector<Box>& regions) const {
+  auto output = rgb.clone();
+  const int64_t multiple = model_->size_multiple();
+  for (const auto& region : regions) {
+    const auto [top, bottom] = grow(region.top, region.bottom, multiple, rgb.size(1));
+    const auto [left, right] = grow(region.left, region.right, multiple, rgb.size(2));
+    const auto patch = rgb.narrow(1, top, bottom - top).narrow(2, left, right - left);
+    const auto patch_holes = holes.narrow(0, top, bottom - top).narrow(1, left, right - left);
+    const auto filled = full(patch, patch_holes);
+    // Only the region's own box is written: regions do not overlap, so every hole pixel is
+    // written once, by the pass that had it nearest the centre of its context.
+    const auto inner = [&](const at::Tensor& t, int64_t row, int64_t column) {
+      return t.narrow(-2, row, region.height()).narrow(-1, column, region.width());
+    };
+    inner(output, region.top, region.left)
+        .copy_(inner(filled, region.top - top, region.left - left));
+  }
+  return output;
+}
+
+torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& holes,
+                                int64_t side) const {
+  const int64_t height = rgb.size(1);
+  const int64_t width = rgb.size(2);
+  const double scale =
+      std::min(1.0, static_cast<double>(side) / static_cast<double>(std::max(height, width)));
+  const int64_t small_h = std::max<int64_t>(1, static_cast<int64_t>(height * scale + 0.5));
+  const int64_t small_w = std::max<int64_t>(1, static_cast<int64_t>(width * scale + 0.5));
+  const auto small = at::_upsample_bilinear2d_aa(rgb.unsqueeze(0), {small_h, small_w}, false)
+                         .squeeze(0)
+                         .clamp(0.0, 1.0);
+  // A small pixel is missing when any pixel it covers is.
+  const auto small_holes =
+      std::get<0>(at::adaptive_max_pool2d(holes.to(at::kFloat).unsqueeze(0).unsqueeze(0),
+                                          {small_h, small_w}))
+          .squeeze(0)
+          .squeeze(0)
+          .gt(0);
+  const auto filled = full(small, small_holes);
+  return at::upsample_bilinear2d(filled.unsqueeze(0), {height, width}, false)
+      .squeeze(0)
+      .clamp(0.0, 1.0);
+}
+
+InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor& holes,
+                                 const InpaintOptions& options) const {
+  const auto hole_map = check_holes(image, holes);
+  const auto pixels = image.to(at::kCPU, at::kFloat);
+  const int64_t channels = pixels.size(0);
+  auto rgb = channels == 1 ? pixels.expand({3, -1, -1}).contiguous() : pixels.narrow(0, 0, 3);
+  const int64_t height = pixels.size(1);
+  const int64_t width = pixels.size(2);
+
+  InpaintResult result;
+  result.strategy = options.strategy();
+  std::vector<Box> regions;
+  if (result.strategy == Strategy::kAuto) {
+    result.strategy = Strategy::kFull;
+    if (estimate_bytes(height, width) > options.memory_budget()) {
+      regions = hole_regions(hole_map, options.crop_margin());
+      int64_t area = 0;
+      bool fits = true;
+      for (const auto& box : regions) {
+        area += box.height() * box.width();
+        fits = fits && estimate_bytes(box.height(), box.width()) <= options.memory_budget();
+      }
+      result.strategy = fits && 2 * area <= height * width ? Strategy::kCrop : Strategy::kResize;
+    }
+  } else if (result.strategy == Strategy::kCrop) {
+    regions = hole_regions(hole_map, options.crop_margin());
+  }
+
+  at::Tensor filled;
+  switch (result.strategy) {
+    case Strategy::kCrop:
+      filled = crop(rgb, hole_map, regions);
+      result.passes = static_cast<int64_t>(regions.size());
+      break;
+    case Strategy::kResize:
+      filled = resize(rgb, hole_map, options.resize_side());
+      result.passes = 1;
+      break;
+    default:
+      filled = full(rgb, hole_map);
+      result.passes = 1;
+  }
+  if (channels == 1) filled = filled.mean(0, /*keepdim=*/true);
+  if (channels == 4) filled = at::cat({filled, pixels.narrow(0, 3, 1)}, 0);
+  result.pixels = options.composite() ? at::where(hole_map.unsqueeze(0), filled, pixels)
+                                      : filled.contiguous();
+  return result;
+}
+
+}  // namespace pconv::infer

@@ -1,0 +1,169 @@
+// Tests of pconv::infer::Inpainter: hole regions, every strategy, sizes that are not multiples
+// of the network's, compositing (known pixels bit-exact), grey and RGBA, the auto choice.
+#include <pconv/infer/inpainter.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+
+namespace {
+
+using pconv::infer::Box;
+using pconv::infer::Inpainter;
+using pconv::infer::InpaintOptions;
+using pconv::infer::Strategy;
+
+pconv::nn::PConvUNet small_model() {
+  torch::manual_seed(5);
+  return pconv::nn::PConvUNet(
+      pconv::nn::PConvUNetOptions().depth(3).base_width(4).max_width(8));
+}
+
+at::Tensor holes_of(int64_t height, int64_t width, const std::vector<Box>& boxes) {
+  auto holes = at::zeros({height, width}, at::kBool);
+  for (const auto& b : boxes) holes.narrow(0, b.top, b.height()).narrow(1, b.left, b.width()).fill_(true);
+  return holes;
+}
+
+TEST(HoleRegions, SplitsFarHolesAndJoinsNearOnes) {
+  const auto holes = holes_of(100, 120, {{10, 10, 20, 20}, {70, 90, 80, 100}});
+  const auto far = pconv::infer::hole_regions(holes, 5);
+  ASSERT_EQ(far.size(), 2U);
+  EXPECT_EQ(far[0].top, 5);
+  EXPECT_EQ(far[0].left, 5);
+  EXPECT_EQ(far[0].bottom, 25);
+  EXPECT_EQ(far[0].right, 25);
+  EXPECT_EQ(far[1].top, 65);
+  EXPECT_EQ(far[1].right, 105);
+  // A margin wider than half the gap puts both holes in one box, clipped to the image.
+  const auto near = pconv::infer::hole_regions(holes, 40);
+  ASSERT_EQ(near.size(), 1U);
+  EXPECT_EQ(near[0].top, 0);
+  EXPECT_EQ(near[0].left, 0);
+  EXPECT_EQ(near[0].bottom, 100);
+  EXPECT_EQ(near[0].right, 120);
+  EXPECT_TRUE(pconv::infer::hole_regions(at::zeros({8, 8}, at::kBool), 3).empty());
+}
+
+TEST(HoleRegions, SeparatesHolesSideBySideInColumns) {
+  const auto holes = holes_of(50, 200, {{20, 10, 30, 20}, {20, 150, 30, 160}});
+  const auto boxes = pconv::infer::hole_regions(holes, 2);
+  ASSERT_EQ(boxes.size(), 2U);
+  EXPECT_EQ(boxes[0].left, 8);
+  EXPECT_EQ(boxes[1].left, 148);
+}
+
+TEST(Inpainter, FullPadsOddSizesAndKeepsKnownPixelsBitExact) {
+  Inpainter inpainter(small_model(), c10::kCPU);
+  const auto image = at::rand({3, 37, 53});
+  const auto holes = holes_of(37, 53, {{5, 7, 20, 30}});
+  const auto result = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
+  EXPECT_EQ(result.strategy, Strategy::kFull);
+  ASSERT_EQ(result.pixels.sizes(), image.sizes());
+  const auto known = holes.logical_not().unsqueeze(0).expand_as(image);
+  EXPECT_TRUE(at::equal(result.pixels.masked_select(known), image.masked_select(known)));
+  EXPECT_FALSE(at::equal(result.pixels, image));
+  EXPECT_GE(result.pixels.min().item<float>(), 0.0F);
+  EXPECT_LE(result.pixels.max().item<float>(), 1.0F);
+  const auto raw = inpainter.inpaint(image, holes,
+                                     InpaintOptions().strategy(Strategy::kFull).composite(false));
+  EXPECT_FALSE(at::equal(raw.pixels.masked_select(known), image.masked_select(known)));
+  // Where the composite took the network's pixels, they are the raw output's.
+  EXPECT_TRUE(at::equal(result.pixels.masked_select(known.logical_not()),
+                        raw.pixels.masked_select(known.logical_not())));
+}
+
+TEST(Inpainter, FullIsTheNetworkOnThePaddedImage) {
+  auto model = small_model();
+  Inpainter inpainter(model, c10::kCPU);
+  const auto image = at::rand({3, 16, 24});
+  const auto holes = holes_of(16, 24, {{2, 3, 9, 12}});
+  const auto result = inpainter.inpaint(image, holes, InpaintOptions().composite(false));
+  c10::InferenceMode guard;
+  const auto valid = holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0);
+  const auto expected = std::get<0>(model->forward(image.unsqueeze(0) * valid, valid)).clamp(0, 1);
+  EXPECT_TRUE(at::allclose(result.pixels, expected.squeeze(0), 1e-6, 1e-6));
+}
+
+TEST(Inpainter, CropWithWholeImageContextEqualsFull) {
+  Inpainter inpainter(small_model(), c10::kCPU);
+  const auto image = at::rand({3, 40, 48});
+  const auto holes = holes_of(40, 48, {{10, 10, 16, 20}});
+  const auto full = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
+  const auto crop = inpainter.inpaint(
+      image, holes, InpaintOptions().strategy(Strategy::kCrop).crop_margin(100));
+  EXPECT_EQ(crop.strategy, Strategy::kCrop);
+  EXPECT_EQ(crop.passes, 1);
+  EXPECT_TRUE(at::allclose(crop.pixels, full.pixels, 1e-6, 1e-6));
+}
+
+TEST(Inpainter, CropFillsEachRegionAndLeavesTheRestAlone) {
+  Inpainter inpainter(small_model(), c10::kCPU);
+  const auto image = at::rand({3, 120, 200});
+  const auto holes = holes_of(120, 200, {{10, 10, 20, 25}, {90, 160, 110, 190}});
+  const auto crop =
+      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kCrop).crop_margin(6));
+  EXPECT_EQ(crop.passes, 2);
+  const auto known = holes.logical_not().unsqueeze(0).expand_as(image);
+  EXPECT_TRUE(at::equal(crop.pixels.masked_select(known), image.masked_select(known)));
+  const auto hole = known.logical_not();
+  EXPECT_FALSE(at::equal(crop.pixels.masked_select(hole), image.masked_select(hole)));
+}
+
+TEST(Inpainter, ResizeAtFullSizeEqualsFullAndSmallerStillComposites) {
+  Inpainter inpainter(small_model(), c10::kCPU);
+  const auto image = at::rand({3, 48, 64});
+  const auto holes = holes_of(48, 64, {{10, 10, 30, 40}});
+  const auto full = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
+  const auto same = inpainter.inpaint(
+      image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64));
+  EXPECT_TRUE(at::allclose(same.pixels, full.pixels, 1e-5, 1e-5));
+  const auto small = inpainter.inpaint(
+      image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(24));
+  EXPECT_EQ(small.strategy, Strategy::kResize);
+  ASSERT_EQ(small.pixels.sizes(), image.sizes());
+  const auto known = holes.logical_not().unsqueeze(0).expand_as(image);
+  EXPECT_TRUE(at::equal(small.pixels.masked_select(known), image.masked_select(known)));
+}
+
+TEST(Inpainter, AutoChoosesByMemoryAndHoleLayout) {
+  Inpainter inpainter(small_model(), c10::kCPU);
+  const auto image = at::rand({3, 64, 256});
+  const auto local = holes_of(64, 256, {{20, 20, 28, 30}});
+  EXPECT_EQ(inpainter.inpaint(image, local).strategy, Strategy::kFull);
+  // A budget of a 16x16 pass: the whole image is too big, a box around one hole is not.
+  const int64_t budget = inpainter.estimate_bytes(32, 32);
+  EXPECT_EQ(inpainter.inpaint(image, local, InpaintOptions().memory_budget(budget).crop_margin(4))
+                .strategy,
+            Strategy::kCrop);
+  const auto spread = holes_of(64, 256, {{0, 0, 64, 8}, {0, 40, 64, 256}});
+  EXPECT_EQ(inpainter.inpaint(image, spread, InpaintOptions().memory_budget(budget)).strategy,
+            Strategy::kResize);
+  EXPECT_GT(inpainter.estimate_bytes(1000, 1000), 4 * inpainter.estimate_bytes(400, 400));
+}
+
+TEST(Inpainter, GreyStaysGreyAndAlphaPassesThrough) {
+  Inpainter inpainter(small_model(), c10::kCPU);
+  const auto holes = holes_of(16, 16, {{4, 4, 9, 9}});
+  const auto grey = at::rand({1, 16, 16});
+  const auto grey_out = inpainter.inpaint(grey, holes);
+  EXPECT_EQ(grey_out.pixels.sizes(), grey.sizes());
+  const auto rgba = at::rand({4, 16, 16});
+  const auto rgba_out = inpainter.inpaint(rgba, holes);
+  ASSERT_EQ(rgba_out.pixels.sizes(), rgba.sizes());
+  EXPECT_TRUE(at::equal(rgba_out.pixels[3], rgba[3]));
+}
+
+TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {
+  Inpainter inpainter(small_model(), c10::kCPU);
+  EXPECT_THROW(inpainter.inpaint(at::rand({2, 8, 8}), at::zeros({8, 8})), std::invalid_argument);
+  EXPECT_THROW(inpainter.inpaint(at::rand({3, 8, 8}), at::zeros({8, 9})), std::invalid_argument);
+  EXPECT_THROW(Inpainter(small_model(), c10::kCPU, /*half=*/true), std::invalid_argument);
+  EXPECT_EQ(pconv::infer::parse_strategy("crop"), Strategy::kCrop);
+  EXPECT_THROW(pconv::infer::parse_strategy("tile"), std::invalid_argument);
+}
+
+}  // namespace
