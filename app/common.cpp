@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <regex>
 
 namespace pconv::app {
@@ -28,6 +29,21 @@ void add_common_options(CLI::App& command, CommonOptions& options) {
   command.add_option("--threads", options.threads, "CPU threads for LibTorch (0: its default)")
       ->check(CLI::Range(0, 1024))
       ->capture_default_str();
+}
+
+std::string default_model_path() {
+  if (const char* from_environment = std::getenv("PCONV_MODEL");
+      from_environment != nullptr && *from_environment != '\0') {
+    return from_environment;
+  }
+  std::error_code error;
+  const auto program = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (!error) {
+    const auto installed =
+        program.parent_path().parent_path() / "share" / "pconv" / "models" / "pconv-default.pt";
+    if (std::filesystem::is_regular_file(installed, error)) return installed.string();
+  }
+  return PCONV_SOURCE_MODEL;
 }
 
 c10::Device resolve_device(const CommonOptions& options) {

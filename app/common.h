@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -23,6 +24,11 @@ void add_common_options(CLI::App& command, CommonOptions& options);
 /// Resolves "auto", "cpu", "cuda" or "cuda:N" to a device that exists here; throws
 /// CLI::ValidationError naming the problem otherwise. Applies --threads.
 c10::Device resolve_device(const CommonOptions& options);
+
+/// The model used when --model is not given: $PCONV_MODEL if set, else the default model
+/// installed beside the program (<prefix>/share/pconv/models/pconv-default.pt), else the one in
+/// the source tree it was built from (models/pconv-default.pt).
+std::string default_model_path();
 
 /// "pconv X.Y.Z (LibTorch A.B.C)".
 std::string version_string();

@@ -2,6 +2,7 @@
 // and a documented exit code (exit_codes.h).
 #include "commands/demo.h"
 #include "commands/info.h"
+#include "commands/inpaint.h"
 #include "commands/masks.h"
 #include "commands/train.h"
 #include "common.h"
@@ -64,6 +65,7 @@ static int run_pconv(int argc, char** argv) {
       "Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 bad input file,\n"
       "4 bad model file, 130 interrupted. Logging level also from SPDLOG_LEVEL.");
 
+  setup_inpaint(app);
   setup_demo(app);
   setup_masks(app);
   setup_train(app);

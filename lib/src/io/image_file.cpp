@@ -15,6 +15,7 @@
 #include <cctype>
 #include <fstream>
 #include <iterator>
+#include <stdexcept>
 #include <string>
 
 namespace pconv::io {
@@ -205,6 +206,28 @@ void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& h
                      .to(at::kInt)
                      .mul(kMaskHoleValue);
   encode_and_write(path, samples, 8);
+}
+
+torch::Tensor holes_from_mask(const Image& mask, MaskConvention convention) {
+  const auto& pixels = mask.pixels;
+  const int64_t channels = pixels.size(0);
+  const int64_t colour = channels == 2 || channels == 4 ? channels - 1 : channels;
+  auto white = std::get<0>(pixels.narrow(0, 0, colour).max(0)).ge(0.5);
+  if (colour != channels) white = white.logical_and(pixels[channels - 1].ge(0.5));
+  return convention == MaskConvention::kWhiteIsHole ? white : white.logical_not();
+}
+
+torch::Tensor holes_from_alpha(const Image& image) {
+  if (image.pixels.size(0) != 4) {
+    throw std::invalid_argument("holes_from_alpha: the image has no alpha channel");
+  }
+  return image.pixels[3].lt(0.5);
+}
+
+bool keeps_16_bit(const std::filesystem::path& path) {
+  const auto extension = lower_extension(path);
+  return extension == ".png" || extension == ".tif" || extension == ".tiff" ||
+         extension == kTensorImageExtension;
 }
 
 }  // namespace pconv::io

@@ -50,4 +50,23 @@ void write_image(const std::filesystem::path& path, const torch::Tensor& pixels,
 void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& holes,
                 int64_t height, int64_t width);
 
+/// How a mask image marks the holes.
+enum class MaskConvention {
+  kWhiteIsHole,   // pconv's default, as OpenCV's cv::inpaint, LaMa and IOPaint
+  kWhiteIsValid,  // the paper's masks: white where pixels are known
+};
+
+/// The threshold rule for masks that are not pure black and white: a pixel is white when its
+/// brightest colour channel is at least half the full scale (128 of 255, 32768 of 65535) and,
+/// if the mask has an alpha channel, its alpha is at least half too (transparent is black).
+/// Returns the hole map (H, W) bool, true = hole, of a mask read by read_image.
+torch::Tensor holes_from_mask(const Image& mask, MaskConvention convention);
+
+/// For an RGBA image without a mask: the hole map (H, W) bool, true where alpha is below half.
+/// Throws std::invalid_argument if the image has no alpha channel.
+torch::Tensor holes_from_alpha(const Image& image);
+
+/// Whether write_image can store 16-bit samples in the format `path` names (png, tiff, .pt).
+bool keeps_16_bit(const std::filesystem::path& path);
+
 }  // namespace pconv::io

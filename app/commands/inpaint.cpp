@@ -1,0 +1,326 @@
+#include "inpaint.h"
+
+#include <pconv/data/image_folder.h>
+#include <pconv/error.h>
+#include <pconv/infer/inpainter.h>
+#include <pconv/io/image_file.h>
+#include <pconv/io/model_file.h>
+
+#include <ATen/ATen.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace pconv::app {
+namespace {
+
+namespace fs = std::filesystem;
+
+// An image with its hole map, read ahead of use.
+struct Loaded {
+  io::Image image;
+  at::Tensor holes;          // (H, W) bool
+  bool holes_from_alpha = false;
+};
+
+// The hole map of `image` from `mask_path` (or, with none, from the image's alpha channel).
+Loaded load(const fs::path& image_path, const fs::path& mask_path, const InpaintOptions& options) {
+  Loaded loaded;
+  loaded.image = io::read_image(image_path);
+  const int64_t height = loaded.image.pixels.size(1);
+  const int64_t width = loaded.image.pixels.size(2);
+  if (mask_path.empty()) {
+    if (loaded.image.pixels.size(0) != 4) {
+      throw InputError(image_path.string() +
+                       ": no mask given and the image has no alpha channel to take holes from");
+    }
+    loaded.holes = io::holes_from_alpha(loaded.image);
+    loaded.holes_from_alpha = true;
+    return loaded;
+  }
+  auto mask = io::read_image(mask_path);
+  const int64_t mask_h = mask.pixels.size(1);
+  const int64_t mask_w = mask.pixels.size(2);
+  if (mask_h != height || mask_w != width) {
+    if (!options.resize_mask) {
+      throw InputError(fmt::format("{}: mask is {}x{} but the image {} is {}x{} (give "
+                                   "--resize-mask to scale it)",
+                                   mask_path.string(), mask_w, mask_h, image_path.string(), width,
+                                   height));
+    }
+    mask.pixels = at::upsample_nearest2d(mask.pixels.unsqueeze(0), {height, width}).squeeze(0);
+  }
+  loaded.holes = io::holes_from_mask(mask, options.white_valid ? io::MaskConvention::kWhiteIsValid
+                                                               : io::MaskConvention::kWhiteIsHole);
+  return loaded;
+}
+
+// Side-by-side picture: input with the holes in white | result | mask (white = hole), RGB 8-bit.
+void write_compare(const fs::path& path, const Loaded& loaded, const at::Tensor& result) {
+  const auto rgb = [](const at::Tensor& pixels) {
+    const auto colour = pixels.size(0) >= 3 ? pixels.narrow(0, 0, 3) : pixels.expand({3, -1, -1});
+    return colour.to(at::kFloat);
+  };
+  const auto holes = loaded.holes.unsqueeze(0).expand({3, -1, -1});
+  const auto input = at::where(holes, at::ones_like(rgb(loaded.image.pixels)), rgb(loaded.image.pixels));
+  const auto mask = holes.to(at::kFloat);
+  const auto gap = at::ones({3, input.size(1), 4});
+  io::write_image(path, at::cat({input, gap, rgb(result), gap, mask}, 2), 8);
+}
+
+// Writes the result of one image; returns a one-line description.
+std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
+                        const fs::path& image_path, const fs::path& mask_path,
+                        const fs::path& out_path, const InpaintOptions& options,
+                        const infer::InpaintOptions& inpaint_options) {
+  const auto& pixels = loaded.image.pixels;
+  const int64_t height = pixels.size(1);
+  const int64_t width = pixels.size(2);
+  const int bit_depth = io::keeps_16_bit(out_path) ? loaded.image.bit_depth : 8;
+  const int64_t hole_count = loaded.holes.sum().item<int64_t>();
+  const auto& hole_source = mask_path.empty() ? image_path : mask_path;
+  if (hole_count == 0) {
+    spdlog::warn("{}: no hole pixel; writing the image unchanged", hole_source.string());
+    io::write_image(out_path, pixels, bit_depth);
+    return "unchanged (no hole)";
+  }
+  if (hole_count == height * width) {
+    throw InputError(hole_source.string() +
+                     ": every pixel is a hole; there is nothing to inpaint from");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto result = inpainter.inpaint(pixels, loaded.holes, inpaint_options);
+  if (loaded.holes_from_alpha) {
+    // The transparent pixels were the holes: they are now filled, so opaque.
+    result.pixels[3].masked_fill_(loaded.holes, 1.0);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  io::write_image(out_path, result.pixels, bit_depth);
+  if (!options.compare.empty()) write_compare(options.compare, loaded, result.pixels);
+  return fmt::format("{}x{}, {:.1f}% hole, {} strategy ({} pass{}), {:.2f} s", width, height,
+                     100.0 * static_cast<double>(hole_count) / static_cast<double>(height * width),
+                     infer::to_string(result.strategy), result.passes,
+                     result.passes == 1 ? "" : "es", seconds);
+}
+
+fs::path default_output(const fs::path& image) {
+  return image.parent_path() / (image.stem().string() + ".inpainted" + image.extension().string());
+}
+
+// Creates `folder` and checks that a file can be written in it.
+void check_writable_folder(const fs::path& folder) {
+  std::error_code error;
+  fs::create_directories(folder, error);
+  if (error || !fs::is_directory(folder)) {
+    throw InputError(folder.string() + ": cannot create the output folder" +
+                     (error ? ": " + error.message() : std::string()));
+  }
+  const auto probe = folder / ".pconv-write-test";
+  try {
+    io::write_file_atomically(probe, std::string());
+  } catch (const std::exception&) {
+    throw InputError(folder.string() + ": the output folder is not writable");
+  }
+  fs::remove(probe, error);
+}
+
+void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options,
+                const infer::InpaintOptions& inpaint_options) {
+  const fs::path out = options.out.empty() ? default_output(options.image) : fs::path(options.out);
+  const auto loaded = load(options.image, options.mask, options);
+  const auto summary =
+      inpaint_one(inpainter, loaded, options.image, options.mask, out, options, inpaint_options);
+  spdlog::info("{}: {}", options.image, summary);
+  fmt::print("{}\n", out.string());
+  if (!options.compare.empty()) spdlog::info("side-by-side picture: {}", options.compare);
+}
+
+void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
+               const infer::InpaintOptions& inpaint_options) {
+  const fs::path input_dir = options.input_dir;
+  const fs::path out_dir = options.out;
+  const auto files = data::list_images(input_dir);
+  // One mask for every image, or masks matched by file stem.
+  std::map<std::string, fs::path> masks_by_stem;
+  fs::path single_mask;
+  if (fs::is_directory(options.masks)) {
+    for (const auto& mask : data::list_images(options.masks)) {
+      const auto [it, added] = masks_by_stem.emplace(mask.stem().string(), mask);
+      if (!added) {
+        throw InputError(fmt::format("{} and {}: two masks for the images named '{}'",
+                                     it->second.string(), mask.string(), mask.stem().string()));
+      }
+    }
+  } else {
+    single_mask = options.masks;
+  }
+  check_writable_folder(out_dir);
+
+  struct Job {
+    fs::path image;
+    fs::path mask;
+    fs::path out;
+  };
+  std::vector<Job> jobs;
+  std::vector<std::string> failures;
+  int64_t skipped = 0;
+  for (const auto& file : files) {
+    const auto out = out_dir / fs::relative(file, input_dir);
+    if (options.skip_existing && fs::exists(out)) {
+      ++skipped;
+      continue;
+    }
+    fs::path mask = single_mask;
+    if (single_mask.empty()) {
+      const auto it = masks_by_stem.find(file.stem().string());
+      if (it == masks_by_stem.end()) {
+        failures.push_back(file.string() + ": no mask named '" + file.stem().string() + ".*' in " +
+                           options.masks);
+        spdlog::error("{}", failures.back());
+        continue;
+      }
+      mask = it->second;
+    }
+    jobs.push_back({file, mask, out});
+  }
+
+  // The next image is read on another thread while the current one is inpainted.
+  const auto read = [&options](const Job& job) { return load(job.image, job.mask, options); };
+  Progress progress("inpaint", static_cast<int64_t>(jobs.size()));
+  int64_t done = 0;
+  std::future<Loaded> next;
+  if (!jobs.empty()) next = std::async(std::launch::async, read, jobs[0]);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const auto& job = jobs[i];
+    try {
+      auto current = next.get();
+      if (i + 1 < jobs.size()) next = std::async(std::launch::async, read, jobs[i + 1]);
+      std::error_code ignored;
+      fs::create_directories(job.out.parent_path(), ignored);
+      const auto summary =
+          inpaint_one(inpainter, current, job.image, job.mask, job.out, options, inpaint_options);
+      spdlog::debug("{}: {}", job.image.string(), summary);
+      ++done;
+    } catch (const InputError& error) {
+      if (i + 1 < jobs.size() && !next.valid()) {
+        next = std::async(std::launch::async, read, jobs[i + 1]);
+      }
+      failures.emplace_back(error.what());
+      progress.note(error.what(), /*warning=*/true);
+    }
+    progress.advance();
+  }
+  progress.finish();
+  spdlog::info("{} inpainted, {} skipped (output exists), {} failed; results in {}", done, skipped,
+               failures.size(), out_dir.string());
+  if (!failures.empty()) {
+    throw InputError(fmt::format("{} of {} images failed (first: {})", failures.size(),
+                                 files.size(), failures.front()));
+  }
+}
+
+}  // namespace
+
+void setup_inpaint(CLI::App& app) {
+  auto options = std::make_shared<InpaintOptions>();
+  auto* command = app.add_subcommand(
+      "inpaint",
+      "Fill the holes of an image: pconv inpaint IMG MASK [-o OUT]; or of a folder: pconv "
+      "inpaint --input DIR --masks DIR|FILE -o DIR. Masks are white (non-zero) where pixels "
+      "are missing, unless --white-valid; a pixel counts as white when its brightest channel is "
+      "at least half the full scale (and its alpha, if any, too). An RGBA image without a mask "
+      "uses its transparent pixels (alpha below half) as the holes. The known pixels are kept "
+      "exactly (unless --raw), and the result has the input's format and bit depth unless -o "
+      "names another format. Prints the output path.");
+  command->add_option("image", options->image, "Image to inpaint");
+  command->add_option("mask", options->mask, "Mask image, same size as the image");
+  command->add_option("--input", options->input_dir, "Folder of images to inpaint (batch)")
+      ->check(CLI::ExistingDirectory);
+  command->add_option("--masks", options->masks,
+                      "Batch: folder of masks matched to the images by file stem, or one mask "
+                      "file for all")
+      ->check(CLI::ExistingPath);
+  command->add_option("-o,--out", options->out,
+                      "Output file (default: IMG's folder, NAME.inpainted.EXT); batch: output "
+                      "folder (required), keeping the input folder's structure");
+  command->add_option("--model", options->model,
+                      "Model file (default: $PCONV_MODEL, else the shipped default model)");
+  command->add_flag("--white-valid", options->white_valid,
+                    "Masks are white where pixels are known (the paper's convention)");
+  command->add_flag("--resize-mask", options->resize_mask,
+                    "Scale a mask of another size to the image (nearest neighbour)");
+  command->add_flag("--raw", options->raw,
+                    "Write the network's output everywhere instead of keeping known pixels");
+  command
+      ->add_option("--strategy", options->strategy,
+                   "full: whole image; crop: boxes around the holes with context; resize: "
+                   "scaled down to --resize-side; auto: full if it fits --max-memory, else "
+                   "crop when the holes are local, else resize")
+      ->check(CLI::IsMember({"auto", "full", "crop", "resize"}))
+      ->capture_default_str();
+  command->add_option("--max-memory", options->max_memory_mb,
+                      "Memory budget in MB for one network pass (auto strategy)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  command->add_option("--margin", options->margin, "Context around holes for crop, in pixels")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command->add_option("--resize-side", options->resize_side,
+                      "Longer side the resize strategy scales the image to")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  command->add_flag("--half", options->half, "Compute in float16 (CUDA devices only)");
+  command->add_option("--compare", options->compare,
+                      "Also write a side-by-side picture: input with holes | output | mask");
+  command->add_flag("--skip-existing", options->skip_existing,
+                    "Batch: leave images whose output file exists");
+  add_common_options(*command, options->common);
+  command->callback([options] { run_inpaint(*options); });
+}
+
+void run_inpaint(const InpaintOptions& options) {
+  const bool batch = !options.input_dir.empty();
+  if (batch == !options.image.empty()) {
+    throw CLI::ValidationError("inpaint", "give either IMG [MASK] or --input DIR --masks ... -o DIR");
+  }
+  if (batch && (options.masks.empty() || options.out.empty())) {
+    throw CLI::ValidationError("--input", "batch mode needs --masks DIR|FILE and -o DIR");
+  }
+  if (batch && !options.compare.empty()) {
+    throw CLI::ValidationError("--compare", "only for one image");
+  }
+  if (!batch && !options.masks.empty()) {
+    throw CLI::ValidationError("--masks", "only with --input; for one image give IMG MASK");
+  }
+  const c10::Device device = resolve_device(options.common);
+  if (options.half && !device.is_cuda()) {
+    throw CLI::ValidationError("--half", "needs a CUDA device (--device cuda)");
+  }
+  const auto model_path = options.model.empty() ? default_model_path() : options.model;
+  io::ModelMetadata metadata;
+  auto model = io::load_model(model_path, &metadata);
+  spdlog::debug("model {} ({} steps) on {}", model_path, metadata.steps, device.str());
+  const infer::Inpainter inpainter(model, device, options.half);
+  const auto inpaint_options = infer::InpaintOptions()
+                                   .strategy(infer::parse_strategy(options.strategy))
+                                   .composite(!options.raw)
+                                   .crop_margin(options.margin)
+                                   .resize_side(options.resize_side)
+                                   .memory_budget(options.max_memory_mb << 20);
+  if (batch) {
+    run_batch(inpainter, options, inpaint_options);
+  } else {
+    run_single(inpainter, options, inpaint_options);
+  }
+}
+
+}  // namespace pconv::app
