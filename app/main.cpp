@@ -1,6 +1,7 @@
 // The pconv command: composes the subcommands, and maps every failure to one line on stderr
 // and a documented exit code (exit_codes.h).
 #include "commands/demo.h"
+#include "commands/eval.h"
 #include "commands/info.h"
 #include "commands/inpaint.h"
 #include "commands/masks.h"
@@ -66,6 +67,7 @@ static int run_pconv(int argc, char** argv) {
       "4 bad model file, 130 interrupted. Logging level also from SPDLOG_LEVEL.");
 
   setup_inpaint(app);
+  setup_eval(app);
   setup_demo(app);
   setup_masks(app);
   setup_train(app);

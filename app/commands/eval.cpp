@@ -1,0 +1,139 @@
+#include "eval.h"
+
+#include <pconv/data/image_folder.h>
+#include <pconv/error.h>
+#include <pconv/eval/evaluation.h>
+#include <pconv/infer/inpainter.h>
+#include <pconv/io/atomic_file.h>
+#include <pconv/io/classical_inpaint.h>
+#include <pconv/io/image_file.h>
+#include <pconv/io/model_file.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <memory>
+
+namespace pconv::app {
+namespace {
+
+nlohmann::json scores_json(const eval::Scores& s) {
+  return {{"count", s.count}, {"psnr", s.psnr}, {"ssim", s.ssim}, {"l1", s.l1}};
+}
+
+// Everything but the timings, so that one seed gives the same file on every run.
+std::string to_json(const eval::EvalReport& report, const std::string& model_path) {
+  nlohmann::json bins = nlohmann::json::array();
+  for (size_t b = 0; b < report.bins.size(); ++b) {
+    bins.push_back({{"low", report.bins[b].low},
+                    {"high", report.bins[b].high},
+                    {"mean_hole_ratio", report.mean_hole_ratio[b]}});
+  }
+  nlohmann::json methods = nlohmann::json::object();
+  for (size_t m = 0; m < report.methods.size(); ++m) {
+    nlohmann::json per_bin = nlohmann::json::array();
+    for (const auto& scores : report.per_bin[m]) per_bin.push_back(scores_json(scores));
+    methods[report.methods[m]] = {{"bins", per_bin}, {"all", scores_json(report.overall[m])}};
+  }
+  const nlohmann::json document = {{"photos", report.photos},
+                                   {"size", report.size},
+                                   {"seed", report.seed},
+                                   {"model", model_path},
+                                   {"bins", bins},
+                                   {"methods", methods}};
+  return document.dump(2) + "\n";
+}
+
+}  // namespace
+
+void setup_eval(CLI::App& app) {
+  auto options = std::make_shared<EvalOptions>();
+  auto* command = app.add_subcommand(
+      "eval",
+      "Measure the model against OpenCV's Telea and Navier-Stokes inpainting: centre crops of "
+      "the photos in --data, generated masks in the paper's six hole-ratio bins ((0.01,0.1] ... "
+      "(0.5,0.6]), the same inputs for every method; PSNR, SSIM and L1 of the composite per bin "
+      "and overall. Prints the table and writes eval.md, eval.csv, eval.json and examples.png "
+      "into --out. The same seed gives the same results.");
+  command->add_option("--data", options->data_dir, "Folder of photos (searched recursively)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  command->add_option("--model", options->model,
+                      "Model file (default: $PCONV_MODEL, else the shipped default model)");
+  command->add_option("-o,--out", options->out_dir, "Folder for the reports")->capture_default_str();
+  command->add_option("--size", options->size, "Side of the square centre crops")
+      ->check(CLI::Range(16, 8192))
+      ->capture_default_str();
+  command->add_option("--per-bin", options->per_bin, "Examples per bin (0: one per photo)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command->add_option("--seed", options->seed, "Seed of the masks")->capture_default_str();
+  command->add_option("--radius", options->radius, "Neighbourhood radius of Telea and NS, pixels")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  command->add_option("--examples", options->examples, "Examples per bin in examples.png")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  command->add_flag("--no-baselines", options->no_baselines, "Only the model");
+  add_common_options(*command, options->common);
+  command->callback([options] { run_eval(*options); });
+}
+
+void run_eval(const EvalOptions& options) {
+  const c10::Device device = resolve_device(options.common);
+  const auto photos = data::list_images(options.data_dir);
+  const auto model_path = options.model.empty() ? default_model_path() : options.model;
+  auto inpainter = std::make_shared<infer::Inpainter>(io::load_model(model_path), device);
+  std::vector<std::pair<std::string, eval::Method>> methods;
+  methods.emplace_back("pconv", [inpainter](const at::Tensor& image, const at::Tensor& holes) {
+    return inpainter
+        ->inpaint(image, holes, infer::InpaintOptions().strategy(infer::Strategy::kFull))
+        .pixels;
+  });
+  const bool baselines = !options.no_baselines && io::classical_inpaint_available();
+  if (!options.no_baselines && !baselines) {
+    spdlog::warn("this pconv was built without OpenCV: no Telea or Navier-Stokes baselines");
+  }
+  if (baselines) {
+    const double radius = options.radius;
+    methods.emplace_back("Telea", [radius](const at::Tensor& image, const at::Tensor& holes) {
+      return io::classical_inpaint(image, holes, io::ClassicalMethod::kTelea, radius);
+    });
+    methods.emplace_back("NS", [radius](const at::Tensor& image, const at::Tensor& holes) {
+      return io::classical_inpaint(image, holes, io::ClassicalMethod::kNavierStokes, radius);
+    });
+  }
+  const auto eval_options = eval::EvalOptions()
+                                .size(options.size)
+                                .per_bin(options.per_bin)
+                                .seed(options.seed)
+                                .examples_per_bin(options.examples);
+  const int64_t per_bin = options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());
+  spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {}", photos.size(),
+               options.data_dir, options.size, options.size, per_bin, model_path);
+  const std::filesystem::path out_dir = options.out_dir;
+  std::error_code error;
+  std::filesystem::create_directories(out_dir, error);
+  if (error) throw InputError(out_dir.string() + ": cannot create the folder: " + error.message());
+
+  Progress progress("eval", per_bin * static_cast<int64_t>(eval::paper_bins().size()));
+  const auto report = eval::evaluate(photos, methods, eval_options, [&] { progress.advance(); });
+  progress.finish();
+
+  io::write_file_atomically(out_dir / "eval.md", eval::to_markdown(report));
+  io::write_file_atomically(out_dir / "eval.csv", eval::to_csv(report));
+  io::write_file_atomically(out_dir / "eval.json", to_json(report, model_path));
+#ifdef PCONV_WITH_OPENCV
+  const char* grid_name = "examples.png";
+#else
+  const auto grid_name = std::string("examples") + io::kTensorImageExtension;
+#endif
+  io::write_image(out_dir / grid_name, eval::example_grid(report));
+  fmt::print("{}", eval::to_text(report));
+  spdlog::info("reports in {}: eval.md, eval.csv, eval.json, {} (columns: input, {}, truth)",
+               out_dir.string(), grid_name, fmt::join(report.methods, ", "));
+}
+
+}  // namespace pconv::app

@@ -1,0 +1,283 @@
+#include "pconv/eval/evaluation.h"
+
+#include "pconv/data/image_folder.h"
+#include "pconv/data/mask_generator.h"
+#include "pconv/eval/metrics.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+namespace pconv::eval {
+namespace {
+
+std::string format(const char* pattern, double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, pattern, value);
+  return buffer;
+}
+
+// Mask `index` of bin `bin` for a seed: the same for every method and every run.
+at::Tensor bin_holes(const HoleBin& bin, int64_t bin_index, int64_t index, int64_t size,
+                     uint64_t seed) {
+  const data::MaskGenerator generator(
+      data::MaskGeneratorOptions(size, size).min_ratio(bin.low).max_ratio(bin.high),
+      seed * 1000003ULL + static_cast<uint64_t>(bin_index));
+  auto holes = generator.holes(static_cast<uint64_t>(index));
+  return at::from_blob(holes.data(), {size, size}, at::kByte).ne(0).clone();
+}
+
+// What a result file would hold: samples rounded to 8 bits.
+at::Tensor as_8_bit(const at::Tensor& pixels) { return (pixels.clamp(0, 1) * 255.0).round() / 255.0; }
+
+struct Column {
+  std::string title;
+  std::vector<std::string> cells;  // one per row
+  std::vector<bool> best;
+};
+
+// Rows: bins then "all"; columns: per metric, per method. Best per row and metric flagged.
+std::vector<Column> columns(const EvalReport& report, bool with_count) {
+  std::vector<Column> out;
+  Column bins{"hole ratio", {}, {}};
+  Column counts{"n", {}, {}};
+  for (size_t b = 0; b < report.bins.size(); ++b) {
+    bins.cells.push_back(report.bins[b].label());
+    counts.cells.push_back(std::to_string(report.per_bin.empty() ? 0 : report.per_bin[0][b].count));
+  }
+  bins.cells.emplace_back("all");
+  counts.cells.push_back(std::to_string(report.overall.empty() ? 0 : report.overall[0].count));
+  out.push_back(bins);
+  if (with_count) out.push_back(counts);
+  struct Metric {
+    const char* name;
+    const char* pattern;
+    double (*get)(const Scores&);
+    bool higher_is_better;
+  };
+  const Metric metrics[] = {
+      {"PSNR", "%.2f", [](const Scores& s) { return s.psnr; }, true},
+      {"SSIM", "%.4f", [](const Scores& s) { return s.ssim; }, true},
+      {"L1 %", "%.2f", [](const Scores& s) { return 100.0 * s.l1; }, false},
+  };
+  const size_t rows = report.bins.size() + 1;
+  for (const auto& metric : metrics) {
+    std::vector<Column> block;
+    for (size_t m = 0; m < report.methods.size(); ++m) {
+      Column column{std::string(metric.name) + " " + report.methods[m], {}, {}};
+      for (size_t r = 0; r < rows; ++r) {
+        const auto& s = r < report.bins.size() ? report.per_bin[m][r] : report.overall[m];
+        column.cells.push_back(format(metric.pattern, metric.get(s)));
+      }
+      block.push_back(column);
+    }
+    for (size_t r = 0; r < rows; ++r) {
+      size_t best = 0;
+      for (size_t m = 1; m < block.size(); ++m) {
+        const auto value = [&](size_t i) {
+          const auto& s = r < report.bins.size() ? report.per_bin[i][r] : report.overall[i];
+          return metric.get(s);
+        };
+        if (metric.higher_is_better ? value(m) > value(best) : value(m) < value(best)) best = m;
+      }
+      for (size_t m = 0; m < block.size(); ++m) block[m].best.push_back(m == best);
+    }
+    out.insert(out.end(), block.begin(), block.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string HoleBin::label() const {
+  return "(" + format("%g", low) + ", " + format("%g", high) + "]";
+}
+
+std::vector<HoleBin> paper_bins() {
+  return {{0.01, 0.1}, {0.1, 0.2}, {0.2, 0.3}, {0.3, 0.4}, {0.4, 0.5}, {0.5, 0.6}};
+}
+
+EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
+                    const std::vector<std::pair<std::string, Method>>& methods,
+                    const EvalOptions& options, const std::function<void()>& on_example) {
+  TORCH_CHECK(!photos.empty(), "evaluate: no photos");
+  EvalReport report;
+  report.bins = paper_bins();
+  report.photos = static_cast<int64_t>(photos.size());
+  report.size = options.size();
+  report.seed = options.seed();
+  const size_t method_count = methods.size();
+  for (const auto& [name, method] : methods) report.methods.push_back(name);
+  report.per_bin.assign(method_count, std::vector<Scores>(report.bins.size()));
+  report.overall.assign(method_count, Scores{});
+  report.seconds.assign(method_count, 0.0);
+  report.mean_hole_ratio.assign(report.bins.size(), 0.0);
+
+  const int64_t n = report.photos;
+  const int64_t per_bin = options.per_bin() > 0 ? options.per_bin() : n;
+  std::map<int64_t, at::Tensor> crops;  // decoded once
+  const auto crop_options = data::CropOptions().size(options.size()).min_fraction(0.0);
+  for (size_t b = 0; b < report.bins.size(); ++b) {
+    for (int64_t j = 0; j < per_bin; ++j) {
+      const int64_t photo = options.per_bin() > 0
+                                ? (static_cast<int64_t>(b) * per_bin + j) % n
+                                : j;
+      auto& truth = crops[photo];
+      if (!truth.defined()) {
+        truth = data::crop_example(photos[static_cast<size_t>(photo)], crop_options, false, 0);
+      }
+      const auto holes = bin_holes(report.bins[b], static_cast<int64_t>(b), j, options.size(),
+                                   options.seed());
+      report.mean_hole_ratio[b] += holes.to(at::kDouble).mean().item<double>() / per_bin;
+      const auto input = truth * holes.logical_not().unsqueeze(0);
+      Example example;
+      const bool keep = j < options.examples_per_bin();
+      if (keep) {
+        example.truth = truth;
+        example.holes = holes;
+      }
+      for (size_t m = 0; m < method_count; ++m) {
+        const auto start = std::chrono::steady_clock::now();
+        const auto output = methods[m].second(input, holes);
+        report.seconds[m] +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const auto composite =
+            as_8_bit(at::where(holes.unsqueeze(0), output.to(at::kCPU, at::kFloat), truth))
+                .unsqueeze(0);
+        const auto reference = truth.unsqueeze(0);
+        auto& scores = report.per_bin[m][b];
+        scores.psnr += psnr(composite, reference).item<double>();
+        scores.ssim += ssim(composite, reference).item<double>();
+        scores.l1 += l1_error(composite, reference).item<double>();
+        ++scores.count;
+        if (keep) example.outputs.push_back(composite.squeeze(0));
+      }
+      if (keep) report.examples.push_back(example);
+      if (on_example) on_example();
+    }
+  }
+  for (size_t m = 0; m < method_count; ++m) {
+    auto& overall = report.overall[m];
+    for (auto& scores : report.per_bin[m]) {
+      overall.psnr += scores.psnr;
+      overall.ssim += scores.ssim;
+      overall.l1 += scores.l1;
+      overall.count += scores.count;
+      const auto count = static_cast<double>(std::max<int64_t>(scores.count, 1));
+      scores.psnr /= count;
+      scores.ssim /= count;
+      scores.l1 /= count;
+    }
+    const auto count = static_cast<double>(std::max<int64_t>(overall.count, 1));
+    overall.psnr /= count;
+    overall.ssim /= count;
+    overall.l1 /= count;
+  }
+  return report;
+}
+
+std::string to_text(const EvalReport& report) {
+  const auto table = columns(report, true);
+  std::ostringstream out;
+  const size_t rows = report.bins.size() + 1;
+  std::vector<size_t> widths;
+  for (const auto& column : table) {
+    size_t width = column.title.size();
+    for (const auto& cell : column.cells) width = std::max(width, cell.size() + 1);
+    widths.push_back(width);
+  }
+  for (size_t c = 0; c < table.size(); ++c) {
+    out << (c ? "  " : "") << std::string(widths[c] - table[c].title.size(), ' ')
+        << table[c].title;
+  }
+  out << '\n';
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t c = 0; c < table.size(); ++c) {
+      const bool best = !table[c].best.empty() && table[c].best[r];
+      const auto cell = table[c].cells[r] + (best ? "*" : (table[c].best.empty() ? "" : " "));
+      out << (c ? "  " : "") << std::string(widths[c] - std::min(widths[c], cell.size()), ' ')
+          << cell;
+    }
+    out << '\n';
+  }
+  out << "(* best of the row; PSNR and SSIM higher is better, L1 lower)\n";
+  for (size_t m = 0; m < report.methods.size(); ++m) {
+    out << report.methods[m] << ": "
+        << format("%.1f", 1000.0 * report.seconds[m] /
+                              static_cast<double>(std::max<int64_t>(report.overall[m].count, 1)))
+        << " ms per image\n";
+  }
+  return out.str();
+}
+
+std::string to_markdown(const EvalReport& report) {
+  const auto table = columns(report, true);
+  std::ostringstream out;
+  out << "|";
+  for (const auto& column : table) out << ' ' << column.title << " |";
+  out << "\n|";
+  for (size_t c = 0; c < table.size(); ++c) out << (c < 2 ? " --- |" : " ---: |");
+  out << '\n';
+  for (size_t r = 0; r < report.bins.size() + 1; ++r) {
+    out << "|";
+    for (const auto& column : table) {
+      const bool best = !column.best.empty() && column.best[r];
+      out << ' ' << (best ? "**" : "") << column.cells[r] << (best ? "**" : "") << " |";
+    }
+    out << '\n';
+  }
+  out << "\n" << report.photos << " photos, " << report.size << "x" << report.size
+      << " centre crops, mask seed " << report.seed
+      << "; metrics of the composite (known pixels kept), 8-bit; best of each row in bold.\n\n"
+      << "Time per image (this run):";
+  for (size_t m = 0; m < report.methods.size(); ++m) {
+    out << (m ? "," : "") << ' ' << report.methods[m] << ' '
+        << format("%.1f", 1000.0 * report.seconds[m] /
+                              static_cast<double>(std::max<int64_t>(report.overall[m].count, 1)))
+        << " ms";
+  }
+  out << ".\n";
+  return out.str();
+}
+
+std::string to_csv(const EvalReport& report) {
+  std::ostringstream out;
+  out << "method,bin,low,high,count,mean_hole_ratio,psnr,ssim,l1\n";
+  for (size_t m = 0; m < report.methods.size(); ++m) {
+    for (size_t b = 0; b <= report.bins.size(); ++b) {
+      const bool all = b == report.bins.size();
+      const auto& s = all ? report.overall[m] : report.per_bin[m][b];
+      out << report.methods[m] << ',' << (all ? std::string("all") : report.bins[b].label())
+          << ',' << (all ? 0.0 : report.bins[b].low) << ',' << (all ? 1.0 : report.bins[b].high)
+          << ',' << s.count << ','
+          << (all ? std::string("") : format("%.6f", report.mean_hole_ratio[b])) << ','
+          << format("%.6f", s.psnr) << ',' << format("%.6f", s.ssim) << ','
+          << format("%.6f", s.l1) << '\n';
+    }
+  }
+  return out.str();
+}
+
+torch::Tensor example_grid(const EvalReport& report) {
+  std::vector<at::Tensor> rows;
+  for (const auto& example : report.examples) {
+    const auto holes = example.holes.unsqueeze(0).expand({3, -1, -1});
+    std::vector<at::Tensor> cells{at::where(holes, at::ones_like(example.truth), example.truth)};
+    for (const auto& output : example.outputs) cells.push_back(output);
+    cells.push_back(example.truth);
+    std::vector<at::Tensor> spaced;
+    for (const auto& cell : cells) {
+      if (!spaced.empty()) spaced.push_back(at::ones({3, cell.size(1), 4}));
+      spaced.push_back(cell);
+    }
+    if (!rows.empty()) rows.push_back(at::ones({3, 4, at::cat(spaced, 2).size(2)}));
+    rows.push_back(at::cat(spaced, 2));
+  }
+  TORCH_CHECK(!rows.empty(), "example_grid: the report kept no examples");
+  return at::cat(rows, 1);
+}
+
+}  // namespace pconv::eval
