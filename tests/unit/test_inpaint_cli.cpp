@@ -1,0 +1,315 @@
+// The pconv inpaint and eval commands, run as a user runs them: fixtures written here (8- and
+// 16-bit, grey, RGB, RGBA, odd sizes, a corrupt file), the shipped default model, exit codes,
+// outputs read back (known pixels must be bit-exact), batch mode with a bad file in the middle.
+#include "temp_dir.h"
+
+#include <pconv/data/mask_generator.h>
+#include <pconv/io/image_file.h>
+
+#include <ATen/ATen.h>
+
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using pconv::testing::TempDir;
+
+struct Result {
+  int rc = -1;
+  std::string output;
+};
+
+Result pconv(const fs::path& dir, const std::string& args) {
+  const auto log = dir / "pconv.log";
+  const std::string command = std::string(PCONV_BINARY) + " " + args + " > " + log.string() + " 2>&1";
+  const int status = std::system(command.c_str());
+  Result result;
+  result.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  result.output = text.str();
+  return result;
+}
+
+// A smooth picture (so that the model has something sensible to fill) with noise.
+at::Tensor picture(int64_t channels, int64_t height, int64_t width) {
+  const auto y = at::linspace(0, 1, height).view({1, height, 1});
+  const auto x = at::linspace(0, 1, width).view({1, 1, width});
+  auto base = (0.3 + 0.4 * y * x + 0.2 * at::sin(6 * x)).expand({channels, height, width});
+  return (base + 0.05 * at::rand({channels, height, width})).clamp(0, 1).contiguous();
+}
+
+// Holes as a (H, W) bool tensor with a rectangle set.
+at::Tensor rectangle_holes(int64_t height, int64_t width) {
+  auto holes = at::zeros({height, width}, at::kBool);
+  holes.narrow(0, height / 4, height / 3).narrow(1, width / 5, width / 3).fill_(true);
+  return holes;
+}
+
+void write_holes(const fs::path& path, const at::Tensor& holes) {
+  const auto bytes = holes.to(at::kByte).contiguous();
+  pconv::io::write_mask(path, std::vector<uint8_t>(bytes.data_ptr<uint8_t>(),
+                                                   bytes.data_ptr<uint8_t>() + bytes.numel()),
+                        holes.size(0), holes.size(1));
+}
+
+// Samples of a file as integers, (C, H, W).
+at::Tensor samples(const fs::path& path) {
+  const auto image = pconv::io::read_image(path);
+  const double scale = image.bit_depth == 16 ? 65535.0 : 255.0;
+  return (image.pixels.to(at::kDouble) * scale).round().to(at::kInt);
+}
+
+void expect_known_pixels_kept(const fs::path& input, const fs::path& output, const at::Tensor& holes) {
+  const auto before = samples(input);
+  const auto after = samples(output);
+  ASSERT_EQ(before.sizes(), after.sizes());
+  const auto known = holes.logical_not().unsqueeze(0).expand_as(before);
+  EXPECT_TRUE(at::equal(before.masked_select(known), after.masked_select(known)));
+  EXPECT_FALSE(at::equal(before.masked_select(known.logical_not()),
+                         after.masked_select(known.logical_not())));
+}
+
+TEST(InpaintCli, RgbWithOddSizeKeepsKnownPixelsAndWritesComparePicture) {
+  TempDir dir;
+  const auto holes = rectangle_holes(37, 50);
+  pconv::io::write_image(dir.path() / "photo.png", picture(3, 37, 50));
+  write_holes(dir.path() / "mask.png", holes);
+  const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
+                                         (dir.path() / "mask.png").string() + " --compare " +
+                                         (dir.path() / "cmp.png").string());
+  ASSERT_EQ(run.rc, 0) << run.output;
+  const auto out = dir.path() / "photo.inpainted.png";
+  EXPECT_NE(run.output.find(out.string()), std::string::npos) << run.output;
+  expect_known_pixels_kept(dir.path() / "photo.png", out, holes);
+  const auto compare = pconv::io::read_image(dir.path() / "cmp.png").pixels;
+  EXPECT_EQ(compare.size(1), 37);
+  EXPECT_EQ(compare.size(2), 3 * 50 + 8);
+}
+
+TEST(InpaintCli, SixteenBitGreyStaysSixteenBitGrey) {
+  TempDir dir;
+  const auto holes = rectangle_holes(40, 33);
+  pconv::io::write_image(dir.path() / "grey.png", picture(1, 40, 33), 16);
+  write_holes(dir.path() / "mask.png", holes);
+  const auto out = dir.path() / "out.png";
+  const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "grey.png").string() + " " +
+                                         (dir.path() / "mask.png").string() + " -o " + out.string());
+  ASSERT_EQ(run.rc, 0) << run.output;
+  const auto image = pconv::io::read_image(out);
+  EXPECT_EQ(image.bit_depth, 16);
+  EXPECT_EQ(image.pixels.size(0), 1);
+  expect_known_pixels_kept(dir.path() / "grey.png", out, holes);
+}
+
+TEST(InpaintCli, RgbaWithoutMaskFillsTheTransparentPixels) {
+  TempDir dir;
+  const auto holes = rectangle_holes(30, 40);
+  auto rgba = picture(4, 30, 40);
+  rgba[3].fill_(1.0);
+  rgba[3].masked_fill_(holes, 0.0);
+  pconv::io::write_image(dir.path() / "cut.png", rgba);
+  const auto out = dir.path() / "filled.png";
+  const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "cut.png").string() + " -o " +
+                                         out.string());
+  ASSERT_EQ(run.rc, 0) << run.output;
+  const auto result = pconv::io::read_image(out).pixels;
+  ASSERT_EQ(result.size(0), 4);
+  EXPECT_EQ(result[3].min().item<float>(), 1.0F);  // the holes are filled, so opaque
+  const auto before = samples(dir.path() / "cut.png").narrow(0, 0, 3);
+  const auto after = samples(out).narrow(0, 0, 3);
+  const auto known = holes.logical_not().unsqueeze(0).expand_as(before);
+  EXPECT_TRUE(at::equal(before.masked_select(known), after.masked_select(known)));
+  // An RGB image without a mask is a clear input error.
+  pconv::io::write_image(dir.path() / "rgb.png", picture(3, 8, 8));
+  const auto no_mask = pconv(dir.path(), "inpaint " + (dir.path() / "rgb.png").string());
+  EXPECT_EQ(no_mask.rc, 3) << no_mask.output;
+  EXPECT_NE(no_mask.output.find("no mask given"), std::string::npos) << no_mask.output;
+}
+
+TEST(InpaintCli, WhiteValidConventionAndThresholdRule) {
+  TempDir dir;
+  pconv::io::write_image(dir.path() / "photo.png", picture(3, 24, 24));
+  // Grey levels 127 and 128 of 255 straddle the threshold: 128 is white, 127 black.
+  auto mask = at::full({1, 24, 24}, 127.0 / 255.0);
+  mask.narrow(1, 4, 8).narrow(2, 4, 8).fill_(128.0 / 255.0);
+  pconv::io::write_image(dir.path() / "mask.png", mask);
+  const auto hole_white = dir.path() / "a.png";
+  ASSERT_EQ(pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
+                                  (dir.path() / "mask.png").string() + " -o " + hole_white.string())
+                .rc,
+            0);
+  auto square = at::zeros({24, 24}, at::kBool);
+  square.narrow(0, 4, 8).narrow(1, 4, 8).fill_(true);
+  expect_known_pixels_kept(dir.path() / "photo.png", hole_white, square);
+  // The paper's convention: white = valid, so everything but the square is the hole.
+  const auto valid_white = dir.path() / "b.png";
+  ASSERT_EQ(pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
+                                  (dir.path() / "mask.png").string() + " --white-valid -o " +
+                                  valid_white.string())
+                .rc,
+            0);
+  expect_known_pixels_kept(dir.path() / "photo.png", valid_white, square.logical_not());
+}
+
+TEST(InpaintCli, EveryStrategyRuns) {
+  TempDir dir;
+  const auto holes = rectangle_holes(60, 300);
+  pconv::io::write_image(dir.path() / "wide.png", picture(3, 60, 300));
+  write_holes(dir.path() / "mask.png", holes);
+  for (const std::string strategy : {"full", "crop", "resize", "auto"}) {
+    SCOPED_TRACE(strategy);
+    const auto out = dir.path() / (strategy + ".png");
+    const auto run =
+        pconv(dir.path(), "inpaint " + (dir.path() / "wide.png").string() + " " +
+                              (dir.path() / "mask.png").string() + " --strategy " + strategy +
+                              " --resize-side 128 --margin 8 -o " + out.string());
+    ASSERT_EQ(run.rc, 0) << run.output;
+    EXPECT_NE(run.output.find(strategy == "auto" ? "full strategy" : strategy + " strategy"),
+              std::string::npos)
+        << run.output;
+    expect_known_pixels_kept(dir.path() / "wide.png", out, holes);
+  }
+}
+
+TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
+  TempDir dir;
+  const auto& d = dir.path();
+  pconv::io::write_image(d / "photo.png", picture(3, 20, 20));
+  write_holes(d / "mask.png", rectangle_holes(20, 20));
+  write_holes(d / "small_mask.png", rectangle_holes(10, 10));
+  write_holes(d / "none.png", at::zeros({20, 20}, at::kBool));
+  write_holes(d / "all.png", at::ones({20, 20}, at::kBool));
+  std::ofstream(d / "corrupt.png") << "not a png at all";
+  const auto model = fs::path(PCONV_DEFAULT_MODEL);
+  {
+    std::ifstream in(model, std::ios::binary);
+    std::ofstream out(d / "truncated.pt", std::ios::binary);
+    std::vector<char> half(fs::file_size(model) / 2);
+    in.read(half.data(), static_cast<std::streamsize>(half.size()));
+    out.write(half.data(), static_cast<std::streamsize>(half.size()));
+  }
+  const std::string photo = (d / "photo.png").string();
+  struct Case {
+    std::string args;
+    int rc;
+    std::string message;
+  };
+  const Case cases[] = {
+      {"inpaint " + (d / "corrupt.png").string() + " " + (d / "mask.png").string(), 3,
+       "corrupt.png: cannot read the image"},
+      {"inpaint " + photo + " " + (d / "small_mask.png").string(), 3,
+       "small_mask.png: mask is 10x10 but the image"},
+      {"inpaint " + photo + " " + (d / "all.png").string() + " -o " + (d / "x.png").string(), 3,
+       "all.png: every pixel is a hole"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " +
+           (d / "truncated.pt").string(),
+       4, "truncated.pt"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o /proc/pconv-no/out.png", 3,
+       "/proc/pconv-no/out.png"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --strategy tile", 2, "--strategy"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --half --device cpu", 2,
+       "--half: needs a CUDA device"},
+      {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() +
+           " -o /proc/pconv-no/folder",
+       3, "/proc/pconv-no/folder: cannot create the output folder"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.args);
+    const auto run = pconv(d, c.args);
+    EXPECT_EQ(run.rc, c.rc) << run.output;
+    EXPECT_NE(run.output.find(c.message), std::string::npos) << run.output;
+    EXPECT_EQ(run.output.find("terminate called"), std::string::npos);
+  }
+  EXPECT_FALSE(fs::exists(d / "x.png"));
+  // A mask of another size is scaled on request; a mask with no hole leaves the image as it is.
+  EXPECT_EQ(pconv(d, "inpaint " + photo + " " + (d / "small_mask.png").string() +
+                         " --resize-mask -o " + (d / "r.png").string())
+                .rc,
+            0);
+  const auto unchanged = pconv(d, "inpaint " + photo + " " + (d / "none.png").string() + " -o " +
+                                      (d / "same.png").string());
+  EXPECT_EQ(unchanged.rc, 0);
+  EXPECT_NE(unchanged.output.find("no hole pixel"), std::string::npos) << unchanged.output;
+  EXPECT_TRUE(at::equal(samples(d / "photo.png"), samples(d / "same.png")));
+}
+
+TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "in" / "sub");
+  fs::create_directories(d / "masks");
+  pconv::io::write_image(d / "in" / "a.png", picture(3, 32, 40));
+  std::ofstream(d / "in" / "b.png") << "broken";
+  pconv::io::write_image(d / "in" / "sub" / "c.jpg", picture(3, 30, 30));
+  pconv::io::write_image(d / "in" / "d.png", picture(3, 16, 16));  // no mask for d
+  write_holes(d / "masks" / "a.png", rectangle_holes(32, 40));
+  write_holes(d / "masks" / "b.png", rectangle_holes(32, 40));
+  write_holes(d / "masks" / "c.png", rectangle_holes(30, 30));
+  const std::string args = "inpaint --input " + (d / "in").string() + " --masks " +
+                           (d / "masks").string() + " -o " + (d / "out").string();
+  const auto run = pconv(d, args);
+  EXPECT_EQ(run.rc, 3) << run.output;
+  EXPECT_NE(run.output.find("b.png: cannot read the image"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("no mask named 'd.*'"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("2 inpainted, 0 skipped (output exists), 2 failed"), std::string::npos)
+      << run.output;
+  expect_known_pixels_kept(d / "in" / "a.png", d / "out" / "a.png", rectangle_holes(32, 40));
+  EXPECT_TRUE(fs::exists(d / "out" / "sub" / "c.jpg"));
+  EXPECT_FALSE(fs::exists(d / "out" / "b.png"));
+  // Again with --skip-existing: the two done are left alone.
+  const auto again = pconv(d, args + " --skip-existing");
+  EXPECT_NE(again.output.find("0 inpainted, 2 skipped (output exists), 2 failed"),
+            std::string::npos)
+      << again.output;
+}
+
+TEST(EvalCli, SameSeedSameReports) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  for (int i = 0; i < 3; ++i) {
+    pconv::io::write_image(d / "photos" / ("p" + std::to_string(i) + ".png"), picture(3, 64, 80));
+  }
+  const std::string args = "eval --data " + (d / "photos").string() + " --size 64 --per-bin 2 --seed 4";
+  const auto first = pconv(d, args + " -o " + (d / "one").string());
+  ASSERT_EQ(first.rc, 0) << first.output;
+  EXPECT_NE(first.output.find("(0.5, 0.6]"), std::string::npos) << first.output;
+  EXPECT_NE(first.output.find("SSIM Telea"), std::string::npos) << first.output;
+  const auto second = pconv(d, args + " -o " + (d / "two").string());
+  ASSERT_EQ(second.rc, 0) << second.output;
+  for (const char* name : {"eval.csv", "eval.json"}) {
+    std::ifstream a(d / "one" / name);
+    std::ifstream b(d / "two" / name);
+    std::stringstream text_a;
+    std::stringstream text_b;
+    text_a << a.rdbuf();
+    text_b << b.rdbuf();
+    EXPECT_FALSE(text_a.str().empty());
+    EXPECT_EQ(text_a.str(), text_b.str()) << name;
+  }
+  EXPECT_TRUE(fs::exists(d / "one" / "examples.png"));
+  EXPECT_TRUE(fs::exists(d / "one" / "eval.md"));
+  // Another seed gives other masks.
+  const auto other = pconv(d, "eval --data " + (d / "photos").string() +
+                                  " --size 64 --per-bin 2 --seed 5 -o " + (d / "three").string());
+  ASSERT_EQ(other.rc, 0);
+  std::ifstream a(d / "one" / "eval.csv");
+  std::ifstream c(d / "three" / "eval.csv");
+  std::stringstream text_a;
+  std::stringstream text_c;
+  text_a << a.rdbuf();
+  text_c << c.rdbuf();
+  EXPECT_NE(text_a.str(), text_c.str());
+}
+
+}  // namespace
