@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Sets up and builds pconv (scripts/setup.sh), then runs the main job: `pconv --help` and the
-# layer demo (a stack of partial convolutions over an image with a hole), and says where the
-# result is.
+# The main job on a fresh machine: sets up and builds pconv (scripts/setup.sh), takes a real
+# photo from a Debian package (NASA's public-domain astronaut portrait, 512x512, shipped in
+# python3-skimage; only the .deb is downloaded and the one file unpacked, nothing installed),
+# draws a hole mask with `pconv masks`, fills it with the shipped default model and says where
+# the result is.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
 pconv=${PCONV_BUILD_DIR:-$root/build}/app/pconv
-out_dir=$root/out
-mkdir -p "$out_dir"
+example=$root/out/example
+mkdir -p "$example"
 
-"$pconv" --help
+photo=$example/astronaut.png
+if [ ! -f "$photo" ]; then
+  download=$(mktemp -d)
+  (cd "$download" && apt-get download -q python3-skimage 2>/dev/null)
+  dpkg-deb --fsys-tarfile "$download"/python3-skimage_*.deb |
+    tar -xO ./usr/lib/python3/dist-packages/skimage/data/astronaut.png > "$photo.tmp"
+  mv "$photo.tmp" "$photo"
+  rm -rf "$download"
+fi
+# One generated mask (white = hole) with about 10-20% of the photo missing.
+"$pconv" masks -n 1 -o "$example/masks" --size 512x512 --seed 7 --min-ratio 0.1 \
+  --max-ratio 0.2 --overwrite
+cp "$example/masks/mask_00000.png" "$example/astronaut.mask.png"
+
+result=$("$pconv" inpaint "$photo" "$example/astronaut.mask.png" --device auto \
+  -o "$example/astronaut.inpainted.png" --compare "$example/astronaut.compare.png")
 echo
-"$pconv" demo --size 512 --hole-ratio 0.2 --device auto | tee "$out_dir/demo.txt"
-echo
-echo "result: $out_dir/demo.txt (the layer-by-layer table above)"
+echo "photo:  $photo"
+echo "mask:   $example/astronaut.mask.png (white = hole)"
+echo "result: $result"
+echo "side by side (photo with holes | result | mask): $example/astronaut.compare.png"
