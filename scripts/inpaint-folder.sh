@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# An example batch job: fill the holes of every image in a folder, with masks matched by file
+# stem (photos/cat.jpg <- masks/cat.png) or one mask for all, as a step of a shell pipeline.
+#
+#   scripts/inpaint-folder.sh PHOTOS_DIR MASKS_DIR_OR_FILE OUT_DIR [extra pconv inpaint options]
+#
+# The model is loaded once and the next image is read while the current one is computed.
+# Re-running the job does only what is missing (--skip-existing), so it can be resumed after
+# a failure or a Ctrl-C. Exit status: 0 all done; 3 some inputs were bad (listed on stderr,
+# the rest done); other codes as in the README (2 usage, 4 model, 1 runtime).
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+pconv=${PCONV:-$root/build/app/pconv}
+if [ $# -lt 3 ]; then
+  sed -n '2,10p' "$0" >&2
+  exit 2
+fi
+photos=$1 masks=$2 out=$3
+shift 3
+
+"$pconv" inpaint --input "$photos" --masks "$masks" -o "$out" --skip-existing "$@" \
+  2> >(tee "$out.log" >&2)
+status=$?
+case $status in
+  0) echo "all images done: $out" ;;
+  3) echo "done except the inputs named in $out.log (fix them and run again)" >&2 ;;
+  *) echo "pconv inpaint failed with exit status $status (see $out.log)" >&2 ;;
+esac
+# The next stage of a pipeline can take the list of results, e.g. to make thumbnails:
+#   find "$out" -type f -newer "$out.log" | xargs ...
+exit $status
