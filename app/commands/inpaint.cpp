@@ -136,6 +136,10 @@ void check_writable_folder(const fs::path& folder) {
 void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options,
                 const infer::InpaintOptions& inpaint_options) {
   const fs::path out = options.out.empty() ? default_output(options.image) : fs::path(options.out);
+  if (out.has_parent_path()) {
+    std::error_code ignored;  // a folder that cannot be made shows up as the write's error
+    fs::create_directories(out.parent_path(), ignored);
+  }
   const auto loaded = load(options.image, options.mask, options);
   const auto summary =
       inpaint_one(inpainter, loaded, options.image, options.mask, out, options, inpaint_options);
@@ -195,31 +199,32 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
 
   // The next image is read on another thread while the current one is inpainted.
   const auto read = [&options](const Job& job) { return load(job.image, job.mask, options); };
-  Progress progress("inpaint", static_cast<int64_t>(jobs.size()));
   int64_t done = 0;
-  std::future<Loaded> next;
-  if (!jobs.empty()) next = std::async(std::launch::async, read, jobs[0]);
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const auto& job = jobs[i];
-    try {
-      auto current = next.get();
-      if (i + 1 < jobs.size()) next = std::async(std::launch::async, read, jobs[i + 1]);
-      std::error_code ignored;
-      fs::create_directories(job.out.parent_path(), ignored);
-      const auto summary =
-          inpaint_one(inpainter, current, job.image, job.mask, job.out, options, inpaint_options);
-      spdlog::debug("{}: {}", job.image.string(), summary);
-      ++done;
-    } catch (const InputError& error) {
-      if (i + 1 < jobs.size() && !next.valid()) {
-        next = std::async(std::launch::async, read, jobs[i + 1]);
+  if (!jobs.empty()) {
+    Progress progress("inpaint", static_cast<int64_t>(jobs.size()));
+    std::future<Loaded> next = std::async(std::launch::async, read, jobs[0]);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const auto& job = jobs[i];
+      try {
+        auto current = next.get();
+        if (i + 1 < jobs.size()) next = std::async(std::launch::async, read, jobs[i + 1]);
+        std::error_code ignored;
+        fs::create_directories(job.out.parent_path(), ignored);
+        const auto summary = inpaint_one(inpainter, current, job.image, job.mask, job.out,
+                                         options, inpaint_options);
+        spdlog::debug("{}: {}", job.image.string(), summary);
+        ++done;
+      } catch (const InputError& error) {
+        if (i + 1 < jobs.size() && !next.valid()) {
+          next = std::async(std::launch::async, read, jobs[i + 1]);
+        }
+        failures.emplace_back(error.what());
+        progress.note(error.what(), /*warning=*/true);
       }
-      failures.emplace_back(error.what());
-      progress.note(error.what(), /*warning=*/true);
+      progress.advance();
     }
-    progress.advance();
+    progress.finish();
   }
-  progress.finish();
   spdlog::info("{} inpainted, {} skipped (output exists), {} failed; results in {}", done, skipped,
                failures.size(), out_dir.string());
   if (!failures.empty()) {
