@@ -1,6 +1,7 @@
 // The pconv command: composes the subcommands, and maps every failure to one line on stderr
 // and a documented exit code (exit_codes.h).
 #include "commands/demo.h"
+#include "commands/export.h"
 #include "commands/info.h"
 #include "commands/masks.h"
 #include "commands/train.h"
@@ -68,6 +69,7 @@ static int run_pconv(int argc, char** argv) {
   setup_masks(app);
   setup_train(app);
   setup_info(app);
+  setup_export(app);
 
   try {
     app.parse(argc, argv);
