@@ -2,6 +2,7 @@
 // and a documented exit code (exit_codes.h).
 #include "commands/demo.h"
 #include "commands/eval.h"
+#include "commands/export.h"
 #include "commands/info.h"
 #include "commands/inpaint.h"
 #include "commands/masks.h"
@@ -72,6 +73,7 @@ static int run_pconv(int argc, char** argv) {
   setup_masks(app);
   setup_train(app);
   setup_info(app);
+  setup_export(app);
 
   try {
     app.parse(argc, argv);

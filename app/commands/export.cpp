@@ -1,0 +1,60 @@
+#include "export.h"
+
+#include <pconv/io/model_file.h>
+#include <pconv/io/torchscript_export.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+
+namespace pconv::app {
+
+void setup_export(CLI::App& app) {
+  auto options = std::make_shared<ExportOptions>();
+  auto* command = app.add_subcommand(
+      "export",
+      "Write a pconv model file as TorchScript, for Python (torch.jit.load) or C++ "
+      "(torch::jit::load) without pconv");
+  command->add_option("model", options->model, "Model file (model.pt from pconv train)")
+      ->required();
+  command->add_option("-o,--out", options->out,
+                      "TorchScript file to write (default: the model's name with .ts); "
+                      "replaced atomically if it exists");
+  command->footer(
+      "In Python:\n"
+      "  net = torch.jit.load('model.ts').eval()\n"
+      "  with torch.no_grad():\n"
+      "      output, output_mask = net(image, mask)\n"
+      "image: float (N, C, H, W), values in [0, 1], H and W multiples of 2^depth (see pconv "
+      "info).\n"
+      "mask: float (N or 1, 1, H, W), 1 = valid, 0 = hole (the paper's convention; pconv "
+      "inpaint's mask images are white = hole, so pass 1 - holes).\n"
+      "output: the raw network output, what pconv's network computes in eval mode; keep the "
+      "known pixels with image * mask + output * (1 - mask). output_mask: 1 where the network "
+      "saw valid input.\n"
+      "The architecture and training metadata are in the extra file pconv.json:\n"
+      "  files = {'pconv.json': ''}; torch.jit.load('model.ts', _extra_files=files)");
+  command->callback([options] { run_export(*options); });
+}
+
+void run_export(const ExportOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  io::ModelMetadata metadata;
+  auto model = io::load_model(options.model, &metadata);
+  const std::filesystem::path out =
+      options.out.empty() ? std::filesystem::path(options.model).replace_extension(".ts")
+                          : std::filesystem::path(options.out);
+  io::export_torchscript(model, metadata, out);
+  const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+  const auto& o = model->options;
+  spdlog::info(
+      "wrote {} ({:.1f} MB): TorchScript of PConvUNet depth {}, widths {}..{}, "
+      "forward(image, mask) -> (output, output_mask), in {:.2f} s",
+      out.string(), static_cast<double>(std::filesystem::file_size(out)) / 1e6, o.depth(),
+      o.base_width(), o.max_width(), seconds.count());
+}
+
+}  // namespace pconv::app
