@@ -51,12 +51,12 @@ std::string to_json(const eval::EvalReport& report, const std::string& model_pat
 void setup_eval(CLI::App& app) {
   auto options = std::make_shared<EvalOptions>();
   auto* command = app.add_subcommand(
-      "eval",
-      "Measure the model against OpenCV's Telea and Navier-Stokes inpainting: centre crops of "
-      "the photos in --data, generated masks in the paper's six hole-ratio bins ((0.01,0.1] ... "
-      "(0.5,0.6]), the same inputs for every method; PSNR, SSIM and L1 of the composite per bin "
-      "and overall. Prints the table and writes eval.md, eval.csv, eval.json and examples.png "
-      "into --out. The same seed gives the same results.");
+      "eval", "Measure the model against OpenCV's Telea and Navier-Stokes per hole-ratio bin");
+  command->footer(
+      "Centre crops of the photos in --data, generated masks in the paper's six hole-ratio\n"
+      "bins ((0.01,0.1] ... (0.5,0.6]), the same inputs for every method; PSNR, SSIM and L1 of\n"
+      "the composite per bin and overall. Prints the table and writes eval.md, eval.csv,\n"
+      "eval.json and examples.png into --out. The same seed gives the same results.");
   command->add_option("--data", options->data_dir, "Folder of photos (searched recursively)")
       ->required()
       ->check(CLI::ExistingDirectory);

@@ -238,14 +238,16 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
 void setup_inpaint(CLI::App& app) {
   auto options = std::make_shared<InpaintOptions>();
   auto* command = app.add_subcommand(
-      "inpaint",
-      "Fill the holes of an image: pconv inpaint IMG MASK [-o OUT]; or of a folder: pconv "
-      "inpaint --input DIR --masks DIR|FILE -o DIR. Masks are white (non-zero) where pixels "
-      "are missing, unless --white-valid; a pixel counts as white when its brightest channel is "
-      "at least half the full scale (and its alpha, if any, too). An RGBA image without a mask "
-      "uses its transparent pixels (alpha below half) as the holes. The known pixels are kept "
-      "exactly (unless --raw), and the result has the input's format and bit depth unless -o "
-      "names another format. Prints the output path.");
+      "inpaint", "Fill the holes of an image (IMG MASK) or of a folder of images (--input DIR)");
+  command->footer(
+      "Masks are white (non-zero) where pixels are missing, unless --white-valid; a pixel\n"
+      "counts as white when its brightest channel is at least half the full scale (and its\n"
+      "alpha, if any, too). An RGBA image without a mask uses its transparent pixels (alpha\n"
+      "below half) as the holes. The known pixels are kept exactly (unless --raw), and the\n"
+      "result has the input's format, channels and bit depth unless -o names another format.\n"
+      "Prints the output path. Batch: pconv inpaint --input DIR --masks DIR|FILE -o DIR; masks\n"
+      "are matched by file stem (or one mask for all); bad files are reported and skipped\n"
+      "(exit code 3 at the end).");
   command->add_option("image", options->image, "Image to inpaint");
   command->add_option("mask", options->mask, "Mask image, same size as the image");
   command->add_option("--input", options->input_dir, "Folder of images to inpaint (batch)")

@@ -45,10 +45,11 @@ class StopOnSignal {
 void setup_train(CLI::App& app) {
   auto options = std::make_shared<TrainOptions>();
   auto* command = app.add_subcommand(
-      "train",
-      "Train a partial-convolution UNet on a folder of photos (random crops, generated masks). "
-      "Writes config.txt, log.csv, validation.csv, samples/*.png, checkpoint.pt and, at the "
-      "end, model.pt into --out. Ctrl-C saves a checkpoint; --resume continues it exactly.");
+      "train", "Train a partial-convolution UNet on a folder of photos, or fine-tune one");
+  command->footer(
+      "Random crops, generated masks. Writes config.txt, log.csv, validation.csv, samples/*.png,\n"
+      "checkpoint.pt and, at the end, model.pt into --out. Ctrl-C saves a checkpoint; --resume\n"
+      "continues it exactly.");
   command
       ->add_option("--data", options->data_dir, "Folder of training photos (searched recursively)")
       ->required()

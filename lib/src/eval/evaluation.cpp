@@ -131,7 +131,8 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
       }
       const auto holes = bin_holes(report.bins[b], static_cast<int64_t>(b), j, options.size(),
                                    options.seed());
-      report.mean_hole_ratio[b] += holes.to(at::kDouble).mean().item<double>() / per_bin;
+      report.mean_hole_ratio[b] +=
+          holes.to(at::kDouble).mean().item<double>() / static_cast<double>(per_bin);
       const auto input = truth * holes.logical_not().unsqueeze(0);
       Example example;
       const bool keep = j < options.examples_per_bin();

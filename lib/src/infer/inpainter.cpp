@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <utility>
 
@@ -210,8 +211,9 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
   const int64_t width = rgb.size(2);
   const double scale =
       std::min(1.0, static_cast<double>(side) / static_cast<double>(std::max(height, width)));
-  const int64_t small_h = std::max<int64_t>(1, static_cast<int64_t>(height * scale + 0.5));
-  const int64_t small_w = std::max<int64_t>(1, static_cast<int64_t>(width * scale + 0.5));
+  const int64_t small_h =
+      std::max<int64_t>(1, std::lround(static_cast<double>(height) * scale));
+  const int64_t small_w = std::max<int64_t>(1, std::lround(static_cast<double>(width) * scale));
   const auto small = at::_upsample_bilinear2d_aa(rgb.unsqueeze(0), {small_h, small_w}, false)
                          .squeeze(0)
                          .clamp(0.0, 1.0);
