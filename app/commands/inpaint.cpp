@@ -85,7 +85,7 @@ std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
   const int64_t height = pixels.size(1);
   const int64_t width = pixels.size(2);
   const int bit_depth = io::keeps_16_bit(out_path) ? loaded.image.bit_depth : 8;
-  const int64_t hole_count = loaded.holes.sum().item<int64_t>();
+  const auto hole_count = loaded.holes.sum().item<int64_t>();
   const auto& hole_source = mask_path.empty() ? image_path : mask_path;
   if (hole_count == 0) {
     spdlog::warn("{}: no hole pixel; writing the image unchanged", hole_source.string());
