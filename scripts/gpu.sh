@@ -20,7 +20,7 @@ shift
 if [ "$command" = fetch ]; then
   mkdir -p "$debs"
   (cd "$debs" && apt-get download libgtest-dev libgmock-dev googletest libbenchmark-dev \
-    libbenchmark1debian libcli11-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 nlohmann-json3-dev)
+    libbenchmark1debian libcli11-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 nlohmann-json3-dev libgloo-dev)
   mkdir -p "$root/.gpu-data"
   rm -rf "$root/.gpu-data/photos"
   cp -r "$root/../shared/data/photos" "$root/.gpu-data/photos"

@@ -1,0 +1,67 @@
+// Data-parallel building blocks on torch.distributed's c10d: joining a process group the way
+// torchrun describes it (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) through c10d's
+// TCPStore, and the collectives a data-parallel trainer needs (parameter broadcast, bucketed
+// gradient averaging), each with a timeout so that a rank that dies makes the others fail with
+// a clear error instead of hanging. CPU tensors go over Gloo. The c10d headers stay in the
+// source: this header needs none of them.
+#pragma once
+
+#include <torch/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pconv::train {
+
+struct DistributedOptions {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  /// How long joining and each collective may take before it is an error.
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+};
+
+/// The process group torchrun's variables describe, or nullopt when WORLD_SIZE is not set.
+/// Throws pconv::InputError naming the variable when one is malformed or inconsistent.
+std::optional<DistributedOptions> distributed_from_environment();
+
+/// Whether this build has c10d's Gloo backend (it needs the Gloo headers at build time).
+bool distributed_available();
+
+/// One process's membership of a process group. Collectives are blocking and in place; every
+/// rank must call the same ones in the same order. Failures (a rank gone, a timeout) throw
+/// pconv::Error with a one-line message naming the rank and the operation.
+class ProcessGroup {
+ public:
+  explicit ProcessGroup(const DistributedOptions& options);
+  ~ProcessGroup();
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+  int rank() const;
+  int world_size() const;
+
+  /// Copies rank `root`'s tensors into every rank's (e.g. the initial parameters).
+  void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
+
+  /// Replaces each tensor by its mean over the ranks. Tensors are packed into flat buckets of
+  /// about `bucket_bytes` (one collective per bucket, not per tensor); undefined tensors are
+  /// skipped on every rank alike.
+  void all_reduce_mean(const std::vector<torch::Tensor>& tensors,
+                       int64_t bucket_bytes = int64_t{25} << 20);
+
+  /// Waits until every rank has arrived.
+  void barrier();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pconv::train
