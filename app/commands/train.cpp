@@ -2,6 +2,7 @@
 
 #include <pconv/data/image_folder.h>
 #include <pconv/error.h>
+#include <pconv/train/distributed.h>
 #include <pconv/train/trainer.h>
 
 #include "../exit_codes.h"
@@ -10,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <memory>
 
@@ -49,7 +51,9 @@ void setup_train(CLI::App& app) {
   command->footer(
       "Random crops, generated masks. Writes config.txt, log.csv, validation.csv, samples/*.png,\n"
       "checkpoint.pt and, at the end, model.pt into --out. Ctrl-C saves a checkpoint; --resume\n"
-      "continues it exactly.");
+      "continues it exactly. Data-parallel: start one process per rank with RANK, WORLD_SIZE,\n"
+      "LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as torchrun does, or\n"
+      "scripts/train-parallel.sh N ...); --batch is then per rank.");
   command
       ->add_option("--data", options->data_dir, "Folder of training photos (searched recursively)")
       ->required()
@@ -128,6 +132,12 @@ void setup_train(CLI::App& app) {
                    "Steps between validations (0: only at the end)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  command
+      ->add_option("--timeout", options->timeout_seconds,
+                   "Data-parallel runs: seconds a collective may wait for the other ranks "
+                   "before the run fails")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   command->add_flag("--half-weights", options->half_weights,
                     "Store the final model's weights as float16 (half the file size)");
   command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
@@ -143,7 +153,18 @@ void setup_train(CLI::App& app) {
 void run_train(const TrainOptions& options) {
   // From the start, so that an early Ctrl-C also ends in a checkpoint rather than a kill.
   StopOnSignal stop_on_signal;
-  const c10::Device device = resolve_device(options.common);
+  // Started by torchrun or scripts/train-parallel.sh: join the process group first.
+  std::shared_ptr<train::ProcessGroup> group;
+  auto distributed = train::distributed_from_environment();
+  if (distributed && distributed->world_size > 1) {
+    if (distributed->rank != 0) spdlog::set_level(spdlog::level::warn);  // rank 0 reports
+    distributed->timeout = std::chrono::seconds(options.timeout_seconds);
+    group = std::make_shared<train::ProcessGroup>(*distributed);
+    spdlog::info("joined the process group at {}:{} as rank {} of {}", distributed->master_addr,
+                 distributed->master_port, distributed->rank, distributed->world_size);
+  }
+  c10::Device device = resolve_device(options.common);
+  if (group && device.is_cuda()) device.set_index(static_cast<c10::DeviceIndex>(distributed->local_rank));
   if (options.max_width < options.width) {
     throw CLI::ValidationError("--max-width", fmt::format("{} is smaller than --width {}",
                                                           options.max_width, options.width));
@@ -190,6 +211,7 @@ void run_train(const TrainOptions& options) {
       .validate_every(options.validate_every)
       .validation_count(options.validation_count)
       .half_weights(options.half_weights)
+      .process_group(group)
       .data_description(options.data_dir);
   train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
                          options.resume, options.command_line);

@@ -37,6 +37,7 @@ struct TrainOptions {
   int64_t validate_every = 500;
   int64_t validation_count = 32;
   bool half_weights = false;
+  int64_t timeout_seconds = 300;
   std::string command_line;
 };
 

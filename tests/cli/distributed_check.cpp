@@ -6,17 +6,45 @@
 // hanging. Exit 0 when the rank saw what it should. Reports go to stderr: execute_process
 // pipes rank 0's stdout into rank 1.
 #include <pconv/error.h>
+#include <pconv/io/model_file.h>
 #include <pconv/train/distributed.h>
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 #include <thread>
 
+// compare A B TOLERANCE: the largest difference between two model files' parameters and
+// buffers; exit 0 when within the tolerance.
+int compare(const std::string& first, const std::string& second, double tolerance) {
+  auto a = pconv::io::load_model(first);
+  auto b = pconv::io::load_model(second);
+  const auto pa = a->named_parameters();
+  const auto pb = b->named_parameters();
+  double largest = 0;
+  for (const auto& item : pa) {
+    largest = std::max(largest, (item.value() - pb[item.key()]).abs().max().item<double>());
+  }
+  const auto ba = a->named_buffers();
+  const auto bb = b->named_buffers();
+  for (const auto& item : ba) {
+    largest = std::max(largest, (item.value().to(at::kDouble) - bb[item.key()].to(at::kDouble))
+                                    .abs()
+                                    .max()
+                                    .item<double>());
+  }
+  std::fprintf(stderr, "largest parameter/buffer difference %.3g (tolerance %.3g)\n", largest,
+               tolerance);
+  return largest <= tolerance ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "compare" && argc == 5) return compare(argv[2], argv[3], std::atof(argv[4]));
   try {
     auto options = pconv::train::distributed_from_environment();
     if (!options) {

@@ -92,6 +92,12 @@ void PConvUNetImpl::pretty_print(std::ostream& stream) const {
          << (options.freeze_encoder_bn() ? ", freeze_encoder_bn=true" : "") << ')';
 }
 
+torch::Tensor PConvUNetImpl::batch_norm(torch::nn::BatchNorm2d& layer,
+                                        const torch::Tensor& input) {
+  if (batch_norm_hook_ && layer->is_training()) return batch_norm_hook_(*layer, input);
+  return layer(input);
+}
+
 void PConvUNetImpl::set_freeze_encoder_bn(bool freeze) {
   options.freeze_encoder_bn(freeze);
   for (auto& bn : encoder_bn) {
@@ -146,7 +152,7 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
     const auto& conv = encoder[level - 1];
     features = F::partial_conv2d_masked_input(masked_features.back(), conv->weight, conv->bias,
                                               terms, geometry);
-    if (level >= 2) features = encoder_bn[level - 2](features);
+    if (level >= 2) features = batch_norm(encoder_bn[level - 2], features);
     features = at::relu(features);
     masks.push_back(terms.valid);
   }
@@ -171,7 +177,7 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
     features =
         F::partial_conv2d_masked_input(masked_input, conv->weight, conv->bias, terms, geometry);
     if (level >= 2) {
-      features = decoder_bn[depth - level](features);
+      features = batch_norm(decoder_bn[depth - level], features);
       features = at::leaky_relu(features, kDecoderSlope);
     }
     current_mask = terms.valid;

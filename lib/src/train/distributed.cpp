@@ -3,6 +3,7 @@
 #include "pconv/error.h"
 
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 
 #ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -147,6 +148,14 @@ void ProcessGroup::all_reduce_mean(const std::vector<torch::Tensor>& tensors,
   flush();
 }
 
+void ProcessGroup::all_reduce_sum(const std::vector<torch::Tensor>& tensors) {
+  for (const auto& tensor : tensors) {
+    if (!tensor.defined()) continue;
+    std::vector<at::Tensor> one{tensor};
+    impl_->run("all-reduce", [&] { return impl_->group->allreduce(one); });
+  }
+}
+
 void ProcessGroup::barrier() {
   impl_->run("barrier", [&] { return impl_->group->barrier(); });
 }
@@ -166,8 +175,91 @@ int ProcessGroup::world_size() const { return 1; }
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& /*tensors*/, int /*root*/) {}
 void ProcessGroup::all_reduce_mean(const std::vector<torch::Tensor>& /*tensors*/,
                                    int64_t /*bucket_bytes*/) {}
+void ProcessGroup::all_reduce_sum(const std::vector<torch::Tensor>& /*tensors*/) {}
 void ProcessGroup::barrier() {}
 
 #endif
+
+namespace {
+
+at::Tensor per_channel(const at::Tensor& values) { return values.view({1, -1, 1, 1}); }
+
+// Synchronised BatchNorm: batch statistics summed over the ranks in the forward, and the two
+// per-channel sums the input gradient needs summed over the ranks in the backward, so that
+// the input gradient is the one of the sum of every rank's loss (gradient averaging over the
+// ranks then gives the gradient of the mean loss, as with one process and the whole batch).
+struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& weight, const at::Tensor& bias,
+                            at::Tensor running_mean, at::Tensor running_var, double momentum,
+                            double eps, int64_t group_address) {
+    auto& group = *reinterpret_cast<ProcessGroup*>(group_address);  // NOLINT(performance-no-int-to-ptr)
+    const int64_t channels = input.size(1);
+    const auto values = input.to(at::kDouble);
+    auto stats = at::cat({values.sum({0, 2, 3}), values.square().sum({0, 2, 3}),
+                          at::full({1}, static_cast<double>(input.numel() / channels),
+                                   values.options())});
+    group.all_reduce_sum({stats});
+    const double count = stats[2 * channels].item<double>();
+    const auto mean = stats.narrow(0, 0, channels) / count;
+    const auto variance = (stats.narrow(0, channels, channels) / count - mean.square()).clamp_min(0);
+    const auto invstd = (variance + eps).rsqrt().to(input.scalar_type());
+    const auto mean_typed = mean.to(input.scalar_type());
+    if (running_mean.defined()) {
+      running_mean.mul_(1 - momentum).add_(mean.to(running_mean.scalar_type()), momentum);
+      running_var.mul_(1 - momentum)
+          .add_((variance * (count / std::max(count - 1, 1.0))).to(running_var.scalar_type()),
+                momentum);
+    }
+    const auto normalized = (input - per_channel(mean_typed)) * per_channel(invstd);
+    ctx->save_for_backward({normalized, weight, invstd});
+    ctx->saved_data["group"] = group_address;
+    ctx->saved_data["count"] = count;
+    auto output = normalized;
+    if (weight.defined()) output = output * per_channel(weight);
+    if (bias.defined()) output = output + per_channel(bias);
+    return output;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& normalized = saved[0];
+    const auto& weight = saved[1];
+    const auto& invstd = saved[2];
+    auto& group = *reinterpret_cast<ProcessGroup*>(  // NOLINT(performance-no-int-to-ptr)
+        ctx->saved_data["group"].toInt());
+    const double count = ctx->saved_data["count"].toDouble();
+    const auto& grad_output = grads[0];
+    const int64_t channels = grad_output.size(1);
+    const auto sum_dy = grad_output.sum({0, 2, 3});
+    const auto sum_dy_normalized = (grad_output * normalized).sum({0, 2, 3});
+    auto sums = at::cat({sum_dy, sum_dy_normalized});
+    group.all_reduce_sum({sums});
+    const auto scale = weight.defined() ? invstd * weight : invstd;
+    const auto grad_input =
+        per_channel(scale) * (grad_output - per_channel(sums.narrow(0, 0, channels)) / count -
+                              normalized * per_channel(sums.narrow(0, channels, channels)) / count);
+    return {grad_input,
+            weight.defined() ? sum_dy_normalized : at::Tensor(),
+            sum_dy,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor sync_batch_norm(ProcessGroup& group, torch::nn::BatchNorm2dImpl& layer,
+                              const torch::Tensor& input) {
+  const auto& options = layer.options;
+  double momentum = options.momentum().value_or(0.1);
+  if (layer.num_batches_tracked.defined()) {
+    layer.num_batches_tracked.add_(1);
+    if (!options.momentum()) momentum = 1.0 / layer.num_batches_tracked.item<double>();
+  }
+  return SyncBatchNormFunction::apply(input, layer.weight, layer.bias, layer.running_mean,
+                                      layer.running_var, momentum, options.eps(),
+                                      reinterpret_cast<int64_t>(&group));
+}
 
 }  // namespace pconv::train

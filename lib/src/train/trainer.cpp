@@ -184,11 +184,24 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     }
   }
 
+  if (const auto& group = options_.process_group()) {
+    // Every rank starts from rank 0's weights, and BatchNorm sees the whole global batch.
+    std::vector<torch::Tensor> state;
+    for (const auto& parameter : model_->parameters()) state.push_back(parameter.detach());
+    for (const auto& buffer : model_->buffers()) state.push_back(buffer);
+    group->broadcast(state);
+    model_->set_batch_norm_hook(
+        [group](torch::nn::BatchNorm2dImpl& layer, const torch::Tensor& input) {
+          return sync_batch_norm(*group, layer, input);
+        });
+  }
   if (resume) {
     load_checkpoint();
-    truncate_log(run_dir_ / kLogFile, step_);
-    truncate_log(run_dir_ / kValidationFile, step_);
-  } else {
+    if (writes_files()) {
+      truncate_log(run_dir_ / kLogFile, step_);
+      truncate_log(run_dir_ / kValidationFile, step_);
+    }
+  } else if (writes_files()) {
     io::write_file_atomically(run_dir_ / kConfigFile,
                               config_text(options_, train_files_.size(), validation_files_.size()));
     io::write_file_atomically(
@@ -198,7 +211,12 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
 }
 
+bool Trainer::writes_files() const {
+  return !options_.process_group() || options_.process_group()->rank() == 0;
+}
+
 void Trainer::save_checkpoint() const {
+  if (!writes_files()) return;
   torch::serialize::OutputArchive archive;
   archive.write("identity", c10::IValue(run_identity(options_)));
   archive.write("step", c10::IValue(step_));
@@ -317,20 +335,43 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
                        options_.seed())](uint64_t index) { return folder.mask(index); };
     message("masks: augmented from the mask images in " + options_.mask_dir());
   }
+  const auto& group = options_.process_group();
+  const int64_t ranks = group ? group->world_size() : 1;
   data::TrainingStream stream(train_files_, data::CropOptions().size(options_.size()), mask_source,
                               options_.batch_size(), options_.seed(), options_.workers(),
-                              /*first_batch=*/step_);
+                              /*first_batch=*/step_, /*shard=*/group ? group->rank() : 0,
+                              /*shards=*/ranks);
+  if (group) {
+    message("data-parallel: rank " + std::to_string(group->rank()) + " of " +
+            std::to_string(ranks) + ", global batch " +
+            std::to_string(options_.batch_size() * ranks));
+  }
+  std::vector<torch::Tensor> trainable;
+  for (const auto& parameter : model_->parameters()) {
+    if (parameter.requires_grad()) trainable.push_back(parameter);
+  }
   stream.set_warning_hook(message);
 
-  std::ofstream log(run_dir_ / kLogFile, std::ios::app);
-  std::ofstream validation_log(run_dir_ / kValidationFile, std::ios::app);
+  std::ofstream log;
+  std::ofstream validation_log;
+  if (writes_files()) {
+    log.open(run_dir_ / kLogFile, std::ios::app);
+    validation_log.open(run_dir_ / kValidationFile, std::ios::app);
+  }
   const int64_t last = options_.steps();
   const auto run_start = std::chrono::steady_clock::now();
   std::chrono::steady_clock::duration data_wait{};
   auto window_start = run_start;
   int64_t window_images = 0;
   while (step_ < last) {
-    if (callbacks.should_stop && callbacks.should_stop()) {
+    bool stop = callbacks.should_stop && callbacks.should_stop();
+    if (group) {
+      // Every rank stops at the same step, when any of them is asked to.
+      auto votes = at::full({1}, stop ? 1.0 : 0.0);
+      group->all_reduce_sum({votes});
+      stop = votes.item<double>() > 0;
+    }
+    if (stop) {
       save_checkpoint();
       message("stopped at step " + std::to_string(step_) +
               "; checkpoint saved, --resume continues");
@@ -346,10 +387,16 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     const auto output = std::get<0>(model_(images * masks, masks));
     const auto terms = loss_(output, images, masks);
     terms.total.backward();
+    if (group) {
+      std::vector<torch::Tensor> grads;
+      grads.reserve(trainable.size());
+      for (const auto& parameter : trainable) grads.push_back(parameter.grad());
+      group->all_reduce_mean(grads);
+    }
     optimizer_->step();
     ++step_;
 
-    window_images += options_.batch_size();
+    window_images += options_.batch_size() * ranks;
     const auto now = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(now - window_start).count();
     StepReport report;
@@ -372,6 +419,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     log.flush();
     if (callbacks.on_step) callbacks.on_step(report);
 
+    if (!writes_files()) continue;  // rank 0 logs, validates, samples and checkpoints
     if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
       const auto validation = validate();
       result.validations.push_back(validation);
@@ -406,7 +454,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   }
   message(summary.str());
 
-  if (step_ >= last && !result.stopped_early) {
+  if (step_ >= last && !result.stopped_early && writes_files()) {
     io::ModelMetadata metadata;
     metadata.training_data = std::to_string(train_files_.size()) + " images";
     if (!options_.data_description().empty()) {

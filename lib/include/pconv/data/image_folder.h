@@ -67,11 +67,15 @@ using MaskSource = std::function<torch::Tensor(uint64_t index)>;
 /// training) uses photo `order[i mod n]` of a per-epoch shuffle of the files, crop randomness
 /// from (seed, i) and mask `i` of the mask source, so the stream resumed at any batch continues
 /// exactly as it would have, whatever the number of workers. Unreadable photos are skipped (the
-/// next photo in the epoch's order takes their place) and reported once each.
+/// next photo in the epoch's order takes their place) and reported once each. With `shards`
+/// > 1 (data-parallel training) this stream is shard `shard`: its batch k is the part `shard`
+/// of global batch k, i.e. global batch k * shards + shard of size batch_size, so the shards
+/// together see exactly what one stream with batch_size * shards would.
 class TrainingStream {
  public:
   TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop, MaskSource masks,
-                 int64_t batch_size, uint64_t seed, int workers, int64_t first_batch = 0);
+                 int64_t batch_size, uint64_t seed, int workers, int64_t first_batch = 0,
+                 int64_t shard = 0, int64_t shards = 1);
   ~TrainingStream();
   TrainingStream(const TrainingStream&) = delete;
   TrainingStream& operator=(const TrainingStream&) = delete;
@@ -95,6 +99,8 @@ class TrainingStream {
   CropOptions crop_;
   MaskSource masks_;
   int64_t batch_size_;
+  int64_t shard_;
+  int64_t shards_;
   uint64_t seed_;
   int64_t capacity_;  // examples decoded ahead at most
 

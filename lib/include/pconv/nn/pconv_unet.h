@@ -9,6 +9,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <functional>
 #include <ostream>
 #include <tuple>
 #include <vector>
@@ -56,6 +57,12 @@ class PConvUNetImpl : public torch::nn::Cloneable<PConvUNetImpl> {
   /// Applies options.freeze_encoder_bn(freeze) to the live module (parameters and mode).
   void set_freeze_encoder_bn(bool freeze);
 
+  /// Replaces the BatchNorm layers' computation while they are in training mode (e.g. with
+  /// statistics synchronised over data-parallel processes); empty: LibTorch's BatchNorm2d.
+  using BatchNormHook =
+      std::function<torch::Tensor(torch::nn::BatchNorm2dImpl& layer, const torch::Tensor& input)>;
+  void set_batch_norm_hook(BatchNormHook hook) { batch_norm_hook_ = std::move(hook); }
+
   /// Channels of encoder layer `level` (1..depth); level 0 is the image.
   int64_t encoder_width(int64_t level) const;
   /// H and W of the input must be multiples of this.
@@ -66,6 +73,10 @@ class PConvUNetImpl : public torch::nn::Cloneable<PConvUNetImpl> {
   std::vector<PartialConv2d> decoder;  // decoder[0] is the deepest, decoder.back() the last
   std::vector<torch::nn::BatchNorm2d> encoder_bn;  // for encoder levels 2..depth
   std::vector<torch::nn::BatchNorm2d> decoder_bn;  // for every decoder layer but the last
+
+ private:
+  torch::Tensor batch_norm(torch::nn::BatchNorm2d& layer, const torch::Tensor& input);
+  BatchNormHook batch_norm_hook_;
 };
 
 /// A ModuleHolder for PConvUNetImpl.

@@ -6,6 +6,7 @@
 // source: this header needs none of them.
 #pragma once
 
+#include <torch/nn/modules/batchnorm.h>
 #include <torch/types.h>
 
 #include <chrono>
@@ -56,6 +57,9 @@ class ProcessGroup {
   void all_reduce_mean(const std::vector<torch::Tensor>& tensors,
                        int64_t bucket_bytes = int64_t{25} << 20);
 
+  /// Replaces each tensor by its sum over the ranks (one collective per tensor).
+  void all_reduce_sum(const std::vector<torch::Tensor>& tensors);
+
   /// Waits until every rank has arrived.
   void barrier();
 
@@ -63,5 +67,12 @@ class ProcessGroup {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+/// BatchNorm in training mode with the batch statistics of all ranks together (synchronised
+/// BatchNorm): the output, the running statistics and the gradients are those of one process
+/// holding every rank's batch. Every rank must call it for the same layers in the same order.
+/// For PConvUNetImpl::set_batch_norm_hook.
+torch::Tensor sync_batch_norm(ProcessGroup& group, torch::nn::BatchNorm2dImpl& layer,
+                              const torch::Tensor& input);
 
 }  // namespace pconv::train

@@ -5,6 +5,7 @@
 
 #include <pconv/loss/inpainting_loss.h>
 #include <pconv/nn/pconv_unet.h>
+#include <pconv/train/distributed.h>
 
 #include <torch/arg.h>
 #include <torch/optim/adam.h>
@@ -54,6 +55,12 @@ struct TrainerOptions {
   TORCH_ARG(bool, half_weights) = false;
   /// What the training photos are (e.g. their folder), recorded in the model file.
   TORCH_ARG(std::string, data_description) = "";
+  /// Data-parallel training: this process is one rank of the group. batch_size is then the
+  /// batch of each rank (the global batch is batch_size * world size); the data is sharded by
+  /// rank, gradients are averaged over the ranks after each backward (in buckets), BatchNorm
+  /// statistics are synchronised, and only rank 0 writes logs, samples, checkpoints and the
+  /// model. Null: one process.
+  TORCH_ARG(std::shared_ptr<ProcessGroup>, process_group) = nullptr;
 };
 
 struct StepReport {
@@ -113,6 +120,8 @@ class Trainer {
 
  private:
   void save_checkpoint() const;
+  /// Rank 0, or the only process: the one that writes files.
+  bool writes_files() const;
   void load_checkpoint();
   ValidationReport validate();
   void write_samples(const std::string& name);

@@ -1,0 +1,21 @@
+# Data-parallel training equals one process with the same global batch: 2 ranks x batch 2 over
+# Gloo on the loopback address against 1 process x batch 4, same seed, K steps; the model files
+# must agree within float tolerance (synchronised BatchNorm, averaged gradients).
+#   cmake -DPCONV=<pconv> -DCHECK=<pconv_distributed_check> -DLAUNCH=<train-parallel.sh>
+#         -DWORK_DIR=<dir> -DPORT=<port> -P parallel_train.cmake
+file(REMOVE_RECURSE ${WORK_DIR})
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  message("${ARGN}\n-> ${rc}\n${out}")
+  if(NOT rc STREQUAL "0")
+    message(FATAL_ERROR "failed: ${ARGN}")
+  endif()
+endfunction()
+run(${PCONV} masks -n 8 -o ${WORK_DIR}/photos --size 40x36 --seed 5 --min-ratio 0.2 --max-ratio 0.5)
+set(common --data ${WORK_DIR}/photos --size 32 --depth 3 --width 8 --max-width 16
+    --workers 1 --threads 1 --seed 3 --steps 4 --validate-every 0 --sample-every 0
+    --checkpoint-every 0)
+run(${PCONV} train ${common} --batch 4 -o ${WORK_DIR}/single)
+run(${CMAKE_COMMAND} -E env PCONV=${PCONV} MASTER_PORT=${PORT} bash ${LAUNCH} 2 ${common} --batch 2
+    -o ${WORK_DIR}/parallel --timeout 60)
+run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/parallel/model.pt 1e-4)
