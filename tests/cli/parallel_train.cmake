@@ -1,6 +1,7 @@
 # Data-parallel training equals one process with the same global batch: 2 ranks x batch 2 over
 # Gloo on the loopback address against 1 process x batch 4, same seed, K steps; the model files
-# must agree within float tolerance (synchronised BatchNorm, averaged gradients).
+# must agree within float tolerance (synchronised BatchNorm, averaged gradients), also when the
+# parallel run is resumed half-way.
 #   cmake -DPCONV=<pconv> -DCHECK=<pconv_distributed_check> -DLAUNCH=<train-parallel.sh>
 #         -DWORK_DIR=<dir> -DPORT=<port> -P parallel_train.cmake
 file(REMOVE_RECURSE ${WORK_DIR})
@@ -13,9 +14,13 @@ function(run)
 endfunction()
 run(${PCONV} masks -n 8 -o ${WORK_DIR}/photos --size 40x36 --seed 5 --min-ratio 0.2 --max-ratio 0.5)
 set(common --data ${WORK_DIR}/photos --size 32 --depth 3 --width 8 --max-width 16
-    --workers 1 --threads 1 --seed 3 --steps 4 --validate-every 0 --sample-every 0
-    --checkpoint-every 0)
-run(${PCONV} train ${common} --batch 4 -o ${WORK_DIR}/single)
-run(${CMAKE_COMMAND} -E env PCONV=${PCONV} MASTER_PORT=${PORT} bash ${LAUNCH} 2 ${common} --batch 2
-    -o ${WORK_DIR}/parallel --timeout 60)
+    --workers 1 --threads 1 --seed 3 --validate-every 0 --sample-every 0 --checkpoint-every 0)
+run(${PCONV} train ${common} --steps 4 --batch 4 -o ${WORK_DIR}/single)
+set(launch ${CMAKE_COMMAND} -E env PCONV=${PCONV} MASTER_PORT=${PORT} bash ${LAUNCH} 2 ${common}
+    --batch 2 --timeout 60)
+run(${launch} --steps 4 -o ${WORK_DIR}/parallel)
 run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/parallel/model.pt 1e-4)
+# Stopped after 2 steps and resumed to 4: the same model again.
+run(${launch} --steps 2 -o ${WORK_DIR}/resumed)
+run(${launch} --steps 4 -o ${WORK_DIR}/resumed --resume)
+run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/resumed/model.pt 1e-4)
