@@ -191,16 +191,17 @@ at::Tensor per_channel(const at::Tensor& values) { return values.view({1, -1, 1,
 struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const at::Tensor& bias,
-                            at::Tensor running_mean, at::Tensor running_var, double momentum,
+                            const at::Tensor& running_mean, const at::Tensor& running_var,
+                            double momentum,
                             double eps, int64_t group_address) {
     auto& group = *reinterpret_cast<ProcessGroup*>(group_address);  // NOLINT(performance-no-int-to-ptr)
     const int64_t channels = input.size(1);
+    const int64_t per_channel_count = input.numel() / channels;  // exact: numel = N * C * H * W
     const auto values = input.to(at::kDouble);
     auto stats = at::cat({values.sum({0, 2, 3}), values.square().sum({0, 2, 3}),
-                          at::full({1}, static_cast<double>(input.numel() / channels),
-                                   values.options())});
+                          at::full({1}, static_cast<double>(per_channel_count), values.options())});
     group.all_reduce_sum({stats});
-    const double count = stats[2 * channels].item<double>();
+    const auto count = stats[2 * channels].item<double>();
     const auto mean = stats.narrow(0, 0, channels) / count;
     const auto variance = (stats.narrow(0, channels, channels) / count - mean.square()).clamp_min(0);
     const auto invstd = (variance + eps).rsqrt().to(input.scalar_type());
