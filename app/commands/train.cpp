@@ -138,6 +138,12 @@ void setup_train(CLI::App& app) {
                    "before the run fails")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  command
+      ->add_option("--amp", options->amp,
+                   "Mixed precision: bf16 (autocast to bfloat16), fp16 (float16 with dynamic "
+                   "loss scaling; overflowing steps are skipped) or off")
+      ->check(CLI::IsMember({"off", "bf16", "fp16"}))
+      ->capture_default_str();
   command->add_flag("--half-weights", options->half_weights,
                     "Store the final model's weights as float16 (half the file size)");
   command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
@@ -212,6 +218,7 @@ void run_train(const TrainOptions& options) {
       .validation_count(options.validation_count)
       .half_weights(options.half_weights)
       .process_group(group)
+      .amp(options.amp)
       .data_description(options.data_dir);
   train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
                          options.resume, options.command_line);

@@ -38,6 +38,7 @@ struct TrainOptions {
   int64_t validation_count = 32;
   bool half_weights = false;
   int64_t timeout_seconds = 300;
+  std::string amp = "off";
   std::string command_line;
 };
 

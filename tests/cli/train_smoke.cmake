@@ -66,3 +66,12 @@ message("interrupted run -> ${rc}\n${out}")
 if(NOT rc EQUAL 130 OR NOT out MATCHES "checkpoint saved" OR NOT EXISTS ${WORK_DIR}/run_interrupted/checkpoint.pt)
   message(FATAL_ERROR "SIGINT did not save a checkpoint and exit with 130")
 endif()
+
+# Mixed precision runs on the CPU too: bfloat16 autocast, and float16 with loss scaling.
+foreach(amp bf16 fp16)
+  pconv(0 train --data ${WORK_DIR}/photos -o ${WORK_DIR}/amp_${amp} ${model_args} --steps 2
+        --amp ${amp})
+  if(NOT last_output MATCHES "done: 2 steps")
+    message(FATAL_ERROR "--amp ${amp} did not finish")
+  endif()
+endforeach()

@@ -34,7 +34,7 @@ std::string run_identity(const TrainerOptions& o) {
   const auto& m = o.model();
   out << "size=" << o.size() << " batch=" << o.batch_size() << " seed=" << o.seed()
       << " depth=" << m.depth() << " base_width=" << m.base_width()
-      << " max_width=" << m.max_width() << " finetune=" << o.finetune();
+      << " max_width=" << m.max_width() << " finetune=" << o.finetune() << " amp=" << o.amp();
   return out.str();
 }
 
@@ -50,7 +50,8 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << w.perceptual() << "\nloss_style " << w.style() << "\nloss_tv " << w.tv() << "\nvgg "
       << (o.vgg_path().empty() ? "(none: pixel terms only)" : o.vgg_path()) << "\ninit_model "
       << (o.init_model().empty() ? "(none)" : o.init_model()) << "\nworkers " << o.workers()
-      << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\nhole_ratio "
+      << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\namp " << o.amp()
+      << "\nhole_ratio "
       << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nmask_dir "
       << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\ntrain_images "
       << train_count << "\nvalidation_images " << validation_count << '\n';
@@ -105,6 +106,11 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
       model_(seeded_model(options_)),
       loss_(options_.loss_weights()) {
   if (train_files_.empty()) throw InputError("no training images");
+  try {
+    amp_type_ = parse_amp(options_.amp());
+  } catch (const std::invalid_argument& error) {
+    throw InputError(error.what());
+  }
   if (!options_.mask_dir().empty()) {
     data::MaskFolder check(options_.mask_dir(), {}, 0);  // a bad mask folder fails here, early
   }
@@ -227,6 +233,9 @@ void Trainer::save_checkpoint() const {
   optimizer_->save(optimizer_archive);
   archive.write("optimizer", optimizer_archive);
   archive.write("cpu_rng", at::detail::getDefaultCPUGenerator().get_state());
+  const auto scaler_state = scaler_.state();
+  archive.write("amp_scale", scaler_state[0]);
+  archive.write("amp_growth_tracker", scaler_state[1]);
   std::ostringstream bytes;
   archive.save_to(bytes);
   io::write_file_atomically(run_dir_ / kCheckpointFile, bytes.str());
@@ -256,6 +265,13 @@ void Trainer::load_checkpoint() {
     archive.read("cpu_rng", rng_state);
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(rng_state.to(at::kCPU));
+    at::Tensor amp_scale;
+    at::Tensor amp_growth_tracker;
+    // Checkpoints from before mixed precision have no scaler state: keep the initial one.
+    if (archive.try_read("amp_scale", amp_scale) &&
+        archive.try_read("amp_growth_tracker", amp_growth_tracker)) {
+      scaler_.load_state({amp_scale.to(at::kCPU), amp_growth_tracker.to(at::kCPU)});
+    }
     model_->set_freeze_encoder_bn(options_.finetune());
     model_->train();
   } catch (const InputError&) {
@@ -384,16 +400,27 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     const auto images = batch.images.to(options_.device());
     const auto masks = batch.masks.to(options_.device());
     optimizer_->zero_grad();
-    const auto output = std::get<0>(model_(images * masks, masks));
-    const auto terms = loss_(output, images, masks);
-    terms.total.backward();
-    if (group) {
-      std::vector<torch::Tensor> grads;
+    loss::LossTerms terms;
+    {
+      AutocastScope autocast(options_.device().type(), amp_type_);
+      const auto output = std::get<0>(model_(images * masks, masks));
+      terms = loss_(output.to(at::kFloat), images, masks);
+    }
+    const bool scaled = amp_type_ == c10::kHalf;
+    (scaled ? scaler_.scale(terms.total) : terms.total).backward();
+    std::vector<torch::Tensor> grads;
+    if (group || scaled) {
       grads.reserve(trainable.size());
       for (const auto& parameter : trainable) grads.push_back(parameter.grad());
-      group->all_reduce_mean(grads);
     }
-    optimizer_->step();
+    if (group) group->all_reduce_mean(grads);  // an overflow reaches every rank alike
+    bool take_step = true;
+    if (scaled) {
+      take_step = scaler_.unscale(grads);
+      scaler_.update();
+      if (!take_step) ++skipped_steps_;
+    }
+    if (take_step) optimizer_->step();
     ++step_;
 
     window_images += options_.batch_size() * ranks;
@@ -449,6 +476,10 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   std::ostringstream summary;
   summary << std::fixed << std::setprecision(1) << "waited " << wait_seconds << " s of "
           << run_seconds << " s for data (" << 100.0 * result.data_wait_fraction << "%)";
+  if (skipped_steps_ > 0) {
+    summary << "; " << skipped_steps_ << " float16 step(s) skipped for overflowing gradients "
+            << "(loss scale now " << scaler_.scale_value() << ")";
+  }
   if (const auto skipped = stream.skipped(); !skipped.empty()) {
     summary << "; " << skipped.size() << " unreadable photo(s) skipped";
   }

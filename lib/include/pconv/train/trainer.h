@@ -6,6 +6,7 @@
 #include <pconv/loss/inpainting_loss.h>
 #include <pconv/nn/pconv_unet.h>
 #include <pconv/train/distributed.h>
+#include <pconv/train/mixed_precision.h>
 
 #include <torch/arg.h>
 #include <torch/optim/adam.h>
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,6 +63,9 @@ struct TrainerOptions {
   /// statistics are synchronised, and only rank 0 writes logs, samples, checkpoints and the
   /// model. Null: one process.
   TORCH_ARG(std::shared_ptr<ProcessGroup>, process_group) = nullptr;
+  /// Mixed precision: "off", "bf16" (autocast to bfloat16) or "fp16" (autocast to float16 with
+  /// dynamic loss scaling; steps whose gradients overflow are skipped).
+  TORCH_ARG(std::string, amp) = "off";
 };
 
 struct StepReport {
@@ -134,6 +139,9 @@ class Trainer {
   nn::PConvUNet model_;
   loss::InpaintingLoss loss_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
+  std::optional<c10::ScalarType> amp_type_;
+  GradScaler scaler_;
+  int64_t skipped_steps_ = 0;  // fp16 steps skipped for overflowing gradients, this run
   int64_t step_ = 0;
   torch::Tensor validation_images_;               // (V, 3, S, S) on the device
   torch::Tensor validation_masks_;                // (V, 1, S, S)
