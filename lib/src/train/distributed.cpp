@@ -103,6 +103,7 @@ int ProcessGroup::rank() const { return impl_->options.rank; }
 int ProcessGroup::world_size() const { return impl_->options.world_size; }
 
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
+  at::NoGradGuard no_grad;  // parameters are overwritten in place
   for (const auto& tensor : tensors) {
     if (!tensor.defined()) continue;
     std::vector<at::Tensor> one{tensor.is_contiguous() ? tensor : tensor.contiguous()};
