@@ -2,6 +2,7 @@
 
 #include <pconv/data/image_folder.h>
 #include <pconv/error.h>
+#include <pconv/eval/evaluation.h>
 #include <pconv/infer/inpainter.h>
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
@@ -16,7 +17,6 @@
 #include <future>
 #include <map>
 #include <memory>
-#include <optional>
 #include <vector>
 
 namespace pconv::app {
@@ -69,11 +69,11 @@ void write_compare(const fs::path& path, const Loaded& loaded, const at::Tensor&
     const auto colour = pixels.size(0) >= 3 ? pixels.narrow(0, 0, 3) : pixels.expand({3, -1, -1});
     return colour.to(at::kFloat);
   };
-  const auto holes = loaded.holes.unsqueeze(0).expand({3, -1, -1});
-  const auto input = at::where(holes, at::ones_like(rgb(loaded.image.pixels)), rgb(loaded.image.pixels));
-  const auto mask = holes.to(at::kFloat);
-  const auto gap = at::ones({3, input.size(1), 4});
-  io::write_image(path, at::cat({input, gap, rgb(result), gap, mask}, 2), 8);
+  const auto mask = loaded.holes.unsqueeze(0).expand({3, -1, -1}).to(at::kFloat);
+  io::write_image(path,
+                  eval::side_by_side({eval::with_white_holes(rgb(loaded.image.pixels), loaded.holes),
+                                      rgb(result), mask}),
+                  8);
 }
 
 // Writes the result of one image; returns a one-line description.
@@ -205,9 +205,10 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     std::future<Loaded> next = std::async(std::launch::async, read, jobs[0]);
     for (size_t i = 0; i < jobs.size(); ++i) {
       const auto& job = jobs[i];
+      auto pending = std::move(next);
+      if (i + 1 < jobs.size()) next = std::async(std::launch::async, read, jobs[i + 1]);
       try {
-        auto current = next.get();
-        if (i + 1 < jobs.size()) next = std::async(std::launch::async, read, jobs[i + 1]);
+        const auto current = pending.get();
         std::error_code ignored;
         fs::create_directories(job.out.parent_path(), ignored);
         const auto summary = inpaint_one(inpainter, current, job.image, job.mask, job.out,
@@ -215,9 +216,6 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
         spdlog::debug("{}: {}", job.image.string(), summary);
         ++done;
       } catch (const InputError& error) {
-        if (i + 1 < jobs.size() && !next.valid()) {
-          next = std::async(std::launch::async, read, jobs[i + 1]);
-        }
         failures.emplace_back(error.what());
         progress.note(error.what(), /*warning=*/true);
       }

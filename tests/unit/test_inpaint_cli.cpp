@@ -27,16 +27,20 @@ struct Result {
   std::string output;
 };
 
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 Result pconv(const fs::path& dir, const std::string& args) {
   const auto log = dir / "pconv.log";
   const std::string command = std::string(PCONV_BINARY) + " " + args + " > " + log.string() + " 2>&1";
   const int status = std::system(command.c_str());
   Result result;
   result.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  result.output = text.str();
+  result.output = read_text(log);
   return result;
 }
 
@@ -288,14 +292,9 @@ TEST(EvalCli, SameSeedSameReports) {
   const auto second = pconv(d, args + " -o " + (d / "two").string());
   ASSERT_EQ(second.rc, 0) << second.output;
   for (const char* name : {"eval.csv", "eval.json"}) {
-    std::ifstream a(d / "one" / name);
-    std::ifstream b(d / "two" / name);
-    std::stringstream text_a;
-    std::stringstream text_b;
-    text_a << a.rdbuf();
-    text_b << b.rdbuf();
-    EXPECT_FALSE(text_a.str().empty());
-    EXPECT_EQ(text_a.str(), text_b.str()) << name;
+    const auto first_text = read_text(d / "one" / name);
+    EXPECT_FALSE(first_text.empty());
+    EXPECT_EQ(first_text, read_text(d / "two" / name)) << name;
   }
   EXPECT_TRUE(fs::exists(d / "one" / "examples.png"));
   EXPECT_TRUE(fs::exists(d / "one" / "eval.md"));
@@ -303,13 +302,7 @@ TEST(EvalCli, SameSeedSameReports) {
   const auto other = pconv(d, "eval --data " + (d / "photos").string() +
                                   " --size 64 --per-bin 2 --seed 5 -o " + (d / "three").string());
   ASSERT_EQ(other.rc, 0);
-  std::ifstream a(d / "one" / "eval.csv");
-  std::ifstream c(d / "three" / "eval.csv");
-  std::stringstream text_a;
-  std::stringstream text_c;
-  text_a << a.rdbuf();
-  text_c << c.rdbuf();
-  EXPECT_NE(text_a.str(), text_c.str());
+  EXPECT_NE(read_text(d / "one" / "eval.csv"), read_text(d / "three" / "eval.csv"));
 }
 
 }  // namespace

@@ -20,14 +20,11 @@ std::string format(const char* pattern, double value) {
   return buffer;
 }
 
-// Mask `index` of bin `bin` for a seed: the same for every method and every run.
-at::Tensor bin_holes(const HoleBin& bin, int64_t bin_index, int64_t index, int64_t size,
-                     uint64_t seed) {
-  const data::MaskGenerator generator(
+// The masks of bin `bin_index` for a seed: the same for every method and every run.
+data::MaskGenerator bin_masks(const HoleBin& bin, int64_t bin_index, int64_t size, uint64_t seed) {
+  return data::MaskGenerator(
       data::MaskGeneratorOptions(size, size).min_ratio(bin.low).max_ratio(bin.high),
       seed * 1000003ULL + static_cast<uint64_t>(bin_index));
-  auto holes = generator.holes(static_cast<uint64_t>(index));
-  return at::from_blob(holes.data(), {size, size}, at::kByte).ne(0).clone();
 }
 
 // What a result file would hold: samples rounded to 8 bits.
@@ -121,6 +118,8 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
   std::map<int64_t, at::Tensor> crops;  // decoded once
   const auto crop_options = data::CropOptions().size(options.size()).min_fraction(0.0);
   for (size_t b = 0; b < report.bins.size(); ++b) {
+    const auto masks =
+        bin_masks(report.bins[b], static_cast<int64_t>(b), options.size(), options.seed());
     for (int64_t j = 0; j < per_bin; ++j) {
       const int64_t photo = options.per_bin() > 0
                                 ? (static_cast<int64_t>(b) * per_bin + j) % n
@@ -129,8 +128,9 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
       if (!truth.defined()) {
         truth = data::crop_example(photos[static_cast<size_t>(photo)], crop_options, false, 0);
       }
-      const auto holes = bin_holes(report.bins[b], static_cast<int64_t>(b), j, options.size(),
-                                   options.seed());
+      auto hole_bytes = masks.holes(static_cast<uint64_t>(j));
+      const auto holes =
+          at::from_blob(hole_bytes.data(), {options.size(), options.size()}, at::kByte).ne(0);
       report.mean_hole_ratio[b] +=
           holes.to(at::kDouble).mean().item<double>() / static_cast<double>(per_bin);
       const auto input = truth * holes.logical_not().unsqueeze(0);
@@ -262,20 +262,29 @@ std::string to_csv(const EvalReport& report) {
   return out.str();
 }
 
+torch::Tensor with_white_holes(const torch::Tensor& image, const torch::Tensor& holes) {
+  return at::where(holes.ne(0).unsqueeze(0).expand_as(image), at::ones_like(image), image);
+}
+
+torch::Tensor side_by_side(const std::vector<torch::Tensor>& pictures, int64_t gap) {
+  TORCH_CHECK(!pictures.empty(), "side_by_side: no pictures");
+  std::vector<at::Tensor> spaced;
+  for (const auto& picture : pictures) {
+    if (!spaced.empty()) spaced.push_back(at::ones({picture.size(0), picture.size(1), gap}));
+    spaced.push_back(picture);
+  }
+  return at::cat(spaced, 2);
+}
+
 torch::Tensor example_grid(const EvalReport& report) {
   std::vector<at::Tensor> rows;
   for (const auto& example : report.examples) {
-    const auto holes = example.holes.unsqueeze(0).expand({3, -1, -1});
-    std::vector<at::Tensor> cells{at::where(holes, at::ones_like(example.truth), example.truth)};
-    for (const auto& output : example.outputs) cells.push_back(output);
+    std::vector<at::Tensor> cells{with_white_holes(example.truth, example.holes)};
+    cells.insert(cells.end(), example.outputs.begin(), example.outputs.end());
     cells.push_back(example.truth);
-    std::vector<at::Tensor> spaced;
-    for (const auto& cell : cells) {
-      if (!spaced.empty()) spaced.push_back(at::ones({3, cell.size(1), 4}));
-      spaced.push_back(cell);
-    }
-    if (!rows.empty()) rows.push_back(at::ones({3, 4, at::cat(spaced, 2).size(2)}));
-    rows.push_back(at::cat(spaced, 2));
+    auto row = side_by_side(cells);
+    if (!rows.empty()) rows.push_back(at::ones({3, 4, row.size(2)}));
+    rows.push_back(std::move(row));
   }
   TORCH_CHECK(!rows.empty(), "example_grid: the report kept no examples");
   return at::cat(rows, 1);

@@ -362,10 +362,8 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
             std::to_string(ranks) + ", global batch " +
             std::to_string(options_.batch_size() * ranks));
   }
-  std::vector<torch::Tensor> trainable;
-  for (const auto& parameter : model_->parameters()) {
-    if (parameter.requires_grad()) trainable.push_back(parameter);
-  }
+  // What the optimiser updates: the gradients to average and to unscale.
+  const auto& trainable = optimizer_->param_groups().front().params();
   stream.set_warning_hook(message);
 
   std::ofstream log;
@@ -435,6 +433,9 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       window_start = now;
       window_images = 0;
     }
+    if (callbacks.on_step) callbacks.on_step(report);
+
+    if (!writes_files()) continue;  // rank 0 logs, validates, samples and checkpoints
     std::map<std::string, double> values(report.losses.begin(), report.losses.end());
     auto field = [&](const char* name) {
       const auto found = values.find(name);
@@ -444,9 +445,6 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
         << ',' << field("style_out") << ',' << field("style_comp") << ',' << field("tv") << ','
         << field("total") << ',' << report.learning_rate << ',' << report.images_per_second << '\n';
     log.flush();
-    if (callbacks.on_step) callbacks.on_step(report);
-
-    if (!writes_files()) continue;  // rank 0 logs, validates, samples and checkpoints
     if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
       const auto validation = validate();
       result.validations.push_back(validation);

@@ -80,6 +80,13 @@ std::string to_text(const EvalReport& report);
 std::string to_markdown(const EvalReport& report);
 std::string to_csv(const EvalReport& report);
 
+/// `image` (C, H, W) with the pixels of `holes` ((H, W), true = hole) white, as pconv's
+/// pictures show holes.
+torch::Tensor with_white_holes(const torch::Tensor& image, const torch::Tensor& holes);
+
+/// Pictures of one height, left to right, separated by `gap` white columns.
+torch::Tensor side_by_side(const std::vector<torch::Tensor>& pictures, int64_t gap = 4);
+
 /// The picture grid: one row per kept example (the input with holes in white, each method,
 /// the truth), columns separated by a thin white gap; (3, H, W) in [0, 1].
 torch::Tensor example_grid(const EvalReport& report);
