@@ -31,6 +31,32 @@ void add_common_options(CLI::App& command, CommonOptions& options) {
       ->capture_default_str();
 }
 
+void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
+  auto* precision =
+      command
+          .add_option("--precision", options.precision,
+                      "Element type of the network: fp32, fp16 (CUDA only) or bf16. The reduced "
+                      "types halve the memory and use tensor cores on a GPU; on a CPU bf16 is "
+                      "slower unless it has bf16 instructions")
+          ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+          ->capture_default_str();
+  command.add_flag("--half", options.half, "Same as --precision fp16")->excludes(precision);
+  command.add_flag("--channels-last", options.channels_last,
+                   "Channels-last (NHWC) memory format for the network, the layout of cuDNN's "
+                   "tensor-core kernels");
+}
+
+c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device device) {
+  const std::string precision = options.half ? "fp16" : options.precision;
+  if (precision == "fp16" && !device.is_cuda()) {
+    throw CLI::ValidationError(options.half ? "--half" : "--precision",
+                               "fp16 needs a CUDA device (--device cuda)");
+  }
+  if (precision == "fp16") return c10::kHalf;
+  if (precision == "bf16") return c10::kBFloat16;
+  return c10::kFloat;
+}
+
 std::string default_model_path() {
   if (const char* from_environment = std::getenv("PCONV_MODEL");
       from_environment != nullptr && *from_environment != '\0') {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -24,6 +25,19 @@ void add_common_options(CLI::App& command, CommonOptions& options);
 /// Resolves "auto", "cpu", "cuda" or "cuda:N" to a device that exists here; throws
 /// CLI::ValidationError naming the problem otherwise. Applies --threads.
 c10::Device resolve_device(const CommonOptions& options);
+
+/// How inpaint and eval run the network.
+struct InferenceCliOptions {
+  std::string precision = "fp32";
+  bool half = false;  // the short form of --precision fp16
+  bool channels_last = false;
+};
+
+/// Adds --precision, --half and --channels-last to `command`.
+void add_inference_options(CLI::App& command, InferenceCliOptions& options);
+
+/// The network's element type on `device`; throws CLI::ValidationError for float16 on a CPU.
+c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device device);
 
 /// The model used when --model is not given: $PCONV_MODEL if set, else the default model
 /// installed beside the program (<prefix>/share/pconv/models/pconv-default.pt), else the one in

@@ -77,6 +77,7 @@ void setup_eval(CLI::App& app) {
       ->check(CLI::Range(1, 16))
       ->capture_default_str();
   command->add_flag("--no-baselines", options->no_baselines, "Only the model");
+  add_inference_options(*command, options->inference);
   add_common_options(*command, options->common);
   command->callback([options] { run_eval(*options); });
 }
@@ -85,7 +86,11 @@ void run_eval(const EvalOptions& options) {
   const c10::Device device = resolve_device(options.common);
   const auto photos = data::list_images(options.data_dir);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
-  auto inpainter = std::make_shared<infer::Inpainter>(io::load_model(model_path), device);
+  auto inpainter = std::make_shared<infer::Inpainter>(
+      io::load_model(model_path), device,
+      infer::InferenceOptions()
+          .dtype(inference_dtype(options.inference, device))
+          .channels_last(options.inference.channels_last));
   std::vector<std::pair<std::string, eval::Method>> methods;
   methods.emplace_back("pconv", [inpainter](const at::Tensor& image, const at::Tensor& holes) {
     return inpainter

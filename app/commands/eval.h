@@ -22,6 +22,7 @@ struct EvalOptions {
   double radius = 3.0;
   int64_t examples = 1;
   bool no_baselines = false;
+  InferenceCliOptions inference;
   CommonOptions common;
 };
 

@@ -283,7 +283,7 @@ void setup_inpaint(CLI::App& app) {
                       "Longer side the resize strategy scales the image to")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  command->add_flag("--half", options->half, "Compute in float16 (CUDA devices only)");
+  add_inference_options(*command, options->inference);
   command->add_option("--compare", options->compare,
                       "Also write a side-by-side picture: input with holes | output | mask");
   command->add_flag("--skip-existing", options->skip_existing,
@@ -307,14 +307,14 @@ void run_inpaint(const InpaintOptions& options) {
     throw CLI::ValidationError("--masks", "only with --input; for one image give IMG MASK");
   }
   const c10::Device device = resolve_device(options.common);
-  if (options.half && !device.is_cuda()) {
-    throw CLI::ValidationError("--half", "needs a CUDA device (--device cuda)");
-  }
+  const auto dtype = inference_dtype(options.inference, device);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
   io::ModelMetadata metadata;
   auto model = io::load_model(model_path, &metadata);
   spdlog::debug("model {} ({} steps) on {}", model_path, metadata.steps, device.str());
-  const infer::Inpainter inpainter(model, device, options.half);
+  const infer::Inpainter inpainter(
+      model, device,
+      infer::InferenceOptions().dtype(dtype).channels_last(options.inference.channels_last));
   const auto inpaint_options = infer::InpaintOptions()
                                    .strategy(infer::parse_strategy(options.strategy))
                                    .composite(!options.raw)

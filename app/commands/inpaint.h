@@ -26,7 +26,7 @@ struct InpaintOptions {
   int64_t max_memory_mb = 3072;
   int64_t margin = 96;
   int64_t resize_side = 1024;
-  bool half = false;
+  InferenceCliOptions inference;
   std::string compare;
   bool skip_existing = false;
   CommonOptions common;

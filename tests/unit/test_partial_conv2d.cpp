@@ -12,6 +12,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -128,6 +130,90 @@ std::string error_message(const std::function<void()>& call) {
   return "(no error)";
 }
 
+// A random layer geometry: odd sizes, strides, dilation, groups, both mask kinds, bias or not.
+Geometry random_geometry(std::mt19937& rng, int64_t max_size = 40, int64_t max_group_channels = 8) {
+  auto pick = [&](int64_t low, int64_t high) {
+    return std::uniform_int_distribution<int64_t>(low, high)(rng);
+  };
+  Geometry g;
+  do {
+    g.batch = pick(1, 3);
+    g.mask_batch = pick(0, 1) ? 1 : g.batch;
+    g.groups = pick(1, 3);
+    g.in_channels = g.groups * pick(1, max_group_channels);
+    g.out_channels = g.groups * pick(1, max_group_channels);
+    g.kernel_h = 2 * pick(0, 3) + 1;
+    g.kernel_w = pick(0, 1) ? g.kernel_h : 2 * pick(0, 2) + 1;
+    g.stride_h = pick(1, 2);
+    g.stride_w = pick(1, 2);
+    g.pad_h = g.kernel_h / 2;
+    g.pad_w = g.kernel_w / 2;
+    g.dilation_h = pick(1, 2);
+    g.dilation_w = pick(1, 2);
+    g.height = pick(5, max_size);
+    g.width = pick(5, max_size);
+    g.bias = pick(0, 3) != 0;
+    g.multi_channel = pick(0, 1) == 1;
+  } while (g.out_h() < 1 || g.out_w() < 1);
+  return g;
+}
+
+// Switches the fused kernels on or off for a scope.
+class FusedKernels {
+ public:
+  explicit FusedKernels(bool enabled) : before_(F::fused_kernels_enabled()) {
+    F::set_fused_kernels_enabled(enabled);
+  }
+  ~FusedKernels() { F::set_fused_kernels_enabled(before_); }
+  FusedKernels(const FusedKernels&) = delete;
+  FusedKernels& operator=(const FusedKernels&) = delete;
+
+ private:
+  bool before_;
+};
+
+// One forward and backward pass of `conv` with a given upstream gradient.
+struct LayerRun {
+  at::Tensor output, mask, grad_input, grad_weight, grad_bias;
+  std::string grad_fn;
+};
+
+LayerRun run_layer(PartialConv2d conv, const at::Tensor& input, const at::Tensor& mask,
+                   const at::Tensor& upstream) {
+  conv->zero_grad();
+  const auto x = input.detach().requires_grad_(true);
+  auto [output, new_mask] = conv(x, mask);
+  LayerRun run;
+  run.grad_fn = output.grad_fn() ? output.grad_fn()->name() : "";
+  output.backward(upstream);
+  run.output = output.detach();
+  run.mask = new_mask;
+  run.grad_input = x.grad();
+  run.grad_weight = conv->weight.grad();
+  if (conv->bias.defined()) run.grad_bias = conv->bias.grad();
+  return run;
+}
+
+// Compares each result of `actual` with `expected` within rtol/atol (relative to the largest
+// value of the expected tensor, so that cancellation near zero does not count as an error).
+void expect_close(const LayerRun& actual, const LayerRun& expected, double tolerance) {
+  const auto close = [&](const at::Tensor& a, const at::Tensor& e, const char* what) {
+    ASSERT_EQ(a.defined(), e.defined()) << what;
+    if (!a.defined()) return;
+    const auto a64 = a.to(at::kCPU, at::kDouble);
+    const auto e64 = e.to(at::kCPU, at::kDouble);
+    const double scale = std::max(1.0, e64.abs().max().item<double>());
+    const double error = (a64 - e64).abs().max().item<double>();
+    EXPECT_LE(error, tolerance * scale) << what << ": max error " << error << " at scale " << scale;
+  };
+  close(actual.output, expected.output, "output");
+  EXPECT_TRUE(at::equal(actual.mask.to(at::kCPU, at::kFloat), expected.mask.to(at::kCPU, at::kFloat)))
+      << "updated mask";
+  close(actual.grad_input, expected.grad_input, "input gradient");
+  close(actual.grad_weight, expected.grad_weight, "weight gradient");
+  close(actual.grad_bias, expected.grad_bias, "bias gradient");
+}
+
 class PartialConv2dTest : public ::testing::Test {
  protected:
   void SetUp() override { torch::manual_seed(1234); }
@@ -179,6 +265,33 @@ TEST_F(PartialConv2dTest, MatchesNaiveReferenceOnRandomGeometries) {
     if (g.bias) conv32->bias.data().copy_(conv->bias);
     const auto out32 = std::get<0>(conv32(input.to(at::kFloat), mask.to(at::kFloat)));
     EXPECT_TRUE(at::allclose(out32.to(at::kDouble), expected, 1e-4, 1e-4));
+  }
+}
+
+TEST_F(PartialConv2dTest, FusedKernelsEqualTheReferencePath) {
+  // The CPU kernels (window terms; the epilogue for layers with a bias) against the plain ATen
+  // path, forward and backward; the autograd node shows which path ran.
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 25; ++trial) {
+    const Geometry g = random_geometry(rng);
+    SCOPED_TRACE(g.str());
+    PartialConv2d conv(g.options());
+    const auto input = at::randn({g.batch, g.in_channels, g.height, g.width});
+    const auto mask = random_mask(g, 0.6);
+    const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()});
+    LayerRun fused;
+    LayerRun plain;
+    {
+      const FusedKernels on(true);
+      fused = run_layer(conv, input, mask, upstream);
+    }
+    {
+      const FusedKernels off(false);
+      plain = run_layer(conv, input, mask, upstream);
+    }
+    EXPECT_EQ(fused.grad_fn.find("Renormalize") != std::string::npos, g.bias) << fused.grad_fn;
+    EXPECT_EQ(plain.grad_fn.find("Renormalize"), std::string::npos) << plain.grad_fn;
+    expect_close(fused, plain, 1e-5);
   }
 }
 
@@ -553,33 +666,62 @@ class PartialConv2dCudaTest : public PartialConv2dTest {
 
 TEST_F(PartialConv2dCudaTest, CpuEqualsCuda_CUDA) {
   std::mt19937 rng(3);
-  auto pick = [&](int64_t low, int64_t high) {
-    return std::uniform_int_distribution<int64_t>(low, high)(rng);
-  };
   for (int trial = 0; trial < 20; ++trial) {
-    Geometry g;
-    g.batch = pick(1, 3);
-    g.mask_batch = pick(0, 1) ? 1 : g.batch;
-    g.groups = pick(1, 2);
-    g.in_channels = g.groups * pick(1, 8);
-    g.out_channels = g.groups * pick(1, 8);
-    g.kernel_h = g.kernel_w = 2 * pick(0, 3) + 1;
-    g.stride_h = g.stride_w = pick(1, 2);
-    g.pad_h = g.pad_w = g.kernel_h / 2;
-    g.dilation_h = pick(1, 2);
-    g.height = pick(8, 40);
-    g.width = pick(8, 40);
-    g.multi_channel = pick(0, 1) == 1;
-    if (g.out_h() < 1 || g.out_w() < 1) continue;
+    const Geometry g = random_geometry(rng);
     SCOPED_TRACE(g.str());
     PartialConv2d conv(g.options());
     const auto input = at::randn({g.batch, g.in_channels, g.height, g.width});
     const auto mask = random_mask(g, 0.6);
-    const auto [cpu, cpu_mask] = conv(input, mask);
+    const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()});
+    const LayerRun cpu = run_layer(conv, input, mask, upstream);
     conv->to(at::kCUDA);
-    const auto [gpu, gpu_mask] = conv(input.cuda(), mask.cuda());
-    EXPECT_TRUE(at::equal(gpu_mask.cpu(), cpu_mask));
-    EXPECT_TRUE(at::allclose(gpu.cpu(), cpu, 1e-4, 1e-5)) << (gpu.cpu() - cpu).abs().max();
+    const LayerRun gpu = run_layer(conv, input.cuda(), mask.cuda(), upstream.cuda());
+    expect_close(gpu, cpu, 1e-4);
+  }
+}
+
+TEST_F(PartialConv2dCudaTest, FusedKernelsEqualTheReferencePath_CUDA) {
+  ASSERT_TRUE(F::cuda_kernels_built()) << "this build has no CUDA kernels";
+  // The fused CUDA kernels against the plain ATen path on random geometries (planes above and
+  // below the small-block threshold, channel counts above the 32-channel lanes), in float32,
+  // float16 and bfloat16, NCHW and channels-last, forward and backward.
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 30; ++trial) {
+    const Geometry g = random_geometry(rng, /*max_size=*/70, /*max_group_channels=*/24);
+    for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+      for (const bool channels_last : {false, true}) {
+        SCOPED_TRACE(g.str() + " dtype=" + c10::toString(dtype) +
+                     (channels_last ? " channels-last" : " NCHW"));
+        PartialConv2d conv(g.options());
+        conv->to(at::kCUDA, dtype);
+        const auto format =
+            channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+        const auto input = at::randn({g.batch, g.in_channels, g.height, g.width},
+                                     at::device(at::kCUDA).dtype(dtype))
+                               .contiguous(format);
+        const auto mask = random_mask(g, 0.6).to(at::kCUDA, dtype).contiguous(format);
+        const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()},
+                                        at::device(at::kCUDA).dtype(dtype))
+                                  .contiguous(format);
+        LayerRun fused;
+        LayerRun plain;
+        {
+          const FusedKernels on(true);
+          fused = run_layer(conv, input, mask, upstream);
+        }
+        {
+          const FusedKernels off(false);
+          plain = run_layer(conv, input, mask, upstream);
+        }
+        EXPECT_NE(fused.grad_fn.find("Renormalize"), std::string::npos) << fused.grad_fn;
+        EXPECT_EQ(plain.grad_fn.find("Renormalize"), std::string::npos) << plain.grad_fn;
+        // One rounding to the element type (fused) against two (reference), and gradients
+        // that sum many such terms.
+        const double tolerance = dtype == at::kFloat ? 1e-5 : dtype == at::kHalf ? 4e-3 : 3e-2;
+        expect_close(fused, plain, tolerance);
+        EXPECT_TRUE(fused.output.isfinite().all().item<bool>());
+      }
+    }
   }
 }
 

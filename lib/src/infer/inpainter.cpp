@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/nn/module.h>
 
 #include <algorithm>
 #include <cmath>
@@ -133,13 +134,33 @@ std::vector<Box> hole_regions(const torch::Tensor& holes, int64_t margin) {
   return boxes;
 }
 
-Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, bool half)
-    : model_(std::move(model)), device_(device), half_(half) {
-  if (half_ && !device_.is_cuda()) {
-    throw std::invalid_argument("half precision needs a CUDA device");
+c10::ScalarType parse_precision(const std::string& name) {
+  if (name == "fp32" || name == "float32") return at::kFloat;
+  if (name == "fp16" || name == "float16") return at::kHalf;
+  if (name == "bf16" || name == "bfloat16") return at::kBFloat16;
+  throw std::invalid_argument("unknown precision '" + name + "' (fp32, fp16 or bf16)");
+}
+
+Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions options)
+    : model_(std::move(model)), device_(device), options_(options) {
+  const auto dtype = options_.dtype();
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
+    throw std::invalid_argument(std::string("inference runs in float32, float16 or bfloat16, not ") +
+                                c10::toString(dtype));
+  }
+  if (dtype == at::kHalf && !device_.is_cuda()) {
+    throw std::invalid_argument("float16 inference needs a CUDA device");
   }
   model_->eval();
-  model_->to(device_, half_ ? at::kHalf : at::kFloat);
+  model_->to(device_, dtype);
+  if (options_.channels_last()) {
+    torch::NoGradGuard no_grad;
+    for (auto& parameter : model_->parameters()) {
+      if (parameter.dim() == 4) {
+        parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+      }
+    }
+  }
 }
 
 int64_t Inpainter::estimate_bytes(int64_t height, int64_t width) const {
@@ -155,7 +176,7 @@ int64_t Inpainter::estimate_bytes(int64_t height, int64_t width) const {
     per_pixel += 2.0 * static_cast<double>(model_->encoder_width(level)) /
                  static_cast<double>(int64_t{1} << (2 * level));
   }
-  const double bytes_per_value = half_ ? 2.0 : 4.0;
+  const double bytes_per_value = options_.dtype() == at::kFloat ? 4.0 : 2.0;
   return static_cast<int64_t>(per_pixel * bytes_per_value * static_cast<double>(h * w));
 }
 
@@ -166,11 +187,14 @@ torch::Tensor Inpainter::run(const torch::Tensor& rgb, const torch::Tensor& vali
   const int64_t width = rgb.size(2);
   const int64_t pad_h = (multiple - height % multiple) % multiple;
   const int64_t pad_w = (multiple - width % multiple) % multiple;
-  const auto type = half_ ? at::kHalf : at::kFloat;
+  const auto type = options_.dtype();
+  const auto format =
+      options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   // Padding is missing data to the network, as the image border is in training.
   auto image = at::constant_pad_nd(rgb.to(device_, type).unsqueeze(0), {0, pad_w, 0, pad_h}, 0);
   auto mask = at::constant_pad_nd(valid.to(device_, type).unsqueeze(0), {0, pad_w, 0, pad_h}, 0);
-  image = image * mask;
+  image = (image * mask).contiguous(format);
+  mask = mask.contiguous(format);
   auto output = std::get<0>(model_->forward(image, mask));
   return output.squeeze(0)
       .narrow(1, 0, height)

@@ -41,6 +41,20 @@ struct InpaintOptions {
   TORCH_ARG(int64_t, memory_budget) = int64_t{3} << 30;
 };
 
+/// How the network runs.
+struct InferenceOptions {
+  /// The network's element type: float32, float16 (CUDA only) or bfloat16. The mask terms stay
+  /// float32; images come back as float32 either way.
+  TORCH_ARG(c10::ScalarType, dtype) = c10::kFloat;
+  /// Weights and activations in channels-last (NHWC) memory format, the layout cuDNN's
+  /// tensor-core kernels work in.
+  TORCH_ARG(bool, channels_last) = false;
+};
+
+/// "fp32", "fp16" or "bf16" (also "float32", "float16", "bfloat16") to the element type;
+/// throws std::invalid_argument otherwise.
+c10::ScalarType parse_precision(const std::string& name);
+
 /// A box in pixel coordinates: rows [top, bottom), columns [left, right).
 struct Box {
   int64_t top = 0;
@@ -67,8 +81,9 @@ struct InpaintResult {
 
 class Inpainter {
  public:
-  /// Takes the model for inference on `device`; `half` runs it in float16 (CUDA only).
-  Inpainter(nn::PConvUNet model, c10::Device device, bool half = false);
+  /// Takes the model for inference on `device`. Throws std::invalid_argument for float16 on a
+  /// CPU or an element type that is not floating point.
+  Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions options = {});
 
   /// Fills `holes` ((H, W), non-zero = hole) in `image` ((C, H, W) float in [0, 1]; C = 1, 3
   /// or 4: grey goes through the network as RGB and comes back as the channel mean, alpha is
@@ -81,6 +96,7 @@ class Inpainter {
 
   const nn::PConvUNet& model() const { return model_; }
   c10::Device device() const { return device_; }
+  const InferenceOptions& options() const { return options_; }
 
  private:
   /// The network on `rgb` (3, h, w) with `valid` (1, h, w), padded to the multiple and
@@ -94,7 +110,7 @@ class Inpainter {
   // Not changed by inference (eval mode), but LibTorch's forward is not const.
   mutable nn::PConvUNet model_;
   c10::Device device_;
-  bool half_;
+  InferenceOptions options_;
 };
 
 }  // namespace pconv::infer

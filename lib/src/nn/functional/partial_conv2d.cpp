@@ -107,12 +107,10 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(
               "partial_conv2d: mask terms are float32 or float64; asked for ", terms_dtype);
   TORCH_CHECK(window > 0, "partial_conv2d: window must be positive; got ", window);
   torch::NoGradGuard no_grad;
-  // Window sums of 0/1 values must be exact integers. On the CPU a separable box sum gives them
-  // (and is far cheaper than a one-channel convolution); cuDNN may pick Winograd or FFT, which
-  // round, so count in float64 there (the tensor has at most `groups` channels).
-  const auto count_dtype = channel_counts.is_cuda() ? torch::kDouble : terms_dtype;
+  // Window sums of 0/1 values must be exact integers: the kernels sum whole numbers, and the
+  // reference path takes care of cuDNN's rounding algorithms.
   auto window_terms =
-      detail::window_terms(channel_counts.detach().to(count_dtype), static_cast<double>(window),
+      detail::window_terms(channel_counts.detach().to(terms_dtype), static_cast<double>(window),
                            {{(*kernel_size)[0], (*kernel_size)[1]},
                             {(*options.stride())[0], (*options.stride())[1]},
                             {(*options.padding())[0], (*options.padding())[1]},

@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 namespace pconv::nn::functional::detail {
@@ -15,18 +16,65 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+#ifdef PCONV_CUDA_KERNELS
+constexpr bool kCudaKernels = true;
+#else
+constexpr bool kCudaKernels = false;
+#endif
+
+std::atomic<bool> g_fused_enabled{true};
+
+// The dtype of the mask terms for an output of `dtype`.
+at::ScalarType term_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // Rows of work per task: about at::internal::GRAIN_SIZE element operations.
 int64_t grain_for(int64_t work_per_row) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_row));
 }
 
-bool fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
-             const at::Tensor& valid) {
+bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
+                 const at::Tensor& valid) {
   const auto dtype = raw.scalar_type();
   return raw.is_cpu() && (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
          ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
          valid.is_contiguous() && bias.defined() && bias.scalar_type() == dtype;
 }
+
+// CUDA: any floating output in NCHW or channels-last, terms in term_dtype, any bias or none.
+bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
+                  const at::Tensor& valid) {
+  const auto dtype = raw.scalar_type();
+  const auto terms = term_dtype(dtype);
+  return kCudaKernels && raw.is_cuda() &&
+         (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+          dtype == at::kBFloat16) &&
+         (raw.is_contiguous() || raw.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
+         ratio.device() == raw.device() && valid.device() == raw.device() &&
+         ratio.scalar_type() == terms && valid.scalar_type() == terms && ratio.is_contiguous() &&
+         valid.is_contiguous() && (!bias.defined() || bias.device() == raw.device());
+}
+
+#ifndef PCONV_CUDA_KERNELS
+}  // namespace
+// Never called (kCudaKernels is false): definitions for the linker in builds without nvcc.
+namespace cuda {
+void window_terms(const at::TensorBase&, double, const WindowGeometry&, const at::TensorBase&,
+                  const at::TensorBase&) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
+void renormalize(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&,
+                 const at::TensorBase&, bool) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
+void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&, bool,
+                          const at::TensorBase&, const at::TensorBase&) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
+}  // namespace cuda
+namespace {
+#endif
 
 // The inner loops, compiled for AVX-512, AVX2 + FMA and the x86-64 baseline; the loader picks
 // the best one for the machine (GCC function multi-versioning). Other dtypes use the templates.
@@ -106,11 +154,12 @@ PlaneIndex plane_index(const at::Tensor& raw, const at::Tensor& ratio) {
   return {raw.size(1), ratio.size(1), ratio.size(0), raw.size(2) * raw.size(3)};
 }
 
-// raw * ratio + bias * valid, in place, in one pass over the output (layers with a bias).
+// raw * ratio + bias * valid, in place, in one pass over the output (CPU: layers with a bias).
 class Renormalize : public torch::autograd::Function<Renormalize> {
  public:
   static at::Tensor forward(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
                             const at::Tensor& ratio, const at::Tensor& valid) {
+    if (raw.is_cuda()) return forward_cuda(ctx, raw, bias, ratio, valid);
     const PlaneIndex index = plane_index(raw, ratio);
     const int64_t planes = raw.size(0) * index.channels;
     AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize", [&] {
@@ -136,6 +185,7 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& ratio = saved[0];
     const at::Tensor& valid = saved[1];
+    if (ratio.is_cuda()) return backward_cuda(ctx, grad_outputs[0], ratio, valid);
     const at::Tensor grad = grad_outputs[0].contiguous();
     const PlaneIndex index = plane_index(grad, ratio);
     const int64_t planes = grad.size(0) * index.channels;
@@ -164,6 +214,46 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
         plane_sums.view({grad.size(0), index.channels}).sum(0).to(grad.scalar_type());
     return {grad_raw, grad_bias, at::Tensor(), at::Tensor()};
   }
+
+ private:
+  static at::Tensor forward_cuda(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
+                                 const at::Tensor& ratio, const at::Tensor& valid) {
+    // Contiguous NCHW wins where both layouts hold (one channel or a 1 x 1 output).
+    const bool channels_last = !raw.is_contiguous();
+    const at::Tensor bias_terms =
+        bias.defined() ? bias.detach().to(ratio.scalar_type()).contiguous() : at::Tensor();
+    cuda::renormalize(raw, bias_terms, ratio, valid, channels_last);
+    ctx->mark_dirty({raw});
+    ctx->save_for_backward({ratio, valid});
+    ctx->saved_data["channels_last"] = channels_last;
+    ctx->saved_data["bias_dtype"] =
+        bias.defined() ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
+    return raw;
+  }
+
+  static variable_list backward_cuda(AutogradContext* ctx, const at::Tensor& grad_output,
+                                     const at::Tensor& ratio, const at::Tensor& valid) {
+    const bool channels_last = ctx->saved_data["channels_last"].toBool();
+    const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
+    const at::Tensor grad = grad_output.contiguous(
+        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    at::Tensor grad_raw = at::empty_like(grad);
+    const int64_t channels = grad.size(1);
+    at::Tensor bias_sums;
+    if (bias_dtype >= 0 && ctx->needs_input_grad(1)) {
+      const int64_t rows =
+          channels_last
+              ? cuda::renormalize_backward_row_blocks(grad.size(0) * grad.size(2) * grad.size(3))
+              : grad.size(0);
+      bias_sums = at::empty({rows, channels}, ratio.options());
+    }
+    cuda::renormalize_backward(grad, ratio, valid, channels_last, grad_raw, bias_sums);
+    const at::Tensor grad_bias =
+        bias_sums.defined()
+            ? bias_sums.sum(0).to(static_cast<at::ScalarType>(static_cast<int8_t>(bias_dtype)))
+            : at::Tensor();
+    return {grad_raw, grad_bias, at::Tensor(), at::Tensor()};
+  }
 };
 
 }  // namespace
@@ -180,11 +270,17 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   const int64_t dilation_h = geometry.dilation[0];
   const int64_t dilation_w = geometry.dilation[1];
   const auto dtype = counts.scalar_type();
-  if (!counts.is_cpu() || dtype != terms_dtype || (dtype != at::kFloat && dtype != at::kDouble)) {
+  const bool kernel_dtype = dtype == terms_dtype && (dtype == at::kFloat || dtype == at::kDouble);
+  const bool fused = fused_enabled() && kernel_dtype &&
+                     (counts.is_cpu() || (kCudaKernels && counts.is_cuda()));
+  if (!fused) {
     // The reference path: a depthwise convolution with a ones kernel, then the ratio selected
-    // (never multiplied) so that a zero count gives exactly 0.
-    const at::Tensor box = at::ones({counts.size(1), 1, kernel_h, kernel_w}, counts.options());
-    const at::Tensor sums = at::conv2d(counts, box, {}, geometry.stride, geometry.padding,
+    // (never multiplied) so that a zero count gives exactly 0. The window sums of 0/1 values
+    // must be exact integers; cuDNN may pick Winograd or FFT, which round, so CUDA counts in
+    // float64 (the tensor has at most `groups` channels).
+    const at::Tensor box_input = counts.is_cuda() ? counts.to(at::kDouble) : counts;
+    const at::Tensor box = at::ones({counts.size(1), 1, kernel_h, kernel_w}, box_input.options());
+    const at::Tensor sums = at::conv2d(box_input, box, {}, geometry.stride, geometry.padding,
                                        geometry.dilation, counts.size(1))
                                 .to(terms_dtype);
     const at::Tensor valid = sums > 0;
@@ -205,6 +301,10 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
               height, "x", width, " input");
   WindowTerms terms{at::empty({input.size(0), input.size(1), out_h, out_w}, input.options()),
                     at::empty({input.size(0), input.size(1), out_h, out_w}, input.options())};
+  if (input.is_cuda()) {
+    cuda::window_terms(input, window, geometry, terms.ratio, terms.valid);
+    return terms;
+  }
   AT_DISPATCH_FLOATING_TYPES(dtype, "pconv_window_terms", [&] {
     const auto* in = input.const_data_ptr<scalar_t>();
     auto* ratio = terms.ratio.mutable_data_ptr<scalar_t>();
@@ -244,11 +344,16 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   return terms;
 }
 
+bool fused_enabled() { return g_fused_enabled.load(std::memory_order_relaxed); }
+
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                        const at::Tensor& valid) {
-  if (fusable(raw, bias, ratio, valid)) return Renormalize::apply(raw, bias, ratio, valid);
+  if (fused_enabled() &&
+      (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid))) {
+    return Renormalize::apply(raw, bias, ratio, valid);
+  }
 
-  // The reference path (CUDA, half and bfloat16, strided outputs, no bias): in-place ATen ops.
+  // The reference path (what the fused kernels do not cover): in-place ATen ops.
   const int64_t batch = raw.size(0);
   const int64_t channels = raw.size(1);
   const int64_t groups = ratio.size(1);
@@ -267,3 +372,15 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
 }
 
 }  // namespace pconv::nn::functional::detail
+
+namespace pconv::nn::functional {
+
+void set_fused_kernels_enabled(bool enabled) {
+  detail::g_fused_enabled.store(enabled, std::memory_order_relaxed);
+}
+
+bool fused_kernels_enabled() { return detail::fused_enabled(); }
+
+bool cuda_kernels_built() { return detail::kCudaKernels; }
+
+}  // namespace pconv::nn::functional

@@ -1,10 +1,12 @@
-// CPU kernels behind pconv::nn::functional::partial_conv2d: the mask terms and the
-// fused renormalise-and-bias epilogue. Internal to the library; other devices and dtypes take
-// the ATen path, which is the reference these kernels are tested against.
+// Kernels behind pconv::nn::functional::partial_conv2d: the mask terms and the fused
+// renormalise-and-bias epilogue, on the CPU (float, double) and, in builds with nvcc, on CUDA
+// (float, double, half, bfloat16; NCHW and channels-last). Internal to the library; whatever
+// they do not cover takes the plain ATen path, the reference they are tested against.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -31,4 +33,34 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                        const at::Tensor& valid);
 
+/// Whether the fused kernels are switched on (pconv::nn::functional::set_fused_kernels_enabled).
+bool fused_enabled();
+
+// The CUDA kernels (partial_conv2d_cuda.cu), present when PCONV_CUDA_KERNELS is defined. Every
+// tensor is on one CUDA device, contiguous (the output and its gradient: NCHW or, with
+// `channels_last`, channels-last), and allocated by the caller; the terms are float (double
+// for double outputs).
+namespace cuda {
+
+/// ratio and valid (N, G, H', W') from counts (N, G, H, W), one dtype (float or double).
+void window_terms(const at::TensorBase& counts, double window, const WindowGeometry& geometry,
+                  const at::TensorBase& ratio, const at::TensorBase& valid);
+
+/// raw = raw * ratio + bias * valid in place; `bias` (C) in the terms' dtype, or undefined.
+void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at::TensorBase& ratio,
+                 const at::TensorBase& valid, bool channels_last);
+
+/// grad_raw = grad * ratio; with `bias_sums` defined, the partial sums of grad * valid per
+/// output channel: (N, C) for NCHW, (renormalize_backward_row_blocks(N x H' x W'), C) for
+/// channels-last, in the terms' dtype; their sum over the first dimension is the bias gradient.
+void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& ratio,
+                          const at::TensorBase& valid, bool channels_last,
+                          const at::TensorBase& grad_raw, const at::TensorBase& bias_sums);
+
+/// How many blocks share the rows of a channels-last backward (about 64 rows each).
+inline int64_t renormalize_backward_row_blocks(int64_t rows) {
+  return std::clamp<int64_t>((rows + 63) / 64, 1, 2048);
+}
+
+}  // namespace cuda
 }  // namespace pconv::nn::functional::detail

@@ -81,4 +81,16 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(
     const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,
     const torch::Tensor& bias = {}, const PartialConv2dFuncOptions& options = {});
 
+/// The fused kernels (on the CPU for float32/float64 outputs; on CUDA for float32, float64,
+/// float16 and bfloat16 outputs, NCHW or channels-last, in builds with cuda_kernels_built())
+/// compute the mask terms and the renormalise-and-bias epilogue in one pass each. Switched off,
+/// every call takes the plain ATen path, the reference the kernels are tested against (and
+/// benchmarked with). Process-wide; on by default.
+void set_fused_kernels_enabled(bool enabled);
+bool fused_kernels_enabled();
+
+/// Whether this build carries the CUDA kernels (compiled with nvcc against a CUDA LibTorch).
+/// Without them, CUDA tensors take the ATen path.
+bool cuda_kernels_built();
+
 }  // namespace pconv::nn::functional
