@@ -5,7 +5,10 @@
 #
 #   here:   scripts/gpu.sh fetch                 .deb files into .gpu-debs/, the photos into
 #                                                .gpu-data/photos (both ignored by git; carry them)
-#   there:  scripts/gpu.sh check OUT_DIR         build, unit tests (*_CUDA included), benchmarks
+#   there:  scripts/gpu.sh check OUT_DIR         build, unit tests (*_CUDA included), all CTest
+#                                                tests, pconv eval/inpaint on CUDA in each precision
+#           scripts/gpu.sh bench OUT_DIR         the layer (fp32/bf16, NCHW/channels-last), UNet
+#                                                inference/training and train-step benchmarks
 #           scripts/gpu.sh train OUT_DIR SECONDS [pconv train options...]
 #                                                photos -> tensor images, then pconv train on the
 #                                                GPU in /tmp/pconv-run for at most SECONDS (Ctrl-C
@@ -14,7 +17,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 debs=$root/.gpu-debs
-command=${1:?usage: gpu.sh fetch | check OUT_DIR | train OUT_DIR SECONDS [options]}
+command=${1:?usage: gpu.sh fetch | check OUT_DIR | bench OUT_DIR | train OUT_DIR SECONDS [options]}
 shift
 
 if [ "$command" = fetch ]; then
@@ -61,12 +64,49 @@ case "$command" in
   check)
     build_pconv
     "$build/tests/pconv_unit_tests" 2>&1 | tee "$out_dir/unit-tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran" || true
-    "$build/tests/bench/bench_partial_conv2d" --device cuda --benchmark_min_time=0.2 \
-      --benchmark_repetitions=3 > "$out_dir/bench-cuda.txt" 2>&1
+    # Everything else CTest has (CLI, distributed, package), without the benchmark smoke runs.
+    ctest --test-dir "$build" -j 8 -E '^bench[.]' --output-on-failure > "$out_dir/ctest.log" 2>&1 || true
+    grep -E "tests passed|tests failed|Failed|\*\*\*" "$out_dir/ctest.log" | tail -15 || true
+    # The commands on the GPU: eval in each precision and layout (quality and time), and one
+    # inpaint on CUDA against the CPU.
+    photos=/tmp/pconv-photos
+    [ -d "$photos/val" ] || "$python" "$root/scripts/photos_to_tensors.py" "$root/.gpu-data/photos/val" "$photos/val" > /dev/null
+    {
+      for variant in "--device cuda --precision fp32" "--device cuda --precision bf16" \
+                     "--device cuda --precision fp16" "--device cuda --precision bf16 --channels-last" \
+                     "--device cpu --threads 16"; do
+        echo "== pconv eval --data val --per-bin 8 $variant"
+        /usr/bin/time -f "%e s wall, %M KB peak RSS" "$build/app/pconv" -q eval --data "$photos/val" \
+          --per-bin 8 $variant -o "/tmp/pconv-eval" 2>&1 | tail -12
+      done
+      first=$(ls "$photos/val" | head -1)
+      "$python" -c "import torch,sys; img=torch.load(sys.argv[1]); m=torch.zeros(img.shape[:2],dtype=torch.uint8); m[100:220,150:300]=255; torch.save(m,sys.argv[2])" \
+        "$photos/val/$first" /tmp/pconv-mask.pt
+      rm -f /tmp/pconv-inpainted-*.pt
+      for device in cpu cuda; do
+        echo "== pconv inpaint $first --device $device"
+        /usr/bin/time -f "%e s wall, %M KB peak RSS" "$build/app/pconv" inpaint "$photos/val/$first" \
+          /tmp/pconv-mask.pt -o "/tmp/pconv-inpainted-$device.pt" --device "$device"
+      done
+      "$python" -c "import torch; a=torch.load('/tmp/pconv-inpainted-cpu.pt').float(); b=torch.load('/tmp/pconv-inpainted-cuda.pt').float(); print('inpaint cpu vs cuda: max |diff| (8-bit levels)', (a-b).abs().max().item())"
+    } > "$out_dir/cli-cuda.log" 2>&1 || true
+    grep -E "^==|^all|PSNR|diff|wall" "$out_dir/cli-cuda.log" | head -40 || true
+    ;;
+  bench)
+    build_pconv
+    {
+      for config in "--dtype fp32 --format nchw" "--dtype bf16 --format nchw" "--dtype bf16 --format cl"; do
+        echo "== bench_partial_conv2d --device cuda $config"
+        "$build/tests/bench/bench_partial_conv2d" --device cuda $config --benchmark_min_time=0.1 \
+          --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 | sed -n '/^Median/,$p'
+      done
+    } > "$out_dir/bench-layer.txt" 2>&1 || true
+    "$build/tests/bench/bench_unet" --device cuda --benchmark_min_time=0.5 > "$out_dir/bench-unet.txt" 2>&1 || true
     "$build/tests/bench/bench_train_step" --device cuda --benchmark_min_time=2 \
       > "$out_dir/bench-train-cuda.txt" 2>&1 || true
-    tail -30 "$out_dir/bench-cuda.txt"
-    tail -8 "$out_dir/bench-train-cuda.txt"
+    cat "$out_dir/bench-layer.txt"
+    grep -E "unet_" "$out_dir/bench-unet.txt" | sed -E 's/ +[0-9]+ ms +[0-9]+ +/ /' | head -70
+    tail -6 "$out_dir/bench-train-cuda.txt"
     ;;
   train)
     seconds=${1:?SECONDS}

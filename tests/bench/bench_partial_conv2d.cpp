@@ -1,10 +1,13 @@
-// Benchmarks PartialConv2d against a plain Conv2d of the same shape and against NVIDIA's
-// formulation of the layer, on the shapes of the paper's UNet, and prints the ratios.
+// Benchmarks PartialConv2d (with its fused kernels and on the plain ATen path) against a plain
+// Conv2d of the same shape and against NVIDIA's formulation of the layer, on the shapes of the
+// paper's UNet, and prints the ratios.
 //
-//   bench_partial_conv2d [--threads N] [--device cpu|cuda] [--shape I] [google benchmark flags]
+//   bench_partial_conv2d [--threads N] [--device cpu|cuda] [--shape I] [--dtype fp32|bf16|fp16]
+//                        [--format nchw|cl] [google benchmark flags]
 //
 // --shape I runs only the I-th layer shape (0-based); scripts/bench.sh runs each shape in a
 // process of its own, which keeps one shape's heap layout from skewing another's timings.
+#include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/nn/partial_conv2d.h>
 
 #include <ATen/ATen.h>
@@ -40,13 +43,15 @@ const std::vector<Shape> kShapes = {
     {"512->512 k3 s2 @16", 512, 512, 3, 2, 16}, {"768->256 k3 s1 @64", 768, 256, 3, 1, 64},
 };
 
-enum class Variant { kConv2d, kPartial, kNvidia };
+enum class Variant { kConv2d, kPartial, kPartialUnfused, kNvidia };
 const char* variant_name(Variant variant) {
   switch (variant) {
     case Variant::kConv2d:
       return "conv2d";
     case Variant::kPartial:
       return "pconv";
+    case Variant::kPartialUnfused:
+      return "pconv-unfused";
     case Variant::kNvidia:
       return "nvidia";
   }
@@ -54,6 +59,8 @@ const char* variant_name(Variant variant) {
 }
 
 c10::Device g_device(c10::kCPU);
+c10::ScalarType g_dtype = c10::kFloat;
+at::MemoryFormat g_format = at::MemoryFormat::Contiguous;
 
 // NVIDIA's PartialConv2d forward (multi-channel), written out: a ones kernel of
 // C_out x C_in x k x k over the mask, the ratio with 1e-8, clamps and multiplies.
@@ -97,19 +104,30 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
           .stride(shape.stride)
           .padding(padding)
           .multi_channel(true));
-  conv->to(g_device);
-  pconv->to(g_device);
+  conv->to(g_device, g_dtype);
+  pconv->to(g_device, g_dtype);
+  if (g_format == at::MemoryFormat::ChannelsLast) {
+    at::NoGradGuard no_grad;
+    for (auto* weight : {&conv->weight, &pconv->weight}) {
+      weight->set_data(weight->contiguous(g_format));
+    }
+  }
+  pconv::nn::functional::set_fused_kernels_enabled(variant != Variant::kPartialUnfused);
   const auto ones_kernel =
-      at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel}, options);
+      at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel},
+               options.dtype(g_dtype));
   // Inside the network every layer's input needs a gradient, except the image at the first.
   const bool input_grad = backward && shape.in_channels != 3;
   const auto input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
+                         .to(g_dtype)
+                         .contiguous(g_format)
                          .requires_grad_(input_grad);
   // A multi-channel mask with a quarter of holes, stored in full as in the decoder.
   const auto mask = (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
                         .to(at::kFloat)
                         .expand({batch, shape.in_channels, shape.size, shape.size})
-                        .contiguous();
+                        .to(g_dtype)
+                        .contiguous(g_format);
 
   auto step = [&] {
     at::Tensor output;
@@ -118,6 +136,7 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
         output = conv(input);
         break;
       case Variant::kPartial:
+      case Variant::kPartialUnfused:
         output = std::get<0>(pconv(input, mask));
         break;
       case Variant::kNvidia:
@@ -144,6 +163,7 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
     sync();
   }
   state.SetItemsProcessed(state.iterations() * batch);
+  pconv::nn::functional::set_fused_kernels_enabled(true);
 }
 
 // Collects each run's time, then prints the ratio table in Markdown.
@@ -161,9 +181,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void PrintRatios() const {
     std::printf("\nMedian times over the repetitions.\n");
     std::printf(
-        "\n| layer | pass | batch | conv2d ms | pconv ms | nvidia ms | pconv / conv2d | nvidia / "
-        "pconv |\n");
-    std::printf("|---|---|---|---|---|---|---|---|\n");
+        "\n| layer | pass | batch | conv2d ms | pconv ms | pconv unfused ms | nvidia ms | pconv / "
+        "conv2d | unfused / pconv | nvidia / pconv |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
     std::map<std::string, std::pair<double, int>> log_sums;  // geometric means per pass
     for (const char* pass : {"forward", "forward+backward"}) {
       for (const auto& shape : kShapes) {
@@ -174,23 +194,30 @@ class RatioReporter : public benchmark::ConsoleReporter {
           };
           const double conv = time(Variant::kConv2d);
           const double partial = time(Variant::kPartial);
+          const double unfused = time(Variant::kPartialUnfused);
           const double nvidia = time(Variant::kNvidia);
-          if (std::isnan(conv) || std::isnan(partial) || std::isnan(nvidia)) continue;
-          std::printf("| %s | %s | %lld | %.2f | %.2f | %.2f | %.3f | %.2f |\n", shape.name, pass,
-                      static_cast<long long>(batch), conv, partial, nvidia, partial / conv,
-                      nvidia / partial);
+          if (std::isnan(conv) || std::isnan(partial) || std::isnan(unfused) ||
+              std::isnan(nvidia)) {
+            continue;
+          }
+          std::printf("| %s | %s | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.2f | %.2f |\n",
+                      shape.name, pass, static_cast<long long>(batch), conv, partial, unfused,
+                      nvidia, partial / conv, unfused / partial, nvidia / partial);
           for (const auto& key :
                {std::string(pass), std::string(pass) + " b" + std::to_string(batch)}) {
             log_sums[key + " vs conv2d"].first += std::log(partial / conv);
             log_sums[key + " vs conv2d"].second += 1;
             log_sums[key + " nvidia speed-up"].first += std::log(nvidia / partial);
             log_sums[key + " nvidia speed-up"].second += 1;
+            log_sums[key + " fused speed-up"].first += std::log(unfused / partial);
+            log_sums[key + " fused speed-up"].second += 1;
           }
         }
       }
     }
     std::printf(
-        "\nGeometric means (pconv / conv2d: target <= 1.15; nvidia / pconv: target >= 1.5):\n");
+        "\nGeometric means (pconv / conv2d: target <= 1.15 on the CPU, <= 1.2 in bf16 "
+        "forward+backward on a GPU; nvidia / pconv: target >= 1.5):\n");
     for (const auto& [key, sum] : log_sums) {
       std::printf("  %-36s %.3f  (%d runs)\n", key.c_str(), std::exp(sum.first / sum.second),
                   sum.second);
@@ -216,8 +243,21 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
 int main(int argc, char** argv) {
   pconv::bench::BenchSetup setup;
-  if (!pconv::bench::setup(argc, argv, {"--shape"}, setup)) return 2;
+  if (!pconv::bench::setup(argc, argv, {"--shape", "--dtype", "--format"}, setup)) return 2;
   g_device = setup.device;
+  const std::string dtype = setup.extra.count("--dtype") != 0 ? setup.extra["--dtype"] : "fp32";
+  const std::string format =
+      setup.extra.count("--format") != 0 ? setup.extra["--format"] : "nchw";
+  if ((dtype != "fp32" && dtype != "bf16" && dtype != "fp16") ||
+      (format != "nchw" && format != "cl")) {
+    std::fprintf(stderr, "%s: --dtype is fp32, bf16 or fp16; --format is nchw or cl\n", argv[0]);
+    return 2;
+  }
+  g_dtype = dtype == "bf16" ? c10::kBFloat16 : dtype == "fp16" ? c10::kHalf : c10::kFloat;
+  g_format = format == "cl" ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  std::printf("device %s, %s, %s; fused CUDA kernels in this build: %s\n",
+              g_device.str().c_str(), dtype.c_str(), format.c_str(),
+              pconv::nn::functional::cuda_kernels_built() ? "yes" : "no");
   const int only_shape =
       setup.extra.count("--shape") != 0 ? std::atoi(setup.extra["--shape"].c_str()) : -1;
   auto& remaining = setup.remaining;
@@ -228,7 +268,8 @@ int main(int argc, char** argv) {
       if (only_shape >= 0 && static_cast<size_t>(only_shape) != index) continue;
       const Shape& shape = kShapes[index];
       for (const int64_t batch : {1, 4}) {
-        for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kNvidia}) {
+        for (const Variant variant : {Variant::kConv2d, Variant::kPartial,
+                                      Variant::kPartialUnfused, Variant::kNvidia}) {
           benchmark::RegisterBenchmark(
               RatioReporter::Name(shape, variant, pass, batch).c_str(),
               [=](benchmark::State& state) { run_layer(state, shape, variant, backward, batch); })
