@@ -144,6 +144,9 @@ void setup_train(CLI::App& app) {
                    "loss scaling; overflowing steps are skipped) or off")
       ->check(CLI::IsMember({"off", "bf16", "fp16"}))
       ->capture_default_str();
+  command->add_flag("--channels-last", options->channels_last,
+                    "Channels-last (NHWC) memory format for weights and activations, the layout "
+                    "of cuDNN's tensor-core kernels");
   command->add_flag("--half-weights", options->half_weights,
                     "Store the final model's weights as float16 (half the file size)");
   command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
@@ -219,6 +222,7 @@ void run_train(const TrainOptions& options) {
       .half_weights(options.half_weights)
       .process_group(group)
       .amp(options.amp)
+      .channels_last(options.channels_last)
       .data_description(options.data_dir);
   train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
                          options.resume, options.command_line);

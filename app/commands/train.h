@@ -37,6 +37,7 @@ struct TrainOptions {
   int64_t validate_every = 500;
   int64_t validation_count = 32;
   bool half_weights = false;
+  bool channels_last = false;
   int64_t timeout_seconds = 300;
   std::string amp = "off";
   std::string command_line;

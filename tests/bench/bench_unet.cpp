@@ -19,7 +19,6 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
-#include <torch/nn/module.h>
 #include <torch/optim/adam.h>
 
 #include <benchmark/benchmark.h>
@@ -59,14 +58,7 @@ pconv::nn::PConvUNet make_model(const Model& spec, bool channels_last) {
                                  .base_width(spec.base_width)
                                  .max_width(spec.max_width));
   model->to(g_device);
-  if (channels_last) {
-    torch::NoGradGuard no_grad;
-    for (auto& parameter : model->parameters()) {
-      if (parameter.dim() == 4) {
-        parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
-      }
-    }
-  }
+  if (channels_last) pconv::nn::to_channels_last(*model);
   return model;
 }
 

@@ -136,4 +136,23 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("another run")));
 }
 
+TEST_F(TrainerTest, ChannelsLastTrainsTheSameModel) {
+  T::Trainer plain(tiny(4), files_, {}, dir_ / "plain", false);
+  plain.run();
+  T::Trainer nhwc(tiny(4).channels_last(true), files_, {}, dir_ / "nhwc", false);
+  const auto weight = nhwc.model()->parameters().front();
+  ASSERT_EQ(weight.dim(), 4);
+  EXPECT_TRUE(weight.is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_FALSE(weight.is_contiguous());
+  nhwc.run();
+  const auto expected = parameters(plain);
+  const auto actual = parameters(nhwc);
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) {
+    // Another summation order in the convolutions; Adam amplifies tiny gradients' differences.
+    EXPECT_TRUE(at::allclose(actual[i], expected[i], 1e-3, 1e-4))
+        << "tensor " << i << ": " << (actual[i] - expected[i]).abs().max().item<double>();
+  }
+}
+
 }  // namespace

@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
-#include <torch/nn/module.h>
 
 #include <algorithm>
 #include <cmath>
@@ -153,14 +152,7 @@ Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions o
   }
   model_->eval();
   model_->to(device_, dtype);
-  if (options_.channels_last()) {
-    torch::NoGradGuard no_grad;
-    for (auto& parameter : model_->parameters()) {
-      if (parameter.dim() == 4) {
-        parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
-      }
-    }
-  }
+  if (options_.channels_last()) nn::to_channels_last(*model_);
 }
 
 int64_t Inpainter::estimate_bytes(int64_t height, int64_t width) const {

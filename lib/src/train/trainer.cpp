@@ -153,6 +153,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
   model_->set_freeze_encoder_bn(options_.finetune());
   model_->to(options_.device());
+  if (options_.channels_last()) nn::to_channels_last(*model_);
   loss_.to(options_.device());
   model_->train();
 
@@ -395,8 +396,10 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     const auto wait_start = std::chrono::steady_clock::now();
     const auto batch = stream.next();
     data_wait += std::chrono::steady_clock::now() - wait_start;
-    const auto images = batch.images.to(options_.device());
-    const auto masks = batch.masks.to(options_.device());
+    const auto format =
+        options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const auto images = batch.images.to(options_.device()).contiguous(format);
+    const auto masks = batch.masks.to(options_.device()).contiguous(format);
     optimizer_->zero_grad();
     loss::LossTerms terms;
     {

@@ -82,4 +82,10 @@ class PConvUNetImpl : public torch::nn::Cloneable<PConvUNetImpl> {
 /// A ModuleHolder for PConvUNetImpl.
 TORCH_MODULE(PConvUNet);
 
+/// Stores every 4-D parameter of `module` (and of its children) in channels-last (NHWC) memory
+/// format, the layout cuDNN's tensor-core kernels work in; feed it channels-last inputs too.
+/// Gradients and optimiser state follow the parameters' layout; moving the module between
+/// devices keeps it.
+void to_channels_last(torch::nn::Module& module);
+
 }  // namespace pconv::nn

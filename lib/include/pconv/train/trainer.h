@@ -66,6 +66,8 @@ struct TrainerOptions {
   /// Mixed precision: "off", "bf16" (autocast to bfloat16) or "fp16" (autocast to float16 with
   /// dynamic loss scaling; steps whose gradients overflow are skipped).
   TORCH_ARG(std::string, amp) = "off";
+  /// Weights, activations and gradients in channels-last (NHWC) memory format.
+  TORCH_ARG(bool, channels_last) = false;
 };
 
 struct StepReport {
