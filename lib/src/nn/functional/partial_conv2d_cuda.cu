@@ -182,7 +182,7 @@ bool fits_32_bit(const at::TensorBase& tensor) {
   return tensor.numel() < std::numeric_limits<int32_t>::max();
 }
 
-// Calls f.template operator()<Index>() with uint32_t where the tensor is small enough.
+// Calls f with a value of the index type: uint32_t where the tensor is small enough, else int64_t.
 template <typename F>
 void with_index_type(const at::TensorBase& tensor, F&& f) {
   if (fits_32_bit(tensor)) {
