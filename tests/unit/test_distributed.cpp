@@ -1,11 +1,12 @@
 // The data-parallel building blocks in one process: a group of one rank (its collectives are
-// the identity), and GradientReducer's overlapped averaging leaving a plain backward's
-// gradients. The multi-process checks are the CTest distributed.* tests
-// (tests/cli/distributed_check.cpp).
+// the identity, on Gloo for CPU tensors and NCCL for CUDA tensors), and GradientReducer's
+// overlapped averaging leaving a plain backward's gradients. The multi-process checks are the
+// CTest distributed.* tests (tests/cli/distributed_check.cpp).
 #include <pconv/train/distributed.h>
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/cuda.h>
 
 #include <gtest/gtest.h>
 
@@ -19,10 +20,11 @@ using pconv::train::GradientReducer;
 using pconv::train::ProcessGroup;
 
 // A group of this process alone; port 0: the store takes a free port.
-std::shared_ptr<ProcessGroup> one_rank_group() {
+std::shared_ptr<ProcessGroup> one_rank_group(torch::Device device) {
   DistributedOptions options;
   options.master_port = 0;
   options.timeout = std::chrono::seconds(60);
+  options.device = device;
   return std::make_shared<ProcessGroup>(options);
 }
 
@@ -48,7 +50,7 @@ void expect_reducer_keeps_gradients(torch::Device device) {
     expected.push_back(parameter.grad().clone());
     parameter.mutable_grad().reset();
   }
-  GradientReducer reducer(one_rank_group(), parameters);
+  GradientReducer reducer(one_rank_group(device), parameters);
   for (int step = 0; step < 2; ++step) {  // the second after c10d's bucket rebuild
     for (const auto& parameter : parameters) parameter.mutable_grad().reset();
     reducer.backward(loss_of(parameters, device));
@@ -62,7 +64,7 @@ void expect_reducer_keeps_gradients(torch::Device device) {
 
 TEST(Distributed, OneRankCollectivesAreTheIdentity) {
   if (!pconv::train::distributed_available()) GTEST_SKIP() << "built without Gloo";
-  const auto group = one_rank_group();
+  const auto group = one_rank_group(torch::kCPU);
   EXPECT_EQ(group->rank(), 0);
   EXPECT_EQ(group->world_size(), 1);
   EXPECT_EQ(group->backends(), "Gloo");
@@ -83,7 +85,30 @@ TEST(Distributed, OneRankReducerKeepsTheGradients) {
 
 TEST(Distributed, ReducerRejectsFrozenParameters) {
   if (!pconv::train::distributed_available()) GTEST_SKIP() << "built without Gloo";
-  EXPECT_THROW(GradientReducer(one_rank_group(), {at::ones({2})}), c10::Error);
+  EXPECT_THROW(GradientReducer(one_rank_group(torch::kCPU), {at::ones({2})}), c10::Error);
+}
+
+TEST(Distributed, NcclOneRankCollectives_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  if (!pconv::train::nccl_available()) GTEST_SKIP() << "built without NCCL";
+  const torch::Device cuda(torch::kCUDA, 0);
+  const auto group = one_rank_group(cuda);
+  EXPECT_EQ(group->backends(), "NCCL for CUDA tensors, Gloo for CPU tensors");
+  // CUDA tensors over NCCL, CPU tensors over Gloo, in one group.
+  std::vector<at::Tensor> tensors{at::arange(6, at::TensorOptions(cuda).dtype(at::kFloat)),
+                                  at::full({3}, 2.0)};
+  group->all_reduce_sum(tensors);
+  group->all_reduce_mean(tensors);
+  group->broadcast(tensors);
+  group->barrier();
+  EXPECT_TRUE(at::equal(tensors[0].cpu(), at::arange(6, at::kFloat)));
+  EXPECT_TRUE(at::equal(tensors[1], at::full({3}, 2.0)));
+}
+
+TEST(Distributed, NcclOneRankReducerKeepsTheGradients_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  if (!pconv::train::nccl_available()) GTEST_SKIP() << "built without NCCL";
+  expect_reducer_keeps_gradients(torch::Device(torch::kCUDA, 0));
 }
 
 }  // namespace

@@ -13,6 +13,9 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 #endif
+#ifdef PCONV_WITH_NCCL
+#include "nccl_backend.h"
+#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -59,10 +62,17 @@ std::optional<DistributedOptions> distributed_from_environment() {
 
 bool distributed_available() { return true; }
 
+#ifdef PCONV_WITH_NCCL
+bool nccl_available() { return true; }
+#else
+bool nccl_available() { return false; }
+#endif
+
 struct ProcessGroup::Impl {
   DistributedOptions options;
   c10::intrusive_ptr<c10d::Store> store;
-  // c10d's process group (over its Gloo backend): c10d::Reducer needs this form.
+  // c10d's process group, as torch.distributed's "cpu:gloo,cuda:nccl": it sends each
+  // collective to the backend of its tensors' device. c10d::Reducer needs this form.
   c10::intrusive_ptr<c10d::ProcessGroup> group;
   std::string backends;
 
@@ -109,9 +119,22 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : impl_(std::make_
         c10::make_intrusive<c10d::ProcessGroup>(impl_->store, options.rank, options.world_size);
     using BackendType = c10d::ProcessGroup::BackendType;
     group->setBackend(c10::DeviceType::CPU, BackendType::GLOO, gloo);
-    // Gloo also reduces CUDA tensors (through host memory).
-    group->setBackend(c10::DeviceType::CUDA, BackendType::GLOO, gloo);
     impl_->backends = "Gloo";
+    bool nccl = false;
+#ifdef PCONV_WITH_NCCL
+    if (options.device.is_cuda()) {
+      auto nccl_store = c10::make_intrusive<c10d::PrefixStore>("nccl", impl_->store);
+      group->setBackend(c10::DeviceType::CUDA, BackendType::NCCL,
+                        make_nccl_backend(nccl_store, options.rank, options.world_size,
+                                          options.device.index(), options.timeout));
+      impl_->backends = "NCCL for CUDA tensors, Gloo for CPU tensors";
+      nccl = true;
+    }
+#endif
+    if (!nccl) {
+      // Gloo also reduces CUDA tensors (through host memory): slower than NCCL, but it works.
+      group->setBackend(c10::DeviceType::CUDA, BackendType::GLOO, gloo);
+    }
     group->setDefaultBackend(BackendType::GLOO);  // barrier() on a CPU tensor
     group->setGroupName("pconv");
     impl_->group = group;
@@ -271,6 +294,7 @@ void GradientReducer::backward(const torch::Tensor& loss) {
 #else  // no Gloo headers at build time
 
 bool distributed_available() { return false; }
+bool nccl_available() { return false; }
 
 struct ProcessGroup::Impl {};
 

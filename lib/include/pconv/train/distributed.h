@@ -3,8 +3,8 @@
 // TCPStore, and the collectives a data-parallel trainer needs (parameter broadcast, bucketed
 // gradient averaging, also overlapped with the backward pass by c10d's own DDP engine), each
 // with a timeout so that a rank that dies makes the others fail with a clear error instead of
-// hanging. CPU tensors go over Gloo. The c10d headers stay in the source: this header needs
-// none of them.
+// hanging. CPU tensors go over Gloo, CUDA tensors over NCCL (when built with it). The c10d
+// headers stay in the source: this header needs none of them.
 #pragma once
 
 #include <torch/arg.h>
@@ -28,6 +28,10 @@ struct DistributedOptions {
   int master_port = 29500;
   /// How long joining and each collective may take before it is an error.
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  /// The device this rank trains on (cuda:LOCAL_RANK on a GPU machine). A CUDA device makes
+  /// CUDA tensors go over NCCL when this build has it (Gloo otherwise); CPU tensors always go
+  /// over Gloo.
+  torch::Device device = torch::kCPU;
 };
 
 /// The process group torchrun's variables describe, or nullopt when WORLD_SIZE is not set.
@@ -36,6 +40,9 @@ std::optional<DistributedOptions> distributed_from_environment();
 
 /// Whether this build has c10d's Gloo backend (it needs the Gloo headers at build time).
 bool distributed_available();
+
+/// Whether this build has c10d's NCCL backend for CUDA tensors (it needs nccl.h at build time).
+bool nccl_available();
 
 class GradientReducer;
 
@@ -51,7 +58,8 @@ class ProcessGroup {
 
   int rank() const;
   int world_size() const;
-  /// Which backend carries which tensors, for the log: "Gloo".
+  /// Which backend carries which tensors, for the log: e.g. "Gloo" or "NCCL for CUDA tensors,
+  /// Gloo for CPU tensors".
   std::string backends() const;
 
   /// Copies rank `root`'s tensors into every rank's (e.g. the initial parameters).
