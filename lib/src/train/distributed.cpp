@@ -283,9 +283,12 @@ void GradientReducer::backward(const torch::Tensor& loss) {
     const auto unused =
         std::count_if(impl_->parameters.begin(), impl_->parameters.end(),
                       [](const torch::Tensor& parameter) { return !parameter.grad().defined(); });
+    // Gradients left from an earlier step hide which ones: then say "some".
+    const std::string which =
+        unused > 0 ? std::to_string(unused) + " of " + std::to_string(impl_->parameters.size())
+                   : "some";
     throw Error("rank " + std::to_string(group.options.rank) + " of " +
-                std::to_string(group.options.world_size) + ": gradient all-reduce: " +
-                std::to_string(unused) + " of " + std::to_string(impl_->parameters.size()) +
+                std::to_string(group.options.world_size) + ": gradient all-reduce: " + which +
                 " parameters got no gradient in this backward; use "
                 "GradientReducerOptions::find_unused_parameters for such models");
   }

@@ -88,10 +88,11 @@ struct GradientReducerOptions {
   /// bucket is smaller (1 MB), so that the first collective starts early in the backward.
   TORCH_ARG(int64_t, bucket_bytes) = int64_t{25} << 20;
   /// Whether some parameters may get no gradient in a backward. Off (DDP's default): every
-  /// parameter must take part in every backward, or backward() throws on every rank that had
-  /// one unused. On: c10d searches each loss's autograd graph for the unused ones (one more
-  /// pass over the graph and one small all-reduce per step); a parameter no rank used keeps
-  /// an undefined gradient, one used on some ranks only counts as zeros on the others.
+  /// parameter must take part in every backward, or backward() throws a clear error on every
+  /// rank that had one unused (a rank that had none fails at the timeout, waiting for them).
+  /// On: c10d searches each loss's autograd graph for the unused ones (one more pass over the
+  /// graph and one small all-reduce per step); a parameter no rank used keeps an undefined
+  /// gradient, one used on some ranks only counts as zeros on the others.
   TORCH_ARG(bool, find_unused_parameters) = false;
 };
 
@@ -111,10 +112,11 @@ class GradientReducer {
   GradientReducer& operator=(const GradientReducer&) = delete;
 
   /// Runs loss.backward() and leaves in every parameter's grad() its mean over the ranks (of
-  /// the gradients this backward accumulated: zero or unset the gradients before). It runs the
-  /// backward itself because c10d waits for the last buckets inside the backward, at its end:
-  /// a rank gone or a timeout (the group's) surfaces there, and is thrown as a one-line
-  /// pconv::Error naming the rank and the operation. Every rank must call it once per step.
+  /// the whole grad(): unset or zero the gradients before, as optimizer.zero_grad() does). It
+  /// runs the backward itself because c10d waits for the last buckets inside the backward, at
+  /// its end: a rank gone or a timeout (the group's) surfaces there, and is thrown as a
+  /// one-line pconv::Error naming the rank and the operation. Every rank must call it once per
+  /// step.
   void backward(const torch::Tensor& loss);
 
  private:
