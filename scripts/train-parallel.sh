@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training on this machine: N pconv train processes (ranks) joined through
 # torch.distributed's c10d (TCPStore on MASTER_ADDR:MASTER_PORT, Gloo), as torchrun would start
-# them. --batch is per rank; rank 0 writes the run folder. A rank that fails makes the others
+# them. --batch is per rank; rank 0 writes the run folder. With --device cuda, rank r trains on
+# cuda:r (its LOCAL_RANK) and CUDA tensors go over NCCL. A rank that fails makes the others
 # fail too (a collective times out after --timeout seconds) and this script exits non-zero.
 #
 #   scripts/train-parallel.sh N [pconv train options...]

@@ -164,16 +164,24 @@ void run_train(const TrainOptions& options) {
   StopOnSignal stop_on_signal;
   // Started by torchrun or scripts/train-parallel.sh: join the process group first.
   std::shared_ptr<train::ProcessGroup> group;
+  c10::Device device = resolve_device(options.common);
   auto distributed = train::distributed_from_environment();
   if (distributed && distributed->world_size > 1) {
     if (distributed->rank != 0) spdlog::set_level(spdlog::level::warn);  // rank 0 reports
+    // One GPU per rank; the group sends CUDA tensors over NCCL there.
+    if (device.is_cuda()) device.set_index(static_cast<c10::DeviceIndex>(distributed->local_rank));
     distributed->timeout = std::chrono::seconds(options.timeout_seconds);
+    distributed->device = device;
     group = std::make_shared<train::ProcessGroup>(*distributed);
-    spdlog::info("joined the process group at {}:{} as rank {} of {}", distributed->master_addr,
-                 distributed->master_port, distributed->rank, distributed->world_size);
+    spdlog::info("joined the process group at {}:{} as rank {} of {} ({})",
+                 distributed->master_addr, distributed->master_port, distributed->rank,
+                 distributed->world_size, group->backends());
+    if (device.is_cuda() && !train::nccl_available()) {
+      spdlog::warn(
+          "this pconv was built without NCCL (no nccl.h): CUDA gradients go over Gloo, "
+          "through host memory");
+    }
   }
-  c10::Device device = resolve_device(options.common);
-  if (group && device.is_cuda()) device.set_index(static_cast<c10::DeviceIndex>(distributed->local_rank));
   if (options.max_width < options.width) {
     throw CLI::ValidationError("--max-width", fmt::format("{} is smaller than --width {}",
                                                           options.max_width, options.width));

@@ -1,6 +1,6 @@
 # Starts two ranks of pconv_distributed_check at once on the loopback address (execute_process
 # with two COMMANDs runs them concurrently) and checks both exit codes.
-#   cmake -DCHECK=<binary> -DMODE=collectives|dead -DPORT=<port> -P distributed_check.cmake
+#   cmake -DCHECK=<binary> -DMODE=<a pconv_distributed_check mode> -DPORT=<port> -P distributed_check.cmake
 set(common WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=${PORT})
 execute_process(
   COMMAND ${CMAKE_COMMAND} -E env ${common} RANK=0 ${CHECK} ${MODE}

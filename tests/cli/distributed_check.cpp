@@ -1,22 +1,30 @@
 // One rank of a multi-process check of pconv::train::ProcessGroup over c10d/Gloo on loopback.
-//   pconv_distributed_check collectives|dead|stuck   (RANK, WORLD_SIZE, MASTER_PORT from the environment)
+//   pconv_distributed_check MODE   (RANK, WORLD_SIZE, MASTER_PORT from the environment)
 // collectives: broadcast from rank 0 and a bucketed mean over ranks, checked exactly;
+// reducer: GradientReducer's gradients (averaged during the backward) equal those of a plain
+// backward followed by all_reduce_mean, over several steps and buckets; with
+// find_unused_parameters, a parameter no rank used keeps no gradient and one used on rank 0
+// only is averaged with zeros; without it, an unused parameter is a clear error on every rank;
 // dead: rank 1 leaves after joining; stuck: rank 1 joins, then does nothing for 8 s. In both,
 // rank 0's next collective must fail with a clear error within the (3 s) timeout instead of
-// hanging. Exit 0 when the rank saw what it should. Reports go to stderr: execute_process
-// pipes rank 0's stdout into rank 1.
+// hanging; dead_overlapped and stuck_overlapped: the same with the collective inside
+// GradientReducer::backward. Exit 0 when the rank saw what it should. Reports go to stderr:
+// execute_process pipes rank 0's stdout into rank 1.
 #include <pconv/error.h>
 #include <pconv/io/model_file.h>
 #include <pconv/train/distributed.h>
 
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 // compare A B TOLERANCE: the largest difference between two model files' parameters and
 // buffers; exit 0 when within the tolerance.
@@ -42,6 +50,99 @@ int compare(const std::string& first, const std::string& second, double toleranc
   return largest <= tolerance ? 0 : 1;
 }
 
+// A small network's parameters (registration order: first layer first) and its loss on a
+// batch that depends on the rank and the step, so that the ranks' gradients differ.
+struct TinyModel {
+  std::vector<at::Tensor> parameters;
+
+  TinyModel() {
+    at::manual_seed(7);  // the same weights on every rank
+    for (const auto& shape : std::vector<std::vector<int64_t>>{
+             {8, 3, 3, 3}, {8}, {16, 8, 3, 3}, {16}, {32, 16 * 4 * 4}, {32}, {2, 32}, {2}}) {
+      parameters.push_back(at::randn(shape).mul_(0.2).requires_grad_());
+    }
+  }
+
+  at::Tensor loss(int rank, int step) const {
+    at::manual_seed(1000 * step + rank);
+    auto x = at::conv2d(at::randn({3, 3, 8, 8}), parameters[0], parameters[1], 1, 1).relu();
+    x = at::conv2d(x, parameters[2], parameters[3], 2, 1).relu().flatten(1);
+    x = at::linear(x, parameters[4], parameters[5]).tanh();
+    return at::linear(x, parameters[6], parameters[7]).square().mean();
+  }
+
+  void zero_grad() const {
+    for (const auto& parameter : parameters) parameter.mutable_grad().reset();
+  }
+};
+
+// GradientReducer against a plain backward and ProcessGroup::all_reduce_mean.
+bool check_reducer(const std::shared_ptr<pconv::train::ProcessGroup>& group) {
+  const int rank = group->rank();
+  bool ok = true;
+  const auto report = [&](const char* what, bool good) {
+    std::fprintf(stderr, "rank %d: %s %s\n", rank, what, good ? "ok" : "WRONG");
+    ok = ok && good;
+  };
+  {
+    TinyModel model;
+    // 300 bytes: several buckets (the first of at most 300 bytes), so that some are sent while
+    // the backward still runs, and the rebuild after the first step has something to reorder.
+    pconv::train::GradientReducer reducer(group, model.parameters,
+                                          pconv::train::GradientReducerOptions().bucket_bytes(300));
+    bool same = true;
+    for (int step = 0; step < 3; ++step) {
+      model.zero_grad();
+      model.loss(rank, step).backward();
+      std::vector<at::Tensor> expected;
+      for (const auto& parameter : model.parameters) expected.push_back(parameter.grad().clone());
+      group->all_reduce_mean(expected);
+      model.zero_grad();
+      reducer.backward(model.loss(rank, step));
+      for (size_t index = 0; index < expected.size(); ++index) {
+        const auto& grad = model.parameters[index].grad();
+        same = same && grad.defined() && at::allclose(grad, expected[index], 1e-6, 1e-7);
+      }
+    }
+    report("overlapped mean equals all_reduce_mean over 3 steps:", same);
+  }
+  {
+    // parameters[0] is used by no rank, parameters[1] by rank 0 only.
+    std::vector<at::Tensor> parameters{at::ones({3}).requires_grad_(),
+                                       at::full({3}, 2.0).requires_grad_(),
+                                       at::full({3}, 3.0).requires_grad_()};
+    pconv::train::GradientReducer reducer(
+        group, parameters, pconv::train::GradientReducerOptions().find_unused_parameters(true));
+    const double weight = rank + 1.0;
+    auto loss = (parameters[2] * weight).sum();
+    if (rank == 0) loss = loss + parameters[1].sum();
+    reducer.backward(loss);
+    const double world = group->world_size();
+    const bool unused = !parameters[0].grad().defined() &&
+                        at::allclose(parameters[1].grad(), at::full({3}, 1.0 / world)) &&
+                        at::allclose(parameters[2].grad(), at::full({3}, (world + 1) / 2));
+    report("find_unused_parameters: unused kept undefined, partly used averaged with zeros:",
+           unused);
+  }
+  {
+    std::vector<at::Tensor> parameters{at::ones({3}).requires_grad_(),
+                                       at::ones({3}).requires_grad_()};
+    pconv::train::GradientReducer reducer(group, parameters);
+    std::string error;
+    try {
+      reducer.backward(parameters[1].sum());
+    } catch (const pconv::Error& caught) {
+      error = caught.what();
+    }
+    std::fprintf(stderr, "rank %d: unused parameter: %s\n", rank, error.c_str());
+    report("an unused parameter without find_unused_parameters is a clear error:",
+           error.find("1 of 2 parameters got no gradient") != std::string::npos &&
+               error.find('\n') == std::string::npos);
+  }
+  group->barrier();
+  return ok;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "compare" && argc == 5) return compare(argv[2], argv[3], std::atof(argv[4]));
@@ -51,11 +152,15 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "WORLD_SIZE is not set\n");
       return 2;
     }
-    const bool failure_mode = mode == "dead" || mode == "stuck";
+    const bool overlapped = mode == "dead_overlapped" || mode == "stuck_overlapped";
+    const bool dead = mode == "dead" || mode == "dead_overlapped";
+    const bool failure_mode = dead || overlapped || mode == "stuck";
     options->timeout = std::chrono::seconds(failure_mode ? 3 : 60);
-    pconv::train::ProcessGroup group(*options);
+    auto shared_group = std::make_shared<pconv::train::ProcessGroup>(*options);
+    auto& group = *shared_group;
     const int rank = group.rank();
     const int world = group.world_size();
+    if (mode == "reducer") return check_reducer(shared_group) ? 0 : 1;
     if (mode == "collectives") {
       // Parameters differ per rank until rank 0's are broadcast.
       std::vector<at::Tensor> parameters{at::full({3, 2}, 10.0 + rank), at::full({5}, -1.0 * rank)};
@@ -77,7 +182,7 @@ int main(int argc, char** argv) {
       return same && mean ? 0 : 1;
     }
     if (failure_mode) {
-      if (rank != 0 && mode == "dead") {
+      if (rank != 0 && dead) {
         std::fprintf(stderr, "rank %d leaves\n", rank);
         std::fflush(stderr);
         std::_Exit(0);  // gone without a word, as a crashed rank is
@@ -87,20 +192,34 @@ int main(int argc, char** argv) {
         std::this_thread::sleep_for(std::chrono::seconds(8));  // alive, but never joins in
         std::_Exit(0);
       }
+      TinyModel model;
+      std::unique_ptr<pconv::train::GradientReducer> reducer;
+      if (overlapped) {
+        reducer = std::make_unique<pconv::train::GradientReducer>(shared_group, model.parameters);
+      }
       const auto start = std::chrono::steady_clock::now();
       try {
-        std::vector<at::Tensor> grads{at::ones({4})};
-        group.all_reduce_mean(grads);
+        if (overlapped) {
+          reducer->backward(model.loss(rank, 0));
+        } else {
+          std::vector<at::Tensor> grads{at::ones({4})};
+          group.all_reduce_mean(grads);
+        }
       } catch (const pconv::Error& error) {
         const double seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        std::fprintf(stderr, "rank 0: clear error after %.1f s: %s\n", seconds, error.what());
-        return seconds < 30 ? 0 : 1;
+        const std::string message = error.what();
+        std::fprintf(stderr, "rank 0: clear error after %.1f s: %s\n", seconds, message.c_str());
+        const bool clear =
+            message.rfind("rank 0 of 2: ", 0) == 0 && message.find('\n') == std::string::npos;
+        return seconds < 30 && clear ? 0 : 1;
       }
       std::fprintf(stderr, "rank 0: the collective succeeded with a rank gone\n");
       return 1;
     }
-    std::fprintf(stderr, "usage: pconv_distributed_check collectives|dead|stuck\n");
+    std::fprintf(stderr,
+                 "usage: pconv_distributed_check "
+                 "collectives|reducer|dead|stuck|dead_overlapped|stuck_overlapped\n");
     return 2;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "rank error: %s\n", error.what());

@@ -5,13 +5,23 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
-#ifdef USE_C10D_GLOO
+// PCONV_WITH_GLOO, not LibTorch's own USE_C10D_GLOO: the torch target defines that one for
+// every source, with or without the Gloo headers this file then needs.
+#ifdef PCONV_WITH_GLOO
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/reducer.hpp>
+#endif
+#ifdef PCONV_WITH_NCCL
+#include "nccl_backend.h"
 #endif
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <tuple>
+#include <unordered_map>
 
 namespace pconv::train {
 namespace {
@@ -48,27 +58,41 @@ std::optional<DistributedOptions> distributed_from_environment() {
   return options;
 }
 
-#ifdef USE_C10D_GLOO
+#ifdef PCONV_WITH_GLOO
 
 bool distributed_available() { return true; }
+
+#ifdef PCONV_WITH_NCCL
+bool nccl_available() { return true; }
+#else
+bool nccl_available() { return false; }
+#endif
 
 struct ProcessGroup::Impl {
   DistributedOptions options;
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  // c10d's process group, as torch.distributed's "cpu:gloo,cuda:nccl": it sends each
+  // collective to the backend of its tensors' device. c10d::Reducer needs this form.
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  std::string backends;
 
-  // Runs one collective and turns c10d's failures into one clear line.
+  // c10d's failures as one clear line.
+  [[noreturn]] void fail(const std::string& what, const std::exception& error) const {
+    std::string detail = error.what();
+    detail = detail.substr(0, detail.find('\n'));
+    throw Error("rank " + std::to_string(options.rank) + " of " +
+                std::to_string(options.world_size) + ": " + what + " failed (another rank " +
+                "stopped, or the " + std::to_string(options.timeout.count() / 1000) +
+                " s timeout passed): " + detail);
+  }
+
+  // Runs one collective and waits for it, at most the timeout.
   template <typename Operation>
   void run(const char* what, Operation&& operation) {
     try {
       operation()->wait(options.timeout);
     } catch (const std::exception& error) {
-      std::string detail = error.what();
-      detail = detail.substr(0, detail.find('\n'));
-      throw Error("rank " + std::to_string(options.rank) + " of " +
-                  std::to_string(options.world_size) + ": " + what + " failed (another rank " +
-                  "stopped, or the " + std::to_string(options.timeout.count() / 1000) +
-                  " s timeout passed): " + detail);
+      fail(what, error);
     }
   }
 };
@@ -87,8 +111,33 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : impl_(std::make_
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout);
     gloo_options->devices.push_back(
         c10d::ProcessGroupGloo::createDeviceForHostname(options.master_addr));
-    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        impl_->store, options.rank, options.world_size, gloo_options);
+    // Each backend rendezvouses under its own prefix of the one store.
+    c10::intrusive_ptr<c10d::Backend> gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::make_intrusive<c10d::PrefixStore>("gloo", impl_->store), options.rank,
+        options.world_size, gloo_options);
+    auto group =
+        c10::make_intrusive<c10d::ProcessGroup>(impl_->store, options.rank, options.world_size);
+    using BackendType = c10d::ProcessGroup::BackendType;
+    group->setBackend(c10::DeviceType::CPU, BackendType::GLOO, gloo);
+    impl_->backends = "Gloo";
+    bool nccl = false;
+#ifdef PCONV_WITH_NCCL
+    if (options.device.is_cuda()) {
+      auto nccl_store = c10::make_intrusive<c10d::PrefixStore>("nccl", impl_->store);
+      group->setBackend(c10::DeviceType::CUDA, BackendType::NCCL,
+                        make_nccl_backend(nccl_store, options.rank, options.world_size,
+                                          options.device.index(), options.timeout));
+      impl_->backends = "NCCL for CUDA tensors, Gloo for CPU tensors";
+      nccl = true;
+    }
+#endif
+    if (!nccl) {
+      // Gloo also reduces CUDA tensors (through host memory): slower than NCCL, but it works.
+      group->setBackend(c10::DeviceType::CUDA, BackendType::GLOO, gloo);
+    }
+    group->setDefaultBackend(BackendType::GLOO);  // barrier() on a CPU tensor
+    group->setGroupName("pconv");
+    impl_->group = group;
   } catch (const std::exception& error) {
     std::string detail = error.what();
     throw Error("rank " + std::to_string(options.rank) + " of " +
@@ -101,6 +150,7 @@ ProcessGroup::~ProcessGroup() = default;
 
 int ProcessGroup::rank() const { return impl_->options.rank; }
 int ProcessGroup::world_size() const { return impl_->options.world_size; }
+std::string ProcessGroup::backends() const { return impl_->backends; }
 
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
   at::NoGradGuard no_grad;  // parameters are overwritten in place
@@ -161,9 +211,93 @@ void ProcessGroup::barrier() {
   impl_->run("barrier", [&] { return impl_->group->barrier(); });
 }
 
+struct GradientReducer::Impl {
+  std::shared_ptr<ProcessGroup> group;
+  std::vector<torch::Tensor> parameters;
+  bool find_unused = false;
+  std::unique_ptr<c10d::Reducer> reducer;
+};
+
+GradientReducer::GradientReducer(std::shared_ptr<ProcessGroup> group,
+                                 std::vector<torch::Tensor> parameters,
+                                 const GradientReducerOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+  TORCH_CHECK(group != nullptr, "GradientReducer: no process group");
+  TORCH_CHECK(!parameters.empty(), "GradientReducer: no parameters");
+  TORCH_CHECK(options.bucket_bytes() > 0, "GradientReducer: bucket_bytes must be positive, got ",
+              options.bucket_bytes());
+  const auto count = parameters.size();
+  std::unordered_map<size_t, std::string> names;  // for c10d's own messages
+  for (size_t index = 0; index < count; ++index) {
+    TORCH_CHECK(parameters[index].defined() && parameters[index].requires_grad(),
+                "GradientReducer: parameter ", index, " does not require a gradient");
+    names[index] = "parameter " + std::to_string(index);
+  }
+  // DDP's first bucket assignment: the parameters in reverse order, since the backward makes the
+  // last layers' gradients first. c10d rebuilds the buckets after the first backward in the
+  // order the gradients actually came.
+  const std::vector<at::Tensor> reversed(parameters.rbegin(), parameters.rend());
+  std::vector<int64_t> reversed_indices(count);
+  for (size_t index = 0; index < count; ++index) {
+    reversed_indices[index] = static_cast<int64_t>(count - 1 - index);
+  }
+  const auto bucket_bytes = static_cast<size_t>(options.bucket_bytes());
+  const auto first_bucket_bytes =
+      std::min(bucket_bytes, static_cast<size_t>(c10d::kDefaultFirstBucketBytes));
+  auto buckets = std::get<0>(c10d::compute_bucket_assignment_by_size(
+      reversed, {first_bucket_bytes, bucket_bytes}, {}, reversed_indices));
+  impl_->reducer = std::make_unique<c10d::Reducer>(
+      parameters, std::move(buckets), group->impl_->group, std::vector<bool>(count, false),
+      options.bucket_bytes(), options.find_unused_parameters(),
+      /*gradient_as_bucket_view=*/false, std::move(names), static_cast<int64_t>(first_bucket_bytes),
+      /*skip_all_reduce_unused_params=*/false,
+      /*use_python_reducer=*/false, /*bucket_bytes_cap_list=*/std::vector<int64_t>{});
+  impl_->group = std::move(group);
+  impl_->parameters = std::move(parameters);
+  impl_->find_unused = options.find_unused_parameters();
+}
+
+GradientReducer::~GradientReducer() = default;
+
+void GradientReducer::backward(const torch::Tensor& loss) {
+  const auto& group = *impl_->group->impl_;
+  auto& reducer = *impl_->reducer;
+  try {
+    // Once, before the second backward: buckets in the order the first one made the gradients
+    // (rank 0's order, broadcast, so that every rank agrees).
+    reducer.rebuild_buckets();
+    // Arms the hooks for this backward; the unused-parameter search starts from the loss.
+    reducer.prepare_for_backward(impl_->find_unused ? std::vector<at::Tensor>{loss}
+                                                    : std::vector<at::Tensor>{});
+    loss.backward();
+  } catch (const Error&) {
+    throw;  // a collective of the backward itself (synchronised BatchNorm) said it already
+  } catch (const std::exception& error) {
+    group.fail("backward with the overlapped gradient all-reduce", error);
+  }
+  try {
+    // A bucket whose parameters did not all get a gradient was never sent: the backward ended
+    // without c10d's final wait, and the gradients are not averaged.
+    reducer.check_finalized();
+  } catch (const std::exception&) {
+    const auto unused =
+        std::count_if(impl_->parameters.begin(), impl_->parameters.end(),
+                      [](const torch::Tensor& parameter) { return !parameter.grad().defined(); });
+    // Gradients left from an earlier step hide which ones: then say "some".
+    const std::string which =
+        unused > 0 ? std::to_string(unused) + " of " + std::to_string(impl_->parameters.size())
+                   : "some";
+    throw Error("rank " + std::to_string(group.options.rank) + " of " +
+                std::to_string(group.options.world_size) + ": gradient all-reduce: " + which +
+                " parameters got no gradient in this backward; use "
+                "GradientReducerOptions::find_unused_parameters for such models");
+  }
+}
+
 #else  // no Gloo headers at build time
 
 bool distributed_available() { return false; }
+bool nccl_available() { return false; }
 
 struct ProcessGroup::Impl {};
 
@@ -173,11 +307,22 @@ ProcessGroup::ProcessGroup(const DistributedOptions& /*options*/) {
 ProcessGroup::~ProcessGroup() = default;
 int ProcessGroup::rank() const { return 0; }
 int ProcessGroup::world_size() const { return 1; }
+std::string ProcessGroup::backends() const { return "none"; }
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& /*tensors*/, int /*root*/) {}
 void ProcessGroup::all_reduce_mean(const std::vector<torch::Tensor>& /*tensors*/,
                                    int64_t /*bucket_bytes*/) {}
 void ProcessGroup::all_reduce_sum(const std::vector<torch::Tensor>& /*tensors*/) {}
 void ProcessGroup::barrier() {}
+
+struct GradientReducer::Impl {};
+
+GradientReducer::GradientReducer(std::shared_ptr<ProcessGroup> /*group*/,
+                                 std::vector<torch::Tensor> /*parameters*/,
+                                 const GradientReducerOptions& /*options*/) {
+  throw Error("this pconv was built without c10d's Gloo backend (install libgloo-dev and rebuild)");
+}
+GradientReducer::~GradientReducer() = default;
+void GradientReducer::backward(const torch::Tensor& /*loss*/) {}
 
 #endif
 

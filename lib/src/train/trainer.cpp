@@ -19,6 +19,7 @@
 #include <ctime>
 #include <fstream>
 #include <iomanip>
+#include <memory>
 #include <sstream>
 
 namespace pconv::train {
@@ -365,6 +366,10 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   }
   // What the optimiser updates: the gradients to average and to unscale.
   const auto& trainable = optimizer_->param_groups().front().params();
+  // Averaged over the ranks while the backward runs (c10d's DDP engine); every trainable
+  // parameter of the network takes part in every step.
+  std::unique_ptr<GradientReducer> reducer;
+  if (group) reducer = std::make_unique<GradientReducer>(group, trainable);
   stream.set_warning_hook(message);
 
   std::ofstream log;
@@ -408,15 +413,17 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       terms = loss_(output.to(at::kFloat), images, masks);
     }
     const bool scaled = amp_type_ == c10::kHalf;
-    (scaled ? scaler_.scale(terms.total) : terms.total).backward();
-    std::vector<torch::Tensor> grads;
-    if (group || scaled) {
-      grads.reserve(trainable.size());
-      for (const auto& parameter : trainable) grads.push_back(parameter.grad());
+    const auto loss = scaled ? scaler_.scale(terms.total) : terms.total;
+    if (reducer) {
+      reducer->backward(loss);  // the scaled gradients' mean: an overflow reaches every rank
+    } else {
+      loss.backward();
     }
-    if (group) group->all_reduce_mean(grads);  // an overflow reaches every rank alike
     bool take_step = true;
     if (scaled) {
+      std::vector<torch::Tensor> grads;
+      grads.reserve(trainable.size());
+      for (const auto& parameter : trainable) grads.push_back(parameter.grad());
       take_step = scaler_.unscale(grads);
       scaler_.update();
       if (!take_step) ++skipped_steps_;
