@@ -185,6 +185,32 @@ TEST(InpaintCli, EveryStrategyRuns) {
   }
 }
 
+TEST(InpaintCli, ReducedPrecisionAndChannelsLastKeepKnownPixels) {
+  TempDir dir;
+  const auto holes = rectangle_holes(60, 80);
+  pconv::io::write_image(dir.path() / "photo.png", picture(3, 60, 80));
+  write_holes(dir.path() / "mask.png", holes);
+  const auto reference = dir.path() / "fp32.png";
+  ASSERT_EQ(pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
+                                  (dir.path() / "mask.png").string() + " -o " +
+                                  reference.string())
+                .rc,
+            0);
+  for (const std::string flags : {"--precision bf16", "--channels-last"}) {
+    SCOPED_TRACE(flags);
+    const auto out = dir.path() / "out.png";
+    const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
+                                           (dir.path() / "mask.png").string() + " " + flags +
+                                           " -o " + out.string());
+    ASSERT_EQ(run.rc, 0) << run.output;
+    expect_known_pixels_kept(dir.path() / "photo.png", out, holes);
+    // The holes' fill is close to float32's (bf16: within a few 8-bit levels on average).
+    const auto a = pconv::io::read_image(out).pixels.to(at::kFloat);
+    const auto b = pconv::io::read_image(reference).pixels.to(at::kFloat);
+    EXPECT_LT((a - b).abs().mean().item<double>(), flags == "--channels-last" ? 0.01 : 3.0);
+  }
+}
+
 TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   TempDir dir;
   const auto& d = dir.path();
@@ -222,7 +248,11 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
        "/proc/pconv-no/out.png"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --strategy tile", 2, "--strategy"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --half --device cpu", 2,
-       "--half: needs a CUDA device"},
+       "--half: fp16 needs a CUDA device"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --precision fp16 --device cpu",
+       2, "--precision: fp16 needs a CUDA device"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --precision fp8", 2,
+       "--precision"},
       {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() +
            " -o /proc/pconv-no/folder",
        3, "/proc/pconv-no/folder: cannot create the output folder"},
