@@ -5,6 +5,7 @@
 // Element types: float, double, half and bfloat16 for the convolution output, with the
 // arithmetic in float (double for double); the terms are float (double for double) as the
 // reference path makes them. Both NCHW and channels-last outputs are handled in place.
+#include "partial_conv2d_index.h"
 #include "partial_conv2d_kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -37,33 +38,13 @@ int64_t grid_for(int64_t elements) {
 template <typename T>
 using term_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// Where output element i finds its channel and its ratio/valid term, for (N, C, P) outputs,
-// P = H' x W', stored NCHW (channel-major) or channels-last (channel-minor), and terms
-// (N or 1, G, P) with channel c in group c / (C / G). 32-bit arithmetic when everything fits.
 template <typename Index, bool kChannelsLast>
-struct Layout {
-  Index channels, plane, group_channels, groups;
-  bool term_batch_one;
-
-  __device__ __forceinline__ Index channel(Index i) const {
-    return kChannelsLast ? i % channels : (i / plane) % channels;
-  }
-  __device__ __forceinline__ Index term(Index i, Index c) const {
-    const Index n = i / (plane * channels);
-    const Index p = kChannelsLast ? (i / channels) % plane : i % plane;
-    return ((term_batch_one ? 0 : n) * groups + c / group_channels) * plane + p;
-  }
-};
-
-// WindowGeometry as plain numbers for the device.
-struct Window {
-  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-};
+using Layout = OutputLayout<Index, kChannelsLast>;
 
 template <typename Scalar, typename Index>
 __global__ void window_terms_kernel(const Scalar* __restrict__ counts, Scalar* __restrict__ ratio,
                                     Scalar* __restrict__ valid, Index total, Index height,
-                                    Index width, Index out_h, Index out_w, Window g,
+                                    Index width, Index out_h, Index out_w, WindowShape g,
                                     Scalar window) {
   for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<Index>(gridDim.x) * blockDim.x) {
@@ -71,15 +52,7 @@ __global__ void window_terms_kernel(const Scalar* __restrict__ counts, Scalar* _
     const Index out_y = (i / out_w) % out_h;
     const Scalar* plane = counts + (i / (out_w * out_h)) * height * width;
     // Counts are whole numbers: the sum is exact in any order.
-    Scalar sum = 0;
-    for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
-      const int64_t y = int64_t{out_y} * g.stride_h - g.pad_h + ky * g.dilation_h;
-      if (y < 0 || y >= int64_t{height}) continue;
-      for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
-        const int64_t x = int64_t{out_x} * g.stride_w - g.pad_w + kx * g.dilation_w;
-        if (x >= 0 && x < int64_t{width}) sum += plane[y * int64_t{width} + x];
-      }
-    }
+    const Scalar sum = window_sum(plane, height, width, out_y, out_x, g);
     const bool seen = sum > 0;
     ratio[i] = seen ? window / sum : Scalar(0);
     valid[i] = seen ? Scalar(1) : Scalar(0);
@@ -200,7 +173,7 @@ void window_terms(const at::TensorBase& counts, double window, const WindowGeome
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = ratio.numel();
   if (total == 0) return;
-  const Window window_geometry{geometry.kernel[0],  geometry.kernel[1],  geometry.stride[0],
+  const WindowShape window_geometry{geometry.kernel[0],  geometry.kernel[1],  geometry.stride[0],
                                geometry.stride[1],  geometry.padding[0], geometry.padding[1],
                                geometry.dilation[0], geometry.dilation[1]};
   AT_DISPATCH_FLOATING_TYPES(counts.scalar_type(), "pconv_window_terms_cuda", [&] {
@@ -260,8 +233,8 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
       if (channels_last) {
         const auto layout = layout_of<Index, true>(grad, ratio);
         const int64_t total_rows = grad.size(0) * grad.size(2) * grad.size(3);
-        const int64_t blocks = renormalize_backward_row_blocks(total_rows);
-        const int64_t rows = (total_rows + blocks - 1) / blocks;
+        const int64_t blocks = row_blocks(total_rows);
+        const int64_t rows = rows_per_block(total_rows);
         renormalize_backward_rows_kernel<scalar_t, Index>
             <<<blocks, dim3(kChannelLanes, kRowLanes), 0, stream>>>(
                 grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),

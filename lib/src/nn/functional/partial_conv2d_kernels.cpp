@@ -1,5 +1,7 @@
 #include "partial_conv2d_kernels.h"
 
+#include "partial_conv2d_index.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -243,7 +245,7 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     if (bias_dtype >= 0 && ctx->needs_input_grad(1)) {
       const int64_t rows =
           channels_last
-              ? cuda::renormalize_backward_row_blocks(grad.size(0) * grad.size(2) * grad.size(3))
+              ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3))
               : grad.size(0);
       bias_sums = at::empty({rows, channels}, ratio.options());
     }

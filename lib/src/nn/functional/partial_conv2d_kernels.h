@@ -6,7 +6,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -51,16 +50,12 @@ void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at
                  const at::TensorBase& valid, bool channels_last);
 
 /// grad_raw = grad * ratio; with `bias_sums` defined, the partial sums of grad * valid per
-/// output channel: (N, C) for NCHW, (renormalize_backward_row_blocks(N x H' x W'), C) for
-/// channels-last, in the terms' dtype; their sum over the first dimension is the bias gradient.
+/// output channel: (N, C) for NCHW, (row_blocks(N x H' x W'), C) for channels-last (see
+/// partial_conv2d_index.h), in the terms' dtype; their sum over the first dimension is the
+/// bias gradient.
 void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& ratio,
                           const at::TensorBase& valid, bool channels_last,
                           const at::TensorBase& grad_raw, const at::TensorBase& bias_sums);
-
-/// How many blocks share the rows of a channels-last backward (about 64 rows each).
-inline int64_t renormalize_backward_row_blocks(int64_t rows) {
-  return std::clamp<int64_t>((rows + 63) / 64, 1, 2048);
-}
 
 }  // namespace cuda
 }  // namespace pconv::nn::functional::detail
