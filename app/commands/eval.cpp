@@ -24,7 +24,8 @@ nlohmann::json scores_json(const eval::Scores& s) {
 }
 
 // Everything but the timings, so that one seed gives the same file on every run.
-std::string to_json(const eval::EvalReport& report, const std::string& model_path) {
+std::string to_json(const eval::EvalReport& report, const std::string& model_path,
+                    const std::string& precision) {
   nlohmann::json bins = nlohmann::json::array();
   for (size_t b = 0; b < report.bins.size(); ++b) {
     bins.push_back({{"low", report.bins[b].low},
@@ -41,6 +42,7 @@ std::string to_json(const eval::EvalReport& report, const std::string& model_pat
                                    {"size", report.size},
                                    {"seed", report.seed},
                                    {"model", model_path},
+                                   {"precision", precision},
                                    {"bins", bins},
                                    {"methods", methods}};
   return document.dump(2) + "\n";
@@ -116,8 +118,12 @@ void run_eval(const EvalOptions& options) {
                                 .seed(options.seed)
                                 .examples_per_bin(options.examples);
   const int64_t per_bin = options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());
-  spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {}", photos.size(),
-               options.data_dir, options.size, options.size, per_bin, model_path);
+  const std::string precision =
+      (options.inference.half ? std::string("fp16") : options.inference.precision) +
+      (options.inference.channels_last ? ", channels-last" : "");
+  spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {} on {} ({})", photos.size(),
+               options.data_dir, options.size, options.size, per_bin, model_path, device.str(),
+               precision);
   const std::filesystem::path out_dir = options.out_dir;
   std::error_code error;
   std::filesystem::create_directories(out_dir, error);
@@ -129,7 +135,7 @@ void run_eval(const EvalOptions& options) {
 
   io::write_file_atomically(out_dir / "eval.md", eval::to_markdown(report));
   io::write_file_atomically(out_dir / "eval.csv", eval::to_csv(report));
-  io::write_file_atomically(out_dir / "eval.json", to_json(report, model_path));
+  io::write_file_atomically(out_dir / "eval.json", to_json(report, model_path, precision));
 #ifdef PCONV_WITH_OPENCV
   const char* grid_name = "examples.png";
 #else

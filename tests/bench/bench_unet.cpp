@@ -53,10 +53,8 @@ void sync() {
 
 pconv::nn::PConvUNet make_model(const Model& spec, bool channels_last) {
   torch::manual_seed(0);
-  pconv::nn::PConvUNet model(pconv::nn::PConvUNetOptions()
-                                 .depth(8)
-                                 .base_width(spec.base_width)
-                                 .max_width(spec.max_width));
+  pconv::nn::PConvUNet model(
+      pconv::nn::PConvUNetOptions().depth(8).base_width(spec.base_width).max_width(spec.max_width));
   model->to(g_device);
   if (channels_last) pconv::nn::to_channels_last(*model);
   return model;
@@ -75,8 +73,8 @@ std::pair<at::Tensor, at::Tensor> make_batch(int64_t batch, int64_t size, bool c
 
 void report(benchmark::State& state, int64_t batch) {
   state.SetItemsProcessed(state.iterations() * batch);
-  state.counters["images/s"] = benchmark::Counter(
-      static_cast<double>(state.iterations() * batch), benchmark::Counter::kIsRate);
+  state.counters["images/s"] = benchmark::Counter(static_cast<double>(state.iterations() * batch),
+                                                  benchmark::Counter::kIsRate);
 }
 
 void infer(benchmark::State& state, const Model& spec, const Precision& precision,
@@ -156,12 +154,15 @@ int main(int argc, char** argv) {
         for (const bool fused : {true, false}) {
           for (const int64_t batch : {1, 16}) {
             const std::string name = std::string("unet_infer/") + model.name + "/" +
-                                     precision.name + "/" + (channels_last ? "cl" : "nchw") +
-                                     "/" + (fused ? "fused" : "unfused") + "/b" +
-                                     std::to_string(batch);
-            benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-              infer(state, model, precision, channels_last, fused, batch);
-            })->Unit(benchmark::kMillisecond)->UseRealTime();
+                                     precision.name + "/" + (channels_last ? "cl" : "nchw") + "/" +
+                                     (fused ? "fused" : "unfused") + "/b" + std::to_string(batch);
+            benchmark::RegisterBenchmark(name.c_str(),
+                                         [=](benchmark::State& state) {
+                                           infer(state, model, precision, channels_last, fused,
+                                                 batch);
+                                         })
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
           }
         }
       }
@@ -174,9 +175,11 @@ int main(int argc, char** argv) {
         const std::string name = std::string("unet_train/") + model.name + "/" +
                                  (amp.type ? amp.name : "off") + "/" +
                                  (channels_last ? "cl" : "nchw") + "/b" + std::to_string(batch);
-        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-          train(state, model, amp, channels_last, batch);
-        })->Unit(benchmark::kMillisecond)->UseRealTime();
+        benchmark::RegisterBenchmark(
+            name.c_str(),
+            [=](benchmark::State& state) { train(state, model, amp, channels_last, batch); })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
       }
     }
   }

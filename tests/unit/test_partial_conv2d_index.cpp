@@ -135,8 +135,8 @@ TEST(PartialConv2dIndex, EpilogueAndBiasSumsMatchAtenInBothLayouts) {
     const auto ratio = at::rand({term_batch, c.groups, c.height, c.width}) * 3;
     const auto valid = (at::rand({term_batch, c.groups, c.height, c.width}) > 0.3).to(at::kFloat);
     const auto bias = at::randn({c.channels});
-    const auto expected = raw * per_group(ratio, c) +
-                          bias.view({1, -1, 1, 1}) * per_group(valid, c);
+    const auto expected =
+        raw * per_group(ratio, c) + bias.view({1, -1, 1, 1}) * per_group(valid, c);
 
     at::Tensor out = raw.clone();  // keeps the memory format
     ASSERT_EQ(out.is_contiguous(format), true);
@@ -184,9 +184,9 @@ TEST(PartialConv2dIndex, WindowSumsMatchABoxConvolution) {
         (width + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1) / g.stride_w + 1;
     if (out_h < 1 || out_w < 1) continue;
     const auto counts = at::randint(0, 5, {1, 1, height, width}, at::kFloat);
-    const auto expected = at::conv2d(counts, at::ones({1, 1, g.kernel_h, g.kernel_w}), {},
-                                     {g.stride_h, g.stride_w}, {g.pad_h, g.pad_w},
-                                     {g.dilation_h, g.dilation_w});
+    const auto expected =
+        at::conv2d(counts, at::ones({1, 1, g.kernel_h, g.kernel_w}), {}, {g.stride_h, g.stride_w},
+                   {g.pad_h, g.pad_w}, {g.dilation_h, g.dilation_w});
     ASSERT_EQ(expected.size(2), out_h);
     ASSERT_EQ(expected.size(3), out_w);
     const auto ex = expected.accessor<float, 4>();

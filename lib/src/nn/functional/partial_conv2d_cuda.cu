@@ -60,7 +60,8 @@ __global__ void window_terms_kernel(const Scalar* __restrict__ counts, Scalar* _
 }
 
 template <typename Scalar, typename Index, bool kChannelsLast>
-__global__ void renormalize_kernel(Scalar* __restrict__ out, const term_t<Scalar>* __restrict__ ratio,
+__global__ void renormalize_kernel(Scalar* __restrict__ out,
+                                   const term_t<Scalar>* __restrict__ ratio,
                                    const term_t<Scalar>* __restrict__ valid,
                                    const term_t<Scalar>* __restrict__ bias, Index total,
                                    Layout<Index, kChannelsLast> layout) {
@@ -173,9 +174,9 @@ void window_terms(const at::TensorBase& counts, double window, const WindowGeome
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = ratio.numel();
   if (total == 0) return;
-  const WindowShape window_geometry{geometry.kernel[0],  geometry.kernel[1],  geometry.stride[0],
-                               geometry.stride[1],  geometry.padding[0], geometry.padding[1],
-                               geometry.dilation[0], geometry.dilation[1]};
+  const WindowShape window_geometry{geometry.kernel[0],   geometry.kernel[1],  geometry.stride[0],
+                                    geometry.stride[1],   geometry.padding[0], geometry.padding[1],
+                                    geometry.dilation[0], geometry.dilation[1]};
   AT_DISPATCH_FLOATING_TYPES(counts.scalar_type(), "pconv_window_terms_cuda", [&] {
     with_index_type(counts.numel() > total ? counts : ratio, [&](auto index) {
       using Index = decltype(index);
@@ -196,26 +197,26 @@ void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = raw.numel();
   if (total == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(),
-                                  "pconv_renormalize_cuda", [&] {
-    using Term = term_t<scalar_t>;
-    const Term* bias_data = bias.defined() ? bias.const_data_ptr<Term>() : nullptr;
-    with_index_type(raw, [&](auto index) {
-      using Index = decltype(index);
-      if (channels_last) {
-        renormalize_kernel<scalar_t, Index, true><<<grid_for(total), kThreads, 0, stream>>>(
-            raw.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<Term>(),
-            valid.const_data_ptr<Term>(), bias_data, static_cast<Index>(total),
-            layout_of<Index, true>(raw, ratio));
-      } else {
-        renormalize_kernel<scalar_t, Index, false><<<grid_for(total), kThreads, 0, stream>>>(
-            raw.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<Term>(),
-            valid.const_data_ptr<Term>(), bias_data, static_cast<Index>(total),
-            layout_of<Index, false>(raw, ratio));
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, raw.scalar_type(), "pconv_renormalize_cuda", [&] {
+        using Term = term_t<scalar_t>;
+        const Term* bias_data = bias.defined() ? bias.const_data_ptr<Term>() : nullptr;
+        with_index_type(raw, [&](auto index) {
+          using Index = decltype(index);
+          if (channels_last) {
+            renormalize_kernel<scalar_t, Index, true><<<grid_for(total), kThreads, 0, stream>>>(
+                raw.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<Term>(),
+                valid.const_data_ptr<Term>(), bias_data, static_cast<Index>(total),
+                layout_of<Index, true>(raw, ratio));
+          } else {
+            renormalize_kernel<scalar_t, Index, false><<<grid_for(total), kThreads, 0, stream>>>(
+                raw.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<Term>(),
+                valid.const_data_ptr<Term>(), bias_data, static_cast<Index>(total),
+                layout_of<Index, false>(raw, ratio));
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
 }
 
 void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& ratio,
@@ -224,40 +225,40 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
   const c10::cuda::CUDAGuard guard(grad.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (grad.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "pconv_renormalize_backward_cuda", [&] {
-    using Term = term_t<scalar_t>;
-    Term* sums = bias_sums.defined() ? bias_sums.mutable_data_ptr<Term>() : nullptr;
-    with_index_type(grad, [&](auto index) {
-      using Index = decltype(index);
-      if (channels_last) {
-        const auto layout = layout_of<Index, true>(grad, ratio);
-        const int64_t total_rows = grad.size(0) * grad.size(2) * grad.size(3);
-        const int64_t blocks = row_blocks(total_rows);
-        const int64_t rows = rows_per_block(total_rows);
-        renormalize_backward_rows_kernel<scalar_t, Index>
-            <<<blocks, dim3(kChannelLanes, kRowLanes), 0, stream>>>(
-                grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
-                ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums,
-                static_cast<Index>(total_rows), static_cast<Index>(rows), layout);
-      } else {
-        const auto layout = layout_of<Index, false>(grad, ratio);
-        const int64_t planes = grad.size(0) * grad.size(1);
-        // Small planes (the deep layers) get small blocks, so that few threads sit idle.
-        if (layout.plane <= 64) {
-          renormalize_backward_planes_kernel<scalar_t, Index, 64><<<planes, 64, 0, stream>>>(
-              grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
-              ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums, layout);
-        } else {
-          renormalize_backward_planes_kernel<scalar_t, Index, kThreads>
-              <<<planes, kThreads, 0, stream>>>(
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "pconv_renormalize_backward_cuda", [&] {
+        using Term = term_t<scalar_t>;
+        Term* sums = bias_sums.defined() ? bias_sums.mutable_data_ptr<Term>() : nullptr;
+        with_index_type(grad, [&](auto index) {
+          using Index = decltype(index);
+          if (channels_last) {
+            const auto layout = layout_of<Index, true>(grad, ratio);
+            const int64_t total_rows = grad.size(0) * grad.size(2) * grad.size(3);
+            const int64_t blocks = row_blocks(total_rows);
+            const int64_t rows = rows_per_block(total_rows);
+            renormalize_backward_rows_kernel<scalar_t, Index>
+                <<<blocks, dim3(kChannelLanes, kRowLanes), 0, stream>>>(
+                    grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
+                    ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums,
+                    static_cast<Index>(total_rows), static_cast<Index>(rows), layout);
+          } else {
+            const auto layout = layout_of<Index, false>(grad, ratio);
+            const int64_t planes = grad.size(0) * grad.size(1);
+            // Small planes (the deep layers) get small blocks, so that few threads sit idle.
+            if (layout.plane <= 64) {
+              renormalize_backward_planes_kernel<scalar_t, Index, 64><<<planes, 64, 0, stream>>>(
                   grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
                   ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums, layout);
-        }
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+            } else {
+              renormalize_backward_planes_kernel<scalar_t, Index, kThreads>
+                  <<<planes, kThreads, 0, stream>>>(
+                      grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
+                      ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums, layout);
+            }
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
 }
 
 }  // namespace pconv::nn::functional::detail::cuda
