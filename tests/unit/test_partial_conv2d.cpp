@@ -652,6 +652,16 @@ TEST_F(PartialConv2dTest, BadArgumentsNameTheArgumentAndTheShape) {
                                   F::PartialConv2dFuncOptions().groups(2));
               }),
               ::testing::AllOf(HasSubstr("groups"), HasSubstr("[1, 5, 8, 8]")));
+  // Terms on another device than the input: an error, never a kernel reading foreign memory.
+  F::PartialConv2dMaskTerms elsewhere;
+  elsewhere.ratio = at::ones({1, 1, 8, 8}, at::device(at::kMeta));
+  elsewhere.valid = at::ones({1, 1, 8, 8}, at::device(at::kMeta));
+  EXPECT_THAT(error_message([&] {
+                F::partial_conv2d_masked_input(at::randn({1, 3, 8, 8}), at::randn({4, 3, 3, 3}),
+                                               at::randn({4}), elsewhere,
+                                               F::PartialConv2dFuncOptions().padding(1));
+              }),
+              ::testing::AllOf(HasSubstr("mask terms on meta"), HasSubstr("input is on cpu")));
 }
 
 // CUDA: the same results as the CPU. Skipped where no GPU is present.

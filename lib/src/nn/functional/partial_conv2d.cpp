@@ -140,6 +140,11 @@ torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
               "partial_conv2d: mask terms ",
               terms.ratio.defined() ? terms.ratio.sizes() : c10::IntArrayRef{},
               " do not fit output ", output.sizes(), " with groups=", options.groups());
+  TORCH_CHECK(terms.ratio.device() == output.device() && terms.valid.device() == output.device() &&
+                  (!bias.defined() || bias.device() == output.device()),
+              "partial_conv2d: mask terms on ", terms.ratio.device(), " and bias on ",
+              bias.defined() ? bias.device() : output.device(), " but the input is on ",
+              output.device());
   // y = conv(x * m) * ratio + bias * valid, in place. The ratio is 0 where no input was valid,
   // so those outputs are exactly 0.
   return detail::renormalize(output, bias, terms.ratio, terms.valid);

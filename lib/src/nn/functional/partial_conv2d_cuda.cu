@@ -244,6 +244,8 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
           } else {
             const auto layout = layout_of<Index, false>(grad, ratio);
             const int64_t planes = grad.size(0) * grad.size(1);
+        TORCH_CHECK(planes <= std::numeric_limits<int32_t>::max(),
+                    "partial_conv2d: too many output planes for one launch: ", planes);
             // Small planes (the deep layers) get small blocks, so that few threads sit idle.
             if (layout.plane <= 64) {
               renormalize_backward_planes_kernel<scalar_t, Index, 64><<<planes, 64, 0, stream>>>(

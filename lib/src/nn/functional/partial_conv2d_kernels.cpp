@@ -39,7 +39,8 @@ int64_t grain_for(int64_t work_per_row) {
 bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                  const at::Tensor& valid) {
   const auto dtype = raw.scalar_type();
-  return raw.is_cpu() && (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
+  return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() && bias.defined() && bias.is_cpu() &&
+         (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
          ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
          valid.is_contiguous() && bias.defined() && bias.scalar_type() == dtype;
 }
@@ -247,7 +248,7 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
           channels_last
               ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3))
               : grad.size(0);
-      bias_sums = at::empty({rows, channels}, ratio.options());
+      bias_sums = at::zeros({rows, channels}, ratio.options());
     }
     cuda::renormalize_backward(grad, ratio, valid, channels_last, grad_raw, bias_sums);
     const at::Tensor grad_bias =
