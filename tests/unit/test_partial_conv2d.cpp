@@ -18,6 +18,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -194,6 +195,22 @@ LayerRun run_layer(PartialConv2d conv, const at::Tensor& input, const at::Tensor
   return run;
 }
 
+// The same pass with the fused kernels, then on the plain ATen path.
+std::pair<LayerRun, LayerRun> run_fused_and_plain(const PartialConv2d& conv,
+                                                  const at::Tensor& input, const at::Tensor& mask,
+                                                  const at::Tensor& upstream) {
+  std::pair<LayerRun, LayerRun> runs;
+  {
+    const FusedKernels on(true);
+    runs.first = run_layer(conv, input, mask, upstream);
+  }
+  {
+    const FusedKernels off(false);
+    runs.second = run_layer(conv, input, mask, upstream);
+  }
+  return runs;
+}
+
 // Compares each result of `actual` with `expected` within rtol/atol (relative to the largest
 // value of the expected tensor, so that cancellation near zero does not count as an error).
 void expect_close(const LayerRun& actual, const LayerRun& expected, double tolerance) {
@@ -279,16 +296,7 @@ TEST_F(PartialConv2dTest, FusedKernelsEqualTheReferencePath) {
     const auto input = at::randn({g.batch, g.in_channels, g.height, g.width});
     const auto mask = random_mask(g, 0.6);
     const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()});
-    LayerRun fused;
-    LayerRun plain;
-    {
-      const FusedKernels on(true);
-      fused = run_layer(conv, input, mask, upstream);
-    }
-    {
-      const FusedKernels off(false);
-      plain = run_layer(conv, input, mask, upstream);
-    }
+    const auto [fused, plain] = run_fused_and_plain(conv, input, mask, upstream);
     EXPECT_EQ(fused.grad_fn.find("Renormalize") != std::string::npos, g.bias) << fused.grad_fn;
     EXPECT_EQ(plain.grad_fn.find("Renormalize"), std::string::npos) << plain.grad_fn;
     expect_close(fused, plain, 1e-5);
@@ -713,16 +721,7 @@ TEST_F(PartialConv2dCudaTest, FusedKernelsEqualTheReferencePath_CUDA) {
         const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()},
                                         at::device(at::kCUDA).dtype(dtype))
                                   .contiguous(format);
-        LayerRun fused;
-        LayerRun plain;
-        {
-          const FusedKernels on(true);
-          fused = run_layer(conv, input, mask, upstream);
-        }
-        {
-          const FusedKernels off(false);
-          plain = run_layer(conv, input, mask, upstream);
-        }
+        const auto [fused, plain] = run_fused_and_plain(conv, input, mask, upstream);
         EXPECT_NE(fused.grad_fn.find("Renormalize"), std::string::npos) << fused.grad_fn;
         EXPECT_EQ(plain.grad_fn.find("Renormalize"), std::string::npos) << plain.grad_fn;
         // One rounding to the element type (fused) against two (reference), and gradients
