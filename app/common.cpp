@@ -43,7 +43,7 @@ void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
   command.add_flag("--half", options.half, "Same as --precision fp16")->excludes(precision);
   command.add_flag("--channels-last", options.channels_last,
                    "Channels-last (NHWC) memory format for the network, the layout of cuDNN's "
-                   "tensor-core kernels");
+                   "tensor-core kernels (always on for bf16 on a CPU)");
 }
 
 c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device device) {
@@ -55,6 +55,15 @@ c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device 
   if (precision == "fp16") return c10::kHalf;
   if (precision == "bf16") return c10::kBFloat16;
   return c10::kFloat;
+}
+
+bool inference_channels_last(const InferenceCliOptions& options, c10::Device device) {
+  if (options.channels_last) return true;
+  if (device.is_cpu() && inference_dtype(options, device) == c10::kBFloat16) {
+    spdlog::debug("bf16 on the CPU: channels-last memory format");
+    return true;
+  }
+  return false;
 }
 
 std::string default_model_path() {
