@@ -63,10 +63,10 @@ build_pconv() {
 case "$command" in
   check)
     build_pconv
-    "$build/tests/pconv_unit_tests" 2>&1 | tee "$out_dir/unit-tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran" || true
-    # Everything else CTest has (CLI, distributed, package), without the benchmark smoke runs.
+    # Every CTest test (unit tests one by one, *_CUDA included; distributed; package), without
+    # the benchmark smoke runs; failures with their output.
     ctest --test-dir "$build" -j 8 -E '^bench[.]' --output-on-failure > "$out_dir/ctest.log" 2>&1 || true
-    grep -E "tests passed|tests failed|Failed|\*\*\*" "$out_dir/ctest.log" | tail -15 || true
+    grep -E "_CUDA|tests passed|tests failed|\*\*\*Failed" "$out_dir/ctest.log" | tail -20 || true
     # The commands on the GPU: eval in each precision and layout (quality and time), and one
     # inpaint on CUDA against the CPU.
     photos=/tmp/pconv-photos
