@@ -42,7 +42,7 @@ bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor
   return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() && bias.defined() && bias.is_cpu() &&
          (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
          ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
-         valid.is_contiguous() && bias.defined() && bias.scalar_type() == dtype;
+         valid.is_contiguous() && bias.scalar_type() == dtype;
 }
 
 // CUDA: any floating output in NCHW or channels-last, terms in term_dtype, any bias or none.
@@ -59,25 +59,6 @@ bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tenso
          valid.is_contiguous() && (!bias.defined() || bias.device() == raw.device());
 }
 
-#ifndef PCONV_CUDA_KERNELS
-}  // namespace
-// Never called (kCudaKernels is false): definitions for the linker in builds without nvcc.
-namespace cuda {
-void window_terms(const at::TensorBase&, double, const WindowGeometry&, const at::TensorBase&,
-                  const at::TensorBase&) {
-  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
-}
-void renormalize(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&,
-                 const at::TensorBase&, bool) {
-  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
-}
-void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&, bool,
-                          const at::TensorBase&, const at::TensorBase&) {
-  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
-}
-}  // namespace cuda
-namespace {
-#endif
 
 // The inner loops, compiled for AVX-512, AVX2 + FMA and the x86-64 baseline; the loader picks
 // the best one for the machine (GCC function multi-versioning). Other dtypes use the templates.
@@ -346,6 +327,24 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   });
   return terms;
 }
+
+#ifndef PCONV_CUDA_KERNELS
+// Never called (kCudaKernels is false): definitions for the linker in builds without nvcc.
+namespace cuda {
+void window_terms(const at::TensorBase&, double, const WindowGeometry&, const at::TensorBase&,
+                  const at::TensorBase&) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
+void renormalize(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&,
+                 const at::TensorBase&, bool) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
+void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&, bool,
+                          const at::TensorBase&, const at::TensorBase&) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
+}  // namespace cuda
+#endif
 
 bool fused_enabled() { return g_fused_enabled.load(std::memory_order_relaxed); }
 
