@@ -5,6 +5,7 @@
 #include <pconv/train/trainer.h>
 
 #include <ATen/ATen.h>
+#include <torch/cuda.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 
@@ -13,6 +14,7 @@
 
 #include "temp_dir.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -152,6 +154,61 @@ TEST_F(TrainerTest, ChannelsLastTrainsTheSameModel) {
     // Another summation order in the convolutions; Adam amplifies tiny gradients' differences.
     EXPECT_TRUE(at::allclose(actual[i], expected[i], 1e-3, 1e-4))
         << "tensor " << i << ": " << (actual[i] - expected[i]).abs().max().item<double>();
+  }
+}
+
+// CUDA: the same training as on the CPU, and reduced precision that trains. Skipped without a GPU.
+TEST_F(TrainerTest, CpuEqualsCuda_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  T::Trainer cpu(tiny(4), files_, {}, dir_ / "cpu", false);
+  cpu.run();
+  for (const bool channels_last : {false, true}) {
+    SCOPED_TRACE(channels_last ? "channels-last" : "NCHW");
+    const auto run_dir = dir_ / (channels_last ? "cuda-cl" : "cuda");
+    T::Trainer gpu(tiny(4).device(c10::Device(c10::kCUDA)).channels_last(channels_last), files_,
+                   {}, run_dir, false);
+    gpu.run();
+    const auto expected = parameters(cpu);
+    const auto actual = parameters(gpu);
+    ASSERT_EQ(actual.size(), expected.size());
+    for (size_t i = 0; i < actual.size(); ++i) {
+      // cuDNN sums in other orders, and Adam's normalised steps let a near-zero gradient's
+      // rounding move a weight by up to lr per step: a loose tolerance, far below a wrong
+      // kernel's errors.
+      EXPECT_TRUE(at::allclose(actual[i].cpu(), expected[i], 1e-2, 2e-3))
+          << "tensor " << i << ": " << (actual[i].cpu() - expected[i]).abs().max().item<double>();
+    }
+  }
+}
+
+TEST_F(TrainerTest, MixedPrecisionTrains_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  for (const std::string amp : {"bf16", "fp16"}) {
+    SCOPED_TRACE(amp);
+    T::Trainer trainer(tiny(40).device(c10::Device(c10::kCUDA)).amp(amp), files_, {},
+                       dir_ / ("amp-" + amp), false);
+    std::vector<double> totals;
+    T::TrainerCallbacks callbacks;
+    callbacks.on_step = [&](const T::StepReport& report) {
+      for (const auto& [name, value] : report.losses) {
+        if (name == "total") totals.push_back(value);
+      }
+    };
+    trainer.run(callbacks);
+    ASSERT_EQ(totals.size(), 40U);
+    double first = 0;
+    double last = 0;
+    for (int i = 0; i < 8; ++i) {
+      first += totals[i];
+      last += totals[totals.size() - 1 - i];
+    }
+    EXPECT_TRUE(std::isfinite(last));
+    EXPECT_LT(last, 0.8 * first) << "first 8 steps " << first / 8 << ", last 8 " << last / 8;
+    for (const auto& parameter : trainer.model()->parameters()) {
+      EXPECT_TRUE(parameter.isfinite().all().item<bool>());
+    }
   }
 }
 
