@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <pconv/infer/inpainter.h>
 #include <pconv/version.h>
 
 #include <ATen/Parallel.h>
@@ -47,14 +48,12 @@ void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
 }
 
 c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device device) {
-  const std::string precision = options.half ? "fp16" : options.precision;
-  if (precision == "fp16" && !device.is_cuda()) {
+  const auto dtype = infer::parse_precision(options.half ? "fp16" : options.precision);
+  if (dtype == c10::kHalf && !device.is_cuda()) {
     throw CLI::ValidationError(options.half ? "--half" : "--precision",
                                "fp16 needs a CUDA device (--device cuda)");
   }
-  if (precision == "fp16") return c10::kHalf;
-  if (precision == "bf16") return c10::kBFloat16;
-  return c10::kFloat;
+  return dtype;
 }
 
 bool inference_channels_last(const InferenceCliOptions& options, c10::Device device) {
