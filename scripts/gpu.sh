@@ -90,22 +90,21 @@ case "$command" in
       done
       "$python" -c "import torch; a=torch.load('/tmp/pconv-inpainted-cpu.pt').float(); b=torch.load('/tmp/pconv-inpainted-cuda.pt').float(); print('inpaint cpu vs cuda: max |diff| (8-bit levels)', (a-b).abs().max().item())"
     } > "$out_dir/cli-cuda.log" 2>&1 || true
-    grep -E "^==|^all|PSNR|diff|wall" "$out_dir/cli-cuda.log" | head -40 || true
+    grep -E "^==| all |PSNR|per image|diff|wall|error" "$out_dir/cli-cuda.log" | head -60 || true
     ;;
   bench)
     build_pconv
-    {
-      for config in "--dtype fp32 --format nchw" "--dtype bf16 --format nchw" "--dtype bf16 --format cl"; do
-        echo "== bench_partial_conv2d --device cuda $config"
-        "$build/tests/bench/bench_partial_conv2d" --device cuda $config --benchmark_min_time=0.1 \
-          --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 | sed -n '/^Median/,$p'
-      done
-    } > "$out_dir/bench-layer.txt" 2>&1 || true
+    for config in "--dtype fp32 --format nchw" "--dtype bf16 --format nchw" "--dtype bf16 --format cl"; do
+      echo "== bench_partial_conv2d --device cuda $config"
+      "$build/tests/bench/bench_partial_conv2d" --device cuda $config --benchmark_min_time=0.1 \
+        --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 || echo "(exit status $?)"
+    done > "$out_dir/bench-layer.txt"
     "$build/tests/bench/bench_unet" --device cuda --benchmark_min_time=0.5 > "$out_dir/bench-unet.txt" 2>&1 || true
     "$build/tests/bench/bench_train_step" --device cuda --benchmark_min_time=2 \
       > "$out_dir/bench-train-cuda.txt" 2>&1 || true
-    cat "$out_dir/bench-layer.txt"
-    grep -E "unet_" "$out_dir/bench-unet.txt" | sed -E 's/ +[0-9]+ ms +[0-9]+ +/ /' | head -70
+    # The ratio tables and geometric means, the UNet images/s, the train step; errors as they are.
+    grep -E "^==|^\| [0-9]|^ +forward|exit status|CUDA GPU" "$out_dir/bench-layer.txt" || true
+    grep -E "unet_|CUDA GPU|rror" "$out_dir/bench-unet.txt" | sed -E 's/ +[0-9]+ ms +[0-9]+ +/ /' | head -70 || true
     tail -6 "$out_dir/bench-train-cuda.txt"
     ;;
   train)
