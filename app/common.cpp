@@ -56,15 +56,6 @@ c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device 
   return dtype;
 }
 
-bool inference_channels_last(const InferenceCliOptions& options, c10::Device device) {
-  if (options.channels_last) return true;
-  if (device.is_cpu() && inference_dtype(options, device) == c10::kBFloat16) {
-    spdlog::debug("bf16 on the CPU: channels-last memory format");
-    return true;
-  }
-  return false;
-}
-
 std::string default_model_path() {
   if (const char* from_environment = std::getenv("PCONV_MODEL");
       from_environment != nullptr && *from_environment != '\0') {

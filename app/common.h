@@ -39,11 +39,6 @@ void add_inference_options(CLI::App& command, InferenceCliOptions& options);
 /// The network's element type on `device`; throws CLI::ValidationError for float16 on a CPU.
 c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device device);
 
-/// Whether the network runs channels-last: when asked, and always for bf16 on a CPU (oneDNN's
-/// NCHW bfloat16 convolutions are about 50x slower than its channels-last ones on a CPU without
-/// bf16 instructions; measured in the README).
-bool inference_channels_last(const InferenceCliOptions& options, c10::Device device);
-
 /// The model used when --model is not given: $PCONV_MODEL if set, else the default model
 /// installed beside the program (<prefix>/share/pconv/models/pconv-default.pt), else the one in
 /// the source tree it was built from (models/pconv-default.pt).

@@ -92,7 +92,7 @@ void run_eval(const EvalOptions& options) {
       io::load_model(model_path), device,
       infer::InferenceOptions()
           .dtype(inference_dtype(options.inference, device))
-          .channels_last(inference_channels_last(options.inference, device)));
+          .channels_last(options.inference.channels_last));
   std::vector<std::pair<std::string, eval::Method>> methods;
   methods.emplace_back("pconv", [inpainter](const at::Tensor& image, const at::Tensor& holes) {
     return inpainter
@@ -118,9 +118,9 @@ void run_eval(const EvalOptions& options) {
                                 .seed(options.seed)
                                 .examples_per_bin(options.examples);
   const int64_t per_bin = options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());
-  const std::string precision =
-      (options.inference.half ? std::string("fp16") : options.inference.precision) +
-      (inference_channels_last(options.inference, device) ? ", channels-last" : "");
+  const auto& network = inpainter->options();
+  const std::string precision = infer::precision_name(network.dtype()) +
+                                (network.channels_last() ? ", channels-last" : "");
   spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {} on {} ({})", photos.size(),
                options.data_dir, options.size, options.size, per_bin, model_path, device.str(),
                precision);

@@ -314,8 +314,7 @@ void run_inpaint(const InpaintOptions& options) {
   spdlog::debug("model {} ({} steps) on {}", model_path, metadata.steps, device.str());
   const infer::Inpainter inpainter(
       model, device,
-      infer::InferenceOptions().dtype(dtype).channels_last(
-          inference_channels_last(options.inference, device)));
+      infer::InferenceOptions().dtype(dtype).channels_last(options.inference.channels_last));
   const auto inpaint_options = infer::InpaintOptions()
                                    .strategy(infer::parse_strategy(options.strategy))
                                    .composite(!options.raw)

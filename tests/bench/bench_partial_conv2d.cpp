@@ -260,7 +260,6 @@ int main(int argc, char** argv) {
               pconv::nn::functional::cuda_kernels_built() ? "yes" : "no");
   const int only_shape =
       setup.extra.count("--shape") != 0 ? std::atoi(setup.extra["--shape"].c_str()) : -1;
-  auto& remaining = setup.remaining;
 
   for (const char* pass : {"forward", "forward+backward"}) {
     const bool backward = std::strcmp(pass, "forward") != 0;
@@ -270,22 +269,16 @@ int main(int argc, char** argv) {
       for (const int64_t batch : {1, 4}) {
         for (const Variant variant : {Variant::kConv2d, Variant::kPartial,
                                       Variant::kPartialUnfused, Variant::kNvidia}) {
-          benchmark::RegisterBenchmark(
-              RatioReporter::Name(shape, variant, pass, batch).c_str(),
-              [=](benchmark::State& state) { run_layer(state, shape, variant, backward, batch); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
+          pconv::bench::register_timed(
+              RatioReporter::Name(shape, variant, pass, batch),
+              [=](benchmark::State& state) { run_layer(state, shape, variant, backward, batch); });
         }
       }
     }
   }
 
-  int remaining_argc = static_cast<int>(remaining.size());
-  benchmark::Initialize(&remaining_argc, remaining.data());
-  if (benchmark::ReportUnrecognizedArguments(remaining_argc, remaining.data())) return 2;
   RatioReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  reporter.PrintRatios();
-  benchmark::Shutdown();
-  return 0;
+  const int status = pconv::bench::run_benchmarks(setup, &reporter);
+  if (status == 0) reporter.PrintRatios();
+  return status;
 }

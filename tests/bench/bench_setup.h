@@ -7,6 +7,8 @@
 #include <c10/core/Device.h>
 #include <torch/cuda.h>
 
+#include <benchmark/benchmark.h>
+
 #include <malloc.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pconv::bench {
@@ -58,6 +61,30 @@ inline bool setup(int argc, char** argv, const std::vector<std::string>& extra_f
   }
   std::printf("device %s, %d CPU threads\n", out.device.str().c_str(), at::get_num_threads());
   return true;
+}
+
+/// Registers `body` as benchmark `name`, timed in wall-clock milliseconds like every pconv
+/// benchmark (GPU work is synchronised inside the bodies).
+template <typename Body>
+void register_timed(const std::string& name, Body body) {
+  benchmark::RegisterBenchmark(name.c_str(), std::move(body))
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+
+/// Hands the flags setup() left to Google Benchmark and runs what was registered, through
+/// `reporter` if given. Returns the exit code: 2 for a flag nobody knows.
+inline int run_benchmarks(BenchSetup& setup, benchmark::BenchmarkReporter* reporter = nullptr) {
+  int argc = static_cast<int>(setup.remaining.size());
+  benchmark::Initialize(&argc, setup.remaining.data());
+  if (benchmark::ReportUnrecognizedArguments(argc, setup.remaining.data())) return 2;
+  if (reporter != nullptr) {
+    benchmark::RunSpecifiedBenchmarks(reporter);
+  } else {
+    benchmark::RunSpecifiedBenchmarks();
+  }
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace pconv::bench

@@ -70,7 +70,6 @@ int main(int argc, char** argv) {
   pconv::bench::BenchSetup setup;
   if (!pconv::bench::setup(argc, argv, {}, setup)) return 2;
   g_device = setup.device;
-  auto& remaining = setup.remaining;
   std::printf("%lldx%lld, batch %lld\n", static_cast<long long>(kSize),
               static_cast<long long>(kSize), static_cast<long long>(kBatch));
   struct Variant {
@@ -82,16 +81,9 @@ int main(int argc, char** argv) {
        {Variant{"small(16-128)/pixel", 16, 128, false}, Variant{"small(16-128)/vgg", 16, 128, true},
         Variant{"paper(64-512)/pixel", 64, 512, false},
         Variant{"paper(64-512)/vgg", 64, 512, true}}) {
-    benchmark::RegisterBenchmark(
-        (std::string("train_step/") + v.name).c_str(),
-        [v](benchmark::State& state) { train_step(state, v.width, v.max_width, v.vgg); })
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    pconv::bench::register_timed(std::string("train_step/") + v.name, [v](benchmark::State& state) {
+      train_step(state, v.width, v.max_width, v.vgg);
+    });
   }
-  int remaining_argc = static_cast<int>(remaining.size());
-  benchmark::Initialize(&remaining_argc, remaining.data());
-  if (benchmark::ReportUnrecognizedArguments(remaining_argc, remaining.data())) return 2;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return pconv::bench::run_benchmarks(setup);
 }

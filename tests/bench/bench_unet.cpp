@@ -144,7 +144,6 @@ int main(int argc, char** argv) {
   pconv::bench::BenchSetup setup;
   if (!pconv::bench::setup(argc, argv, {}, setup)) return 2;
   g_device = setup.device;
-  auto& remaining = setup.remaining;
   std::printf("device %s, fused CUDA kernels in this build: %s\n", g_device.str().c_str(),
               pconv::nn::functional::cuda_kernels_built() ? "yes" : "no");
 
@@ -156,13 +155,9 @@ int main(int argc, char** argv) {
             const std::string name = std::string("unet_infer/") + model.name + "/" +
                                      precision.name + "/" + (channels_last ? "cl" : "nchw") + "/" +
                                      (fused ? "fused" : "unfused") + "/b" + std::to_string(batch);
-            benchmark::RegisterBenchmark(name.c_str(),
-                                         [=](benchmark::State& state) {
-                                           infer(state, model, precision, channels_last, fused,
-                                                 batch);
-                                         })
-                ->Unit(benchmark::kMillisecond)
-                ->UseRealTime();
+            pconv::bench::register_timed(name, [=](benchmark::State& state) {
+              infer(state, model, precision, channels_last, fused, batch);
+            });
           }
         }
       }
@@ -175,18 +170,11 @@ int main(int argc, char** argv) {
         const std::string name = std::string("unet_train/") + model.name + "/" +
                                  (amp.type ? amp.name : "off") + "/" +
                                  (channels_last ? "cl" : "nchw") + "/b" + std::to_string(batch);
-        benchmark::RegisterBenchmark(
-            name.c_str(),
-            [=](benchmark::State& state) { train(state, model, amp, channels_last, batch); })
-            ->Unit(benchmark::kMillisecond)
-            ->UseRealTime();
+        pconv::bench::register_timed(name, [=](benchmark::State& state) {
+          train(state, model, amp, channels_last, batch);
+        });
       }
     }
   }
-  int remaining_argc = static_cast<int>(remaining.size());
-  benchmark::Initialize(&remaining_argc, remaining.data());
-  if (benchmark::ReportUnrecognizedArguments(remaining_argc, remaining.data())) return 2;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return pconv::bench::run_benchmarks(setup);
 }

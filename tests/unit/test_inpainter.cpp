@@ -171,6 +171,9 @@ TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {
   EXPECT_EQ(pconv::infer::parse_precision("bf16"), at::kBFloat16);
   EXPECT_EQ(pconv::infer::parse_precision("float16"), at::kHalf);
   EXPECT_THROW(pconv::infer::parse_precision("fp8"), std::invalid_argument);
+  for (const char* name : {"fp32", "fp16", "bf16"}) {
+    EXPECT_EQ(pconv::infer::precision_name(pconv::infer::parse_precision(name)), name);
+  }
   EXPECT_EQ(pconv::infer::parse_strategy("crop"), Strategy::kCrop);
   EXPECT_THROW(pconv::infer::parse_strategy("tile"), std::invalid_argument);
 }
@@ -202,6 +205,8 @@ TEST(Inpainter, Bfloat16IsCloseToFloat32AndKeepsKnownPixels) {
   const auto expected = fp32.inpaint(image, holes, options).pixels;
   const auto result = bf16.inpaint(image, holes, options).pixels;
   ASSERT_EQ(result.scalar_type(), at::kFloat);
+  EXPECT_TRUE(bf16.options().channels_last()) << "bf16 on a CPU runs channels-last";
+  EXPECT_FALSE(fp32.options().channels_last());
   // bfloat16 keeps 8 bits of mantissa: a few parts in a thousand per layer.
   EXPECT_LT(max_difference(result, expected), 0.05);
   EXPECT_LT((result - expected).abs().mean().item<double>(), 0.01);

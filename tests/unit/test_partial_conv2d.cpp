@@ -122,6 +122,19 @@ at::Tensor random_mask(const Geometry& g, double hole_probability,
   return (at::rand({g.mask_batch, channels, g.height, g.width}) >= hole_probability).to(dtype);
 }
 
+// A random input, mask (60% holes) and upstream gradient for a layer of geometry `g`.
+struct LayerInputs {
+  at::Tensor input, mask, upstream;
+};
+
+LayerInputs random_inputs(const Geometry& g) {
+  LayerInputs inputs;
+  inputs.input = at::randn({g.batch, g.in_channels, g.height, g.width});
+  inputs.mask = random_mask(g, 0.6);
+  inputs.upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()});
+  return inputs;
+}
+
 std::string error_message(const std::function<void()>& call) {
   try {
     call();
@@ -293,9 +306,7 @@ TEST_F(PartialConv2dTest, FusedKernelsEqualTheReferencePath) {
     const Geometry g = random_geometry(rng);
     SCOPED_TRACE(g.str());
     PartialConv2d conv(g.options());
-    const auto input = at::randn({g.batch, g.in_channels, g.height, g.width});
-    const auto mask = random_mask(g, 0.6);
-    const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()});
+    const auto [input, mask, upstream] = random_inputs(g);
     const auto [fused, plain] = run_fused_and_plain(conv, input, mask, upstream);
     EXPECT_EQ(fused.grad_fn.find("Renormalize") != std::string::npos, g.bias) << fused.grad_fn;
     EXPECT_EQ(plain.grad_fn.find("Renormalize"), std::string::npos) << plain.grad_fn;
@@ -688,9 +699,7 @@ TEST_F(PartialConv2dCudaTest, CpuEqualsCuda_CUDA) {
     const Geometry g = random_geometry(rng);
     SCOPED_TRACE(g.str());
     PartialConv2d conv(g.options());
-    const auto input = at::randn({g.batch, g.in_channels, g.height, g.width});
-    const auto mask = random_mask(g, 0.6);
-    const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()});
+    const auto [input, mask, upstream] = random_inputs(g);
     const LayerRun cpu = run_layer(conv, input, mask, upstream);
     conv->to(at::kCUDA);
     const LayerRun gpu = run_layer(conv, input.cuda(), mask.cuda(), upstream.cuda());
@@ -714,13 +723,13 @@ TEST_F(PartialConv2dCudaTest, FusedKernelsEqualTheReferencePath_CUDA) {
         conv->to(at::kCUDA, dtype);
         const auto format =
             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-        const auto input = at::randn({g.batch, g.in_channels, g.height, g.width},
-                                     at::device(at::kCUDA).dtype(dtype))
-                               .contiguous(format);
-        const auto mask = random_mask(g, 0.6).to(at::kCUDA, dtype).contiguous(format);
-        const auto upstream = at::randn({g.batch, g.out_channels, g.out_h(), g.out_w()},
-                                        at::device(at::kCUDA).dtype(dtype))
-                                  .contiguous(format);
+        const auto cpu = random_inputs(g);
+        const auto on_gpu = [&](const at::Tensor& t) {
+          return t.to(at::kCUDA, dtype).contiguous(format);
+        };
+        const auto input = on_gpu(cpu.input);
+        const auto mask = on_gpu(cpu.mask);
+        const auto upstream = on_gpu(cpu.upstream);
         const auto [fused, plain] = run_fused_and_plain(conv, input, mask, upstream);
         EXPECT_NE(fused.grad_fn.find("Renormalize"), std::string::npos) << fused.grad_fn;
         EXPECT_EQ(plain.grad_fn.find("Renormalize"), std::string::npos) << plain.grad_fn;

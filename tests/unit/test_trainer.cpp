@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -62,6 +63,26 @@ class TrainerTest : public ::testing::Test {
     return result;
   }
 
+  // Collects each step's total loss through `callbacks`.
+  static void record_totals(T::TrainerCallbacks& callbacks, std::vector<double>& totals) {
+    callbacks.on_step = [&totals](const T::StepReport& report) {
+      for (const auto& [name, value] : report.losses) {
+        if (name == "total") totals.push_back(value);
+      }
+    };
+  }
+
+  // The mean total loss of the first and of the last 8 steps.
+  static std::pair<double, double> first_and_last_eight(const std::vector<double>& totals) {
+    double first = 0;
+    double last = 0;
+    for (size_t i = 0; i < 8; ++i) {
+      first += totals[i];
+      last += totals[totals.size() - 1 - i];
+    }
+    return {first / 8, last / 8};
+  }
+
   pconv::testing::TempDir temp_;
   const fs::path& dir_ = temp_.path();
   std::vector<fs::path> files_;
@@ -72,23 +93,14 @@ TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
   std::vector<double> totals;
   std::vector<T::ValidationReport> validations;
   T::TrainerCallbacks callbacks;
-  callbacks.on_step = [&](const T::StepReport& report) {
-    for (const auto& [name, value] : report.losses) {
-      if (name == "total") totals.push_back(value);
-    }
-  };
+  record_totals(callbacks, totals);
   callbacks.on_validation = [&](const T::ValidationReport& report) {
     validations.push_back(report);
   };
   const auto result = trainer.run(callbacks);
   ASSERT_EQ(totals.size(), 40U);
-  double first = 0;
-  double last = 0;
-  for (int i = 0; i < 8; ++i) {
-    first += totals[i];
-    last += totals[totals.size() - 1 - i];
-  }
-  EXPECT_LT(last, 0.8 * first) << "first 8 steps " << first / 8 << ", last 8 steps " << last / 8;
+  const auto [first, last] = first_and_last_eight(totals);
+  EXPECT_LT(last, 0.8 * first) << "first 8 steps " << first << ", last 8 steps " << last;
   EXPECT_EQ(result.step, 40);
   ASSERT_EQ(validations.size(), 1U);  // only at the last step
   EXPECT_GT(validations[0].psnr, 10.0);
@@ -191,21 +203,12 @@ TEST_F(TrainerTest, MixedPrecisionTrains_CUDA) {
                        dir_ / ("amp-" + amp), false);
     std::vector<double> totals;
     T::TrainerCallbacks callbacks;
-    callbacks.on_step = [&](const T::StepReport& report) {
-      for (const auto& [name, value] : report.losses) {
-        if (name == "total") totals.push_back(value);
-      }
-    };
+    record_totals(callbacks, totals);
     trainer.run(callbacks);
     ASSERT_EQ(totals.size(), 40U);
-    double first = 0;
-    double last = 0;
-    for (int i = 0; i < 8; ++i) {
-      first += totals[i];
-      last += totals[totals.size() - 1 - i];
-    }
+    const auto [first, last] = first_and_last_eight(totals);
     EXPECT_TRUE(std::isfinite(last));
-    EXPECT_LT(last, 0.8 * first) << "first 8 steps " << first / 8 << ", last 8 " << last / 8;
+    EXPECT_LT(last, 0.8 * first) << "first 8 steps " << first << ", last 8 " << last;
     for (const auto& parameter : trainer.model()->parameters()) {
       EXPECT_TRUE(parameter.isfinite().all().item<bool>());
     }

@@ -140,6 +140,13 @@ c10::ScalarType parse_precision(const std::string& name) {
   throw std::invalid_argument("unknown precision '" + name + "' (fp32, fp16 or bf16)");
 }
 
+std::string precision_name(c10::ScalarType dtype) {
+  if (dtype == at::kFloat) return "fp32";
+  if (dtype == at::kHalf) return "fp16";
+  if (dtype == at::kBFloat16) return "bf16";
+  return c10::toString(dtype);
+}
+
 Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions options)
     : model_(std::move(model)), device_(device), options_(options) {
   const auto dtype = options_.dtype();
@@ -150,6 +157,7 @@ Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions o
   if (dtype == at::kHalf && !device_.is_cuda()) {
     throw std::invalid_argument("float16 inference needs a CUDA device");
   }
+  if (dtype == at::kBFloat16 && device_.is_cpu()) options_.channels_last(true);
   model_->eval();
   model_->to(device_, dtype);
   if (options_.channels_last()) nn::to_channels_last(*model_);
