@@ -3,6 +3,8 @@
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/nn/partial_conv2d.h>
 
+#include "fused_kernels.h"
+
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
@@ -172,19 +174,7 @@ Geometry random_geometry(std::mt19937& rng, int64_t max_size = 40, int64_t max_g
   return g;
 }
 
-// Switches the fused kernels on or off for a scope.
-class FusedKernels {
- public:
-  explicit FusedKernels(bool enabled) : before_(F::fused_kernels_enabled()) {
-    F::set_fused_kernels_enabled(enabled);
-  }
-  ~FusedKernels() { F::set_fused_kernels_enabled(before_); }
-  FusedKernels(const FusedKernels&) = delete;
-  FusedKernels& operator=(const FusedKernels&) = delete;
-
- private:
-  bool before_;
-};
+using pconv::testing::FusedKernels;
 
 // One forward and backward pass of `conv` with a given upstream gradient.
 struct LayerRun {
@@ -681,6 +671,18 @@ TEST_F(PartialConv2dTest, BadArgumentsNameTheArgumentAndTheShape) {
                                                F::PartialConv2dFuncOptions().padding(1));
               }),
               ::testing::AllOf(HasSubstr("mask terms on meta"), HasSubstr("input is on cpu")));
+  // A dilated kernel one pixel wider than the padded input, at stride 2: no output pixel, on
+  // the fused path as on the reference path (truncating division once made it one).
+  for (const bool fused : {true, false}) {
+    const FusedKernels kernels(fused);
+    EXPECT_THAT(error_message([&] {
+                  F::partial_conv2d_mask_terms_from_counts(
+                      at::ones({1, 1, 8, 6}), 15, {5, 3},
+                      F::PartialConv2dFuncOptions().stride(2).dilation({1, 3}));
+                }),
+                ::testing::AnyOf(HasSubstr("does not fit"), HasSubstr("can't be greater")))
+        << (fused ? "fused" : "reference");
+  }
 }
 
 // CUDA: the same results as the CPU. Skipped where no GPU is present.

@@ -5,11 +5,10 @@
 // Element types: float, double, half and bfloat16 for the convolution output, with the
 // arithmetic in float (double for double); the terms are float (double for double) as the
 // reference path makes them. Both NCHW and channels-last outputs are handled in place.
-#include "partial_conv2d_index.h"
+#include "partial_conv2d_device.h"
 #include "partial_conv2d_kernels.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -17,46 +16,26 @@
 
 #include <cub/block/block_reduce.cuh>
 
-#include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 
 namespace pconv::nn::functional::detail::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kChannelLanes = 32;
-constexpr int kRowLanes = kThreads / kChannelLanes;
-
-// Enough blocks to fill the GPU several times over; the kernels stride over the rest.
-int64_t grid_for(int64_t elements) {
-  return std::clamp<int64_t>((elements + kThreads - 1) / kThreads, 1, int64_t{1} << 16);
-}
-
-// float for float, half and bfloat16; double for double.
-template <typename T>
-using term_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
 template <typename Index, bool kChannelsLast>
 using Layout = OutputLayout<Index, kChannelsLast>;
+
+// The kernels: each thread runs its body from partial_conv2d_device.h, where the unit tests
+// run the same bodies on the CPU.
 
 template <typename Scalar, typename Index>
 __global__ void window_terms_kernel(const Scalar* __restrict__ counts, Scalar* __restrict__ ratio,
                                     Scalar* __restrict__ valid, Index total, Index height,
                                     Index width, Index out_h, Index out_w, WindowShape g,
                                     Scalar window) {
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    const Index out_x = i % out_w;
-    const Index out_y = (i / out_w) % out_h;
-    const Scalar* plane = counts + (i / (out_w * out_h)) * height * width;
-    // Counts are whole numbers: the sum is exact in any order.
-    const Scalar sum = window_sum(plane, height, width, out_y, out_x, g);
-    const bool seen = sum > 0;
-    ratio[i] = seen ? window / sum : Scalar(0);
-    valid[i] = seen ? Scalar(1) : Scalar(0);
-  }
+  window_terms_thread<Scalar, Index>(blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
+                                     static_cast<Index>(gridDim.x) * blockDim.x, counts, ratio,
+                                     valid, total, height, width, out_h, out_w, g, window);
 }
 
 template <typename Scalar, typename Index, bool kChannelsLast>
@@ -65,15 +44,9 @@ __global__ void renormalize_kernel(Scalar* __restrict__ out,
                                    const term_t<Scalar>* __restrict__ valid,
                                    const term_t<Scalar>* __restrict__ bias, Index total,
                                    Layout<Index, kChannelsLast> layout) {
-  using Op = at::opmath_type<Scalar>;
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    const Index c = layout.channel(i);
-    const Index t = layout.term(i, c);
-    Op y = static_cast<Op>(out[i]) * static_cast<Op>(ratio[t]);
-    if (bias != nullptr) y += static_cast<Op>(bias[c]) * static_cast<Op>(valid[t]);
-    out[i] = static_cast<Scalar>(y);
-  }
+  renormalize_thread<Scalar, Index, kChannelsLast>(
+      blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
+      static_cast<Index>(gridDim.x) * blockDim.x, out, ratio, valid, bias, total, layout);
 }
 
 // NCHW backward: block b handles plane b = (n, c), writing grad_raw and, when `plane_sums` is
@@ -87,26 +60,19 @@ __global__ void renormalize_backward_planes_kernel(const Scalar* __restrict__ gr
                                                    Layout<Index, false> layout) {
   using Op = at::opmath_type<Scalar>;
   const Index plane_index = blockIdx.x;
-  const Index first = plane_index * layout.plane;
-  const Index c = plane_index % layout.channels;
-  const Index term_first = layout.term(first, c);
-  Op sum = 0;
-  for (Index p = threadIdx.x; p < layout.plane; p += kBlock) {
-    const Op g = static_cast<Op>(grad[first + p]);
-    grad_raw[first + p] = static_cast<Scalar>(g * static_cast<Op>(ratio[term_first + p]));
-    sum += g * static_cast<Op>(valid[term_first + p]);
-  }
-  if (plane_sums == nullptr) return;
+  const Op sum = renormalize_backward_plane_thread<Scalar, Index>(
+      plane_index, threadIdx.x, kBlock, grad, grad_raw, ratio, valid, layout);
+  if (plane_sums == nullptr) return;  // the same for the whole block
   using Reduce = cub::BlockReduce<Op, kBlock>;
   __shared__ typename Reduce::TempStorage storage;
   const Op total = Reduce(storage).Sum(sum);
   if (threadIdx.x == 0) plane_sums[plane_index] = static_cast<term_t<Scalar>>(total);
 }
 
-// Channels-last backward: the output is a (rows = N x P, C) matrix. Block b handles a run of
-// `rows` consecutive rows with 32 x 8 threads: x walks 32 channels at a time (coalesced), y
-// strides over the rows; the 8 partial sums of each channel are added in shared memory and
-// written to partial_sums[b][c] (summed over b afterwards, deterministically).
+// Channels-last backward: block b handles a run of `rows` consecutive rows with
+// kChannelLanes x kRowLanes threads, kChannelLanes channels at a time; the row lanes' shares of
+// each channel meet in shared memory and go to partial_sums[b][c] (summed over b afterwards,
+// deterministically).
 template <typename Scalar, typename Index>
 __global__ void renormalize_backward_rows_kernel(const Scalar* __restrict__ grad,
                                                  Scalar* __restrict__ grad_raw,
@@ -117,28 +83,17 @@ __global__ void renormalize_backward_rows_kernel(const Scalar* __restrict__ grad
                                                  Layout<Index, true> layout) {
   using Op = at::opmath_type<Scalar>;
   __shared__ Op partial[kRowLanes][kChannelLanes + 1];
-  const Index first_row = blockIdx.x * rows;
-  const Index last_row = first_row + rows < total_rows ? first_row + rows : total_rows;
+  const Index block = blockIdx.x;
   for (Index first_channel = 0; first_channel < layout.channels; first_channel += kChannelLanes) {
-    const Index c = first_channel + threadIdx.x;
-    Op sum = 0;
-    if (c < layout.channels) {
-      for (Index row = first_row + threadIdx.y; row < last_row; row += kRowLanes) {
-        const Index i = row * layout.channels + c;
-        const Index t = layout.term(i, c);
-        const Op g = static_cast<Op>(grad[i]);
-        grad_raw[i] = static_cast<Scalar>(g * static_cast<Op>(ratio[t]));
-        sum += g * static_cast<Op>(valid[t]);
-      }
-    }
-    if (partial_sums == nullptr) continue;
+    const Op sum = renormalize_backward_rows_thread<Scalar, Index>(
+        block, first_channel, threadIdx.x, threadIdx.y, grad, grad_raw, ratio, valid, total_rows,
+        rows, layout);
+    if (partial_sums == nullptr) continue;  // the same for the whole block
     partial[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
-    if (threadIdx.y == 0 && c < layout.channels) {
-      Op total = 0;
-      for (int lane = 0; lane < kRowLanes; ++lane) total += partial[lane][threadIdx.x];
-      partial_sums[static_cast<int64_t>(blockIdx.x) * layout.channels + c] =
-          static_cast<term_t<Scalar>>(total);
+    if (threadIdx.y == 0) {
+      renormalize_backward_rows_combine<Op, Index>(partial, block, first_channel, threadIdx.x,
+                                                   layout.channels, partial_sums);
     }
     __syncthreads();
   }
@@ -146,10 +101,8 @@ __global__ void renormalize_backward_rows_kernel(const Scalar* __restrict__ grad
 
 template <typename Index, bool kChannelsLast>
 Layout<Index, kChannelsLast> layout_of(const at::TensorBase& output, const at::TensorBase& ratio) {
-  const int64_t channels = output.size(1);
-  const int64_t groups = ratio.size(1);
-  return {static_cast<Index>(channels), static_cast<Index>(output.size(2) * output.size(3)),
-          static_cast<Index>(channels / groups), static_cast<Index>(groups), ratio.size(0) == 1};
+  return Layout<Index, kChannelsLast>::of(output.size(1), output.size(2) * output.size(3),
+                                          ratio.size(1), ratio.size(0) == 1);
 }
 
 bool fits_32_bit(const at::TensorBase& tensor) {
@@ -244,10 +197,9 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
           } else {
             const auto layout = layout_of<Index, false>(grad, ratio);
             const int64_t planes = grad.size(0) * grad.size(1);
-        TORCH_CHECK(planes <= std::numeric_limits<int32_t>::max(),
-                    "partial_conv2d: too many output planes for one launch: ", planes);
-            // Small planes (the deep layers) get small blocks, so that few threads sit idle.
-            if (layout.plane <= 64) {
+            TORCH_CHECK(planes <= std::numeric_limits<int32_t>::max(),
+                        "partial_conv2d: too many output planes for one launch: ", planes);
+            if (planes_block(layout.plane) == 64) {
               renormalize_backward_planes_kernel<scalar_t, Index, 64><<<planes, 64, 0, stream>>>(
                   grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
                   ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums, layout);

@@ -1,6 +1,6 @@
 #include "partial_conv2d_kernels.h"
 
-#include "partial_conv2d_index.h"
+#include "partial_conv2d_device.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -278,8 +278,8 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   const int64_t planes = input.size(0) * input.size(1);
   const int64_t height = input.size(2);
   const int64_t width = input.size(3);
-  const int64_t out_h = (height + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
-  const int64_t out_w = (width + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
+  const int64_t out_h = output_size(height, kernel_h, stride_h, pad_h, dilation_h);
+  const int64_t out_w = output_size(width, kernel_w, stride_w, pad_w, dilation_w);
   TORCH_CHECK(out_h > 0 && out_w > 0, "partial_conv2d: a ", kernel_h, "x", kernel_w,
               " kernel (dilation ", dilation_h, "x", dilation_w, ") does not fit the padded ",
               height, "x", width, " input");

@@ -1,0 +1,223 @@
+// The CUDA kernels' own code (partial_conv2d_cuda.cu): their launch shapes, their index
+// arithmetic and what each thread does, in a header that a host compiler reads too. The
+// __global__ kernels are thin wrappers that pass blockIdx and threadIdx to the thread bodies
+// here and do the block-wide reductions (cub, shared memory). The unit tests run these same
+// bodies on the CPU, thread by thread over the launch grid the kernels use, and compare them
+// with ATen (tests/unit/test_partial_conv2d_device.cpp), so that the kernels' arithmetic is
+// checked where no GPU exists.
+#pragma once
+
+#include <ATen/OpMathType.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define PCONV_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define PCONV_HOST_DEVICE inline
+#endif
+
+namespace pconv::nn::functional::detail {
+
+// ---------------------------------------------------------------------------------------------
+// Launch shapes
+
+/// Threads per block of the elementwise kernels and of the NCHW backward on large planes.
+constexpr int kThreads = 256;
+/// The channels-last backward's block: 32 channel lanes (coalesced) x 8 row lanes.
+constexpr int kChannelLanes = 32;
+constexpr int kRowLanes = kThreads / kChannelLanes;
+
+/// Blocks for a grid-stride kernel over `elements`: enough to fill a GPU several times over,
+/// at most 65536; the kernels stride over the rest.
+inline int64_t grid_for(int64_t elements) {
+  const int64_t blocks = (elements + kThreads - 1) / kThreads;
+  return blocks < 1 ? 1 : (blocks > (int64_t{1} << 16) ? int64_t{1} << 16 : blocks);
+}
+
+/// Threads per block of the NCHW backward (one block per output plane): small planes (the
+/// deep layers) get small blocks, so that few threads sit idle.
+inline int planes_block(int64_t plane) { return plane <= 64 ? 64 : kThreads; }
+
+/// The channels-last backward splits the N x P rows into blocks of this many rows (the last
+/// one shorter): about 64 rows per block, at most 2048 blocks.
+PCONV_HOST_DEVICE int64_t rows_per_block(int64_t rows) {
+  const int64_t blocks_wanted = (rows + 63) / 64;
+  const int64_t blocks = blocks_wanted < 1 ? 1 : (blocks_wanted > 2048 ? 2048 : blocks_wanted);
+  return (rows + blocks - 1) / blocks;
+}
+
+/// How many blocks that makes (the first dimension of the partial bias sums).
+PCONV_HOST_DEVICE int64_t row_blocks(int64_t rows) {
+  const int64_t per_block = rows_per_block(rows);
+  return per_block == 0 ? 1 : (rows + per_block - 1) / per_block;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Index arithmetic
+
+/// Where element i of an (N, C, P) output (P = H' x W'), stored NCHW (channel-major) or
+/// channels-last (channel-minor), finds its channel and its ratio/valid term in terms of shape
+/// (N or 1, G, P), output channel c being in group c / (C / G). Index is uint32_t when every
+/// offset fits, else int64_t.
+template <typename Index, bool kChannelsLast>
+struct OutputLayout {
+  Index channels, plane, group_channels, groups;
+  bool term_batch_one;
+
+  /// For an output of `channels` channels of `plane` pixels each and terms with `groups`
+  /// groups and a batch of 1 (`term_batch_one`) or N.
+  static OutputLayout of(int64_t channels, int64_t plane, int64_t groups, bool term_batch_one) {
+    return {static_cast<Index>(channels), static_cast<Index>(plane),
+            static_cast<Index>(channels / groups), static_cast<Index>(groups), term_batch_one};
+  }
+
+  PCONV_HOST_DEVICE Index channel(Index i) const {
+    return kChannelsLast ? i % channels : (i / plane) % channels;
+  }
+  PCONV_HOST_DEVICE Index term(Index i, Index c) const {
+    const Index n = term_batch_one ? Index{0} : i / (plane * channels);
+    const Index p = kChannelsLast ? (i / channels) % plane : i % plane;
+    return (n * groups + c / group_channels) * plane + p;
+  }
+};
+
+/// A window's geometry as plain numbers.
+struct WindowShape {
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+
+/// The output size of a convolution along one dimension of `size` inputs, or 0 where the
+/// dilated kernel does not fit the padded input (C++ division truncates towards zero, so the
+/// usual formula alone would give 1 for a span of -1 and a stride of 2).
+PCONV_HOST_DEVICE int64_t output_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad,
+                                      int64_t dilation) {
+  const int64_t span = size + 2 * pad - dilation * (kernel - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+/// The sum of `plane` (height x width, row-major) over the window of output pixel
+/// (out_y, out_x), zero outside. Exact for whole numbers in any order.
+template <typename Scalar>
+PCONV_HOST_DEVICE Scalar window_sum(const Scalar* plane, int64_t height, int64_t width,
+                                    int64_t out_y, int64_t out_x, const WindowShape& g) {
+  Scalar sum = 0;
+  for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
+    const int64_t y = out_y * g.stride_h - g.pad_h + ky * g.dilation_h;
+    if (y < 0 || y >= height) continue;
+    for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
+      const int64_t x = out_x * g.stride_w - g.pad_w + kx * g.dilation_w;
+      if (x >= 0 && x < width) sum += plane[y * width + x];
+    }
+  }
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What each thread does
+
+/// The terms' element type: float for float, half and bfloat16 outputs; double for double.
+template <typename T>
+using term_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+/// Window terms, one thread of a grid-stride loop (`first` = the thread's global index, `step`
+/// = the grid's thread count): ratio and valid (N, G, H', W') from counts (N, G, H, W).
+template <typename Scalar, typename Index>
+PCONV_HOST_DEVICE void window_terms_thread(Index first, Index step,
+                                           const Scalar* __restrict__ counts,
+                                           Scalar* __restrict__ ratio, Scalar* __restrict__ valid,
+                                           Index total, Index height, Index width, Index out_h,
+                                           Index out_w, const WindowShape& g, Scalar window) {
+  for (Index i = first; i < total; i += step) {
+    const Index out_x = i % out_w;
+    const Index out_y = (i / out_w) % out_h;
+    const Scalar* plane = counts + (i / (out_w * out_h)) * height * width;
+    // Counts are whole numbers: the sum is exact in any order.
+    const Scalar sum = window_sum(plane, height, width, out_y, out_x, g);
+    const bool seen = sum > 0;
+    ratio[i] = seen ? window / sum : Scalar(0);
+    valid[i] = seen ? Scalar(1) : Scalar(0);
+  }
+}
+
+/// The epilogue out = out * ratio + bias * valid in place (bias may be null), one thread of a
+/// grid-stride loop; the arithmetic is in float (double for double).
+template <typename Scalar, typename Index, bool kChannelsLast>
+PCONV_HOST_DEVICE void renormalize_thread(Index first, Index step, Scalar* __restrict__ out,
+                                          const term_t<Scalar>* __restrict__ ratio,
+                                          const term_t<Scalar>* __restrict__ valid,
+                                          const term_t<Scalar>* __restrict__ bias, Index total,
+                                          const OutputLayout<Index, kChannelsLast>& layout) {
+  using Op = at::opmath_type<Scalar>;
+  for (Index i = first; i < total; i += step) {
+    const Index c = layout.channel(i);
+    const Index t = layout.term(i, c);
+    Op y = static_cast<Op>(out[i]) * static_cast<Op>(ratio[t]);
+    if (bias != nullptr) y += static_cast<Op>(bias[c]) * static_cast<Op>(valid[t]);
+    out[i] = static_cast<Scalar>(y);
+  }
+}
+
+/// NCHW backward, thread `thread` of the `threads` in the block of plane `plane_index`
+/// = (n, c): writes grad_raw = grad * ratio over its share of the plane and returns its share
+/// of the plane's sum of grad * valid (the block adds the shares).
+template <typename Scalar, typename Index>
+PCONV_HOST_DEVICE at::opmath_type<Scalar> renormalize_backward_plane_thread(
+    Index plane_index, Index thread, Index threads, const Scalar* __restrict__ grad,
+    Scalar* __restrict__ grad_raw, const term_t<Scalar>* __restrict__ ratio,
+    const term_t<Scalar>* __restrict__ valid, const OutputLayout<Index, false>& layout) {
+  using Op = at::opmath_type<Scalar>;
+  const Index first = plane_index * layout.plane;
+  const Index term_first = layout.term(first, plane_index % layout.channels);
+  Op sum = 0;
+  for (Index p = thread; p < layout.plane; p += threads) {
+    const Op g = static_cast<Op>(grad[first + p]);
+    grad_raw[first + p] = static_cast<Scalar>(g * static_cast<Op>(ratio[term_first + p]));
+    sum += g * static_cast<Op>(valid[term_first + p]);
+  }
+  return sum;
+}
+
+/// Channels-last backward: the output is a (rows = N x P, C) matrix and block `block` handles
+/// rows [block x rows, (block + 1) x rows). For the channels from `first_channel` on, thread
+/// (lane_x, lane_y) takes channel first_channel + lane_x (coalesced) and every kRowLanes-th row
+/// from lane_y: it writes grad_raw = grad * ratio and returns its share of the channel's sum
+/// of grad * valid (0 past the last channel).
+template <typename Scalar, typename Index>
+PCONV_HOST_DEVICE at::opmath_type<Scalar> renormalize_backward_rows_thread(
+    Index block, Index first_channel, Index lane_x, Index lane_y, const Scalar* __restrict__ grad,
+    Scalar* __restrict__ grad_raw, const term_t<Scalar>* __restrict__ ratio,
+    const term_t<Scalar>* __restrict__ valid, Index total_rows, Index rows,
+    const OutputLayout<Index, true>& layout) {
+  using Op = at::opmath_type<Scalar>;
+  const Index c = first_channel + lane_x;
+  Op sum = 0;
+  if (c >= layout.channels) return sum;
+  const Index first_row = block * rows;
+  const Index last_row = first_row + rows < total_rows ? first_row + rows : total_rows;
+  for (Index row = first_row + lane_y; row < last_row; row += kRowLanes) {
+    const Index i = row * layout.channels + c;
+    const Index t = layout.term(i, c);
+    const Op g = static_cast<Op>(grad[i]);
+    grad_raw[i] = static_cast<Scalar>(g * static_cast<Op>(ratio[t]));
+    sum += g * static_cast<Op>(valid[t]);
+  }
+  return sum;
+}
+
+/// The block's row-lane shares of channel first_channel + lane_x added in a fixed order and
+/// written to partial_sums[block][c] (summed over the blocks afterwards, deterministically).
+/// Run by the threads with lane_y = 0, after every share is in `partial`.
+template <typename Op, typename Index>
+PCONV_HOST_DEVICE void renormalize_backward_rows_combine(
+    const Op (&partial)[kRowLanes][kChannelLanes + 1], Index block, Index first_channel,
+    Index lane_x, Index channels, term_t<Op>* __restrict__ partial_sums) {
+  const Index c = first_channel + lane_x;
+  if (c >= channels) return;
+  Op total = 0;
+  for (int lane = 0; lane < kRowLanes; ++lane) total += partial[lane][lane_x];
+  partial_sums[static_cast<int64_t>(block) * channels + c] = static_cast<term_t<Op>>(total);
+}
+
+}  // namespace pconv::nn::functional::detail

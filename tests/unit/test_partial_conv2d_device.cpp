@@ -1,0 +1,402 @@
+// The CUDA kernels' own code (lib/src/nn/functional/partial_conv2d_device.h), run on the CPU.
+// Each kernel of partial_conv2d_cuda.cu is a thin wrapper around a thread body in that header;
+// here the same bodies are called for every (block, thread) of the grid the kernel is launched
+// with, block after block, and the block-wide sums the kernels do with cub or shared memory are
+// done in plain C++ (their order differs, so sums are compared with a tolerance). The results
+// are compared with ATen and with the library's reference path, in every element type and
+// index type the kernels are instantiated for, NCHW and channels-last. This runs in CI, where
+// there is no GPU; the kernels themselves are compared with the reference path by the *_CUDA
+// tests wherever a GPU exists. What only a GPU can check (the launches, cub, the barriers,
+// memory races) is left to those.
+#include "nn/functional/partial_conv2d_device.h"
+#include "nn/functional/partial_conv2d_kernels.h"
+
+#include "fused_kernels.h"
+
+#include <ATen/ATen.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+namespace D = pconv::nn::functional::detail;
+
+int64_t pick(std::mt19937& rng, int64_t low, int64_t high) {
+  return std::uniform_int_distribution<int64_t>(low, high)(rng);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The launches, emulated: every thread of every block, in order.
+
+// A grid-stride kernel over `total` elements on `grid` blocks of kThreads threads.
+template <typename Index, typename Body>
+void launch_grid_stride(int64_t grid, int64_t total, Body&& body) {
+  ASSERT_LE(total, static_cast<int64_t>(std::numeric_limits<Index>::max()));
+  const auto step = static_cast<Index>(grid * D::kThreads);
+  for (int64_t block = 0; block < grid; ++block) {
+    for (int64_t thread = 0; thread < D::kThreads; ++thread) {
+      body(static_cast<Index>(block * D::kThreads + thread), step);
+    }
+  }
+}
+
+// The grids a kernel is tried on: the one its launch uses, and small ones that make every
+// thread stride over several elements.
+std::vector<int64_t> grids_for(int64_t total) { return {D::grid_for(total), 1, 3}; }
+
+template <typename Scalar, typename Index>
+void window_terms_on_host(const at::Tensor& counts, double window, const D::WindowShape& g,
+                          const at::Tensor& ratio, const at::Tensor& valid, int64_t grid) {
+  const int64_t total = ratio.numel();
+  launch_grid_stride<Index>(grid, total, [&](Index first, Index step) {
+    D::window_terms_thread<Scalar, Index>(
+        first, step, counts.const_data_ptr<Scalar>(), ratio.mutable_data_ptr<Scalar>(),
+        valid.mutable_data_ptr<Scalar>(), static_cast<Index>(total),
+        static_cast<Index>(counts.size(2)), static_cast<Index>(counts.size(3)),
+        static_cast<Index>(ratio.size(2)), static_cast<Index>(ratio.size(3)), g,
+        static_cast<Scalar>(window));
+  });
+}
+
+template <typename Index, bool kChannelsLast>
+D::OutputLayout<Index, kChannelsLast> layout_of(const at::Tensor& output, const at::Tensor& ratio) {
+  return D::OutputLayout<Index, kChannelsLast>::of(output.size(1), output.size(2) * output.size(3),
+                                                   ratio.size(1), ratio.size(0) == 1);
+}
+
+template <typename Scalar, typename Index, bool kChannelsLast>
+void renormalize_on_host(const at::Tensor& out, const at::Tensor& ratio, const at::Tensor& valid,
+                         const at::Tensor& bias, int64_t grid) {
+  using Term = D::term_t<Scalar>;
+  const auto layout = layout_of<Index, kChannelsLast>(out, ratio);
+  const int64_t total = out.numel();
+  launch_grid_stride<Index>(grid, total, [&](Index first, Index step) {
+    D::renormalize_thread<Scalar, Index, kChannelsLast>(
+        first, step, out.mutable_data_ptr<Scalar>(), ratio.const_data_ptr<Term>(),
+        valid.const_data_ptr<Term>(), bias.defined() ? bias.const_data_ptr<Term>() : nullptr,
+        static_cast<Index>(total), layout);
+  });
+}
+
+// NCHW backward: one block of planes_block(plane) threads per plane; the block's sum.
+template <typename Scalar, typename Index>
+void backward_planes_on_host(const at::Tensor& grad, const at::Tensor& ratio,
+                             const at::Tensor& valid, const at::Tensor& grad_raw,
+                             const at::Tensor& plane_sums) {
+  using Op = at::opmath_type<Scalar>;
+  using Term = D::term_t<Scalar>;
+  const auto layout = layout_of<Index, false>(grad, ratio);
+  const int64_t planes = grad.size(0) * grad.size(1);
+  const int threads = D::planes_block(layout.plane);
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    Op sum = 0;
+    for (int thread = 0; thread < threads; ++thread) {
+      sum += D::renormalize_backward_plane_thread<Scalar, Index>(
+          static_cast<Index>(plane), static_cast<Index>(thread), static_cast<Index>(threads),
+          grad.const_data_ptr<Scalar>(), grad_raw.mutable_data_ptr<Scalar>(),
+          ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), layout);
+    }
+    if (plane_sums.defined()) plane_sums.mutable_data_ptr<Term>()[plane] = static_cast<Term>(sum);
+  }
+}
+
+// Channels-last backward: row_blocks blocks of kChannelLanes x kRowLanes threads; per run of
+// kChannelLanes channels, every thread's share first (the kernel's first barrier), then the
+// combine by the threads of row lane 0.
+template <typename Scalar, typename Index>
+void backward_rows_on_host(const at::Tensor& grad, const at::Tensor& ratio, const at::Tensor& valid,
+                           const at::Tensor& grad_raw, const at::Tensor& partial_sums) {
+  using Op = at::opmath_type<Scalar>;
+  using Term = D::term_t<Scalar>;
+  const auto layout = layout_of<Index, true>(grad, ratio);
+  const int64_t total_rows = grad.size(0) * grad.size(2) * grad.size(3);
+  const int64_t blocks = D::row_blocks(total_rows);
+  const int64_t rows = D::rows_per_block(total_rows);
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (Index first = 0; first < layout.channels; first += D::kChannelLanes) {
+      Op partial[D::kRowLanes][D::kChannelLanes + 1] = {};
+      for (int y = 0; y < D::kRowLanes; ++y) {
+        for (int x = 0; x < D::kChannelLanes; ++x) {
+          partial[y][x] = D::renormalize_backward_rows_thread<Scalar, Index>(
+              static_cast<Index>(block), first, static_cast<Index>(x), static_cast<Index>(y),
+              grad.const_data_ptr<Scalar>(), grad_raw.mutable_data_ptr<Scalar>(),
+              ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(),
+              static_cast<Index>(total_rows), static_cast<Index>(rows), layout);
+        }
+      }
+      if (!partial_sums.defined()) continue;
+      for (int x = 0; x < D::kChannelLanes; ++x) {
+        D::renormalize_backward_rows_combine<Op, Index>(partial, static_cast<Index>(block), first,
+                                                        static_cast<Index>(x), layout.channels,
+                                                        partial_sums.mutable_data_ptr<Term>());
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The epilogue and its backward, in each output type
+
+struct Case {
+  int64_t batch, channels, groups, height, width;
+  bool term_batch_one, channels_last, bias;
+  std::string str() const {
+    std::ostringstream out;
+    out << "N=" << batch << " C=" << channels << " G=" << groups << " " << height << "x" << width
+        << (term_batch_one ? " terms batch 1" : "") << (channels_last ? " channels-last" : "")
+        << (bias ? " bias" : " no bias");
+    return out.str();
+  }
+};
+
+Case random_case(std::mt19937& rng) {
+  Case c{};
+  c.batch = pick(rng, 1, 3);
+  c.groups = pick(rng, 1, 3);
+  c.channels = c.groups * pick(rng, 1, 40);
+  // Planes of 1 to 30 x 30 pixels: both the 64- and the 256-thread blocks of the NCHW backward.
+  c.height = pick(rng, 1, 30);
+  c.width = pick(rng, 1, 30);
+  c.term_batch_one = pick(rng, 0, 1) == 1;
+  c.channels_last = pick(rng, 0, 1) == 1;
+  c.bias = pick(rng, 0, 3) > 0;
+  return c;
+}
+
+// Each term broadcast over its group's channels: (N or 1, G, H, W) to (N or 1, C, H, W).
+at::Tensor per_channel(const at::Tensor& terms, int64_t channels) {
+  const int64_t groups = terms.size(1);
+  return terms.unsqueeze(2)
+      .expand({terms.size(0), groups, channels / groups, terms.size(2), terms.size(3)})
+      .reshape({terms.size(0), channels, terms.size(2), terms.size(3)});
+}
+
+// The relative error allowed for one rounding to Scalar after arithmetic in float (double).
+template <typename Scalar>
+double tolerance() {
+  if constexpr (std::is_same_v<Scalar, double>) return 1e-12;
+  if constexpr (std::is_same_v<Scalar, float>) return 1e-6;
+  // One rounding to half (11-bit significand) or bfloat16 (8-bit), plus float's error.
+  return std::is_same_v<Scalar, c10::Half> ? 1e-3 : 8e-3;
+}
+
+double largest(const at::Tensor& values) { return values.max().item<double>(); }
+
+// The largest error of `actual` against the exact `expected` (double), relative to `scale`,
+// the sum of the magnitudes of the terms that made it (+ a little, for half's subnormals).
+double relative_error(const at::Tensor& actual, const at::Tensor& expected,
+                      const at::Tensor& scale) {
+  return largest((actual.to(at::kDouble) - expected).abs() / (scale + 1e-4));
+}
+
+template <typename Scalar>
+class PartialConv2dDevice : public ::testing::Test {};
+
+using OutputTypes = ::testing::Types<float, double, c10::Half, c10::BFloat16>;
+TYPED_TEST_SUITE(PartialConv2dDevice, OutputTypes);
+
+template <typename Scalar, typename Index>
+void check_epilogue_and_backward(const Case& c, int64_t seed) {
+  using Term = D::term_t<Scalar>;
+  const auto scalar_type = c10::CppTypeToScalarType<Scalar>::value;
+  const auto term_type = c10::CppTypeToScalarType<Term>::value;
+  const auto format =
+      c.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::manual_seed(static_cast<uint64_t>(seed));
+  const int64_t term_batch = c.term_batch_one ? 1 : c.batch;
+  const auto raw = at::randn({c.batch, c.channels, c.height, c.width}).to(scalar_type);
+  const auto ratio = at::rand({term_batch, c.groups, c.height, c.width}, term_type) * 3;
+  const auto valid = (at::rand({term_batch, c.groups, c.height, c.width}) > 0.3).to(term_type);
+  const auto bias = c.bias ? at::randn({c.channels}, term_type) : at::Tensor();
+  const auto grad = at::randn({c.batch, c.channels, c.height, c.width}).to(scalar_type);
+  // The dispatch of partial_conv2d_kernels.cpp: channels-last unless contiguous NCHW holds too.
+  const bool channels_last = !raw.contiguous(format).is_contiguous();
+  const auto kernel_format = channels_last ? at::MemoryFormat::ChannelsLast : format;
+
+  // Forward: out = raw * ratio + bias * valid, in place; exact maths in double.
+  const auto product = raw.to(at::kDouble) * per_channel(ratio, c.channels).to(at::kDouble);
+  at::Tensor expected = product;
+  at::Tensor scale = product.abs();
+  if (c.bias) {
+    const auto bias_term =
+        bias.to(at::kDouble).view({1, -1, 1, 1}) * per_channel(valid, c.channels).to(at::kDouble);
+    expected = expected + bias_term;
+    scale = scale + bias_term.abs();
+  }
+  for (const int64_t grid : grids_for(raw.numel())) {
+    SCOPED_TRACE("grid " + std::to_string(grid));
+    const at::Tensor out = raw.contiguous(kernel_format).clone(kernel_format);
+    if (channels_last) {
+      renormalize_on_host<Scalar, Index, true>(out, ratio, valid, bias, grid);
+    } else {
+      renormalize_on_host<Scalar, Index, false>(out, ratio, valid, bias, grid);
+    }
+    EXPECT_LT(relative_error(out, expected, scale), tolerance<Scalar>());  // NaN fails too
+  }
+
+  // Backward: grad_raw = grad * ratio and the bias sums, partial over the first dimension.
+  const at::Tensor g = grad.contiguous(kernel_format);
+  at::Tensor grad_raw = at::full_like(g, std::numeric_limits<double>::quiet_NaN());
+  at::Tensor sums;
+  if (c.bias) {
+    const int64_t rows = channels_last ? D::row_blocks(c.batch * c.height * c.width) : c.batch;
+    sums = at::full({rows, c.channels}, std::numeric_limits<double>::quiet_NaN(), term_type);
+  }
+  if (channels_last) {
+    backward_rows_on_host<Scalar, Index>(g, ratio, valid, grad_raw, sums);
+  } else {
+    backward_planes_on_host<Scalar, Index>(g, ratio, valid, grad_raw, sums);
+  }
+  const auto expected_grad = g.to(at::kDouble) * per_channel(ratio, c.channels).to(at::kDouble);
+  // NaN left anywhere (an element no thread wrote) fails here.
+  EXPECT_LT(relative_error(grad_raw, expected_grad, expected_grad.abs()), tolerance<Scalar>());
+  if (c.bias) {
+    const auto products = g.to(at::kDouble) * per_channel(valid, c.channels).to(at::kDouble);
+    const auto expected_bias = products.sum({0, 2, 3});
+    // Sums of up to N x H' x W' products in float: allow float's error on the sum of |terms|.
+    const auto magnitude = products.abs().sum({0, 2, 3}) + 1;
+    const double sum_tolerance = std::is_same_v<Scalar, double> ? 1e-12 : 1e-5;
+    const auto error = (sums.to(at::kDouble).sum(0) - expected_bias).abs() / magnitude;
+    EXPECT_LT(largest(error), sum_tolerance);  // NaN fails too
+  }
+}
+
+TYPED_TEST(PartialConv2dDevice, EpilogueAndBackwardMatchAtenInBothLayouts) {
+  std::mt19937 rng(21);
+  for (int trial = 0; trial < 24; ++trial) {
+    const Case c = random_case(rng);
+    SCOPED_TRACE(c.str());
+    {
+      SCOPED_TRACE("32-bit index");
+      check_epilogue_and_backward<TypeParam, uint32_t>(c, trial);
+    }
+    {
+      SCOPED_TRACE("64-bit index");
+      check_epilogue_and_backward<TypeParam, int64_t>(c, trial);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The window terms against the library's reference path (a depthwise convolution in ATen)
+
+template <typename Scalar, typename Index>
+void check_window_terms(std::mt19937& rng) {
+  const auto scalar_type = c10::CppTypeToScalarType<Scalar>::value;
+  for (int trial = 0; trial < 40; ++trial) {
+    const D::WindowGeometry geometry{{2 * pick(rng, 0, 3) + 1, 2 * pick(rng, 0, 3) + 1},
+                                     {pick(rng, 1, 3), pick(rng, 1, 3)},
+                                     {pick(rng, 0, 3), pick(rng, 0, 3)},
+                                     {pick(rng, 1, 3), pick(rng, 1, 3)}};
+    const D::WindowShape g{geometry.kernel[0],   geometry.kernel[1],  geometry.stride[0],
+                           geometry.stride[1],   geometry.padding[0], geometry.padding[1],
+                           geometry.dilation[0], geometry.dilation[1]};
+    const int64_t height = pick(rng, 1, 30);
+    const int64_t width = pick(rng, 1, 30);
+    const int64_t out_h = D::output_size(height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+    const int64_t out_w = D::output_size(width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+    if (out_h < 1 || out_w < 1) continue;
+    const int64_t batch = pick(rng, 1, 3);
+    const int64_t groups = pick(rng, 1, 3);
+    const int64_t group_channels = pick(rng, 1, 4);
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << batch << " G=" << groups << " " << height << "x" << width << " kernel "
+                 << g.kernel_h << "x" << g.kernel_w << " stride " << g.stride_h << "x" << g.stride_w
+                 << " padding " << g.pad_h << "x" << g.pad_w << " dilation " << g.dilation_h << "x"
+                 << g.dilation_w);
+    // Valid inputs per pixel, summed over a group's channels: whole numbers from 0 to its size,
+    // often 0 so that empty windows occur.
+    const auto counts = at::clamp_min(at::randint(-group_channels, group_channels + 1,
+                                                  {batch, groups, height, width}, scalar_type),
+                                      0);
+    const double window = static_cast<double>(g.kernel_h * g.kernel_w * group_channels);
+    D::WindowTerms reference;
+    {
+      const pconv::testing::FusedKernels off(false);
+      reference = D::window_terms(counts, window, geometry, scalar_type);
+    }
+    ASSERT_EQ(reference.ratio.sizes(), (at::IntArrayRef{batch, groups, out_h, out_w}));
+    for (const int64_t grid : grids_for(reference.ratio.numel())) {
+      SCOPED_TRACE("grid " + std::to_string(grid));
+      const at::Tensor ratio = at::full_like(reference.ratio, -1);
+      const at::Tensor valid = at::full_like(reference.valid, -1);
+      window_terms_on_host<Scalar, Index>(counts, window, g, ratio, valid, grid);
+      EXPECT_TRUE(at::equal(valid, reference.valid));
+      EXPECT_TRUE(at::allclose(ratio, reference.ratio, tolerance<Scalar>(), 0));
+    }
+  }
+}
+
+TEST(PartialConv2dDeviceWindowTerms, MatchTheReferencePath) {
+  std::mt19937 rng(5);
+  check_window_terms<float, uint32_t>(rng);
+  check_window_terms<float, int64_t>(rng);
+  check_window_terms<double, uint32_t>(rng);
+  check_window_terms<double, int64_t>(rng);
+}
+
+TEST(PartialConv2dDeviceWindowTerms, WindowSumsMatchABoxConvolution) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 40; ++trial) {
+    const D::WindowShape g{2 * pick(rng, 0, 3) + 1, 2 * pick(rng, 0, 3) + 1, pick(rng, 1, 3),
+                           pick(rng, 1, 3),         pick(rng, 0, 3),         pick(rng, 0, 3),
+                           pick(rng, 1, 3),         pick(rng, 1, 3)};
+    const int64_t height = pick(rng, 1, 30);
+    const int64_t width = pick(rng, 1, 30);
+    const int64_t out_h = D::output_size(height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+    const int64_t out_w = D::output_size(width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+    if (out_h < 1 || out_w < 1) continue;
+    const auto counts = at::randint(0, 5, {1, 1, height, width}, at::kFloat);
+    const auto expected =
+        at::conv2d(counts, at::ones({1, 1, g.kernel_h, g.kernel_w}), {}, {g.stride_h, g.stride_w},
+                   {g.pad_h, g.pad_w}, {g.dilation_h, g.dilation_w});
+    ASSERT_EQ(expected.size(2), out_h);
+    ASSERT_EQ(expected.size(3), out_w);
+    const auto ex = expected.accessor<float, 4>();
+    for (int64_t y = 0; y < out_h; ++y) {
+      for (int64_t x = 0; x < out_w; ++x) {
+        EXPECT_EQ(D::window_sum(counts.data_ptr<float>(), height, width, y, x, g), ex[0][0][y][x])
+            << "at " << y << "," << x;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch shapes
+
+TEST(PartialConv2dDeviceLaunch, RowBlocksCoverEveryRowOnce) {
+  for (const int64_t rows : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{65}, int64_t{4096},
+                             int64_t{131071}, int64_t{131073}, int64_t{16} * 256 * 256}) {
+    const int64_t blocks = D::row_blocks(rows);
+    const int64_t per_block = D::rows_per_block(rows);
+    EXPECT_GE(blocks, 1);
+    EXPECT_LE(blocks, 2048);
+    EXPECT_GE(blocks * per_block, rows) << rows;
+    EXPECT_LT((blocks - 1) * per_block, rows) << rows;
+  }
+}
+
+TEST(PartialConv2dDeviceLaunch, GridStrideGridsStayWithinCudaLimits) {
+  for (const int64_t elements :
+       {int64_t{0}, int64_t{1}, int64_t{256}, int64_t{257}, int64_t{1} << 24, int64_t{1} << 31}) {
+    const int64_t grid = D::grid_for(elements);
+    EXPECT_GE(grid, 1);
+    EXPECT_LE(grid, int64_t{1} << 16);
+    if (elements <= (int64_t{1} << 24)) {
+      EXPECT_GE(grid * D::kThreads, elements) << elements;
+    }
+  }
+  EXPECT_EQ(D::planes_block(64), 64);
+  EXPECT_EQ(D::planes_block(65), D::kThreads);
+}
+
+}  // namespace
