@@ -4,6 +4,7 @@
 #include <pconv/nn/partial_conv2d.h>
 
 #include "fused_kernels.h"
+#include "nn/functional/partial_conv2d_device.h"
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -29,6 +30,7 @@ using pconv::nn::PartialConv2d;
 using pconv::nn::PartialConv2dOptions;
 using ::testing::HasSubstr;
 namespace F = pconv::nn::functional;
+namespace D = pconv::nn::functional::detail;
 
 struct Geometry {
   int64_t batch = 1, mask_batch = 1, groups = 1, in_channels = 1, out_channels = 1;
@@ -37,12 +39,8 @@ struct Geometry {
   int64_t dilation_h = 1, dilation_w = 1;
   bool bias = true, multi_channel = false;
 
-  int64_t out_h() const {
-    return (height + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
-  }
-  int64_t out_w() const {
-    return (width + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
-  }
+  int64_t out_h() const { return D::output_size(height, kernel_h, stride_h, pad_h, dilation_h); }
+  int64_t out_w() const { return D::output_size(width, kernel_w, stride_w, pad_w, dilation_w); }
 
   PartialConv2dOptions options() const {
     return PartialConv2dOptions(in_channels, out_channels, {kernel_h, kernel_w})

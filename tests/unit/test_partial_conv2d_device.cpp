@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -50,7 +51,35 @@ void launch_grid_stride(int64_t grid, int64_t total, Body&& body) {
 
 // The grids a kernel is tried on: the one its launch uses, and small ones that make every
 // thread stride over several elements.
-std::vector<int64_t> grids_for(int64_t total) { return {D::grid_for(total), 1, 3}; }
+std::vector<int64_t> grids_for(int64_t total) {
+  const int64_t launched = D::grid_for(total);
+  std::vector<int64_t> grids{launched};
+  for (const int64_t small : {1, 3}) {
+    if (small < launched) grids.push_back(small);
+  }
+  return grids;
+}
+
+// A copy of `values` (same sizes and strides) inside a larger buffer with kGuard sentinels on
+// either side, for what the kernels write: the threads run one after another here, so a write
+// out of bounds would otherwise go unseen.
+struct Guarded {
+  static constexpr int64_t kGuard = 64;
+  static constexpr double kSentinel = 1024;  // exact in every element type
+  at::Tensor buffer, tensor;
+
+  explicit Guarded(const at::Tensor& values)
+      : buffer(at::full({values.numel() + 2 * kGuard}, kSentinel, values.options())),
+        tensor(
+            buffer.narrow(0, kGuard, values.numel()).as_strided(values.sizes(), values.strides())) {
+    tensor.copy_(values);
+  }
+  bool intact() const {
+    const int64_t numel = tensor.numel();
+    return buffer.narrow(0, 0, kGuard).eq(kSentinel).all().item<bool>() &&
+           buffer.narrow(0, kGuard + numel, kGuard).eq(kSentinel).all().item<bool>();
+  }
+};
 
 template <typename Scalar, typename Index>
 void window_terms_on_host(const at::Tensor& counts, double window, const D::WindowShape& g,
@@ -233,39 +262,46 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
   }
   for (const int64_t grid : grids_for(raw.numel())) {
     SCOPED_TRACE("grid " + std::to_string(grid));
-    const at::Tensor out = raw.contiguous(kernel_format).clone(kernel_format);
+    const Guarded out(raw.contiguous(kernel_format));
     if (channels_last) {
-      renormalize_on_host<Scalar, Index, true>(out, ratio, valid, bias, grid);
+      renormalize_on_host<Scalar, Index, true>(out.tensor, ratio, valid, bias, grid);
     } else {
-      renormalize_on_host<Scalar, Index, false>(out, ratio, valid, bias, grid);
+      renormalize_on_host<Scalar, Index, false>(out.tensor, ratio, valid, bias, grid);
     }
-    EXPECT_LT(relative_error(out, expected, scale), tolerance<Scalar>());  // NaN fails too
+    // An element done twice is renormalised twice and fails here.
+    EXPECT_LT(relative_error(out.tensor, expected, scale), tolerance<Scalar>());
+    EXPECT_TRUE(out.intact());
   }
 
   // Backward: grad_raw = grad * ratio and the bias sums, partial over the first dimension.
   const at::Tensor g = grad.contiguous(kernel_format);
-  at::Tensor grad_raw = at::full_like(g, std::numeric_limits<double>::quiet_NaN());
-  at::Tensor sums;
+  const Guarded grad_raw(at::full_like(g, std::numeric_limits<double>::quiet_NaN()));
+  std::optional<Guarded> sums;
   if (c.bias) {
     const int64_t rows = channels_last ? D::row_blocks(c.batch * c.height * c.width) : c.batch;
-    sums = at::full({rows, c.channels}, std::numeric_limits<double>::quiet_NaN(), term_type);
+    sums.emplace(at::full({rows, c.channels}, std::numeric_limits<double>::quiet_NaN(), term_type));
   }
+  const at::Tensor sums_tensor = sums ? sums->tensor : at::Tensor();
   if (channels_last) {
-    backward_rows_on_host<Scalar, Index>(g, ratio, valid, grad_raw, sums);
+    backward_rows_on_host<Scalar, Index>(g, ratio, valid, grad_raw.tensor, sums_tensor);
   } else {
-    backward_planes_on_host<Scalar, Index>(g, ratio, valid, grad_raw, sums);
+    backward_planes_on_host<Scalar, Index>(g, ratio, valid, grad_raw.tensor, sums_tensor);
   }
   const auto expected_grad = g.to(at::kDouble) * per_channel(ratio, c.channels).to(at::kDouble);
   // NaN left anywhere (an element no thread wrote) fails here.
-  EXPECT_LT(relative_error(grad_raw, expected_grad, expected_grad.abs()), tolerance<Scalar>());
+  EXPECT_LT(relative_error(grad_raw.tensor, expected_grad, expected_grad.abs()),
+            tolerance<Scalar>());
+  EXPECT_TRUE(grad_raw.intact());
   if (c.bias) {
     const auto products = g.to(at::kDouble) * per_channel(valid, c.channels).to(at::kDouble);
     const auto expected_bias = products.sum({0, 2, 3});
     // Sums of up to N x H' x W' products in float: allow float's error on the sum of |terms|.
+    // An element counted twice (or never) fails here.
     const auto magnitude = products.abs().sum({0, 2, 3}) + 1;
     const double sum_tolerance = std::is_same_v<Scalar, double> ? 1e-12 : 1e-5;
-    const auto error = (sums.to(at::kDouble).sum(0) - expected_bias).abs() / magnitude;
+    const auto error = (sums_tensor.to(at::kDouble).sum(0) - expected_bias).abs() / magnitude;
     EXPECT_LT(largest(error), sum_tolerance);  // NaN fails too
+    EXPECT_TRUE(sums->intact());
   }
 }
 
@@ -326,11 +362,12 @@ void check_window_terms(std::mt19937& rng) {
     ASSERT_EQ(reference.ratio.sizes(), (at::IntArrayRef{batch, groups, out_h, out_w}));
     for (const int64_t grid : grids_for(reference.ratio.numel())) {
       SCOPED_TRACE("grid " + std::to_string(grid));
-      const at::Tensor ratio = at::full_like(reference.ratio, -1);
-      const at::Tensor valid = at::full_like(reference.valid, -1);
-      window_terms_on_host<Scalar, Index>(counts, window, g, ratio, valid, grid);
-      EXPECT_TRUE(at::equal(valid, reference.valid));
-      EXPECT_TRUE(at::allclose(ratio, reference.ratio, tolerance<Scalar>(), 0));
+      const Guarded ratio(at::full_like(reference.ratio, -1));
+      const Guarded valid(at::full_like(reference.valid, -1));
+      window_terms_on_host<Scalar, Index>(counts, window, g, ratio.tensor, valid.tensor, grid);
+      EXPECT_TRUE(at::equal(valid.tensor, reference.valid));
+      EXPECT_TRUE(at::allclose(ratio.tensor, reference.ratio, tolerance<Scalar>(), 0));
+      EXPECT_TRUE(ratio.intact() && valid.intact());
     }
   }
 }
@@ -383,6 +420,15 @@ TEST(PartialConv2dDeviceLaunch, RowBlocksCoverEveryRowOnce) {
     EXPECT_GE(blocks * per_block, rows) << rows;
     EXPECT_LT((blocks - 1) * per_block, rows) << rows;
   }
+}
+
+// The channels-last backward at its cap of 2048 blocks (rows_per_block then grows past 64).
+TEST(PartialConv2dDeviceLaunch, ChannelsLastBackwardAtTheBlockCap) {
+  const Case c{1, 2, 1, 400, 400, false, true, true};
+  const int64_t rows = c.batch * c.height * c.width;
+  ASSERT_GT(D::rows_per_block(rows), 64);  // the cap applies (2026 blocks of 79 rows)
+  ASSERT_LE(D::row_blocks(rows), 2048);
+  check_epilogue_and_backward<float, uint32_t>(c, 0);
 }
 
 TEST(PartialConv2dDeviceLaunch, GridStrideGridsStayWithinCudaLimits) {
