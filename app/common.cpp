@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <pconv/infer/inpainter.h>
+#include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/version.h>
 
 #include <ATen/Parallel.h>
@@ -30,6 +31,11 @@ void add_common_options(CLI::App& command, CommonOptions& options) {
   command.add_option("--threads", options.threads, "CPU threads for LibTorch (0: its default)")
       ->check(CLI::Range(0, 1024))
       ->capture_default_str();
+  command.add_flag("--reference-kernels", options.reference_kernels,
+                   "Compute the partial convolutions' mask terms and renormalisation with plain "
+                   "LibTorch operations instead of pconv's fused kernels: slower, the same "
+                   "results within rounding; for comparisons, or should the fused kernels "
+                   "misbehave on a GPU");
 }
 
 void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
@@ -73,6 +79,8 @@ std::string default_model_path() {
 
 c10::Device resolve_device(const CommonOptions& options) {
   if (options.threads > 0) at::set_num_threads(options.threads);
+  nn::functional::set_fused_kernels_enabled(!options.reference_kernels);
+  if (options.reference_kernels) spdlog::info("partial convolutions: reference kernels (ATen)");
   if (options.device == "auto") {
     return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
   }

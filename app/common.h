@@ -17,13 +17,15 @@ namespace pconv::app {
 struct CommonOptions {
   std::string device = "auto";
   int threads = 0;  // 0: LibTorch's default
+  bool reference_kernels = false;
 };
 
-/// Adds --device and --threads to `command`, stored in `options`.
+/// Adds --device, --threads and --reference-kernels to `command`, stored in `options`.
 void add_common_options(CLI::App& command, CommonOptions& options);
 
 /// Resolves "auto", "cpu", "cuda" or "cuda:N" to a device that exists here; throws
-/// CLI::ValidationError naming the problem otherwise. Applies --threads.
+/// CLI::ValidationError naming the problem otherwise. Applies --threads and
+/// --reference-kernels.
 c10::Device resolve_device(const CommonOptions& options);
 
 /// How inpaint and eval run the network.

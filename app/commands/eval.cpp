@@ -8,6 +8,7 @@
 #include <pconv/io/classical_inpaint.h>
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
+#include <pconv/nn/functional/partial_conv2d.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -119,8 +120,9 @@ void run_eval(const EvalOptions& options) {
                                 .examples_per_bin(options.examples);
   const int64_t per_bin = options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());
   const auto& network = inpainter->options();
-  const std::string precision = infer::precision_name(network.dtype()) +
-                                (network.channels_last() ? ", channels-last" : "");
+  const std::string precision =
+      infer::precision_name(network.dtype()) + (network.channels_last() ? ", channels-last" : "") +
+      (nn::functional::fused_kernels_enabled() ? "" : ", reference kernels");
   spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {} on {} ({})", photos.size(),
                options.data_dir, options.size, options.size, per_bin, model_path, device.str(),
                precision);
