@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstdio>
 #include <memory>
@@ -27,27 +28,43 @@
 #include <vector>
 
 // compare A B TOLERANCE: the largest difference between two model files' parameters and
-// buffers; exit 0 when within the tolerance.
+// buffers; exit 0 when both have the same names and shapes and every difference is within the
+// tolerance (NaN is never within it).
 int compare(const std::string& first, const std::string& second, double tolerance) {
   auto a = pconv::io::load_model(first);
   auto b = pconv::io::load_model(second);
-  const auto pa = a->named_parameters();
-  const auto pb = b->named_parameters();
   double largest = 0;
-  for (const auto& item : pa) {
-    largest = std::max(largest, (item.value() - pb[item.key()]).abs().max().item<double>());
-  }
-  const auto ba = a->named_buffers();
-  const auto bb = b->named_buffers();
-  for (const auto& item : ba) {
-    largest = std::max(largest, (item.value().to(at::kDouble) - bb[item.key()].to(at::kDouble))
-                                    .abs()
-                                    .max()
-                                    .item<double>());
-  }
+  bool ok = true;
+  using Named = torch::OrderedDict<std::string, at::Tensor>;
+  const auto check = [&](const Named& items_a, const Named& items_b, const char* kind) {
+    if (items_a.size() != items_b.size()) {
+      std::fprintf(stderr, "%s count differs: %zu vs %zu\n", kind, items_a.size(),
+                   items_b.size());
+      ok = false;
+      return;
+    }
+    for (const auto& item : items_a) {
+      const at::Tensor* other = items_b.find(item.key());
+      if (other == nullptr || !other->sizes().equals(item.value().sizes())) {
+        std::fprintf(stderr, "%s %s missing or of another shape in %s\n", kind,
+                     item.key().c_str(), second.c_str());
+        ok = false;
+        continue;
+      }
+      const double difference =
+          (item.value().to(at::kDouble) - other->to(at::kDouble)).abs().max().item<double>();
+      if (!(difference <= tolerance)) {  // NaN included
+        std::fprintf(stderr, "%s %s differs by %.3g\n", kind, item.key().c_str(), difference);
+        ok = false;
+      }
+      if (!std::isnan(difference)) largest = std::max(largest, difference);
+    }
+  };
+  check(a->named_parameters(), b->named_parameters(), "parameter");
+  check(a->named_buffers(), b->named_buffers(), "buffer");
   std::fprintf(stderr, "largest parameter/buffer difference %.3g (tolerance %.3g)\n", largest,
                tolerance);
-  return largest <= tolerance ? 0 : 1;
+  return ok ? 0 : 1;
 }
 
 // A small network's parameters (registration order: first layer first) and its loss on a

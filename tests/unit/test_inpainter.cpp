@@ -10,6 +10,8 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace {
 
@@ -82,13 +84,25 @@ TEST(Inpainter, FullPadsOddSizesAndKeepsKnownPixelsBitExact) {
 TEST(Inpainter, FullIsTheNetworkOnThePaddedImage) {
   auto model = small_model();
   Inpainter inpainter(model, c10::kCPU);
-  const auto image = at::rand({3, 16, 24});
-  const auto holes = holes_of(16, 24, {{2, 3, 9, 12}});
-  const auto result = inpainter.inpaint(image, holes, InpaintOptions().composite(false));
-  c10::InferenceMode guard;
-  const auto valid = holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0);
-  const auto expected = std::get<0>(model->forward(image.unsqueeze(0) * valid, valid)).clamp(0, 1);
-  EXPECT_TRUE(at::allclose(result.pixels, expected.squeeze(0), 1e-6, 1e-6));
+  const int64_t multiple = model->size_multiple();
+  // A size the network takes as it is, and an odd one that is padded (with missing data).
+  for (const auto& [height, width] : {std::pair<int64_t, int64_t>{16, 24}, {19, 27}}) {
+    SCOPED_TRACE(std::to_string(height) + "x" + std::to_string(width));
+    const auto image = at::rand({3, height, width});
+    const auto holes = holes_of(height, width, {{2, 3, 9, 12}});
+    const auto result = inpainter.inpaint(image, holes, InpaintOptions().composite(false));
+    c10::InferenceMode guard;
+    const std::vector<int64_t> pad{0, (multiple - width % multiple) % multiple, 0,
+                                   (multiple - height % multiple) % multiple};
+    const auto valid = at::constant_pad_nd(
+        holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0), pad, 0);
+    const auto padded = at::constant_pad_nd(image.unsqueeze(0), pad, 0);
+    const auto expected = std::get<0>(model->forward(padded * valid, valid))
+                              .narrow(2, 0, height)
+                              .narrow(3, 0, width)
+                              .clamp(0, 1);
+    EXPECT_TRUE(at::allclose(result.pixels, expected.squeeze(0), 1e-6, 1e-6));
+  }
 }
 
 TEST(Inpainter, CropWithWholeImageContextEqualsFull) {
@@ -202,14 +216,22 @@ TEST(Inpainter, Bfloat16IsCloseToFloat32AndKeepsKnownPixels) {
   const auto image = at::rand({3, 40, 48});
   const auto holes = holes_of(40, 48, {{6, 8, 24, 30}});
   const auto options = InpaintOptions().strategy(Strategy::kFull);
-  const auto expected = fp32.inpaint(image, holes, options).pixels;
   const auto result = bf16.inpaint(image, holes, options).pixels;
   ASSERT_EQ(result.scalar_type(), at::kFloat);
   EXPECT_TRUE(bf16.options().channels_last()) << "bf16 on a CPU runs channels-last";
   EXPECT_FALSE(fp32.options().channels_last());
-  // bfloat16 keeps 8 bits of mantissa: a few parts in a thousand per layer.
-  EXPECT_LT(max_difference(result, expected), 0.05);
-  EXPECT_LT((result - expected).abs().mean().item<double>(), 0.01);
+  // bfloat16 keeps 8 bits of mantissa: a few parts in a thousand per layer. Compared in 8-bit
+  // levels on the network's output without the composite (which copies the known pixels), where
+  // float32's output is not clamped to 0 or 1 (clamping would hide differences).
+  const auto raw_options = InpaintOptions().strategy(Strategy::kFull).composite(false);
+  const auto raw_fp32 = fp32.inpaint(image, holes, raw_options).pixels;
+  const auto raw_bf16 = bf16.inpaint(image, holes, raw_options).pixels;
+  const auto unclamped = (raw_fp32 > 0) & (raw_fp32 < 1);
+  ASSERT_GT(unclamped.to(at::kDouble).mean().item<double>(), 0.25);  // measured: 0.38
+  const auto levels = ((raw_bf16 - raw_fp32).abs() * 255).masked_select(unclamped);
+  // Measured: max 0.68, mean 0.11 levels.
+  EXPECT_LT(levels.max().item<double>(), 2.0);
+  EXPECT_LT(levels.mean().item<double>(), 0.3);
   const auto known = holes.logical_not().expand({3, 40, 48});
   EXPECT_TRUE(at::equal(result.masked_select(known), image.masked_select(known)));
   // Half the bytes per value in the memory estimate.

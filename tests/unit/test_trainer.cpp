@@ -89,7 +89,8 @@ class TrainerTest : public ::testing::Test {
 };
 
 TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
-  T::Trainer trainer(tiny(40), files_, files_, dir_ / "run", false, "pconv train (test)");
+  T::Trainer trainer(tiny(40).validate_every(2), files_, files_, dir_ / "run", false,
+                     "pconv train (test)");
   std::vector<double> totals;
   std::vector<T::ValidationReport> validations;
   T::TrainerCallbacks callbacks;
@@ -102,8 +103,12 @@ TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
   const auto [first, last] = first_and_last_eight(totals);
   EXPECT_LT(last, 0.8 * first) << "first 8 steps " << first << ", last 8 steps " << last;
   EXPECT_EQ(result.step, 40);
-  ASSERT_EQ(validations.size(), 1U);  // only at the last step
-  EXPECT_GT(validations[0].psnr, 10.0);
+  ASSERT_EQ(validations.size(), 20U);
+  // Validation improves: measured 12.1 dB / SSIM 0.37 at step 2, 19.9 dB / 0.69 at step 40.
+  EXPECT_EQ(validations.front().step, 2);
+  EXPECT_EQ(validations.back().step, 40);
+  EXPECT_GT(validations.back().psnr, validations.front().psnr + 5.0);
+  EXPECT_GT(validations.back().ssim, validations.front().ssim + 0.2);
   for (const auto* name : {"checkpoint.pt", "model.pt", "log.csv", "validation.csv", "config.txt",
                            "samples/step_0000040.png"}) {
     EXPECT_TRUE(fs::exists(dir_ / "run" / name)) << name;
@@ -112,7 +117,7 @@ TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
   const auto model = pconv::io::load_model(dir_ / "run" / "model.pt", &metadata);
   EXPECT_EQ(metadata.steps, 40);
   EXPECT_EQ(metadata.command, "pconv train (test)");
-  EXPECT_NEAR(metadata.metrics.at("val_psnr"), validations[0].psnr, 1e-9);
+  EXPECT_NEAR(metadata.metrics.at("val_psnr"), validations.back().psnr, 1e-9);
   // 41 lines: the header and one per step.
   std::ifstream log(dir_ / "run" / "log.csv");
   int lines = 0;
