@@ -216,7 +216,7 @@ PCONV_HOST_DEVICE void renormalize_backward_rows_combine(
   const Index c = first_channel + lane_x;
   if (c >= channels) return;
   Op total = 0;
-  for (int lane = 0; lane < kRowLanes; ++lane) total += partial[lane][lane_x];
+  for (const auto& lanes : partial) total += lanes[lane_x];  // row lane 0 first: a fixed order
   partial_sums[static_cast<int64_t>(block) * channels + c] = static_cast<term_t<Op>>(total);
 }
 
