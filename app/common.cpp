@@ -129,6 +129,69 @@ void set_invocation(int argc, char** argv) {
 
 const std::string& invocation() { return invocation_storage(); }
 
+namespace {
+std::filesystem::path resolved(const std::filesystem::path& path) {
+  std::error_code error;
+  auto result = std::filesystem::weakly_canonical(path, error);
+  return error ? std::filesystem::absolute(path).lexically_normal() : result;
+}
+}  // namespace
+
+void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
+                               std::initializer_list<std::filesystem::path> inputs) {
+  if (output.empty()) return;
+  const auto target = resolved(output);
+  for (const auto& input : inputs) {
+    if (input.empty()) continue;
+    std::error_code error;
+    const bool same = resolved(input) == target || std::filesystem::equivalent(input, output, error);
+    if (same) {
+      throw CLI::ValidationError(option, "'" + output.string() + "' is the same file as '" +
+                                             input.string() + "'; choose another path");
+    }
+  }
+}
+
+bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder) {
+  const auto inner = resolved(path);
+  const auto outer = resolved(folder);
+  auto a = inner.begin();
+  for (auto b = outer.begin(); b != outer.end(); ++b, ++a) {
+    if (b->empty()) continue;  // a trailing separator
+    if (a == inner.end() || *a != *b) return false;
+  }
+  return true;
+}
+
+CLI::Validator finite_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type reports it
+        return std::isfinite(value) ? std::string() : "'" + text + "' is not a finite number";
+      },
+      "", "finite");
+}
+
+namespace {
+CLI::Validator sign_check(bool zero_allowed) {
+  return CLI::Validator(
+      [zero_allowed](std::string& text) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type reports it
+        if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
+        if (value < 0 || (!zero_allowed && value == 0)) {
+          return "'" + text + "' must be " + (zero_allowed ? "0 or more" : "more than 0");
+        }
+        return {};
+      },
+      zero_allowed ? "NONNEGATIVE" : "POSITIVE", zero_allowed ? "non-negative" : "positive");
+}
+}  // namespace
+
+CLI::Validator positive_number() { return sign_check(false); }
+CLI::Validator non_negative_number() { return sign_check(true); }
+
 std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option) {
   static const std::regex pattern(R"(^\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*$)");
   std::smatch match;

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <utility>
 
@@ -52,6 +53,23 @@ std::string version_string();
 /// The command line as typed (for records such as the model file); main() sets it.
 void set_invocation(int argc, char** argv);
 const std::string& invocation();
+
+/// Throws CLI::ValidationError naming `option` when `output` is the same file as one of
+/// `inputs` (empty paths are ignored): writing it would destroy that input.
+void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
+                               std::initializer_list<std::filesystem::path> inputs);
+
+/// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
+bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder);
+
+/// A CLI11 check that passes finite numbers only (CLI11's Range lets NaN through); chain it
+/// before a Range.
+CLI::Validator finite_number();
+
+/// CLI11 checks for finite numbers > 0 and >= 0, with short messages (CLI11's PositiveNumber
+/// and NonNegativeNumber let NaN through and print their bounds with 300 digits).
+CLI::Validator positive_number();
+CLI::Validator non_negative_number();
 
 /// Parses "WIDTHxHEIGHT" (e.g. 512x384) into (width, height); throws CLI::ValidationError
 /// naming `option` otherwise.

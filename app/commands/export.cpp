@@ -1,5 +1,7 @@
 #include "export.h"
 
+#include "../common.h"
+
 #include <pconv/io/model_file.h>
 #include <pconv/io/torchscript_export.h>
 
@@ -43,10 +45,11 @@ void setup_export(CLI::App& app) {
 void run_export(const ExportOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   io::ModelMetadata metadata;
-  auto model = io::load_model(options.model, &metadata);
   const std::filesystem::path out =
       options.out.empty() ? std::filesystem::path(options.model).replace_extension(".ts")
                           : std::filesystem::path(options.out);
+  refuse_overwriting_inputs(out, "-o", {options.model});
+  auto model = io::load_model(options.model, &metadata);
   io::export_torchscript(model, metadata, out);
   const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
   const auto& o = model->options;

@@ -14,7 +14,10 @@
 
 #include <chrono>
 #include <filesystem>
+#include <algorithm>
 #include <future>
+#include <iterator>
+#include <utility>
 #include <map>
 #include <memory>
 #include <vector>
@@ -104,8 +107,16 @@ std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  io::write_image(out_path, result.pixels, bit_depth);
+  // The side-by-side picture first, so that a bad --compare path leaves no result behind; and
+  // removed again if the result cannot be written.
   if (!options.compare.empty()) write_compare(options.compare, loaded, result.pixels);
+  try {
+    io::write_image(out_path, result.pixels, bit_depth);
+  } catch (...) {
+    std::error_code ignored;
+    if (!options.compare.empty()) fs::remove(options.compare, ignored);
+    throw;
+  }
   return fmt::format("{}x{}, {:.1f}% hole, {} strategy ({} pass{}), {:.2f} s", width, height,
                      100.0 * static_cast<double>(hole_count) / static_cast<double>(height * width),
                      infer::to_string(result.strategy), result.passes,
@@ -133,9 +144,13 @@ void check_writable_folder(const fs::path& folder) {
   fs::remove(probe, error);
 }
 
+fs::path single_output(const InpaintOptions& options) {
+  return options.out.empty() ? default_output(options.image) : fs::path(options.out);
+}
+
 void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options,
                 const infer::InpaintOptions& inpaint_options) {
-  const fs::path out = options.out.empty() ? default_output(options.image) : fs::path(options.out);
+  const fs::path out = single_output(options);
   if (out.has_parent_path()) {
     std::error_code ignored;  // a folder that cannot be made shows up as the write's error
     fs::create_directories(out.parent_path(), ignored);
@@ -152,7 +167,17 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
                const infer::InpaintOptions& inpaint_options) {
   const fs::path input_dir = options.input_dir;
   const fs::path out_dir = options.out;
-  const auto files = data::list_images(input_dir);
+  // Results in a folder inside the input folder are not inputs of a later run.
+  auto files = data::list_images(input_dir);
+  if (is_within(out_dir, input_dir)) {
+    const auto results = std::remove_if(files.begin(), files.end(),
+                                        [&](const fs::path& file) { return is_within(file, out_dir); });
+    if (results != files.end()) {
+      spdlog::info("leaving out {} image(s) already in the output folder {}",
+                   std::distance(results, files.end()), out_dir.string());
+    }
+    files.erase(results, files.end());
+  }
   // One mask for every image, or masks matched by file stem.
   std::map<std::string, fs::path> masks_by_stem;
   fs::path single_mask;
@@ -274,14 +299,14 @@ void setup_inpaint(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--max-memory", options->max_memory_mb,
                       "Memory budget in MB for one network pass (auto strategy)")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
       ->capture_default_str();
   command->add_option("--margin", options->margin, "Context around holes for crop, in pixels")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   command->add_option("--resize-side", options->resize_side,
                       "Longer side the resize strategy scales the image to")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   add_inference_options(*command, options->inference);
   command->add_option("--compare", options->compare,
@@ -306,9 +331,25 @@ void run_inpaint(const InpaintOptions& options) {
   if (!batch && !options.masks.empty()) {
     throw CLI::ValidationError("--masks", "only with --input; for one image give IMG MASK");
   }
+  const auto model_path = options.model.empty() ? default_model_path() : options.model;
+  // Never write over an input.
+  if (batch) {
+    for (const auto& [folder, what] : {std::pair<fs::path, const char*>{options.input_dir, "--input"},
+                                       {options.masks, "--masks"}}) {
+      if (is_within(folder, options.out)) {
+        throw CLI::ValidationError("-o", "'" + options.out + "' would hold the results over " +
+                                             what + " '" + folder.string() +
+                                             "'; choose another folder");
+      }
+    }
+  } else {
+    const auto out = single_output(options);
+    refuse_overwriting_inputs(out, "-o", {options.image, options.mask, model_path});
+    refuse_overwriting_inputs(options.compare, "--compare",
+                              {options.image, options.mask, model_path, out});
+  }
   const c10::Device device = resolve_device(options.common);
   const auto dtype = inference_dtype(options.inference, device);
-  const auto model_path = options.model.empty() ? default_model_path() : options.model;
   io::ModelMetadata metadata;
   auto model = io::load_model(model_path, &metadata);
   spdlog::debug("model {} ({} steps) on {}", model_path, metadata.steps, device.str());

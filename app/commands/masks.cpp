@@ -29,9 +29,11 @@ void setup_masks(CLI::App& app) {
   command->add_option("--seed", options->seed, "Random seed: the same seed gives the same masks")
       ->capture_default_str();
   command->add_option("--min-ratio", options->min_ratio, "Smallest hole fraction")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   command->add_option("--max-ratio", options->max_ratio, "Largest hole fraction")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   command->add_flag("--overwrite", options->overwrite, "Replace mask files that already exist");
@@ -40,6 +42,11 @@ void setup_masks(CLI::App& app) {
 
 void run_masks(const MasksOptions& options) {
   const auto [width, height] = parse_size(options.size, "--size");
+  constexpr int64_t kLargestSide = 16384;  // a 16384 x 16384 mask is already 256 MB
+  if (width > kLargestSide || height > kLargestSide) {
+    throw CLI::ValidationError("--size", fmt::format("'{}' is larger than {} on a side",
+                                                     options.size, kLargestSide));
+  }
   if (options.min_ratio > options.max_ratio) {
     throw CLI::ValidationError("--min-ratio", fmt::format("{} is larger than --max-ratio {}",
                                                           options.min_ratio, options.max_ratio));

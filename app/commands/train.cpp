@@ -73,6 +73,7 @@ void setup_train(CLI::App& app) {
   command
       ->add_option("--lr", options->learning_rate,
                    "Learning rate (default 2e-4; 5e-5 with --finetune)")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0));
   command->add_flag("--finetune", options->finetune,
                     "Fine-tuning stage: encoder BatchNorm frozen, learning rate 5e-5 by default "
@@ -89,15 +90,20 @@ void setup_train(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{4096}))
       ->capture_default_str();
   command->add_option("--loss-valid", options->loss_valid, "Weight of the valid-pixel L1 term")
+      ->check(non_negative_number())
       ->capture_default_str();
   command->add_option("--loss-hole", options->loss_hole, "Weight of the hole-pixel L1 term")
+      ->check(non_negative_number())
       ->capture_default_str();
   command
       ->add_option("--loss-perceptual", options->loss_perceptual, "Weight of the perceptual term")
+      ->check(non_negative_number())
       ->capture_default_str();
   command->add_option("--loss-style", options->loss_style, "Weight of each style term")
+      ->check(non_negative_number())
       ->capture_default_str();
   command->add_option("--loss-tv", options->loss_tv, "Weight of the total-variation term")
+      ->check(non_negative_number())
       ->capture_default_str();
   command
       ->add_option("--vgg", options->vgg,
@@ -120,23 +126,23 @@ void setup_train(CLI::App& app) {
   command
       ->add_option("--sample-every", options->sample_every,
                    "Steps between sample grids (0: only at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   command
       ->add_option("--checkpoint-every", options->checkpoint_every,
                    "Steps between checkpoints (0: only at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   command
       ->add_option("--validate-every", options->validate_every,
                    "Steps between validations (0: only at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   command
       ->add_option("--timeout", options->timeout_seconds,
                    "Data-parallel runs: seconds a collective may wait for the other ranks "
                    "before the run fails")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   command
       ->add_option("--amp", options->amp,
@@ -150,7 +156,7 @@ void setup_train(CLI::App& app) {
   command->add_flag("--half-weights", options->half_weights,
                     "Store the final model's weights as float16 (half the file size)");
   command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   add_common_options(*command, options->common);
   command->callback([options] {

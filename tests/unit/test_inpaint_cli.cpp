@@ -269,7 +269,26 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() +
            " -o /proc/pconv-no/folder",
        3, "/proc/pconv-no/folder: cannot create the output folder"},
+      // Never over an input: the image, the mask, the result as the side-by-side picture, the
+      // input folder (the photo and masks in it are checked unchanged below).
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + photo, 2,
+       "is the same file as"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " +
+           (d / "sub" / ".." / "mask.png").string(),
+       2, "is the same file as"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.png").string() +
+           " --compare " + (d / "x.png").string(),
+       2, "--compare"},
+      {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() + " -o " +
+           d.string(),
+       2, "would hold the results over --input"},
+      // A side-by-side picture that cannot be written leaves no result behind.
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.png").string() +
+           " --compare " + (d / "c.xyz").string(),
+       3, "c.xyz"},
   };
+  const auto photo_before = samples(d / "photo.png");
+  const auto mask_before = samples(d / "mask.png");
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);
     const auto run = pconv(d, c.args);
@@ -278,6 +297,8 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
     EXPECT_EQ(run.output.find("terminate called"), std::string::npos);
   }
   EXPECT_FALSE(fs::exists(d / "x.png"));
+  EXPECT_TRUE(at::equal(samples(d / "photo.png"), photo_before));
+  EXPECT_TRUE(at::equal(samples(d / "mask.png"), mask_before));
   // A mask of another size is scaled on request; a mask with no hole leaves the image as it is.
   EXPECT_EQ(pconv(d, "inpaint " + photo + " " + (d / "small_mask.png").string() +
                          " --resize-mask -o " + (d / "r.png").string())
