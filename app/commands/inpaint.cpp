@@ -12,14 +12,14 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <algorithm>
 #include <future>
 #include <iterator>
-#include <utility>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace pconv::app {
