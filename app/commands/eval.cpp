@@ -61,8 +61,7 @@ void setup_eval(CLI::App& app) {
       "the composite per bin and overall. Prints the table and writes eval.md, eval.csv,\n"
       "eval.json and examples.png into --out. The same seed gives the same results.");
   command->add_option("--data", options->data_dir, "Folder of photos (searched recursively)")
-      ->required()
-      ->check(CLI::ExistingDirectory);
+      ->required();
   command->add_option("--model", options->model,
                       "Model file (default: $PCONV_MODEL, else the shipped default model)");
   command->add_option("-o,--out", options->out_dir, "Folder for the reports")->capture_default_str();

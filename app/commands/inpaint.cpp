@@ -191,6 +191,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     }
   } else {
     single_mask = options.masks;
+    if (!fs::is_regular_file(single_mask)) throw InputError(options.masks + ": no such file or folder");
   }
   check_writable_folder(out_dir);
 
@@ -273,12 +274,10 @@ void setup_inpaint(CLI::App& app) {
       "(exit code 3 at the end).");
   command->add_option("image", options->image, "Image to inpaint");
   command->add_option("mask", options->mask, "Mask image, same size as the image");
-  command->add_option("--input", options->input_dir, "Folder of images to inpaint (batch)")
-      ->check(CLI::ExistingDirectory);
+  command->add_option("--input", options->input_dir, "Folder of images to inpaint (batch)");
   command->add_option("--masks", options->masks,
                       "Batch: folder of masks matched to the images by file stem, or one mask "
-                      "file for all")
-      ->check(CLI::ExistingPath);
+                      "file for all");
   command->add_option("-o,--out", options->out,
                       "Output file (default: IMG's folder, NAME.inpainted.EXT); batch: output "
                       "folder (required), keeping the input folder's structure");

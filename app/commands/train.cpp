@@ -42,6 +42,12 @@ class StopOnSignal {
   void (*previous_term_)(int) = SIG_DFL;
 };
 
+// Builds the trainer and runs it to the end, or to a stop request.
+void run_trainer(const train::TrainerOptions& trainer_options,
+                 const std::vector<std::filesystem::path>& train_files,
+                 const std::vector<std::filesystem::path>& validation_files,
+                 const TrainOptions& options);
+
 }  // namespace
 
 void setup_train(CLI::App& app) {
@@ -56,10 +62,8 @@ void setup_train(CLI::App& app) {
       "scripts/train-parallel.sh N ...); --batch is then per rank.");
   command
       ->add_option("--data", options->data_dir, "Folder of training photos (searched recursively)")
-      ->required()
-      ->check(CLI::ExistingDirectory);
-  command->add_option("--val", options->validation_dir, "Folder of validation photos")
-      ->check(CLI::ExistingDirectory);
+      ->required();
+  command->add_option("--val", options->validation_dir, "Folder of validation photos");
   command->add_option("-o,--out", options->out_dir, "Run folder")->capture_default_str();
   command->add_option("--size", options->size, "Crop size (a multiple of 2^depth)")
       ->check(CLI::Range(int64_t{8}, int64_t{4096}))
@@ -107,16 +111,13 @@ void setup_train(CLI::App& app) {
       ->capture_default_str();
   command
       ->add_option("--vgg", options->vgg,
-                   "VGG16 TorchScript file for the perceptual and style terms (see README)")
-      ->check(CLI::ExistingFile);
+                   "VGG16 TorchScript file for the perceptual and style terms (see README)");
   command
       ->add_option("--masks", options->mask_dir,
                    "Folder of mask images (white = hole) to train with, randomly flipped, "
-                   "rotated, dilated and cropped; default: generated masks")
-      ->check(CLI::ExistingDirectory);
+                   "rotated, dilated and cropped; default: generated masks");
   command
-      ->add_option("--init", options->init_model, "Start from the weights of this pconv model file")
-      ->check(CLI::ExistingFile);
+      ->add_option("--init", options->init_model, "Start from the weights of this pconv model file");
   command->add_option("--workers", options->workers, "Threads decoding photos")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
@@ -238,6 +239,32 @@ void run_train(const TrainOptions& options) {
       .amp(options.amp)
       .channels_last(options.channels_last)
       .data_description(options.data_dir);
+  // A new run that fails before its first checkpoint (unreadable photos, a bad --init or
+  // --vgg file, ...) leaves no half-made run folder behind; rank 0 owns the folder.
+  const std::filesystem::path run_dir(options.out_dir);
+  std::error_code error;
+  const bool new_folder = !std::filesystem::exists(run_dir, error) &&
+                          (distributed == std::nullopt || distributed->rank == 0);
+  const auto discard_new_folder = [&] {
+    std::error_code ignored;
+    if (new_folder && !std::filesystem::exists(run_dir / "checkpoint.pt", ignored)) {
+      std::filesystem::remove_all(run_dir, ignored);
+    }
+  };
+  try {
+    run_trainer(trainer_options, train_files, validation_files, options);
+  } catch (...) {
+    discard_new_folder();
+    throw;
+  }
+}
+
+namespace {
+
+void run_trainer(const train::TrainerOptions& trainer_options,
+                 const std::vector<std::filesystem::path>& train_files,
+                 const std::vector<std::filesystem::path>& validation_files,
+                 const TrainOptions& options) {
   train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
                          options.resume, options.command_line);
 
@@ -270,5 +297,7 @@ void run_train(const TrainOptions& options) {
         result.step));
   spdlog::info("done: {} steps; model written to {}", result.step, result.model_file.string());
 }
+
+}  // namespace
 
 }  // namespace pconv::app

@@ -49,6 +49,23 @@ if(NOT count EQUAL 7)
   message(FATAL_ERROR "log.csv has ${count} lines, expected a header and 6 steps")
 endif()
 
+# A new run that fails before its first checkpoint leaves no run folder: a bad --init file
+# (exit 4) and a folder of unreadable photos (exit 3, naming a file).
+pconv(4 train --data ${WORK_DIR}/photos -o ${WORK_DIR}/run_bad_init --init ${WORK_DIR}/broken.pt
+      ${model_args} --steps 2)
+file(MAKE_DIRECTORY ${WORK_DIR}/unreadable)
+file(WRITE ${WORK_DIR}/unreadable/a.png "not a png")
+file(WRITE ${WORK_DIR}/unreadable/b.png "not a png either")
+pconv(3 train --data ${WORK_DIR}/unreadable -o ${WORK_DIR}/run_unreadable ${model_args} --steps 2)
+if(NOT last_output MATCHES "no readable image left among the 2 files \\(.*unreadable/[ab].png")
+  message(FATAL_ERROR "no clear error for a folder of unreadable photos")
+endif()
+foreach(run run_bad_init run_unreadable)
+  if(EXISTS ${WORK_DIR}/${run})
+    message(FATAL_ERROR "a failed new run left ${WORK_DIR}/${run} behind")
+  endif()
+endforeach()
+
 # Training on a mask folder (the generated pictures serve as masks too).
 pconv(0 train --data ${WORK_DIR}/photos --masks ${WORK_DIR}/photos -o ${WORK_DIR}/run_masks
       ${model_args} --steps 2)

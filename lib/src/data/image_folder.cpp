@@ -195,7 +195,8 @@ Example TrainingStream::make_example(int64_t local_index) {
       if (hook) hook(std::string(error.what()) + " (skipped)");
     }
   }
-  throw InputError("no readable image left among the " + std::to_string(count) + " files");
+  throw InputError("no readable image left among the " + std::to_string(count) + " files (" +
+                   files_.front().string() + (count > 1 ? ", ..." : "") + ")");
 }
 
 void TrainingStream::work() {
