@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <regex>
+#include <utility>
 
 namespace pconv::app {
 
@@ -163,34 +164,36 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
   return true;
 }
 
-CLI::Validator finite_number() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        double value = 0;
-        if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type reports it
-        return std::isfinite(value) ? std::string() : "'" + text + "' is not a finite number";
-      },
-      "", "finite");
-}
-
 namespace {
-CLI::Validator sign_check(bool zero_allowed) {
+// A check that the option's value is a finite number and, where `problem` says so, more: it
+// returns what is wrong with the value ("must be ...") or nothing.
+CLI::Validator number_check(std::string (*problem)(double), std::string description,
+                            std::string name) {
   return CLI::Validator(
-      [zero_allowed](std::string& text) -> std::string {
+      [problem](std::string& text) -> std::string {
         double value = 0;
         if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type reports it
         if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
-        if (value < 0 || (!zero_allowed && value == 0)) {
-          return "'" + text + "' must be " + (zero_allowed ? "0 or more" : "more than 0");
-        }
-        return {};
+        const std::string what = problem(value);
+        return what.empty() ? what : "'" + text + "' " + what;
       },
-      zero_allowed ? "NONNEGATIVE" : "POSITIVE", zero_allowed ? "non-negative" : "positive");
+      std::move(description), std::move(name));
 }
 }  // namespace
 
-CLI::Validator positive_number() { return sign_check(false); }
-CLI::Validator non_negative_number() { return sign_check(true); }
+CLI::Validator finite_number() {
+  return number_check([](double) { return std::string(); }, "", "finite");
+}
+CLI::Validator positive_number() {
+  return number_check(
+      [](double value) { return value > 0 ? std::string() : std::string("must be more than 0"); },
+      "POSITIVE", "positive");
+}
+CLI::Validator non_negative_number() {
+  return number_check(
+      [](double value) { return value >= 0 ? std::string() : std::string("must be 0 or more"); },
+      "NONNEGATIVE", "non-negative");
+}
 
 std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option) {
   static const std::regex pattern(R"(^\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*$)");

@@ -170,8 +170,9 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   // Results in a folder inside the input folder are not inputs of a later run.
   auto files = data::list_images(input_dir);
   if (is_within(out_dir, input_dir)) {
-    const auto results = std::remove_if(files.begin(), files.end(),
-                                        [&](const fs::path& file) { return is_within(file, out_dir); });
+    const auto results = std::remove_if(files.begin(), files.end(), [&](const fs::path& file) {
+      return is_within(file, out_dir);
+    });
     if (results != files.end()) {
       spdlog::info("leaving out {} image(s) already in the output folder {}",
                    std::distance(results, files.end()), out_dir.string());
@@ -191,7 +192,9 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     }
   } else {
     single_mask = options.masks;
-    if (!fs::is_regular_file(single_mask)) throw InputError(options.masks + ": no such file or folder");
+    if (!fs::is_regular_file(single_mask)) {
+      throw InputError(options.masks + ": no such file or folder");
+    }
   }
   check_writable_folder(out_dir);
 
@@ -333,8 +336,9 @@ void run_inpaint(const InpaintOptions& options) {
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
   // Never write over an input.
   if (batch) {
-    for (const auto& [folder, what] : {std::pair<fs::path, const char*>{options.input_dir, "--input"},
-                                       {options.masks, "--masks"}}) {
+    for (const auto& [folder, what] :
+         {std::pair<fs::path, const char*>{options.input_dir, "--input"},
+          {options.masks, "--masks"}}) {
       if (is_within(folder, options.out)) {
         throw CLI::ValidationError("-o", "'" + options.out + "' would hold the results over " +
                                              what + " '" + folder.string() +

@@ -245,16 +245,12 @@ void run_train(const TrainOptions& options) {
   std::error_code error;
   const bool new_folder = !std::filesystem::exists(run_dir, error) &&
                           (distributed == std::nullopt || distributed->rank == 0);
-  const auto discard_new_folder = [&] {
-    std::error_code ignored;
-    if (new_folder && !std::filesystem::exists(run_dir / "checkpoint.pt", ignored)) {
-      std::filesystem::remove_all(run_dir, ignored);
-    }
-  };
   try {
     run_trainer(trainer_options, train_files, validation_files, options);
   } catch (...) {
-    discard_new_folder();
+    if (new_folder && !std::filesystem::exists(run_dir / "checkpoint.pt", error)) {
+      std::filesystem::remove_all(run_dir, error);
+    }
     throw;
   }
 }
