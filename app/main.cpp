@@ -11,6 +11,7 @@
 #include "exit_codes.h"
 
 #include <pconv/error.h>
+#include <pconv/io/image_file.h>
 
 #include <c10/util/Exception.h>
 
@@ -36,6 +37,9 @@ void setup_logging() {
   spdlog::set_default_logger(logger);
   spdlog::set_level(spdlog::level::info);
   spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug etc.
+  // What libjpeg or libpng say about an image they did decode, as pconv's own warning.
+  pconv::io::set_decoder_warning_handler(
+      [](const std::string& warning) { spdlog::warn("{}", warning); });
 }
 
 }  // namespace
@@ -84,8 +88,11 @@ static int run_pconv(int argc, char** argv) {
     if (error.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
       return app.exit(error);  // --help, --version
     }
-    spdlog::error("{}", first_line(error.what()));
-    spdlog::error("run 'pconv --help' (or 'pconv SUBCOMMAND --help') for usage");
+    // One line: the problem, then where the usage is explained.
+    const auto parsed = app.get_subcommands();
+    const std::string help =
+        parsed.empty() ? "pconv --help" : "pconv " + parsed.front()->get_name() + " --help";
+    spdlog::error("{} (see '{}')", first_line(error.what()), help);
     return kExitUsage;
   } catch (const Interrupted& error) {
     spdlog::warn("{}", first_line(error.what()));

@@ -6,11 +6,14 @@
 #include <pconv/error.h>
 #include <pconv/io/image_file.h>
 
+#include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace pconv::app {
 
@@ -51,6 +54,20 @@ void run_masks(const MasksOptions& options) {
     throw CLI::ValidationError("--min-ratio", fmt::format("{} is larger than --max-ratio {}",
                                                           options.min_ratio, options.max_ratio));
   }
+  const data::MaskGenerator generator(data::MaskGeneratorOptions(height, width)
+                                          .min_ratio(options.min_ratio)
+                                          .max_ratio(options.max_ratio),
+                                      options.seed);
+  // A size that no mask of the ratio range fits (1x1) is a usage error, before any file exists.
+  std::vector<uint8_t> first_holes;
+  try {
+    first_holes = generator.holes(0);
+  } catch (const c10::Error& error) {
+    std::string reason = error.what_without_backtrace();
+    const std::string prefix = "MaskGenerator: ";
+    if (reason.rfind(prefix, 0) == 0) reason = reason.substr(prefix.size());
+    throw CLI::ValidationError("--size", reason.substr(0, reason.find('\n')));
+  }
   const std::filesystem::path out_dir(options.out_dir);
   std::error_code error;
   std::filesystem::create_directories(out_dir, error);
@@ -59,10 +76,6 @@ void run_masks(const MasksOptions& options) {
                      (error ? ": " + error.message() : std::string()));
   }
 
-  const data::MaskGenerator generator(data::MaskGeneratorOptions(height, width)
-                                          .min_ratio(options.min_ratio)
-                                          .max_ratio(options.max_ratio),
-                                      options.seed);
   Progress progress("masks", options.count);
   double ratio_sum = 0.0;
   int64_t skipped = 0;
@@ -71,7 +84,8 @@ void run_masks(const MasksOptions& options) {
     if (!options.overwrite && std::filesystem::exists(path)) {
       ++skipped;
     } else {
-      const auto holes = generator.holes(static_cast<uint64_t>(index));
+      const auto holes =
+          index == 0 ? first_holes : generator.holes(static_cast<uint64_t>(index));
       ratio_sum += data::MaskGenerator::hole_ratio(holes);
       io::write_mask(path, holes, height, width);
     }

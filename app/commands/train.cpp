@@ -14,6 +14,7 @@
 #include <chrono>
 #include <csignal>
 #include <memory>
+#include <set>
 
 namespace pconv::app {
 namespace {
@@ -47,6 +48,9 @@ void run_trainer(const train::TrainerOptions& trainer_options,
                  const std::vector<std::filesystem::path>& train_files,
                  const std::vector<std::filesystem::path>& validation_files,
                  const TrainOptions& options);
+
+// Every file and folder under `folder`, at any depth (none if it does not exist).
+std::set<std::filesystem::path> folder_entries(const std::filesystem::path& folder);
 
 }  // namespace
 
@@ -240,22 +244,40 @@ void run_train(const TrainOptions& options) {
       .channels_last(options.channels_last)
       .data_description(options.data_dir);
   // A new run that fails before its first checkpoint (unreadable photos, a bad --init or
-  // --vgg file, ...) leaves no half-made run folder behind; rank 0 owns the folder.
+  // --vgg file, ...) takes away what it wrote: the whole run folder if it made it, else the
+  // files it added to it. Rank 0 owns the folder.
   const std::filesystem::path run_dir(options.out_dir);
   std::error_code error;
-  const bool new_folder = !std::filesystem::exists(run_dir, error) &&
-                          (distributed == std::nullopt || distributed->rank == 0);
+  const bool owns_folder = distributed == std::nullopt || distributed->rank == 0;
+  const bool new_folder = !std::filesystem::exists(run_dir, error);
+  const auto entries_before = folder_entries(run_dir);
   try {
     run_trainer(trainer_options, train_files, validation_files, options);
   } catch (...) {
-    if (new_folder && !std::filesystem::exists(run_dir / "checkpoint.pt", error)) {
-      std::filesystem::remove_all(run_dir, error);
+    if (owns_folder && !std::filesystem::exists(run_dir / train::Trainer::kCheckpointFile, error)) {
+      if (new_folder) {
+        std::filesystem::remove_all(run_dir, error);
+      } else {
+        for (const auto& entry : folder_entries(run_dir)) {
+          if (entries_before.count(entry) == 0) std::filesystem::remove_all(entry, error);
+        }
+      }
     }
     throw;
   }
 }
 
 namespace {
+
+std::set<std::filesystem::path> folder_entries(const std::filesystem::path& folder) {
+  std::set<std::filesystem::path> entries;
+  std::error_code error;
+  for (auto it = std::filesystem::recursive_directory_iterator(folder, error);
+       !error && it != std::filesystem::recursive_directory_iterator(); it.increment(error)) {
+    entries.insert(it->path());
+  }
+  return entries;
+}
 
 void run_trainer(const train::TrainerOptions& trainer_options,
                  const std::vector<std::filesystem::path>& train_files,

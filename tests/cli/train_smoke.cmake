@@ -66,6 +66,20 @@ foreach(run run_bad_init run_unreadable)
   endif()
 endforeach()
 
+# A validation folder of only unreadable photos is an error too (exit 3), not a run that
+# measures nothing. The run folder existed: the run takes away only the files it added.
+file(WRITE ${WORK_DIR}/run_existing/notes.txt "kept")
+pconv(3 train --data ${WORK_DIR}/photos --val ${WORK_DIR}/unreadable -o ${WORK_DIR}/run_existing
+      ${model_args} --steps 2)
+if(NOT last_output MATCHES "no readable image among the 2 validation files \\(.*unreadable/[ab].png")
+  message(FATAL_ERROR "no clear error for a validation folder of unreadable photos")
+endif()
+file(GLOB_RECURSE left LIST_DIRECTORIES true RELATIVE ${WORK_DIR}/run_existing
+     ${WORK_DIR}/run_existing/*)
+if(NOT left STREQUAL "notes.txt")
+  message(FATAL_ERROR "the failed run changed the existing folder: ${left}")
+endif()
+
 # Training on a mask folder (the generated pictures serve as masks too).
 pconv(0 train --data ${WORK_DIR}/photos --masks ${WORK_DIR}/photos -o ${WORK_DIR}/run_masks
       ${model_args} --steps 2)

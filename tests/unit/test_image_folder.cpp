@@ -17,7 +17,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -93,6 +95,42 @@ TEST_F(ImageFolderTest, CorruptAndMissingFilesAreInputErrorsNamingTheFile) {
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("broken.jpg")));
   EXPECT_THAT([&] { pconv::io::read_image(dir_ / "absent.png"); },
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("absent.png")));
+}
+
+// What libpng and libjpeg print goes into pconv's messages, never straight to stderr: the
+// reason for a failed decode into the error, a warning about a decode that worked (a truncated
+// JPEG decodes with its lower part grey) to the warning handler, with the file's name.
+TEST_F(ImageFolderTest, DecoderMessagesGoIntoTheErrorOrTheWarningHandler) {
+  ASSERT_TRUE(cv::imwrite((dir_ / "whole.png").string(), gradient(40, 50, CV_8UC3)));
+  ASSERT_TRUE(cv::imwrite((dir_ / "whole.jpg").string(), gradient(40, 50, CV_8UC3)));
+  for (const auto* name : {"whole.png", "whole.jpg"}) {
+    std::ifstream in(dir_ / name, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    bytes.resize(bytes.size() / 2);
+    std::ofstream out(dir_ / ("half_" + std::string(name)), std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  std::vector<std::string> warnings;
+  pconv::io::set_decoder_warning_handler(
+      [&warnings](const std::string& warning) { warnings.push_back(warning); });
+  ::testing::internal::CaptureStderr();
+  std::string error;
+  try {
+    pconv::io::read_image(dir_ / "half_whole.png");
+  } catch (const pconv::InputError& thrown) {
+    error = thrown.what();
+  }
+  const auto jpeg = pconv::io::read_image(dir_ / "half_whole.jpg");
+  pconv::io::read_image(dir_ / "whole.png");
+  pconv::io::set_decoder_warning_handler(nullptr);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_THAT(error, ::testing::HasSubstr("half_whole.png: cannot read the image"));
+  EXPECT_THAT(error, ::testing::HasSubstr("libpng error"));
+  EXPECT_EQ(error.find('\n'), std::string::npos);
+  EXPECT_EQ(jpeg.pixels.sizes(), (at::IntArrayRef{3, 40, 50}));
+  EXPECT_THAT(warnings, ::testing::ElementsAre(::testing::AllOf(
+                            ::testing::HasSubstr("half_whole.jpg: "),
+                            ::testing::HasSubstr("Premature end of JPEG file"))));
 }
 
 TEST_F(ImageFolderTest, ListsImagesRecursivelyInOrder) {

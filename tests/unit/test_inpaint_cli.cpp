@@ -14,6 +14,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 
@@ -233,6 +234,13 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   write_holes(d / "none.png", at::zeros({20, 20}, at::kBool));
   write_holes(d / "all.png", at::ones({20, 20}, at::kBool));
   std::ofstream(d / "corrupt.png") << "not a png at all";
+  {
+    // A PNG cut in half: libpng itself fails, and says why.
+    std::ifstream in(d / "photo.png", std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream out(d / "half.png", std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+  }
   const auto model = fs::path(PCONV_DEFAULT_MODEL);
   {
     std::ifstream in(model, std::ios::binary);
@@ -250,6 +258,12 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   const Case cases[] = {
       {"inpaint " + (d / "corrupt.png").string() + " " + (d / "mask.png").string(), 3,
        "corrupt.png: cannot read the image"},
+      {"inpaint " + (d / "half.png").string() + " " + (d / "mask.png").string(), 3,
+       "half.png: cannot read the image (corrupt or not an image: libpng error"},
+      {"inpaint " + d.string() + " " + (d / "mask.png").string(), 3,
+       ": is a folder, not an image"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " + d.string(), 4,
+       ": is a folder, not a model file"},
       {"inpaint " + photo + " " + (d / "small_mask.png").string(), 3,
        "small_mask.png: mask is 10x10 but the image"},
       {"inpaint " + photo + " " + (d / "all.png").string() + " -o " + (d / "x.png").string(), 3,
@@ -295,6 +309,14 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
     EXPECT_EQ(run.rc, c.rc) << run.output;
     EXPECT_NE(run.output.find(c.message), std::string::npos) << run.output;
     EXPECT_EQ(run.output.find("terminate called"), std::string::npos);
+    // One error line, and no line from anyone but pconv (libpng prints its own otherwise).
+    std::istringstream lines(run.output);
+    int errors = 0;
+    for (std::string line; std::getline(lines, line);) {
+      EXPECT_EQ(line.rfind("pconv: ", 0), 0U) << line;
+      errors += line.rfind("pconv: error: ", 0) == 0 ? 1 : 0;
+    }
+    EXPECT_EQ(errors, 1) << run.output;
   }
   EXPECT_FALSE(fs::exists(d / "x.png"));
   EXPECT_TRUE(at::equal(samples(d / "photo.png"), photo_before));

@@ -2,6 +2,7 @@
 // files); programming errors in tensor shapes are reported by TORCH_CHECK (c10::Error).
 #pragma once
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -26,5 +27,17 @@ class ModelError : public Error {
  public:
   using Error::Error;
 };
+
+/// The gist of another library's exception, to end a one-line message with: the first sentence
+/// of its first line (LibTorch adds a backtrace and advice on further lines and sentences),
+/// without LibTorch's "PytorchStreamReader " prefix.
+inline std::string brief(const std::exception& error) {
+  std::string text = error.what();
+  text = text.substr(0, text.find('\n'));
+  text = text.substr(0, text.find(". "));
+  const std::string prefix = "PytorchStreamReader ";
+  if (text.rfind(prefix, 0) == 0) text = text.substr(prefix.size());
+  return text;
+}
 
 }  // namespace pconv

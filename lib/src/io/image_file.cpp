@@ -1,5 +1,7 @@
 #include "pconv/io/image_file.h"
 
+#include "stderr_capture.h"
+
 #include "pconv/error.h"
 
 #ifdef PCONV_WITH_OPENCV
@@ -13,10 +15,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace pconv::io {
 namespace {
@@ -123,7 +128,39 @@ void encode_and_write(const std::filesystem::path& path, const at::Tensor& hwc_s
 #endif
 }
 
+// set_decoder_warning_handler's handler.
+struct DecoderWarnings {
+  std::mutex mutex;
+  std::function<void(const std::string&)> handler;
+};
+
+DecoderWarnings& decoder_warnings() {
+  static DecoderWarnings state;
+  return state;
+}
+
+#ifdef PCONV_WITH_OPENCV
+void warn_about_decode(const std::string& name, const std::string& text) {
+  if (text.empty()) return;
+  std::function<void(const std::string&)> handler;
+  {
+    const std::lock_guard<std::mutex> lock(decoder_warnings().mutex);
+    handler = decoder_warnings().handler;
+  }
+  if (handler) {
+    handler(name + ": " + one_line(text));
+  } else {
+    std::fputs(text.c_str(), stderr);
+  }
+}
+#endif
+
 }  // namespace
+
+void set_decoder_warning_handler(std::function<void(const std::string&)> handler) {
+  const std::lock_guard<std::mutex> lock(decoder_warnings().mutex);
+  decoder_warnings().handler = std::move(handler);
+}
 
 const std::vector<std::string>& image_extensions() {
   static const std::vector<std::string> extensions{
@@ -136,16 +173,25 @@ const std::vector<std::string>& image_extensions() {
 
 Image read_image(const std::filesystem::path& path) {
   const std::string name = path.string();
+  if (std::filesystem::is_directory(path)) throw InputError(name + ": is a folder, not an image");
   if (!std::filesystem::is_regular_file(path)) throw InputError(name + ": no such file");
   if (is_tensor_image(path)) return read_tensor_image(path);
 #ifdef PCONV_WITH_OPENCV
   cv::Mat decoded;
+  // libpng and libjpeg print their reason for a failed decode on stderr; it goes into the one
+  // error line instead, and what they print about a decode that worked to the warning handler.
+  StderrCapture decoder_messages;
   try {
     decoded = cv::imread(name, cv::IMREAD_UNCHANGED);
   } catch (const cv::Exception&) {
     decoded = cv::Mat();
   }
-  if (decoded.empty()) throw InputError(name + ": cannot read the image (corrupt or not an image)");
+  if (decoded.empty()) {
+    const std::string reason = one_line(decoder_messages.take());
+    throw InputError(name + ": cannot read the image (corrupt or not an image" +
+                     (reason.empty() ? "" : ": " + reason) + ")");
+  }
+  warn_about_decode(name, decoder_messages.take());
   if (decoded.depth() != CV_8U && decoded.depth() != CV_16U) {
     throw InputError(name + ": unsupported sample type (only 8- and 16-bit images)");
   }

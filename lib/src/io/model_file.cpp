@@ -58,6 +58,7 @@ void save_model(const std::filesystem::path& path, nn::PConvUNet& model,
 
 nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metadata) {
   const std::string name = path.string();
+  if (std::filesystem::is_directory(path)) throw ModelError(name + ": is a folder, not a model file");
   if (!std::filesystem::is_regular_file(path)) throw ModelError(name + ": no such model file");
   try {
     torch::serialize::InputArchive archive;
@@ -125,9 +126,8 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
   } catch (const ModelError&) {
     throw;
   } catch (const std::exception& error) {
-    const std::string what = error.what();
-    throw ModelError(name + ": cannot read the model (truncated or corrupt: " +
-                     what.substr(0, what.find('\n')) + ")");
+    throw ModelError(name + ": cannot read the model (not a pconv model, or truncated: " +
+                     brief(error) + ")");
   }
 }
 

@@ -62,6 +62,9 @@ std::vector<torch::Tensor> Vgg16FeaturesImpl::forward(const torch::Tensor& norma
 
 Vgg16Features load_vgg16_features(const std::filesystem::path& path) {
   const std::string name = path.string();
+  if (std::filesystem::is_directory(path)) {
+    throw ModelError(name + ": is a folder, not a VGG16 weight file");
+  }
   if (!std::filesystem::is_regular_file(path)) {
     throw ModelError(name + ": no such VGG16 weight file");
   }
@@ -75,9 +78,8 @@ Vgg16Features load_vgg16_features(const std::filesystem::path& path) {
       weights[key] = parameter.value;
     }
   } catch (const std::exception& error) {
-    std::string what = error.what();
     throw ModelError(name + ": not a TorchScript file saved from torchvision's VGG16 (" +
-                     what.substr(0, what.find('\n')) + ")");
+                     brief(error) + ")");
   }
 
   Vgg16Features network;

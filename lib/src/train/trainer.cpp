@@ -173,6 +173,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
         kValidationMaskSeed);
     std::vector<torch::Tensor> images;
     std::vector<torch::Tensor> hole_masks;
+    std::string first_problem;
     const auto limit = options_.validation_count() > 0
                            ? std::min<size_t>(validation_files_.size(), options_.validation_count())
                            : validation_files_.size();
@@ -182,14 +183,18 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
         images.push_back(data::crop_example(path, crop, /*random=*/false, 0));
         hole_masks.push_back(masks.mask(images.size() - 1));
       } catch (const InputError& unreadable) {
+        if (validation_problems_.empty()) first_problem = unreadable.what();
         validation_problems_.push_back(std::string(unreadable.what()) +
                                        " (left out of validation)");
       }
     }
-    if (!images.empty()) {
-      validation_images_ = at::stack(images).to(options_.device());
-      validation_masks_ = at::stack(hole_masks).to(options_.device());
+    // A validation folder was asked for: training without it would measure nothing.
+    if (images.empty()) {
+      throw InputError("no readable image among the " + std::to_string(validation_files_.size()) +
+                       " validation files (" + first_problem + ")");
     }
+    validation_images_ = at::stack(images).to(options_.device());
+    validation_masks_ = at::stack(hole_masks).to(options_.device());
   }
 
   if (const auto& group = options_.process_group()) {
@@ -279,9 +284,7 @@ void Trainer::load_checkpoint() {
   } catch (const InputError&) {
     throw;
   } catch (const std::exception& error) {
-    const std::string what = error.what();
-    throw ModelError(path.string() + ": cannot read the checkpoint (" +
-                     what.substr(0, what.find('\n')) + ")");
+    throw ModelError(path.string() + ": cannot read the checkpoint (" + brief(error) + ")");
   }
 }
 

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,13 @@ struct Image {
 /// a tensor image. Without OpenCV only tensor images can be read.
 /// Throws pconv::InputError naming the file if it is missing, unreadable or not an image.
 Image read_image(const std::filesystem::path& path);
+
+/// What read_image does with what an image decoder printed about an image it did decode, such
+/// as libjpeg's "Premature end of JPEG file" (the rest of the picture is grey): calls `handler`
+/// with "FILE: TEXT" in one line. Without a handler (the default, or an empty one) the text goes
+/// to stderr as the decoder printed it. For a decode that failed the text is part of the
+/// InputError instead. The handler may be called from any thread that reads images.
+void set_decoder_warning_handler(std::function<void(const std::string&)> handler);
 
 /// The file extensions read_image handles, lower case with the dot.
 const std::vector<std::string>& image_extensions();

@@ -108,7 +108,8 @@ class Trainer {
   /// Prepares a run in `run_dir` (created if missing). With `resume` the run continues from
   /// run_dir/checkpoint.pt exactly where it stopped; without it an existing checkpoint is an
   /// error (pconv::InputError) so that no run is overwritten by accident. `command` is
-  /// recorded in the model file. Throws pconv::InputError / ModelError for bad inputs.
+  /// recorded in the model file. Throws pconv::InputError / ModelError for bad inputs, among
+  /// them validation files none of which can be read.
   Trainer(TrainerOptions options, std::vector<std::filesystem::path> train_files,
           std::vector<std::filesystem::path> validation_files, std::filesystem::path run_dir,
           bool resume, std::string command = "");
