@@ -145,7 +145,8 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
   for (const auto& input : inputs) {
     if (input.empty()) continue;
     std::error_code error;
-    const bool same = resolved(input) == target || std::filesystem::equivalent(input, output, error);
+    const bool same =
+        resolved(input) == target || std::filesystem::equivalent(input, output, error);
     if (same) {
       throw CLI::ValidationError(option, "'" + output.string() + "' is the same file as '" +
                                              input.string() + "'; choose another path");
@@ -169,15 +170,14 @@ namespace {
 // returns what is wrong with the value ("must be ...") or nothing.
 CLI::Validator number_check(std::string (*problem)(double), std::string description,
                             std::string name) {
-  return CLI::Validator(
-      [problem](std::string& text) -> std::string {
-        double value = 0;
-        if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type reports it
-        if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
-        const std::string what = problem(value);
-        return what.empty() ? what : "'" + text + "' " + what;
-      },
-      std::move(description), std::move(name));
+  return {[problem](std::string& text) -> std::string {
+            double value = 0;
+            if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type says it
+            if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
+            const std::string what = problem(value);
+            return what.empty() ? what : "'" + text + "' " + what;
+          },
+          std::move(description), std::move(name)};
 }
 }  // namespace
 

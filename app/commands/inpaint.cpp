@@ -235,7 +235,8 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     for (size_t i = 0; i < jobs.size(); ++i) {
       const auto& job = jobs[i];
       auto pending = std::move(next);
-      if (i + 1 < jobs.size()) next = std::async(std::launch::async, read, jobs[i + 1]);
+      next = i + 1 < jobs.size() ? std::async(std::launch::async, read, jobs[i + 1])
+                                 : std::future<Loaded>();
       try {
         const auto current = pending.get();
         std::error_code ignored;

@@ -15,8 +15,7 @@
 namespace {
 
 void write_stderr(const std::string& text) {
-  ASSERT_EQ(::write(STDERR_FILENO, text.data(), text.size()),
-            static_cast<ssize_t>(text.size()));
+  ASSERT_EQ(::write(STDERR_FILENO, text.data(), text.size()), static_cast<ssize_t>(text.size()));
 }
 
 int count(const std::string& text, const std::string& part) {
