@@ -241,6 +241,10 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
     std::ofstream out(d / "half.png", std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
   }
+  std::ofstream(d / "empty.png").close();
+  fs::create_directories(d / "links");
+  fs::create_symlink("loop_b", d / "links" / "loop_a");
+  fs::create_symlink("loop_a", d / "links" / "loop_b");
   const auto model = fs::path(PCONV_DEFAULT_MODEL);
   {
     std::ifstream in(model, std::ios::binary);
@@ -261,7 +265,14 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint " + (d / "half.png").string() + " " + (d / "mask.png").string(), 3,
        "half.png: cannot read the image (corrupt or not an image: libpng error"},
       {"inpaint " + d.string() + " " + (d / "mask.png").string(), 3,
-       ": is a folder, not an image"},
+       ": is a folder, not an image file"},
+      {"inpaint " + (d / "empty.png").string() + " " + (d / "mask.png").string(), 3,
+       "empty.png: is empty"},
+      {"inpaint " + photo + " " + (d / "links" / "loop_a").string(), 3,
+       "loop_a: Too many levels of symbolic links"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " +
+           (d / "links" / "loop_a").string(),
+       4, "loop_a: Too many levels of symbolic links"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " + d.string(), 4,
        ": is a folder, not a model file"},
       {"inpaint " + photo + " " + (d / "small_mask.png").string(), 3,

@@ -1,5 +1,6 @@
 #include "pconv/io/image_file.h"
 
+#include "file_problem.h"
 #include "stderr_capture.h"
 
 #include "pconv/error.h"
@@ -173,8 +174,9 @@ const std::vector<std::string>& image_extensions() {
 
 Image read_image(const std::filesystem::path& path) {
   const std::string name = path.string();
-  if (std::filesystem::is_directory(path)) throw InputError(name + ": is a folder, not an image");
-  if (!std::filesystem::is_regular_file(path)) throw InputError(name + ": no such file");
+  if (const auto problem = file_problem(path, "image file"); !problem.empty()) {
+    throw InputError(name + ": " + problem);
+  }
   if (is_tensor_image(path)) return read_tensor_image(path);
 #ifdef PCONV_WITH_OPENCV
   cv::Mat decoded;

@@ -1,5 +1,7 @@
 #include "pconv/io/model_file.h"
 
+#include "file_problem.h"
+
 #include "pconv/error.h"
 #include "pconv/io/atomic_file.h"
 
@@ -58,8 +60,9 @@ void save_model(const std::filesystem::path& path, nn::PConvUNet& model,
 
 nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metadata) {
   const std::string name = path.string();
-  if (std::filesystem::is_directory(path)) throw ModelError(name + ": is a folder, not a model file");
-  if (!std::filesystem::is_regular_file(path)) throw ModelError(name + ": no such model file");
+  if (const auto problem = file_problem(path, "model file"); !problem.empty()) {
+    throw ModelError(name + ": " + problem);
+  }
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(name, at::kCPU);

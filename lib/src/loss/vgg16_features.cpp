@@ -1,5 +1,7 @@
 #include "pconv/loss/vgg16_features.h"
 
+#include "../io/file_problem.h"
+
 #include "pconv/error.h"
 
 #include <ATen/ATen.h>
@@ -62,11 +64,8 @@ std::vector<torch::Tensor> Vgg16FeaturesImpl::forward(const torch::Tensor& norma
 
 Vgg16Features load_vgg16_features(const std::filesystem::path& path) {
   const std::string name = path.string();
-  if (std::filesystem::is_directory(path)) {
-    throw ModelError(name + ": is a folder, not a VGG16 weight file");
-  }
-  if (!std::filesystem::is_regular_file(path)) {
-    throw ModelError(name + ": no such VGG16 weight file");
+  if (const auto problem = io::file_problem(path, "VGG16 weight file"); !problem.empty()) {
+    throw ModelError(name + ": " + problem);
   }
   std::map<std::string, at::Tensor> weights;
   try {
