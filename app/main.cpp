@@ -14,6 +14,7 @@
 #include <pconv/io/image_file.h>
 
 #include <c10/util/Exception.h>
+#include <c10/util/Logging.h>
 
 #include <spdlog/cfg/env.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -66,6 +67,9 @@ static int run_pconv(int argc, char** argv) {
   app.parse_complete_callback([&] {
     if (quiet) spdlog::set_level(spdlog::level::warn);
     if (verbose > 0) spdlog::set_level(verbose > 1 ? spdlog::level::trace : spdlog::level::debug);
+    // LibTorch's own log (c10d's connection retries and timeouts, with backtraces) only with
+    // -v: pconv reports every failure itself, in one line.
+    FLAGS_caffe2_log_level = verbose > 0 ? c10::GLOG_WARNING : c10::GLOG_FATAL;
   });
   app.footer(
       "Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 bad input file,\n"
