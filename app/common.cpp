@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <regex>
 #include <utility>
 
@@ -163,6 +164,17 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
     if (a == inner.end() || *a != *b) return false;
   }
   return true;
+}
+
+void leave_out_results(std::vector<std::filesystem::path>& files,
+                       const std::filesystem::path& out_dir) {
+  const auto results = std::remove_if(files.begin(), files.end(),
+                                      [&](const auto& file) { return is_within(file, out_dir); });
+  if (results != files.end()) {
+    spdlog::info("leaving out {} image(s) already in the output folder {}",
+                 std::distance(results, files.end()), out_dir.string());
+  }
+  files.erase(results, files.end());
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 #include <utility>
 
 namespace pconv::app {
@@ -61,6 +62,11 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
 
 /// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder);
+
+/// Takes out of `files` (listed from an input folder) those inside `out_dir`, where an earlier
+/// run wrote its results, and says so.
+void leave_out_results(std::vector<std::filesystem::path>& files,
+                       const std::filesystem::path& out_dir);
 
 /// A CLI11 check that passes finite numbers only (CLI11's Range lets NaN through); chain it
 /// before a Range.

@@ -86,7 +86,15 @@ void setup_eval(CLI::App& app) {
 
 void run_eval(const EvalOptions& options) {
   const c10::Device device = resolve_device(options.common);
-  const auto photos = data::list_images(options.data_dir);
+  // The reports never mix with the photos (examples.png would be read as one next time): -o
+  // may be a folder inside --data, whose files are left out, not --data or a folder above it.
+  auto photos = data::list_images(options.data_dir);
+  if (is_within(options.data_dir, options.out_dir)) {
+    throw CLI::ValidationError("-o", "'" + options.out_dir + "' would hold the reports among the " +
+                                         "photos of --data '" + options.data_dir +
+                                         "'; choose another folder");
+  }
+  if (is_within(options.out_dir, options.data_dir)) leave_out_results(photos, options.out_dir);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
   auto inpainter = std::make_shared<infer::Inpainter>(
       io::load_model(model_path), device,

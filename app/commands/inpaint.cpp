@@ -169,16 +169,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   const fs::path out_dir = options.out;
   // Results in a folder inside the input folder are not inputs of a later run.
   auto files = data::list_images(input_dir);
-  if (is_within(out_dir, input_dir)) {
-    const auto results = std::remove_if(files.begin(), files.end(), [&](const fs::path& file) {
-      return is_within(file, out_dir);
-    });
-    if (results != files.end()) {
-      spdlog::info("leaving out {} image(s) already in the output folder {}",
-                   std::distance(results, files.end()), out_dir.string());
-    }
-    files.erase(results, files.end());
-  }
+  if (is_within(out_dir, input_dir)) leave_out_results(files, out_dir);
   // One mask for every image, or masks matched by file stem.
   std::map<std::string, fs::path> masks_by_stem;
   fs::path single_mask;

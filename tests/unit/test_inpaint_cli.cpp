@@ -400,6 +400,17 @@ TEST(EvalCli, SameSeedSameReports) {
                                   " --size 64 --per-bin 2 --seed 5 -o " + (d / "three").string());
   ASSERT_EQ(other.rc, 0);
   EXPECT_NE(read_text(d / "one" / "eval.csv"), read_text(d / "three" / "eval.csv"));
+  // The reports never go among the photos; a report folder inside --data is left out of them.
+  const auto among = pconv(d, args + " -o " + (d / "photos").string());
+  EXPECT_EQ(among.rc, 2) << among.output;
+  EXPECT_NE(among.output.find("would hold the reports among the photos"), std::string::npos);
+  EXPECT_FALSE(fs::exists(d / "photos" / "eval.md"));
+  const auto inside = pconv(d, args + " -o " + (d / "photos" / "reports").string());
+  ASSERT_EQ(inside.rc, 0) << inside.output;
+  const auto again = pconv(d, args + " -o " + (d / "photos" / "reports").string());
+  ASSERT_EQ(again.rc, 0) << again.output;
+  EXPECT_NE(again.output.find("leaving out 1 image(s)"), std::string::npos) << again.output;
+  EXPECT_EQ(read_text(d / "one" / "eval.csv"), read_text(d / "photos" / "reports" / "eval.csv"));
 }
 
 }  // namespace
