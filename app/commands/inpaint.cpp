@@ -173,7 +173,8 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   // One mask for every image, or masks matched by file stem.
   std::map<std::string, fs::path> masks_by_stem;
   fs::path single_mask;
-  if (fs::is_directory(options.masks)) {
+  std::error_code masks_error;  // a loop of links, say: one line, not a filesystem_error
+  if (fs::is_directory(options.masks, masks_error)) {
     for (const auto& mask : data::list_images(options.masks)) {
       const auto [it, added] = masks_by_stem.emplace(mask.stem().string(), mask);
       if (!added) {
@@ -183,8 +184,9 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     }
   } else {
     single_mask = options.masks;
-    if (!fs::is_regular_file(single_mask)) {
-      throw InputError(options.masks + ": no such file or folder");
+    if (!fs::is_regular_file(single_mask, masks_error)) {
+      throw InputError(options.masks + ": " +
+                       (masks_error ? masks_error.message() : "no such file or folder"));
     }
   }
   check_writable_folder(out_dir);

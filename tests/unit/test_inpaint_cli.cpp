@@ -273,6 +273,12 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " +
            (d / "links" / "loop_a").string(),
        4, "loop_a: Too many levels of symbolic links"},
+      {"inpaint --input " + (d / "sub_none").string() + " --masks " +
+           (d / "links" / "loop_a").string() + " -o " + (d / "batch_out").string(),
+       3, "sub_none: no such folder"},
+      {"inpaint --input " + (d / "links").string() + "/.. --masks " +
+           (d / "links" / "loop_a").string() + " -o " + (d / "batch_out").string(),
+       3, "loop_a: Too many levels of symbolic links"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " + d.string(), 4,
        ": is a folder, not a model file"},
       {"inpaint " + photo + " " + (d / "small_mask.png").string(), 3,
