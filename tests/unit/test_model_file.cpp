@@ -1,5 +1,5 @@
 // Tests of pconv model files: a round trip keeps outputs and metadata, half-precision weights
-// stay close, and truncated, corrupt or foreign files are ModelErrors naming the file.
+// stay close, and truncated, corrupt, damaged or foreign files are ModelErrors naming the file.
 #include <pconv/error.h>
 #include <pconv/io/model_file.h>
 
@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "damaged_archive.h"
 #include "temp_dir.h"
 
 #include <filesystem>
@@ -95,6 +96,22 @@ TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
   archive.save_to(foreign.string());
   EXPECT_THAT([&] { pconv::io::load_model(foreign); },
               ThrowsMessage<pconv::ModelError>(HasSubstr("foreign.pt: not a pconv model file")));
+
+  // A tensor record with no bytes (it crashed), and one cut short (it read uninitialized
+  // memory as weights).
+  const auto records = pconv::testing::tensor_records(path);
+  ASSERT_GE(records.size(), 2U);
+  for (const auto& record : {records.front(), records.back()}) {
+    for (const size_t keep : {size_t{0}, size_t{3}}) {
+      const auto damaged = dir_ / "damaged.pt";
+      pconv::testing::copy_with_short_record(path, damaged, record, keep);
+      EXPECT_THAT([&] { pconv::io::load_model(damaged); },
+                  ThrowsMessage<pconv::ModelError>(HasSubstr("damaged.pt: ")))
+          << record << " cut to " << keep << " bytes";
+    }
+  }
+  pconv::testing::copy_with_short_record(path, dir_ / "copy.pt", "", 0);
+  EXPECT_NO_THROW(pconv::io::load_model(dir_ / "copy.pt"));  // the copy itself is sound
 
   EXPECT_THAT([&] { pconv::io::load_model(dir_ / "absent.pt"); },
               ThrowsMessage<pconv::ModelError>(HasSubstr("absent.pt: no such model file")));

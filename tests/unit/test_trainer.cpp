@@ -12,6 +12,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "damaged_archive.h"
 #include "temp_dir.h"
 
 #include <cmath>
@@ -153,6 +154,36 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   // Resuming with other options is refused.
   EXPECT_THAT([&] { T::Trainer(tiny(8).seed(10), files_, {}, dir_ / "resumed", true); },
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("another run")));
+}
+
+TEST_F(TrainerTest, DamagedCheckpointIsAModelErrorNotACrash) {
+  {
+    T::Trainer stopped(tiny(4), files_, {}, dir_ / "run", false);
+    T::TrainerCallbacks callbacks;
+    callbacks.should_stop = [&] { return stopped.step() == 2; };
+    stopped.run(callbacks);
+  }
+  const auto checkpoint = dir_ / "run" / "checkpoint.pt";
+  const auto sound = dir_ / "sound.pt";
+  fs::copy_file(checkpoint, sound);
+  const auto records = pconv::testing::tensor_records(sound);
+  ASSERT_GE(records.size(), 2U);
+  // Each record with no bytes, or cut short: a scalar, a weight or a moment of the optimizer,
+  // the random state.
+  for (size_t i = 0; i < records.size(); i += std::max<size_t>(1, records.size() / 7)) {
+    for (const size_t keep : {size_t{0}, size_t{1}}) {
+      fs::remove(checkpoint);
+      pconv::testing::copy_with_short_record(sound, checkpoint, records[i], keep);
+      EXPECT_THAT([&] { T::Trainer(tiny(4), files_, {}, dir_ / "run", true); },
+                  ::testing::ThrowsMessage<pconv::ModelError>(::testing::HasSubstr(
+                      "checkpoint.pt: cannot")))
+          << records[i] << " cut to " << keep << " bytes";
+    }
+  }
+  fs::remove(checkpoint);
+  pconv::testing::copy_with_short_record(sound, checkpoint, "", 0);
+  T::Trainer resumed(tiny(4), files_, {}, dir_ / "run", true);  // the copy itself is sound
+  EXPECT_EQ(resumed.step(), 2);
 }
 
 TEST_F(TrainerTest, ChannelsLastTrainsTheSameModel) {

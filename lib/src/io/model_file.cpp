@@ -1,6 +1,7 @@
 #include "pconv/io/model_file.h"
 
 #include "file_problem.h"
+#include "stored_tensor.h"
 
 #include "pconv/error.h"
 #include "pconv/io/atomic_file.h"
@@ -90,13 +91,18 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
     torch::serialize::InputArchive weights;
     archive.read("weights", weights);
     torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> loaded;
     for (auto& item : model->named_parameters()) {
       at::Tensor stored;
       weights.read(item.key(), stored);
       if (stored.sizes() != item.value().sizes()) {
         throw ModelError(name + ": weight '" + item.key() + "' has the wrong shape");
       }
+      if (!has_all_its_bytes(stored)) {
+        throw ModelError(name + ": weight '" + item.key() + "' is truncated");
+      }
       item.value().copy_(stored);
+      loaded.push_back(stored);
     }
     for (auto& item : model->named_buffers()) {
       at::Tensor stored;
@@ -104,7 +110,14 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
       if (stored.sizes() != item.value().sizes()) {
         throw ModelError(name + ": buffer '" + item.key() + "' has the wrong shape");
       }
+      if (!has_all_its_bytes(stored)) {
+        throw ModelError(name + ": buffer '" + item.key() + "' is truncated");
+      }
       item.value().copy_(stored);
+      loaded.push_back(stored);
+    }
+    if (!records_fill(name, loaded)) {
+      throw ModelError(name + ": is truncated (its weights have fewer bytes than their shapes need)");
     }
     if (metadata != nullptr) {
       auto read_string = [&](const char* key) {

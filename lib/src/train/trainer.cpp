@@ -10,6 +10,8 @@
 #include "pconv/io/model_file.h"
 #include "pconv/version.h"
 
+#include "../io/stored_tensor.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/serialize/input-archive.h>
@@ -92,6 +94,55 @@ void truncate_log(const std::filesystem::path& path, int64_t keep_steps) {
   }
   in.close();
   io::write_file_atomically(path, kept);
+}
+
+// Names and shapes of a model's parameters and buffers, to compare with after a load.
+std::vector<std::pair<std::string, std::vector<int64_t>>> shapes_of(const torch::nn::Module& m) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  for (const auto& item : m.named_parameters()) shapes.emplace_back(item.key(), item->sizes().vec());
+  for (const auto& item : m.named_buffers()) shapes.emplace_back(item.key(), item->sizes().vec());
+  return shapes;
+}
+
+// What is wrong with the tensors a checkpoint loaded into the model and the optimizer (a
+// changed shape, bytes missing from a damaged file), or nothing: without this check such a
+// checkpoint crashes at the first step instead of giving an error.
+std::string loaded_state_problem(
+    const std::string& file_name, const torch::nn::Module& model,
+    const torch::optim::Adam& optimizer,
+    const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected,
+    std::vector<at::Tensor> loaded) {
+  if (shapes_of(model) != expected) return "its model has other shapes than this run's";
+  for (const auto& tensor : loaded) {
+    if (tensor.defined() && !io::has_all_its_bytes(tensor)) return "its state is truncated";
+  }
+  for (const auto& item : model.named_parameters()) {
+    if (!io::has_all_its_bytes(*item)) return "weight '" + item.key() + "' is truncated";
+    loaded.push_back(*item);
+  }
+  for (const auto& item : model.named_buffers()) {
+    if (!io::has_all_its_bytes(*item)) return "buffer '" + item.key() + "' is truncated";
+    loaded.push_back(*item);
+  }
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& parameter : group.params()) {
+      const auto found = optimizer.state().find(parameter.unsafeGetTensorImpl());
+      if (found == optimizer.state().end()) continue;
+      const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(found->second.get());
+      if (adam == nullptr) return "its optimizer state is not Adam's";
+      for (const auto* moment : {&adam->exp_avg(), &adam->exp_avg_sq(), &adam->max_exp_avg_sq()}) {
+        if (!moment->defined()) continue;
+        if (moment->sizes() != parameter.sizes() || !io::has_all_its_bytes(*moment)) {
+          return "its optimizer state is damaged";
+        }
+        loaded.push_back(*moment);
+      }
+    }
+  }
+  if (!io::records_fill(file_name, loaded)) {
+    return "it is truncated: its tensors have fewer bytes than their shapes need";
+  }
+  return "";
 }
 
 }  // namespace
@@ -262,6 +313,7 @@ void Trainer::load_checkpoint() {
     }
     archive.read("step", value);
     step_ = value.toInt();
+    const auto expected_shapes = shapes_of(*model_);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     model_->load(model_archive);
@@ -270,18 +322,25 @@ void Trainer::load_checkpoint() {
     optimizer_->load(optimizer_archive);
     at::Tensor rng_state;
     archive.read("cpu_rng", rng_state);
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
-    generator.set_state(rng_state.to(at::kCPU));
     at::Tensor amp_scale;
     at::Tensor amp_growth_tracker;
     // Checkpoints from before mixed precision have no scaler state: keep the initial one.
-    if (archive.try_read("amp_scale", amp_scale) &&
-        archive.try_read("amp_growth_tracker", amp_growth_tracker)) {
+    const bool has_scaler = archive.try_read("amp_scale", amp_scale) &&
+                            archive.try_read("amp_growth_tracker", amp_growth_tracker);
+    if (const auto problem =
+            loaded_state_problem(path.string(), *model_, *optimizer_, expected_shapes,
+                                 {rng_state, amp_scale, amp_growth_tracker});
+        !problem.empty()) {
+      throw ModelError(path.string() + ": cannot resume from the checkpoint (" + problem + ")");
+    }
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(rng_state.to(at::kCPU));
+    if (has_scaler) {
       scaler_.load_state({amp_scale.to(at::kCPU), amp_growth_tracker.to(at::kCPU)});
     }
     model_->set_freeze_encoder_bn(options_.finetune());
     model_->train();
-  } catch (const InputError&) {
+  } catch (const Error&) {
     throw;
   } catch (const std::exception& error) {
     throw ModelError(path.string() + ": cannot read the checkpoint (" + brief(error) + ")");

@@ -1,0 +1,23 @@
+// Checks on tensors read from files that pconv did not necessarily write.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pconv::io {
+
+/// Whether every element of `tensor` lies inside the bytes its storage holds. A tensor read
+/// from a truncated or crafted file can have sizes and strides that reach past its storage
+/// (or a storage of no bytes at all); using it would read memory that is not the file's.
+bool has_all_its_bytes(const at::Tensor& tensor);
+
+/// Whether each distinct storage of `loaded`, read from the archive `file_name` (a
+/// torch::serialize archive), has a tensor record of its size there. LibTorch makes each
+/// storage as large as the archive's pickle says and fills it from the record, so a record that
+/// was cut short leaves the rest of the storage uninitialized instead of failing; this finds it.
+bool records_fill(const std::string& file_name, const std::vector<at::Tensor>& loaded);
+
+}  // namespace pconv::io
