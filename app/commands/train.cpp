@@ -183,7 +183,13 @@ void run_train(const TrainOptions& options) {
     if (device.is_cuda()) device.set_index(static_cast<c10::DeviceIndex>(distributed->local_rank));
     distributed->timeout = std::chrono::seconds(options.timeout_seconds);
     distributed->device = device;
-    group = std::make_shared<train::ProcessGroup>(*distributed);
+    distributed->should_stop = [] { return g_stop_requested.load(); };
+    try {
+      group = std::make_shared<train::ProcessGroup>(*distributed);
+    } catch (const Error&) {
+      if (g_stop_requested) throw Interrupted("stopped while joining the process group");
+      throw;
+    }
     spdlog::info("joined the process group at {}:{} as rank {} of {} ({})",
                  distributed->master_addr, distributed->master_port, distributed->rank,
                  distributed->world_size, group->backends());

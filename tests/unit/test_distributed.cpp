@@ -2,14 +2,21 @@
 // the identity, on Gloo for CPU tensors and NCCL for CUDA tensors), and GradientReducer's
 // overlapped averaging leaving a plain backward's gradients. The multi-process checks are the
 // CTest distributed.* tests (tests/cli/distributed_check.cpp).
+#include <pconv/error.h>
 #include <pconv/train/distributed.h>
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -86,6 +93,57 @@ TEST(Distributed, OneRankReducerKeepsTheGradients) {
 TEST(Distributed, ReducerRejectsFrozenParameters) {
   if (!pconv::train::distributed_available()) GTEST_SKIP() << "built without Gloo";
   EXPECT_THROW(GradientReducer(one_rank_group(torch::kCPU), {at::ones({2})}), c10::Error);
+}
+
+// A master that takes the connection and never answers: c10d's client waits for its first
+// answer with no timeout of its own.
+class SilentMaster {
+ public:
+  SilentMaster() : socket_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = 0;  // a free port
+    socklen_t length = sizeof(address);
+    if (socket_ < 0 || ::bind(socket_, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+        ::listen(socket_, 4) != 0 ||
+        ::getsockname(socket_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      ADD_FAILURE() << "cannot listen on the loopback address";
+    }
+    port_ = ntohs(address.sin_port);
+  }
+  ~SilentMaster() { ::close(socket_); }
+  SilentMaster(const SilentMaster&) = delete;
+  SilentMaster& operator=(const SilentMaster&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  int socket_;
+  int port_ = 0;
+};
+
+TEST(Distributed, JoiningASilentMasterEndsAtTheTimeoutOrAStopRequest) {
+  if (!pconv::train::distributed_available()) GTEST_SKIP() << "built without Gloo";
+  SilentMaster master;
+  DistributedOptions options;
+  options.rank = 1;
+  options.world_size = 2;
+  options.master_port = master.port();
+  options.timeout = std::chrono::seconds(1);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THAT([&] { ProcessGroup group(options); },
+              ::testing::ThrowsMessage<pconv::Error>(::testing::HasSubstr(
+                  "rank 1 of 2: cannot join the process group at 127.0.0.1:" +
+                  std::to_string(master.port()) + ": no answer within 1 s")));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+
+  options.timeout = std::chrono::minutes(10);
+  const auto stop_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  options.should_stop = [stop_at] { return std::chrono::steady_clock::now() > stop_at; };
+  EXPECT_THAT([&] { ProcessGroup group(options); },
+              ::testing::ThrowsMessage<pconv::Error>(
+                  ::testing::HasSubstr("stopped while joining the process group")));
 }
 
 TEST(Distributed, NcclOneRankCollectives_CUDA) {

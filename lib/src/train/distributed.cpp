@@ -18,8 +18,11 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <future>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 
@@ -76,6 +79,9 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::ProcessGroup> group;
   std::string backends;
 
+  // Connects to the store and sets up the backends: c10d's part of joining the group.
+  static std::unique_ptr<Impl> join(const DistributedOptions& options);
+
   // c10d's failures as one clear line.
   [[noreturn]] void fail(const std::string& what, const std::exception& error) const {
     std::string detail = error.what();
@@ -97,8 +103,9 @@ struct ProcessGroup::Impl {
   }
 };
 
-ProcessGroup::ProcessGroup(const DistributedOptions& options) : impl_(std::make_unique<Impl>()) {
-  impl_->options = options;
+std::unique_ptr<ProcessGroup::Impl> ProcessGroup::Impl::join(const DistributedOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
   const std::string where = options.master_addr + ":" + std::to_string(options.master_port);
   try {
     c10d::TCPStoreOptions store_options;
@@ -107,27 +114,27 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : impl_(std::make_
     store_options.numWorkers = options.world_size;
     store_options.waitWorkers = true;
     store_options.timeout = options.timeout;
-    impl_->store = c10::make_intrusive<c10d::TCPStore>(options.master_addr, store_options);
+    impl->store = c10::make_intrusive<c10d::TCPStore>(options.master_addr, store_options);
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout);
     gloo_options->devices.push_back(
         c10d::ProcessGroupGloo::createDeviceForHostname(options.master_addr));
     // Each backend rendezvouses under its own prefix of the one store.
     c10::intrusive_ptr<c10d::Backend> gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::make_intrusive<c10d::PrefixStore>("gloo", impl_->store), options.rank,
+        c10::make_intrusive<c10d::PrefixStore>("gloo", impl->store), options.rank,
         options.world_size, gloo_options);
     auto group =
-        c10::make_intrusive<c10d::ProcessGroup>(impl_->store, options.rank, options.world_size);
+        c10::make_intrusive<c10d::ProcessGroup>(impl->store, options.rank, options.world_size);
     using BackendType = c10d::ProcessGroup::BackendType;
     group->setBackend(c10::DeviceType::CPU, BackendType::GLOO, gloo);
-    impl_->backends = "Gloo";
+    impl->backends = "Gloo";
     bool nccl = false;
 #ifdef PCONV_WITH_NCCL
     if (options.device.is_cuda()) {
-      auto nccl_store = c10::make_intrusive<c10d::PrefixStore>("nccl", impl_->store);
+      auto nccl_store = c10::make_intrusive<c10d::PrefixStore>("nccl", impl->store);
       group->setBackend(c10::DeviceType::CUDA, BackendType::NCCL,
                         make_nccl_backend(nccl_store, options.rank, options.world_size,
                                           options.device.index(), options.timeout));
-      impl_->backends = "NCCL for CUDA tensors, Gloo for CPU tensors";
+      impl->backends = "NCCL for CUDA tensors, Gloo for CPU tensors";
       nccl = true;
     }
 #endif
@@ -137,14 +144,41 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : impl_(std::make_
     }
     group->setDefaultBackend(BackendType::GLOO);  // barrier() on a CPU tensor
     group->setGroupName("pconv");
-    impl_->group = group;
+    impl->group = group;
   } catch (const std::exception& error) {
     std::string detail = error.what();
     throw Error("rank " + std::to_string(options.rank) + " of " +
                 std::to_string(options.world_size) + ": cannot join the process group at " +
                 where + ": " + detail.substr(0, detail.find('\n')));
   }
+  return impl;
 }
+
+ProcessGroup::ProcessGroup(const DistributedOptions& options) {
+  // c10d's client waits for its master's first answer with no timeout, and a rendezvous cannot
+  // be cancelled: join on a thread of its own, so that the timeout and a stop request end the
+  // wait. A join that never ends leaves that thread behind, blocked on its socket.
+  std::packaged_task<std::unique_ptr<Impl>()> task([options] { return Impl::join(options); });
+  auto joined = task.get_future();
+  std::thread(std::move(task)).detach();
+  // c10d's own timeouts come first and say more; this one catches the waits that have none.
+  const auto deadline =
+      std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(2);
+  const std::string who = "rank " + std::to_string(options.rank) + " of " +
+                          std::to_string(options.world_size) + ": ";
+  const std::string where = options.master_addr + ":" + std::to_string(options.master_port);
+  while (joined.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+    if (options.should_stop && options.should_stop()) {
+      throw Error(who + "stopped while joining the process group at " + where);
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw Error(who + "cannot join the process group at " + where + ": no answer within " +
+                  std::to_string(options.timeout.count() / 1000) + " s");
+    }
+  }
+  impl_ = joined.get();
+}
+
 
 ProcessGroup::~ProcessGroup() = default;
 

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,6 +33,9 @@ struct DistributedOptions {
   /// CUDA tensors go over NCCL when this build has it (Gloo otherwise); CPU tensors always go
   /// over Gloo.
   torch::Device device = torch::kCPU;
+  /// Polled while joining the group (which can wait up to the timeout for the other ranks):
+  /// returning true ends the wait with a pconv::Error, as on Ctrl-C.
+  std::function<bool()> should_stop;
 };
 
 /// The process group torchrun's variables describe, or nullopt when WORLD_SIZE is not set.
