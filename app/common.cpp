@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -205,6 +206,45 @@ CLI::Validator non_negative_number() {
   return number_check(
       [](double value) { return value >= 0 ? std::string() : std::string("must be 0 or more"); },
       "NONNEGATIVE", "non-negative");
+}
+
+CLI::Validator whole_number(int64_t low, int64_t high) {
+  const std::string range = "[" + std::to_string(low) + " - " + std::to_string(high) + "]";
+  return {[low, high, range](std::string& text) -> std::string {
+            int64_t value = 0;
+            const char* end = text.data() + text.size();
+            const auto [stop, error] = std::from_chars(text.data(), end, value);
+            if (error != std::errc() || stop != end || value < low || value > high) {
+              return "'" + text + "' is not a whole number in " + range;
+            }
+            return {};
+          },
+          "INT in " + range, "whole number"};
+}
+
+CLI::Validator seed_number() {
+  return {[](std::string& text) -> std::string {
+            uint64_t value = 0;
+            const char* end = text.data() + text.size();
+            const auto [stop, error] = std::from_chars(text.data(), end, value);
+            if (text.empty() || text.front() == '-' || error != std::errc() || stop != end) {
+              return "'" + text + "' is not a whole number from 0 to 18446744073709551615";
+            }
+            return {};
+          },
+          "", "seed"};
+}
+
+void refuse_empty_values(CLI::App& app) {
+  const CLI::Validator not_empty(
+      [](std::string& text) { return text.empty() ? std::string("an empty value") : std::string(); },
+      "", "not empty");
+  for (auto* option : app.get_options()) {
+    if (option->get_type_size() != 0) option->check(not_empty);
+  }
+  for (auto* subcommand : app.get_subcommands([](CLI::App*) { return true; })) {
+    refuse_empty_values(*subcommand);
+  }
 }
 
 std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option) {

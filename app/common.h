@@ -77,6 +77,17 @@ CLI::Validator finite_number();
 CLI::Validator positive_number();
 CLI::Validator non_negative_number();
 
+/// A CLI11 check for a whole number from `low` to `high` (CLI11 would cap a larger one at the
+/// type's limit, or wrap a negative one into an unsigned type, without a word).
+CLI::Validator whole_number(int64_t low, int64_t high);
+
+/// A CLI11 check for a seed: a whole number from 0 to 2^64 - 1.
+CLI::Validator seed_number();
+
+/// Adds to every option of `app` and its subcommands that takes a value a check that the value
+/// is not empty (CLI11 would take "" as the default).
+void refuse_empty_values(CLI::App& app);
+
 /// Parses "WIDTHxHEIGHT" (e.g. 512x384) into (width, height); throws CLI::ValidationError
 /// naming `option` otherwise.
 std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option);

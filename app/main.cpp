@@ -82,6 +82,7 @@ static int run_pconv(int argc, char** argv) {
   setup_train(app);
   setup_info(app);
   setup_export(app);
+  refuse_empty_values(app);
 
   try {
     app.parse(argc, argv);

@@ -55,7 +55,9 @@ void setup_demo(CLI::App& app) {
                    "at most 8x)")
       ->check(CLI::Range(int64_t{1}, int64_t{512}))
       ->capture_default_str();
-  command->add_option("--seed", options->seed, "Random seed")->capture_default_str();
+  command->add_option("--seed", options->seed, "Random seed")
+      ->check(seed_number())
+      ->capture_default_str();
   add_common_options(*command, options->common);
   command->callback([options] { run_demo(*options); });
 }

@@ -69,9 +69,11 @@ void setup_eval(CLI::App& app) {
       ->check(CLI::Range(16, 8192))
       ->capture_default_str();
   command->add_option("--per-bin", options->per_bin, "Examples per bin (0: one per photo)")
-      ->check(non_negative_number())
+      ->check(whole_number(0, 100000))
       ->capture_default_str();
-  command->add_option("--seed", options->seed, "Seed of the masks")->capture_default_str();
+  command->add_option("--seed", options->seed, "Seed of the masks")
+      ->check(seed_number())
+      ->capture_default_str();
   command->add_option("--radius", options->radius, "Neighbourhood radius of Telea and NS, pixels")
       ->check(positive_number())
       ->capture_default_str();

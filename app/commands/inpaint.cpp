@@ -298,11 +298,11 @@ void setup_inpaint(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
       ->capture_default_str();
   command->add_option("--margin", options->margin, "Context around holes for crop, in pixels")
-      ->check(non_negative_number())
+      ->check(whole_number(0, 65536))
       ->capture_default_str();
   command->add_option("--resize-side", options->resize_side,
                       "Longer side the resize strategy scales the image to")
-      ->check(positive_number())
+      ->check(whole_number(1, 65536))
       ->capture_default_str();
   add_inference_options(*command, options->inference);
   command->add_option("--compare", options->compare,

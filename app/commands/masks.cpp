@@ -30,6 +30,7 @@ void setup_masks(CLI::App& app) {
       ->required();
   command->add_option("--size", options->size, "Mask size, WIDTHxHEIGHT")->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed: the same seed gives the same masks")
+      ->check(seed_number())
       ->capture_default_str();
   command->add_option("--min-ratio", options->min_ratio, "Smallest hole fraction")
       ->check(finite_number())

@@ -56,6 +56,15 @@ std::set<std::filesystem::path> folder_entries(const std::filesystem::path& fold
 
 void setup_train(CLI::App& app) {
   auto options = std::make_shared<TrainOptions>();
+  // The paper's largest weight is 120; a weight past float's range would train to NaN.
+  const CLI::Validator loss_weight_limit(
+      [](std::string& text) {
+        double value = 0;
+        return CLI::detail::lexical_cast(text, value) && value > 1e6
+                   ? "'" + text + "' must be at most 1e6"
+                   : std::string();
+      },
+      "", "at most 1e6");
   auto* command = app.add_subcommand(
       "train", "Train a partial-convolution UNet on a folder of photos, or fine-tune one");
   command->footer(
@@ -99,19 +108,24 @@ void setup_train(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--loss-valid", options->loss_valid, "Weight of the valid-pixel L1 term")
       ->check(non_negative_number())
+      ->check(loss_weight_limit)
       ->capture_default_str();
   command->add_option("--loss-hole", options->loss_hole, "Weight of the hole-pixel L1 term")
       ->check(non_negative_number())
+      ->check(loss_weight_limit)
       ->capture_default_str();
   command
       ->add_option("--loss-perceptual", options->loss_perceptual, "Weight of the perceptual term")
       ->check(non_negative_number())
+      ->check(loss_weight_limit)
       ->capture_default_str();
   command->add_option("--loss-style", options->loss_style, "Weight of each style term")
       ->check(non_negative_number())
+      ->check(loss_weight_limit)
       ->capture_default_str();
   command->add_option("--loss-tv", options->loss_tv, "Weight of the total-variation term")
       ->check(non_negative_number())
+      ->check(loss_weight_limit)
       ->capture_default_str();
   command
       ->add_option("--vgg", options->vgg,
@@ -126,28 +140,29 @@ void setup_train(CLI::App& app) {
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed (data order, crops, masks)")
+      ->check(seed_number())
       ->capture_default_str();
   command->add_flag("--resume", options->resume, "Continue the run in --out from its checkpoint");
   command
       ->add_option("--sample-every", options->sample_every,
                    "Steps between sample grids (0: only at the end)")
-      ->check(non_negative_number())
+      ->check(whole_number(0, 100000000))
       ->capture_default_str();
   command
       ->add_option("--checkpoint-every", options->checkpoint_every,
                    "Steps between checkpoints (0: only at the end)")
-      ->check(non_negative_number())
+      ->check(whole_number(0, 100000000))
       ->capture_default_str();
   command
       ->add_option("--validate-every", options->validate_every,
                    "Steps between validations (0: only at the end)")
-      ->check(non_negative_number())
+      ->check(whole_number(0, 100000000))
       ->capture_default_str();
   command
       ->add_option("--timeout", options->timeout_seconds,
                    "Data-parallel runs: seconds a collective may wait for the other ranks "
                    "before the run fails")
-      ->check(positive_number())
+      ->check(whole_number(1, 604800))
       ->capture_default_str();
   command
       ->add_option("--amp", options->amp,
@@ -161,7 +176,7 @@ void setup_train(CLI::App& app) {
   command->add_flag("--half-weights", options->half_weights,
                     "Store the final model's weights as float16 (half the file size)");
   command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
-      ->check(non_negative_number())
+      ->check(whole_number(0, 10000000))
       ->capture_default_str();
   add_common_options(*command, options->common);
   command->callback([options] {
@@ -176,7 +191,13 @@ void run_train(const TrainOptions& options) {
   // Started by torchrun or scripts/train-parallel.sh: join the process group first.
   std::shared_ptr<train::ProcessGroup> group;
   c10::Device device = resolve_device(options.common);
-  auto distributed = train::distributed_from_environment();
+  std::optional<train::DistributedOptions> distributed;
+  try {
+    distributed = train::distributed_from_environment();
+  } catch (const InputError& error) {
+    // The variables are part of how the command was started, as its options are.
+    throw CLI::ValidationError(error.what());
+  }
   if (distributed && distributed->world_size > 1) {
     if (distributed->rank != 0) spdlog::set_level(spdlog::level::warn);  // rank 0 reports
     // One GPU per rank; the group sends CUDA tensors over NCCL there.

@@ -350,6 +350,55 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   EXPECT_TRUE(at::equal(samples(d / "photo.png"), samples(d / "same.png")));
 }
 
+// Values CLI11 alone would take: "" (as the default), whole numbers past the type's limit (it
+// caps them), a negative seed (it wraps), a loss weight past float's range; and half a
+// torchrun environment.
+TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
+  TempDir dir;
+  const auto& d = dir.path();
+  pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
+  write_holes(d / "mask.png", rectangle_holes(16, 16));
+  const std::string photo = (d / "photo.png").string();
+  const std::string mask = (d / "mask.png").string();
+  const std::string data = " --data " + d.string();
+  struct Case {
+    std::string environment;
+    std::string args;
+    std::string message;
+  };
+  const Case cases[] = {
+      {"", "inpaint '' " + mask, "image: an empty value"},
+      {"", "inpaint " + photo + " " + mask + " -o ''", "--out: an empty value"},
+      {"", "train" + data + " -o ''", "--out: an empty value"},
+      {"", "eval" + data + " --per-bin ''", "--per-bin: '' is not a whole number"},
+      {"", "eval" + data + " --per-bin 99999999999999999999",
+       "--per-bin: '99999999999999999999' is not a whole number in [0 - 100000]"},
+      {"", "inpaint " + photo + " " + mask + " --margin 1e20", "--margin: '1e20' is not"},
+      {"", "train" + data + " --seed -1", "--seed: '-1' is not a whole number from 0"},
+      {"", "masks -n 1 -o " + (d / "m").string() + " --seed 18446744073709551616",
+       "--seed: '18446744073709551616' is not"},
+      {"", "train" + data + " --timeout 99999999999999", "--timeout: '99999999999999' is not"},
+      {"", "train" + data + " --validate-every 1e9", "--validate-every: '1e9' is not"},
+      {"", "train" + data + " --loss-valid 1e39", "--loss-valid: '1e39' must be at most 1e6"},
+      {"RANK", "train" + data, "RANK is set but WORLD_SIZE is not"},
+      {"WORLD_SIZE", "train" + data, "WORLD_SIZE='2x': expected an integer"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.environment + " " + c.args);
+    if (c.environment == "RANK") setenv("RANK", "1", 1);
+    if (c.environment == "WORLD_SIZE") setenv("WORLD_SIZE", "2x", 1);
+    const auto run = pconv(d, c.args);
+    unsetenv("RANK");
+    unsetenv("WORLD_SIZE");
+    EXPECT_EQ(run.rc, 2) << run.output;
+    EXPECT_NE(run.output.find("pconv: error: " + c.message), std::string::npos) << run.output;
+  }
+  EXPECT_FALSE(fs::exists(d / "m"));
+  // The largest seed is a seed.
+  EXPECT_EQ(pconv(d, "masks -n 1 -o " + (d / "m").string() + " --seed 18446744073709551615").rc,
+            0);
+}
+
 TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
   TempDir dir;
   const auto& d = dir.path();

@@ -51,7 +51,13 @@ int integer_variable(const char* name, int fallback, int low, int high) {
 }  // namespace
 
 std::optional<DistributedOptions> distributed_from_environment() {
-  if (!environment("WORLD_SIZE")) return std::nullopt;
+  if (!environment("WORLD_SIZE")) {
+    // Half a torchrun environment is a mistake, not a single-process run.
+    if (environment("RANK")) {
+      throw InputError("RANK is set but WORLD_SIZE is not: set both (as torchrun does), or neither");
+    }
+    return std::nullopt;
+  }
   DistributedOptions options;
   options.world_size = integer_variable("WORLD_SIZE", 1, 1, 1 << 20);
   options.rank = integer_variable("RANK", 0, 0, options.world_size - 1);
