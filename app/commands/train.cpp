@@ -229,9 +229,24 @@ void run_train(const TrainOptions& options) {
     throw CLI::ValidationError(
         "--size", fmt::format("{} is not a multiple of 2^depth = {}", options.size, multiple));
   }
-  const auto train_files = data::list_images(options.data_dir);
+  // The run folder never mixes with the photos (model.pt could replace a photo of that name,
+  // and samples/*.png would be trained on after a resume): --out may be a folder inside --data
+  // or --val, whose files are left out, not one of them or a folder above.
+  auto train_files = data::list_images(options.data_dir);
   std::vector<std::filesystem::path> validation_files;
   if (!options.validation_dir.empty()) validation_files = data::list_images(options.validation_dir);
+  for (const auto& [option, folder] : {std::pair{"--data", options.data_dir},
+                                       std::pair{"--val", options.validation_dir}}) {
+    if (!folder.empty() && is_within(folder, options.out_dir)) {
+      throw CLI::ValidationError("-o", "'" + options.out_dir + "' would hold the run among the " +
+                                           "photos of " + option + " '" + folder +
+                                           "'; choose another folder");
+    }
+  }
+  if (is_within(options.out_dir, options.data_dir)) leave_out_results(train_files, options.out_dir);
+  if (!options.validation_dir.empty() && is_within(options.out_dir, options.validation_dir)) {
+    leave_out_results(validation_files, options.out_dir);
+  }
   spdlog::info("{} training photos in {}{}", train_files.size(), options.data_dir,
                validation_files.empty()
                    ? std::string(", no validation folder")

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -242,6 +244,7 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
   }
   std::ofstream(d / "empty.png").close();
+  ASSERT_EQ(mkfifo((d / "fifo.png").c_str(), 0600), 0);
   fs::create_directories(d / "links");
   fs::create_symlink("loop_b", d / "links" / "loop_a");
   fs::create_symlink("loop_a", d / "links" / "loop_b");
@@ -313,6 +316,9 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() + " -o " +
            d.string(),
        2, "would hold the results over --input"},
+      // A device or a pipe is not replaced by a file.
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "fifo.png").string(),
+       3, "fifo.png: is not a regular file"},
       // A side-by-side picture that cannot be written leaves no result behind.
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.png").string() +
            " --compare " + (d / "c.xyz").string(),
@@ -336,6 +342,7 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
     EXPECT_EQ(errors, 1) << run.output;
   }
   EXPECT_FALSE(fs::exists(d / "x.png"));
+  EXPECT_TRUE(fs::is_fifo(d / "fifo.png"));
   EXPECT_TRUE(at::equal(samples(d / "photo.png"), photo_before));
   EXPECT_TRUE(at::equal(samples(d / "mask.png"), mask_before));
   // A mask of another size is scaled on request; a mask with no hole leaves the image as it is.
@@ -358,6 +365,8 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
   const auto& d = dir.path();
   pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
   write_holes(d / "mask.png", rectangle_holes(16, 16));
+  fs::create_directories(d / "val");
+  pconv::io::write_image(d / "val" / "photo.png", picture(3, 16, 16));
   const std::string photo = (d / "photo.png").string();
   const std::string mask = (d / "mask.png").string();
   const std::string data = " --data " + d.string();
@@ -382,6 +391,10 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
       {"", "train" + data + " --loss-valid 1e39", "--loss-valid: '1e39' must be at most 1e6"},
       {"RANK", "train" + data, "RANK is set but WORLD_SIZE is not"},
       {"WORLD_SIZE", "train" + data, "WORLD_SIZE='2x': expected an integer"},
+      {"", "train" + data + " -o " + d.string(),
+       "-o: '" + d.string() + "' would hold the run among the photos of --data"},
+      {"", "train" + data + " --val " + (d / "val").string() + " -o " + (d / "val").string(),
+       "-o: '" + (d / "val").string() + "' would hold the run among the photos of --val"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.environment + " " + c.args);

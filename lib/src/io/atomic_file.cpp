@@ -16,6 +16,14 @@ std::filesystem::path temporary_sibling(const std::filesystem::path& path) {
 }
 
 void write_bytes(const std::filesystem::path& path, const char* data, size_t size) {
+  // The rename would replace whatever is there: a device (-o /dev/null), a pipe, a socket.
+  std::error_code status_error;
+  const auto status = std::filesystem::status(path, status_error);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    throw InputError(path.string() + (std::filesystem::is_directory(status)
+                                          ? ": is a folder, not a file to write"
+                                          : ": is not a regular file; pconv writes only files"));
+  }
   const auto temporary = temporary_sibling(path);
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
