@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <pconv/error.h>
 #include <pconv/infer/inpainter.h>
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/version.h>
@@ -176,6 +177,28 @@ void leave_out_results(std::vector<std::filesystem::path>& files,
                  std::distance(results, files.end()), out_dir.string());
   }
   files.erase(results, files.end());
+}
+
+OutputFolder::OutputFolder(const std::filesystem::path& folder) {
+  std::error_code error;
+  for (auto missing = folder; !missing.empty() && !std::filesystem::exists(missing, error);
+       missing = missing.parent_path()) {
+    made_ = missing;
+    if (missing == missing.parent_path()) break;
+  }
+  std::filesystem::create_directories(folder, error);
+  if (error || !std::filesystem::is_directory(folder)) {
+    std::error_code ignored;
+    if (!made_.empty()) std::filesystem::remove_all(made_, ignored);  // what was made of it
+    throw InputError(folder.string() + ": cannot create the output folder" +
+                     (error ? ": " + error.message() : std::string()));
+  }
+}
+
+OutputFolder::~OutputFolder() {
+  if (made_.empty()) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(made_, ignored);
 }
 
 namespace {

@@ -68,6 +68,22 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
 void leave_out_results(std::vector<std::filesystem::path>& files,
                        const std::filesystem::path& out_dir);
 
+/// Makes `folder` (and its missing parents) for a command's results, or throws InputError.
+/// Unless keep() is called, the destructor takes away the folders it made, with what was
+/// written into them, so that a failed command leaves no empty or half-filled folder behind.
+class OutputFolder {
+ public:
+  explicit OutputFolder(const std::filesystem::path& folder);
+  ~OutputFolder();
+  OutputFolder(const OutputFolder&) = delete;
+  OutputFolder& operator=(const OutputFolder&) = delete;
+
+  void keep() { made_.clear(); }
+
+ private:
+  std::filesystem::path made_;  // the outermost folder this made, or empty
+};
+
 /// A CLI11 check that passes finite numbers only (CLI11's Range lets NaN through); chain it
 /// before a Range.
 CLI::Validator finite_number();

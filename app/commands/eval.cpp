@@ -136,9 +136,7 @@ void run_eval(const EvalOptions& options) {
                options.data_dir, options.size, options.size, per_bin, model_path, device.str(),
                precision);
   const std::filesystem::path out_dir = options.out_dir;
-  std::error_code error;
-  std::filesystem::create_directories(out_dir, error);
-  if (error) throw InputError(out_dir.string() + ": cannot create the folder: " + error.message());
+  OutputFolder out_folder(out_dir);  // made now, so that an unwritable -o fails early
 
   Progress progress("eval", per_bin * static_cast<int64_t>(eval::paper_bins().size()));
   const auto report = eval::evaluate(photos, methods, eval_options, [&] { progress.advance(); });
@@ -153,6 +151,7 @@ void run_eval(const EvalOptions& options) {
   const auto grid_name = std::string("examples") + io::kTensorImageExtension;
 #endif
   io::write_image(out_dir / grid_name, eval::example_grid(report));
+  out_folder.keep();
   fmt::print("{}", eval::to_text(report));
   spdlog::info("reports in {}: eval.md, eval.csv, eval.json, {} (columns: input, {}, truth)",
                out_dir.string(), grid_name, fmt::join(report.methods, ", "));

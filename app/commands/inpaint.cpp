@@ -19,6 +19,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -127,21 +128,16 @@ fs::path default_output(const fs::path& image) {
   return image.parent_path() / (image.stem().string() + ".inpainted" + image.extension().string());
 }
 
-// Creates `folder` and checks that a file can be written in it.
+// Checks that a file can be written in `folder`.
 void check_writable_folder(const fs::path& folder) {
-  std::error_code error;
-  fs::create_directories(folder, error);
-  if (error || !fs::is_directory(folder)) {
-    throw InputError(folder.string() + ": cannot create the output folder" +
-                     (error ? ": " + error.message() : std::string()));
-  }
   const auto probe = folder / ".pconv-write-test";
   try {
     io::write_file_atomically(probe, std::string());
   } catch (const std::exception&) {
     throw InputError(folder.string() + ": the output folder is not writable");
   }
-  fs::remove(probe, error);
+  std::error_code ignored;
+  fs::remove(probe, ignored);
 }
 
 fs::path single_output(const InpaintOptions& options) {
@@ -151,14 +147,19 @@ fs::path single_output(const InpaintOptions& options) {
 void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options,
                 const infer::InpaintOptions& inpaint_options) {
   const fs::path out = single_output(options);
+  std::optional<OutputFolder> out_folder;  // taken away again if the image fails
   if (out.has_parent_path()) {
-    std::error_code ignored;  // a folder that cannot be made shows up as the write's error
-    fs::create_directories(out.parent_path(), ignored);
+    try {
+      out_folder.emplace(out.parent_path());
+    } catch (const InputError&) {
+      // A folder that cannot be made shows up as the write's error, naming the file.
+    }
   }
   const auto loaded = load(options.image, options.mask, options);
   const auto summary =
       inpaint_one(inpainter, loaded, options.image, options.mask, out, options, inpaint_options);
   spdlog::info("{}: {}", options.image, summary);
+  if (out_folder) out_folder->keep();
   fmt::print("{}\n", out.string());
   if (!options.compare.empty()) spdlog::info("side-by-side picture: {}", options.compare);
 }
@@ -189,6 +190,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
                        (masks_error ? masks_error.message() : "no such file or folder"));
     }
   }
+  OutputFolder out_folder(out_dir);  // taken away again if no image is inpainted
   check_writable_folder(out_dir);
 
   struct Job {
@@ -211,7 +213,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
       if (it == masks_by_stem.end()) {
         failures.push_back(file.string() + ": no mask named '" + file.stem().string() + ".*' in " +
                            options.masks);
-        spdlog::error("{}", failures.back());
+        spdlog::warn("{}", failures.back());  // the error line at the end counts them
         continue;
       }
       mask = it->second;
@@ -246,6 +248,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     }
     progress.finish();
   }
+  if (done > 0) out_folder.keep();
   spdlog::info("{} inpainted, {} skipped (output exists), {} failed; results in {}", done, skipped,
                failures.size(), out_dir.string());
   if (!failures.empty()) {

@@ -412,6 +412,41 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
             0);
 }
 
+// A command that fails takes away the output folders it made: nothing is left to look like a
+// result. A refused training run adds nothing to the run folder.
+TEST(Cli, FailedCommandsLeaveNoFolderBehind) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "bad");
+  std::ofstream(d / "bad" / "a.png") << "not a png";
+  std::ofstream(d / "bad" / "b.png") << "not a png either";
+  pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
+  fs::create_directories(d / "run");
+  std::ofstream(d / "run" / "checkpoint.pt") << "a checkpoint";
+  const std::string bad = (d / "bad").string();
+  const std::pair<std::string, int> runs[] = {
+      {"eval --data " + bad + " -o " + (d / "reports" / "deep").string(), 3},
+      {"inpaint --input " + bad + " --masks " + bad + "/a.png -o " + (d / "batch" / "x").string(),
+       3},
+      {"inpaint " + (d / "photo.png").string() + " " + bad + "/a.png -o " +
+           (d / "single" / "x" / "out.png").string(),
+       3},
+      {"train --data " + d.string() + "/bad/.. -o " + (d / "run").string(), 3},
+  };
+  for (const auto& [args, rc] : runs) {
+    SCOPED_TRACE(args);
+    const auto run = pconv(d, args);
+    EXPECT_EQ(run.rc, rc) << run.output;
+    if (args.rfind("inpaint --input", 0) == 0) {
+      // Each bad image is a warning; the one error line counts them.
+      EXPECT_NE(run.output.find("pconv: error: 2 of 2 images failed"), std::string::npos)
+          << run.output;
+    }
+  }
+  for (const auto* made : {"reports", "batch", "single"}) EXPECT_FALSE(fs::exists(d / made)) << made;
+  EXPECT_EQ(std::distance(fs::directory_iterator(d / "run"), fs::directory_iterator()), 1);
+}
+
 TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
   TempDir dir;
   const auto& d = dir.path();

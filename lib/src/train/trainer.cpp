@@ -170,10 +170,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     throw InputError("--size " + std::to_string(options_.size()) + " must be a multiple of " +
                      std::to_string(model_->size_multiple()) + " (2^depth)");
   }
-  std::error_code error;
-  std::filesystem::create_directories(run_dir_ / "samples", error);
-  if (error)
-    throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
+  // Checked before anything is made, so that a refused run adds nothing to the folder.
   const auto checkpoint = run_dir_ / kCheckpointFile;
   if (!resume && std::filesystem::exists(checkpoint)) {
     throw InputError(run_dir_.string() +
@@ -182,6 +179,10 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   if (resume && !std::filesystem::exists(checkpoint)) {
     throw InputError(checkpoint.string() + ": no checkpoint to resume");
   }
+  std::error_code error;
+  std::filesystem::create_directories(run_dir_ / "samples", error);
+  if (error)
+    throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
 
   if (!options_.vgg_path().empty()) {
     loss_ = loss::InpaintingLoss(options_.loss_weights(),
