@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Decodes a folder of photos into tensor images (.pt) that any pconv build reads, OpenCV or not.
 
-A tensor image is one uint8 (or uint16) tensor (H, W[, C]) in RGB order saved with torch.save;
-pconv reads it wherever it reads images. This is how a machine without OpenCV for C++ (the
-lent GPU machine) trains: its Python has torch and pillow.
+A tensor image is one uint8 tensor (H, W[, C]) in RGB order, int32 for 16-bit samples, saved
+with torch.save; pconv reads it wherever it reads images. This is how a machine without OpenCV
+for C++ (the lent GPU machine) trains: its Python has torch and pillow.
 
     photos_to_tensors.py SRC_DIR DST_DIR    (the folder structure is kept; .pt replaces the suffix)
 """
@@ -22,8 +22,8 @@ SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 def convert(src: Path, dst: Path) -> str:
     with Image.open(src) as image:
         if image.mode in ("I;16", "I;16B", "I;16L"):
-            array = np.asarray(image, dtype=np.uint16).astype(np.int32)
-            tensor = torch.from_numpy(array.astype(np.int16).copy()).view(torch.uint16)
+            # int32, not uint16: torch.save writes uint16 in a form LibTorch cannot read.
+            tensor = torch.from_numpy(np.asarray(image, dtype=np.uint16).astype(np.int32))
         else:
             if image.mode not in ("L", "RGB", "RGBA"):
                 image = image.convert("RGBA" if "A" in image.getbands() else "RGB")

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -65,6 +66,30 @@ TEST(TensorImage, RejectsCorruptWrongTypeAndWrongShape) {
   const auto list = dir.path() / "list.pt";
   write_bytes(list, torch::jit::pickle_save(c10::IValue(int64_t{3})));
   EXPECT_THROW(pconv::io::read_image(list), pconv::InputError);
+}
+
+// 16-bit samples as int32 (how Python saves them: its torch.save writes uint16 in a form
+// LibTorch cannot read), and files that describe more than they hold.
+TEST(TensorImage, ReadsInt32AsSixteenBitsAndRejectsWhatTheFileDoesNotHold) {
+  TempDir dir;
+  const auto int32 = dir.path() / "int32.pt";
+  const auto values = at::tensor({0, 1, 65535, 40000}, at::kInt).reshape({2, 2});
+  write_bytes(int32, torch::jit::pickle_save(values));
+  const auto image = pconv::io::read_image(int32);
+  EXPECT_EQ(image.bit_depth, 16);
+  EXPECT_TRUE(at::equal((image.pixels[0].to(at::kDouble) * 65535.0).round().to(at::kInt), values));
+
+  const auto too_large = dir.path() / "too_large.pt";
+  write_bytes(too_large, torch::jit::pickle_save(at::full({2, 2}, 65536, at::kInt)));
+  EXPECT_THAT([&] { pconv::io::read_image(too_large); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("0 to 65535")));
+
+  // One byte repeated as a 20000x20000 picture: 1.2 GB of samples from a file of a few bytes.
+  const auto repeated = dir.path() / "repeated.pt";
+  write_bytes(repeated,
+              torch::jit::pickle_save(at::zeros({1, 1, 3}, at::kByte).expand({20000, 20000, 3})));
+  EXPECT_THAT([&] { pconv::io::read_image(repeated); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("zero strides")));
 }
 
 TEST(TensorImage, WritesMasksWhiteForHoles) {

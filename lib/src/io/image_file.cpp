@@ -2,6 +2,7 @@
 
 #include "file_problem.h"
 #include "stderr_capture.h"
+#include "stored_tensor.h"
 
 #include "pconv/error.h"
 
@@ -38,8 +39,12 @@ bool is_tensor_image(const std::filesystem::path& path) {
   return lower_extension(path) == kTensorImageExtension;
 }
 
-// A tensor image: one uint8 or uint16 tensor (H, W) or (H, W, C), C = 1, 3 or 4, RGB order,
-// as torch.save writes it in Python or torch::pickle_save in C++.
+// The most pixels a tensor image may have: OpenCV's own limit for the images it reads.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 30;
+
+// A tensor image: one uint8 (8-bit) or uint16 or int32 (16-bit) tensor (H, W) or (H, W, C),
+// C = 1, 3 or 4, RGB order, as torch::pickle_save writes it in C++ or torch.save in Python.
+// (Python's torch.save writes uint16 in a form LibTorch cannot read: there int32 stands in.)
 Image read_tensor_image(const std::filesystem::path& path) {
   const std::string name = path.string();
   std::ifstream in(path, std::ios::binary);
@@ -50,36 +55,54 @@ Image read_tensor_image(const std::filesystem::path& path) {
   try {
     value = torch::jit::pickle_load(bytes);
   } catch (const std::exception&) {
-    throw InputError(name + ": cannot read the tensor image (corrupt or not a torch.save file)");
+    throw InputError(name + ": cannot read the tensor image (corrupt, not a torch.save file, or " +
+                     "Python's uint16: save int32 instead)");
   }
   if (!value.isTensor()) throw InputError(name + ": holds no tensor; expected an image tensor");
   auto hwc = value.toTensor();
   if (hwc.dim() == 2) hwc = hwc.unsqueeze(2);
   const auto type = hwc.scalar_type();
-  if (hwc.dim() != 3 || (type != at::kByte && type != at::kUInt16) ||
+  if (hwc.dim() != 3 || (type != at::kByte && type != at::kUInt16 && type != at::kInt) ||
       (hwc.size(2) != 1 && hwc.size(2) != 3 && hwc.size(2) != 4) || hwc.numel() == 0) {
-    throw InputError(name + ": expected a uint8 or uint16 tensor (H, W[, 1|3|4]); got " +
+    throw InputError(name + ": expected a uint8, uint16 or int32 tensor (H, W[, 1|3|4]); got " +
                      std::string(c10::toString(type)) + " " + c10::str(hwc.sizes()));
   }
+  if (!has_all_its_bytes(hwc)) throw InputError(name + ": the tensor image is truncated");
+  // A file of a few bytes can describe a huge picture with zero strides: the file must hold
+  // every sample, so that what is read is about as large as the file.
+  if (hwc.storage().nbytes() / hwc.element_size() < static_cast<size_t>(hwc.numel())) {
+    throw InputError(name + ": the tensor image repeats its samples (zero strides); save a " +
+                     "contiguous tensor");
+  }
+  if (hwc.size(0) > kMaxImagePixels / hwc.size(1)) {
+    throw InputError(name + ": " + std::to_string(hwc.size(1)) + "x" +
+                     std::to_string(hwc.size(0)) + " is larger than the " +
+                     std::to_string(kMaxImagePixels) + " pixels pconv reads");
+  }
   Image image;
-  image.bit_depth = type == at::kUInt16 ? 16 : 8;
-  // uint16 has few kernels; int32 holds every value exactly.
-  const auto samples = type == at::kUInt16 ? hwc.view(at::kShort).to(at::kInt).bitwise_and(0xFFFF)
-                                           : hwc.to(at::kInt);
-  const double scale = image.bit_depth == 16 ? 65535.0 : 255.0;
-  image.pixels =
-      (samples.to(at::kFloat) / scale).permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+  image.bit_depth = type == at::kByte ? 8 : 16;
+  try {
+    // uint16 has few kernels; int32 holds every value exactly.
+    const auto samples = type == at::kUInt16
+                             ? hwc.view(at::kShort).to(at::kInt).bitwise_and(0xFFFF)
+                             : hwc.to(at::kInt);
+    if (type == at::kInt && (samples.min().item<int>() < 0 || samples.max().item<int>() > 65535)) {
+      throw InputError(name + ": an int32 tensor image holds 16-bit samples, 0 to 65535");
+    }
+    const double scale = image.bit_depth == 16 ? 65535.0 : 255.0;
+    image.pixels =
+        (samples.to(at::kFloat) / scale).permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+  } catch (const c10::Error& error) {
+    throw InputError(name + ": cannot convert the tensor image (" + brief(error) + ")");
+  }
   return image;
 }
 
 void write_tensor_image(const std::filesystem::path& path, const at::Tensor& hwc_samples,
                         int bit_depth) {
+  // 16-bit samples as int32, which Python's torch.load reads too (it has no uint16 storage).
   auto samples = hwc_samples.to(at::kInt);
-  if (bit_depth == 16) {
-    samples = samples.to(at::kShort).view(at::kUInt16);
-  } else {
-    samples = samples.to(at::kByte);
-  }
+  if (bit_depth != 16) samples = samples.to(at::kByte);
   const auto bytes = torch::jit::pickle_save(samples.contiguous());
   write_file_atomically(path, std::string(bytes.begin(), bytes.end()));
 }
