@@ -38,6 +38,8 @@ void setup_logging() {
   spdlog::set_default_logger(logger);
   spdlog::set_level(spdlog::level::info);
   spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug etc.
+  // Quieter than errors would hide why a command failed: errors always show.
+  if (logger->level() > spdlog::level::err) logger->set_level(spdlog::level::err);
   // What libjpeg or libpng say about an image they did decode, as pconv's own warning.
   pconv::io::set_decoder_warning_handler(
       [](const std::string& warning) { spdlog::warn("{}", warning); });

@@ -344,6 +344,21 @@ void run_inpaint(const InpaintOptions& options) {
     }
   } else {
     const auto out = single_output(options);
+    // Before the network runs: a format pconv cannot write is a mistake in the command (the
+    // default output has the image's own format).
+    for (const auto& [path, option] : {std::pair<fs::path, const char*>{options.out, "-o"},
+                                       {options.compare, "--compare"}}) {
+      if (path.empty()) continue;
+      std::string extension = path.extension().string();
+      std::transform(extension.begin(), extension.end(), extension.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+      const auto& known = io::image_extensions();
+      if (std::find(known.begin(), known.end(), extension) == known.end()) {
+        throw CLI::ValidationError(
+            option, fmt::format("'{}': the extension names no image format pconv writes ({})",
+                                path.string(), fmt::join(known, " ")));
+      }
+    }
     refuse_overwriting_inputs(out, "-o", {options.image, options.mask, model_path});
     refuse_overwriting_inputs(options.compare, "--compare",
                               {options.image, options.mask, model_path, out});

@@ -321,8 +321,14 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
        3, "fifo.png: is not a regular file"},
       // A side-by-side picture that cannot be written leaves no result behind.
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.png").string() +
-           " --compare " + (d / "c.xyz").string(),
-       3, "c.xyz"},
+           " --compare /proc/pconv-no/c.png",
+       3, "/proc/pconv-no/c.png"},
+      // A format pconv does not write is found before the network runs.
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.xyz").string(), 2,
+       "-o: '" + (d / "x.xyz").string() + "': the extension names no image format"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --compare " +
+           (d / "c.xyz").string(),
+       2, "--compare: '" + (d / "c.xyz").string() + "': the extension names no image format"},
   };
   const auto photo_before = samples(d / "photo.png");
   const auto mask_before = samples(d / "mask.png");
