@@ -168,6 +168,8 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
   return true;
 }
 
+void warn_line(const std::string& message) { spdlog::warn("{}", message); }
+
 void leave_out_results(std::vector<std::filesystem::path>& files,
                        const std::filesystem::path& out_dir) {
   const auto results = std::remove_if(files.begin(), files.end(),

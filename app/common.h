@@ -63,6 +63,10 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
 /// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder);
 
+/// Logs `message` as a warning: for library callbacks such as data::list_images's skipped
+/// entries.
+void warn_line(const std::string& message);
+
 /// Takes out of `files` (listed from an input folder) those inside `out_dir`, where an earlier
 /// run wrote its results, and says so.
 void leave_out_results(std::vector<std::filesystem::path>& files,

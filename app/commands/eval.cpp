@@ -90,7 +90,7 @@ void run_eval(const EvalOptions& options) {
   const c10::Device device = resolve_device(options.common);
   // The reports never mix with the photos (examples.png would be read as one next time): -o
   // may be a folder inside --data, whose files are left out, not --data or a folder above it.
-  auto photos = data::list_images(options.data_dir);
+  auto photos = data::list_images(options.data_dir, warn_line);
   if (is_within(options.data_dir, options.out_dir)) {
     throw CLI::ValidationError("-o", "'" + options.out_dir + "' would hold the reports among the " +
                                          "photos of --data '" + options.data_dir +

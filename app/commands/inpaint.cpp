@@ -169,14 +169,14 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   const fs::path input_dir = options.input_dir;
   const fs::path out_dir = options.out;
   // Results in a folder inside the input folder are not inputs of a later run.
-  auto files = data::list_images(input_dir);
+  auto files = data::list_images(input_dir, warn_line);
   if (is_within(out_dir, input_dir)) leave_out_results(files, out_dir);
   // One mask for every image, or masks matched by file stem.
   std::map<std::string, fs::path> masks_by_stem;
   fs::path single_mask;
   std::error_code masks_error;  // a loop of links, say: one line, not a filesystem_error
   if (fs::is_directory(options.masks, masks_error)) {
-    for (const auto& mask : data::list_images(options.masks)) {
+    for (const auto& mask : data::list_images(options.masks, warn_line)) {
       const auto [it, added] = masks_by_stem.emplace(mask.stem().string(), mask);
       if (!added) {
         throw InputError(fmt::format("{} and {}: two masks for the images named '{}'",

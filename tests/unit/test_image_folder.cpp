@@ -152,6 +152,35 @@ TEST_F(ImageFolderTest, ListsImagesRecursivelyInOrder) {
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("no images")));
 }
 
+// What cannot be looked at is reported, not dropped without a word, and never ends the
+// listing; a link to a folder is not followed (it could lead back up forever).
+TEST_F(ImageFolderTest, ListingReportsWhatItSkips) {
+  fs::create_directories(dir_ / "sub");
+  cv::imwrite((dir_ / "a.png").string(), gradient(8, 8, CV_8UC3));
+  cv::imwrite((dir_ / "sub" / "b.png").string(), gradient(8, 8, CV_8UC3));
+  fs::create_symlink("loop_b", dir_ / "loop_a");
+  fs::create_symlink("loop_a", dir_ / "loop_b");
+  fs::create_symlink("nowhere.png", dir_ / "gone.png");
+  fs::create_symlink("nowhere", dir_ / "gone");  // no image's name: not worth a word
+  fs::create_symlink("..", dir_ / "sub" / "up");
+  fs::create_symlink(fs::path("..") / "a.png", dir_ / "sub" / "linked.png");
+  std::vector<std::string> skipped;
+  const auto files =
+      D::list_images(dir_, [&](const std::string& message) { skipped.push_back(message); });
+  ASSERT_EQ(files.size(), 3U);
+  EXPECT_EQ(files[0], dir_ / "a.png");
+  EXPECT_EQ(files[1], dir_ / "sub" / "b.png");
+  EXPECT_EQ(files[2], dir_ / "sub" / "linked.png");
+  std::sort(skipped.begin(), skipped.end());
+  ASSERT_EQ(skipped.size(), 3U) << ::testing::PrintToString(skipped);
+  EXPECT_THAT(skipped[0], ::testing::StartsWith((dir_ / "gone.png").string() + ": "));
+  EXPECT_THAT(skipped[1], ::testing::StartsWith((dir_ / "loop_a").string() + ": "));
+  EXPECT_THAT(skipped[2], ::testing::StartsWith((dir_ / "loop_b").string() + ": "));
+  for (const auto& message : skipped) EXPECT_THAT(message, ::testing::EndsWith("; skipped"));
+  // Without a callback the same files, silently.
+  EXPECT_EQ(D::list_images(dir_), files);
+}
+
 TEST_F(ImageFolderTest, CropsAreSquareRgbReproducibleAndFollowTheSizeRule) {
   cv::imwrite((dir_ / "wide.png").string(), gradient(60, 90, CV_8UC3));
   cv::imwrite((dir_ / "grey.png").string(), gradient(50, 40, CV_8UC1));

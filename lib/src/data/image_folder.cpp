@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <utility>
@@ -39,23 +40,64 @@ torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width) 
 
 }  // namespace
 
-std::vector<std::filesystem::path> list_images(const std::filesystem::path& folder) {
+std::vector<std::filesystem::path> list_images(const std::filesystem::path& folder,
+                                               const std::function<void(const std::string&)>& skipped) {
+  namespace fs = std::filesystem;
   std::error_code error;
-  if (!std::filesystem::is_directory(folder, error)) {
+  if (!fs::is_directory(folder, error)) {
     throw InputError(folder.string() + ": no such folder");
   }
   const auto& extensions = io::image_extensions();
-  std::vector<std::filesystem::path> files;
-  for (auto it = std::filesystem::recursive_directory_iterator(
-           folder, std::filesystem::directory_options::skip_permission_denied, error);
-       !error && it != std::filesystem::recursive_directory_iterator(); it.increment(error)) {
-    if (!it->is_regular_file(error)) continue;
-    const auto extension = lower(it->path().extension().string());
-    if (std::find(extensions.begin(), extensions.end(), extension) != extensions.end()) {
-      files.push_back(it->path());
+  const auto is_image_name = [&](const fs::path& path) {
+    const auto extension = lower(path.extension().string());
+    return std::find(extensions.begin(), extensions.end(), extension) != extensions.end();
+  };
+  const auto skip = [&](const fs::path& path, const std::string& why) {
+    if (skipped) skipped(path.string() + ": " + why + "; skipped");
+  };
+  std::vector<fs::path> files;
+  // Depth first by hand rather than with recursive_directory_iterator, so that a subfolder that
+  // cannot be read, or an entry that cannot be looked at (a loop of links), is reported and
+  // skipped instead of ending the listing or vanishing without a word.
+  std::vector<fs::path> folders{folder};
+  while (!folders.empty()) {
+    const auto current = folders.back();
+    folders.pop_back();
+    fs::directory_iterator it(current, error);
+    if (error) {
+      if (current == folder) {
+        throw InputError(folder.string() + ": cannot list the folder: " + error.message());
+      }
+      skip(current, "cannot list the folder: " + error.message());
+      continue;
+    }
+    for (; it != fs::directory_iterator(); it.increment(error)) {
+      const auto& path = it->path();
+      std::error_code entry_error;
+      const bool is_link = it->is_symlink(entry_error);
+      const auto status = fs::status(path, entry_error);
+      if (entry_error) {
+        // A link to nowhere matters only where it has an image's name; a loop of links or an
+        // entry that cannot be looked at always does.
+        if (is_image_name(path) || entry_error != std::errc::no_such_file_or_directory) {
+          skip(path, entry_error.message());
+        }
+        continue;
+      }
+      if (fs::is_directory(status)) {
+        // Subfolders, not links to folders: a link can lead back up and never end.
+        if (!is_link) folders.push_back(path);
+        continue;
+      }
+      if (fs::is_regular_file(status) && is_image_name(path)) files.push_back(path);
+    }
+    if (error) {
+      if (current == folder) {
+        throw InputError(folder.string() + ": cannot list the folder: " + error.message());
+      }
+      skip(current, "cannot list the whole folder: " + error.message());
     }
   }
-  if (error) throw InputError(folder.string() + ": cannot list the folder: " + error.message());
   if (files.empty()) {
     throw InputError(folder.string() + ": no images (png, jpg, webp, bmp, tiff) in the folder");
   }

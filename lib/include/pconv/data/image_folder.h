@@ -23,9 +23,14 @@
 namespace pconv::data {
 
 /// Image files under `folder`, recursively, with an extension io::image_extensions() lists;
-/// sorted by path so that every run sees the same order. Throws pconv::InputError naming the
-/// folder if it is missing or holds no image.
-std::vector<std::filesystem::path> list_images(const std::filesystem::path& folder);
+/// sorted by path so that every run sees the same order. Links to files are followed, links to
+/// folders are not. A subfolder that cannot be listed, or an image name that cannot be looked
+/// at (a link to nowhere, a loop of links), is left out and, when given, `skipped` is called
+/// with "PATH: why; skipped". Throws pconv::InputError naming the folder if it is missing,
+/// cannot be listed or holds no image.
+std::vector<std::filesystem::path> list_images(
+    const std::filesystem::path& folder,
+    const std::function<void(const std::string&)>& skipped = {});
 
 /// How training crops are made from a photo.
 struct CropOptions {
