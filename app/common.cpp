@@ -262,7 +262,9 @@ CLI::Validator seed_number() {
 
 void refuse_empty_values(CLI::App& app) {
   const CLI::Validator not_empty(
-      [](std::string& text) { return text.empty() ? std::string("an empty value") : std::string(); },
+      [](std::string& text) {
+        return text.empty() ? std::string("an empty value") : std::string();
+      },
       "", "not empty");
   for (auto* option : app.get_options()) {
     if (option->get_type_size() != 0) option->check(not_empty);

@@ -234,7 +234,9 @@ void run_train(const TrainOptions& options) {
   // or --val, whose files are left out, not one of them or a folder above.
   auto train_files = data::list_images(options.data_dir, warn_line);
   std::vector<std::filesystem::path> validation_files;
-  if (!options.validation_dir.empty()) validation_files = data::list_images(options.validation_dir, warn_line);
+  if (!options.validation_dir.empty()) {
+    validation_files = data::list_images(options.validation_dir, warn_line);
+  }
   for (const auto& [option, folder] : {std::pair{"--data", options.data_dir},
                                        std::pair{"--val", options.validation_dir}}) {
     if (!folder.empty() && is_within(folder, options.out_dir)) {

@@ -43,8 +43,8 @@ def main():
         source = os.path.join(work, name + ".pt")
         result = os.path.join(work, name + ".out.pt")
         torch.save(picture, source)
-        run = subprocess.run([pconv, "inpaint", source, os.path.join(work, "mask.pt"), "-o", result],
-                             capture_output=True, text=True)
+        command = [pconv, "inpaint", source, os.path.join(work, "mask.pt"), "-o", result]
+        run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode != 0:
             fail(f"pconv inpaint {source} exited {run.returncode}: {run.stderr.strip()}")
         out = torch.load(result)

@@ -449,7 +449,9 @@ TEST(Cli, FailedCommandsLeaveNoFolderBehind) {
           << run.output;
     }
   }
-  for (const auto* made : {"reports", "batch", "single"}) EXPECT_FALSE(fs::exists(d / made)) << made;
+  for (const auto* made : {"reports", "batch", "single"}) {
+    EXPECT_FALSE(fs::exists(d / made)) << made;
+  }
   EXPECT_EQ(std::distance(fs::directory_iterator(d / "run"), fs::directory_iterator()), 1);
 }
 

@@ -40,8 +40,8 @@ torch::Tensor resize(const torch::Tensor& image, int64_t height, int64_t width) 
 
 }  // namespace
 
-std::vector<std::filesystem::path> list_images(const std::filesystem::path& folder,
-                                               const std::function<void(const std::string&)>& skipped) {
+std::vector<std::filesystem::path> list_images(
+    const std::filesystem::path& folder, const std::function<void(const std::string&)>& skipped) {
   namespace fs = std::filesystem;
   std::error_code error;
   if (!fs::is_directory(folder, error)) {

@@ -117,7 +117,8 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
       loaded.push_back(stored);
     }
     if (!records_fill(name, loaded)) {
-      throw ModelError(name + ": is truncated (its weights have fewer bytes than their shapes need)");
+      throw ModelError(name +
+                       ": is truncated (its weights have fewer bytes than their shapes need)");
     }
     if (metadata != nullptr) {
       auto read_string = [&](const char* key) {

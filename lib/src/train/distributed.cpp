@@ -54,7 +54,8 @@ std::optional<DistributedOptions> distributed_from_environment() {
   if (!environment("WORLD_SIZE")) {
     // Half a torchrun environment is a mistake, not a single-process run.
     if (environment("RANK")) {
-      throw InputError("RANK is set but WORLD_SIZE is not: set both (as torchrun does), or neither");
+      throw InputError(
+          "RANK is set but WORLD_SIZE is not: set both (as torchrun does), or neither");
     }
     return std::nullopt;
   }

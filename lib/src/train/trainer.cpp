@@ -99,8 +99,12 @@ void truncate_log(const std::filesystem::path& path, int64_t keep_steps) {
 // Names and shapes of a model's parameters and buffers, to compare with after a load.
 std::vector<std::pair<std::string, std::vector<int64_t>>> shapes_of(const torch::nn::Module& m) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
-  for (const auto& item : m.named_parameters()) shapes.emplace_back(item.key(), item->sizes().vec());
-  for (const auto& item : m.named_buffers()) shapes.emplace_back(item.key(), item->sizes().vec());
+  for (const auto& item : m.named_parameters()) {
+    shapes.emplace_back(item.key(), item->sizes().vec());
+  }
+  for (const auto& item : m.named_buffers()) {
+    shapes.emplace_back(item.key(), item->sizes().vec());
+  }
   return shapes;
 }
 
