@@ -171,21 +171,19 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) {
   // c10d's own timeouts come first and say more; this one catches the waits that have none.
   const auto deadline =
       std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(2);
-  const std::string who = "rank " + std::to_string(options.rank) + " of " +
-                          std::to_string(options.world_size) + ": ";
-  const std::string where = options.master_addr + ":" + std::to_string(options.master_port);
+  const std::string who =
+      "rank " + std::to_string(options.rank) + " of " + std::to_string(options.world_size) + ": ";
+  const std::string where = " the process group at " + options.master_addr + ":" +
+                            std::to_string(options.master_port);
+  const std::string stopped = who + "stopped while joining" + where;
+  const std::string no_answer = who + "cannot join" + where + ": no answer within " +
+                                std::to_string(options.timeout.count() / 1000) + " s";
   while (joined.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
-    if (options.should_stop && options.should_stop()) {
-      throw Error(who + "stopped while joining the process group at " + where);
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      throw Error(who + "cannot join the process group at " + where + ": no answer within " +
-                  std::to_string(options.timeout.count() / 1000) + " s");
-    }
+    if (options.should_stop && options.should_stop()) throw Error(stopped);
+    if (std::chrono::steady_clock::now() > deadline) throw Error(no_answer);
   }
   impl_ = joined.get();
 }
-
 
 ProcessGroup::~ProcessGroup() = default;
 
