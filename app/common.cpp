@@ -168,6 +168,17 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
   return true;
 }
 
+std::FILE* log_stream() {
+  static std::FILE* const stream = [] {
+    const int descriptor = ::dup(STDERR_FILENO);
+    std::FILE* file = descriptor >= 0 ? ::fdopen(descriptor, "w") : nullptr;
+    if (file == nullptr) return stderr;
+    std::setvbuf(file, nullptr, _IONBF, 0);  // unbuffered, as stderr is
+    return file;
+  }();
+  return stream;
+}
+
 void warn_line(const std::string& message) { spdlog::warn("{}", message); }
 
 void leave_out_results(std::vector<std::filesystem::path>& files,
@@ -291,7 +302,7 @@ std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::strin
 Progress::Progress(std::string label, int64_t total)
     : label_(std::move(label)),
       total_(std::max<int64_t>(total, 1)),
-      terminal_(isatty(STDERR_FILENO) != 0),
+      terminal_(isatty(fileno(log_stream())) != 0),
       enabled_(spdlog::should_log(spdlog::level::info)),
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {}
@@ -309,7 +320,7 @@ void Progress::resume_at(int64_t done) {
 void Progress::finish() { draw(true); }
 
 void Progress::note(const std::string& text, bool warning) {
-  if (terminal_ && enabled_) std::fprintf(stderr, "\r\033[K");  // clear the bar's line
+  if (terminal_ && enabled_) std::fprintf(log_stream(), "\r\033[K");  // clear the bar's line
   if (warning) {
     spdlog::warn("{}", text);
   } else {
@@ -333,12 +344,12 @@ void Progress::draw(bool final) {
     if (!final && since_draw < 0.1 && done_ < total_) return;
     constexpr int kBarWidth = 30;
     const int filled = static_cast<int>(kBarWidth * done_ / total_);
-    std::fprintf(stderr, "\r\033[K%s [%s%s] %lld/%lld  %.2f/s  %s %s  %s%s", label_.c_str(),
+    std::fprintf(log_stream(), "\r\033[K%s [%s%s] %lld/%lld  %.2f/s  %s %s  %s%s", label_.c_str(),
                  std::string(filled, '#').c_str(), std::string(kBarWidth - filled, '.').c_str(),
                  static_cast<long long>(done_), static_cast<long long>(total_), rate,
                  final ? "took" : "ETA", clock(final ? elapsed : eta).c_str(), status_.c_str(),
                  final ? "\n" : "");
-    std::fflush(stderr);
+    std::fflush(log_stream());
   } else if (final || (done_ < total_ && (done_ >= next_log_ || since_draw >= 30.0))) {
     spdlog::info("{}: {}/{} ({:.2f}/s, {} {}){}{}", label_, done_, total_, rate,
                  final ? "took" : "ETA", clock(final ? elapsed : eta), status_.empty() ? "" : "  ",

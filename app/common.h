@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <cstdint>
+#include <cstdio>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -62,6 +63,11 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
 
 /// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder);
+
+/// Where pconv's log and progress bar go: a duplicate of stderr made at the start, so that the
+/// moments in which the library takes file descriptor 2 for itself (io::StderrCapture, around
+/// an image decoder on one thread) never take pconv's own lines from other threads with them.
+std::FILE* log_stream();
 
 /// Logs `message` as a warning: for library callbacks such as data::list_images's skipped
 /// entries.

@@ -17,7 +17,7 @@
 #include <c10/util/Logging.h>
 
 #include <spdlog/cfg/env.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/ansicolor_sink.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <string>
 
 namespace {
@@ -33,7 +34,9 @@ namespace {
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 void setup_logging() {
-  auto logger = spdlog::stderr_color_mt("pconv");
+  using Sink = spdlog::sinks::ansicolor_sink<spdlog::details::console_mutex>;
+  auto logger = std::make_shared<spdlog::logger>(
+      "pconv", std::make_shared<Sink>(pconv::app::log_stream(), spdlog::color_mode::automatic));
   logger->set_pattern("pconv: %^%l%$: %v");
   spdlog::set_default_logger(logger);
   spdlog::set_level(spdlog::level::info);
@@ -125,7 +128,7 @@ int main(int argc, char** argv) {
     return run_pconv(argc, argv);
   } catch (...) {
     // Only logging set-up itself can get here; everything after it is caught in run_pconv().
-    std::fputs("pconv: error: unexpected failure\n", stderr);
+    std::fputs("pconv: error: unexpected failure\n", pconv::app::log_stream());
     return pconv::app::kExitRuntime;
   }
 }
