@@ -22,8 +22,10 @@
 #include <CLI/CLI.hpp>
 
 #include <malloc.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -44,6 +46,16 @@ void setup_logging() {
   // Quieter than errors would hide why a command failed: errors always show.
   if (logger->level() > spdlog::level::err) logger->set_level(spdlog::level::err);
   // What libjpeg or libpng say about an image they did decode, as pconv's own warning.
+  // The largest image this machine can inpaint without running out of memory: about 120 bytes
+  // per pixel (80 measured at the peak for a 14000x14000 RGB image), unless
+  // OPENCV_IO_MAX_IMAGE_PIXELS says otherwise.
+  int64_t max_pixels = 0;
+  if (const char* limit = std::getenv("OPENCV_IO_MAX_IMAGE_PIXELS"); limit != nullptr) {
+    max_pixels = std::strtoll(limit, nullptr, 10);
+  } else {
+    max_pixels = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE) / 120;
+  }
+  if (max_pixels > 0) pconv::io::set_max_image_pixels(max_pixels);
   pconv::io::set_decoder_warning_handler(
       [](const std::string& warning) { spdlog::warn("{}", warning); });
 }

@@ -152,6 +152,25 @@ TEST_F(ImageFolderTest, ListsImagesRecursivelyInOrder) {
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("no images")));
 }
 
+// An image past the pixel limit is an input error naming its size, for decoded images and
+// tensor images alike (the limit keeps a small file with a huge picture from exhausting the
+// memory).
+TEST_F(ImageFolderTest, ImagesPastThePixelLimitAreInputErrors) {
+  cv::imwrite((dir_ / "big.png").string(), gradient(16, 20, CV_8UC3));
+  pconv::io::write_image(dir_ / "big.pt", at::zeros({3, 16, 20}));
+  const auto before = pconv::io::max_image_pixels();
+  pconv::io::set_max_image_pixels(319);
+  for (const auto* name : {"big.png", "big.pt"}) {
+    EXPECT_THAT([&] { pconv::io::read_image(dir_ / name); },
+                ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr(
+                    std::string(name) + ": 20x16 is more pixels than the 319 pconv reads")));
+  }
+  pconv::io::set_max_image_pixels(320);
+  EXPECT_EQ(pconv::io::read_image(dir_ / "big.png").pixels.size(2), 20);
+  EXPECT_EQ(pconv::io::read_image(dir_ / "big.pt").pixels.size(2), 20);
+  pconv::io::set_max_image_pixels(before);
+}
+
 // What cannot be looked at is reported, not dropped without a word, and never ends the
 // listing; a link to a folder is not followed (it could lead back up forever).
 TEST_F(ImageFolderTest, ListingReportsWhatItSkips) {

@@ -418,6 +418,26 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
             0);
 }
 
+// OPENCV_IO_MAX_IMAGE_PIXELS bounds the images pconv reads (OpenCV checks the header, pconv
+// the decoded size); without it the bound follows the machine's memory.
+TEST(Cli, ImagesPastThePixelLimitAreInputErrors) {
+  TempDir dir;
+  const auto& d = dir.path();
+  pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
+  write_holes(d / "mask.png", rectangle_holes(16, 16));
+  const std::string args =
+      "inpaint " + (d / "photo.png").string() + " " + (d / "mask.png").string();
+  setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "100", 1);
+  const auto refused = pconv(d, args + " -o " + (d / "no.png").string());
+  unsetenv("OPENCV_IO_MAX_IMAGE_PIXELS");
+  EXPECT_EQ(refused.rc, 3) << refused.output;
+  EXPECT_NE(refused.output.find("photo.png: has more pixels than the 100 pconv reads"),
+            std::string::npos)
+      << refused.output;
+  EXPECT_FALSE(fs::exists(d / "no.png"));
+  EXPECT_EQ(pconv(d, args + " -o " + (d / "yes.png").string()).rc, 0);
+}
+
 // A command that fails takes away the output folders it made: nothing is left to look like a
 // result. A refused training run adds nothing to the run folder.
 TEST(Cli, FailedCommandsLeaveNoFolderBehind) {

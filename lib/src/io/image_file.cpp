@@ -16,6 +16,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <fstream>
@@ -39,8 +40,15 @@ bool is_tensor_image(const std::filesystem::path& path) {
   return lower_extension(path) == kTensorImageExtension;
 }
 
-// The most pixels a tensor image may have: OpenCV's own limit for the images it reads.
-constexpr int64_t kMaxImagePixels = int64_t{1} << 30;
+// The most pixels an image may have: OpenCV's own default limit, unless set_max_image_pixels
+// lowered it.
+std::atomic<int64_t> g_max_image_pixels{int64_t{1} << 30};
+
+// What is said of an image past the limit.
+std::string too_many_pixels(const std::string& name, const std::string& size) {
+  return name + ": " + size + "more pixels than the " + std::to_string(g_max_image_pixels.load()) +
+         " pconv reads (OPENCV_IO_MAX_IMAGE_PIXELS sets the limit)";
+}
 
 // A tensor image: one uint8 (8-bit) or uint16 or int32 (16-bit) tensor (H, W) or (H, W, C),
 // C = 1, 3 or 4, RGB order, as torch::pickle_save writes it in C++ or torch.save in Python.
@@ -74,10 +82,9 @@ Image read_tensor_image(const std::filesystem::path& path) {
     throw InputError(name + ": the tensor image repeats its samples (zero strides); save a " +
                      "contiguous tensor");
   }
-  if (hwc.size(0) > kMaxImagePixels / hwc.size(1)) {
-    throw InputError(name + ": " + std::to_string(hwc.size(1)) + "x" +
-                     std::to_string(hwc.size(0)) + " is larger than the " +
-                     std::to_string(kMaxImagePixels) + " pixels pconv reads");
+  if (hwc.size(0) > g_max_image_pixels.load() / hwc.size(1)) {
+    throw InputError(too_many_pixels(
+        name, std::to_string(hwc.size(1)) + "x" + std::to_string(hwc.size(0)) + " is "));
   }
   Image image;
   image.bit_depth = type == at::kByte ? 8 : 16;
@@ -195,6 +202,12 @@ const std::vector<std::string>& image_extensions() {
   return extensions;
 }
 
+void set_max_image_pixels(int64_t pixels) {
+  g_max_image_pixels = std::clamp<int64_t>(pixels, 1, int64_t{1} << 30);
+}
+
+int64_t max_image_pixels() { return g_max_image_pixels; }
+
 Image read_image(const std::filesystem::path& path) {
   const std::string name = path.string();
   if (const auto problem = file_problem(path, "image file"); !problem.empty()) {
@@ -206,17 +219,30 @@ Image read_image(const std::filesystem::path& path) {
   // libpng and libjpeg print their reason for a failed decode on stderr; it goes into the one
   // error line instead, and what they print about a decode that worked to the warning handler.
   StderrCapture decoder_messages;
+  std::string exception;
   try {
     decoded = cv::imread(name, cv::IMREAD_UNCHANGED);
-  } catch (const cv::Exception&) {
+  } catch (const cv::Exception& error) {
     decoded = cv::Mat();
+    exception = error.err;
   }
   if (decoded.empty()) {
-    const std::string reason = one_line(decoder_messages.take());
+    // OpenCV's own header check against OPENCV_IO_MAX_IMAGE_PIXELS throws.
+    if (exception.find("CV_IO_MAX_IMAGE_PIXELS") != std::string::npos) {
+      throw InputError(too_many_pixels(name, "has "));
+    }
+    std::string reason = one_line(decoder_messages.take());
+    if (reason.empty()) reason = one_line(exception);
     throw InputError(name + ": cannot read the image (corrupt or not an image" +
                      (reason.empty() ? "" : ": " + reason) + ")");
   }
   warn_about_decode(name, decoder_messages.take());
+  // Checked once decoded (OpenCV 4.6 reads no header alone): the 8 or 16 bits per sample are
+  // a fraction of what the float copies and the network take next.
+  if (static_cast<int64_t>(decoded.total()) > g_max_image_pixels.load()) {
+    throw InputError(too_many_pixels(
+        name, std::to_string(decoded.cols) + "x" + std::to_string(decoded.rows) + " is "));
+  }
   if (decoded.depth() != CV_8U && decoded.depth() != CV_16U) {
     throw InputError(name + ": unsupported sample type (only 8- and 16-bit images)");
   }

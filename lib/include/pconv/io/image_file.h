@@ -43,6 +43,12 @@ Image read_image(const std::filesystem::path& path);
 /// InputError instead. The handler may be called from any thread that reads images.
 void set_decoder_warning_handler(std::function<void(const std::string&)> handler);
 
+/// Sets the most pixels read_image takes (default and upper bound: OpenCV's own limit, 2^30,
+/// which OPENCV_IO_MAX_IMAGE_PIXELS lowers); a larger image is an InputError naming its size,
+/// found once it is decoded, before the copies that would exhaust the memory.
+void set_max_image_pixels(int64_t pixels);
+int64_t max_image_pixels();
+
 /// The file extensions read_image handles, lower case with the dot.
 const std::vector<std::string>& image_extensions();
 
