@@ -12,6 +12,7 @@
 #include "damaged_archive.h"
 #include "temp_dir.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -110,6 +111,16 @@ TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
           << record << " cut to " << keep << " bytes";
     }
   }
+  // A weight that is NaN (a diverged run): the holes would come out black.
+  {
+    torch::NoGradGuard no_grad;
+    auto diverged = pconv::nn::PConvUNet(model_->options);
+    diverged->encoder[0]->weight.view(-1)[5] = std::nan("");
+    pconv::io::save_model(dir_ / "nan.pt", diverged, {});
+  }
+  EXPECT_THAT([&] { pconv::io::load_model(dir_ / "nan.pt"); },
+              ThrowsMessage<pconv::ModelError>(
+                  HasSubstr("nan.pt: weight 'encoder1.weight' is not finite")));
   pconv::testing::copy_with_short_record(path, dir_ / "copy.pt", "", 0);
   EXPECT_NO_THROW(pconv::io::load_model(dir_ / "copy.pt"));  // the copy itself is sound
 

@@ -101,6 +101,10 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
       if (!has_all_its_bytes(stored)) {
         throw ModelError(name + ": weight '" + item.key() + "' is truncated");
       }
+      // A diverged training run or a damaged file; the network would fill holes with black.
+      if (stored.is_floating_point() && !stored.isfinite().all().item<bool>()) {
+        throw ModelError(name + ": weight '" + item.key() + "' is not finite (NaN or infinity)");
+      }
       item.value().copy_(stored);
       loaded.push_back(stored);
     }
