@@ -280,6 +280,25 @@ TEST_F(ImageFolderTest, MaskFolderGivesAugmentedBinaryMasksReproducibly) {
   }
   EXPECT_THAT([&] { D::MaskFolder(dir_ / "sub", {}, 0); },
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("no images")));
+
+  // A mask file that cannot be read is passed over, reported once; the photos are not blamed.
+  std::ofstream(dir_ / "masks" / "broken.png") << "not a png";
+  D::MaskFolder with_broken(dir_ / "masks", D::MaskFolderOptions().size(64), 5);
+  std::vector<std::string> warnings;
+  with_broken.set_warning_hook([&](const std::string& text) { warnings.push_back(text); });
+  for (uint64_t index = 0; index < 12; ++index) {
+    const auto mask = with_broken.mask(index);
+    EXPECT_GT((mask == 0).sum().item<int64_t>(), 0);
+    EXPECT_TRUE(at::equal(mask, with_broken.mask(index)));  // reproducible after the skip too
+  }
+  ASSERT_EQ(warnings.size(), 1U);
+  EXPECT_THAT(warnings[0], ::testing::HasSubstr("broken.png: cannot read the image"));
+  // Only unreadable files: an error naming the folder.
+  fs::create_directories(dir_ / "broken_masks");
+  std::ofstream(dir_ / "broken_masks" / "a.png") << "not a png";
+  EXPECT_THAT([&] { D::MaskFolder(dir_ / "broken_masks", {}, 0).mask(0); },
+              ::testing::ThrowsMessage<pconv::InputError>(
+                  ::testing::HasSubstr("broken_masks: none of its 1 mask images can be read")));
 }
 
 }  // namespace

@@ -218,15 +218,9 @@ Example TrainingStream::make_example(int64_t local_index) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (skipped_.count(path.string()) != 0) continue;
     }
+    Example example;
     try {
-      Example example;
       example.image = crop_example(path, crop_, /*random=*/true, example_seed);
-      example.mask = masks_(static_cast<uint64_t>(index));
-      TORCH_CHECK(example.mask.dim() == 3 && example.mask.size(0) == 1 &&
-                      example.mask.size(1) == crop_.size() && example.mask.size(2) == crop_.size(),
-                  "TrainingStream: mask ", index, " is ", example.mask.sizes(), "; expected (1, ",
-                  crop_.size(), ", ", crop_.size(), ")");
-      return example;
     } catch (const InputError& error) {
       std::function<void(const std::string&)> hook;
       {
@@ -235,7 +229,15 @@ Example TrainingStream::make_example(int64_t local_index) {
         hook = warning_hook_;
       }
       if (hook) hook(std::string(error.what()) + " (skipped)");
+      continue;
     }
+    // The mask source's failures are its own (no mask can be read at all), not the photo's.
+    example.mask = masks_(static_cast<uint64_t>(index));
+    TORCH_CHECK(example.mask.dim() == 3 && example.mask.size(0) == 1 &&
+                    example.mask.size(1) == crop_.size() && example.mask.size(2) == crop_.size(),
+                "TrainingStream: mask ", index, " is ", example.mask.sizes(), "; expected (1, ",
+                crop_.size(), ", ", crop_.size(), ")");
+    return example;
   }
   throw InputError("no readable image left among the " + std::to_string(count) + " files (" +
                    files_.front().string() + (count > 1 ? ", ..." : "") + ")");

@@ -21,12 +21,38 @@ constexpr double kPi = 3.14159265358979323846;
 
 MaskFolder::MaskFolder(const std::filesystem::path& folder, MaskFolderOptions options,
                        uint64_t seed)
-    : files_(list_images(folder)), options_(options), seed_(seed) {}
+    : folder_(folder), files_(list_images(folder)), options_(options), seed_(seed) {}
+
+void MaskFolder::set_warning_hook(std::function<void(const std::string&)> hook) {
+  std::lock_guard<std::mutex> lock(unreadable_->mutex);
+  unreadable_->hook = std::move(hook);
+}
 
 torch::Tensor MaskFolder::mask(uint64_t index) const {
   std::mt19937_64 rng(detail::mix_seed(seed_, detail::SeedStream::kMaskFolder, index));
-  const auto& path = files_[std::uniform_int_distribution<size_t>(0, files_.size() - 1)(rng)];
-  const auto pixels = io::read_image(path).pixels;
+  const size_t chosen = std::uniform_int_distribution<size_t>(0, files_.size() - 1)(rng);
+  torch::Tensor pixels;
+  for (size_t step = 0; step < files_.size() && !pixels.defined(); ++step) {
+    const auto& path = files_[(chosen + step) % files_.size()];
+    {
+      std::lock_guard<std::mutex> lock(unreadable_->mutex);
+      if (unreadable_->files.count(path.string()) != 0) continue;
+    }
+    try {
+      pixels = io::read_image(path).pixels;
+    } catch (const InputError& error) {
+      std::function<void(const std::string&)> hook;
+      {
+        std::lock_guard<std::mutex> lock(unreadable_->mutex);
+        if (unreadable_->files.insert(path.string()).second) hook = unreadable_->hook;
+      }
+      if (hook) hook(std::string(error.what()) + " (skipped)");
+    }
+  }
+  if (!pixels.defined()) {
+    throw InputError(folder_.string() + ": none of its " + std::to_string(files_.size()) +
+                     " mask images can be read");
+  }
   // Hole where the first channel is above half the range; (1, 1, H, W), 1 = hole.
   auto holes = (pixels.narrow(0, 0, 1) > 0.5).to(at::kFloat).unsqueeze(0);
 

@@ -415,9 +415,10 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
                            .max_ratio(options_.max_hole_ratio()),
                        options_.seed())](uint64_t index) { return generator.mask(index); };
   } else {
-    mask_source = [folder = data::MaskFolder(
-                       options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),
-                       options_.seed())](uint64_t index) { return folder.mask(index); };
+    data::MaskFolder folder(options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),
+                            options_.seed());
+    folder.set_warning_hook(message);
+    mask_source = [folder](uint64_t index) { return folder.mask(index); };
     message("masks: augmented from the mask images in " + options_.mask_dir());
   }
   const auto& group = options_.process_group();

@@ -7,6 +7,11 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
 #include <vector>
 
 namespace pconv::data {
@@ -30,15 +35,29 @@ class MaskFolder {
 
   /// Mask `index` as a (1, S, S) float tensor, 1 = valid, 0 = hole: the file chosen by the
   /// index, randomly flipped, rotated, dilated, scaled so its shorter side is at least S and
-  /// cropped. Throws pconv::InputError naming the file if it cannot be read.
+  /// cropped. A file that cannot be read is passed over for the next one in the folder (the
+  /// same for every index and run, so training stays reproducible); throws pconv::InputError
+  /// naming the folder only when no file can be read.
   torch::Tensor mask(uint64_t index) const;
+
+  /// Called once for each mask file that cannot be read, with "FILE: why (skipped)". Copies of
+  /// this MaskFolder share the hook and the files found unreadable.
+  void set_warning_hook(std::function<void(const std::string&)> hook);
 
   size_t size() const { return files_.size(); }
 
  private:
+  struct Unreadable {
+    std::mutex mutex;
+    std::set<std::string> files;
+    std::function<void(const std::string&)> hook;
+  };
+
+  std::filesystem::path folder_;
   std::vector<std::filesystem::path> files_;
   MaskFolderOptions options_;
   uint64_t seed_;
+  std::shared_ptr<Unreadable> unreadable_ = std::make_shared<Unreadable>();
 };
 
 }  // namespace pconv::data
