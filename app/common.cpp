@@ -16,8 +16,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iterator>
@@ -167,6 +169,24 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
   }
   return true;
 }
+
+namespace {
+std::atomic<bool> g_stop_requested{false};
+extern "C" void request_stop(int /*signal*/) { g_stop_requested = true; }
+}  // namespace
+
+StopOnSignal::StopOnSignal()
+    : previous_int_(std::signal(SIGINT, request_stop)),
+      previous_term_(std::signal(SIGTERM, request_stop)) {
+  g_stop_requested = false;
+}
+
+StopOnSignal::~StopOnSignal() {
+  std::signal(SIGINT, previous_int_);
+  std::signal(SIGTERM, previous_term_);
+}
+
+bool stop_requested() { return g_stop_requested.load(); }
 
 std::FILE* log_stream() {
   static std::FILE* const stream = [] {

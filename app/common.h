@@ -64,6 +64,23 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
 /// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder);
 
+/// While alive, SIGINT and SIGTERM only ask the command to stop (stop_requested() turns true):
+/// a long job then stops at its next step, keeps or takes away what it wrote, and exits 130.
+class StopOnSignal {
+ public:
+  StopOnSignal();
+  ~StopOnSignal();
+  StopOnSignal(const StopOnSignal&) = delete;
+  StopOnSignal& operator=(const StopOnSignal&) = delete;
+
+ private:
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
+};
+
+/// Whether SIGINT or SIGTERM came while a StopOnSignal was alive.
+bool stop_requested();
+
 /// Where pconv's log and progress bar go: a duplicate of stderr made at the start, so that the
 /// moments in which the library takes file descriptor 2 for itself (io::StderrCapture, around
 /// an image decoder on one thread) never take pconv's own lines from other threads with them.

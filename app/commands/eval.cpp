@@ -10,6 +10,8 @@
 #include <pconv/io/model_file.h>
 #include <pconv/nn/functional/partial_conv2d.h>
 
+#include "../exit_codes.h"
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -87,6 +89,7 @@ void setup_eval(CLI::App& app) {
 }
 
 void run_eval(const EvalOptions& options) {
+  StopOnSignal stop_on_signal;  // Ctrl-C: no reports, no folder left, exit 130
   const c10::Device device = resolve_device(options.common);
   // The reports never mix with the photos (examples.png would be read as one next time): -o
   // may be a folder inside --data, whose files are left out, not --data or a folder above it.
@@ -139,7 +142,10 @@ void run_eval(const EvalOptions& options) {
   OutputFolder out_folder(out_dir);  // made now, so that an unwritable -o fails early
 
   Progress progress("eval", per_bin * static_cast<int64_t>(eval::paper_bins().size()));
-  const auto report = eval::evaluate(photos, methods, eval_options, [&] { progress.advance(); });
+  const auto report = eval::evaluate(photos, methods, eval_options, [&] {
+    if (stop_requested()) throw Interrupted("stopped; no reports written");
+    progress.advance();
+  });
   progress.finish();
 
   io::write_file_atomically(out_dir / "eval.md", eval::to_markdown(report));

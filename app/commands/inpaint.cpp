@@ -7,6 +7,8 @@
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
 
+#include "../exit_codes.h"
+
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -190,6 +192,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
                        (masks_error ? masks_error.message() : "no such file or folder"));
     }
   }
+  StopOnSignal stop_on_signal;       // Ctrl-C stops between two images
   OutputFolder out_folder(out_dir);  // taken away again if no image is inpainted
   check_writable_folder(out_dir);
 
@@ -228,6 +231,12 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     Progress progress("inpaint", static_cast<int64_t>(jobs.size()));
     std::future<Loaded> next = std::async(std::launch::async, read, jobs[0]);
     for (size_t i = 0; i < jobs.size(); ++i) {
+      if (stop_requested()) {
+        if (done > 0) out_folder.keep();
+        throw Interrupted(fmt::format("stopped after {} of {} images; results so far in {} "
+                                      "(--skip-existing goes on from there)",
+                                      done, jobs.size(), out_dir.string()));
+      }
       const auto& job = jobs[i];
       auto pending = std::move(next);
       next = i + 1 < jobs.size() ? std::async(std::launch::async, read, jobs[i + 1])

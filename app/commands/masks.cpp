@@ -1,6 +1,7 @@
 #include "masks.h"
 
 #include "../common.h"
+#include "../exit_codes.h"
 
 #include <pconv/data/mask_generator.h>
 #include <pconv/error.h>
@@ -70,17 +71,18 @@ void run_masks(const MasksOptions& options) {
     throw CLI::ValidationError("--size", reason.substr(0, reason.find('\n')));
   }
   const std::filesystem::path out_dir(options.out_dir);
-  std::error_code error;
-  std::filesystem::create_directories(out_dir, error);
-  if (error || !std::filesystem::is_directory(out_dir)) {
-    throw InputError(out_dir.string() + ": cannot create the output folder" +
-                     (error ? ": " + error.message() : std::string()));
-  }
+  StopOnSignal stop_on_signal;       // Ctrl-C stops between two masks
+  OutputFolder out_folder(out_dir);  // taken away again if the command fails
 
   Progress progress("masks", options.count);
   double ratio_sum = 0.0;
   int64_t skipped = 0;
   for (int64_t index = 0; index < options.count; ++index) {
+    if (stop_requested()) {
+      out_folder.keep();  // whole masks; the same command goes on (existing ones are kept)
+      throw Interrupted(fmt::format("stopped after {} of {} masks in {}", index, options.count,
+                                    out_dir.string()));
+    }
     const auto path = out_dir / fmt::format("mask_{:05d}.png", index);
     if (!options.overwrite && std::filesystem::exists(path)) {
       ++skipped;
@@ -93,6 +95,7 @@ void run_masks(const MasksOptions& options) {
     progress.advance();
   }
   progress.finish();
+  out_folder.keep();
   const int64_t written = options.count - skipped;
   spdlog::info("wrote {} masks of {}x{} to {} (mean hole ratio {:.3f}){}", written, width, height,
                out_dir.string(), written > 0 ? ratio_sum / static_cast<double>(written) : 0.0,

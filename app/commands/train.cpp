@@ -12,36 +12,11 @@
 
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <memory>
 #include <set>
 
 namespace pconv::app {
 namespace {
-
-std::atomic<bool> g_stop_requested{false};
-
-extern "C" void request_stop(int /*signal*/) { g_stop_requested = true; }
-
-// While alive, SIGINT and SIGTERM ask the trainer to save a checkpoint and stop.
-class StopOnSignal {
- public:
-  StopOnSignal() {
-    g_stop_requested = false;
-    previous_int_ = std::signal(SIGINT, request_stop);
-    previous_term_ = std::signal(SIGTERM, request_stop);
-  }
-  ~StopOnSignal() {
-    std::signal(SIGINT, previous_int_);
-    std::signal(SIGTERM, previous_term_);
-  }
-  StopOnSignal(const StopOnSignal&) = delete;
-  StopOnSignal& operator=(const StopOnSignal&) = delete;
-
- private:
-  void (*previous_int_)(int) = SIG_DFL;
-  void (*previous_term_)(int) = SIG_DFL;
-};
 
 // Builds the trainer and runs it to the end, or to a stop request.
 void run_trainer(const train::TrainerOptions& trainer_options,
@@ -204,11 +179,11 @@ void run_train(const TrainOptions& options) {
     if (device.is_cuda()) device.set_index(static_cast<c10::DeviceIndex>(distributed->local_rank));
     distributed->timeout = std::chrono::seconds(options.timeout_seconds);
     distributed->device = device;
-    distributed->should_stop = [] { return g_stop_requested.load(); };
+    distributed->should_stop = [] { return stop_requested(); };
     try {
       group = std::make_shared<train::ProcessGroup>(*distributed);
     } catch (const Error&) {
-      if (g_stop_requested) throw Interrupted("stopped while joining the process group");
+      if (stop_requested()) throw Interrupted("stopped while joining the process group");
       throw;
     }
     spdlog::info("joined the process group at {}:{} as rank {} of {} ({})",
@@ -338,7 +313,7 @@ void run_trainer(const train::TrainerOptions& trainer_options,
     progress.note(text, text.find("(skipped)") != std::string::npos ||
                             text.find("(left out") != std::string::npos);
   };
-  callbacks.should_stop = [] { return g_stop_requested.load(); };
+  callbacks.should_stop = [] { return stop_requested(); };
   callbacks.on_step = [&](const train::StepReport& report) {
     double total = 0;
     for (const auto& [name, value] : report.losses) {

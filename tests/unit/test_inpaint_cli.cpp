@@ -37,14 +37,19 @@ std::string read_text(const fs::path& path) {
   return text.str();
 }
 
-Result pconv(const fs::path& dir, const std::string& args) {
+// Runs a shell command line, its output to a log in `dir`.
+Result shell(const fs::path& dir, const std::string& command_line) {
   const auto log = dir / "pconv.log";
-  const std::string command = std::string(PCONV_BINARY) + " " + args + " > " + log.string() + " 2>&1";
+  const std::string command = command_line + " > " + log.string() + " 2>&1";
   const int status = std::system(command.c_str());
   Result result;
   result.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   result.output = read_text(log);
   return result;
+}
+
+Result pconv(const fs::path& dir, const std::string& args) {
+  return shell(dir, std::string(PCONV_BINARY) + " " + args);
 }
 
 // A smooth picture (so that the model has something sensible to fill) with noise.
@@ -436,6 +441,29 @@ TEST(Cli, ImagesPastThePixelLimitAreInputErrors) {
       << refused.output;
   EXPECT_FALSE(fs::exists(d / "no.png"));
   EXPECT_EQ(pconv(d, args + " -o " + (d / "yes.png").string()).rc, 0);
+}
+
+// Ctrl-C (here SIGINT after 3 s, as `timeout` sends it) stops a long job between two items:
+// exit 130, one warning line; eval leaves no folder, masks keep their whole masks.
+TEST(Cli, InterruptedJobsStopCleanly) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  pconv::io::write_image(d / "photos" / "photo.png", picture(3, 80, 80));
+  const std::string interrupt = std::string("timeout --preserve-status -s INT 3 ") + PCONV_BINARY;
+  const auto eval = shell(d, interrupt + " eval --data " + (d / "photos").string() +
+                             " --size 64 --per-bin 100000 -o " + (d / "reports").string());
+  EXPECT_EQ(eval.rc, 130) << eval.output;
+  EXPECT_NE(eval.output.find("pconv: warning: stopped; no reports written"), std::string::npos)
+      << eval.output;
+  EXPECT_FALSE(fs::exists(d / "reports"));
+
+  const auto masks =
+      shell(d, interrupt + " masks -n 1000000 --size 512x512 -o " + (d / "masks").string());
+  EXPECT_EQ(masks.rc, 130) << masks.output;
+  EXPECT_NE(masks.output.find("pconv: warning: stopped after "), std::string::npos)
+      << masks.output;
+  EXPECT_GT(std::distance(fs::directory_iterator(d / "masks"), fs::directory_iterator()), 0);
 }
 
 // A command that fails takes away the output folders it made: nothing is left to look like a
