@@ -17,6 +17,7 @@
 #include <c10/util/Logging.h>
 
 #include <spdlog/cfg/env.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/ansicolor_sink.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -30,16 +31,41 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+// The message of a log line with its line breaks written as \n, so that every record stays one
+// line even when a file name holds a line break: pconv's and its errors' own messages are one
+// line; LibTorch's are cut to their first line where they are caught.
+class OneLineMessage : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& message, const std::tm& /*time*/,
+              spdlog::memory_buf_t& out) override {
+    for (const char c : message.payload) {
+      if (c == '\n') {
+        out.append(std::string_view("\\n"));
+      } else if (c == '\r') {
+        out.append(std::string_view("\\r"));
+      } else {
+        out.push_back(c);
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<OneLineMessage>();
+  }
+};
+
 void setup_logging() {
   using Sink = spdlog::sinks::ansicolor_sink<spdlog::details::console_mutex>;
   auto logger = std::make_shared<spdlog::logger>(
       "pconv", std::make_shared<Sink>(pconv::app::log_stream(), spdlog::color_mode::automatic));
-  logger->set_pattern("pconv: %^%l%$: %v");
+  auto formatter = std::make_unique<spdlog::pattern_formatter>();
+  formatter->add_flag<OneLineMessage>('*').set_pattern("pconv: %^%l%$: %*");
+  logger->set_formatter(std::move(formatter));
   spdlog::set_default_logger(logger);
   spdlog::set_level(spdlog::level::info);
   spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug etc.
@@ -114,16 +140,16 @@ static int run_pconv(int argc, char** argv) {
     const auto parsed = app.get_subcommands();
     const std::string help =
         parsed.empty() ? "pconv --help" : "pconv " + parsed.front()->get_name() + " --help";
-    spdlog::error("{} (see '{}')", first_line(error.what()), help);
+    spdlog::error("{} (see '{}')", error.what(), help);
     return kExitUsage;
   } catch (const Interrupted& error) {
-    spdlog::warn("{}", first_line(error.what()));
+    spdlog::warn("{}", error.what());
     return kExitInterrupted;
   } catch (const pconv::InputError& error) {
-    spdlog::error("{}", first_line(error.what()));
+    spdlog::error("{}", error.what());
     return kExitInput;
   } catch (const pconv::ModelError& error) {
-    spdlog::error("{}", first_line(error.what()));
+    spdlog::error("{}", error.what());
     return kExitModel;
   } catch (const c10::Error& error) {
     spdlog::error("{}", first_line(error.what_without_backtrace()));

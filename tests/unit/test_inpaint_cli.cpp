@@ -250,6 +250,7 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   }
   std::ofstream(d / "empty.png").close();
   ASSERT_EQ(mkfifo((d / "fifo.png").c_str(), 0600), 0);
+  std::ofstream(d / "bad\nname.png") << "a file name with a line break";
   fs::create_directories(d / "links");
   fs::create_symlink("loop_b", d / "links" / "loop_a");
   fs::create_symlink("loop_a", d / "links" / "loop_b");
@@ -321,6 +322,9 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() + " -o " +
            d.string(),
        2, "would hold the results over --input"},
+      // A line break in a file name is written as \n: the error stays one line.
+      {"inpaint '" + (d / "bad\nname.png").string() + "' " + (d / "mask.png").string(), 3,
+       "bad\\nname.png: cannot read the image"},
       // A device or a pipe is not replaced by a file.
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "fifo.png").string(),
        3, "fifo.png: is not a regular file"},
