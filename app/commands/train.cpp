@@ -272,6 +272,8 @@ void run_train(const TrainOptions& options) {
   const auto entries_before = folder_entries(run_dir);
   try {
     run_trainer(trainer_options, train_files, validation_files, options);
+  } catch (const train::RunFolderInUse&) {
+    throw;  // the folder is the other run's: nothing of it is taken away
   } catch (...) {
     if (owns_folder && !std::filesystem::exists(run_dir / train::Trainer::kCheckpointFile, error)) {
       if (new_folder) {

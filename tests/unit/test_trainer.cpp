@@ -18,6 +18,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -143,6 +144,9 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   // A second run without --resume must not overwrite the stopped one.
   EXPECT_THAT([&] { T::Trainer(tiny(6), files_, {}, dir_ / "resumed", false); },
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("--resume")));
+  // Resuming with other options is refused.
+  EXPECT_THAT([&] { T::Trainer(tiny(8).seed(10), files_, {}, dir_ / "resumed", true); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("another run")));
   T::Trainer resumed(tiny(6), files_, {}, dir_ / "resumed", true);
   EXPECT_EQ(resumed.step(), 3);
   resumed.run();
@@ -151,9 +155,17 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   for (size_t i = 0; i < actual.size(); ++i) {
     EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
   }
-  // Resuming with other options is refused.
-  EXPECT_THAT([&] { T::Trainer(tiny(8).seed(10), files_, {}, dir_ / "resumed", true); },
-              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("another run")));
+}
+
+// Two runs in one folder at a time would overwrite each other's files: the second is refused
+// while the first lives, and may start once it is gone.
+TEST_F(TrainerTest, OneRunPerFolderAtATime) {
+  auto first = std::make_unique<T::Trainer>(tiny(2), files_, files_, dir_ / "run", false);
+  EXPECT_THAT([&] { T::Trainer(tiny(2).seed(2), files_, files_, dir_ / "run", false); },
+              ::testing::ThrowsMessage<pconv::InputError>(
+                  ::testing::HasSubstr("run: another pconv train is running in this folder")));
+  first.reset();
+  EXPECT_NO_THROW(T::Trainer(tiny(2).seed(2), files_, files_, dir_ / "run", false));
 }
 
 TEST_F(TrainerTest, DamagedCheckpointIsAModelErrorNotACrash) {

@@ -17,7 +17,13 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iomanip>
@@ -94,6 +100,24 @@ void truncate_log(const std::filesystem::path& path, int64_t keep_steps) {
   }
   in.close();
   io::write_file_atomically(path, kept);
+}
+
+// An exclusive lock on `folder` (flock on the folder itself, so no lock file is left behind),
+// held while the returned handle lives.
+std::shared_ptr<void> lock_folder(const std::filesystem::path& folder) {
+  const int descriptor = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (descriptor < 0) {
+    throw InputError(folder.string() + ": cannot open the run folder: " + std::strerror(errno));
+  }
+  if (::flock(descriptor, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    ::close(descriptor);
+    if (error == EWOULDBLOCK) {
+      throw RunFolderInUse(folder.string() + ": another pconv train is running in this folder");
+    }
+    throw InputError(folder.string() + ": cannot lock the run folder: " + std::strerror(error));
+  }
+  return {nullptr, [descriptor](void* /*unused*/) { ::close(descriptor); }};
 }
 
 // Names and shapes of a model's parameters and buffers, to compare with after a load.
@@ -182,6 +206,19 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
   if (resume && !std::filesystem::exists(checkpoint)) {
     throw InputError(checkpoint.string() + ": no checkpoint to resume");
+  }
+  if (writes_files()) {
+    // One run per folder at a time: a second one would overwrite the first one's files.
+    std::error_code error;
+    std::filesystem::create_directories(run_dir_, error);
+    if (error) {
+      throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
+    }
+    run_dir_lock_ = lock_folder(run_dir_);
+    if (!resume && std::filesystem::exists(checkpoint)) {  // a run that ended while we waited
+      throw InputError(run_dir_.string() +
+                       ": holds a checkpoint already; use --resume to continue it or another --out");
+    }
   }
   std::error_code error;
   std::filesystem::create_directories(run_dir_ / "samples", error);

@@ -3,6 +3,7 @@
 // resume. Reports through callbacks; the library never prints.
 #pragma once
 
+#include <pconv/error.h>
 #include <pconv/loss/inpainting_loss.h>
 #include <pconv/nn/pconv_unet.h>
 #include <pconv/train/distributed.h>
@@ -103,6 +104,13 @@ struct RunResult {
   double data_wait_fraction = 0;
 };
 
+/// Thrown by Trainer's constructor when another Trainer, in this process or another, is running
+/// in the same run folder: the folder is that run's, and nothing of it may be taken away.
+class RunFolderInUse : public pconv::InputError {
+ public:
+  using pconv::InputError::InputError;
+};
+
 class Trainer {
  public:
   /// Prepares a run in `run_dir` (created if missing). With `resume` the run continues from
@@ -142,6 +150,7 @@ class Trainer {
   nn::PConvUNet model_;
   loss::InpaintingLoss loss_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
+  std::shared_ptr<void> run_dir_lock_;  // held while this Trainer lives (rank 0)
   std::optional<c10::ScalarType> amp_type_;
   GradScaler scaler_;
   int64_t skipped_steps_ = 0;  // fp16 steps skipped for overflowing gradients, this run
