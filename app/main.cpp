@@ -16,6 +16,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Logging.h>
 
+#include <fmt/format.h>
 #include <spdlog/cfg/env.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/ansicolor_sink.h>
@@ -30,12 +31,25 @@
 #include <exception>
 #include <limits>
 #include <memory>
+#include <regex>
 #include <string>
 #include <string_view>
 
 namespace {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// LibTorch's failure in words: out of memory said plainly, anything else as its first line.
+std::string runtime_message(const std::string& text) {
+  static const std::regex allocation(R"(you tried to allocate (\d+) bytes)");
+  std::smatch match;
+  if (std::regex_search(text, match, allocation)) {
+    return fmt::format("out of memory: {:.1f} GB more were needed at once; try a smaller size, "
+                       "batch or --max-memory",
+                       std::stod(match[1].str()) / 1e9);
+  }
+  return first_line(text);
+}
 
 // The message of a log line with its line breaks written as \n, so that every record stays one
 // line even when a file name holds a line break: pconv's and its errors' own messages are one
@@ -152,7 +166,7 @@ static int run_pconv(int argc, char** argv) {
     spdlog::error("{}", error.what());
     return kExitModel;
   } catch (const c10::Error& error) {
-    spdlog::error("{}", first_line(error.what_without_backtrace()));
+    spdlog::error("{}", runtime_message(error.what_without_backtrace()));
     return kExitRuntime;
   } catch (const std::exception& error) {
     spdlog::error("{}", first_line(error.what()));

@@ -2,7 +2,11 @@
 
 #include "pconv/error.h"
 
-#include <fstream>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <random>
 #include <system_error>
 
@@ -25,15 +29,29 @@ void write_bytes(const std::filesystem::path& path, const char* data, size_t siz
                                           : ": is not a regular file; pconv writes only files"));
   }
   const auto temporary = temporary_sibling(path);
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out.write(data, static_cast<std::streamsize>(size));
-    out.close();
-    if (!out) {
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      throw InputError(path.string() + ": cannot write the file (is the folder writable?)");
+  // POSIX calls rather than a stream, for the system's reason when a write fails (a full disk,
+  // a read-only file system, a folder that is not writable).
+  const int descriptor =
+      ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (descriptor < 0) {
+    throw InputError(path.string() + ": cannot write the file: " + std::strerror(errno));
+  }
+  size_t written = 0;
+  int write_error = 0;
+  while (written < size) {
+    const ssize_t count = ::write(descriptor, data + written, size - written);
+    if (count < 0 && errno == EINTR) continue;
+    if (count <= 0) {
+      write_error = count < 0 ? errno : EIO;
+      break;
     }
+    written += static_cast<size_t>(count);
+  }
+  if (::close(descriptor) != 0 && write_error == 0) write_error = errno;
+  if (write_error != 0) {
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    throw InputError(path.string() + ": cannot write the file: " + std::strerror(write_error));
   }
   std::error_code error;
   std::filesystem::rename(temporary, path, error);
