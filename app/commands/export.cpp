@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 namespace pconv::app {
 
@@ -50,7 +51,10 @@ void run_export(const ExportOptions& options) {
                           : std::filesystem::path(options.out);
   refuse_overwriting_inputs(out, "-o", {options.model});
   auto model = io::load_model(options.model, &metadata);
+  std::optional<OutputFolder> out_folder;  // as inpaint's -o: missing folders are made
+  if (out.has_parent_path()) out_folder.emplace(out.parent_path());
   io::export_torchscript(model, metadata, out);
+  if (out_folder) out_folder->keep();
   const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
   const auto& o = model->options;
   spdlog::info(

@@ -149,19 +149,21 @@ fs::path single_output(const InpaintOptions& options) {
 void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options,
                 const infer::InpaintOptions& inpaint_options) {
   const fs::path out = single_output(options);
-  std::optional<OutputFolder> out_folder;  // taken away again if the image fails
-  if (out.has_parent_path()) {
+  // The folders of -o and --compare are made as needed, and taken away again if the image
+  // fails. One that cannot be made shows up as the write's error, naming the file.
+  std::vector<std::unique_ptr<OutputFolder>> out_folders;
+  for (const auto& file : {out, fs::path(options.compare)}) {
+    if (!file.has_parent_path()) continue;
     try {
-      out_folder.emplace(out.parent_path());
+      out_folders.push_back(std::make_unique<OutputFolder>(file.parent_path()));
     } catch (const InputError&) {
-      // A folder that cannot be made shows up as the write's error, naming the file.
     }
   }
   const auto loaded = load(options.image, options.mask, options);
   const auto summary =
       inpaint_one(inpainter, loaded, options.image, options.mask, out, options, inpaint_options);
   spdlog::info("{}: {}", options.image, summary);
-  if (out_folder) out_folder->keep();
+  for (const auto& folder : out_folders) folder->keep();
   fmt::print("{}\n", out.string());
   if (!options.compare.empty()) spdlog::info("side-by-side picture: {}", options.compare);
 }
@@ -206,7 +208,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   int64_t skipped = 0;
   for (const auto& file : files) {
     const auto out = out_dir / fs::relative(file, input_dir);
-    if (options.skip_existing && fs::exists(out)) {
+    if (options.skip_existing && fs::is_regular_file(out)) {
       ++skipped;
       continue;
     }

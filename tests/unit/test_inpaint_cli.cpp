@@ -470,6 +470,25 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   EXPECT_GT(std::distance(fs::directory_iterator(d / "masks"), fs::directory_iterator()), 0);
 }
 
+// Missing folders on the way to -o and --compare (inpaint) and -o (export) are made.
+TEST(Cli, OutputFoldersAreMadeAsNeeded) {
+  TempDir dir;
+  const auto& d = dir.path();
+  pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
+  write_holes(d / "mask.png", rectangle_holes(16, 16));
+  const auto run = pconv(d, "inpaint " + (d / "photo.png").string() + " " +
+                                (d / "mask.png").string() + " -o " +
+                                (d / "a" / "x.png").string() + " --compare " +
+                                (d / "b" / "c" / "side.png").string());
+  EXPECT_EQ(run.rc, 0) << run.output;
+  EXPECT_TRUE(fs::is_regular_file(d / "a" / "x.png"));
+  EXPECT_TRUE(fs::is_regular_file(d / "b" / "c" / "side.png"));
+  const auto exported = pconv(d, std::string("export ") + PCONV_DEFAULT_MODEL + " -o " +
+                                     (d / "e" / "model.ts").string());
+  EXPECT_EQ(exported.rc, 0) << exported.output;
+  EXPECT_TRUE(fs::is_regular_file(d / "e" / "model.ts"));
+}
+
 // A command that fails takes away the output folders it made: nothing is left to look like a
 // result. A refused training run adds nothing to the run folder.
 TEST(Cli, FailedCommandsLeaveNoFolderBehind) {

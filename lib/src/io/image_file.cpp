@@ -68,12 +68,13 @@ Image read_tensor_image(const std::filesystem::path& path) {
   }
   if (!value.isTensor()) throw InputError(name + ": holds no tensor; expected an image tensor");
   auto hwc = value.toTensor();
+  const auto stored_sizes = hwc.sizes().vec();
   if (hwc.dim() == 2) hwc = hwc.unsqueeze(2);
   const auto type = hwc.scalar_type();
   if (hwc.dim() != 3 || (type != at::kByte && type != at::kUInt16 && type != at::kInt) ||
       (hwc.size(2) != 1 && hwc.size(2) != 3 && hwc.size(2) != 4) || hwc.numel() == 0) {
     throw InputError(name + ": expected a uint8, uint16 or int32 tensor (H, W[, 1|3|4]); got " +
-                     std::string(c10::toString(type)) + " " + c10::str(hwc.sizes()));
+                     std::string(c10::toString(type)) + " " + c10::str(stored_sizes));
   }
   if (!has_all_its_bytes(hwc)) throw InputError(name + ": the tensor image is truncated");
   // A file of a few bytes can describe a huge picture with zero strides: the file must hold
