@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <string>
 
 namespace pconv::app {
 
@@ -17,6 +18,21 @@ void setup_info(CLI::App& app) {
       ->required();
   command->callback([options] { run_info(*options); });
 }
+
+namespace {
+
+// A text from the model file as one printable line: control characters (a line break, a
+// terminal escape) become '?', so that a crafted file cannot drive the terminal.
+std::string shown(const std::string& text) {
+  if (text.empty()) return "(not recorded)";
+  std::string line = text;
+  for (auto& c : line) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  return line;
+}
+
+}  // namespace
 
 void run_info(const InfoOptions& options) {
   io::ModelMetadata metadata;
@@ -31,14 +47,13 @@ void run_info(const InfoOptions& options) {
              o.base_width(), o.max_width(), o.image_channels());
   fmt::print("parameters   {:.2f} M\n", static_cast<double>(parameters) / 1e6);
   fmt::print("input        height and width multiples of {}\n", model->size_multiple());
-  fmt::print("trained on   {}\n",
-             metadata.training_data.empty() ? "(not recorded)" : metadata.training_data);
+  fmt::print("trained on   {}\n", shown(metadata.training_data));
   fmt::print("steps        {} at {}x{}\n", metadata.steps, metadata.image_size,
              metadata.image_size);
-  fmt::print("created      {}\n", metadata.created.empty() ? "(not recorded)" : metadata.created);
-  fmt::print("command      {}\n", metadata.command.empty() ? "(not recorded)" : metadata.command);
+  fmt::print("created      {}\n", shown(metadata.created));
+  fmt::print("command      {}\n", shown(metadata.command));
   for (const auto& [name, value] : metadata.metrics)
-    fmt::print("metric       {} = {:.4f}\n", name, value);
+    fmt::print("metric       {} = {:.4f}\n", shown(name), value);
 }
 
 }  // namespace pconv::app

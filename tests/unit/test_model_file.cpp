@@ -124,6 +124,21 @@ TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
   pconv::testing::copy_with_short_record(path, dir_ / "copy.pt", "", 0);
   EXPECT_NO_THROW(pconv::io::load_model(dir_ / "copy.pt"));  // the copy itself is sound
 
+  // An architecture pconv does not make (building it could take all the memory).
+  const auto huge = dir_ / "huge.pt";
+  torch::serialize::OutputArchive huge_archive;
+  huge_archive.write("magic", c10::IValue(std::string("pconv-model")));
+  huge_archive.write("format", c10::IValue(int64_t{1}));
+  huge_archive.write("options.depth", c10::IValue(int64_t{8}));
+  huge_archive.write("options.base_width", c10::IValue(int64_t{64}));
+  huge_archive.write("options.max_width", c10::IValue(int64_t{1} << 40));
+  huge_archive.write("options.image_channels", c10::IValue(int64_t{3}));
+  huge_archive.save_to(huge.string());
+  EXPECT_THAT([&] { pconv::io::load_model(huge); },
+              ThrowsMessage<pconv::ModelError>(HasSubstr("huge.pt: its architecture (depth 8, "
+                                                         "widths 64..1099511627776, 3 channels) "
+                                                         "is not one pconv makes")));
+
   EXPECT_THAT([&] { pconv::io::load_model(dir_ / "absent.pt"); },
               ThrowsMessage<pconv::ModelError>(HasSubstr("absent.pt: no such model file")));
   EXPECT_THAT([&] { pconv::io::save_model(dir_ / "no" / "such" / "dir.pt", model_, {}); },

@@ -147,6 +147,10 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   // Resuming with other options is refused.
   EXPECT_THAT([&] { T::Trainer(tiny(8).seed(10), files_, {}, dir_ / "resumed", true); },
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("another run")));
+  // So is resuming with fewer steps than the run has done.
+  EXPECT_THAT([&] { T::Trainer(tiny(2), files_, {}, dir_ / "resumed", true); },
+              ::testing::ThrowsMessage<pconv::InputError>(
+                  ::testing::HasSubstr("at step 3 already, past --steps 2")));
   T::Trainer resumed(tiny(6), files_, {}, dir_ / "resumed", true);
   EXPECT_EQ(resumed.step(), 3);
   resumed.run();

@@ -86,6 +86,17 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
         .base_width(read_int("options.base_width"))
         .max_width(read_int("options.max_width"))
         .image_channels(read_int("options.image_channels"));
+    // The ranges pconv train makes (and a little room): anything else is a damaged or foreign
+    // file, and building it could take all the memory.
+    if (options.depth() < 1 || options.depth() > 10 || options.base_width() < 1 ||
+        options.max_width() < options.base_width() || options.max_width() > 8192 ||
+        options.image_channels() < 1 || options.image_channels() > 4) {
+      throw ModelError(name + ": its architecture (depth " + std::to_string(options.depth()) +
+                       ", widths " + std::to_string(options.base_width()) + ".." +
+                       std::to_string(options.max_width()) + ", " +
+                       std::to_string(options.image_channels()) +
+                       " channels) is not one pconv makes");
+    }
     nn::PConvUNet model(options);
 
     torch::serialize::InputArchive weights;

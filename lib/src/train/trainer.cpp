@@ -303,6 +303,11 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
   if (resume) {
     load_checkpoint();
+    if (step_ > options_.steps()) {
+      throw InputError(run_dir_.string() + ": the run is at step " + std::to_string(step_) +
+                       " already, past --steps " + std::to_string(options_.steps()) +
+                       "; give more steps to train further");
+    }
     if (writes_files()) {
       truncate_log(run_dir_ / kLogFile, step_);
       truncate_log(run_dir_ / kValidationFile, step_);
