@@ -171,6 +171,27 @@ TEST_F(ImageFolderTest, ImagesPastThePixelLimitAreInputErrors) {
   pconv::io::set_max_image_pixels(before);
 }
 
+// A JPEG's EXIF orientation is applied, as viewers do: a mask drawn on the picture as it is
+// shown fits it.
+TEST_F(ImageFolderTest, JpegExifOrientationIsApplied) {
+  std::vector<uint8_t> jpeg;
+  cv::imencode(".jpg", gradient(40, 48, CV_8UC3), jpeg);
+  // An APP1 segment right after the start marker: "Exif", a little-endian TIFF header and one
+  // IFD entry, orientation (0x0112, SHORT) = 6: rotate 90 degrees clockwise to show.
+  const std::vector<uint8_t> exif = {
+      0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0x00, 0x00, 'I',  'I',
+      0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x12, 0x01, 0x03, 0x00,
+      0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  jpeg.insert(jpeg.begin() + 2, exif.begin(), exif.end());
+  std::ofstream(dir_ / "turned.jpg", std::ios::binary)
+      .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size()));
+  const auto turned = pconv::io::read_image(dir_ / "turned.jpg");
+  EXPECT_EQ(turned.pixels.sizes(), (at::IntArrayRef{3, 48, 40}));  // was 40 rows, 48 columns
+  cv::imwrite((dir_ / "plain.jpg").string(), gradient(40, 48, CV_8UC1));
+  EXPECT_EQ(pconv::io::read_image(dir_ / "plain.jpg").pixels.sizes(),
+            (at::IntArrayRef{1, 40, 48}));  // grey stays grey
+}
+
 // What cannot be looked at is reported, not dropped without a word, and never ends the
 // listing; a link to a folder is not followed (it could lead back up forever).
 TEST_F(ImageFolderTest, ListingReportsWhatItSkips) {

@@ -222,7 +222,13 @@ Image read_image(const std::filesystem::path& path) {
   StderrCapture decoder_messages;
   std::string exception;
   try {
-    decoded = cv::imread(name, cv::IMREAD_UNCHANGED);
+    // A JPEG's EXIF orientation is applied, as every viewer (and so every mask drawn on one)
+    // does; IMREAD_UNCHANGED would skip it, and a JPEG has no alpha for it to keep.
+    const auto extension = lower_extension(path);
+    const int flags = extension == ".jpg" || extension == ".jpeg"
+                          ? cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR
+                          : cv::IMREAD_UNCHANGED;
+    decoded = cv::imread(name, flags);
   } catch (const cv::Exception& error) {
     decoded = cv::Mat();
     exception = error.err;
