@@ -2,6 +2,7 @@
 
 #include "../common.h"
 
+#include <pconv/error.h>
 #include <pconv/io/model_file.h>
 #include <pconv/io/torchscript_export.h>
 
@@ -51,8 +52,15 @@ void run_export(const ExportOptions& options) {
                           : std::filesystem::path(options.out);
   refuse_overwriting_inputs(out, "-o", {options.model});
   auto model = io::load_model(options.model, &metadata);
-  std::optional<OutputFolder> out_folder;  // as inpaint's -o: missing folders are made
-  if (out.has_parent_path()) out_folder.emplace(out.parent_path());
+  // As inpaint's -o: missing folders are made (one that cannot be made shows up as the
+  // write's error, naming the file), and taken away again if the export fails.
+  std::optional<OutputFolder> out_folder;
+  if (out.has_parent_path()) {
+    try {
+      out_folder.emplace(out.parent_path());
+    } catch (const InputError&) {
+    }
+  }
   io::export_torchscript(model, metadata, out);
   if (out_folder) out_folder->keep();
   const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
