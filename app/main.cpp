@@ -85,7 +85,6 @@ void setup_logging() {
   spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug etc.
   // Quieter than errors would hide why a command failed: errors always show.
   if (logger->level() > spdlog::level::err) logger->set_level(spdlog::level::err);
-  // What libjpeg or libpng say about an image they did decode, as pconv's own warning.
   // The largest image this machine can inpaint without running out of memory: about 120 bytes
   // per pixel (80 measured at the peak for a 14000x14000 RGB image), unless
   // OPENCV_IO_MAX_IMAGE_PIXELS says otherwise.
@@ -96,6 +95,7 @@ void setup_logging() {
     max_pixels = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE) / 120;
   }
   if (max_pixels > 0) pconv::io::set_max_image_pixels(max_pixels);
+  // What libjpeg or libpng say about an image they did decode, as pconv's own warning.
   pconv::io::set_decoder_warning_handler(
       [](const std::string& warning) { spdlog::warn("{}", warning); });
 }

@@ -21,7 +21,6 @@
 #include <iterator>
 #include <map>
 #include <memory>
-#include <optional>
 #include <utility>
 #include <vector>
 
