@@ -175,10 +175,10 @@ std::atomic<bool> g_stop_requested{false};
 extern "C" void request_stop(int /*signal*/) { g_stop_requested = true; }
 }  // namespace
 
-StopOnSignal::StopOnSignal()
-    : previous_int_(std::signal(SIGINT, request_stop)),
-      previous_term_(std::signal(SIGTERM, request_stop)) {
-  g_stop_requested = false;
+StopOnSignal::StopOnSignal() {
+  g_stop_requested = false;  // first: a signal from here on counts
+  previous_int_ = std::signal(SIGINT, request_stop);
+  previous_term_ = std::signal(SIGTERM, request_stop);
 }
 
 StopOnSignal::~StopOnSignal() {
@@ -212,26 +212,53 @@ void leave_out_results(std::vector<std::filesystem::path>& files,
   files.erase(results, files.end());
 }
 
-OutputFolder::OutputFolder(const std::filesystem::path& folder) {
+namespace {
+
+// Removes `folder` and the folders under it that hold nothing (links are not followed): never a
+// file, and never a folder that another command wrote into.
+void remove_empty_folders(const std::filesystem::path& folder) {
   std::error_code error;
-  for (auto missing = folder; !missing.empty() && !std::filesystem::exists(missing, error);
-       missing = missing.parent_path()) {
-    made_ = missing;
-    if (missing == missing.parent_path()) break;
+  std::vector<std::filesystem::path> subfolders;
+  for (std::filesystem::directory_iterator it(folder, error), end; !error && it != end;
+       it.increment(error)) {
+    std::error_code entry_error;
+    if (it->is_directory(entry_error) && !it->is_symlink(entry_error)) {
+      subfolders.push_back(it->path());
+    }
   }
-  std::filesystem::create_directories(folder, error);
-  if (error || !std::filesystem::is_directory(folder)) {
-    std::error_code ignored;
-    if (!made_.empty()) std::filesystem::remove_all(made_, ignored);  // what was made of it
+  for (const auto& subfolder : subfolders) remove_empty_folders(subfolder);
+  std::filesystem::remove(folder, error);  // fails, harmlessly, where something is left
+}
+
+}  // namespace
+
+OutputFolder::OutputFolder(const std::filesystem::path& folder) {
+  namespace fs = std::filesystem;
+  // The missing levels, made one at a time from the outermost: only a folder that this command
+  // itself made (create_directory says so) is ever taken away, even with other commands making
+  // the same folders at the same moment.
+  std::vector<fs::path> missing;
+  for (auto level = folder; !level.empty(); level = level.parent_path()) {
+    std::error_code error;
+    fs::symlink_status(level, error);
+    if (error != std::errc::no_such_file_or_directory) break;  // there, or a link: not ours
+    missing.push_back(level);
+    if (level == level.parent_path()) break;
+  }
+  std::error_code error;
+  for (auto level = missing.rbegin(); level != missing.rend() && !error; ++level) {
+    if (fs::create_directory(*level, error) && made_.empty()) made_ = *level;
+  }
+  if (!error) fs::create_directories(folder, error);
+  if (error || !fs::is_directory(folder)) {
+    if (!made_.empty()) remove_empty_folders(made_);
     throw InputError(folder.string() + ": cannot create the output folder" +
                      (error ? ": " + error.message() : std::string()));
   }
 }
 
 OutputFolder::~OutputFolder() {
-  if (made_.empty()) return;
-  std::error_code ignored;
-  std::filesystem::remove_all(made_, ignored);
+  if (!made_.empty()) remove_empty_folders(made_);
 }
 
 namespace {

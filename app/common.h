@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <initializer_list>
@@ -74,8 +75,8 @@ class StopOnSignal {
   StopOnSignal& operator=(const StopOnSignal&) = delete;
 
  private:
-  void (*previous_int_)(int);
-  void (*previous_term_)(int);
+  void (*previous_int_)(int) = SIG_DFL;
+  void (*previous_term_)(int) = SIG_DFL;
 };
 
 /// Whether SIGINT or SIGTERM came while a StopOnSignal was alive.
@@ -96,8 +97,9 @@ void leave_out_results(std::vector<std::filesystem::path>& files,
                        const std::filesystem::path& out_dir);
 
 /// Makes `folder` (and its missing parents) for a command's results, or throws InputError.
-/// Unless keep() is called, the destructor takes away the folders it made, with what was
-/// written into them, so that a failed command leaves no empty or half-filled folder behind.
+/// Unless keep() is called, the destructor takes away the folders it made that are empty
+/// again, so that a failed command leaves no empty folder behind; files are never removed
+/// (each is whole: written under a temporary name and renamed).
 class OutputFolder {
  public:
   explicit OutputFolder(const std::filesystem::path& folder);

@@ -275,7 +275,17 @@ void run_train(const TrainOptions& options) {
   } catch (const train::RunFolderInUse&) {
     throw;  // the folder is the other run's: nothing of it is taken away
   } catch (...) {
-    if (owns_folder && !std::filesystem::exists(run_dir / train::Trainer::kCheckpointFile, error)) {
+    // Only while no other run is in the folder (one may have started since the snapshot, and
+    // this run may have failed before it could take the lock itself).
+    std::shared_ptr<void> lock;
+    bool folder_free = owns_folder;
+    try {
+      if (owns_folder) lock = train::lock_run_folder(run_dir);
+    } catch (const std::exception&) {
+      folder_free = false;  // another run's now, or gone: nothing to take away
+    }
+    if (folder_free &&
+        !std::filesystem::exists(run_dir / train::Trainer::kCheckpointFile, error)) {
       if (new_folder) {
         std::filesystem::remove_all(run_dir, error);
       } else {

@@ -447,14 +447,16 @@ TEST(Cli, ImagesPastThePixelLimitAreInputErrors) {
   EXPECT_EQ(pconv(d, args + " -o " + (d / "yes.png").string()).rc, 0);
 }
 
-// Ctrl-C (here SIGINT after 3 s, as `timeout` sends it) stops a long job between two items:
-// exit 130, one warning line; eval leaves no folder, masks keep their whole masks.
+// Ctrl-C (here SIGINT after 6 s, well after start-up, as `timeout` sends it) stops a long job
+// between two items: exit 130, one warning line; eval leaves no folder, masks keep their whole
+// masks.
 TEST(Cli, InterruptedJobsStopCleanly) {
   TempDir dir;
   const auto& d = dir.path();
   fs::create_directories(d / "photos");
   pconv::io::write_image(d / "photos" / "photo.png", picture(3, 80, 80));
-  const std::string interrupt = std::string("timeout --preserve-status -s INT 3 ") + PCONV_BINARY;
+  const std::string interrupt =
+      std::string("timeout --preserve-status -s INT 6 ") + PCONV_BINARY;
   const auto eval = shell(d, interrupt + " eval --data " + (d / "photos").string() +
                              " --size 64 --per-bin 100000 -o " + (d / "reports").string());
   EXPECT_EQ(eval.rc, 130) << eval.output;

@@ -75,7 +75,8 @@ std::vector<std::filesystem::path> list_images(
       const auto& path = it->path();
       std::error_code entry_error;
       const bool is_link = it->is_symlink(entry_error);
-      const auto status = fs::status(path, entry_error);
+      // The type the listing gave (no stat per file on a large dataset), a link's target's.
+      const auto status = is_link ? fs::status(path, entry_error) : it->symlink_status(entry_error);
       if (entry_error) {
         // A link to nowhere matters only where it has an image's name; a loop of links or an
         // entry that cannot be looked at always does.

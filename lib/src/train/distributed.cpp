@@ -18,6 +18,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <future>
@@ -87,7 +88,9 @@ struct ProcessGroup::Impl {
   std::string backends;
 
   // Connects to the store and sets up the backends: c10d's part of joining the group.
-  static std::unique_ptr<Impl> join(const DistributedOptions& options);
+  // `connected` turns true once the store has its master's first answer.
+  static std::unique_ptr<Impl> join(const DistributedOptions& options,
+                                    const std::shared_ptr<std::atomic<bool>>& connected);
 
   // c10d's failures as one clear line.
   [[noreturn]] void fail(const std::string& what, const std::exception& error) const {
@@ -110,7 +113,8 @@ struct ProcessGroup::Impl {
   }
 };
 
-std::unique_ptr<ProcessGroup::Impl> ProcessGroup::Impl::join(const DistributedOptions& options) {
+std::unique_ptr<ProcessGroup::Impl> ProcessGroup::Impl::join(
+    const DistributedOptions& options, const std::shared_ptr<std::atomic<bool>>& connected) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   const std::string where = options.master_addr + ":" + std::to_string(options.master_port);
@@ -122,6 +126,7 @@ std::unique_ptr<ProcessGroup::Impl> ProcessGroup::Impl::join(const DistributedOp
     store_options.waitWorkers = true;
     store_options.timeout = options.timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(options.master_addr, store_options);
+    *connected = true;
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout);
     gloo_options->devices.push_back(
         c10d::ProcessGroupGloo::createDeviceForHostname(options.master_addr));
@@ -165,10 +170,13 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) {
   // c10d's client waits for its master's first answer with no timeout, and a rendezvous cannot
   // be cancelled: join on a thread of its own, so that the timeout and a stop request end the
   // wait. A join that never ends leaves that thread behind, blocked on its socket.
-  std::packaged_task<std::unique_ptr<Impl>()> task([options] { return Impl::join(options); });
+  auto connected = std::make_shared<std::atomic<bool>>(false);
+  std::packaged_task<std::unique_ptr<Impl>()> task(
+      [options, connected] { return Impl::join(options, connected); });
   auto joined = task.get_future();
   std::thread(std::move(task)).detach();
-  // c10d's own timeouts come first and say more; this one catches the waits that have none.
+  // Until the store has its master's first answer (a wait c10d gives no timeout); after it the
+  // waits for the other ranks are c10d's, each with the timeout, one after the other.
   const auto deadline =
       std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(2);
   const std::string who =
@@ -180,7 +188,7 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) {
                                 std::to_string(options.timeout.count() / 1000) + " s";
   while (joined.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
     if (options.should_stop && options.should_stop()) throw Error(stopped);
-    if (std::chrono::steady_clock::now() > deadline) throw Error(no_answer);
+    if (!*connected && std::chrono::steady_clock::now() > deadline) throw Error(no_answer);
   }
   impl_ = joined.get();
 }

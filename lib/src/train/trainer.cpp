@@ -102,24 +102,6 @@ void truncate_log(const std::filesystem::path& path, int64_t keep_steps) {
   io::write_file_atomically(path, kept);
 }
 
-// An exclusive lock on `folder` (flock on the folder itself, so no lock file is left behind),
-// held while the returned handle lives.
-std::shared_ptr<void> lock_folder(const std::filesystem::path& folder) {
-  const int descriptor = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (descriptor < 0) {
-    throw InputError(folder.string() + ": cannot open the run folder: " + std::strerror(errno));
-  }
-  if (::flock(descriptor, LOCK_EX | LOCK_NB) != 0) {
-    const int error = errno;
-    ::close(descriptor);
-    if (error == EWOULDBLOCK) {
-      throw RunFolderInUse(folder.string() + ": another pconv train is running in this folder");
-    }
-    throw InputError(folder.string() + ": cannot lock the run folder: " + std::strerror(error));
-  }
-  return {nullptr, [descriptor](void* /*unused*/) { ::close(descriptor); }};
-}
-
 // Names and shapes of a model's parameters and buffers, to compare with after a load.
 std::vector<std::pair<std::string, std::vector<int64_t>>> shapes_of(const torch::nn::Module& m) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
@@ -214,7 +196,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     if (error) {
       throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
     }
-    run_dir_lock_ = lock_folder(run_dir_);
+    run_dir_lock_ = lock_run_folder(run_dir_);
     if (!resume && std::filesystem::exists(checkpoint)) {  // a run that ended while we waited
       throw InputError(run_dir_.string() +
                        ": holds a checkpoint already; use --resume to continue it or another --out");
@@ -324,6 +306,24 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
 
 bool Trainer::writes_files() const {
   return !options_.process_group() || options_.process_group()->rank() == 0;
+}
+
+std::shared_ptr<void> lock_run_folder(const std::filesystem::path& folder) {
+  const int descriptor = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (descriptor < 0) {
+    throw InputError(folder.string() + ": cannot open the run folder: " + std::strerror(errno));
+  }
+  if (::flock(descriptor, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    ::close(descriptor);
+    if (error == EWOULDBLOCK) {
+      throw RunFolderInUse(folder.string() + ": another pconv train is running in this folder");
+    }
+    // A file system without locks for folders (NFS, SMB emulate flock with byte-range locks
+    // that need a file open for writing): train without the guard rather than not at all.
+    return {};
+  }
+  return {nullptr, [descriptor](void* /*unused*/) { ::close(descriptor); }};
 }
 
 void Trainer::save_checkpoint() const {
