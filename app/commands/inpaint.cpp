@@ -358,15 +358,10 @@ void run_inpaint(const InpaintOptions& options) {
     // default output has the image's own format).
     for (const auto& [path, option] : {std::pair<fs::path, const char*>{options.out, "-o"},
                                        {options.compare, "--compare"}}) {
-      if (path.empty()) continue;
-      std::string extension = path.extension().string();
-      std::transform(extension.begin(), extension.end(), extension.begin(),
-                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-      const auto& known = io::image_extensions();
-      if (std::find(known.begin(), known.end(), extension) == known.end()) {
+      if (!path.empty() && !io::has_image_extension(path)) {
         throw CLI::ValidationError(
             option, fmt::format("'{}': the extension names no image format pconv writes ({})",
-                                path.string(), fmt::join(known, " ")));
+                                path.string(), fmt::join(io::image_extensions(), " ")));
       }
     }
     refuse_overwriting_inputs(out, "-o", {options.image, options.mask, model_path});

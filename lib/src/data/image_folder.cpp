@@ -8,7 +8,6 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <functional>
 #include <numeric>
@@ -17,12 +16,6 @@
 
 namespace pconv::data {
 namespace {
-
-std::string lower(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return text;
-}
 
 // Grey or RGB, without alpha: (1 or 3, H, W). Grey becomes RGB only after the resize and crop,
 // which is cheaper and keeps the three channels exactly equal.
@@ -47,11 +40,6 @@ std::vector<std::filesystem::path> list_images(
   if (!fs::is_directory(folder, error)) {
     throw InputError(folder.string() + ": no such folder");
   }
-  const auto& extensions = io::image_extensions();
-  const auto is_image_name = [&](const fs::path& path) {
-    const auto extension = lower(path.extension().string());
-    return std::find(extensions.begin(), extensions.end(), extension) != extensions.end();
-  };
   const auto skip = [&](const fs::path& path, const std::string& why) {
     if (skipped) skipped(path.string() + ": " + why + "; skipped");
   };
@@ -80,7 +68,7 @@ std::vector<std::filesystem::path> list_images(
       if (entry_error) {
         // A link to nowhere matters only where it has an image's name; a loop of links or an
         // entry that cannot be looked at always does.
-        if (is_image_name(path) || entry_error != std::errc::no_such_file_or_directory) {
+        if (io::has_image_extension(path) || entry_error != std::errc::no_such_file_or_directory) {
           skip(path, entry_error.message());
         }
         continue;
@@ -90,7 +78,7 @@ std::vector<std::filesystem::path> list_images(
         if (!is_link) folders.push_back(path);
         continue;
       }
-      if (fs::is_regular_file(status) && is_image_name(path)) files.push_back(path);
+      if (fs::is_regular_file(status) && io::has_image_extension(path)) files.push_back(path);
     }
     if (error) {
       if (current == folder) {

@@ -209,6 +209,11 @@ void set_max_image_pixels(int64_t pixels) {
 
 int64_t max_image_pixels() { return g_max_image_pixels; }
 
+bool has_image_extension(const std::filesystem::path& path) {
+  const auto& known = image_extensions();
+  return std::find(known.begin(), known.end(), lower_extension(path)) != known.end();
+}
+
 Image read_image(const std::filesystem::path& path) {
   const std::string name = path.string();
   if (const auto problem = file_problem(path, "image file"); !problem.empty()) {

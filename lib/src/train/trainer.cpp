@@ -182,10 +182,13 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
   // Checked before anything is made, so that a refused run adds nothing to the folder.
   const auto checkpoint = run_dir_ / kCheckpointFile;
-  if (!resume && std::filesystem::exists(checkpoint)) {
-    throw InputError(run_dir_.string() +
-                     ": holds a checkpoint already; use --resume to continue it or another --out");
-  }
+  const auto refuse_an_existing_run = [&] {
+    if (!resume && std::filesystem::exists(checkpoint)) {
+      throw InputError(run_dir_.string() + ": holds a checkpoint already; use --resume to "
+                                           "continue it or another --out");
+    }
+  };
+  refuse_an_existing_run();
   if (resume && !std::filesystem::exists(checkpoint)) {
     throw InputError(checkpoint.string() + ": no checkpoint to resume");
   }
@@ -197,10 +200,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
       throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
     }
     run_dir_lock_ = lock_run_folder(run_dir_);
-    if (!resume && std::filesystem::exists(checkpoint)) {  // a run that ended while we waited
-      throw InputError(run_dir_.string() +
-                       ": holds a checkpoint already; use --resume to continue it or another --out");
-    }
+    refuse_an_existing_run();  // again: a run may have ended in the folder since
   }
   std::error_code error;
   std::filesystem::create_directories(run_dir_ / "samples", error);

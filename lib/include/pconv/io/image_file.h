@@ -52,6 +52,10 @@ int64_t max_image_pixels();
 /// The file extensions read_image handles, lower case with the dot.
 const std::vector<std::string>& image_extensions();
 
+/// Whether `path`'s extension, in any case, is one of image_extensions(): a name read_image
+/// and write_image take.
+bool has_image_extension(const std::filesystem::path& path);
+
 /// Writes `pixels` ((C, H, W), C = 1, 3 or 4, RGB order, values in [0, 1], clamped) as an
 /// image with `bit_depth` 8 or 16 bits per sample, in the format the extension names,
 /// atomically. Throws pconv::InputError naming the file on failure.
