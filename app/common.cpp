@@ -199,6 +199,16 @@ std::FILE* log_stream() {
   return stream;
 }
 
+void keep_apart_from_photos(const std::string& out, const std::string& what,
+                            const std::string& option, const std::string& folder,
+                            std::vector<std::filesystem::path>& photos) {
+  if (is_within(folder, out)) {
+    throw CLI::ValidationError("-o", "'" + out + "' would hold " + what + " among the photos of " +
+                                         option + " '" + folder + "'; choose another folder");
+  }
+  if (is_within(out, folder)) leave_out_results(photos, out);
+}
+
 void warn_line(const std::string& message) { spdlog::warn("{}", message); }
 
 void leave_out_results(std::vector<std::filesystem::path>& files,
@@ -240,8 +250,11 @@ OutputFolder::OutputFolder(const std::filesystem::path& folder) {
   std::vector<fs::path> missing;
   for (auto level = folder; !level.empty(); level = level.parent_path()) {
     std::error_code error;
-    fs::symlink_status(level, error);
-    if (error != std::errc::no_such_file_or_directory) break;  // there, or a link: not ours
+    const auto status = fs::symlink_status(level, error);
+    if (status.type() != fs::file_type::not_found ||
+        error != std::errc::no_such_file_or_directory) {
+      break;  // there (a link too), or not to be looked at: not ours
+    }
     missing.push_back(level);
     if (level == level.parent_path()) break;
   }

@@ -87,6 +87,13 @@ bool stop_requested();
 /// an image decoder on one thread) never take pconv's own lines from other threads with them.
 std::FILE* log_stream();
 
+/// Keeps a command's output folder `out` apart from the photos listed from `folder` (given as
+/// `option`): `out` equal to or above `folder` is a usage error (it would hold `what` among
+/// the photos); `out` inside `folder` is fine, and what is in it is taken out of `photos`.
+void keep_apart_from_photos(const std::string& out, const std::string& what,
+                            const std::string& option, const std::string& folder,
+                            std::vector<std::filesystem::path>& photos);
+
 /// Logs `message` as a warning: for library callbacks such as data::list_images's skipped
 /// entries.
 void warn_line(const std::string& message);

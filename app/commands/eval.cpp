@@ -94,12 +94,7 @@ void run_eval(const EvalOptions& options) {
   // The reports never mix with the photos (examples.png would be read as one next time): -o
   // may be a folder inside --data, whose files are left out, not --data or a folder above it.
   auto photos = data::list_images(options.data_dir, warn_line);
-  if (is_within(options.data_dir, options.out_dir)) {
-    throw CLI::ValidationError("-o", "'" + options.out_dir + "' would hold the reports among the " +
-                                         "photos of --data '" + options.data_dir +
-                                         "'; choose another folder");
-  }
-  if (is_within(options.out_dir, options.data_dir)) leave_out_results(photos, options.out_dir);
+  keep_apart_from_photos(options.out_dir, "the reports", "--data", options.data_dir, photos);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
   auto inpainter = std::make_shared<infer::Inpainter>(
       io::load_model(model_path), device,

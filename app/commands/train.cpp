@@ -212,17 +212,10 @@ void run_train(const TrainOptions& options) {
   if (!options.validation_dir.empty()) {
     validation_files = data::list_images(options.validation_dir, warn_line);
   }
-  for (const auto& [option, folder] : {std::pair{"--data", options.data_dir},
-                                       std::pair{"--val", options.validation_dir}}) {
-    if (!folder.empty() && is_within(folder, options.out_dir)) {
-      throw CLI::ValidationError("-o", "'" + options.out_dir + "' would hold the run among the " +
-                                           "photos of " + option + " '" + folder +
-                                           "'; choose another folder");
-    }
-  }
-  if (is_within(options.out_dir, options.data_dir)) leave_out_results(train_files, options.out_dir);
-  if (!options.validation_dir.empty() && is_within(options.out_dir, options.validation_dir)) {
-    leave_out_results(validation_files, options.out_dir);
+  keep_apart_from_photos(options.out_dir, "the run", "--data", options.data_dir, train_files);
+  if (!options.validation_dir.empty()) {
+    keep_apart_from_photos(options.out_dir, "the run", "--val", options.validation_dir,
+                           validation_files);
   }
   spdlog::info("{} training photos in {}{}", train_files.size(), options.data_dir,
                validation_files.empty()
