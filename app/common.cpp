@@ -199,28 +199,16 @@ std::FILE* log_stream() {
   return stream;
 }
 
-void keep_apart_from_photos(const std::string& out, const std::string& what,
-                            const std::string& option, const std::string& folder,
-                            std::vector<std::filesystem::path>& photos) {
-  if (is_within(folder, out)) {
-    throw CLI::ValidationError("-o", "'" + out + "' would hold " + what + " among the photos of " +
-                                         option + " '" + folder + "'; choose another folder");
+void keep_apart(const std::string& out, const std::string& what, const std::string& inputs,
+                const std::string& option, const std::string& folder) {
+  if (is_within(folder, out) || is_within(out, folder)) {
+    throw CLI::ValidationError("-o", "'" + out + "' would hold " + what + " among " + inputs +
+                                         " of " + option + " '" + folder +
+                                         "'; choose a folder outside it");
   }
-  if (is_within(out, folder)) leave_out_results(photos, out);
 }
 
 void warn_line(const std::string& message) { spdlog::warn("{}", message); }
-
-void leave_out_results(std::vector<std::filesystem::path>& files,
-                       const std::filesystem::path& out_dir) {
-  const auto results = std::remove_if(files.begin(), files.end(),
-                                      [&](const auto& file) { return is_within(file, out_dir); });
-  if (results != files.end()) {
-    spdlog::info("leaving out {} image(s) already in the output folder {}",
-                 std::distance(results, files.end()), out_dir.string());
-  }
-  files.erase(results, files.end());
-}
 
 namespace {
 

@@ -87,21 +87,17 @@ bool stop_requested();
 /// an image decoder on one thread) never take pconv's own lines from other threads with them.
 std::FILE* log_stream();
 
-/// Keeps a command's output folder `out` apart from the photos listed from `folder` (given as
-/// `option`): `out` equal to or above `folder` is a usage error (it would hold `what` among
-/// the photos); `out` inside `folder` is fine, and what is in it is taken out of `photos`.
-void keep_apart_from_photos(const std::string& out, const std::string& what,
-                            const std::string& option, const std::string& folder,
-                            std::vector<std::filesystem::path>& photos);
+/// Keeps a command's output folder `out` apart from an input folder `folder` (given as
+/// `option`, holding `inputs`, such as "the photos"): `out` equal to it, above it or inside it is
+/// a usage error. Above, the outputs could replace inputs; inside, a later run would read them as
+/// inputs (folders are listed with their subfolders).
+void keep_apart(const std::string& out, const std::string& what, const std::string& inputs,
+                const std::string& option, const std::string& folder);
 
 /// Logs `message` as a warning: for library callbacks such as data::list_images's skipped
 /// entries.
 void warn_line(const std::string& message);
 
-/// Takes out of `files` (listed from an input folder) those inside `out_dir`, where an earlier
-/// run wrote its results, and says so.
-void leave_out_results(std::vector<std::filesystem::path>& files,
-                       const std::filesystem::path& out_dir);
 
 /// Makes `folder` (and its missing parents) for a command's results, or throws InputError.
 /// Unless keep() is called, the destructor takes away the folders it made that are empty

@@ -6,6 +6,7 @@
 #include <pconv/infer/inpainter.h>
 #include <pconv/io/atomic_file.h>
 #include <pconv/io/classical_inpaint.h>
+#include <pconv/io/folder_lock.h>
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
 #include <pconv/nn/functional/partial_conv2d.h>
@@ -91,10 +92,9 @@ void setup_eval(CLI::App& app) {
 void run_eval(const EvalOptions& options) {
   StopOnSignal stop_on_signal;  // Ctrl-C: no reports, no folder left, exit 130
   const c10::Device device = resolve_device(options.common);
-  // The reports never mix with the photos (examples.png would be read as one next time): -o
-  // may be a folder inside --data, whose files are left out, not --data or a folder above it.
+  // The reports never mix with the photos (examples.png would be read as one next time).
+  keep_apart(options.out_dir, "the reports", "the photos", "--data", options.data_dir);
   auto photos = data::list_images(options.data_dir, warn_line);
-  keep_apart_from_photos(options.out_dir, "the reports", "--data", options.data_dir, photos);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
   auto inpainter = std::make_shared<infer::Inpainter>(
       io::load_model(model_path), device,
@@ -135,6 +135,7 @@ void run_eval(const EvalOptions& options) {
                precision);
   const std::filesystem::path out_dir = options.out_dir;
   OutputFolder out_folder(out_dir);  // made now, so that an unwritable -o fails early
+  const auto lock = io::lock_folder(out_dir);  // one command writing into it at a time
 
   Progress progress("eval", per_bin * static_cast<int64_t>(eval::paper_bins().size()));
   const auto report = eval::evaluate(photos, methods, eval_options, [&] {

@@ -4,6 +4,7 @@
 #include <pconv/error.h>
 #include <pconv/eval/evaluation.h>
 #include <pconv/infer/inpainter.h>
+#include <pconv/io/folder_lock.h>
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
 
@@ -171,9 +172,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
                const infer::InpaintOptions& inpaint_options) {
   const fs::path input_dir = options.input_dir;
   const fs::path out_dir = options.out;
-  // Results in a folder inside the input folder are not inputs of a later run.
   auto files = data::list_images(input_dir, warn_line);
-  if (is_within(out_dir, input_dir)) leave_out_results(files, out_dir);
   // One mask for every image, or masks matched by file stem.
   std::map<std::string, fs::path> masks_by_stem;
   fs::path single_mask;
@@ -196,6 +195,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   StopOnSignal stop_on_signal;       // Ctrl-C stops between two images
   OutputFolder out_folder(out_dir);  // taken away again if no image is inpainted
   check_writable_folder(out_dir);
+  const auto lock = io::lock_folder(out_dir);  // one command writing into it at a time
 
   struct Job {
     fs::path image;
@@ -341,17 +341,10 @@ void run_inpaint(const InpaintOptions& options) {
     throw CLI::ValidationError("--masks", "only with --input; for one image give IMG MASK");
   }
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
-  // Never write over an input.
+  // Never write over an input, nor where a later run would take the results as inputs.
   if (batch) {
-    for (const auto& [folder, what] :
-         {std::pair<fs::path, const char*>{options.input_dir, "--input"},
-          {options.masks, "--masks"}}) {
-      if (is_within(folder, options.out)) {
-        throw CLI::ValidationError("-o", "'" + options.out + "' would hold the results over " +
-                                             what + " '" + folder.string() +
-                                             "'; choose another folder");
-      }
-    }
+    keep_apart(options.out, "the results", "the images", "--input", options.input_dir);
+    keep_apart(options.out, "the results", "the masks", "--masks", options.masks);
   } else {
     const auto out = single_output(options);
     // Before the network runs: a format pconv cannot write is a mistake in the command (the

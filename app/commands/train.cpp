@@ -2,6 +2,7 @@
 
 #include <pconv/data/image_folder.h>
 #include <pconv/error.h>
+#include <pconv/io/folder_lock.h>
 #include <pconv/train/distributed.h>
 #include <pconv/train/trainer.h>
 
@@ -204,18 +205,16 @@ void run_train(const TrainOptions& options) {
     throw CLI::ValidationError(
         "--size", fmt::format("{} is not a multiple of 2^depth = {}", options.size, multiple));
   }
-  // The run folder never mixes with the photos (model.pt could replace a photo of that name,
-  // and samples/*.png would be trained on after a resume): --out may be a folder inside --data
-  // or --val, whose files are left out, not one of them or a folder above.
+  // The run folder never mixes with the photos: model.pt could replace a photo of that name,
+  // and samples/*.png would be trained on by a later run.
+  keep_apart(options.out_dir, "the run", "the photos", "--data", options.data_dir);
+  if (!options.validation_dir.empty()) {
+    keep_apart(options.out_dir, "the run", "the photos", "--val", options.validation_dir);
+  }
   auto train_files = data::list_images(options.data_dir, warn_line);
   std::vector<std::filesystem::path> validation_files;
   if (!options.validation_dir.empty()) {
     validation_files = data::list_images(options.validation_dir, warn_line);
-  }
-  keep_apart_from_photos(options.out_dir, "the run", "--data", options.data_dir, train_files);
-  if (!options.validation_dir.empty()) {
-    keep_apart_from_photos(options.out_dir, "the run", "--val", options.validation_dir,
-                           validation_files);
   }
   spdlog::info("{} training photos in {}{}", train_files.size(), options.data_dir,
                validation_files.empty()
@@ -265,7 +264,7 @@ void run_train(const TrainOptions& options) {
   const auto entries_before = folder_entries(run_dir);
   try {
     run_trainer(trainer_options, train_files, validation_files, options);
-  } catch (const train::RunFolderInUse&) {
+  } catch (const io::FolderInUse&) {
     throw;  // the folder is the other run's: nothing of it is taken away
   } catch (...) {
     // Only while no other run is in the folder (one may have started since the snapshot, and
@@ -273,7 +272,7 @@ void run_train(const TrainOptions& options) {
     std::shared_ptr<void> lock;
     bool folder_free = owns_folder;
     try {
-      if (owns_folder) lock = train::lock_run_folder(run_dir);
+      if (owns_folder) lock = io::lock_folder(run_dir);
     } catch (const std::exception&) {
       folder_free = false;  // another run's now, or gone: nothing to take away
     }

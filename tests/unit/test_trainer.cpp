@@ -167,7 +167,7 @@ TEST_F(TrainerTest, OneRunPerFolderAtATime) {
   auto first = std::make_unique<T::Trainer>(tiny(2), files_, files_, dir_ / "run", false);
   EXPECT_THAT([&] { T::Trainer(tiny(2).seed(2), files_, files_, dir_ / "run", false); },
               ::testing::ThrowsMessage<pconv::InputError>(
-                  ::testing::HasSubstr("run: another pconv train is running in this folder")));
+                  ::testing::HasSubstr("run: another pconv command is writing into this folder")));
   first.reset();
   EXPECT_NO_THROW(T::Trainer(tiny(2).seed(2), files_, files_, dir_ / "run", false));
 }

@@ -6,6 +6,7 @@
 #include "pconv/error.h"
 #include "pconv/eval/metrics.h"
 #include "pconv/io/atomic_file.h"
+#include "pconv/io/folder_lock.h"
 #include "pconv/io/image_file.h"
 #include "pconv/io/model_file.h"
 #include "pconv/version.h"
@@ -17,13 +18,7 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iomanip>
@@ -199,7 +194,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     if (error) {
       throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
     }
-    run_dir_lock_ = lock_run_folder(run_dir_);
+    run_dir_lock_ = io::lock_folder(run_dir_);
     refuse_an_existing_run();  // again: a run may have ended in the folder since
   }
   std::error_code error;
@@ -306,24 +301,6 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
 
 bool Trainer::writes_files() const {
   return !options_.process_group() || options_.process_group()->rank() == 0;
-}
-
-std::shared_ptr<void> lock_run_folder(const std::filesystem::path& folder) {
-  const int descriptor = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (descriptor < 0) {
-    throw InputError(folder.string() + ": cannot open the run folder: " + std::strerror(errno));
-  }
-  if (::flock(descriptor, LOCK_EX | LOCK_NB) != 0) {
-    const int error = errno;
-    ::close(descriptor);
-    if (error == EWOULDBLOCK) {
-      throw RunFolderInUse(folder.string() + ": another pconv train is running in this folder");
-    }
-    // A file system without locks for folders (NFS, SMB emulate flock with byte-range locks
-    // that need a file open for writing): train without the guard rather than not at all.
-    return {};
-  }
-  return {nullptr, [descriptor](void* /*unused*/) { ::close(descriptor); }};
 }
 
 void Trainer::save_checkpoint() const {

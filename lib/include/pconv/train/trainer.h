@@ -104,19 +104,6 @@ struct RunResult {
   double data_wait_fraction = 0;
 };
 
-/// Thrown by Trainer's constructor when another Trainer, in this process or another, is running
-/// in the same run folder: the folder is that run's, and nothing of it may be taken away.
-class RunFolderInUse : public pconv::InputError {
- public:
-  using pconv::InputError::InputError;
-};
-
-/// An exclusive lock on a run folder (flock on the folder itself, so no lock file is left),
-/// held while the returned handle lives; a Trainer holds one on its folder. Throws
-/// RunFolderInUse when another holds it, InputError when the folder cannot be opened. On a file
-/// system that cannot lock folders (NFS, SMB) the handle is empty and nothing is locked.
-std::shared_ptr<void> lock_run_folder(const std::filesystem::path& folder);
-
 class Trainer {
  public:
   /// Prepares a run in `run_dir` (created if missing). With `resume` the run continues from
