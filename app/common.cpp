@@ -2,6 +2,7 @@
 
 #include <pconv/error.h>
 #include <pconv/infer/inpainter.h>
+#include <pconv/io/model_file.h>
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/version.h>
 
@@ -156,6 +157,13 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
       throw CLI::ValidationError(option, "'" + output.string() + "' is the same file as '" +
                                              input.string() + "'; choose another path");
     }
+  }
+  const auto kind = io::stored_kind(output);
+  if (kind != io::StoredKind::kOther) {
+    throw CLI::ValidationError(
+        option, "'" + output.string() + "' is a pconv " +
+                    (kind == io::StoredKind::kModel ? "model file" : "training checkpoint") +
+                    "; pconv does not write over one, choose another path");
   }
 }
 

@@ -58,7 +58,8 @@ void set_invocation(int argc, char** argv);
 const std::string& invocation();
 
 /// Throws CLI::ValidationError naming `option` when `output` is the same file as one of
-/// `inputs` (empty paths are ignored): writing it would destroy that input.
+/// `inputs` (empty paths are ignored), or is a pconv model file or training checkpoint: writing
+/// it would destroy that input, or a model.
 void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
                                std::initializer_list<std::filesystem::path> inputs);
 

@@ -154,7 +154,11 @@ static int run_pconv(int argc, char** argv) {
     const auto parsed = app.get_subcommands();
     const std::string help =
         parsed.empty() ? "pconv --help" : "pconv " + parsed.front()->get_name() + " --help";
-    spdlog::error("{} (see '{}')", error.what(), help);
+    std::string what = error.what();
+    // CLI11's words for an option given twice.
+    const auto twice = what.find("At Most 1 required but received");
+    if (twice != std::string::npos) what = what.substr(0, twice) + "given more than once";
+    spdlog::error("{} (see '{}')", what, help);
     return kExitUsage;
   } catch (const Interrupted& error) {
     spdlog::warn("{}", error.what());

@@ -15,17 +15,31 @@ if [ $# -lt 3 ]; then
   sed -n '2,10p' "$0" >&2
   exit 2
 fi
-photos=$1 masks=$2 out=$3
+photos=$1 masks=$2 out=${3%/}
 shift 3
+[ -n "$out" ] || out=/
 
-"$pconv" inpaint --input "$photos" --masks "$masks" -o "$out" --skip-existing "$@" \
-  2> >(tee "$out.log" >&2)
-status=$?
+# pconv's messages go to the terminal and to OUT_DIR.log beside the output folder, where each
+# run of the job adds its own section. They are collected first: pconv makes the folder (or
+# refuses the command, and then no log is left anywhere, not in the photos' folder either).
+collected=$(mktemp)
+trap 'rm -f "$collected"' EXIT
+{
+  "$pconv" inpaint --input "$photos" --masks "$masks" -o "$out" --skip-existing "$@" \
+    2>&1 1>&3 3>&- | tee "$collected" >&2
+  status=${PIPESTATUS[0]}
+} 3>&1
+log="$out.log"
+if [ -d "$out" ]; then
+  { echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) exit status $status"; cat "$collected"; } >>"$log"
+else
+  log="the messages above"
+fi
 case $status in
   0) echo "all images done: $out" ;;
-  3) echo "done except the inputs named in $out.log (fix them and run again)" >&2 ;;
-  *) echo "pconv inpaint failed with exit status $status (see $out.log)" >&2 ;;
+  3) echo "done except the inputs named in $log (fix them and run again)" >&2 ;;
+  *) echo "pconv inpaint failed with exit status $status (see $log)" >&2 ;;
 esac
 # The next stage of a pipeline can take the list of results, e.g. to make thumbnails:
-#   find "$out" -type f -newer "$out.log" | xargs ...
+#   find "$out" -type f -newer "$collected" | xargs ...
 exit $status

@@ -3,6 +3,7 @@
 #include "../common.h"
 
 #include <pconv/error.h>
+#include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
 #include <pconv/io/torchscript_export.h>
 
@@ -50,6 +51,13 @@ void run_export(const ExportOptions& options) {
   const std::filesystem::path out =
       options.out.empty() ? std::filesystem::path(options.model).replace_extension(".ts")
                           : std::filesystem::path(options.out);
+  // A TorchScript file under an image's name would be taken for one (.pt is also a name for
+  // TorchScript, as in PyTorch; the check below keeps a model file from being replaced).
+  if (io::has_image_extension(out) && out.extension() != ".pt") {
+    throw CLI::ValidationError("-o", "'" + out.string() +
+                                         "' has an image's extension; TorchScript goes to a .ts "
+                                         "(or .pt) file");
+  }
   refuse_overwriting_inputs(out, "-o", {options.model});
   auto model = io::load_model(options.model, &metadata);
   // As inpaint's -o: missing folders are made (one that cannot be made shows up as the

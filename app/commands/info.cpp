@@ -21,13 +21,18 @@ void setup_info(CLI::App& app) {
 
 namespace {
 
-// A text from the model file as one printable line: control characters (a line break, a
-// terminal escape) become '?', so that a crafted file cannot drive the terminal.
+// A text from the model file as one printable line: a line break is written \n, as in pconv's
+// log lines, and other control characters (a terminal escape) become '?', so that a crafted
+// file cannot drive the terminal.
 std::string shown(const std::string& text) {
   if (text.empty()) return "(not recorded)";
-  std::string line = text;
-  for (auto& c : line) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  std::string line;
+  for (const char c : text) {
+    if (c == '\n') {
+      line += "\\n";
+    } else {
+      line += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
+    }
   }
   return line;
 }

@@ -191,6 +191,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
       throw InputError(options.masks + ": " +
                        (masks_error ? masks_error.message() : "no such file or folder"));
     }
+    (void)io::read_image(single_mask);  // the one mask of every image: a bad one ends here
   }
   StopOnSignal stop_on_signal;       // Ctrl-C stops between two images
   OutputFolder out_folder(out_dir);  // taken away again if no image is inpainted
@@ -321,7 +322,8 @@ void setup_inpaint(CLI::App& app) {
   command->add_option("--compare", options->compare,
                       "Also write a side-by-side picture: input with holes | output | mask");
   command->add_flag("--skip-existing", options->skip_existing,
-                    "Batch: leave images whose output file exists");
+                    "Leave images whose output file exists (in a batch, or the one image's "
+                    "output)");
   add_common_options(*command, options->common);
   command->callback([options] { run_inpaint(*options); });
 }
@@ -357,9 +359,15 @@ void run_inpaint(const InpaintOptions& options) {
                                 path.string(), fmt::join(io::image_extensions(), " ")));
       }
     }
-    refuse_overwriting_inputs(out, "-o", {options.image, options.mask, model_path});
+    refuse_overwriting_inputs(out, options.out.empty() ? "the default output (give -o)" : "-o",
+                              {options.image, options.mask, model_path});
     refuse_overwriting_inputs(options.compare, "--compare",
                               {options.image, options.mask, model_path, out});
+    if (options.skip_existing && fs::is_regular_file(out)) {
+      spdlog::info("{} exists; left as it is (--skip-existing)", out.string());
+      fmt::print("{}\n", out.string());
+      return;
+    }
   }
   const c10::Device device = resolve_device(options.common);
   const auto dtype = inference_dtype(options.inference, device);

@@ -86,7 +86,8 @@ void run_masks(const MasksOptions& options) {
                                     out_dir.string()));
     }
     const auto path = out_dir / fmt::format("mask_{:05d}.png", index);
-    if (!options.overwrite && std::filesystem::exists(path)) {
+    // Only a file counts as a mask already there; anything else is the write's error.
+    if (!options.overwrite && std::filesystem::is_regular_file(path)) {
       ++skipped;
     } else {
       const auto holes =

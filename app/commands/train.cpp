@@ -3,6 +3,7 @@
 #include <pconv/data/image_folder.h>
 #include <pconv/error.h>
 #include <pconv/io/folder_lock.h>
+#include <pconv/io/model_file.h>
 #include <pconv/train/distributed.h>
 #include <pconv/train/trainer.h>
 
@@ -54,8 +55,10 @@ void setup_train(CLI::App& app) {
       ->required();
   command->add_option("--val", options->validation_dir, "Folder of validation photos");
   command->add_option("-o,--out", options->out_dir, "Run folder")->capture_default_str();
-  command->add_option("--size", options->size, "Crop size (a multiple of 2^depth)")
-      ->check(CLI::Range(int64_t{8}, int64_t{4096}))
+  command->add_option("--size", options->size,
+                      "Crop size (a multiple of 2^depth; at least 16, the validation's SSIM "
+                      "window needs 11)")
+      ->check(CLI::Range(int64_t{16}, int64_t{4096}))
       ->capture_default_str();
   command->add_option("--batch", options->batch, "Batch size")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}))
@@ -111,7 +114,9 @@ void setup_train(CLI::App& app) {
                    "Folder of mask images (white = hole) to train with, randomly flipped, "
                    "rotated, dilated and cropped; default: generated masks");
   command
-      ->add_option("--init", options->init_model, "Start from the weights of this pconv model file");
+      ->add_option("--init", options->init_model,
+                   "Start from the weights of this pconv model file (its architecture is the "
+                   "default for --depth, --width and --max-width)");
   command->add_option("--workers", options->workers, "Threads decoding photos")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
@@ -155,8 +160,16 @@ void setup_train(CLI::App& app) {
       ->check(whole_number(0, 10000000))
       ->capture_default_str();
   add_common_options(*command, options->common);
-  command->callback([options] {
+  command->callback([options, command] {
     options->command_line = invocation();
+    // --init's architecture, where the command does not give one.
+    if (!options->init_model.empty()) {
+      const auto initial = io::load_model(options->init_model);
+      const auto& architecture = initial->options;
+      if (command->count("--depth") == 0) options->depth = architecture.depth();
+      if (command->count("--width") == 0) options->width = architecture.base_width();
+      if (command->count("--max-width") == 0) options->max_width = architecture.max_width();
+    }
     run_train(*options);
   });
 }
@@ -196,6 +209,10 @@ void run_train(const TrainOptions& options) {
           "through host memory");
     }
   }
+  if (options.finetune && options.init_model.empty() && !options.resume) {
+    throw CLI::ValidationError("--finetune",
+                               "needs --init MODEL: fine-tuning starts from a trained model");
+  }
   if (options.max_width < options.width) {
     throw CLI::ValidationError("--max-width", fmt::format("{} is smaller than --width {}",
                                                           options.max_width, options.width));
@@ -210,6 +227,9 @@ void run_train(const TrainOptions& options) {
   keep_apart(options.out_dir, "the run", "the photos", "--data", options.data_dir);
   if (!options.validation_dir.empty()) {
     keep_apart(options.out_dir, "the run", "the photos", "--val", options.validation_dir);
+  }
+  if (!options.mask_dir.empty()) {
+    keep_apart(options.out_dir, "the run", "the masks", "--masks", options.mask_dir);
   }
   auto train_files = data::list_images(options.data_dir, warn_line);
   std::vector<std::filesystem::path> validation_files;

@@ -15,11 +15,13 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -289,6 +291,10 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint --input " + (d / "links").string() + "/.. --masks " +
            (d / "links" / "loop_a").string() + " -o " + d.string() + "_batch_out",
        3, "loop_a: Too many levels of symbolic links"},
+      // The one mask of every image is read before any image.
+      {"inpaint --input " + (d / "links").string() + "/.. --masks " +
+           (d / "corrupt.png").string() + " -o " + d.string() + "_batch_out",
+       3, "corrupt.png: cannot read the image"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " + d.string(), 4,
        ": is a folder, not a model file"},
       {"inpaint " + photo + " " + (d / "small_mask.png").string(), 3,
@@ -421,6 +427,9 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
        "-o: '" + (d / "run").string() + "' would hold the run among the photos of --val"},
       {"", "train" + data + " -o " + (d / "run").string(),
        "-o: '" + (d / "run").string() + "' would hold the run among the photos of --data"},
+      {"", "train --data " + (d / "val").string() + " --masks " + d.string() + " -o " +
+               (d / "run").string(),
+       "-o: '" + (d / "run").string() + "' would hold the run among the masks of --masks"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.environment + " " + c.args);
@@ -540,6 +549,96 @@ TEST(Cli, OneCommandWritesIntoAFolderAtATime) {
   EXPECT_TRUE(fs::exists(d / "out" / "mask_00001.png"));
 }
 
+// A model file or a checkpoint is never replaced by an output: not by an inpainted image, an
+// export or a new training run (its --init model included).
+TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  pconv::io::write_image(d / "photos" / "a.png", picture(3, 32, 32));
+  write_holes(d / "mask.png", rectangle_holes(32, 32));
+  const std::string tiny = " --size 16 --depth 2 --width 4 --max-width 8 --batch 1 --steps 1";
+  const auto trained =
+      pconv(d, "train --data " + (d / "photos").string() + tiny + " -o " + (d / "run").string());
+  ASSERT_EQ(trained.rc, 0) << trained.output;
+  const auto model = (d / "run" / "model.pt").string();
+  const auto checkpoint = (d / "run" / "checkpoint.pt").string();
+  const auto model_bytes = read_text(model);
+  const auto checkpoint_bytes = read_text(checkpoint);
+  fs::create_directories(d / "again");
+  fs::copy_file(model, d / "again" / "model.pt");
+  const std::string photo = (d / "photos" / "a.png").string() + " " + (d / "mask.png").string();
+  const std::pair<std::string, std::string> refused[] = {
+      {"inpaint " + photo + " --model " + model + " -o " + checkpoint,
+       "-o: '" + checkpoint + "' is a pconv training checkpoint; pconv does not write over one"},
+      {"inpaint " + photo + " --model " + model + " -o " + (d / "again" / "model.pt").string(),
+       "is a pconv model file; pconv does not write over one"},
+      {"export " + model + " -o " + checkpoint, "is a pconv training checkpoint"},
+      {"export " + model + " -o " + (d / "x.png").string(), "has an image's extension"},
+      {"train --data " + (d / "photos").string() + " --size 8 --depth 2", "--size: Value 8 not"},
+  };
+  for (const auto& [args, message] : refused) {
+    SCOPED_TRACE(args);
+    const auto run = pconv(d, args);
+    EXPECT_EQ(run.rc, 2) << run.output;
+    EXPECT_EQ(run.output.rfind("pconv: error: ", 0), 0U) << run.output;
+    EXPECT_NE(run.output.find(message), std::string::npos) << run.output;
+  }
+  // A new run into a folder with a model (here its own --init) would replace it at its end.
+  const auto init = pconv(d, "train --data " + (d / "photos").string() + tiny + " --init " +
+                                 (d / "again" / "model.pt").string() + " -o " +
+                                 (d / "again").string());
+  EXPECT_EQ(init.rc, 3) << init.output;
+  EXPECT_NE(init.output.find("again: holds a model.pt already, which this run would replace"),
+            std::string::npos)
+      << init.output;
+  EXPECT_EQ(read_text(model), model_bytes);
+  EXPECT_EQ(read_text(d / "again" / "model.pt"), model_bytes);
+  EXPECT_EQ(read_text(checkpoint), checkpoint_bytes);
+  EXPECT_FALSE(fs::exists(d / "x.png"));
+  // A checkpoint given as a model says what it is.
+  const auto info = pconv(d, "info " + checkpoint);
+  EXPECT_EQ(info.rc, 4) << info.output;
+  EXPECT_NE(info.output.find("checkpoint.pt: a training checkpoint, not a model file"),
+            std::string::npos)
+      << info.output;
+  // --skip-existing for one image: an existing output is left as it is.
+  const auto out = (d / "out.png").string();
+  ASSERT_EQ(pconv(d, "inpaint " + photo + " --model " + model + " -o " + out).rc, 0);
+  std::ofstream(out, std::ios::app) << "x";  // marked, so that a rewrite would show
+  const auto marked = read_text(out);
+  const auto skip =
+      pconv(d, "inpaint " + photo + " --model " + model + " -o " + out + " --skip-existing");
+  EXPECT_EQ(skip.rc, 0) << skip.output;
+  EXPECT_NE(skip.output.find("exists; left as it is (--skip-existing)"), std::string::npos)
+      << skip.output;
+  EXPECT_EQ(read_text(out), marked);
+  // Fine-tuning starts from a model, whose architecture --init gives when the command does not.
+  const auto alone = pconv(d, "train --data " + (d / "photos").string() + tiny + " --finetune");
+  EXPECT_EQ(alone.rc, 2) << alone.output;
+  EXPECT_NE(alone.output.find("--finetune: needs --init MODEL"), std::string::npos)
+      << alone.output;
+  const auto tuned = pconv(d, "train --data " + (d / "photos").string() +
+                                  " --size 16 --batch 1 --steps 1 --finetune --init " + model +
+                                  " -o " + (d / "tuned").string());
+  ASSERT_EQ(tuned.rc, 0) << tuned.output;
+  const auto tuned_info = pconv(d, "info " + (d / "tuned" / "model.pt").string());
+  EXPECT_NE(tuned_info.output.find("depth 2, widths 4..8"), std::string::npos)
+      << tuned_info.output;
+}
+
+// Only a file counts as a mask already written; a folder of that name is an error, not a mask.
+TEST(MasksCli, AFolderIsNotAMask) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "masks" / "mask_00001.png");
+  const auto run = pconv(d, "masks -n 2 --size 32x32 -o " + (d / "masks").string());
+  EXPECT_EQ(run.rc, 3) << run.output;
+  EXPECT_NE(run.output.find("mask_00001.png: is a folder, not a file to write"), std::string::npos)
+      << run.output;
+  EXPECT_TRUE(fs::is_regular_file(d / "masks" / "mask_00000.png"));
+}
+
 TEST(Cli, FailedCommandsLeaveNoFolderBehind) {
   TempDir dir;
   const auto& d = dir.path();
@@ -547,6 +646,7 @@ TEST(Cli, FailedCommandsLeaveNoFolderBehind) {
   std::ofstream(d / "bad" / "a.png") << "not a png";
   std::ofstream(d / "bad" / "b.png") << "not a png either";
   pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
+  write_holes(d / "mask.png", rectangle_holes(16, 16));
   fs::create_directories(d / "photos");
   pconv::io::write_image(d / "photos" / "photo.png", picture(3, 16, 16));
   fs::create_directories(d / "run");
@@ -554,7 +654,8 @@ TEST(Cli, FailedCommandsLeaveNoFolderBehind) {
   const std::string bad = (d / "bad").string();
   const std::pair<std::string, int> runs[] = {
       {"eval --data " + bad + " -o " + (d / "reports" / "deep").string(), 3},
-      {"inpaint --input " + bad + " --masks " + bad + "/a.png -o " + (d / "batch" / "x").string(),
+      {"inpaint --input " + bad + " --masks " + (d / "mask.png").string() + " -o " +
+           (d / "batch" / "x").string(),
        3},
       {"inpaint " + (d / "photo.png").string() + " " + bad + "/a.png -o " +
            (d / "single" / "x" / "out.png").string(),
@@ -607,6 +708,38 @@ TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
       << again.output;
 }
 
+// scripts/inpaint-folder.sh: the log goes beside the output folder (a trailing slash or a
+// missing parent folder included), each run adds to it, and a refused command leaves none.
+TEST(InpaintCli, FolderScriptKeepsItsLog) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "in");
+  pconv::io::write_image(d / "in" / "a.png", picture(3, 32, 32));
+  std::ofstream(d / "in" / "b.png") << "broken";
+  write_holes(d / "mask.png", rectangle_holes(32, 32));
+  const std::string script = "PCONV=" + std::string(PCONV_BINARY) + " " PCONV_SCRIPTS
+                             "/inpaint-folder.sh " + (d / "in").string() + " " +
+                             (d / "mask.png").string() + " ";
+  const auto first = shell(d, script + (d / "jobs" / "out").string() + "/");
+  EXPECT_EQ(first.rc, 3) << first.output;
+  EXPECT_NE(first.output.find("done except the inputs named in " + (d / "jobs" / "out").string() +
+                              ".log"),
+            std::string::npos)
+      << first.output;
+  EXPECT_TRUE(fs::exists(d / "jobs" / "out" / "a.png"));
+  shell(d, script + (d / "jobs" / "out").string());
+  const auto log = read_text(d / "jobs" / "out.log");
+  EXPECT_NE(log.find("b.png: cannot read the image"), std::string::npos) << log;
+  // Two sections, one per run, each headed "== DATE exit status N".
+  const auto second_section = log.find("exit status 3", log.find("exit status 3") + 1);
+  EXPECT_EQ(log.rfind("== ", 0), 0U) << log;
+  EXPECT_NE(second_section, std::string::npos) << log;
+  const auto refused = shell(d, script + (d / "in" / "res").string());
+  EXPECT_EQ(refused.rc, 2) << refused.output;
+  EXPECT_FALSE(fs::exists(d / "in" / "res.log"));
+  EXPECT_FALSE(fs::exists(d / "in" / "res"));
+}
+
 TEST(EvalCli, SameSeedSameReports) {
   TempDir dir;
   const auto& d = dir.path();
@@ -626,6 +759,23 @@ TEST(EvalCli, SameSeedSameReports) {
     EXPECT_FALSE(first_text.empty());
     EXPECT_EQ(first_text, read_text(d / "two" / name)) << name;
   }
+  // A CSV reader finds as many fields in each row as in the header (commas inside quotes are
+  // a field's).
+  std::istringstream csv(read_text(d / "one" / "eval.csv"));
+  std::string line;
+  std::vector<int> fields;
+  while (std::getline(csv, line)) {
+    int count = 1;
+    bool quoted = false;
+    for (const char c : line) {
+      if (c == '"') quoted = !quoted;
+      if (c == ',' && !quoted) ++count;
+    }
+    fields.push_back(count);
+  }
+  ASSERT_GT(fields.size(), 1U);
+  EXPECT_EQ(static_cast<size_t>(std::count(fields.begin(), fields.end(), fields[0])), fields.size());
+  EXPECT_NE(read_text(d / "one" / "eval.csv").find(",\"(0.1, 0.2]\","), std::string::npos);
   EXPECT_TRUE(fs::exists(d / "one" / "examples.png"));
   EXPECT_TRUE(fs::exists(d / "one" / "eval.md"));
   // Another seed gives other masks.

@@ -172,6 +172,14 @@ TEST(Inpainter, GreyStaysGreyAndAlphaPassesThrough) {
   const auto rgba_out = inpainter.inpaint(rgba, holes);
   ASSERT_EQ(rgba_out.pixels.sizes(), rgba.sizes());
   EXPECT_TRUE(at::equal(rgba_out.pixels[3], rgba[3]));
+  // Colour channels that are all equal (a grey PNG with alpha, as OpenCV reads it) are a grey
+  // picture: the fill is grey too. A colour picture's fill is not.
+  const auto grey_rgba = at::cat({grey.expand({3, -1, -1}), at::rand({1, 16, 16})}, 0);
+  const auto grey_rgba_out = inpainter.inpaint(grey_rgba, holes).pixels;
+  EXPECT_TRUE(at::equal(grey_rgba_out[0], grey_rgba_out[1]));
+  EXPECT_TRUE(at::equal(grey_rgba_out[1], grey_rgba_out[2]));
+  EXPECT_TRUE(at::equal(grey_rgba_out[3], grey_rgba[3]));
+  EXPECT_FALSE(at::equal(rgba_out.pixels[0], rgba_out.pixels[1]));
 }
 
 TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {

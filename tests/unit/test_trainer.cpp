@@ -18,6 +18,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <utility>
@@ -159,6 +160,42 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   for (size_t i = 0; i < actual.size(); ++i) {
     EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
   }
+}
+
+// A resume keeps the run folder true: a log that is gone starts again with its header, and
+// config.txt gains the settings the resume changed, which are also reported.
+TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
+  T::Trainer(tiny(2), files_, {}, dir_ / "run", false).run();
+  fs::remove(dir_ / "run" / "log.csv");
+  std::vector<std::string> messages;
+  T::TrainerCallbacks callbacks;
+  callbacks.on_message = [&](const std::string& text) { messages.push_back(text); };
+  T::Trainer(tiny(4).learning_rate(1e-3), files_, {}, dir_ / "run", true).run(callbacks);
+  const auto read = [](const fs::path& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const auto log = read(dir_ / "run" / "log.csv");
+  EXPECT_EQ(log.rfind("step,valid,hole,", 0), 0U) << log;
+  EXPECT_NE(log.find("\n3,"), std::string::npos) << log;
+  const auto config = read(dir_ / "run" / "config.txt");
+  EXPECT_NE(config.find("steps 2\n"), std::string::npos) << config;
+  EXPECT_NE(config.find("resumed at step 2, with:\nsteps 4\nlearning_rate 0.001\n"),
+            std::string::npos)
+      << config;
+  EXPECT_THAT(messages, ::testing::Contains(::testing::HasSubstr(
+                            "steps 2 -> 4, learning_rate 0.002 -> 0.001")));
+  // Resumed again: only what changed since the last resume is added.
+  T::Trainer(tiny(5).learning_rate(1e-3), files_, {}, dir_ / "run", true).run();
+  const auto again = read(dir_ / "run" / "config.txt");
+  EXPECT_NE(again.find("resumed at step 4, with:\nsteps 5\n"), std::string::npos) << again;
+  EXPECT_EQ(again.find("learning_rate 0.001", again.find("resumed at step 4")),
+            std::string::npos)
+      << again;
+  fs::remove(dir_ / "run" / "config.txt");
+  T::Trainer(tiny(6).learning_rate(1e-3), files_, {}, dir_ / "run", true).run();
+  EXPECT_NE(read(dir_ / "run" / "config.txt").find("config.txt was missing: written anew"),
+            std::string::npos);
 }
 
 // Two runs in one folder at a time would overwrite each other's files: the second is refused

@@ -38,7 +38,8 @@ std::vector<std::filesystem::path> list_images(
   namespace fs = std::filesystem;
   std::error_code error;
   if (!fs::is_directory(folder, error)) {
-    throw InputError(folder.string() + ": no such folder");
+    throw InputError(folder.string() +
+                     (fs::exists(folder, error) ? ": is a file, not a folder" : ": no such folder"));
   }
   const auto skip = [&](const fs::path& path, const std::string& why) {
     if (skipped) skipped(path.string() + ": " + why + "; skipped");

@@ -251,8 +251,9 @@ std::string to_csv(const EvalReport& report) {
     for (size_t b = 0; b <= report.bins.size(); ++b) {
       const bool all = b == report.bins.size();
       const auto& s = all ? report.overall[m] : report.per_bin[m][b];
-      out << report.methods[m] << ',' << (all ? std::string("all") : report.bins[b].label())
-          << ',' << (all ? 0.0 : report.bins[b].low) << ',' << (all ? 1.0 : report.bins[b].high)
+      // The bin's label, "(0.1, 0.2]", has a comma: quoted, as CSV readers expect.
+      out << report.methods[m] << ",\"" << (all ? std::string("all") : report.bins[b].label())
+          << "\"," << (all ? 0.0 : report.bins[b].low) << ',' << (all ? 1.0 : report.bins[b].high)
           << ',' << s.count << ','
           << (all ? std::string("") : format("%.6f", report.mean_hole_ratio[b])) << ','
           << format("%.6f", s.psnr) << ',' << format("%.6f", s.ssim) << ','

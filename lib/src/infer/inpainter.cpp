@@ -260,6 +260,9 @@ InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor
   const auto pixels = image.to(at::kCPU, at::kFloat);
   const int64_t channels = pixels.size(0);
   auto rgb = channels == 1 ? pixels.expand({3, -1, -1}).contiguous() : pixels.narrow(0, 0, 3);
+  // A grey picture gets a grey fill: one channel, or colour channels that are all equal (as
+  // OpenCV reads a grey PNG with alpha, or a grey photo saved as colour).
+  const bool grey = channels == 1 || (at::equal(rgb[0], rgb[1]) && at::equal(rgb[1], rgb[2]));
   const int64_t height = pixels.size(1);
   const int64_t width = pixels.size(2);
 
@@ -296,7 +299,10 @@ InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor
       filled = full(rgb, hole_map);
       result.passes = 1;
   }
-  if (channels == 1) filled = filled.mean(0, /*keepdim=*/true);
+  if (grey) {
+    filled = filled.mean(0, /*keepdim=*/true);
+    if (channels != 1) filled = filled.expand({3, -1, -1});
+  }
   if (channels == 4) filled = at::cat({filled, pixels.narrow(0, 3, 1)}, 0);
   result.pixels = options.composite() ? at::where(hole_map.unsqueeze(0), filled, pixels)
                                       : filled.contiguous();

@@ -10,6 +10,7 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include <fstream>
 #include <sstream>
 
 namespace pconv::io {
@@ -17,6 +18,16 @@ namespace {
 
 constexpr int64_t kFormatVersion = 1;
 constexpr const char* kMagic = "pconv-model";
+// The record that every checkpoint of train::Trainer holds (the run's options, as text).
+constexpr const char* kCheckpointRecord = "identity";
+
+// Whether `archive` holds a string under `key` (equal to `expected` when that is given).
+bool holds_string(torch::serialize::InputArchive& archive, const char* key,
+                  const char* expected = nullptr) {
+  c10::IValue value;
+  return archive.try_read(key, value) && value.isString() &&
+         (expected == nullptr || value.toStringRef() == expected);
+}
 
 }  // namespace
 
@@ -67,10 +78,13 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(name, at::kCPU);
-    c10::IValue value;
-    if (!archive.try_read("magic", value) || !value.isString() || value.toStringRef() != kMagic) {
-      throw ModelError(name + ": not a pconv model file");
+    if (!holds_string(archive, "magic", kMagic)) {
+      throw ModelError(name + (holds_string(archive, kCheckpointRecord)
+                                   ? ": a training checkpoint, not a model file (the run writes "
+                                     "model.pt next to it when it ends)"
+                                   : ": not a pconv model file"));
     }
+    c10::IValue value;
     archive.read("format", value);
     if (value.toInt() > kFormatVersion) {
       throw ModelError(name + ": model format " + std::to_string(value.toInt()) +
@@ -161,6 +175,28 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
     throw ModelError(name + ": cannot read the model (not a pconv model, or truncated: " +
                      brief(error) + ")");
   }
+}
+
+StoredKind stored_kind(const std::filesystem::path& path) {
+  // Only a regular file that is a zip archive can be either; anything else is not read further
+  // (opening a fifo would wait for a writer).
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) return StoredKind::kOther;
+  std::ifstream file(path, std::ios::binary);
+  char signature[4] = {};
+  if (!file.read(signature, sizeof signature) || std::string(signature, 4) != "PK\x03\x04") {
+    return StoredKind::kOther;
+  }
+  file.close();
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string(), at::kCPU);
+    if (holds_string(archive, "magic", kMagic)) return StoredKind::kModel;
+    if (holds_string(archive, kCheckpointRecord)) return StoredKind::kCheckpoint;
+  } catch (const std::exception&) {
+    // not an archive of modules (a tensor image, a damaged file): neither
+  }
+  return StoredKind::kOther;
 }
 
 }  // namespace pconv::io

@@ -18,6 +18,7 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <fstream>
@@ -44,6 +45,7 @@ std::string run_identity(const TrainerOptions& o) {
 
 std::string config_text(const TrainerOptions& o, size_t train_count, size_t validation_count) {
   std::ostringstream out;
+  const int64_t processes = o.process_group() ? o.process_group()->world_size() : 1;
   const auto& m = o.model();
   const auto& w = o.loss_weights();
   out << "pconv " << kVersion << " training run\n"
@@ -57,10 +59,40 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\namp " << o.amp()
       << "\nhole_ratio "
       << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nmask_dir "
-      << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\ntrain_images "
-      << train_count << "\nvalidation_images " << validation_count << '\n';
+      << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\nprocesses "
+      << processes << "\ntrain_images " << train_count << "\nvalidation_images "
+      << validation_count << '\n';
   return out.str();
 }
+
+// The settings of a config.txt ("key value" lines) in order; a later line of a key (a resume's)
+// replaces the earlier one.
+std::vector<std::pair<std::string, std::string>> config_settings(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> settings;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto space = line.find(' ');
+    if (space == std::string::npos || line.rfind("pconv ", 0) == 0 ||
+        line.rfind("resumed ", 0) == 0) {
+      continue;
+    }
+    const auto key = line.substr(0, space);
+    const auto value = line.substr(space + 1);
+    const auto it = std::find_if(settings.begin(), settings.end(),
+                                 [&](const auto& setting) { return setting.first == key; });
+    if (it == settings.end()) {
+      settings.emplace_back(key, value);
+    } else {
+      it->second = value;
+    }
+  }
+  return settings;
+}
+
+constexpr const char* kLogHeader =
+    "step,valid,hole,perceptual,style_out,style_comp,tv,total,learning_rate,images_per_second\n";
+constexpr const char* kValidationHeader = "step,psnr,ssim,images\n";
 
 // The initial weights follow the run's seed (this reseeds LibTorch's global generator).
 nn::PConvUNet seeded_model(const TrainerOptions& options) {
@@ -82,10 +114,13 @@ std::string now_iso() {
 }
 
 // Keeps the first `keep_steps` data rows of a CSV log (and its header): a resumed run rewrites
-// what came after its checkpoint.
-void truncate_log(const std::filesystem::path& path, int64_t keep_steps) {
+// what came after its checkpoint. A log that is gone starts again with its header.
+void truncate_log(const std::filesystem::path& path, int64_t keep_steps, const char* header_line) {
   std::ifstream in(path);
-  if (!in) return;
+  if (!in) {
+    io::write_file_atomically(path, std::string(header_line));
+    return;
+  }
   std::string line;
   std::string kept;
   bool header = true;
@@ -175,12 +210,22 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     throw InputError("--size " + std::to_string(options_.size()) + " must be a multiple of " +
                      std::to_string(model_->size_multiple()) + " (2^depth)");
   }
+  if (!validation_files_.empty() && options_.size() < 11) {
+    throw InputError("--size " + std::to_string(options_.size()) +
+                     " is too small to validate: SSIM needs 11x11 crops at least");
+  }
   // Checked before anything is made, so that a refused run adds nothing to the folder.
   const auto checkpoint = run_dir_ / kCheckpointFile;
   const auto refuse_an_existing_run = [&] {
     if (!resume && std::filesystem::exists(checkpoint)) {
       throw InputError(run_dir_.string() + ": holds a checkpoint already; use --resume to "
                                            "continue it or another --out");
+    }
+    // A model without a checkpoint (one put there, or the --init model itself) would be
+    // replaced by this run's at its end.
+    if (!resume && std::filesystem::exists(run_dir_ / kModelFile)) {
+      throw InputError(run_dir_.string() + ": holds a " + kModelFile +
+                       " already, which this run would replace; use another --out");
     }
   };
   refuse_an_existing_run();
@@ -214,7 +259,9 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
         a.max_width() != b.max_width()) {
       throw ModelError(options_.init_model() + ": its architecture (depth " +
                        std::to_string(a.depth()) + ", width " + std::to_string(a.base_width()) +
-                       "-" + std::to_string(a.max_width()) + ") differs from the one asked for");
+                       "-" + std::to_string(a.max_width()) + ") differs from this run's (depth " +
+                       std::to_string(b.depth()) + ", width " + std::to_string(b.base_width()) +
+                       "-" + std::to_string(b.max_width()) + ")");
     }
     torch::NoGradGuard no_grad;
     const auto source = initial->named_parameters();
@@ -253,8 +300,8 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
         images.push_back(data::crop_example(path, crop, /*random=*/false, 0));
         hole_masks.push_back(masks.mask(images.size() - 1));
       } catch (const InputError& unreadable) {
-        if (validation_problems_.empty()) first_problem = unreadable.what();
-        validation_problems_.push_back(std::string(unreadable.what()) +
+        if (notes_.empty()) first_problem = unreadable.what();
+        notes_.push_back(std::string(unreadable.what()) +
                                        " (left out of validation)");
       }
     }
@@ -286,17 +333,47 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
                        "; give more steps to train further");
     }
     if (writes_files()) {
-      truncate_log(run_dir_ / kLogFile, step_);
-      truncate_log(run_dir_ / kValidationFile, step_);
+      truncate_log(run_dir_ / kLogFile, step_, kLogHeader);
+      truncate_log(run_dir_ / kValidationFile, step_, kValidationHeader);
+      record_resumed_config();
     }
   } else if (writes_files()) {
     io::write_file_atomically(run_dir_ / kConfigFile,
                               config_text(options_, train_files_.size(), validation_files_.size()));
-    io::write_file_atomically(
-        run_dir_ / kLogFile, std::string("step,valid,hole,perceptual,style_out,style_comp,tv,total,"
-                                         "learning_rate,images_per_second\n"));
-    io::write_file_atomically(run_dir_ / kValidationFile, std::string("step,psnr,ssim,images\n"));
+    io::write_file_atomically(run_dir_ / kLogFile, std::string(kLogHeader));
+    io::write_file_atomically(run_dir_ / kValidationFile, std::string(kValidationHeader));
   }
+}
+
+void Trainer::record_resumed_config() {
+  const auto path = run_dir_ / kConfigFile;
+  const auto now = config_text(options_, train_files_.size(), validation_files_.size());
+  const std::string resumed = "resumed at step " + std::to_string(step_);
+  std::ifstream in(path);
+  if (!in) {
+    io::write_file_atomically(path, now + resumed + " (config.txt was missing: written anew)\n");
+    notes_.push_back(path.string() + " was missing: written anew with this resume's options");
+    return;
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  in.close();
+  const auto before = config_settings(text.str());
+  std::string changed_lines;
+  std::string changes;
+  for (const auto& [key, value] : config_settings(now)) {
+    const auto it = std::find_if(before.begin(), before.end(),
+                                 [&](const auto& setting) { return setting.first == key; });
+    const std::string old_value = it == before.end() ? "(not set)" : it->second;
+    if (old_value == value) continue;
+    changed_lines += key + " " + value + "\n";
+    changes += (changes.empty() ? "" : ", ") + key + " " + old_value + " -> " + value;
+  }
+  if (changes.empty()) return;
+  // config.txt keeps how the run started and each resume's changes, in order.
+  io::write_file_atomically(path, text.str() + resumed + ", with:\n" + changed_lines);
+  notes_.push_back(resumed + " with other settings than before (in " + path.string() +
+                   "): " + changes);
 }
 
 bool Trainer::writes_files() const {
@@ -423,8 +500,8 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
               ? "loss: pixel, perceptual and style terms (VGG16 from " + options_.vgg_path() + ")"
               : "loss: pixel terms only (valid, hole, total variation); give --vgg for the "
                 "perceptual and style terms");
-  for (const auto& problem : validation_problems_) message(problem);
   if (step_ > 0) message("resuming at step " + std::to_string(step_));
+  for (const auto& note : notes_) message(note);
 
   data::MaskSource mask_source;
   if (options_.mask_dir().empty()) {
@@ -576,7 +653,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
             << "(loss scale now " << scaler_.scale_value() << ")";
   }
   if (const auto skipped = stream.skipped(); !skipped.empty()) {
-    summary << "; " << skipped.size() << " unreadable photo(s) skipped";
+    summary << "; " << skipped.size() << " photo(s) skipped (unreadable or too small)";
   }
   message(summary.str());
 

@@ -132,6 +132,9 @@ class Trainer {
   /// Rank 0, or the only process: the one that writes files.
   bool writes_files() const;
   void load_checkpoint();
+  /// On resume: adds to config.txt the settings that differ from the run's so far (or writes
+  /// it anew if it is gone), and notes them for run() to report.
+  void record_resumed_config();
   ValidationReport validate();
   void write_samples(const std::string& name);
 
@@ -150,7 +153,8 @@ class Trainer {
   int64_t step_ = 0;
   torch::Tensor validation_images_;               // (V, 3, S, S) on the device
   torch::Tensor validation_masks_;                // (V, 1, S, S)
-  std::vector<std::string> validation_problems_;  // photos left out, reported by run()
+  std::vector<std::string> notes_;  // what the constructor found (photos left out, a resume's
+                                    // changed settings), reported by run()
 };
 
 }  // namespace pconv::train
