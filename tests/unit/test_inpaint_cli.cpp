@@ -511,8 +511,6 @@ TEST(Cli, OutputFoldersAreMadeAsNeeded) {
   EXPECT_TRUE(fs::is_regular_file(d / "e" / "model.ts"));
 }
 
-// A command that fails takes away the output folders it made: nothing is left to look like a
-// result. A refused training run adds nothing to the run folder.
 // Two commands writing into one folder at once would mix their files (masks of two seeds,
 // reports of two models): while one holds the folder, the others are refused and change nothing
 // there; once it is free they run.
@@ -639,6 +637,8 @@ TEST(MasksCli, AFolderIsNotAMask) {
   EXPECT_TRUE(fs::is_regular_file(d / "masks" / "mask_00000.png"));
 }
 
+// A command that fails takes away the output folders it made: nothing is left to look like a
+// result. A refused training run adds nothing to the run folder.
 TEST(Cli, FailedCommandsLeaveNoFolderBehind) {
   TempDir dir;
   const auto& d = dir.path();

@@ -361,13 +361,15 @@ void Trainer::record_resumed_config() {
   const auto before = config_settings(text.str());
   std::string changed_lines;
   std::string changes;
-  for (const auto& [key, value] : config_settings(now)) {
+  for (const auto& setting : config_settings(now)) {
+    const auto& [key, value] = setting;
     const auto it = std::find_if(before.begin(), before.end(),
-                                 [&](const auto& setting) { return setting.first == key; });
+                                 [&](const auto& earlier) { return earlier.first == setting.first; });
     const std::string old_value = it == before.end() ? "(not set)" : it->second;
     if (old_value == value) continue;
-    changed_lines += key + " " + value + "\n";
-    changes += (changes.empty() ? "" : ", ") + key + " " + old_value + " -> " + value;
+    changed_lines.append(key).append(" ").append(value).append("\n");
+    changes.append(changes.empty() ? "" : ", ").append(key).append(" ").append(old_value);
+    changes.append(" -> ").append(value);
   }
   if (changes.empty()) return;
   // config.txt keeps how the run started and each resume's changes, in order.
