@@ -2,6 +2,7 @@
 
 #include <pconv/error.h>
 #include <pconv/infer/inpainter.h>
+#include <pconv/io/folder_lock.h>
 #include <pconv/io/model_file.h>
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/version.h>
@@ -138,9 +139,13 @@ const std::string& invocation() { return invocation_storage(); }
 
 namespace {
 std::filesystem::path resolved(const std::filesystem::path& path) {
+  // Absolute first: weakly_canonical leaves a relative path whose first part does not exist
+  // (a new "out") relative, and it would never compare equal to, or within, an absolute one.
   std::error_code error;
-  auto result = std::filesystem::weakly_canonical(path, error);
-  return error ? std::filesystem::absolute(path).lexically_normal() : result;
+  const auto absolute = std::filesystem::absolute(path, error);
+  if (error) return path.lexically_normal();
+  auto result = std::filesystem::weakly_canonical(absolute, error);
+  return error ? absolute.lexically_normal() : result;
 }
 }  // namespace
 
@@ -238,7 +243,7 @@ void remove_empty_folders(const std::filesystem::path& folder) {
 
 }  // namespace
 
-OutputFolder::OutputFolder(const std::filesystem::path& folder) {
+OutputFolder::OutputFolder(const std::filesystem::path& folder) : folder_(folder) {
   namespace fs = std::filesystem;
   // The missing levels, made one at a time from the outermost: only a folder that this command
   // itself made (create_directory says so) is ever taken away, even with other commands making
@@ -268,6 +273,16 @@ OutputFolder::OutputFolder(const std::filesystem::path& folder) {
 
 OutputFolder::~OutputFolder() {
   if (!made_.empty()) remove_empty_folders(made_);
+  // lock_ is released after this, once the folders are gone
+}
+
+void OutputFolder::lock() {
+  try {
+    lock_ = io::lock_folder(folder_);
+  } catch (const io::FolderInUse&) {
+    made_.clear();  // another command holds it: its folder now, not to be taken away
+    throw;
+  }
 }
 
 namespace {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <vector>
 #include <utility>
@@ -113,8 +114,15 @@ class OutputFolder {
 
   void keep() { made_.clear(); }
 
+  /// Holds io::lock_folder on the folder until this is destroyed, after any folder it made is
+  /// taken away: one command writing into the folder at a time. Throws io::FolderInUse when
+  /// another command holds it, and then takes nothing away.
+  void lock();
+
  private:
+  std::filesystem::path folder_;
   std::filesystem::path made_;  // the outermost folder this made, or empty
+  std::shared_ptr<void> lock_;  // released after the destructor has taken made_ away
 };
 
 /// A CLI11 check that passes finite numbers only (CLI11's Range lets NaN through); chain it

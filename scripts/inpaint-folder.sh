@@ -15,9 +15,9 @@ if [ $# -lt 3 ]; then
   sed -n '2,10p' "$0" >&2
   exit 2
 fi
-photos=$1 masks=$2 out=${3%/}
+photos=$1 masks=$2 out=$3
 shift 3
-[ -n "$out" ] || out=/
+while [ "$out" != / ] && [ "${out%/}" != "$out" ]; do out=${out%/}; done
 
 # pconv's messages go to the terminal and to OUT_DIR.log beside the output folder, where each
 # run of the job adds its own section. They are collected first: pconv makes the folder (or
@@ -37,9 +37,15 @@ else
 fi
 case $status in
   0) echo "all images done: $out" ;;
-  3) echo "done except the inputs named in $log (fix them and run again)" >&2 ;;
+  3)
+    if grep -q "images failed" "$collected"; then
+      echo "done except the inputs named in $log (fix them and run again)" >&2
+    else
+      echo "pconv inpaint refused the job (see $log)" >&2
+    fi
+    ;;
   *) echo "pconv inpaint failed with exit status $status (see $log)" >&2 ;;
 esac
-# The next stage of a pipeline can take the list of results, e.g. to make thumbnails:
-#   find "$out" -type f -newer "$collected" | xargs ...
+# The next stage of a pipeline can take the results of this run, e.g. to make thumbnails, with
+# a marker file touched before the run:   find "$out" -type f -newer marker | xargs ...
 exit $status

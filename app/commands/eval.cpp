@@ -6,7 +6,6 @@
 #include <pconv/infer/inpainter.h>
 #include <pconv/io/atomic_file.h>
 #include <pconv/io/classical_inpaint.h>
-#include <pconv/io/folder_lock.h>
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
 #include <pconv/nn/functional/partial_conv2d.h>
@@ -135,7 +134,7 @@ void run_eval(const EvalOptions& options) {
                precision);
   const std::filesystem::path out_dir = options.out_dir;
   OutputFolder out_folder(out_dir);  // made now, so that an unwritable -o fails early
-  const auto lock = io::lock_folder(out_dir);  // one command writing into it at a time
+  out_folder.lock();                 // one command writing into it at a time
 
   Progress progress("eval", per_bin * static_cast<int64_t>(eval::paper_bins().size()));
   const auto report = eval::evaluate(photos, methods, eval_options, [&] {

@@ -4,7 +4,6 @@
 #include <pconv/error.h>
 #include <pconv/eval/evaluation.h>
 #include <pconv/infer/inpainter.h>
-#include <pconv/io/folder_lock.h>
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
 
@@ -195,8 +194,8 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   }
   StopOnSignal stop_on_signal;       // Ctrl-C stops between two images
   OutputFolder out_folder(out_dir);  // taken away again if no image is inpainted
+  out_folder.lock();                 // one command writing into it at a time
   check_writable_folder(out_dir);
-  const auto lock = io::lock_folder(out_dir);  // one command writing into it at a time
 
   struct Job {
     fs::path image;
@@ -208,7 +207,8 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   int64_t skipped = 0;
   for (const auto& file : files) {
     const auto out = out_dir / fs::relative(file, input_dir);
-    if (options.skip_existing && fs::is_regular_file(out)) {
+    if (options.skip_existing && fs::is_regular_file(out) &&
+        (options.compare.empty() || fs::is_regular_file(options.compare))) {
       ++skipped;
       continue;
     }
@@ -363,7 +363,8 @@ void run_inpaint(const InpaintOptions& options) {
                               {options.image, options.mask, model_path});
     refuse_overwriting_inputs(options.compare, "--compare",
                               {options.image, options.mask, model_path, out});
-    if (options.skip_existing && fs::is_regular_file(out)) {
+    if (options.skip_existing && fs::is_regular_file(out) &&
+        (options.compare.empty() || fs::is_regular_file(options.compare))) {
       spdlog::info("{} exists; left as it is (--skip-existing)", out.string());
       fmt::print("{}\n", out.string());
       return;

@@ -5,7 +5,6 @@
 
 #include <pconv/data/mask_generator.h>
 #include <pconv/error.h>
-#include <pconv/io/folder_lock.h>
 #include <pconv/io/image_file.h>
 
 #include <c10/util/Exception.h>
@@ -74,7 +73,7 @@ void run_masks(const MasksOptions& options) {
   const std::filesystem::path out_dir(options.out_dir);
   StopOnSignal stop_on_signal;       // Ctrl-C stops between two masks
   OutputFolder out_folder(out_dir);  // taken away again if the command fails
-  const auto lock = io::lock_folder(out_dir);  // one command writing into it at a time
+  out_folder.lock();                 // one command writing into it at a time
 
   Progress progress("masks", options.count);
   double ratio_sum = 0.0;

@@ -209,7 +209,7 @@ void run_train(const TrainOptions& options) {
           "through host memory");
     }
   }
-  if (options.finetune && options.init_model.empty() && !options.resume) {
+  if (options.finetune && options.init_model.empty()) {  // on --resume too: same options
     throw CLI::ValidationError("--finetune",
                                "needs --init MODEL: fine-tuning starts from a trained model");
   }

@@ -427,6 +427,9 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
        "-o: '" + (d / "run").string() + "' would hold the run among the photos of --val"},
       {"", "train" + data + " -o " + (d / "run").string(),
        "-o: '" + (d / "run").string() + "' would hold the run among the photos of --data"},
+      // Relative paths, a new one and the defaults (runs/pconv, pconv-eval) included.
+      {"", "train --data . -o run", "-o: 'run' would hold the run among the photos of --data '.'"},
+      {"", "eval --data .", "-o: 'pconv-eval' would hold the reports among the photos of"},
       {"", "train --data " + (d / "val").string() + " --masks " + d.string() + " -o " +
                (d / "run").string(),
        "-o: '" + (d / "run").string() + "' would hold the run among the masks of --masks"},

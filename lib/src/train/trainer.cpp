@@ -365,8 +365,10 @@ void Trainer::record_resumed_config() {
     const auto& [key, value] = setting;
     const auto it = std::find_if(before.begin(), before.end(),
                                  [&](const auto& earlier) { return earlier.first == setting.first; });
-    const std::string old_value = it == before.end() ? "(not set)" : it->second;
-    if (old_value == value) continue;
+    // A setting that the run's config.txt does not have (written by an older pconv) is left
+    // out rather than reported as changed.
+    if (it == before.end() || it->second == value) continue;
+    const std::string& old_value = it->second;
     changed_lines.append(key).append(" ").append(value).append("\n");
     changes.append(changes.empty() ? "" : ", ").append(key).append(" ").append(old_value);
     changes.append(" -> ").append(value);
