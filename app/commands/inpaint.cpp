@@ -207,8 +207,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   int64_t skipped = 0;
   for (const auto& file : files) {
     const auto out = out_dir / fs::relative(file, input_dir);
-    if (options.skip_existing && fs::is_regular_file(out) &&
-        (options.compare.empty() || fs::is_regular_file(options.compare))) {
+    if (options.skip_existing && fs::is_regular_file(out)) {
       ++skipped;
       continue;
     }
