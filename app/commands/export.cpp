@@ -10,8 +10,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -55,10 +53,7 @@ void run_export(const ExportOptions& options) {
                           : std::filesystem::path(options.out);
   // A TorchScript file under an image's name would be taken for one (.pt is also a name for
   // TorchScript, as in PyTorch; the check below keeps a model file from being replaced).
-  std::string extension = out.extension().string();
-  std::transform(extension.begin(), extension.end(), extension.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (io::has_image_extension(out) && extension != ".pt") {
+  if (io::has_image_extension(out) && !io::is_tensor_image(out)) {
     throw CLI::ValidationError("-o", "'" + out.string() +
                                          "' has an image's extension; TorchScript goes to a .ts "
                                          "(or .pt) file");

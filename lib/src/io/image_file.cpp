@@ -36,9 +36,6 @@ std::string lower_extension(const std::filesystem::path& path) {
   return extension;
 }
 
-bool is_tensor_image(const std::filesystem::path& path) {
-  return lower_extension(path) == kTensorImageExtension;
-}
 
 // The most pixels an image may have: OpenCV's own default limit, unless set_max_image_pixels
 // lowered it.
@@ -208,6 +205,10 @@ void set_max_image_pixels(int64_t pixels) {
 }
 
 int64_t max_image_pixels() { return g_max_image_pixels; }
+
+bool is_tensor_image(const std::filesystem::path& path) {
+  return lower_extension(path) == kTensorImageExtension;
+}
 
 bool has_image_extension(const std::filesystem::path& path) {
   const auto& known = image_extensions();

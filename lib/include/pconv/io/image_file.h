@@ -56,6 +56,9 @@ const std::vector<std::string>& image_extensions();
 /// and write_image take.
 bool has_image_extension(const std::filesystem::path& path);
 
+/// Whether `path` names a tensor image (.pt, in any case): LibTorch's own file of a tensor.
+bool is_tensor_image(const std::filesystem::path& path);
+
 /// Writes `pixels` ((C, H, W), C = 1, 3 or 4, RGB order, values in [0, 1], clamped) as an
 /// image with `bit_depth` 8 or 16 bits per sample, in the format the extension names,
 /// atomically. Throws pconv::InputError naming the file on failure.
