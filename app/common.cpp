@@ -163,13 +163,22 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
                                              input.string() + "'; choose another path");
     }
   }
-  const auto kind = io::stored_kind(output);
-  if (kind != io::StoredKind::kOther) {
-    throw CLI::ValidationError(
-        option, "'" + output.string() + "' is a pconv " +
-                    (kind == io::StoredKind::kModel ? "model file" : "training checkpoint") +
-                    "; pconv does not write over one, choose another path");
+  if (const auto kind = pconv_file_kind(output); !kind.empty()) {
+    throw CLI::ValidationError(option, "'" + output.string() + "' is " + kind +
+                                           "; pconv does not write over one, choose another path");
   }
+}
+
+std::string pconv_file_kind(const std::filesystem::path& path) {
+  switch (io::stored_kind(path)) {
+    case io::StoredKind::kModel:
+      return "a pconv model file";
+    case io::StoredKind::kCheckpoint:
+      return "a pconv training checkpoint";
+    case io::StoredKind::kOther:
+      break;
+  }
+  return {};
 }
 
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder) {

@@ -58,6 +58,10 @@ std::string version_string();
 void set_invocation(int argc, char** argv);
 const std::string& invocation();
 
+/// "a pconv model file" or "a pconv training checkpoint" when `path` is one, which no command
+/// replaces with its output; else empty.
+std::string pconv_file_kind(const std::filesystem::path& path);
+
 /// Throws CLI::ValidationError naming `option` when `output` is the same file as one of
 /// `inputs` (empty paths are ignored), or is a pconv model file or training checkpoint: writing
 /// it would destroy that input, or a model.

@@ -211,6 +211,14 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
       ++skipped;
       continue;
     }
+    // A tensor image's result (.pt) must not take the place of a model or a checkpoint kept
+    // in the output folder.
+    if (const auto kind = pconv_file_kind(out); !kind.empty()) {
+      failures.push_back(out.string() + ": is " + kind + "; not replaced by the result of " +
+                         file.string());
+      spdlog::warn("{}", failures.back());
+      continue;
+    }
     fs::path mask = single_mask;
     if (single_mask.empty()) {
       const auto it = masks_by_stem.find(file.stem().string());
@@ -228,6 +236,10 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   // The next image is read on another thread while the current one is inpainted.
   const auto read = [&options](const Job& job) { return load(job.image, job.mask, options); };
   int64_t done = 0;
+  if (skipped > 0 || !failures.empty()) {
+    spdlog::info("{} of {} images to inpaint ({} skipped as their output exists, {} left out)",
+                 jobs.size(), files.size(), skipped, failures.size());
+  }
   if (!jobs.empty()) {
     Progress progress("inpaint", static_cast<int64_t>(jobs.size()));
     std::future<Loaded> next = std::async(std::launch::async, read, jobs[0]);

@@ -593,6 +593,22 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
   EXPECT_NE(init.output.find("again: holds a model.pt already, which this run would replace"),
             std::string::npos)
       << init.output;
+  // Nor does a batch's tensor image (.pt) of the same name as a model in the output folder.
+  fs::create_directories(d / "tensors");
+  pconv::io::write_image(d / "tensors" / "model.pt", picture(3, 32, 32));
+  pconv::io::write_image(d / "tensors" / "b.pt", picture(3, 32, 32));
+  const auto batch = pconv(d, "inpaint --input " + (d / "tensors").string() + " --masks " +
+                                  (d / "mask.png").string() + " --model " + model + " -o " +
+                                  (d / "again").string());
+  EXPECT_EQ(batch.rc, 3) << batch.output;
+  EXPECT_NE(batch.output.find("model.pt: is a pconv model file; not replaced by the result of"),
+            std::string::npos)
+      << batch.output;
+  EXPECT_NE(batch.output.find("1 of 2 images to inpaint (0 skipped as their output exists, 1 "
+                              "left out)"),
+            std::string::npos)
+      << batch.output;
+  EXPECT_TRUE(fs::exists(d / "again" / "b.pt"));
   EXPECT_EQ(read_text(model), model_bytes);
   EXPECT_EQ(read_text(d / "again" / "model.pt"), model_bytes);
   EXPECT_EQ(read_text(checkpoint), checkpoint_bytes);
