@@ -54,6 +54,11 @@ std::string default_model_path();
 /// "pconv X.Y.Z (LibTorch A.B.C)".
 std::string version_string();
 
+/// The exit codes and the log level's variable, the last lines of every command's --help.
+constexpr const char* kExitCodesHelp =
+    "Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 bad input file,\n"
+    "4 bad model file, 130 interrupted. Logging level also from SPDLOG_LEVEL.";
+
 /// The command line as typed (for records such as the model file); main() sets it.
 void set_invocation(int argc, char** argv);
 const std::string& invocation();

@@ -128,9 +128,7 @@ static int run_pconv(int argc, char** argv) {
     // -v: pconv reports every failure itself, in one line.
     FLAGS_caffe2_log_level = verbose > 0 ? c10::GLOG_WARNING : c10::GLOG_FATAL;
   });
-  app.footer(
-      "Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 bad input file,\n"
-      "4 bad model file, 130 interrupted. Logging level also from SPDLOG_LEVEL.");
+  app.footer(kExitCodesHelp);  // subcommands without a footer of their own inherit it
 
   setup_inpaint(app);
   setup_eval(app);

@@ -61,7 +61,8 @@ void setup_eval(CLI::App& app) {
       "Centre crops of the photos in --data, generated masks in the paper's six hole-ratio\n"
       "bins ((0.01,0.1] ... (0.5,0.6]), the same inputs for every method; PSNR, SSIM and L1 of\n"
       "the composite per bin and overall. Prints the table and writes eval.md, eval.csv,\n"
-      "eval.json and examples.png into --out. The same seed gives the same results.");
+      "eval.json and examples.png into --out. The same seed gives the same results.\n\n" +
+      std::string(kExitCodesHelp));
   command->add_option("--data", options->data_dir, "Folder of photos (searched recursively)")
       ->required();
   command->add_option("--model", options->model,

@@ -41,7 +41,8 @@ void setup_export(CLI::App& app) {
       "known pixels with image * mask + output * (1 - mask). output_mask: 1 where the network "
       "saw valid input.\n"
       "The architecture and training metadata are in the extra file pconv.json:\n"
-      "  files = {'pconv.json': ''}; torch.jit.load('model.ts', _extra_files=files)");
+      "  files = {'pconv.json': ''}; torch.jit.load('model.ts', _extra_files=files)\n\n" +
+      std::string(kExitCodesHelp));
   command->callback([options] { run_export(*options); });
 }
 

@@ -286,16 +286,19 @@ void setup_inpaint(CLI::App& app) {
   auto* command = app.add_subcommand(
       "inpaint", "Fill the holes of an image (IMG MASK) or of a folder of images (--input DIR)");
   command->footer(
-      "Masks are white (non-zero) where pixels are missing, unless --white-valid; a pixel\n"
+      "Masks are white where pixels are missing, unless --white-valid; a pixel\n"
       "counts as white when its brightest channel is at least half the full scale (and its\n"
       "alpha, if any, too). An RGBA image without a mask uses its transparent pixels (alpha\n"
       "below half) as the holes. The known pixels are kept exactly (unless --raw), and the\n"
       "result has the input's format, channels and bit depth unless -o names another format.\n"
       "Prints the output path. Batch: pconv inpaint --input DIR --masks DIR|FILE -o DIR; masks\n"
       "are matched by file stem (or one mask for all); bad files are reported and skipped\n"
-      "(exit code 3 at the end).");
+      "(exit code 3 at the end).\n\n" +
+      std::string(kExitCodesHelp));
   command->add_option("image", options->image, "Image to inpaint");
-  command->add_option("mask", options->mask, "Mask image, same size as the image");
+  command->add_option("mask", options->mask,
+                      "Mask image (white = hole), the image's size unless --resize-mask; an RGBA "
+                      "image without one uses its transparent pixels");
   command->add_option("--input", options->input_dir, "Folder of images to inpaint (batch)");
   command->add_option("--masks", options->masks,
                       "Batch: folder of masks matched to the images by file stem, or one mask "

@@ -45,11 +45,12 @@ void setup_train(CLI::App& app) {
   auto* command = app.add_subcommand(
       "train", "Train a partial-convolution UNet on a folder of photos, or fine-tune one");
   command->footer(
-      "Random crops, generated masks. Writes config.txt, log.csv, validation.csv, samples/*.png,\n"
-      "checkpoint.pt and, at the end, model.pt into --out. Ctrl-C saves a checkpoint; --resume\n"
-      "continues it exactly. Data-parallel: start one process per rank with RANK, WORLD_SIZE,\n"
-      "LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as torchrun does, or\n"
-      "scripts/train-parallel.sh N ...); --batch is then per rank.");
+      "Random crops, generated masks. Writes config.txt, log.csv, checkpoint.pt and, at the end,\n"
+      "model.pt into --out; with --val also validation.csv and samples/*.png. Ctrl-C saves a\n"
+      "checkpoint; --resume continues it exactly. Data-parallel: start one process per rank\n"
+      "with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as torchrun does, or\n"
+      "scripts/train-parallel.sh N ...); --batch is then per rank.\n\n" +
+      std::string(kExitCodesHelp));
   command
       ->add_option("--data", options->data_dir, "Folder of training photos (searched recursively)")
       ->required();
@@ -69,7 +70,7 @@ void setup_train(CLI::App& app) {
   command
       ->add_option("--lr", options->learning_rate,
                    "Learning rate (default 2e-4; 5e-5 with --finetune)")
-      ->check(finite_number())
+      ->check(positive_number())
       ->check(CLI::Range(0.0, 1.0));
   command->add_flag("--finetune", options->finetune,
                     "Fine-tuning stage: encoder BatchNorm frozen, learning rate 5e-5 by default "

@@ -166,6 +166,9 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
 // config.txt gains the settings the resume changed, which are also reported.
 TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
   T::Trainer(tiny(2), files_, {}, dir_ / "run", false).run();
+  // Without validation photos there are no samples and no validation scores.
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "samples"));
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "validation.csv"));
   fs::remove(dir_ / "run" / "log.csv");
   std::vector<std::string> messages;
   T::TrainerCallbacks callbacks;
@@ -196,6 +199,14 @@ TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
   T::Trainer(tiny(6).learning_rate(1e-3), files_, {}, dir_ / "run", true).run();
   EXPECT_NE(read(dir_ / "run" / "config.txt").find("config.txt was missing: written anew"),
             std::string::npos);
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "validation.csv"));
+  // A resume that brings validation photos starts both.
+  T::Trainer(tiny(7).learning_rate(1e-3).validate_every(1).sample_every(1), files_, files_,
+             dir_ / "run", true)
+      .run();
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "samples" / "step_0000007.png"));
+  EXPECT_EQ(read(dir_ / "run" / "validation.csv").rfind("step,psnr,ssim,images\n7,", 0), 0U)
+      << read(dir_ / "run" / "validation.csv");
 }
 
 // Two runs in one folder at a time would overwrite each other's files: the second is refused

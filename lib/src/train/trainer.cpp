@@ -242,10 +242,15 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     run_dir_lock_ = io::lock_folder(run_dir_);
     refuse_an_existing_run();  // again: a run may have ended in the folder since
   }
-  std::error_code error;
-  std::filesystem::create_directories(run_dir_ / "samples", error);
-  if (error)
-    throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
+  // Samples and validation scores come from the validation photos: without them the run
+  // folder has neither samples/ nor validation.csv.
+  if (!validation_files_.empty() && writes_files()) {
+    std::error_code error;
+    std::filesystem::create_directories(run_dir_ / "samples", error);
+    if (error) {
+      throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
+    }
+  }
 
   if (!options_.vgg_path().empty()) {
     loss_ = loss::InpaintingLoss(options_.loss_weights(),
@@ -334,14 +339,19 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     }
     if (writes_files()) {
       truncate_log(run_dir_ / kLogFile, step_, kLogHeader);
-      truncate_log(run_dir_ / kValidationFile, step_, kValidationHeader);
+      // A run validated before keeps its rows up to the checkpoint, with or without --val now.
+      if (!validation_files_.empty() || std::filesystem::exists(run_dir_ / kValidationFile)) {
+        truncate_log(run_dir_ / kValidationFile, step_, kValidationHeader);
+      }
       record_resumed_config();
     }
   } else if (writes_files()) {
     io::write_file_atomically(run_dir_ / kConfigFile,
                               config_text(options_, train_files_.size(), validation_files_.size()));
     io::write_file_atomically(run_dir_ / kLogFile, std::string(kLogHeader));
-    io::write_file_atomically(run_dir_ / kValidationFile, std::string(kValidationHeader));
+    if (!validation_files_.empty()) {
+      io::write_file_atomically(run_dir_ / kValidationFile, std::string(kValidationHeader));
+    }
   }
 }
 
@@ -544,7 +554,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   std::ofstream validation_log;
   if (writes_files()) {
     log.open(run_dir_ / kLogFile, std::ios::app);
-    validation_log.open(run_dir_ / kValidationFile, std::ios::app);
+    if (validation_images_.defined()) validation_log.open(run_dir_ / kValidationFile, std::ios::app);
   }
   const int64_t last = options_.steps();
   const auto run_start = std::chrono::steady_clock::now();
