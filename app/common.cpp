@@ -169,6 +169,31 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
   }
 }
 
+std::string out_of_memory_message(const std::string& text) {
+  // The CPU allocator's words, and CUDA's caching allocator's ("Tried to allocate 2.00 GiB").
+  static const std::regex cpu(R"(you tried to allocate (\d+) bytes)");
+  static const std::regex cuda(R"(Tried to allocate ([0-9.]+) (GiB|MiB|KiB|B)\b)");
+  std::smatch match;
+  double bytes = 0;
+  if (std::regex_search(text, match, cpu)) {
+    bytes = std::stod(match[1].str());
+  } else if (std::regex_search(text, match, cuda)) {
+    const std::string unit = match[2].str();
+    const double scale = unit == "GiB"   ? 1 << 30
+                         : unit == "MiB" ? 1 << 20
+                         : unit == "KiB" ? 1 << 10
+                                         : 1;
+    bytes = std::stod(match[1].str()) * scale;
+  } else {
+    return {};
+  }
+  return fmt::format(
+      "out of memory: {:.1f} GB more were needed at once; try smaller images or "
+      "a smaller --size or --batch (inpaint: --strategy auto with a smaller "
+      "--max-memory)",
+      bytes / 1e9);
+}
+
 std::string pconv_file_kind(const std::filesystem::path& path) {
   switch (io::stored_kind(path)) {
     case io::StoredKind::kModel:
@@ -194,19 +219,33 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
 
 namespace {
 std::atomic<bool> g_stop_requested{false};
-extern "C" void request_stop(int /*signal*/) { g_stop_requested = true; }
+std::atomic<int> g_stop_scopes{0};  // StopOnSignal objects alive
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<bool>::is_always_lock_free);
+
+// Inside a StopOnSignal a signal only asks the job to stop; outside, it ends the process as
+// the default action would (signal() and raise() are async-signal-safe).
+extern "C" void on_stop_signal(int signal) {
+  if (g_stop_scopes.load() > 0) {
+    g_stop_requested = true;
+    return;
+  }
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
+}
 }  // namespace
+
+void handle_stop_signals() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
 
 StopOnSignal::StopOnSignal() {
   g_stop_requested = false;  // first: a signal from here on counts
-  previous_int_ = std::signal(SIGINT, request_stop);
-  previous_term_ = std::signal(SIGTERM, request_stop);
+  ++g_stop_scopes;
+  handle_stop_signals();
 }
 
-StopOnSignal::~StopOnSignal() {
-  std::signal(SIGINT, previous_int_);
-  std::signal(SIGTERM, previous_term_);
-}
+StopOnSignal::~StopOnSignal() { --g_stop_scopes; }
 
 bool stop_requested() { return g_stop_requested.load(); }
 

@@ -6,15 +6,14 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
-#include <filesystem>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <initializer_list>
 #include <memory>
 #include <string>
-#include <vector>
 #include <utility>
+#include <vector>
 
 namespace pconv::app {
 
@@ -63,6 +62,10 @@ constexpr const char* kExitCodesHelp =
 void set_invocation(int argc, char** argv);
 const std::string& invocation();
 
+/// When LibTorch's error `text` says that an allocation failed, that in words with what to try
+/// ("out of memory: 2.1 GB more were needed at once; ..."); else empty.
+std::string out_of_memory_message(const std::string& text);
+
 /// "a pconv model file" or "a pconv training checkpoint" when `path` is one, which no command
 /// replaces with its output; else empty.
 std::string pconv_file_kind(const std::filesystem::path& path);
@@ -76,6 +79,12 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
 /// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder);
 
+/// SIGINT and SIGTERM end the process at once (as by default) outside a StopOnSignal, and ask
+/// the job inside one to stop. main() calls it first, so that both act the same from the start
+/// even where SIGINT came in ignored (a background job of a script, whose Ctrl-C then reaches
+/// pconv as it reaches the script).
+void handle_stop_signals();
+
 /// While alive, SIGINT and SIGTERM only ask the command to stop (stop_requested() turns true):
 /// a long job then stops at its next step, keeps or takes away what it wrote, and exits 130.
 class StopOnSignal {
@@ -84,10 +93,6 @@ class StopOnSignal {
   ~StopOnSignal();
   StopOnSignal(const StopOnSignal&) = delete;
   StopOnSignal& operator=(const StopOnSignal&) = delete;
-
- private:
-  void (*previous_int_)(int) = SIG_DFL;
-  void (*previous_term_)(int) = SIG_DFL;
 };
 
 /// Whether SIGINT or SIGTERM came while a StopOnSignal was alive.
@@ -108,7 +113,6 @@ void keep_apart(const std::string& out, const std::string& what, const std::stri
 /// Logs `message` as a warning: for library callbacks such as data::list_images's skipped
 /// entries.
 void warn_line(const std::string& message);
-
 
 /// Makes `folder` (and its missing parents) for a command's results, or throws InputError.
 /// Unless keep() is called, the destructor takes away the folders it made that are empty

@@ -31,7 +31,6 @@
 #include <exception>
 #include <limits>
 #include <memory>
-#include <regex>
 #include <string>
 #include <string_view>
 
@@ -41,14 +40,8 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 // LibTorch's failure in words: out of memory said plainly, anything else as its first line.
 std::string runtime_message(const std::string& text) {
-  static const std::regex allocation(R"(you tried to allocate (\d+) bytes)");
-  std::smatch match;
-  if (std::regex_search(text, match, allocation)) {
-    return fmt::format("out of memory: {:.1f} GB more were needed at once; try a smaller size, "
-                       "batch or --max-memory",
-                       std::stod(match[1].str()) / 1e9);
-  }
-  return first_line(text);
+  const auto memory = pconv::app::out_of_memory_message(text);
+  return memory.empty() ? first_line(text) : memory;
 }
 
 // The message of a log line with its line breaks written as \n, so that every record stays one
@@ -109,6 +102,7 @@ static int run_pconv(int argc, char** argv) {
   // CPU time of a small model's training step, measured).
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  handle_stop_signals();
   setup_logging();
   set_invocation(argc, argv);
 

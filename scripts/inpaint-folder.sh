@@ -19,9 +19,10 @@ photos=$1 masks=$2 out=$3
 shift 3
 while [ "$out" != / ] && [ "${out%/}" != "$out" ]; do out=${out%/}; done
 
-# pconv's messages go to the terminal and to OUT_DIR.log beside the output folder, where each
-# run of the job adds its own section. They are collected first: pconv makes the folder (or
-# refuses the command, and then no log is left anywhere, not in the photos' folder either).
+# pconv's messages go to the terminal and to OUT_DIR.log beside the output folder (the absolute
+# path, so that "-o ." logs beside the current folder, not inside it), where each run of the
+# job adds its own section. They are collected first: pconv makes the folder, or refuses the
+# command, and then no log is left anywhere.
 collected=$(mktemp)
 trap 'rm -f "$collected"' EXIT
 {
@@ -29,8 +30,15 @@ trap 'rm -f "$collected"' EXIT
     2>&1 1>&3 3>&- | tee "$collected" >&2
   status=${PIPESTATUS[0]}
 } 3>&1
-log="$out.log"
-if [ -d "$out" ]; then
+# Refused: a usage error (2), a bad model (4) or an input that stops the whole job (3 without
+# a count of failed images), before any image was done.
+refused=false
+case $status in
+  2 | 4) refused=true ;;
+  3) grep -q "images failed" "$collected" || refused=true ;;
+esac
+log="$(realpath -m -- "$out").log"
+if ! $refused && [ -d "$out" ] && [ "$log" != /.log ]; then
   { echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) exit status $status"; cat "$collected"; } >>"$log"
 else
   log="the messages above"
@@ -38,10 +46,10 @@ fi
 case $status in
   0) echo "all images done: $out" ;;
   3)
-    if grep -q "images failed" "$collected"; then
-      echo "done except the inputs named in $log (fix them and run again)" >&2
-    else
+    if $refused; then
       echo "pconv inpaint refused the job (see $log)" >&2
+    else
+      echo "done except the inputs named in $log (fix them and run again)" >&2
     fi
     ;;
   *) echo "pconv inpaint failed with exit status $status (see $log)" >&2 ;;

@@ -13,11 +13,14 @@
 #include "../exit_codes.h"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
 
 namespace pconv::app {
 namespace {
@@ -41,12 +44,9 @@ std::string to_json(const eval::EvalReport& report, const std::string& model_pat
     for (const auto& scores : report.per_bin[m]) per_bin.push_back(scores_json(scores));
     methods[report.methods[m]] = {{"bins", per_bin}, {"all", scores_json(report.overall[m])}};
   }
-  const nlohmann::json document = {{"photos", report.photos},
-                                   {"size", report.size},
-                                   {"seed", report.seed},
-                                   {"model", model_path},
-                                   {"precision", precision},
-                                   {"bins", bins},
+  const nlohmann::json document = {{"photos", report.photos}, {"size", report.size},
+                                   {"seed", report.seed},     {"model", model_path},
+                                   {"precision", precision},  {"bins", bins},
                                    {"methods", methods}};
   return document.dump(2) + "\n";
 }
@@ -67,7 +67,8 @@ void setup_eval(CLI::App& app) {
       ->required();
   command->add_option("--model", options->model,
                       "Model file (default: $PCONV_MODEL, else the shipped default model)");
-  command->add_option("-o,--out", options->out_dir, "Folder for the reports")->capture_default_str();
+  command->add_option("-o,--out", options->out_dir, "Folder for the reports")
+      ->capture_default_str();
   command->add_option("--size", options->size, "Side of the square centre crops")
       ->check(CLI::Range(16, 8192))
       ->capture_default_str();
@@ -96,11 +97,11 @@ void run_eval(const EvalOptions& options) {
   keep_apart(options.out_dir, "the reports", "the photos", "--data", options.data_dir);
   auto photos = data::list_images(options.data_dir, warn_line);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
-  auto inpainter = std::make_shared<infer::Inpainter>(
-      io::load_model(model_path), device,
-      infer::InferenceOptions()
-          .dtype(inference_dtype(options.inference, device))
-          .channels_last(options.inference.channels_last));
+  auto inpainter =
+      std::make_shared<infer::Inpainter>(io::load_model(model_path), device,
+                                         infer::InferenceOptions()
+                                             .dtype(inference_dtype(options.inference, device))
+                                             .channels_last(options.inference.channels_last));
   std::vector<std::pair<std::string, eval::Method>> methods;
   methods.emplace_back("pconv", [inpainter](const at::Tensor& image, const at::Tensor& holes) {
     return inpainter
@@ -125,7 +126,8 @@ void run_eval(const EvalOptions& options) {
                                 .per_bin(options.per_bin)
                                 .seed(options.seed)
                                 .examples_per_bin(options.examples);
-  const int64_t per_bin = options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());
+  const int64_t per_bin =
+      options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());
   const auto& network = inpainter->options();
   const std::string precision =
       infer::precision_name(network.dtype()) + (network.channels_last() ? ", channels-last" : "") +
@@ -144,15 +146,38 @@ void run_eval(const EvalOptions& options) {
   });
   progress.finish();
 
-  io::write_file_atomically(out_dir / "eval.md", eval::to_markdown(report));
-  io::write_file_atomically(out_dir / "eval.csv", eval::to_csv(report));
-  io::write_file_atomically(out_dir / "eval.json", to_json(report, model_path, precision));
 #ifdef PCONV_WITH_OPENCV
-  const char* grid_name = "examples.png";
+  const std::string grid_name = "examples.png";
 #else
   const auto grid_name = std::string("examples") + io::kTensorImageExtension;
 #endif
-  io::write_image(out_dir / grid_name, eval::example_grid(report));
+  // The four reports replace an earlier run's together or not at all: they are written into a
+  // hidden folder in -o (the lock keeps it this command's), then renamed into place, which
+  // needs no space. A full disk half-way leaves the earlier set whole.
+  const auto staging = out_dir / ".pconv-eval-reports";
+  std::error_code error;
+  std::filesystem::remove_all(staging, error);  // left by a killed run
+  if (!std::filesystem::create_directory(staging, error)) {
+    throw InputError(staging.string() + ": cannot create the folder: " +
+                     (error ? error.message() : "something of that name is in the way"));
+  }
+  const std::vector<std::string> names{"eval.md", "eval.csv", "eval.json", grid_name};
+  try {
+    io::write_file_atomically(staging / names[0], eval::to_markdown(report));
+    io::write_file_atomically(staging / names[1], eval::to_csv(report));
+    io::write_file_atomically(staging / names[2], to_json(report, model_path, precision));
+    io::write_image(staging / names[3], eval::example_grid(report));
+    for (const auto& name : names) {
+      std::filesystem::rename(staging / name, out_dir / name, error);
+      if (error) {
+        throw InputError((out_dir / name).string() + ": cannot write the file: " + error.message());
+      }
+    }
+  } catch (...) {
+    std::filesystem::remove_all(staging, error);
+    throw;
+  }
+  std::filesystem::remove(staging, error);
   out_folder.keep();
   fmt::print("{}", eval::to_text(report));
   spdlog::info("reports in {}: eval.md, eval.csv, eval.json, {} (columns: input, {}, truth)",

@@ -21,6 +21,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -32,7 +33,7 @@ namespace fs = std::filesystem;
 // An image with its hole map, read ahead of use.
 struct Loaded {
   io::Image image;
-  at::Tensor holes;          // (H, W) bool
+  at::Tensor holes;  // (H, W) bool
   bool holes_from_alpha = false;
 };
 
@@ -56,10 +57,10 @@ Loaded load(const fs::path& image_path, const fs::path& mask_path, const Inpaint
   const int64_t mask_w = mask.pixels.size(2);
   if (mask_h != height || mask_w != width) {
     if (!options.resize_mask) {
-      throw InputError(fmt::format("{}: mask is {}x{} but the image {} is {}x{} (give "
-                                   "--resize-mask to scale it)",
-                                   mask_path.string(), mask_w, mask_h, image_path.string(), width,
-                                   height));
+      throw InputError(
+          fmt::format("{}: mask is {}x{} but the image {} is {}x{} (give "
+                      "--resize-mask to scale it)",
+                      mask_path.string(), mask_w, mask_h, image_path.string(), width, height));
     }
     mask.pixels = at::upsample_nearest2d(mask.pixels.unsqueeze(0), {height, width}).squeeze(0);
   }
@@ -75,10 +76,11 @@ void write_compare(const fs::path& path, const Loaded& loaded, const at::Tensor&
     return colour.to(at::kFloat);
   };
   const auto mask = loaded.holes.unsqueeze(0).expand({3, -1, -1}).to(at::kFloat);
-  io::write_image(path,
-                  eval::side_by_side({eval::with_white_holes(rgb(loaded.image.pixels), loaded.holes),
-                                      rgb(result), mask}),
-                  8);
+  io::write_image(
+      path,
+      eval::side_by_side(
+          {eval::with_white_holes(rgb(loaded.image.pixels), loaded.holes), rgb(result), mask}),
+      8);
 }
 
 // Writes the result of one image; returns a one-line description.
@@ -192,7 +194,6 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     }
     (void)io::read_image(single_mask);  // the one mask of every image: a bad one ends here
   }
-  StopOnSignal stop_on_signal;       // Ctrl-C stops between two images
   OutputFolder out_folder(out_dir);  // taken away again if no image is inpainted
   out_folder.lock();                 // one command writing into it at a time
   check_writable_folder(out_dir);
@@ -206,7 +207,9 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   std::vector<std::string> failures;
   int64_t skipped = 0;
   for (const auto& file : files) {
-    const auto out = out_dir / fs::relative(file, input_dir);
+    // The name under --input, a link's own (fs::relative would follow the link to its target,
+    // which may lie anywhere, and write the result over it).
+    const auto out = out_dir / file.lexically_relative(input_dir);
     if (options.skip_existing && fs::is_regular_file(out)) {
       ++skipped;
       continue;
@@ -246,9 +249,10 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     for (size_t i = 0; i < jobs.size(); ++i) {
       if (stop_requested()) {
         if (done > 0) out_folder.keep();
-        throw Interrupted(fmt::format("stopped after {} of {} images; results so far in {} "
-                                      "(--skip-existing goes on from there)",
-                                      done, jobs.size(), out_dir.string()));
+        throw Interrupted(
+            fmt::format("stopped after {} of {} images; results so far in {} "
+                        "(--skip-existing goes on from there)",
+                        done, jobs.size(), out_dir.string()));
       }
       const auto& job = jobs[i];
       auto pending = std::move(next);
@@ -258,21 +262,28 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
         const auto current = pending.get();
         std::error_code ignored;
         fs::create_directories(job.out.parent_path(), ignored);
-        const auto summary = inpaint_one(inpainter, current, job.image, job.mask, job.out,
-                                         options, inpaint_options);
+        const auto summary =
+            inpaint_one(inpainter, current, job.image, job.mask, job.out, options, inpaint_options);
         spdlog::debug("{}: {}", job.image.string(), summary);
         ++done;
       } catch (const InputError& error) {
         failures.emplace_back(error.what());
         progress.note(error.what(), /*warning=*/true);
+      } catch (const c10::Error& error) {
+        // An image too large for this machine's memory: the smaller ones are still done.
+        const auto memory = out_of_memory_message(error.what_without_backtrace());
+        if (memory.empty()) throw;
+        failures.push_back(job.image.string() + ": " + memory);
+        progress.note(failures.back(), /*warning=*/true);
       }
       progress.advance();
     }
     progress.finish();
   }
   if (done > 0) out_folder.keep();
-  spdlog::info("{} inpainted, {} skipped (output exists), {} failed; results in {}", done, skipped,
-               failures.size(), out_dir.string());
+  spdlog::info("{} inpainted, {} skipped (output exists), {} failed; {}", done, skipped,
+               failures.size(),
+               done + skipped > 0 ? "results in " + out_dir.string() : std::string("no results"));
   if (!failures.empty()) {
     throw InputError(fmt::format("{} of {} images failed (first: {})", failures.size(),
                                  files.size(), failures.front()));
@@ -321,15 +332,17 @@ void setup_inpaint(CLI::App& app) {
                    "crop when the holes are local, else resize")
       ->check(CLI::IsMember({"auto", "full", "crop", "resize"}))
       ->capture_default_str();
-  command->add_option("--max-memory", options->max_memory_mb,
-                      "Memory budget in MB for one network pass (auto strategy)")
+  command
+      ->add_option("--max-memory", options->max_memory_mb,
+                   "Memory budget in MB for one network pass (auto strategy)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
       ->capture_default_str();
   command->add_option("--margin", options->margin, "Context around holes for crop, in pixels")
       ->check(whole_number(0, 65536))
       ->capture_default_str();
-  command->add_option("--resize-side", options->resize_side,
-                      "Longer side the resize strategy scales the image to")
+  command
+      ->add_option("--resize-side", options->resize_side,
+                   "Longer side the resize strategy scales the image to")
       ->check(whole_number(1, 65536))
       ->capture_default_str();
   add_inference_options(*command, options->inference);
@@ -345,7 +358,8 @@ void setup_inpaint(CLI::App& app) {
 void run_inpaint(const InpaintOptions& options) {
   const bool batch = !options.input_dir.empty();
   if (batch == !options.image.empty()) {
-    throw CLI::ValidationError("inpaint", "give either IMG [MASK] or --input DIR --masks ... -o DIR");
+    throw CLI::ValidationError("inpaint",
+                               "give either IMG [MASK] or --input DIR --masks ... -o DIR");
   }
   if (batch && (options.masks.empty() || options.out.empty())) {
     throw CLI::ValidationError("--input", "batch mode needs --masks DIR|FILE and -o DIR");
@@ -357,16 +371,36 @@ void run_inpaint(const InpaintOptions& options) {
     throw CLI::ValidationError("--masks", "only with --input; for one image give IMG MASK");
   }
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
+  // A batch stops between two images on Ctrl-C (a signal while the model loads counts too); one
+  // image ends at once.
+  std::optional<StopOnSignal> stop_on_signal;
+  if (batch) stop_on_signal.emplace();
   // Never write over an input, nor where a later run would take the results as inputs.
   if (batch) {
     keep_apart(options.out, "the results", "the images", "--input", options.input_dir);
     keep_apart(options.out, "the results", "the masks", "--masks", options.masks);
+    // Both folders are listed with their subfolders: one inside the other would give images
+    // that are their own masks, or masks inpainted as images.
+    std::error_code ignored;
+    if (fs::is_directory(options.masks, ignored) && (is_within(options.masks, options.input_dir) ||
+                                                     is_within(options.input_dir, options.masks))) {
+      throw CLI::ValidationError("--masks",
+                                 "'" + options.masks + "' and --input '" + options.input_dir +
+                                     "' overlap; keep the masks in a folder of their own");
+    }
   } else {
     const auto out = single_output(options);
     // Before the network runs: a format pconv cannot write is a mistake in the command (the
     // default output has the image's own format).
-    for (const auto& [path, option] : {std::pair<fs::path, const char*>{options.out, "-o"},
-                                       {options.compare, "--compare"}}) {
+    for (const auto& [path, option] :
+         {std::pair<fs::path, const char*>{options.out, "-o"}, {options.compare, "--compare"}}) {
+      std::error_code ignored;
+      if (!path.empty() && fs::is_directory(path, ignored)) {
+        throw CLI::ValidationError(
+            option, fmt::format("'{}' is a folder; give the file to write (for a folder of images: "
+                                "--input DIR --masks ... -o DIR)",
+                                path.string()));
+      }
       if (!path.empty() && !io::has_image_extension(path)) {
         throw CLI::ValidationError(
             option, fmt::format("'{}': the extension names no image format pconv writes ({})",

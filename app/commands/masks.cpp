@@ -49,8 +49,8 @@ void run_masks(const MasksOptions& options) {
   const auto [width, height] = parse_size(options.size, "--size");
   constexpr int64_t kLargestSide = 16384;  // a 16384 x 16384 mask is already 256 MB
   if (width > kLargestSide || height > kLargestSide) {
-    throw CLI::ValidationError("--size", fmt::format("'{}' is larger than {} on a side",
-                                                     options.size, kLargestSide));
+    throw CLI::ValidationError(
+        "--size", fmt::format("'{}' is larger than {} on a side", options.size, kLargestSide));
   }
   if (options.min_ratio > options.max_ratio) {
     throw CLI::ValidationError("--min-ratio", fmt::format("{} is larger than --max-ratio {}",
@@ -89,8 +89,7 @@ void run_masks(const MasksOptions& options) {
     if (!options.overwrite && std::filesystem::is_regular_file(path)) {
       ++skipped;
     } else {
-      const auto holes =
-          index == 0 ? first_holes : generator.holes(static_cast<uint64_t>(index));
+      const auto holes = index == 0 ? first_holes : generator.holes(static_cast<uint64_t>(index));
       ratio_sum += data::MaskGenerator::hole_ratio(holes);
       io::write_mask(path, holes, height, width);
     }
@@ -99,11 +98,11 @@ void run_masks(const MasksOptions& options) {
   progress.finish();
   out_folder.keep();
   const int64_t written = options.count - skipped;
-  spdlog::info("wrote {} masks of {}x{} to {} (mean hole ratio {:.3f}){}", written, width, height,
-               out_dir.string(), written > 0 ? ratio_sum / static_cast<double>(written) : 0.0,
-               skipped > 0
-                   ? fmt::format("; {} existed and were kept (--overwrite replaces them)", skipped)
-                   : std::string());
+  spdlog::info(
+      "wrote {} mask{} of {}x{} to {} (mean hole ratio {:.3f}){}", written, written == 1 ? "" : "s",
+      width, height, out_dir.string(), written > 0 ? ratio_sum / static_cast<double>(written) : 0.0,
+      skipped > 0 ? fmt::format("; {} existed and were kept (--overwrite replaces them)", skipped)
+                  : std::string());
 }
 
 }  // namespace pconv::app

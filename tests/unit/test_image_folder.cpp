@@ -193,7 +193,7 @@ TEST_F(ImageFolderTest, JpegExifOrientationIsApplied) {
 }
 
 // What cannot be looked at is reported, not dropped without a word, and never ends the
-// listing; a link to a folder is not followed (it could lead back up forever).
+// listing; a link to a folder is not followed (it could lead back up forever), and says so.
 TEST_F(ImageFolderTest, ListingReportsWhatItSkips) {
   fs::create_directories(dir_ / "sub");
   cv::imwrite((dir_ / "a.png").string(), gradient(8, 8, CV_8UC3));
@@ -212,10 +212,11 @@ TEST_F(ImageFolderTest, ListingReportsWhatItSkips) {
   EXPECT_EQ(files[1], dir_ / "sub" / "b.png");
   EXPECT_EQ(files[2], dir_ / "sub" / "linked.png");
   std::sort(skipped.begin(), skipped.end());
-  ASSERT_EQ(skipped.size(), 3U) << ::testing::PrintToString(skipped);
+  ASSERT_EQ(skipped.size(), 4U) << ::testing::PrintToString(skipped);
   EXPECT_THAT(skipped[0], ::testing::StartsWith((dir_ / "gone.png").string() + ": "));
   EXPECT_THAT(skipped[1], ::testing::StartsWith((dir_ / "loop_a").string() + ": "));
   EXPECT_THAT(skipped[2], ::testing::StartsWith((dir_ / "loop_b").string() + ": "));
+  EXPECT_EQ(skipped[3], (dir_ / "sub" / "up").string() + ": a link to a folder, not followed; skipped");
   for (const auto& message : skipped) EXPECT_THAT(message, ::testing::EndsWith("; skipped"));
   // Without a callback the same files, silently.
   EXPECT_EQ(D::list_images(dir_), files);

@@ -72,9 +72,10 @@ at::Tensor rectangle_holes(int64_t height, int64_t width) {
 
 void write_holes(const fs::path& path, const at::Tensor& holes) {
   const auto bytes = holes.to(at::kByte).contiguous();
-  pconv::io::write_mask(path, std::vector<uint8_t>(bytes.data_ptr<uint8_t>(),
-                                                   bytes.data_ptr<uint8_t>() + bytes.numel()),
-                        holes.size(0), holes.size(1));
+  pconv::io::write_mask(
+      path,
+      std::vector<uint8_t>(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel()),
+      holes.size(0), holes.size(1));
 }
 
 // Samples of a file as integers, (C, H, W).
@@ -84,7 +85,8 @@ at::Tensor samples(const fs::path& path) {
   return (image.pixels.to(at::kDouble) * scale).round().to(at::kInt);
 }
 
-void expect_known_pixels_kept(const fs::path& input, const fs::path& output, const at::Tensor& holes) {
+void expect_known_pixels_kept(const fs::path& input, const fs::path& output,
+                              const at::Tensor& holes) {
   const auto before = samples(input);
   const auto after = samples(output);
   ASSERT_EQ(before.sizes(), after.sizes());
@@ -117,8 +119,9 @@ TEST(InpaintCli, SixteenBitGreyStaysSixteenBitGrey) {
   pconv::io::write_image(dir.path() / "grey.png", picture(1, 40, 33), 16);
   write_holes(dir.path() / "mask.png", holes);
   const auto out = dir.path() / "out.png";
-  const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "grey.png").string() + " " +
-                                         (dir.path() / "mask.png").string() + " -o " + out.string());
+  const auto run =
+      pconv(dir.path(), "inpaint " + (dir.path() / "grey.png").string() + " " +
+                            (dir.path() / "mask.png").string() + " -o " + out.string());
   ASSERT_EQ(run.rc, 0) << run.output;
   const auto image = pconv::io::read_image(out);
   EXPECT_EQ(image.bit_depth, 16);
@@ -134,8 +137,8 @@ TEST(InpaintCli, RgbaWithoutMaskFillsTheTransparentPixels) {
   rgba[3].masked_fill_(holes, 0.0);
   pconv::io::write_image(dir.path() / "cut.png", rgba);
   const auto out = dir.path() / "filled.png";
-  const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "cut.png").string() + " -o " +
-                                         out.string());
+  const auto run =
+      pconv(dir.path(), "inpaint " + (dir.path() / "cut.png").string() + " -o " + out.string());
   ASSERT_EQ(run.rc, 0) << run.output;
   const auto result = pconv::io::read_image(out).pixels;
   ASSERT_EQ(result.size(0), 4);
@@ -203,8 +206,7 @@ TEST(InpaintCli, ReducedPrecisionAndChannelsLastKeepKnownPixels) {
   write_holes(dir.path() / "mask.png", holes);
   const auto reference = dir.path() / "fp32.png";
   ASSERT_EQ(pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
-                                  (dir.path() / "mask.png").string() + " -o " +
-                                  reference.string())
+                                  (dir.path() / "mask.png").string() + " -o " + reference.string())
                 .rc,
             0);
   // The holes' fill against float32's with the fused kernels, in 8-bit levels: the mean and
@@ -214,9 +216,9 @@ TEST(InpaintCli, ReducedPrecisionAndChannelsLastKeepKnownPixels) {
     std::string flags;
     double mean_levels, max_levels;
   };
-  for (const Variant& variant : {Variant{"--precision bf16", 1.0, 6.0},
-                                 Variant{"--channels-last", 0.05, 1.0},
-                                 Variant{"--reference-kernels", 0.05, 1.0}}) {
+  for (const Variant& variant :
+       {Variant{"--precision bf16", 1.0, 6.0}, Variant{"--channels-last", 0.05, 1.0},
+        Variant{"--reference-kernels", 0.05, 1.0}}) {
     SCOPED_TRACE(variant.flags);
     const auto out = dir.path() / "out.png";
     const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
@@ -280,6 +282,11 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
        ": is a folder, not an image file"},
       {"inpaint " + (d / "empty.png").string() + " " + (d / "mask.png").string(), 3,
        "empty.png: is empty"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "links").string(), 2,
+       "-o: '" + (d / "links").string() + "' is a folder; give the file to write"},
+      {"inpaint --input " + (d / "links").string() + "/.. --masks " + d.string() + " -o " +
+           d.string() + "_batch_out",
+       2, "' overlap; keep the masks in a folder of their own"},
       {"inpaint " + photo + " " + (d / "links" / "loop_a").string(), 3,
        "loop_a: Too many levels of symbolic links"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " +
@@ -292,8 +299,8 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
            (d / "links" / "loop_a").string() + " -o " + d.string() + "_batch_out",
        3, "loop_a: Too many levels of symbolic links"},
       // The one mask of every image is read before any image.
-      {"inpaint --input " + (d / "links").string() + "/.. --masks " +
-           (d / "corrupt.png").string() + " -o " + d.string() + "_batch_out",
+      {"inpaint --input " + (d / "links").string() + "/.. --masks " + (d / "corrupt.png").string() +
+           " -o " + d.string() + "_batch_out",
        3, "corrupt.png: cannot read the image"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " + d.string(), 4,
        ": is a folder, not a model file"},
@@ -309,10 +316,9 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --strategy tile", 2, "--strategy"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --half --device cpu", 2,
        "--half: fp16 needs a CUDA device"},
-      {"inpaint " + photo + " " + (d / "mask.png").string() + " --precision fp16 --device cpu",
-       2, "--precision: fp16 needs a CUDA device"},
-      {"inpaint " + photo + " " + (d / "mask.png").string() + " --precision fp8", 2,
-       "--precision"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --precision fp16 --device cpu", 2,
+       "--precision: fp16 needs a CUDA device"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --precision fp8", 2, "--precision"},
       {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() +
            " -o /proc/pconv-no/folder",
        3, "/proc/pconv-no/folder: cannot create the output folder"},
@@ -340,8 +346,8 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint '" + (d / "bad\nname.png").string() + "' " + (d / "mask.png").string(), 3,
        "bad\\nname.png: cannot read the image"},
       // A device or a pipe is not replaced by a file.
-      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "fifo.png").string(),
-       3, "fifo.png: is not a regular file"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "fifo.png").string(), 3,
+       "fifo.png: is not a regular file"},
       // A side-by-side picture that cannot be written leaves no result behind.
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.png").string() +
            " --compare /proc/pconv-no/c.png",
@@ -379,8 +385,8 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
                          " --resize-mask -o " + (d / "r.png").string())
                 .rc,
             0);
-  const auto unchanged = pconv(d, "inpaint " + photo + " " + (d / "none.png").string() + " -o " +
-                                      (d / "same.png").string());
+  const auto unchanged = pconv(
+      d, "inpaint " + photo + " " + (d / "none.png").string() + " -o " + (d / "same.png").string());
   EXPECT_EQ(unchanged.rc, 0);
   EXPECT_NE(unchanged.output.find("no hole pixel"), std::string::npos) << unchanged.output;
   EXPECT_TRUE(at::equal(samples(d / "photo.png"), samples(d / "same.png")));
@@ -422,16 +428,18 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
       {"WORLD_SIZE", "train" + data, "WORLD_SIZE='2x': expected an integer"},
       {"", "train" + data + " -o " + d.string(),
        "-o: '" + d.string() + "' would hold the run among the photos of --data"},
-      {"", "train --data " + (d / "val").string() + " --val " + d.string() + " -o " +
-               (d / "run").string(),
+      {"",
+       "train --data " + (d / "val").string() + " --val " + d.string() + " -o " +
+           (d / "run").string(),
        "-o: '" + (d / "run").string() + "' would hold the run among the photos of --val"},
       {"", "train" + data + " -o " + (d / "run").string(),
        "-o: '" + (d / "run").string() + "' would hold the run among the photos of --data"},
       // Relative paths, a new one and the defaults (runs/pconv, pconv-eval) included.
       {"", "train --data . -o run", "-o: 'run' would hold the run among the photos of --data '.'"},
       {"", "eval --data .", "-o: 'pconv-eval' would hold the reports among the photos of"},
-      {"", "train --data " + (d / "val").string() + " --masks " + d.string() + " -o " +
-               (d / "run").string(),
+      {"",
+       "train --data " + (d / "val").string() + " --masks " + d.string() + " -o " +
+           (d / "run").string(),
        "-o: '" + (d / "run").string() + "' would hold the run among the masks of --masks"},
   };
   for (const auto& c : cases) {
@@ -446,8 +454,7 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
   }
   EXPECT_FALSE(fs::exists(d / "m"));
   // The largest seed is a seed.
-  EXPECT_EQ(pconv(d, "masks -n 1 -o " + (d / "m").string() + " --seed 18446744073709551615").rc,
-            0);
+  EXPECT_EQ(pconv(d, "masks -n 1 -o " + (d / "m").string() + " --seed 18446744073709551615").rc, 0);
 }
 
 // OPENCV_IO_MAX_IMAGE_PIXELS bounds the images pconv reads (OpenCV checks the header, pconv
@@ -478,10 +485,9 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   const auto& d = dir.path();
   fs::create_directories(d / "photos");
   pconv::io::write_image(d / "photos" / "photo.png", picture(3, 80, 80));
-  const std::string interrupt =
-      std::string("timeout --preserve-status -s INT 6 ") + PCONV_BINARY;
+  const std::string interrupt = std::string("timeout --preserve-status -s INT 6 ") + PCONV_BINARY;
   const auto eval = shell(d, interrupt + " eval --data " + (d / "photos").string() +
-                             " --size 64 --per-bin 100000 -o " + (d / "reports").string());
+                                 " --size 64 --per-bin 100000 -o " + (d / "reports").string());
   EXPECT_EQ(eval.rc, 130) << eval.output;
   EXPECT_NE(eval.output.find("pconv: warning: stopped; no reports written"), std::string::npos)
       << eval.output;
@@ -490,9 +496,21 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   const auto masks =
       shell(d, interrupt + " masks -n 1000000 --size 512x512 -o " + (d / "masks").string());
   EXPECT_EQ(masks.rc, 130) << masks.output;
-  EXPECT_NE(masks.output.find("pconv: warning: stopped after "), std::string::npos)
-      << masks.output;
+  EXPECT_NE(masks.output.find("pconv: warning: stopped after "), std::string::npos) << masks.output;
   EXPECT_GT(std::distance(fs::directory_iterator(d / "masks"), fs::directory_iterator()), 0);
+
+  // One image ends at once, also where SIGINT came in ignored (a script's background job):
+  // here the network's pass over 2400x2400 pixels takes several seconds on the CPU.
+  pconv::io::write_image(d / "large.png", picture(3, 2400, 2400));
+  write_holes(d / "large-mask.png", rectangle_holes(2400, 2400));
+  const auto single = shell(d, "cd " + d.string() + " && (trap '' INT; timeout -s INT 3 " +
+                                   std::string(PCONV_BINARY) +
+                                   " inpaint large.png large-mask.png --strategy full "
+                                   "--threads 1 -o large-out.png)");
+  EXPECT_NE(single.rc, 0) << single.output;
+  EXPECT_FALSE(fs::exists(d / "large-out.png"));
+  // photos/, masks/, the two inputs and pconv.log: no result, no temporary file.
+  EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 5);
 }
 
 // Missing folders on the way to -o and --compare (inpaint) and -o (export) are made.
@@ -502,14 +520,13 @@ TEST(Cli, OutputFoldersAreMadeAsNeeded) {
   pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
   write_holes(d / "mask.png", rectangle_holes(16, 16));
   const auto run = pconv(d, "inpaint " + (d / "photo.png").string() + " " +
-                                (d / "mask.png").string() + " -o " +
-                                (d / "a" / "x.png").string() + " --compare " +
-                                (d / "b" / "c" / "side.png").string());
+                                (d / "mask.png").string() + " -o " + (d / "a" / "x.png").string() +
+                                " --compare " + (d / "b" / "c" / "side.png").string());
   EXPECT_EQ(run.rc, 0) << run.output;
   EXPECT_TRUE(fs::is_regular_file(d / "a" / "x.png"));
   EXPECT_TRUE(fs::is_regular_file(d / "b" / "c" / "side.png"));
-  const auto exported = pconv(d, std::string("export ") + PCONV_DEFAULT_MODEL + " -o " +
-                                     (d / "e" / "model.ts").string());
+  const auto exported = pconv(
+      d, std::string("export ") + PCONV_DEFAULT_MODEL + " -o " + (d / "e" / "model.ts").string());
   EXPECT_EQ(exported.rc, 0) << exported.output;
   EXPECT_TRUE(fs::is_regular_file(d / "e" / "model.ts"));
 }
@@ -586,9 +603,9 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
     EXPECT_NE(run.output.find(message), std::string::npos) << run.output;
   }
   // A new run into a folder with a model (here its own --init) would replace it at its end.
-  const auto init = pconv(d, "train --data " + (d / "photos").string() + tiny + " --init " +
-                                 (d / "again" / "model.pt").string() + " -o " +
-                                 (d / "again").string());
+  const auto init =
+      pconv(d, "train --data " + (d / "photos").string() + tiny + " --init " +
+                   (d / "again" / "model.pt").string() + " -o " + (d / "again").string());
   EXPECT_EQ(init.rc, 3) << init.output;
   EXPECT_NE(init.output.find("again: holds a model.pt already, which this run would replace"),
             std::string::npos)
@@ -633,15 +650,13 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
   // Fine-tuning starts from a model, whose architecture --init gives when the command does not.
   const auto alone = pconv(d, "train --data " + (d / "photos").string() + tiny + " --finetune");
   EXPECT_EQ(alone.rc, 2) << alone.output;
-  EXPECT_NE(alone.output.find("--finetune: needs --init MODEL"), std::string::npos)
-      << alone.output;
+  EXPECT_NE(alone.output.find("--finetune: needs --init MODEL"), std::string::npos) << alone.output;
   const auto tuned = pconv(d, "train --data " + (d / "photos").string() +
                                   " --size 16 --batch 1 --steps 1 --finetune --init " + model +
                                   " -o " + (d / "tuned").string());
   ASSERT_EQ(tuned.rc, 0) << tuned.output;
   const auto tuned_info = pconv(d, "info " + (d / "tuned" / "model.pt").string());
-  EXPECT_NE(tuned_info.output.find("depth 2, widths 4..8"), std::string::npos)
-      << tuned_info.output;
+  EXPECT_NE(tuned_info.output.find("depth 2, widths 4..8"), std::string::npos) << tuned_info.output;
 }
 
 // Only a file counts as a mask already written; a folder of that name is an error, not a mask.
@@ -727,6 +742,60 @@ TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
       << again.output;
 }
 
+// An image too large for the memory is one failed image of a batch, named, and the others are
+// still done. The address space is limited to 8 GB (LibTorch with its CUDA libraries takes
+// about 5 of it) and a 6000x6000 picture needs about 23 GB in one pass.
+TEST(InpaintCli, BatchGoesOnPastAnImageTooLargeForTheMemory) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "in");
+  // A generated mask is a quick way to a large picture (grey strokes, a small PNG).
+  ASSERT_EQ(pconv(d, "masks -n 1 --size 6000x6000 -o " + (d / "large").string()).rc, 0);
+  fs::rename(d / "large" / "mask_00000.png", d / "in" / "large.png");
+  pconv::io::write_image(d / "in" / "small.png", picture(3, 32, 32));
+  write_holes(d / "mask.png", rectangle_holes(32, 32));
+  const auto run = shell(d, "(ulimit -v 8000000; " + std::string(PCONV_BINARY) +
+                                " inpaint --input " + (d / "in").string() + " --masks " +
+                                (d / "mask.png").string() +
+                                " --resize-mask --strategy full --threads 1 -o " +
+                                (d / "out").string() + ")");
+  EXPECT_EQ(run.rc, 3) << run.output;
+  EXPECT_NE(run.output.find("pconv: error: 1 of 2 images failed (first: " +
+                            (d / "in" / "large.png").string() + ": out of memory: "),
+            std::string::npos)
+      << run.output;
+  EXPECT_TRUE(fs::exists(d / "out" / "small.png"));
+  EXPECT_FALSE(fs::exists(d / "out" / "large.png"));
+}
+
+// Links among the inputs: each result takes the link's own name under -o, and no input (a
+// link's target above all) is ever written to.
+TEST(InpaintCli, BatchResultsOfLinksKeepTheLinksNames) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "in");
+  fs::create_directories(d / "elsewhere" / "folder");
+  pconv::io::write_image(d / "in" / "a.png", picture(3, 32, 32));
+  pconv::io::write_image(d / "elsewhere" / "far.png", picture(3, 32, 32));
+  fs::create_symlink("../elsewhere/far.png", d / "in" / "near.png");
+  fs::create_symlink("a.png", d / "in" / "b.png");
+  fs::create_symlink(d / "elsewhere" / "folder", d / "in" / "folder");
+  write_holes(d / "mask.png", rectangle_holes(32, 32));
+  const auto far_bytes = read_text(d / "elsewhere" / "far.png");
+  const auto a_bytes = read_text(d / "in" / "a.png");
+  const auto run = pconv(d, "inpaint --input " + (d / "in").string() + " --masks " +
+                                (d / "mask.png").string() + " -o " + (d / "out").string());
+  EXPECT_EQ(run.rc, 0) << run.output;
+  EXPECT_NE(run.output.find("folder: a link to a folder, not followed; skipped"), std::string::npos)
+      << run.output;
+  for (const auto* name : {"a.png", "b.png", "near.png"}) {
+    expect_known_pixels_kept(d / "in" / name, d / "out" / name, rectangle_holes(32, 32));
+  }
+  EXPECT_EQ(read_text(d / "elsewhere" / "far.png"), far_bytes);
+  EXPECT_EQ(read_text(d / "in" / "a.png"), a_bytes);
+  EXPECT_EQ(std::distance(fs::directory_iterator(d / "elsewhere"), fs::directory_iterator()), 2);
+}
+
 // scripts/inpaint-folder.sh: the log goes beside the output folder (a trailing slash or a
 // missing parent folder included), each run adds to it, and a refused command leaves none.
 TEST(InpaintCli, FolderScriptKeepsItsLog) {
@@ -736,8 +805,8 @@ TEST(InpaintCli, FolderScriptKeepsItsLog) {
   pconv::io::write_image(d / "in" / "a.png", picture(3, 32, 32));
   std::ofstream(d / "in" / "b.png") << "broken";
   write_holes(d / "mask.png", rectangle_holes(32, 32));
-  const std::string script = "PCONV=" + std::string(PCONV_BINARY) + " " PCONV_SCRIPTS
-                             "/inpaint-folder.sh " + (d / "in").string() + " " +
+  const std::string script = "PCONV=" + std::string(PCONV_BINARY) +
+                             " " PCONV_SCRIPTS "/inpaint-folder.sh " + (d / "in").string() + " " +
                              (d / "mask.png").string() + " ";
   const auto first = shell(d, script + (d / "jobs" / "out").string() + "/");
   EXPECT_EQ(first.rc, 3) << first.output;
@@ -757,6 +826,15 @@ TEST(InpaintCli, FolderScriptKeepsItsLog) {
   EXPECT_EQ(refused.rc, 2) << refused.output;
   EXPECT_FALSE(fs::exists(d / "in" / "res.log"));
   EXPECT_FALSE(fs::exists(d / "in" / "res"));
+  // Refused with an output folder that exists (the photos' own): no log either.
+  EXPECT_EQ(shell(d, script + (d / "in").string()).rc, 2);
+  EXPECT_FALSE(fs::exists(d / "in.log"));
+  // "." as the output folder: the log goes beside it, named after it.
+  fs::create_directories(d / "here");
+  const auto here = shell(d, "cd " + (d / "here").string() + " && " + script + ".");
+  EXPECT_EQ(here.rc, 3) << here.output;
+  EXPECT_TRUE(fs::exists(d / "here.log"));
+  EXPECT_FALSE(fs::exists(d / "here" / "..log"));
 }
 
 TEST(EvalCli, SameSeedSameReports) {
@@ -766,7 +844,8 @@ TEST(EvalCli, SameSeedSameReports) {
   for (int i = 0; i < 3; ++i) {
     pconv::io::write_image(d / "photos" / ("p" + std::to_string(i) + ".png"), picture(3, 64, 80));
   }
-  const std::string args = "eval --data " + (d / "photos").string() + " --size 64 --per-bin 2 --seed 4";
+  const std::string args =
+      "eval --data " + (d / "photos").string() + " --size 64 --per-bin 2 --seed 4";
   const auto first = pconv(d, args + " -o " + (d / "one").string());
   ASSERT_EQ(first.rc, 0) << first.output;
   EXPECT_NE(first.output.find("(0.5, 0.6]"), std::string::npos) << first.output;
@@ -793,7 +872,8 @@ TEST(EvalCli, SameSeedSameReports) {
     fields.push_back(count);
   }
   ASSERT_GT(fields.size(), 1U);
-  EXPECT_EQ(static_cast<size_t>(std::count(fields.begin(), fields.end(), fields[0])), fields.size());
+  EXPECT_EQ(static_cast<size_t>(std::count(fields.begin(), fields.end(), fields[0])),
+            fields.size());
   EXPECT_NE(read_text(d / "one" / "eval.csv").find(",\"(0.1, 0.2]\","), std::string::npos);
   EXPECT_TRUE(fs::exists(d / "one" / "examples.png"));
   EXPECT_TRUE(fs::exists(d / "one" / "eval.md"));
@@ -802,6 +882,19 @@ TEST(EvalCli, SameSeedSameReports) {
                                   " --size 64 --per-bin 2 --seed 5 -o " + (d / "three").string());
   ASSERT_EQ(other.rc, 0);
   EXPECT_NE(read_text(d / "one" / "eval.csv"), read_text(d / "three" / "eval.csv"));
+  // A run that cannot write all four reports (here examples.png is over the file size limit, as
+  // on a full disk) leaves an earlier run's set whole.
+  const auto earlier = read_text(d / "one" / "eval.csv");
+  const auto limited =
+      shell(d, "(trap '' XFSZ; ulimit -f 16; " + std::string(PCONV_BINARY) + " eval --data " +
+                   (d / "photos").string() + " --size 64 --per-bin 2 --seed 5 -o " +
+                   (d / "one").string() + ")");
+  EXPECT_EQ(limited.rc, 3) << limited.output;
+  EXPECT_NE(limited.output.find("examples.png: cannot write the file: File too large"),
+            std::string::npos)
+      << limited.output;
+  EXPECT_EQ(read_text(d / "one" / "eval.csv"), earlier);
+  EXPECT_EQ(std::distance(fs::directory_iterator(d / "one"), fs::directory_iterator()), 4);
   // The reports never go among the photos, nor into a folder inside them (a later eval would
   // read examples.png as a photo).
   for (const auto& out : {d / "photos", d / "photos" / "reports"}) {

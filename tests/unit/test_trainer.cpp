@@ -186,14 +186,13 @@ TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
   EXPECT_NE(config.find("resumed at step 2, with:\nsteps 4\nlearning_rate 0.001\n"),
             std::string::npos)
       << config;
-  EXPECT_THAT(messages, ::testing::Contains(::testing::HasSubstr(
-                            "steps 2 -> 4, learning_rate 0.002 -> 0.001")));
+  EXPECT_THAT(messages, ::testing::Contains(
+                            ::testing::HasSubstr("steps 2 -> 4, learning_rate 0.002 -> 0.001")));
   // Resumed again: only what changed since the last resume is added.
   T::Trainer(tiny(5).learning_rate(1e-3), files_, {}, dir_ / "run", true).run();
   const auto again = read(dir_ / "run" / "config.txt");
   EXPECT_NE(again.find("resumed at step 4, with:\nsteps 5\n"), std::string::npos) << again;
-  EXPECT_EQ(again.find("learning_rate 0.001", again.find("resumed at step 4")),
-            std::string::npos)
+  EXPECT_EQ(again.find("learning_rate 0.001", again.find("resumed at step 4")), std::string::npos)
       << again;
   fs::remove(dir_ / "run" / "config.txt");
   T::Trainer(tiny(6).learning_rate(1e-3), files_, {}, dir_ / "run", true).run();
@@ -239,8 +238,8 @@ TEST_F(TrainerTest, DamagedCheckpointIsAModelErrorNotACrash) {
       fs::remove(checkpoint);
       pconv::testing::copy_with_short_record(sound, checkpoint, records[i], keep);
       EXPECT_THAT([&] { T::Trainer(tiny(4), files_, {}, dir_ / "run", true); },
-                  ::testing::ThrowsMessage<pconv::ModelError>(::testing::HasSubstr(
-                      "checkpoint.pt: cannot")))
+                  ::testing::ThrowsMessage<pconv::ModelError>(
+                      ::testing::HasSubstr("checkpoint.pt: cannot")))
           << records[i] << " cut to " << keep << " bytes";
     }
   }
@@ -279,8 +278,8 @@ TEST_F(TrainerTest, CpuEqualsCuda_CUDA) {
   for (const bool channels_last : {false, true}) {
     SCOPED_TRACE(channels_last ? "channels-last" : "NCHW");
     const auto run_dir = dir_ / (channels_last ? "cuda-cl" : "cuda");
-    T::Trainer gpu(tiny(4).device(c10::Device(c10::kCUDA)).channels_last(channels_last), files_,
-                   {}, run_dir, false);
+    T::Trainer gpu(tiny(4).device(c10::Device(c10::kCUDA)).channels_last(channels_last), files_, {},
+                   run_dir, false);
     gpu.run();
     const auto expected = parameters(cpu);
     const auto actual = parameters(gpu);

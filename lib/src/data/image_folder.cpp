@@ -38,8 +38,8 @@ std::vector<std::filesystem::path> list_images(
   namespace fs = std::filesystem;
   std::error_code error;
   if (!fs::is_directory(folder, error)) {
-    throw InputError(folder.string() +
-                     (fs::exists(folder, error) ? ": is a file, not a folder" : ": no such folder"));
+    throw InputError(folder.string() + (fs::exists(folder, error) ? ": is a file, not a folder"
+                                                                  : ": no such folder"));
   }
   const auto skip = [&](const fs::path& path, const std::string& why) {
     if (skipped) skipped(path.string() + ": " + why + "; skipped");
@@ -76,7 +76,11 @@ std::vector<std::filesystem::path> list_images(
       }
       if (fs::is_directory(status)) {
         // Subfolders, not links to folders: a link can lead back up and never end.
-        if (!is_link) folders.push_back(path);
+        if (is_link) {
+          skip(path, "a link to a folder, not followed");
+        } else {
+          folders.push_back(path);
+        }
         continue;
       }
       if (fs::is_regular_file(status) && io::has_image_extension(path)) files.push_back(path);

@@ -36,7 +36,6 @@ std::string lower_extension(const std::filesystem::path& path) {
   return extension;
 }
 
-
 // The most pixels an image may have: OpenCV's own default limit, unless set_max_image_pixels
 // lowered it.
 std::atomic<int64_t> g_max_image_pixels{int64_t{1} << 30};
@@ -88,9 +87,8 @@ Image read_tensor_image(const std::filesystem::path& path) {
   image.bit_depth = type == at::kByte ? 8 : 16;
   try {
     // uint16 has few kernels; int32 holds every value exactly.
-    const auto samples = type == at::kUInt16
-                             ? hwc.view(at::kShort).to(at::kInt).bitwise_and(0xFFFF)
-                             : hwc.to(at::kInt);
+    const auto samples = type == at::kUInt16 ? hwc.view(at::kShort).to(at::kInt).bitwise_and(0xFFFF)
+                                             : hwc.to(at::kInt);
     if (type == at::kInt && (samples.min().item<int>() < 0 || samples.max().item<int>() > 65535)) {
       throw InputError(name + ": an int32 tensor image holds 16-bit samples, 0 to 65535");
     }
@@ -194,7 +192,13 @@ void set_decoder_warning_handler(std::function<void(const std::string&)> handler
 const std::vector<std::string>& image_extensions() {
   static const std::vector<std::string> extensions{
 #ifdef PCONV_WITH_OPENCV
-      ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff",
+      ".png",
+      ".jpg",
+      ".jpeg",
+      ".webp",
+      ".bmp",
+      ".tif",
+      ".tiff",
 #endif
       kTensorImageExtension};
   return extensions;
@@ -246,6 +250,12 @@ Image read_image(const std::filesystem::path& path) {
     }
     std::string reason = one_line(decoder_messages.take());
     if (reason.empty()) reason = one_line(exception);
+    if (!has_image_extension(path)) {
+      std::string known;
+      for (const auto& extension : image_extensions())
+        known += (known.empty() ? "" : " ") + extension;
+      throw InputError(name + ": cannot read the image: not a format pconv reads (" + known + ")");
+    }
     throw InputError(name + ": cannot read the image (corrupt or not an image" +
                      (reason.empty() ? "" : ": " + reason) + ")");
   }

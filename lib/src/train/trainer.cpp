@@ -57,11 +57,10 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << (o.vgg_path().empty() ? "(none: pixel terms only)" : o.vgg_path()) << "\ninit_model "
       << (o.init_model().empty() ? "(none)" : o.init_model()) << "\nworkers " << o.workers()
       << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\namp " << o.amp()
-      << "\nhole_ratio "
-      << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nmask_dir "
+      << "\nhole_ratio " << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nmask_dir "
       << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\nprocesses "
-      << processes << "\ntrain_images " << train_count << "\nvalidation_images "
-      << validation_count << '\n';
+      << processes << "\ntrain_images " << train_count << "\nvalidation_images " << validation_count
+      << '\n';
   return out.str();
 }
 
@@ -218,8 +217,9 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   const auto checkpoint = run_dir_ / kCheckpointFile;
   const auto refuse_an_existing_run = [&] {
     if (!resume && std::filesystem::exists(checkpoint)) {
-      throw InputError(run_dir_.string() + ": holds a checkpoint already; use --resume to "
-                                           "continue it or another --out");
+      throw InputError(run_dir_.string() +
+                       ": holds a checkpoint already; use --resume to "
+                       "continue it or another --out");
     }
     // A model without a checkpoint (one put there, or the --init model itself) would be
     // replaced by this run's at its end.
@@ -306,8 +306,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
         hole_masks.push_back(masks.mask(images.size() - 1));
       } catch (const InputError& unreadable) {
         if (notes_.empty()) first_problem = unreadable.what();
-        notes_.push_back(std::string(unreadable.what()) +
-                                       " (left out of validation)");
+        notes_.push_back(std::string(unreadable.what()) + " (left out of validation)");
       }
     }
     // A validation folder was asked for: training without it would measure nothing.
@@ -373,8 +372,9 @@ void Trainer::record_resumed_config() {
   std::string changes;
   for (const auto& setting : config_settings(now)) {
     const auto& [key, value] = setting;
-    const auto it = std::find_if(before.begin(), before.end(),
-                                 [&](const auto& earlier) { return earlier.first == setting.first; });
+    const auto it = std::find_if(before.begin(), before.end(), [&](const auto& earlier) {
+      return earlier.first == setting.first;
+    });
     // A setting that the run's config.txt does not have (written by an older pconv) is left
     // out rather than reported as changed.
     if (it == before.end() || it->second == value) continue;
@@ -554,7 +554,8 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   std::ofstream validation_log;
   if (writes_files()) {
     log.open(run_dir_ / kLogFile, std::ios::app);
-    if (validation_images_.defined()) validation_log.open(run_dir_ / kValidationFile, std::ios::app);
+    if (validation_images_.defined())
+      validation_log.open(run_dir_ / kValidationFile, std::ios::app);
   }
   const int64_t last = options_.steps();
   const auto run_start = std::chrono::steady_clock::now();
