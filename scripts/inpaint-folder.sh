@@ -37,8 +37,9 @@ case $status in
   2 | 4) refused=true ;;
   3) grep -q "images failed" "$collected" || refused=true ;;
 esac
-log="$(realpath -m -- "$out").log"
-if ! $refused && [ -d "$out" ] && [ "$log" != /.log ]; then
+log=""
+if ! $refused && [ -d "$out" ]; then log="$(cd -- "$out" && pwd -P).log"; fi
+if [ -n "$log" ] && [ "$log" != /.log ] && [ "$log" != .log ]; then
   { echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) exit status $status"; cat "$collected"; } >>"$log"
 else
   log="the messages above"

@@ -16,6 +16,9 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -138,6 +141,21 @@ void run_eval(const EvalOptions& options) {
   const std::filesystem::path out_dir = options.out_dir;
   OutputFolder out_folder(out_dir);  // made now, so that an unwritable -o fails early
   out_folder.lock();                 // one command writing into it at a time
+#ifdef PCONV_WITH_OPENCV
+  const std::string grid_name = "examples.png";
+#else
+  const auto grid_name = std::string("examples") + io::kTensorImageExtension;
+#endif
+  const std::vector<std::string> names{"eval.md", "eval.csv", "eval.json", grid_name};
+  // Before the work: a report's name taken by something a file cannot replace (a folder).
+  for (const auto& name : names) {
+    std::error_code error;
+    const auto status = std::filesystem::status(out_dir / name, error);
+    if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+      throw InputError((out_dir / name).string() +
+                       ": is not a file that the report can replace; move it away");
+    }
+  }
 
   Progress progress("eval", per_bin * static_cast<int64_t>(eval::paper_bins().size()));
   const auto report = eval::evaluate(photos, methods, eval_options, [&] {
@@ -146,22 +164,16 @@ void run_eval(const EvalOptions& options) {
   });
   progress.finish();
 
-#ifdef PCONV_WITH_OPENCV
-  const std::string grid_name = "examples.png";
-#else
-  const auto grid_name = std::string("examples") + io::kTensorImageExtension;
-#endif
   // The four reports replace an earlier run's together or not at all: they are written into a
-  // hidden folder in -o (the lock keeps it this command's), then renamed into place, which
-  // needs no space. A full disk half-way leaves the earlier set whole.
-  const auto staging = out_dir / ".pconv-eval-reports";
-  std::error_code error;
-  std::filesystem::remove_all(staging, error);  // left by a killed run
-  if (!std::filesystem::create_directory(staging, error)) {
-    throw InputError(staging.string() + ": cannot create the folder: " +
-                     (error ? error.message() : "something of that name is in the way"));
+  // hidden folder of a new name in -o, then renamed into place, which needs no space. A full
+  // disk half-way leaves the earlier set whole. (Folder listings skip hidden names, so one
+  // left by a killed run is never read as photos.)
+  std::string pattern = (out_dir / ".pconv-eval-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) {
+    throw InputError(out_dir.string() + ": cannot write into the folder: " + std::strerror(errno));
   }
-  const std::vector<std::string> names{"eval.md", "eval.csv", "eval.json", grid_name};
+  const std::filesystem::path staging = pattern;
+  std::error_code error;
   try {
     io::write_file_atomically(staging / names[0], eval::to_markdown(report));
     io::write_file_atomically(staging / names[1], eval::to_csv(report));

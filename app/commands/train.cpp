@@ -46,19 +46,20 @@ void setup_train(CLI::App& app) {
       "train", "Train a partial-convolution UNet on a folder of photos, or fine-tune one");
   command->footer(
       "Random crops, generated masks. Writes config.txt, log.csv, checkpoint.pt and, at the end,\n"
-      "model.pt into --out; with --val also validation.csv and samples/*.png. Ctrl-C saves a\n"
-      "checkpoint; --resume continues it exactly. Data-parallel: start one process per rank\n"
-      "with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as torchrun does, or\n"
-      "scripts/train-parallel.sh N ...); --batch is then per rank.\n\n" +
+      "model.pt into --out; with --val also validation.csv and samples/*.png.\n"
+      "Ctrl-C saves a checkpoint; --resume continues it exactly. Data-parallel: start one process\n"
+      "per rank with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as torchrun\n"
+      "does, or scripts/train-parallel.sh N ...); --batch is then per rank.\n\n" +
       std::string(kExitCodesHelp));
   command
       ->add_option("--data", options->data_dir, "Folder of training photos (searched recursively)")
       ->required();
   command->add_option("--val", options->validation_dir, "Folder of validation photos");
   command->add_option("-o,--out", options->out_dir, "Run folder")->capture_default_str();
-  command->add_option("--size", options->size,
-                      "Crop size (a multiple of 2^depth; at least 16, the validation's SSIM "
-                      "window needs 11)")
+  command
+      ->add_option("--size", options->size,
+                   "Crop size (a multiple of 2^depth; at least 16, the validation's SSIM "
+                   "window needs 11)")
       ->check(CLI::Range(int64_t{16}, int64_t{4096}))
       ->capture_default_str();
   command->add_option("--batch", options->batch, "Batch size")
@@ -107,17 +108,14 @@ void setup_train(CLI::App& app) {
       ->check(non_negative_number())
       ->check(loss_weight_limit)
       ->capture_default_str();
-  command
-      ->add_option("--vgg", options->vgg,
-                   "VGG16 TorchScript file for the perceptual and style terms (see README)");
-  command
-      ->add_option("--masks", options->mask_dir,
-                   "Folder of mask images (white = hole) to train with, randomly flipped, "
-                   "rotated, dilated and cropped; default: generated masks");
-  command
-      ->add_option("--init", options->init_model,
-                   "Start from the weights of this pconv model file (its architecture is the "
-                   "default for --depth, --width and --max-width)");
+  command->add_option("--vgg", options->vgg,
+                      "VGG16 TorchScript file for the perceptual and style terms (see README)");
+  command->add_option("--masks", options->mask_dir,
+                      "Folder of mask images (white = hole) to train with, randomly flipped, "
+                      "rotated, dilated and cropped; default: generated masks");
+  command->add_option("--init", options->init_model,
+                      "Start from the weights of this pconv model file (its architecture is the "
+                      "default for --depth, --width and --max-width)");
   command->add_option("--workers", options->workers, "Threads decoding photos")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
@@ -297,8 +295,7 @@ void run_train(const TrainOptions& options) {
     } catch (const std::exception&) {
       folder_free = false;  // another run's now, or gone: nothing to take away
     }
-    if (folder_free &&
-        !std::filesystem::exists(run_dir / train::Trainer::kCheckpointFile, error)) {
+    if (folder_free && !std::filesystem::exists(run_dir / train::Trainer::kCheckpointFile, error)) {
       if (new_folder) {
         std::filesystem::remove_all(run_dir, error);
       } else {

@@ -128,9 +128,9 @@ TEST_F(ImageFolderTest, DecoderMessagesGoIntoTheErrorOrTheWarningHandler) {
   EXPECT_THAT(error, ::testing::HasSubstr("libpng error"));
   EXPECT_EQ(error.find('\n'), std::string::npos);
   EXPECT_EQ(jpeg.pixels.sizes(), (at::IntArrayRef{3, 40, 50}));
-  EXPECT_THAT(warnings, ::testing::ElementsAre(::testing::AllOf(
-                            ::testing::HasSubstr("half_whole.jpg: "),
-                            ::testing::HasSubstr("Premature end of JPEG file"))));
+  EXPECT_THAT(warnings, ::testing::ElementsAre(
+                            ::testing::AllOf(::testing::HasSubstr("half_whole.jpg: "),
+                                             ::testing::HasSubstr("Premature end of JPEG file"))));
 }
 
 TEST_F(ImageFolderTest, ListsImagesRecursivelyInOrder) {
@@ -178,10 +178,10 @@ TEST_F(ImageFolderTest, JpegExifOrientationIsApplied) {
   cv::imencode(".jpg", gradient(40, 48, CV_8UC3), jpeg);
   // An APP1 segment right after the start marker: "Exif", a little-endian TIFF header and one
   // IFD entry, orientation (0x0112, SHORT) = 6: rotate 90 degrees clockwise to show.
-  const std::vector<uint8_t> exif = {
-      0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0x00, 0x00, 'I',  'I',
-      0x2A, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x12, 0x01, 0x03, 0x00,
-      0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  const std::vector<uint8_t> exif = {0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0x00,
+                                     0x00, 'I',  'I',  0x2A, 0x00, 0x08, 0x00, 0x00, 0x00,
+                                     0x01, 0x00, 0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00,
+                                     0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
   jpeg.insert(jpeg.begin() + 2, exif.begin(), exif.end());
   std::ofstream(dir_ / "turned.jpg", std::ios::binary)
       .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size()));
@@ -204,6 +204,10 @@ TEST_F(ImageFolderTest, ListingReportsWhatItSkips) {
   fs::create_symlink("nowhere", dir_ / "gone");  // no image's name: not worth a word
   fs::create_symlink("..", dir_ / "sub" / "up");
   fs::create_symlink(fs::path("..") / "a.png", dir_ / "sub" / "linked.png");
+  // Hidden names are passed over without a word.
+  fs::create_directories(dir_ / ".thumbnails");
+  cv::imwrite((dir_ / ".thumbnails" / "c.png").string(), gradient(8, 8, CV_8UC3));
+  cv::imwrite((dir_ / ".d.png").string(), gradient(8, 8, CV_8UC3));
   std::vector<std::string> skipped;
   const auto files =
       D::list_images(dir_, [&](const std::string& message) { skipped.push_back(message); });
@@ -216,7 +220,8 @@ TEST_F(ImageFolderTest, ListingReportsWhatItSkips) {
   EXPECT_THAT(skipped[0], ::testing::StartsWith((dir_ / "gone.png").string() + ": "));
   EXPECT_THAT(skipped[1], ::testing::StartsWith((dir_ / "loop_a").string() + ": "));
   EXPECT_THAT(skipped[2], ::testing::StartsWith((dir_ / "loop_b").string() + ": "));
-  EXPECT_EQ(skipped[3], (dir_ / "sub" / "up").string() + ": a link to a folder, not followed; skipped");
+  EXPECT_EQ(skipped[3],
+            (dir_ / "sub" / "up").string() + ": a link to a folder, not followed; skipped");
   for (const auto& message : skipped) EXPECT_THAT(message, ::testing::EndsWith("; skipped"));
   // Without a callback the same files, silently.
   EXPECT_EQ(D::list_images(dir_), files);

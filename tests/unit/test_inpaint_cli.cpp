@@ -754,11 +754,11 @@ TEST(InpaintCli, BatchGoesOnPastAnImageTooLargeForTheMemory) {
   fs::rename(d / "large" / "mask_00000.png", d / "in" / "large.png");
   pconv::io::write_image(d / "in" / "small.png", picture(3, 32, 32));
   write_holes(d / "mask.png", rectangle_holes(32, 32));
-  const auto run = shell(d, "(ulimit -v 8000000; " + std::string(PCONV_BINARY) +
-                                " inpaint --input " + (d / "in").string() + " --masks " +
-                                (d / "mask.png").string() +
-                                " --resize-mask --strategy full --threads 1 -o " +
-                                (d / "out").string() + ")");
+  const auto run =
+      shell(d, "(ulimit -v 8000000; " + std::string(PCONV_BINARY) + " inpaint --input " +
+                   (d / "in").string() + " --masks " + (d / "mask.png").string() +
+                   " --resize-mask --strategy full --device cpu --threads 1 -o " +
+                   (d / "out").string() + ")");
   EXPECT_EQ(run.rc, 3) << run.output;
   EXPECT_NE(run.output.find("pconv: error: 1 of 2 images failed (first: " +
                             (d / "in" / "large.png").string() + ": out of memory: "),
@@ -895,6 +895,15 @@ TEST(EvalCli, SameSeedSameReports) {
       << limited.output;
   EXPECT_EQ(read_text(d / "one" / "eval.csv"), earlier);
   EXPECT_EQ(std::distance(fs::directory_iterator(d / "one"), fs::directory_iterator()), 4);
+  // A report's name taken by a folder: refused before any report is replaced.
+  fs::remove(d / "one" / "eval.json");
+  fs::create_directories(d / "one" / "eval.json");
+  const auto blocked = pconv(d, args + " -o " + (d / "one").string());
+  EXPECT_EQ(blocked.rc, 3) << blocked.output;
+  EXPECT_NE(blocked.output.find("eval.json: is not a file that the report can replace"),
+            std::string::npos)
+      << blocked.output;
+  EXPECT_EQ(read_text(d / "one" / "eval.csv"), earlier);
   // The reports never go among the photos, nor into a folder inside them (a later eval would
   // read examples.png as a photo).
   for (const auto& out : {d / "photos", d / "photos" / "reports"}) {

@@ -62,6 +62,7 @@ std::vector<std::filesystem::path> list_images(
     }
     for (; it != fs::directory_iterator(); it.increment(error)) {
       const auto& path = it->path();
+      if (path.filename().string().front() == '.') continue;  // hidden
       std::error_code entry_error;
       const bool is_link = it->is_symlink(entry_error);
       // The type the listing gave (no stat per file on a large dataset), a link's target's.

@@ -7,9 +7,11 @@
 #include "pconv/io/atomic_file.h"
 
 #include <ATen/ATen.h>
+#include <caffe2/serialize/inline_container.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -105,11 +107,10 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
     if (options.depth() < 1 || options.depth() > 10 || options.base_width() < 1 ||
         options.max_width() < options.base_width() || options.max_width() > 8192 ||
         options.image_channels() < 1 || options.image_channels() > 4) {
-      throw ModelError(name + ": its architecture (depth " + std::to_string(options.depth()) +
-                       ", widths " + std::to_string(options.base_width()) + ".." +
-                       std::to_string(options.max_width()) + ", " +
-                       std::to_string(options.image_channels()) +
-                       " channels) is not one pconv makes");
+      throw ModelError(
+          name + ": its architecture (depth " + std::to_string(options.depth()) + ", widths " +
+          std::to_string(options.base_width()) + ".." + std::to_string(options.max_width()) + ", " +
+          std::to_string(options.image_channels()) + " channels) is not one pconv makes");
     }
     nn::PConvUNet model(options);
 
@@ -172,8 +173,8 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
   } catch (const ModelError&) {
     throw;
   } catch (const std::exception& error) {
-    throw ModelError(name + ": cannot read the model (not a pconv model, or truncated: " +
-                     brief(error) + ")");
+    throw ModelError(
+        name + ": cannot read the model (not a pconv model, or truncated: " + brief(error) + ")");
   }
 }
 
@@ -189,6 +190,13 @@ StoredKind stored_kind(const std::filesystem::path& path) {
   }
   file.close();
   try {
+    // Models and checkpoints are TorchScript archives, with code records; a tensor image is a
+    // pickle without any. The zip's directory says which, before anything is loaded.
+    const auto records = caffe2::serialize::PyTorchStreamReader(path.string()).getAllRecords();
+    const bool scripted = std::any_of(records.begin(), records.end(), [](const std::string& name) {
+      return name.rfind("code/", 0) == 0 || name.find("/code/") != std::string::npos;
+    });
+    if (!scripted) return StoredKind::kOther;
     torch::serialize::InputArchive archive;
     archive.load_from(path.string(), at::kCPU);
     if (holds_string(archive, "magic", kMagic)) return StoredKind::kModel;

@@ -23,8 +23,9 @@
 namespace pconv::data {
 
 /// Image files under `folder`, recursively, with an extension io::image_extensions() lists;
-/// sorted by path so that every run sees the same order. Links to files are followed, links to
-/// folders are not. A subfolder that cannot be listed, or an image name that cannot be looked
+/// sorted by path so that every run sees the same order. Hidden names (a leading dot: .git,
+/// .thumbnails, a command's unfinished files) are passed over. Links to files are followed,
+/// links to folders are not (and are reported as skipped). A subfolder that cannot be listed, or an image name that cannot be looked
 /// at (a link to nowhere, a loop of links), is left out and, when given, `skipped` is called
 /// with "PATH: why; skipped". Throws pconv::InputError naming the folder if it is missing,
 /// cannot be listed or holds no image.
