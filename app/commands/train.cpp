@@ -193,6 +193,11 @@ void run_train(const TrainOptions& options) {
     distributed->timeout = std::chrono::seconds(options.timeout_seconds);
     distributed->device = device;
     distributed->should_stop = [] { return stop_requested(); };
+    spdlog::info(
+        "joining the process group at {}:{} as rank {} of {}: waiting up to {} s for "
+        "the other ranks (--timeout)",
+        distributed->master_addr, distributed->master_port, distributed->rank,
+        distributed->world_size, options.timeout_seconds);
     try {
       group = std::make_shared<train::ProcessGroup>(*distributed);
     } catch (const Error&) {

@@ -24,3 +24,29 @@ run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/parallel/model.pt 1
 run(${launch} --steps 2 -o ${WORK_DIR}/resumed)
 run(${launch} --steps 4 -o ${WORK_DIR}/resumed --resume)
 run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/resumed/model.pt 1e-4)
+# Ranks started with other options (here rank 1's first layer is narrower): one error line on
+# each rank, exit 3, never a collective's abort or a wait for the timeout.
+set(rank_env ${CMAKE_COMMAND} -E env WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=${PORT})
+string(REPLACE "--width;8" "--width;4" narrow "${common}")
+execute_process(
+  COMMAND ${rank_env} RANK=0 ${PCONV} train ${common} --batch 2 --steps 2 --timeout 60
+          -o ${WORK_DIR}/mismatch
+  COMMAND ${rank_env} RANK=1 ${PCONV} train ${narrow} --batch 2 --steps 2 --timeout 60
+          -o ${WORK_DIR}/mismatch
+  RESULTS_VARIABLE codes OUTPUT_VARIABLE out ERROR_VARIABLE out)
+message("mismatched ranks -> ${codes}\n${out}")
+if(NOT codes STREQUAL "3;3")
+  message(FATAL_ERROR "mismatched ranks: exit codes ${codes}, expected 3;3")
+endif()
+foreach(expected "rank 1 was started with other settings than rank 0: base_width 4 \\(rank 0: 8\\)"
+                 "1 rank\\(s\\) were started with other settings than this one")
+  if(NOT out MATCHES "${expected}")
+    message(FATAL_ERROR "mismatched ranks: no '${expected}'")
+  endif()
+endforeach()
+if(out MATCHES "terminate|Abort|gloo")
+  message(FATAL_ERROR "mismatched ranks: an abort or a collective's message")
+endif()
+if(EXISTS ${WORK_DIR}/mismatch)
+  message(FATAL_ERROR "mismatched ranks: the refused run left its folder")
+endif()

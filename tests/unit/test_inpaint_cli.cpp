@@ -426,6 +426,7 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
       {"", "train" + data + " --loss-valid 1e39", "--loss-valid: '1e39' must be at most 1e6"},
       {"RANK", "train" + data, "RANK is set but WORLD_SIZE is not"},
       {"WORLD_SIZE", "train" + data, "WORLD_SIZE='2x': expected an integer"},
+      {"WORLD_SIZE=2", "train" + data, "WORLD_SIZE is 2 but RANK is not set"},
       {"", "train" + data + " -o " + d.string(),
        "-o: '" + d.string() + "' would hold the run among the photos of --data"},
       {"",
@@ -446,6 +447,7 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
     SCOPED_TRACE(c.environment + " " + c.args);
     if (c.environment == "RANK") setenv("RANK", "1", 1);
     if (c.environment == "WORLD_SIZE") setenv("WORLD_SIZE", "2x", 1);
+    if (c.environment == "WORLD_SIZE=2") setenv("WORLD_SIZE", "2", 1);
     const auto run = pconv(d, c.args);
     unsetenv("RANK");
     unsetenv("WORLD_SIZE");

@@ -20,6 +20,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -162,6 +163,32 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   }
 }
 
+// A failure mid-run (here a callback that throws, as a lost rank or an unreadable data folder
+// would) keeps the steps done: a checkpoint at the last whole step, from which a resume ends
+// where an uninterrupted run does.
+TEST_F(TrainerTest, AFailureMidRunKeepsTheStepsDone) {
+  T::Trainer straight(tiny(6), files_, {}, dir_ / "straight", false);
+  straight.run();
+  {
+    T::Trainer failing(tiny(6), files_, {}, dir_ / "failed", false);
+    T::TrainerCallbacks callbacks;
+    callbacks.on_step = [](const T::StepReport& report) {
+      if (report.step == 3) throw std::runtime_error("lost");
+    };
+    EXPECT_THROW(failing.run(callbacks), std::runtime_error);
+  }
+  ASSERT_TRUE(fs::exists(dir_ / "failed" / "checkpoint.pt"));
+  T::Trainer resumed(tiny(6), files_, {}, dir_ / "failed", true);
+  EXPECT_EQ(resumed.step(), 3);
+  resumed.run();
+  const auto expected = parameters(straight);
+  const auto actual = parameters(resumed);
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) {
+    EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
+  }
+}
+
 // A resume keeps the run folder true: a log that is gone starts again with its header, and
 // config.txt gains the settings the resume changed, which are also reported.
 TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
@@ -188,8 +215,18 @@ TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
       << config;
   EXPECT_THAT(messages, ::testing::Contains(
                             ::testing::HasSubstr("steps 2 -> 4, learning_rate 0.002 -> 0.001")));
-  // Resumed again: only what changed since the last resume is added.
-  T::Trainer(tiny(5).learning_rate(1e-3), files_, {}, dir_ / "run", true).run();
+  // Resumed again: only what changed since the last resume is added. Lines of the log that
+  // are not its rows (edited by hand, cut short by a kill) are left out, and said.
+  std::ofstream(dir_ / "run" / "log.csv", std::ios::app) << "garbage\n3.5,1\n4,0.1,0.2";
+  messages.clear();
+  T::Trainer(tiny(5).learning_rate(1e-3), files_, {}, dir_ / "run", true).run(callbacks);
+  const auto cleaned = read(dir_ / "run" / "log.csv");
+  EXPECT_EQ(cleaned.find("garbage"), std::string::npos) << cleaned;
+  EXPECT_EQ(cleaned.find("3.5,"), std::string::npos) << cleaned;
+  EXPECT_EQ(cleaned.find("4,0.1,0.2\n"), std::string::npos) << cleaned;
+  EXPECT_NE(cleaned.find("\n5,"), std::string::npos) << cleaned;
+  EXPECT_THAT(messages, ::testing::Contains(::testing::HasSubstr(
+                            "log.csv: 3 line(s) that were not rows of the log left out")));
   const auto again = read(dir_ / "run" / "config.txt");
   EXPECT_NE(again.find("resumed at step 4, with:\nsteps 5\n"), std::string::npos) << again;
   EXPECT_EQ(again.find("learning_rate 0.001", again.find("resumed at step 4")), std::string::npos)

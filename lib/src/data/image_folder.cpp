@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -248,15 +249,15 @@ void TrainingStream::work() {
       index = next_to_claim_++;
     }
     Example example;
-    std::string failure;
+    std::exception_ptr failure;
     try {
       example = make_example(index);
-    } catch (const std::exception& error) {
-      failure = error.what();
+    } catch (...) {
+      failure = std::current_exception();  // rethrown as it is: out of memory stays that
     }
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (failure.empty()) {
+      if (!failure) {
         done_.emplace(index, std::move(example));
       } else {
         failed_.emplace(index, failure);
@@ -278,7 +279,7 @@ Batch TrainingStream::next() {
       const int64_t index = next_to_deliver_;
       ready_.wait(lock, [&] { return done_.count(index) != 0 || failed_.count(index) != 0; });
       if (const auto failed = failed_.find(index); failed != failed_.end()) {
-        throw InputError(failed->second);
+        std::rethrow_exception(failed->second);
       }
       example = std::move(done_.at(index));
       done_.erase(index);

@@ -62,6 +62,11 @@ std::optional<DistributedOptions> distributed_from_environment() {
   }
   DistributedOptions options;
   options.world_size = integer_variable("WORLD_SIZE", 1, 1, 1 << 20);
+  // Every process of a group needs its own rank: two without one would both be rank 0.
+  if (options.world_size > 1 && !environment("RANK")) {
+    throw InputError("WORLD_SIZE is " + std::to_string(options.world_size) +
+                     " but RANK is not set: set both (as torchrun does), or neither");
+  }
   options.rank = integer_variable("RANK", 0, 0, options.world_size - 1);
   options.local_rank = integer_variable("LOCAL_RANK", options.rank, 0, options.world_size - 1);
   options.master_addr = environment("MASTER_ADDR").value_or("127.0.0.1");
@@ -160,8 +165,8 @@ std::unique_ptr<ProcessGroup::Impl> ProcessGroup::Impl::join(
   } catch (const std::exception& error) {
     std::string detail = error.what();
     throw Error("rank " + std::to_string(options.rank) + " of " +
-                std::to_string(options.world_size) + ": cannot join the process group at " +
-                where + ": " + detail.substr(0, detail.find('\n')));
+                std::to_string(options.world_size) + ": cannot join the process group at " + where +
+                ": " + detail.substr(0, detail.find('\n')));
   }
   return impl;
 }
@@ -181,8 +186,8 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) {
       std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(2);
   const std::string who =
       "rank " + std::to_string(options.rank) + " of " + std::to_string(options.world_size) + ": ";
-  const std::string where = " the process group at " + options.master_addr + ":" +
-                            std::to_string(options.master_port);
+  const std::string where =
+      " the process group at " + options.master_addr + ":" + std::to_string(options.master_port);
   const std::string stopped = who + "stopped while joining" + where;
   const std::string no_answer = who + "cannot join" + where + ": no answer within " +
                                 std::to_string(options.timeout.count() / 1000) + " s";
@@ -385,9 +390,9 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& running_mean, const at::Tensor& running_var,
-                            double momentum,
-                            double eps, int64_t group_address) {
-    auto& group = *reinterpret_cast<ProcessGroup*>(group_address);  // NOLINT(performance-no-int-to-ptr)
+                            double momentum, double eps, int64_t group_address) {
+    auto& group =
+        *reinterpret_cast<ProcessGroup*>(group_address);  // NOLINT(performance-no-int-to-ptr)
     const int64_t channels = input.size(1);
     const int64_t per_channel_count = input.numel() / channels;  // exact: numel = N * C * H * W
     const auto values = input.to(at::kDouble);
@@ -396,7 +401,8 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     group.all_reduce_sum({stats});
     const auto count = stats[2 * channels].item<double>();
     const auto mean = stats.narrow(0, 0, channels) / count;
-    const auto variance = (stats.narrow(0, channels, channels) / count - mean.square()).clamp_min(0);
+    const auto variance =
+        (stats.narrow(0, channels, channels) / count - mean.square()).clamp_min(0);
     const auto invstd = (variance + eps).rsqrt().to(input.scalar_type());
     const auto mean_typed = mean.to(input.scalar_type());
     if (running_mean.defined()) {
@@ -434,10 +440,10 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     const auto grad_input =
         per_channel(scale) * (grad_output - per_channel(sums.narrow(0, 0, channels)) / count -
                               normalized * per_channel(sums.narrow(0, channels, channels)) / count);
-    return {grad_input,
-            weight.defined() ? sum_dy_normalized : at::Tensor(),
-            sum_dy,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_input,   weight.defined() ? sum_dy_normalized : at::Tensor(),
+            sum_dy,       at::Tensor(),
+            at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 

@@ -19,11 +19,14 @@
 #include <torch/serialize/output-archive.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iomanip>
 #include <memory>
+#include <set>
 #include <sstream>
 
 namespace pconv::train {
@@ -112,23 +115,88 @@ std::string now_iso() {
   return out.str();
 }
 
-// Keeps the first `keep_steps` data rows of a CSV log (and its header): a resumed run rewrites
-// what came after its checkpoint. A log that is gone starts again with its header.
-void truncate_log(const std::filesystem::path& path, int64_t keep_steps, const char* header_line) {
-  std::ifstream in(path);
-  if (!in) {
-    io::write_file_atomically(path, std::string(header_line));
-    return;
+// The settings every rank of a data-parallel run must share: the shapes of every collective,
+// the number of steps, the arithmetic and the data to shard. Paths may differ between machines
+// and are left out, as is what each process decides for itself (workers, device).
+std::string shared_settings(const std::string& config) {
+  static const std::set<std::string> own{"vgg",    "init_model", "workers",
+                                         "device", "mask_dir",   "validation_images"};
+  std::string text;
+  for (const auto& [key, value] : config_settings(config)) {
+    if (own.count(key) == 0) text += key + " " + value + "\n";
   }
+  return text;
+}
+
+// Compares this rank's shared settings with rank 0's before the first collective that depends
+// on them, so that ranks started with other options fail with one line each instead of a
+// collective's shape mismatch (an abort in Gloo) or a wait for steps that never come.
+void check_same_settings(ProcessGroup& group, const std::string& mine) {
+  auto length = at::full({1}, static_cast<int64_t>(mine.size()), at::kLong);
+  group.broadcast({length});
+  auto bytes = at::zeros({length.item<int64_t>()}, at::kByte);
+  if (group.rank() == 0) std::memcpy(bytes.data_ptr(), mine.data(), mine.size());
+  group.broadcast({bytes});
+  const std::string root(static_cast<const char*>(bytes.data_ptr()),
+                         static_cast<size_t>(bytes.numel()));
+  std::string differences;
+  if (root != mine) {
+    const auto theirs = config_settings(root);
+    for (const auto& [key, value] : config_settings(mine)) {
+      const auto it = std::find_if(theirs.begin(), theirs.end(), [&key = key](const auto& setting) {
+        return setting.first == key;
+      });
+      const std::string other = it == theirs.end() ? "(none)" : it->second;
+      if (other == value) continue;
+      differences +=
+          (differences.empty() ? "" : ", ") + key + " " + value + " (rank 0: " + other + ")";
+    }
+    if (differences.empty()) differences = "another pconv version";
+  }
+  auto votes = at::full({1}, differences.empty() ? 0.0 : 1.0);
+  group.all_reduce_sum({votes});
+  if (!differences.empty()) {
+    throw InputError("rank " + std::to_string(group.rank()) +
+                     " was started with other settings than rank 0: " + differences +
+                     "; start every rank with the same options");
+  }
+  if (votes.item<double>() > 0) {
+    throw InputError(std::to_string(static_cast<int64_t>(votes.item<double>())) +
+                     " rank(s) were started with other settings than this one (each says "
+                     "which); start every rank with the same options");
+  }
+}
+
+// Keeps the rows of a CSV log up to step `keep_steps`, under its header: a resumed run rewrites
+// what came after its checkpoint. A log that is gone starts again with its header; a line that
+// is not one of its rows (cut short by a kill, edited by hand) is left out. Returns how many
+// lines were left out that way.
+int64_t truncate_log(const std::filesystem::path& path, int64_t keep_steps,
+                     const char* header_line) {
+  std::string kept(header_line);
+  const std::string header = kept.substr(0, kept.find('\n'));
+  const auto fields = std::count(header.begin(), header.end(), ',');
+  int64_t dropped = 0;
+  std::ifstream in(path);
   std::string line;
-  std::string kept;
-  bool header = true;
-  while (std::getline(in, line)) {
-    if (header || std::stoll(line.substr(0, line.find(','))) <= keep_steps) kept += line + '\n';
-    header = false;
+  while (in && std::getline(in, line)) {
+    if (line == header) continue;
+    int64_t step = 0;
+    const auto comma = line.find(',');
+    const auto parsed =
+        std::from_chars(line.data(), line.data() + std::min(comma, line.size()), step);
+    const bool row = comma != std::string::npos && parsed.ec == std::errc() &&
+                     parsed.ptr == line.data() + comma &&
+                     std::count(line.begin(), line.end(), ',') == fields;
+    if (!row) {
+      dropped += line.empty() ? 0 : 1;
+      continue;
+    }
+    if (step <= keep_steps) kept += line + '\n';
   }
   in.close();
   io::write_file_atomically(path, kept);
+  return dropped;
 }
 
 // Names and shapes of a model's parameters and buffers, to compare with after a load.
@@ -247,8 +315,9 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   if (!validation_files_.empty() && writes_files()) {
     std::error_code error;
     std::filesystem::create_directories(run_dir_ / "samples", error);
-    if (error) {
-      throw InputError(run_dir_.string() + ": cannot create the run folder: " + error.message());
+    if (error || !std::filesystem::is_directory(run_dir_ / "samples")) {
+      throw InputError((run_dir_ / "samples").string() + ": cannot create the folder: " +
+                       (error ? error.message() : "something of that name is in the way"));
     }
   }
 
@@ -319,6 +388,8 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
 
   if (const auto& group = options_.process_group()) {
+    check_same_settings(*group, shared_settings(config_text(options_, train_files_.size(),
+                                                            validation_files_.size())));
     // Every rank starts from rank 0's weights, and BatchNorm sees the whole global batch.
     std::vector<torch::Tensor> state;
     for (const auto& parameter : model_->parameters()) state.push_back(parameter.detach());
@@ -337,10 +408,17 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
                        "; give more steps to train further");
     }
     if (writes_files()) {
-      truncate_log(run_dir_ / kLogFile, step_, kLogHeader);
+      const auto note_dropped = [&](const std::filesystem::path& log, int64_t dropped) {
+        if (dropped > 0) {
+          notes_.push_back(log.string() + ": " + std::to_string(dropped) +
+                           " line(s) that were not rows of the log left out");
+        }
+      };
+      note_dropped(run_dir_ / kLogFile, truncate_log(run_dir_ / kLogFile, step_, kLogHeader));
       // A run validated before keeps its rows up to the checkpoint, with or without --val now.
       if (!validation_files_.empty() || std::filesystem::exists(run_dir_ / kValidationFile)) {
-        truncate_log(run_dir_ / kValidationFile, step_, kValidationHeader);
+        note_dropped(run_dir_ / kValidationFile,
+                     truncate_log(run_dir_ / kValidationFile, step_, kValidationHeader));
       }
       record_resumed_config();
     }
@@ -376,8 +454,9 @@ void Trainer::record_resumed_config() {
       return earlier.first == setting.first;
     });
     // A setting that the run's config.txt does not have (written by an older pconv) is left
-    // out rather than reported as changed.
-    if (it == before.end() || it->second == value) continue;
+    // out rather than reported as changed, and so is --init: a resume takes the weights from
+    // the checkpoint.
+    if (it == before.end() || it->second == value || key == "init_model") continue;
     const std::string& old_value = it->second;
     changed_lines.append(key).append(" ").append(value).append("\n");
     changes.append(changes.empty() ? "" : ", ").append(key).append(" ").append(old_value);
@@ -416,15 +495,35 @@ void Trainer::save_checkpoint() const {
 
 void Trainer::load_checkpoint() {
   const auto path = run_dir_ / kCheckpointFile;
+  if (std::filesystem::is_directory(path)) {
+    throw ModelError(path.string() + ": is a folder, not a checkpoint");
+  }
+  if (io::stored_kind(path) == io::StoredKind::kModel) {
+    throw ModelError(path.string() +
+                     ": a model file, not a checkpoint (start a new run with "
+                     "--init " +
+                     path.string() + " to train from it)");
+  }
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path.string(), options_.device());
     c10::IValue value;
     archive.read("identity", value);
-    if (value.toStringRef() != run_identity(options_)) {
+    if (const auto mine = run_identity(options_); value.toStringRef() != mine) {
+      // The settings that differ, as "amp=bf16 (this command: off)".
+      std::istringstream theirs(value.toStringRef());
+      std::istringstream ours(mine);
+      std::string a;
+      std::string b;
+      std::string differences;
+      while (theirs >> a && ours >> b) {
+        if (a == b) continue;
+        differences += (differences.empty() ? "" : ", ") + a +
+                       " (this command: " + b.substr(b.find('=') + 1) + ")";
+      }
       throw InputError(path.string() + ": the checkpoint is of another run (" +
-                       value.toStringRef() +
-                       "); resume with the same size, batch, seed, model and stage");
+                       (differences.empty() ? value.toStringRef() : differences) +
+                       "); resume with the same size, batch, seed, model, stage and amp");
     }
     archive.read("step", value);
     step_ = value.toInt();
@@ -562,98 +661,122 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   std::chrono::steady_clock::duration data_wait{};
   auto window_start = run_start;
   int64_t window_images = 0;
-  while (step_ < last) {
-    bool stop = callbacks.should_stop && callbacks.should_stop();
-    if (group) {
-      // Every rank stops at the same step, when any of them is asked to.
-      auto votes = at::full({1}, stop ? 1.0 : 0.0);
-      group->all_reduce_sum({votes});
-      stop = votes.item<double>() > 0;
-    }
-    if (stop) {
-      save_checkpoint();
-      message("stopped at step " + std::to_string(step_) +
-              "; checkpoint saved, --resume continues");
-      result.stopped_early = true;
-      break;
-    }
-    const auto wait_start = std::chrono::steady_clock::now();
-    const auto batch = stream.next();
-    data_wait += std::chrono::steady_clock::now() - wait_start;
-    const auto format =
-        options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-    const auto images = batch.images.to(options_.device()).contiguous(format);
-    const auto masks = batch.masks.to(options_.device()).contiguous(format);
-    optimizer_->zero_grad();
-    loss::LossTerms terms;
-    {
-      AutocastScope autocast(options_.device().type(), amp_type_);
-      const auto output = std::get<0>(model_(images * masks, masks));
-      terms = loss_(output.to(at::kFloat), images, masks);
-    }
-    const bool scaled = amp_type_ == c10::kHalf;
-    const auto loss = scaled ? scaler_.scale(terms.total) : terms.total;
-    if (reducer) {
-      reducer->backward(loss);  // the scaled gradients' mean: an overflow reaches every rank
-    } else {
-      loss.backward();
-    }
-    bool take_step = true;
-    if (scaled) {
-      std::vector<torch::Tensor> grads;
-      grads.reserve(trainable.size());
-      for (const auto& parameter : trainable) grads.push_back(parameter.grad());
-      take_step = scaler_.unscale(grads);
-      scaler_.update();
-      if (!take_step) ++skipped_steps_;
-    }
-    if (take_step) optimizer_->step();
-    ++step_;
+  int64_t saved_step = step_;  // of the checkpoint on disk (a resumed run's), if any
+  try {
+    while (step_ < last) {
+      bool stop = callbacks.should_stop && callbacks.should_stop();
+      if (group) {
+        // Every rank stops at the same step, when any of them is asked to.
+        auto votes = at::full({1}, stop ? 1.0 : 0.0);
+        group->all_reduce_sum({votes});
+        stop = votes.item<double>() > 0;
+      }
+      if (stop) {
+        save_checkpoint();
+        message("stopped at step " + std::to_string(step_) +
+                "; checkpoint saved, --resume continues");
+        result.stopped_early = true;
+        break;
+      }
+      const auto wait_start = std::chrono::steady_clock::now();
+      const auto batch = stream.next();
+      data_wait += std::chrono::steady_clock::now() - wait_start;
+      const auto format =
+          options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+      const auto images = batch.images.to(options_.device()).contiguous(format);
+      const auto masks = batch.masks.to(options_.device()).contiguous(format);
+      optimizer_->zero_grad();
+      loss::LossTerms terms;
+      {
+        AutocastScope autocast(options_.device().type(), amp_type_);
+        const auto output = std::get<0>(model_(images * masks, masks));
+        terms = loss_(output.to(at::kFloat), images, masks);
+      }
+      const bool scaled = amp_type_ == c10::kHalf;
+      const auto loss = scaled ? scaler_.scale(terms.total) : terms.total;
+      if (reducer) {
+        reducer->backward(loss);  // the scaled gradients' mean: an overflow reaches every rank
+      } else {
+        loss.backward();
+      }
+      bool take_step = true;
+      if (scaled) {
+        std::vector<torch::Tensor> grads;
+        grads.reserve(trainable.size());
+        for (const auto& parameter : trainable) grads.push_back(parameter.grad());
+        take_step = scaler_.unscale(grads);
+        scaler_.update();
+        if (!take_step) ++skipped_steps_;
+      }
+      if (take_step) optimizer_->step();
+      ++step_;
 
-    window_images += options_.batch_size() * ranks;
-    const auto now = std::chrono::steady_clock::now();
-    const double seconds = std::chrono::duration<double>(now - window_start).count();
-    StepReport report;
-    report.step = step_;
-    report.losses = terms.values();
-    report.learning_rate = options_.learning_rate();
-    report.images_per_second = seconds > 0 ? static_cast<double>(window_images) / seconds : 0;
-    if (seconds > 10.0) {  // a rate over the last ~10 s
-      window_start = now;
-      window_images = 0;
-    }
-    if (callbacks.on_step) callbacks.on_step(report);
+      window_images += options_.batch_size() * ranks;
+      const auto now = std::chrono::steady_clock::now();
+      const double seconds = std::chrono::duration<double>(now - window_start).count();
+      StepReport report;
+      report.step = step_;
+      report.losses = terms.values();
+      report.learning_rate = options_.learning_rate();
+      report.images_per_second = seconds > 0 ? static_cast<double>(window_images) / seconds : 0;
+      if (seconds > 10.0) {  // a rate over the last ~10 s
+        window_start = now;
+        window_images = 0;
+      }
+      if (callbacks.on_step) callbacks.on_step(report);
 
-    if (!writes_files()) continue;  // rank 0 logs, validates, samples and checkpoints
-    std::map<std::string, double> values(report.losses.begin(), report.losses.end());
-    auto field = [&](const char* name) {
-      const auto found = values.find(name);
-      return found == values.end() ? std::string() : std::to_string(found->second);
-    };
-    log << step_ << ',' << field("valid") << ',' << field("hole") << ',' << field("perceptual")
-        << ',' << field("style_out") << ',' << field("style_comp") << ',' << field("tv") << ','
-        << field("total") << ',' << report.learning_rate << ',' << report.images_per_second << '\n';
-    log.flush();
-    if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
-      const auto validation = validate();
-      result.validations.push_back(validation);
-      validation_log << validation.step << ',' << validation.psnr << ',' << validation.ssim << ','
-                     << validation.images << '\n';
-      validation_log.flush();
-      if (callbacks.on_validation) callbacks.on_validation(validation);
-    }
-    if (due(step_, options_.sample_every(), last)) {
-      std::ostringstream name;
-      // A build without OpenCV writes tensor images.
+      if (!writes_files()) continue;  // rank 0 logs, validates, samples and checkpoints
+      std::map<std::string, double> values(report.losses.begin(), report.losses.end());
+      auto field = [&](const char* name) {
+        const auto found = values.find(name);
+        return found == values.end() ? std::string() : std::to_string(found->second);
+      };
+      log << step_ << ',' << field("valid") << ',' << field("hole") << ',' << field("perceptual")
+          << ',' << field("style_out") << ',' << field("style_comp") << ',' << field("tv") << ','
+          << field("total") << ',' << report.learning_rate << ',' << report.images_per_second
+          << '\n';
+      log.flush();
+      if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
+        const auto validation = validate();
+        result.validations.push_back(validation);
+        validation_log << validation.step << ',' << validation.psnr << ',' << validation.ssim << ','
+                       << validation.images << '\n';
+        validation_log.flush();
+        if (callbacks.on_validation) callbacks.on_validation(validation);
+      }
+      if (due(step_, options_.sample_every(), last)) {
+        std::ostringstream name;
+        // A build without OpenCV writes tensor images.
 #ifdef PCONV_WITH_OPENCV
-      const char* extension = ".png";
+        const char* extension = ".png";
 #else
-      const char* extension = io::kTensorImageExtension;
+        const char* extension = io::kTensorImageExtension;
 #endif
-      name << "step_" << std::setw(7) << std::setfill('0') << step_ << extension;
-      write_samples(name.str());
+        name << "step_" << std::setw(7) << std::setfill('0') << step_ << extension;
+        try {
+          write_samples(name.str());
+        } catch (const InputError& error) {
+          message(std::string("sample not written: ") + error.what());  // the run goes on
+        }
+      }
+      if (due(step_, options_.checkpoint_every(), last)) {
+        save_checkpoint();
+        saved_step = step_;
+      }
     }
-    if (due(step_, options_.checkpoint_every(), last)) save_checkpoint();
+  } catch (...) {
+    // A failure mid-run (no photo left to read, a rank lost, a log that cannot be written)
+    // keeps the steps done since the last checkpoint: the parameters are those of step_, whole.
+    if (writes_files() && step_ > saved_step) {
+      try {
+        save_checkpoint();
+        message("failed at step " + std::to_string(step_) +
+                "; checkpoint saved, --resume continues once the cause is fixed");
+      } catch (const std::exception&) {
+        // the disk may be what failed: the error that ended the run is the one to report
+      }
+    }
+    throw;
   }
   result.step = step_;
   const double run_seconds =

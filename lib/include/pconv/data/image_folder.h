@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -114,7 +115,7 @@ class TrainingStream {
   std::condition_variable ready_;
   std::condition_variable space_;
   std::map<int64_t, Example> done_;
-  std::map<int64_t, std::string> failed_;  // example index -> error, for next() to rethrow
+  std::map<int64_t, std::exception_ptr> failed_;  // example index -> error, for next() to rethrow
   std::set<std::string> skipped_;
   std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> epoch_orders_;
   std::function<void(const std::string&)> warning_hook_;
