@@ -187,11 +187,11 @@ std::string out_of_memory_message(const std::string& text) {
   } else {
     return {};
   }
-  return fmt::format(
-      "out of memory: {:.1f} GB more were needed at once; try smaller images or "
-      "a smaller --size or --batch (inpaint: --strategy auto with a smaller "
-      "--max-memory)",
-      bytes / 1e9);
+  const std::string amount = bytes >= 1e8 ? fmt::format("{:.1f} GB", bytes / 1e9)
+                                          : fmt::format("{:.0f} MB", std::max(1.0, bytes / 1e6));
+  return "out of memory: " + amount +
+         " more were needed at once; try smaller images or a smaller --size or --batch (inpaint: "
+         "--strategy auto with a smaller --max-memory)";
 }
 
 std::string pconv_file_kind(const std::filesystem::path& path) {
