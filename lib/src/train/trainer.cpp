@@ -436,6 +436,11 @@ void Trainer::record_resumed_config() {
   const auto path = run_dir_ / kConfigFile;
   const auto now = config_text(options_, train_files_.size(), validation_files_.size());
   const std::string resumed = "resumed at step " + std::to_string(step_);
+  std::error_code error;
+  if (std::filesystem::exists(path, error) && !std::filesystem::is_regular_file(path, error)) {
+    notes_.push_back(path.string() + " is not a file: this resume's settings are not recorded");
+    return;
+  }
   std::ifstream in(path);
   if (!in) {
     io::write_file_atomically(path, now + resumed + " (config.txt was missing: written anew)\n");
