@@ -742,7 +742,14 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
           << '\n';
       log.flush();
       if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
+        const auto validation_start = std::chrono::steady_clock::now();
+        if (result.validations.empty()) {
+          message("step " + std::to_string(step_) + ": validating on " +
+                  std::to_string(validation_images_.size(0)) + " images");
+        }
         const auto validation = validate();
+        // The step rate is training's own: the time spent validating is left out of it.
+        window_start += std::chrono::steady_clock::now() - validation_start;
         result.validations.push_back(validation);
         validation_log << validation.step << ',' << validation.psnr << ',' << validation.ssim << ','
                        << validation.images << '\n';
