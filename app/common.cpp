@@ -327,6 +327,8 @@ OutputFolder::~OutputFolder() {
 void OutputFolder::lock() {
   try {
     lock_ = io::lock_folder(folder_);
+  } catch (const io::FolderAboveInUse&) {
+    throw;  // the folder is not the other command's own: an empty one made here goes again
   } catch (const io::FolderInUse&) {
     made_.clear();  // another command holds it: its folder now, not to be taken away
     throw;

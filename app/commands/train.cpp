@@ -288,6 +288,10 @@ void run_train(const TrainOptions& options) {
   const auto entries_before = folder_entries(run_dir);
   try {
     run_trainer(trainer_options, train_files, validation_files, options);
+  } catch (const io::FolderAboveInUse&) {
+    // Another command writes into a folder above: the run folder, if made here, is still empty.
+    if (new_folder) std::filesystem::remove(run_dir, error);
+    throw;
   } catch (const io::FolderInUse&) {
     throw;  // the folder is the other run's: nothing of it is taken away
   } catch (...) {

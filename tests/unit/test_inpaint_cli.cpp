@@ -563,6 +563,21 @@ TEST(Cli, OneCommandWritesIntoAFolderAtATime) {
           << run.output;
       EXPECT_TRUE(fs::is_empty(d / "out"));
     }
+    // Nor into a folder inside it, nor into the folder that holds it.
+    const auto inside = pconv(d, "masks -n 1 --size 32x32 -o " + out + "/sub");
+    EXPECT_EQ(inside.rc, 3) << inside.output;
+    EXPECT_NE(inside.output.find(": another pconv command is writing into " +
+                                 fs::canonical(d / "out").string() + ", which holds this folder"),
+              std::string::npos)
+        << inside.output;
+    EXPECT_FALSE(fs::exists(d / "out" / "sub"));
+    const auto above = pconv(d, "masks -n 1 --size 32x32 -o " + d.string());
+    EXPECT_EQ(above.rc, 3) << above.output;
+    EXPECT_NE(above.output.find("another pconv command is writing into this folder (or one "
+                                "inside it)"),
+              std::string::npos)
+        << above.output;
+    EXPECT_FALSE(fs::exists(d / "mask_00000.png"));
   }
   const auto free = pconv(d, commands[0]);
   EXPECT_EQ(free.rc, 0) << free.output;
