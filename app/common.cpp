@@ -173,9 +173,15 @@ std::string out_of_memory_message(const std::string& text) {
   // The CPU allocator's words, and CUDA's caching allocator's ("Tried to allocate 2.00 GiB").
   static const std::regex cpu(R"(you tried to allocate (\d+) bytes)");
   static const std::regex cuda(R"(Tried to allocate ([0-9.]+) (GiB|MiB|KiB|B)\b)");
+  // OpenCV's ("Failed to allocate 144000000 bytes"), and C++'s own.
+  static const std::regex opencv(R"(Failed to allocate (\d+) bytes)");
+  static const std::string hint =
+      "; try smaller images or a smaller --size or --batch (inpaint: --strategy auto with a "
+      "smaller --max-memory)";
+  if (text == "std::bad_alloc") return "out of memory" + hint;
   std::smatch match;
   double bytes = 0;
-  if (std::regex_search(text, match, cpu)) {
+  if (std::regex_search(text, match, cpu) || std::regex_search(text, match, opencv)) {
     bytes = std::stod(match[1].str());
   } else if (std::regex_search(text, match, cuda)) {
     const std::string unit = match[2].str();
@@ -189,9 +195,7 @@ std::string out_of_memory_message(const std::string& text) {
   }
   const std::string amount = bytes >= 1e8 ? fmt::format("{:.1f} GB", bytes / 1e9)
                                           : fmt::format("{:.0f} MB", std::max(1.0, bytes / 1e6));
-  return "out of memory: " + amount +
-         " more were needed at once; try smaller images or a smaller --size or --batch (inpaint: "
-         "--strategy auto with a smaller --max-memory)";
+  return "out of memory: " + amount + " more were needed at once" + hint;
 }
 
 std::string pconv_file_kind(const std::filesystem::path& path) {

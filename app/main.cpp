@@ -93,6 +93,16 @@ void setup_logging() {
       [](const std::string& warning) { spdlog::warn("{}", warning); });
 }
 
+// SIGINT and SIGTERM handled from before the shared libraries' static initialisers run
+// (LibTorch's registrations take a good part of the start-up): the executable's .preinit_array
+// runs first of all initialisers. Only the loader's mapping of the libraries comes before.
+void handle_signals_early(int /*argc*/, char** /*argv*/, char** /*environment*/) {
+  pconv::app::handle_stop_signals();
+}
+__attribute__((section(".preinit_array"),
+               used)) void (*const early_signal_handling)(int, char**,
+                                                          char**) = handle_signals_early;
+
 }  // namespace
 
 static int run_pconv(int argc, char** argv) {
@@ -165,7 +175,7 @@ static int run_pconv(int argc, char** argv) {
     spdlog::error("{}", runtime_message(error.what_without_backtrace()));
     return kExitRuntime;
   } catch (const std::exception& error) {
-    spdlog::error("{}", first_line(error.what()));
+    spdlog::error("{}", runtime_message(error.what()));  // OpenCV's out of memory too
     return kExitRuntime;
   }
   return kExitOk;

@@ -233,6 +233,15 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
       }
       mask = it->second;
     }
+    // A link among the inputs may lead into -o: a result never replaces the file it reads.
+    std::error_code ignored;
+    if (fs::equivalent(out, file, ignored) || fs::equivalent(out, mask, ignored)) {
+      failures.push_back(out.string() + ": is the input " +
+                         (fs::equivalent(out, file, ignored) ? file : mask).string() +
+                         " (through a link); not replaced by its result");
+      spdlog::warn("{}", failures.back());
+      continue;
+    }
     jobs.push_back({file, mask, out});
   }
 
@@ -269,9 +278,12 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
       } catch (const InputError& error) {
         failures.emplace_back(error.what());
         progress.note(error.what(), /*warning=*/true);
-      } catch (const c10::Error& error) {
-        // An image too large for this machine's memory: the smaller ones are still done.
-        const auto memory = out_of_memory_message(error.what_without_backtrace());
+      } catch (const std::exception& error) {
+        // An image too large for this machine's memory (LibTorch's, OpenCV's or C++'s
+        // allocation failing): the smaller ones are still done.
+        const auto* torch_error = dynamic_cast<const c10::Error*>(&error);
+        const auto memory = out_of_memory_message(
+            torch_error != nullptr ? torch_error->what_without_backtrace() : error.what());
         if (memory.empty()) throw;
         failures.push_back(job.image.string() + ": " + memory);
         progress.note(failures.back(), /*warning=*/true);

@@ -38,7 +38,7 @@ message("mismatched ranks -> ${codes}\n${out}")
 if(NOT codes STREQUAL "3;3")
   message(FATAL_ERROR "mismatched ranks: exit codes ${codes}, expected 3;3")
 endif()
-foreach(expected "rank 1 was started with other settings than rank 0: base_width 4 \\(rank 0: 8\\)"
+foreach(expected "rank 1 was started with other settings than rank 0: --width 4 \\(rank 0: 8\\)"
                  "1 rank\\(s\\) were started with other settings than this one")
   if(NOT out MATCHES "${expected}")
     message(FATAL_ERROR "mismatched ranks: no '${expected}'")

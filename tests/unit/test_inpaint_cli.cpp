@@ -811,6 +811,17 @@ TEST(InpaintCli, BatchResultsOfLinksKeepTheLinksNames) {
   EXPECT_EQ(read_text(d / "elsewhere" / "far.png"), far_bytes);
   EXPECT_EQ(read_text(d / "in" / "a.png"), a_bytes);
   EXPECT_EQ(std::distance(fs::directory_iterator(d / "elsewhere"), fs::directory_iterator()), 2);
+  // A link whose target is where its result would go: not replaced.
+  fs::create_directories(d / "links");
+  fs::create_symlink("../elsewhere/far.png", d / "links" / "far.png");
+  const auto into = pconv(d, "inpaint --input " + (d / "links").string() + " --masks " +
+                                 (d / "mask.png").string() + " -o " + (d / "elsewhere").string());
+  EXPECT_EQ(into.rc, 3) << into.output;
+  EXPECT_NE(into.output.find("far.png: is the input " + (d / "links" / "far.png").string() +
+                             " (through a link); not replaced by its result"),
+            std::string::npos)
+      << into.output;
+  EXPECT_EQ(read_text(d / "elsewhere" / "far.png"), far_bytes);
 }
 
 // scripts/inpaint-folder.sh: the log goes beside the output folder (a trailing slash or a

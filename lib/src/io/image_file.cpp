@@ -248,6 +248,10 @@ Image read_image(const std::filesystem::path& path) {
     if (exception.find("CV_IO_MAX_IMAGE_PIXELS") != std::string::npos) {
       throw InputError(too_many_pixels(name, "has "));
     }
+    if (exception.find("Failed to allocate") != std::string::npos) {
+      throw InputError(name + ": cannot read the image: out of memory (" + one_line(exception) +
+                       ")");
+    }
     std::string reason = one_line(decoder_messages.take());
     if (reason.empty()) reason = one_line(exception);
     if (!has_image_extension(path)) {

@@ -25,6 +25,7 @@
 #include <ctime>
 #include <fstream>
 #include <iomanip>
+#include <map>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -128,6 +129,21 @@ std::string shared_settings(const std::string& config) {
   return text;
 }
 
+// The option (or what else) that sets a config.txt key, for messages.
+std::string option_of(const std::string& key) {
+  static const std::map<std::string, std::string> names{{"learning_rate", "--lr"},
+                                                        {"base_width", "--width"},
+                                                        {"max_width", "--max-width"},
+                                                        {"batch_size", "--batch"},
+                                                        {"train_images", "photos in --data"},
+                                                        {"processes", "WORLD_SIZE"},
+                                                        {"hole_ratio", "hole ratios"}};
+  if (const auto it = names.find(key); it != names.end()) return it->second;
+  std::string option = "--" + key;
+  std::replace(option.begin(), option.end(), '_', '-');
+  return option;
+}
+
 // Compares this rank's shared settings with rank 0's before the first collective that depends
 // on them, so that ranks started with other options fail with one line each instead of a
 // collective's shape mismatch (an abort in Gloo) or a wait for steps that never come.
@@ -148,8 +164,8 @@ void check_same_settings(ProcessGroup& group, const std::string& mine) {
       });
       const std::string other = it == theirs.end() ? "(none)" : it->second;
       if (other == value) continue;
-      differences +=
-          (differences.empty() ? "" : ", ") + key + " " + value + " (rank 0: " + other + ")";
+      differences += (differences.empty() ? "" : ", ") + option_of(key) + " " + value +
+                     " (rank 0: " + other + ")";
     }
     if (differences.empty()) differences = "another pconv version";
   }
