@@ -44,17 +44,15 @@ if [ -n "$log" ] && [ "$log" != /.log ] && [ "$log" != .log ]; then
 else
   log="the messages above"
 fi
-case $status in
-  0) echo "all images done: $out" ;;
-  3)
-    if $refused; then
-      echo "pconv inpaint refused the job (see $log)" >&2
-    else
-      echo "done except the inputs named in $log (fix them and run again)" >&2
-    fi
-    ;;
-  *) echo "pconv inpaint failed with exit status $status (see $log)" >&2 ;;
-esac
+if $refused; then
+  echo "pconv inpaint refused the job, exit status $status (see $log)" >&2
+else
+  case $status in
+    0) echo "all images done: $out" ;;
+    3) echo "done except the inputs named in $log (fix them and run again)" >&2 ;;
+    *) echo "pconv inpaint failed with exit status $status (see $log)" >&2 ;;
+  esac
+fi
 # The next stage of a pipeline can take the results of this run, e.g. to make thumbnails, with
 # a marker file touched before the run:   find "$out" -type f -newer marker | xargs ...
 exit $status

@@ -852,6 +852,10 @@ TEST(InpaintCli, FolderScriptKeepsItsLog) {
   EXPECT_NE(second_section, std::string::npos) << log;
   const auto refused = shell(d, script + (d / "in" / "res").string());
   EXPECT_EQ(refused.rc, 2) << refused.output;
+  EXPECT_NE(refused.output.find("pconv inpaint refused the job, exit status 2 (see the messages "
+                                "above)"),
+            std::string::npos)
+      << refused.output;
   EXPECT_FALSE(fs::exists(d / "in" / "res.log"));
   EXPECT_FALSE(fs::exists(d / "in" / "res"));
   // Refused with an output folder that exists (the photos' own): no log either.
