@@ -124,7 +124,7 @@ std::string shared_settings(const std::string& config) {
                                          "device", "mask_dir",   "validation_images"};
   std::string text;
   for (const auto& [key, value] : config_settings(config)) {
-    if (own.count(key) == 0) text += key + " " + value + "\n";
+    if (own.count(key) == 0) text.append(key).append(" ").append(value).append("\n");
   }
   return text;
 }
@@ -164,8 +164,8 @@ void check_same_settings(ProcessGroup& group, const std::string& mine) {
       });
       const std::string other = it == theirs.end() ? "(none)" : it->second;
       if (other == value) continue;
-      differences += (differences.empty() ? "" : ", ") + option_of(key) + " " + value +
-                     " (rank 0: " + other + ")";
+      differences.append(differences.empty() ? "" : ", ").append(option_of(key)).append(" ");
+      differences.append(value).append(" (rank 0: ").append(other).append(")");
     }
     if (differences.empty()) differences = "another pconv version";
   }
