@@ -235,9 +235,9 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     }
     // A link among the inputs may lead into -o: a result never replaces the file it reads.
     std::error_code ignored;
-    if (fs::equivalent(out, file, ignored) || fs::equivalent(out, mask, ignored)) {
-      failures.push_back(out.string() + ": is the input " +
-                         (fs::equivalent(out, file, ignored) ? file : mask).string() +
+    const bool is_image = fs::equivalent(out, file, ignored);
+    if (is_image || fs::equivalent(out, mask, ignored)) {
+      failures.push_back(out.string() + ": is the input " + (is_image ? file : mask).string() +
                          " (through a link); not replaced by its result");
       spdlog::warn("{}", failures.back());
       continue;

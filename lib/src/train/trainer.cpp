@@ -93,6 +93,23 @@ std::vector<std::pair<std::string, std::string>> config_settings(const std::stri
   return settings;
 }
 
+// A setting of the config.txt text `now` whose value differs from the one in `before`; a key
+// that `before` lacks (a config.txt of an older pconv) is no difference.
+struct ChangedSetting {
+  std::string key, before, now;
+};
+std::vector<ChangedSetting> changed_settings(const std::string& before, const std::string& now) {
+  const auto earlier = config_settings(before);
+  std::vector<ChangedSetting> changed;
+  for (const auto& [key, value] : config_settings(now)) {
+    const auto it = std::find_if(earlier.begin(), earlier.end(), [&key = key](const auto& setting) {
+      return setting.first == key;
+    });
+    if (it != earlier.end() && it->second != value) changed.push_back({key, it->second, value});
+  }
+  return changed;
+}
+
 constexpr const char* kLogHeader =
     "step,valid,hole,perceptual,style_out,style_comp,tv,total,learning_rate,images_per_second\n";
 constexpr const char* kValidationHeader = "step,psnr,ssim,images\n";
@@ -157,15 +174,10 @@ void check_same_settings(ProcessGroup& group, const std::string& mine) {
                          static_cast<size_t>(bytes.numel()));
   std::string differences;
   if (root != mine) {
-    const auto theirs = config_settings(root);
-    for (const auto& [key, value] : config_settings(mine)) {
-      const auto it = std::find_if(theirs.begin(), theirs.end(), [&key = key](const auto& setting) {
-        return setting.first == key;
-      });
-      const std::string other = it == theirs.end() ? "(none)" : it->second;
-      if (other == value) continue;
-      differences.append(differences.empty() ? "" : ", ").append(option_of(key)).append(" ");
-      differences.append(value).append(" (rank 0: ").append(other).append(")");
+    for (const auto& change : changed_settings(root, mine)) {
+      differences.append(differences.empty() ? "" : ", ").append(option_of(change.key));
+      differences.append(" ").append(change.now).append(" (rank 0: ").append(change.before);
+      differences.append(")");
     }
     if (differences.empty()) differences = "another pconv version";
   }
@@ -466,22 +478,13 @@ void Trainer::record_resumed_config() {
   std::ostringstream text;
   text << in.rdbuf();
   in.close();
-  const auto before = config_settings(text.str());
   std::string changed_lines;
   std::string changes;
-  for (const auto& setting : config_settings(now)) {
-    const auto& [key, value] = setting;
-    const auto it = std::find_if(before.begin(), before.end(), [&](const auto& earlier) {
-      return earlier.first == setting.first;
-    });
-    // A setting that the run's config.txt does not have (written by an older pconv) is left
-    // out rather than reported as changed, and so is --init: a resume takes the weights from
-    // the checkpoint.
-    if (it == before.end() || it->second == value || key == "init_model") continue;
-    const std::string& old_value = it->second;
-    changed_lines.append(key).append(" ").append(value).append("\n");
-    changes.append(changes.empty() ? "" : ", ").append(key).append(" ").append(old_value);
-    changes.append(" -> ").append(value);
+  for (const auto& change : changed_settings(text.str(), now)) {
+    if (change.key == "init_model") continue;  // a resume takes the weights from the checkpoint
+    changed_lines.append(change.key).append(" ").append(change.now).append("\n");
+    changes.append(changes.empty() ? "" : ", ").append(change.key).append(" ");
+    changes.append(change.before).append(" -> ").append(change.now);
   }
   if (changes.empty()) return;
   // config.txt keeps how the run started and each resume's changes, in order.
