@@ -7,6 +7,7 @@
 #                                                .gpu-data/photos (both ignored by git; carry them)
 #   there:  scripts/gpu.sh check OUT_DIR         build, unit tests (*_CUDA included), all CTest
 #                                                tests, pconv eval/inpaint on CUDA in each precision
+#                                                (PCONV_GPU_TESTS=REGEX: only the tests it matches)
 #           scripts/gpu.sh bench OUT_DIR         the layer (fp32/bf16, NCHW/channels-last), UNet
 #                                                inference/training and train-step benchmarks
 #           scripts/gpu.sh train OUT_DIR SECONDS [pconv train options...]
@@ -65,7 +66,8 @@ case "$command" in
     build_pconv
     # Every CTest test (unit tests one by one, *_CUDA included; distributed; package), without
     # the benchmark smoke runs; failures with their output.
-    ctest --test-dir "$build" -j 8 -E '^bench[.]' --output-on-failure > "$out_dir/ctest.log" 2>&1 || true
+    ctest --test-dir "$build" -j 8 --timeout 150 -E '^bench[.]' ${PCONV_GPU_TESTS:+-R "$PCONV_GPU_TESTS"} \
+      --output-on-failure > "$out_dir/ctest.log" 2>&1 || true
     grep -E "_CUDA|tests passed|tests failed|\*\*\*Failed" "$out_dir/ctest.log" | tail -20 || true
     # The commands on the GPU: eval in each precision and layout (quality and time), and one
     # inpaint on CUDA against the CPU.
@@ -89,18 +91,28 @@ case "$command" in
           /tmp/pconv-mask.pt -o "/tmp/pconv-inpainted-$device.pt" --device "$device"
       done
       "$python" -c "import torch; a=torch.load('/tmp/pconv-inpainted-cpu.pt').float(); b=torch.load('/tmp/pconv-inpainted-cuda.pt').float(); print('inpaint cpu vs cuda: max |diff| (8-bit levels)', (a-b).abs().max().item())"
+      # A damaged model and a damaged checkpoint on CUDA: one-line errors, exit status 4.
+      head -c 100000 "$root/models/pconv-default.pt" > /tmp/pconv-damaged.pt
+      echo "== pconv inpaint --model damaged.pt --device cuda"
+      "$build/app/pconv" inpaint "$photos/val/$first" /tmp/pconv-mask.pt -o /tmp/pconv-damaged-out.pt \
+        --model /tmp/pconv-damaged.pt --device cuda && echo "exit status 0" || echo "exit status $?"
+      rm -rf /tmp/pconv-damaged-run && mkdir -p /tmp/pconv-damaged-run
+      cp /tmp/pconv-damaged.pt /tmp/pconv-damaged-run/checkpoint.pt
+      echo "== pconv train --resume from a damaged checkpoint --device cuda"
+      "$build/app/pconv" train --device cuda --data "$photos/val" -o /tmp/pconv-damaged-run --resume \
+        --steps 2 && echo "exit status 0" || echo "exit status $?"
     } > "$out_dir/cli-cuda.log" 2>&1 || true
-    grep -E "^==| all |PSNR|per image|diff|wall|error" "$out_dir/cli-cuda.log" | head -60 || true
+    grep -E "^==| all |PSNR|per image|diff|wall|error|exit status" "$out_dir/cli-cuda.log" | head -60 || true
     ;;
   bench)
     build_pconv
     for config in "--dtype fp32 --format nchw" "--dtype bf16 --format nchw" "--dtype bf16 --format cl"; do
       echo "== bench_partial_conv2d --device cuda $config"
-      "$build/tests/bench/bench_partial_conv2d" --device cuda $config --benchmark_min_time=0.1 \
+      "$build/tests/bench/bench_partial_conv2d" --device cuda $config --benchmark_color=false --benchmark_min_time=0.05 \
         --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 || echo "(exit status $?)"
     done > "$out_dir/bench-layer.txt"
-    "$build/tests/bench/bench_unet" --device cuda --benchmark_min_time=0.5 > "$out_dir/bench-unet.txt" 2>&1 || true
-    "$build/tests/bench/bench_train_step" --device cuda --benchmark_min_time=2 \
+    "$build/tests/bench/bench_unet" --device cuda --benchmark_color=false --benchmark_min_time=0.3 > "$out_dir/bench-unet.txt" 2>&1 || true
+    "$build/tests/bench/bench_train_step" --device cuda --benchmark_color=false --benchmark_min_time=1 \
       > "$out_dir/bench-train-cuda.txt" 2>&1 || true
     # The ratio tables and geometric means, the UNet images/s, the train step; errors as they are.
     grep -E "^==|^\| [0-9]|^ +forward|exit status|CUDA GPU" "$out_dir/bench-layer.txt" || true

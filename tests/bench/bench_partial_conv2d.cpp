@@ -113,9 +113,8 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
     }
   }
   pconv::nn::functional::set_fused_kernels_enabled(variant != Variant::kPartialUnfused);
-  const auto ones_kernel =
-      at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel},
-               options.dtype(g_dtype));
+  const auto ones_kernel = at::ones(
+      {shape.out_channels, shape.in_channels, shape.kernel, shape.kernel}, options.dtype(g_dtype));
   // Inside the network every layer's input needs a gradient, except the image at the first.
   const bool input_grad = backward && shape.in_channels != 3;
   const auto input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
@@ -169,12 +168,21 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
 // Collects each run's time, then prints the ratio table in Markdown.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
+  // Plain text: the output goes to logs (a reporter of one's own does not get the
+  // --benchmark_color flag's setting).
+  RatioReporter() : ConsoleReporter(OO_None) {}
+
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const auto& run : runs) {
-      if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
-      // In the run's time unit (ms); one entry per repetition.
-      times_[run.run_name.function_name].push_back(run.GetAdjustedRealTime());
+      if (run.error_occurred) continue;
+      // In the run's time unit (ms): one entry per repetition or, where only the aggregates are
+      // reported (--benchmark_report_aggregates_only), the median of the repetitions.
+      if (run.run_type == Run::RT_Iteration) {
+        times_[run.run_name.function_name].push_back(run.GetAdjustedRealTime());
+      } else if (run.aggregate_name == "median") {
+        medians_[run.run_name.function_name] = run.GetAdjustedRealTime();
+      }
     }
   }
 
@@ -189,8 +197,11 @@ class RatioReporter : public benchmark::ConsoleReporter {
       for (const auto& shape : kShapes) {
         for (const int64_t batch : {1, 4}) {
           const auto time = [&](Variant variant) {
-            const auto found = times_.find(Name(shape, variant, pass, batch));
-            return found == times_.end() ? NAN : Median(found->second);
+            const std::string name = Name(shape, variant, pass, batch);
+            const auto found = times_.find(name);
+            if (found != times_.end()) return Median(found->second);
+            const auto median = medians_.find(name);
+            return median == medians_.end() ? NAN : median->second;
           };
           const double conv = time(Variant::kConv2d);
           const double partial = time(Variant::kPartial);
@@ -237,6 +248,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
  private:
   std::map<std::string, std::vector<double>> times_;
+  std::map<std::string, double> medians_;
 };
 
 }  // namespace
@@ -246,8 +258,7 @@ int main(int argc, char** argv) {
   if (!pconv::bench::setup(argc, argv, {"--shape", "--dtype", "--format"}, setup)) return 2;
   g_device = setup.device;
   const std::string dtype = setup.extra.count("--dtype") != 0 ? setup.extra["--dtype"] : "fp32";
-  const std::string format =
-      setup.extra.count("--format") != 0 ? setup.extra["--format"] : "nchw";
+  const std::string format = setup.extra.count("--format") != 0 ? setup.extra["--format"] : "nchw";
   if ((dtype != "fp32" && dtype != "bf16" && dtype != "fp16") ||
       (format != "nchw" && format != "cl")) {
     std::fprintf(stderr, "%s: --dtype is fp32, bf16 or fp16; --format is nchw or cl\n", argv[0]);
@@ -255,8 +266,8 @@ int main(int argc, char** argv) {
   }
   g_dtype = dtype == "bf16" ? c10::kBFloat16 : dtype == "fp16" ? c10::kHalf : c10::kFloat;
   g_format = format == "cl" ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  std::printf("device %s, %s, %s; fused CUDA kernels in this build: %s\n",
-              g_device.str().c_str(), dtype.c_str(), format.c_str(),
+  std::printf("device %s, %s, %s; fused CUDA kernels in this build: %s\n", g_device.str().c_str(),
+              dtype.c_str(), format.c_str(),
               pconv::nn::functional::cuda_kernels_built() ? "yes" : "no");
   const int only_shape =
       setup.extra.count("--shape") != 0 ? std::atoi(setup.extra["--shape"].c_str()) : -1;
@@ -267,8 +278,8 @@ int main(int argc, char** argv) {
       if (only_shape >= 0 && static_cast<size_t>(only_shape) != index) continue;
       const Shape& shape = kShapes[index];
       for (const int64_t batch : {1, 4}) {
-        for (const Variant variant : {Variant::kConv2d, Variant::kPartial,
-                                      Variant::kPartialUnfused, Variant::kNvidia}) {
+        for (const Variant variant :
+             {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused, Variant::kNvidia}) {
           pconv::bench::register_timed(
               RatioReporter::Name(shape, variant, pass, batch),
               [=](benchmark::State& state) { run_layer(state, shape, variant, backward, batch); });

@@ -1,13 +1,12 @@
 // Tests of the trainer on a few generated photos: the loss goes down, the run folder holds
 // what it should, and a run stopped and resumed ends exactly where an uninterrupted one does.
 #include <pconv/error.h>
+#include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
 #include <pconv/train/trainer.h>
 
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
-#include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -30,6 +29,14 @@ namespace {
 namespace T = pconv::train;
 namespace fs = std::filesystem;
 
+// The photos and the sample pictures: png files, or tensor images in a build without OpenCV
+// (the GPU machine's), where the trainer writes its samples as .pt.
+#ifdef PCONV_WITH_OPENCV
+const std::string kImageExtension = ".png";
+#else
+const std::string kImageExtension = ".pt";
+#endif
+
 class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -39,10 +46,9 @@ class TrainerTest : public ::testing::Test {
     for (int i = 0; i < 6; ++i) {
       const auto small = at::rand({3, 4, 4});
       const auto image = at::upsample_bilinear2d(small.unsqueeze(0), {48, 56}, false).squeeze(0);
-      const auto bytes = (image * 255).round().to(at::kByte).permute({1, 2, 0}).contiguous();
-      cv::Mat mat(48, 56, CV_8UC3, bytes.data_ptr<uint8_t>());
-      cv::imwrite((dir_ / "photos" / ("p" + std::to_string(i) + ".png")).string(), mat);
-      files_.push_back(dir_ / "photos" / ("p" + std::to_string(i) + ".png"));
+      const auto path = dir_ / "photos" / ("p" + std::to_string(i) + kImageExtension);
+      pconv::io::write_image(path, image);
+      files_.push_back(path);
     }
   }
 
@@ -113,8 +119,10 @@ TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
   EXPECT_EQ(validations.back().step, 40);
   EXPECT_GT(validations.back().psnr, validations.front().psnr + 5.0);
   EXPECT_GT(validations.back().ssim, validations.front().ssim + 0.2);
-  for (const auto* name : {"checkpoint.pt", "model.pt", "log.csv", "validation.csv", "config.txt",
-                           "samples/step_0000040.png"}) {
+  for (const std::string& name :
+       {std::string("checkpoint.pt"), std::string("model.pt"), std::string("log.csv"),
+        std::string("validation.csv"), std::string("config.txt"),
+        "samples/step_0000040" + kImageExtension}) {
     EXPECT_TRUE(fs::exists(dir_ / "run" / name)) << name;
   }
   pconv::io::ModelMetadata metadata;
@@ -240,7 +248,7 @@ TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
   T::Trainer(tiny(7).learning_rate(1e-3).validate_every(1).sample_every(1), files_, files_,
              dir_ / "run", true)
       .run();
-  EXPECT_TRUE(fs::exists(dir_ / "run" / "samples" / "step_0000007.png"));
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "samples" / ("step_0000007" + kImageExtension)));
   EXPECT_EQ(read(dir_ / "run" / "validation.csv").rfind("step,psnr,ssim,images\n7,", 0), 0U)
       << read(dir_ / "run" / "validation.csv");
 }

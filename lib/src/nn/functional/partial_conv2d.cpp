@@ -84,12 +84,13 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   } else if (options.multi_channel()) {
     const int64_t group_channels = in_channels / groups;
     window *= group_channels;
-    const torch::Tensor mask_float = mask.detach().to(terms_dtype);
-    channel_counts =
-        groups == 1
-            ? mask_float.sum(1, /*keepdim=*/true)
-            : mask_float.reshape({mask.size(0), groups, group_channels, mask.size(2), mask.size(3)})
-                  .sum(2);
+    // Summed straight into terms_dtype: one pass over the mask, no converted copy of it (the
+    // sums of 0/1 values are whole numbers, exact in float32).
+    const torch::Tensor values = mask.detach();
+    channel_counts = groups == 1 ? at::sum(values, {1}, /*keepdim=*/true, terms_dtype)
+                                 : at::sum(values.reshape({mask.size(0), groups, group_channels,
+                                                           mask.size(2), mask.size(3)}),
+                                           {2}, /*keepdim=*/false, terms_dtype);
   } else {
     channel_counts = mask.detach().to(terms_dtype);
   }

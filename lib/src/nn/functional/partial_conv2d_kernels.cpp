@@ -59,7 +59,6 @@ bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tenso
          valid.is_contiguous() && (!bias.defined() || bias.device() == raw.device());
 }
 
-
 // The inner loops, compiled for AVX-512, AVX2 + FMA and the x86-64 baseline; the loader picks
 // the best one for the machine (GCC function multi-versioning). Other dtypes use the templates.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -204,14 +203,15 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
                                  const at::Tensor& ratio, const at::Tensor& valid) {
     // Contiguous NCHW wins where both layouts hold (one channel or a 1 x 1 output).
     const bool channels_last = !raw.is_contiguous();
+    const bool has_bias = bias.numel() > 0;  // empty: none (see renormalize())
     const at::Tensor bias_terms =
-        bias.defined() ? bias.detach().to(ratio.scalar_type()).contiguous() : at::Tensor();
+        has_bias ? bias.detach().to(ratio.scalar_type()).contiguous() : at::Tensor();
     cuda::renormalize(raw, bias_terms, ratio, valid, channels_last);
     ctx->mark_dirty({raw});
     ctx->save_for_backward({ratio, valid});
     ctx->saved_data["channels_last"] = channels_last;
     ctx->saved_data["bias_dtype"] =
-        bias.defined() ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
+        has_bias ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
     return raw;
   }
 
@@ -219,16 +219,14 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
                                      const at::Tensor& ratio, const at::Tensor& valid) {
     const bool channels_last = ctx->saved_data["channels_last"].toBool();
     const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
-    const at::Tensor grad = grad_output.contiguous(
-        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    const at::Tensor grad = grad_output.contiguous(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                 : at::MemoryFormat::Contiguous);
     at::Tensor grad_raw = at::empty_like(grad);
     const int64_t channels = grad.size(1);
     at::Tensor bias_sums;
     if (bias_dtype >= 0 && ctx->needs_input_grad(1)) {
       const int64_t rows =
-          channels_last
-              ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3))
-              : grad.size(0);
+          channels_last ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3)) : grad.size(0);
       bias_sums = at::zeros({rows, channels}, ratio.options());
     }
     cuda::renormalize_backward(grad, ratio, valid, channels_last, grad_raw, bias_sums);
@@ -255,8 +253,8 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   const int64_t dilation_w = geometry.dilation[1];
   const auto dtype = counts.scalar_type();
   const bool kernel_dtype = dtype == terms_dtype && (dtype == at::kFloat || dtype == at::kDouble);
-  const bool fused = fused_enabled() && kernel_dtype &&
-                     (counts.is_cpu() || (kCudaKernels && counts.is_cuda()));
+  const bool fused =
+      fused_enabled() && kernel_dtype && (counts.is_cpu() || (kCudaKernels && counts.is_cuda()));
   if (!fused) {
     // The reference path: a depthwise convolution with a ones kernel, then the ratio selected
     // (never multiplied) so that a zero count gives exactly 0. The window sums of 0/1 values
@@ -352,7 +350,10 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
                        const at::Tensor& valid) {
   if (fused_enabled() &&
       (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid))) {
-    return Renormalize::apply(raw, bias, ratio, valid);
+    // A custom autograd Function records every tensor argument's device, which an undefined
+    // tensor has not: no bias travels as an empty one (CUDA only; the CPU kernel needs a bias).
+    return Renormalize::apply(raw, bias.defined() ? bias : at::empty({0}, raw.options()), ratio,
+                              valid);
   }
 
   // The reference path (what the fused kernels do not cover): in-place ATen ops.
