@@ -10,6 +10,10 @@
 #                                                (PCONV_GPU_TESTS=REGEX: only the tests it matches)
 #           scripts/gpu.sh bench OUT_DIR         the layer (fp32/bf16, NCHW/channels-last), UNet
 #                                                inference/training and train-step benchmarks
+#           scripts/gpu.sh layer OUT_DIR [bench_partial_conv2d flags...]
+#                                                builds only the layer benchmark and runs it
+#                                                once with these flags (e.g. --dtype bf16
+#                                                --batch 16), appending to bench-layer-runs.txt
 #           scripts/gpu.sh train OUT_DIR SECONDS [pconv train options...]
 #                                                photos -> tensor images, then pconv train on the
 #                                                GPU in /tmp/pconv-run for at most SECONDS (Ctrl-C
@@ -57,7 +61,8 @@ build_pconv() {
       -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" -DPCONV_WITH_OPENCV=OFF \
       > "$out_dir/configure.log" 2>&1 || { tail -40 "$out_dir/configure.log"; exit 1; }
   fi
-  cmake --build "$build" -j "$(nproc)" > "$out_dir/build.log" 2>&1 || { tail -60 "$out_dir/build.log"; exit 1; }
+  cmake --build "$build" -j "$(nproc)" ${build_target:+--target "$build_target"} \
+    > "$out_dir/build.log" 2>&1 || { tail -60 "$out_dir/build.log"; exit 1; }
   echo "built in $build"
 }
 
@@ -118,6 +123,17 @@ case "$command" in
     grep -E "^==|^\| [0-9]|^ +forward|exit status|CUDA GPU" "$out_dir/bench-layer.txt" || true
     grep -E "unet_|CUDA GPU|rror" "$out_dir/bench-unet.txt" | sed -E 's/ +[0-9]+ ms +[0-9]+ +/ /' | head -70 || true
     tail -6 "$out_dir/bench-train-cuda.txt"
+    ;;
+  layer)
+    build_target=bench_partial_conv2d build_pconv
+    {
+      echo "== bench_partial_conv2d --device cuda $*"
+      "$build/tests/bench/bench_partial_conv2d" --device cuda --benchmark_min_time=0.05 \
+        --benchmark_repetitions=3 --benchmark_report_aggregates_only=true "$@" 2>&1 ||
+        echo "(exit status $?)"
+    } > "$out_dir/bench-layer-run.txt"
+    cat "$out_dir/bench-layer-run.txt" >> "$out_dir/bench-layer-runs.txt"
+    grep -E "^==|^\| |^ +forward|exit status" "$out_dir/bench-layer-run.txt" || true
     ;;
   train)
     seconds=${1:?SECONDS}

@@ -3,10 +3,12 @@
 // paper's UNet, and prints the ratios.
 //
 //   bench_partial_conv2d [--threads N] [--device cpu|cuda] [--shape I] [--dtype fp32|bf16|fp16]
-//                        [--format nchw|cl] [google benchmark flags]
+//                        [--format nchw|cl] [--batch N] [google benchmark flags]
 //
 // --shape I runs only the I-th layer shape (0-based); scripts/bench.sh runs each shape in a
 // process of its own, which keeps one shape's heap layout from skewing another's timings.
+// --batch N times batch N alone instead of batches 1 and 4 (on a GPU, a batch large enough
+// that the launches' host time no longer sets the pace).
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/nn/partial_conv2d.h>
 
@@ -61,6 +63,7 @@ const char* variant_name(Variant variant) {
 c10::Device g_device(c10::kCPU);
 c10::ScalarType g_dtype = c10::kFloat;
 at::MemoryFormat g_format = at::MemoryFormat::Contiguous;
+std::vector<int64_t> g_batches = {1, 4};
 
 // NVIDIA's PartialConv2d forward (multi-channel), written out: a ones kernel of
 // C_out x C_in x k x k over the mask, the ratio with 1e-8, clamps and multiplies.
@@ -195,7 +198,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
     std::map<std::string, std::pair<double, int>> log_sums;  // geometric means per pass
     for (const char* pass : {"forward", "forward+backward"}) {
       for (const auto& shape : kShapes) {
-        for (const int64_t batch : {1, 4}) {
+        for (const int64_t batch : g_batches) {
           const auto time = [&](Variant variant) {
             const std::string name = Name(shape, variant, pass, batch);
             const auto found = times_.find(name);
@@ -255,7 +258,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
 int main(int argc, char** argv) {
   pconv::bench::BenchSetup setup;
-  if (!pconv::bench::setup(argc, argv, {"--shape", "--dtype", "--format"}, setup)) return 2;
+  if (!pconv::bench::setup(argc, argv, {"--shape", "--dtype", "--format", "--batch"}, setup)) {
+    return 2;
+  }
   g_device = setup.device;
   const std::string dtype = setup.extra.count("--dtype") != 0 ? setup.extra["--dtype"] : "fp32";
   const std::string format = setup.extra.count("--format") != 0 ? setup.extra["--format"] : "nchw";
@@ -263,6 +268,14 @@ int main(int argc, char** argv) {
       (format != "nchw" && format != "cl")) {
     std::fprintf(stderr, "%s: --dtype is fp32, bf16 or fp16; --format is nchw or cl\n", argv[0]);
     return 2;
+  }
+  if (setup.extra.count("--batch") != 0) {
+    const int64_t batch = std::atoll(setup.extra["--batch"].c_str());
+    if (batch < 1) {
+      std::fprintf(stderr, "%s: --batch takes a positive whole number\n", argv[0]);
+      return 2;
+    }
+    g_batches = {batch};
   }
   g_dtype = dtype == "bf16" ? c10::kBFloat16 : dtype == "fp16" ? c10::kHalf : c10::kFloat;
   g_format = format == "cl" ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -277,7 +290,7 @@ int main(int argc, char** argv) {
     for (size_t index = 0; index < kShapes.size(); ++index) {
       if (only_shape >= 0 && static_cast<size_t>(only_shape) != index) continue;
       const Shape& shape = kShapes[index];
-      for (const int64_t batch : {1, 4}) {
+      for (const int64_t batch : g_batches) {
         for (const Variant variant :
              {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused, Variant::kNvidia}) {
           pconv::bench::register_timed(
