@@ -38,7 +38,15 @@ case $status in
   3) grep -q "images failed" "$collected" || refused=true ;;
 esac
 log=""
-if ! $refused && [ -d "$out" ]; then log="$(cd -- "$out" && pwd -P).log"; fi
+if ! $refused; then
+  if [ -d "$out" ]; then
+    log="$(cd -- "$out" && pwd -P).log"
+  elif parent=$(cd -- "$(dirname -- "$out")" 2>/dev/null && pwd -P); then
+    # Every image failed: pconv removed the output folder it had made, and the log still goes
+    # where it would have been.
+    log="${parent%/}/$(basename -- "$out").log"
+  fi
+fi
 if [ -n "$log" ] && [ "$log" != /.log ] && [ "$log" != .log ]; then
   { echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) exit status $status"; cat "$collected"; } >>"$log"
 else
