@@ -870,10 +870,9 @@ TEST(InpaintCli, FolderScriptKeepsItsLog) {
   // Every image failed: pconv leaves no output folder, and the log is beside where it was.
   fs::create_directories(d / "bad");
   std::ofstream(d / "bad" / "c.png") << "broken";
-  const auto all_failed = shell(d, "PCONV=" + std::string(PCONV_BINARY) +
-                                       " " PCONV_SCRIPTS "/inpaint-folder.sh " +
-                                       (d / "bad").string() + " " + (d / "mask.png").string() +
-                                       " " + (d / "none").string());
+  const auto all_failed = shell(
+      d, "PCONV=" + std::string(PCONV_BINARY) + " " PCONV_SCRIPTS "/inpaint-folder.sh " +
+             (d / "bad").string() + " " + (d / "mask.png").string() + " " + (d / "none").string());
   EXPECT_EQ(all_failed.rc, 3) << all_failed.output;
   EXPECT_FALSE(fs::exists(d / "none"));
   EXPECT_NE(read_text(d / "none.log").find("c.png: cannot read the image"), std::string::npos)
