@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> nvidia_forward(const at::Tensor& input, const
   {
     at::NoGradGuard no_grad;
     update_mask = at::conv2d(mask, ones_kernel, {}, stride, padding);
-    const double window =
+    const auto window =
         static_cast<double>(ones_kernel.size(1) * ones_kernel.size(2) * ones_kernel.size(3));
     ratio = window / (update_mask + 1e-8);
     update_mask = at::clamp(update_mask, 0, 1);
