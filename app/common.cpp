@@ -2,6 +2,7 @@
 
 #include <pconv/error.h>
 #include <pconv/infer/inpainter.h>
+#include <pconv/io/atomic_file.h>
 #include <pconv/io/folder_lock.h>
 #include <pconv/io/model_file.h>
 #include <pconv/nn/functional/partial_conv2d.h>
@@ -150,7 +151,8 @@ std::filesystem::path resolved(const std::filesystem::path& path) {
 }  // namespace
 
 void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
-                               std::initializer_list<std::filesystem::path> inputs) {
+                               std::initializer_list<std::filesystem::path> inputs,
+                               bool may_replace_export) {
   if (output.empty()) return;
   const auto target = resolved(output);
   for (const auto& input : inputs) {
@@ -163,6 +165,7 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
                                              input.string() + "'; choose another path");
     }
   }
+  if (may_replace_export && io::stored_kind(output) == io::StoredKind::kExport) return;
   if (const auto kind = pconv_file_kind(output); !kind.empty()) {
     throw CLI::ValidationError(option, "'" + output.string() + "' is " + kind +
                                            "; pconv does not write over one, choose another path");
@@ -204,6 +207,8 @@ std::string pconv_file_kind(const std::filesystem::path& path) {
       return "a pconv model file";
     case io::StoredKind::kCheckpoint:
       return "a pconv training checkpoint";
+    case io::StoredKind::kExport:
+      return "a pconv TorchScript export";
     case io::StoredKind::kOther:
       break;
   }
@@ -227,12 +232,14 @@ std::atomic<int> g_stop_scopes{0};  // StopOnSignal objects alive
 static_assert(std::atomic<int>::is_always_lock_free && std::atomic<bool>::is_always_lock_free);
 
 // Inside a StopOnSignal a signal only asks the job to stop; outside, it ends the process as
-// the default action would (signal() and raise() are async-signal-safe).
+// the default action would, removing the temporary file of a write it cuts short (signal(),
+// raise() and unlink() are async-signal-safe).
 extern "C" void on_stop_signal(int signal) {
   if (g_stop_scopes.load() > 0) {
     g_stop_requested = true;
     return;
   }
+  pconv::io::remove_temporary_files_now();
   std::signal(signal, SIG_DFL);
   std::raise(signal);
 }
@@ -241,6 +248,9 @@ extern "C" void on_stop_signal(int signal) {
 void handle_stop_signals() {
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
+  // Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported as any failed
+  // write is, instead of the process being killed with its temporary file left behind.
+  std::signal(SIGXFSZ, SIG_IGN);
 }
 
 StopOnSignal::StopOnSignal() {

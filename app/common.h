@@ -71,10 +71,12 @@ std::string out_of_memory_message(const std::string& text);
 std::string pconv_file_kind(const std::filesystem::path& path);
 
 /// Throws CLI::ValidationError naming `option` when `output` is the same file as one of
-/// `inputs` (empty paths are ignored), or is a pconv model file or training checkpoint: writing
-/// it would destroy that input, or a model.
+/// `inputs` (empty paths are ignored), or is a pconv model file, training checkpoint or (unless
+/// `may_replace_export`, for pconv export itself) TorchScript export: writing it would destroy
+/// that input, or a model.
 void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
-                               std::initializer_list<std::filesystem::path> inputs);
+                               std::initializer_list<std::filesystem::path> inputs,
+                               bool may_replace_export = false);
 
 /// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder);

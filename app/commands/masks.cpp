@@ -87,6 +87,14 @@ void run_masks(const MasksOptions& options) {
     const auto path = out_dir / fmt::format("mask_{:05d}.png", index);
     // Only a file counts as a mask already there; anything else is the write's error.
     if (!options.overwrite && std::filesystem::is_regular_file(path)) {
+      // A mask kept from an earlier run must at least be of the size asked for now.
+      const auto kept = io::read_image(path);
+      if (kept.pixels.size(1) != height || kept.pixels.size(2) != width) {
+        throw InputError(fmt::format(
+            "{}: a {}x{} mask from an earlier run, not {}x{}; --overwrite replaces the masks, or "
+            "choose another folder",
+            path.string(), kept.pixels.size(2), kept.pixels.size(1), width, height));
+      }
       ++skipped;
     } else {
       const auto holes = index == 0 ? first_holes : generator.holes(static_cast<uint64_t>(index));

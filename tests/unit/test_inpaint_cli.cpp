@@ -533,6 +533,37 @@ TEST(Cli, OutputFoldersAreMadeAsNeeded) {
   EXPECT_TRUE(fs::is_regular_file(d / "e" / "model.ts"));
 }
 
+// A write cut short leaves nothing behind: past a file-size limit (ulimit -f) the command says
+// so in one line and keeps what was there; a signal during a write removes its temporary file.
+TEST(Cli, CutShortWritesLeaveNoTemporaryFile) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "out");
+  std::ofstream(d / "out" / "keep.ts") << "precious";
+  const std::string exporter = std::string(PCONV_BINARY) + " export " + PCONV_DEFAULT_MODEL;
+  const auto limited =
+      shell(d, "(ulimit -f 1000; " + exporter + " -o " + (d / "out" / "keep.ts").string() + ")");
+  EXPECT_EQ(limited.rc, 3) << limited.output;
+  EXPECT_NE(limited.output.find("keep.ts: cannot write the file: File too large"),
+            std::string::npos)
+      << limited.output;
+  EXPECT_EQ(read_text(d / "out" / "keep.ts"), "precious");
+  const auto masks = shell(d, "(ulimit -f 1; " + std::string(PCONV_BINARY) +
+                                  " masks -n 2 --size 256x256 -o " + (d / "masks").string() + ")");
+  EXPECT_EQ(masks.rc, 3) << masks.output;
+  EXPECT_FALSE(fs::exists(d / "masks")) << masks.output;
+  // SIGTERM as soon as the export's temporary file appears (a few tries: the write may end
+  // before the shell sees it).
+  const auto signalled =
+      shell(d, "cd " + (d / "out").string() + " && for i in 1 2 3 4 5; do " + exporter +
+                   " -o x.ts & pid=$!; seen=0; while [ $seen = 0 ] && kill -0 $pid 2>/dev/null; do "
+                   "for f in .x.ts.tmp*; do if [ -e \"$f\" ]; then kill -TERM $pid; echo caught; "
+                   "seen=1; fi; done; done; wait $pid; rm -f x.ts; done");
+  EXPECT_NE(signalled.output.find("caught"), std::string::npos) << signalled.output;
+  // keep.ts and nothing else: no .x.ts.tmp* and no .keep.ts.tmp*.
+  EXPECT_EQ(std::distance(fs::directory_iterator(d / "out"), fs::directory_iterator()), 1);
+}
+
 // Two commands writing into one folder at once would mix their files (masks of two seeds,
 // reports of two models): while one holds the folder, the others are refused and change nothing
 // there; once it is free they run.
@@ -603,7 +634,12 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
   fs::create_directories(d / "again");
   fs::copy_file(model, d / "again" / "model.pt");
   const std::string photo = (d / "photos" / "a.png").string() + " " + (d / "mask.png").string();
+  const auto exported = (d / "e.pt").string();  // a TorchScript export under a .pt name
+  ASSERT_EQ(pconv(d, "export " + model + " -o " + exported).rc, 0);
   const std::pair<std::string, std::string> refused[] = {
+      {"inpaint " + photo + " --model " + model + " -o " + exported,
+       "is a pconv TorchScript export; pconv does not write over one"},
+      {"export " + model + " -o " + (d / "new").string() + "/", "names a folder; give the export"},
       {"inpaint " + photo + " --model " + model + " -o " + checkpoint,
        "-o: '" + checkpoint + "' is a pconv training checkpoint; pconv does not write over one"},
       {"inpaint " + photo + " --model " + model + " -o " + (d / "again" / "model.pt").string(),
@@ -619,6 +655,7 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
     EXPECT_EQ(run.output.rfind("pconv: error: ", 0), 0U) << run.output;
     EXPECT_NE(run.output.find(message), std::string::npos) << run.output;
   }
+  EXPECT_EQ(pconv(d, "export " + model + " -o " + exported).rc, 0);  // an export replaces one
   // A new run into a folder with a model (here its own --init) would replace it at its end.
   const auto init =
       pconv(d, "train --data " + (d / "photos").string() + tiny + " --init " +
@@ -686,6 +723,24 @@ TEST(MasksCli, AFolderIsNotAMask) {
   EXPECT_NE(run.output.find("mask_00001.png: is a folder, not a file to write"), std::string::npos)
       << run.output;
   EXPECT_TRUE(fs::is_regular_file(d / "masks" / "mask_00000.png"));
+}
+
+// A rerun keeps the masks there, but only masks of the size it is asked for.
+TEST(MasksCli, KeptMasksMustHaveTheSizeAskedFor) {
+  TempDir dir;
+  const auto& d = dir.path();
+  const auto out = (d / "masks").string();
+  ASSERT_EQ(pconv(d, "masks -n 2 --size 48x32 -o " + out).rc, 0);
+  const auto again = pconv(d, "masks -n 3 --size 48x32 -o " + out);
+  EXPECT_EQ(again.rc, 0) << again.output;
+  EXPECT_NE(again.output.find("wrote 1 mask of 48x32"), std::string::npos) << again.output;
+  const auto other = pconv(d, "masks -n 3 --size 64x64 -o " + out);
+  EXPECT_EQ(other.rc, 3) << other.output;
+  EXPECT_NE(other.output.find("mask_00000.png: a 48x32 mask from an earlier run, not 64x64"),
+            std::string::npos)
+      << other.output;
+  EXPECT_EQ(pconv(d, "masks -n 3 --size 64x64 --overwrite -o " + out).rc, 0);
+  EXPECT_EQ(pconv::io::read_image(d / "masks" / "mask_00002.png").pixels.size(2), 64);
 }
 
 // A command that fails takes away the output folders it made: nothing is left to look like a

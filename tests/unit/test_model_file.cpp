@@ -75,6 +75,40 @@ TEST_F(ModelFileTest, RoundTripKeepsOutputsAndMetadata) {
       at::allclose(std::get<0>(half(image, mask)), std::get<0>(model_(image, mask)), 1e-2, 1e-2));
 }
 
+// Bytes changed in place inside a weight record (bit rot, a bad copy): the values stay finite
+// and every size still fits, but the record's CRC-32 in the zip no longer matches.
+TEST_F(ModelFileTest, ChangedBytesFailTheChecksum) {
+#ifndef PCONV_WITH_ZLIB
+  GTEST_SKIP() << "built without zlib: checksums are not checked";
+#endif
+  const auto path = dir_ / "model.pt";
+  pconv::io::save_model(path, model_, {});
+  const auto records = pconv::testing::tensor_records(path);
+  ASSERT_FALSE(records.empty());
+  const auto& record = records.back();  // the largest
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  {
+    caffe2::serialize::PyTorchStreamReader reader(path.string());
+    offset = reader.getRecordOffset(record);
+    size = reader.getRecordSize(record);
+  }
+  const auto changed = dir_ / "changed.pt";
+  fs::copy_file(path, changed);
+  {
+    std::fstream file(changed, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(static_cast<std::streamoff>(offset + size / 2));
+    char byte = 0;
+    file.get(byte);
+    file.seekp(static_cast<std::streamoff>(offset + size / 2));
+    file.put(static_cast<char>(byte ^ 0x01));  // the lowest mantissa bit of some weight
+  }
+  EXPECT_THAT([&] { pconv::io::load_model(changed); },
+              ThrowsMessage<pconv::ModelError>(
+                  HasSubstr("changed.pt: is damaged (the bytes of its record ")));
+  EXPECT_NO_THROW(pconv::io::load_model(path));
+}
+
 TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
   const auto path = dir_ / "model.pt";
   pconv::io::save_model(path, model_, {});

@@ -5,12 +5,17 @@
 #include <pconv/io/image_file.h>
 
 #include <ATen/ATen.h>
+#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <string>
 
 namespace {
 
@@ -68,6 +73,46 @@ TEST(TensorImage, RejectsCorruptWrongTypeAndWrongShape) {
   EXPECT_THROW(pconv::io::read_image(list), pconv::InputError);
 }
 
+// A tensor image whose data record was cut short: its pickle still claims every sample, and
+// LibTorch makes a storage of that size around the short record, so the samples past it would
+// be whatever memory follows. Read, it is refused before any sample is used.
+TEST(TensorImage, RejectsATruncatedDataRecord) {
+  TempDir dir;
+  const auto whole = torch::jit::pickle_save(at::zeros({64, 64, 3}, at::kByte));
+  std::istringstream whole_stream(std::string(whole.begin(), whole.end()));
+  caffe2::serialize::PyTorchStreamReader reader(&whole_stream);
+  std::string cut;
+  caffe2::serialize::PyTorchStreamWriter writer([&cut](const void* data, size_t size) {
+    cut.append(static_cast<const char*>(data), size);
+    return size;
+  });
+  for (const auto& name : reader.getAllRecords()) {
+    if (name == "version" || name.rfind(".data/", 0) == 0) continue;  // the writer adds its own
+    const auto [data, size] = reader.getRecord(name);
+    writer.writeRecord(name, data.get(), name == "data/0" ? 16 : size);
+  }
+  writer.writeEndOfFile();
+  const auto path = dir.path() / "cut.pt";
+  write_bytes(path, std::vector<char>(cut.begin(), cut.end()));
+  EXPECT_THAT([&] { pconv::io::read_image(path); },
+              ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("truncated")));
+  // The same records uncut read back.
+  const auto again = dir.path() / "whole.pt";
+  write_bytes(again, whole);
+  EXPECT_EQ(pconv::io::read_image(again).pixels.sizes(), (at::IntArrayRef{3, 64, 64}));
+}
+
+// A large file that is not a zip archive is refused from its first bytes, not read whole.
+TEST(TensorImage, RejectsAFileThatIsNotAnArchiveFromItsFirstBytes) {
+  TempDir dir;
+  const auto path = dir.path() / "zeros.pt";
+  { std::ofstream create(path); }
+  std::filesystem::resize_file(path, uintmax_t{1} << 30);  // 1 GiB of zeros, sparse
+  EXPECT_THAT(
+      [&] { pconv::io::read_image(path); },
+      ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("not a tensor image")));
+}
+
 // 16-bit samples as int32 (how Python saves them: its torch.save writes uint16 in a form
 // LibTorch cannot read), and files that describe more than they hold.
 TEST(TensorImage, ReadsInt32AsSixteenBitsAndRejectsWhatTheFileDoesNotHold) {
@@ -90,6 +135,17 @@ TEST(TensorImage, ReadsInt32AsSixteenBitsAndRejectsWhatTheFileDoesNotHold) {
               torch::jit::pickle_save(at::zeros({1, 1, 3}, at::kByte).expand({20000, 20000, 3})));
   EXPECT_THAT([&] { pconv::io::read_image(repeated); },
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("zero strides")));
+}
+
+TEST(TensorImage, WritesGreyAsTwoDimensions) {
+  TempDir dir;
+  const auto path = dir.path() / "grey.pt";
+  pconv::io::write_image(path, at::full({1, 3, 5}, 0.5F));
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                                std::istreambuf_iterator<char>());
+  EXPECT_EQ(torch::jit::pickle_load(bytes).toTensor().sizes(), (at::IntArrayRef{3, 5}));
+  EXPECT_EQ(pconv::io::read_image(path).pixels.sizes(), (at::IntArrayRef{1, 3, 5}));
 }
 
 TEST(TensorImage, WritesMasksWhiteForHoles) {

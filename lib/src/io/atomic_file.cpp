@@ -5,13 +5,50 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
+#include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <random>
 #include <system_error>
 
 namespace pconv::io {
 namespace {
+
+// The temporary files being written, for remove_temporary_files_now(): fixed slots, so that a
+// signal handler can read them without a lock or an allocation. A slot is free (0), being
+// filled (1) or holds a path (2). More writes at once than slots are simply not tracked.
+constexpr size_t kTrackedWrites = 64;
+std::array<std::atomic<int>, kTrackedWrites> g_slot_state{};
+std::array<std::array<char, PATH_MAX>, kTrackedWrites> g_slot_path{};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+// Tracks one temporary file while it exists.
+class TrackedTemporary {
+ public:
+  explicit TrackedTemporary(const std::filesystem::path& path) {
+    const std::string& name = path.native();
+    if (name.size() >= PATH_MAX) return;
+    for (size_t i = 0; i < kTrackedWrites; ++i) {
+      int expected = 0;
+      if (g_slot_state[i].compare_exchange_strong(expected, 1)) {
+        std::memcpy(g_slot_path[i].data(), name.c_str(), name.size() + 1);
+        g_slot_state[i].store(2);
+        slot_ = static_cast<int>(i);
+        return;
+      }
+    }
+  }
+  ~TrackedTemporary() {
+    if (slot_ >= 0) g_slot_state[static_cast<size_t>(slot_)].store(0);
+  }
+  TrackedTemporary(const TrackedTemporary&) = delete;
+  TrackedTemporary& operator=(const TrackedTemporary&) = delete;
+
+ private:
+  int slot_ = -1;
+};
 
 std::filesystem::path temporary_sibling(const std::filesystem::path& path) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -31,8 +68,8 @@ void write_bytes(const std::filesystem::path& path, const char* data, size_t siz
   const auto temporary = temporary_sibling(path);
   // POSIX calls rather than a stream, for the system's reason when a write fails (a full disk,
   // a read-only file system, a folder that is not writable).
-  const int descriptor =
-      ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  const TrackedTemporary tracked(temporary);  // from before the file exists to after the rename
+  const int descriptor = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (descriptor < 0) {
     throw InputError(path.string() + ": cannot write the file: " + std::strerror(errno));
   }
@@ -70,6 +107,13 @@ void write_file_atomically(const std::filesystem::path& path, const std::vector<
 
 void write_file_atomically(const std::filesystem::path& path, const std::string& data) {
   write_bytes(path, data.data(), data.size());
+}
+
+void remove_temporary_files_now() {
+  for (size_t i = 0; i < kTrackedWrites; ++i) {
+    // After the rename the name is gone and unlink fails, harmlessly.
+    if (g_slot_state[i].load() == 2) ::unlink(g_slot_path[i].data());
+  }
 }
 
 }  // namespace pconv::io

@@ -16,9 +16,11 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <mutex>
@@ -53,6 +55,14 @@ Image read_tensor_image(const std::filesystem::path& path) {
   const std::string name = path.string();
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(name + ": cannot open the file");
+  // torch.save and pickle_save write a zip archive: anything else is refused before it is read
+  // whole (a large file that is not one would only cost time and memory).
+  std::array<char, 4> magic{};
+  if (!in.read(magic.data(), magic.size()) || std::memcmp(magic.data(), "PK\x03\x04", 4) != 0) {
+    throw InputError(name + ": not a tensor image (a .pt file from torch.save is a zip archive; " +
+                     "this one is not)");
+  }
+  in.seekg(0);
   const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
                                 std::istreambuf_iterator<char>());
   c10::IValue value;
@@ -72,7 +82,14 @@ Image read_tensor_image(const std::filesystem::path& path) {
     throw InputError(name + ": expected a uint8, uint16 or int32 tensor (H, W[, 1|3|4]); got " +
                      std::string(c10::toString(type)) + " " + c10::str(stored_sizes));
   }
-  if (!has_all_its_bytes(hwc)) throw InputError(name + ": the tensor image is truncated");
+  // A data record cut short still gives a storage of the size the pickle claims, its end
+  // outside the record: compare the records' sizes before any sample is read.
+  bool complete = false;
+  try {
+    complete = has_all_its_bytes(hwc) && records_fill(bytes, {hwc});
+  } catch (const c10::Error&) {
+  }
+  if (!complete) throw InputError(name + ": the tensor image is truncated");
   // A file of a few bytes can describe a huge picture with zero strides: the file must hold
   // every sample, so that what is read is about as large as the file.
   if (hwc.storage().nbytes() / hwc.element_size() < static_cast<size_t>(hwc.numel())) {
@@ -106,6 +123,8 @@ void write_tensor_image(const std::filesystem::path& path, const at::Tensor& hwc
   // 16-bit samples as int32, which Python's torch.load reads too (it has no uint16 storage).
   auto samples = hwc_samples.to(at::kInt);
   if (bit_depth != 16) samples = samples.to(at::kByte);
+  // Grey as (H, W), the shape a grey picture has in torch and numpy (and read back the same).
+  if (samples.size(2) == 1) samples = samples.squeeze(2);
   const auto bytes = torch::jit::pickle_save(samples.contiguous());
   write_file_atomically(path, std::string(bytes.begin(), bytes.end()));
 }

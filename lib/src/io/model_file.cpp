@@ -5,6 +5,7 @@
 
 #include "pconv/error.h"
 #include "pconv/io/atomic_file.h"
+#include "pconv/io/torchscript_export.h"
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
@@ -76,6 +77,10 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
   const std::string name = path.string();
   if (const auto problem = file_problem(path, "model file"); !problem.empty()) {
     throw ModelError(name + ": " + problem);
+  }
+  if (const auto damaged = first_damaged_record(name); !damaged.empty()) {
+    throw ModelError(name + ": is damaged (the bytes of its record " + damaged +
+                     " do not match their checksum)");
   }
   try {
     torch::serialize::InputArchive archive;
@@ -197,6 +202,10 @@ StoredKind stored_kind(const std::filesystem::path& path) {
       return name.rfind("code/", 0) == 0 || name.find("/code/") != std::string::npos;
     });
     if (!scripted) return StoredKind::kOther;
+    const std::string metadata = std::string("extra/") + kTorchScriptMetadataFile;
+    if (std::find(records.begin(), records.end(), metadata) != records.end()) {
+      return StoredKind::kExport;
+    }
     torch::serialize::InputArchive archive;
     archive.load_from(path.string(), at::kCPU);
     if (holds_string(archive, "magic", kMagic)) return StoredKind::kModel;

@@ -9,6 +9,8 @@
 #include "pconv/io/folder_lock.h"
 #include "pconv/io/image_file.h"
 #include "pconv/io/model_file.h"
+
+#include "../io/stored_tensor.h"
 #include "pconv/version.h"
 
 #include "../io/stored_tensor.h"
@@ -527,6 +529,10 @@ void Trainer::load_checkpoint() {
                      ": a model file, not a checkpoint (start a new run with "
                      "--init " +
                      path.string() + " to train from it)");
+  }
+  if (const auto damaged = io::first_damaged_record(path.string()); !damaged.empty()) {
+    throw ModelError(path.string() + ": is damaged (the bytes of its record " + damaged +
+                     " do not match their checksum)");
   }
   try {
     torch::serialize::InputArchive archive;

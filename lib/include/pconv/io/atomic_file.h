@@ -14,4 +14,8 @@ namespace pconv::io {
 void write_file_atomically(const std::filesystem::path& path, const std::vector<uint8_t>& data);
 void write_file_atomically(const std::filesystem::path& path, const std::string& data);
 
+/// Removes the temporary files of the writes in progress. Async-signal-safe (unlink(2) only):
+/// for a signal handler that ends the process, so that a write cut short leaves nothing behind.
+void remove_temporary_files_now();
+
 }  // namespace pconv::io

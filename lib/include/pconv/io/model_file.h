@@ -31,12 +31,13 @@ void save_model(const std::filesystem::path& path, nn::PConvUNet& model,
 /// missing, truncated, corrupt, or not a pconv model.
 nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metadata = nullptr);
 
-/// What a file is to pconv, for commands that must not replace a model or a checkpoint with
-/// their output.
+/// What a file is to pconv, for commands that must not replace a model, a checkpoint or an
+/// export with their output.
 enum class StoredKind {
   kOther,       // anything else, missing or unreadable included
   kModel,       // a model file (save_model)
   kCheckpoint,  // a training checkpoint (train::Trainer's checkpoint.pt)
+  kExport,      // a TorchScript export (export_torchscript, with its kTorchScriptMetadataFile)
 };
 StoredKind stored_kind(const std::filesystem::path& path);
 
