@@ -75,6 +75,33 @@ void run_masks(const MasksOptions& options) {
   OutputFolder out_folder(out_dir);  // taken away again if the command fails
   out_folder.lock();                 // one command writing into it at a time
 
+  // The masks kept from an earlier run must at least be of the size asked for now: checked
+  // before anything is written.
+  std::vector<bool> kept(static_cast<size_t>(options.count), false);
+  std::error_code listing_error;
+  for (std::filesystem::directory_iterator it(out_dir, listing_error), end;
+       !options.overwrite && !listing_error && it != end; it.increment(listing_error)) {
+    // mask_NNNNN.png with an index this command writes, exactly as it names them.
+    const std::string name = it->path().filename().string();
+    if (name.size() < 14 || name.rfind("mask_", 0) != 0) continue;
+    const auto digits = name.substr(5, name.size() - 9);
+    if (digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const int64_t index = std::stoll(digits.substr(0, 18));
+    if (index >= options.count || name != fmt::format("mask_{:05d}.png", index)) continue;
+    const auto& path = it->path();
+    // Only a file counts as a mask already there; anything else is the write's error.
+    std::error_code status_error;
+    if (!std::filesystem::is_regular_file(path, status_error)) continue;
+    const auto mask = io::read_image(path);
+    if (mask.pixels.size(1) != height || mask.pixels.size(2) != width) {
+      throw InputError(fmt::format(
+          "{}: a {}x{} mask from an earlier run, not {}x{}; --overwrite replaces the masks, or "
+          "choose another folder",
+          path.string(), mask.pixels.size(2), mask.pixels.size(1), width, height));
+    }
+    kept[static_cast<size_t>(index)] = true;
+  }
+
   Progress progress("masks", options.count);
   double ratio_sum = 0.0;
   int64_t skipped = 0;
@@ -85,16 +112,7 @@ void run_masks(const MasksOptions& options) {
                                     out_dir.string()));
     }
     const auto path = out_dir / fmt::format("mask_{:05d}.png", index);
-    // Only a file counts as a mask already there; anything else is the write's error.
-    if (!options.overwrite && std::filesystem::is_regular_file(path)) {
-      // A mask kept from an earlier run must at least be of the size asked for now.
-      const auto kept = io::read_image(path);
-      if (kept.pixels.size(1) != height || kept.pixels.size(2) != width) {
-        throw InputError(fmt::format(
-            "{}: a {}x{} mask from an earlier run, not {}x{}; --overwrite replaces the masks, or "
-            "choose another folder",
-            path.string(), kept.pixels.size(2), kept.pixels.size(1), width, height));
-      }
+    if (kept[static_cast<size_t>(index)]) {
       ++skipped;
     } else {
       const auto holes = index == 0 ? first_holes : generator.holes(static_cast<uint64_t>(index));

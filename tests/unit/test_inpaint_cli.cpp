@@ -739,6 +739,11 @@ TEST(MasksCli, KeptMasksMustHaveTheSizeAskedFor) {
   EXPECT_NE(other.output.find("mask_00000.png: a 48x32 mask from an earlier run, not 64x64"),
             std::string::npos)
       << other.output;
+  // Checked before anything is written: with only mask 2 kept, masks 0 and 1 are not made.
+  fs::remove(d / "masks" / "mask_00000.png");
+  fs::remove(d / "masks" / "mask_00001.png");
+  EXPECT_EQ(pconv(d, "masks -n 3 --size 64x64 -o " + out).rc, 3);
+  EXPECT_FALSE(fs::exists(d / "masks" / "mask_00000.png"));
   EXPECT_EQ(pconv(d, "masks -n 3 --size 64x64 --overwrite -o " + out).rc, 0);
   EXPECT_EQ(pconv::io::read_image(d / "masks" / "mask_00002.png").pixels.size(2), 64);
 }

@@ -17,8 +17,10 @@ namespace pconv::io {
 namespace {
 
 // The temporary files being written, for remove_temporary_files_now(): fixed slots, so that a
-// signal handler can read them without a lock or an allocation. A slot is free (0), being
-// filled (1) or holds a path (2). More writes at once than slots are simply not tracked.
+// signal handler can read them without a lock or an allocation. A slot is free (0), reserved
+// (1: its path is being copied, or the file is not created yet), holds the path of a file this
+// process created (2), or is being removed by the handler (3). More writes at once than slots
+// are simply not tracked.
 constexpr size_t kTrackedWrites = 64;
 std::array<std::atomic<int>, kTrackedWrites> g_slot_state{};
 std::array<std::array<char, PATH_MAX>, kTrackedWrites> g_slot_path{};
@@ -34,14 +36,21 @@ class TrackedTemporary {
       int expected = 0;
       if (g_slot_state[i].compare_exchange_strong(expected, 1)) {
         std::memcpy(g_slot_path[i].data(), name.c_str(), name.size() + 1);
-        g_slot_state[i].store(2);
         slot_ = static_cast<int>(i);
         return;
       }
     }
   }
+  // The file exists now, and is this process's own (created with O_EXCL).
+  void created() {
+    if (slot_ >= 0) g_slot_state[static_cast<size_t>(slot_)].store(2);
+  }
   ~TrackedTemporary() {
-    if (slot_ >= 0) g_slot_state[static_cast<size_t>(slot_)].store(0);
+    if (slot_ < 0) return;
+    // A slot the handler is removing (3) is left to it: the process is ending.
+    int expected = 2;
+    auto& state = g_slot_state[static_cast<size_t>(slot_)];
+    if (!state.compare_exchange_strong(expected, 0) && expected == 1) state.store(0);
   }
   TrackedTemporary(const TrackedTemporary&) = delete;
   TrackedTemporary& operator=(const TrackedTemporary&) = delete;
@@ -68,11 +77,12 @@ void write_bytes(const std::filesystem::path& path, const char* data, size_t siz
   const auto temporary = temporary_sibling(path);
   // POSIX calls rather than a stream, for the system's reason when a write fails (a full disk,
   // a read-only file system, a folder that is not writable).
-  const TrackedTemporary tracked(temporary);  // from before the file exists to after the rename
+  TrackedTemporary tracked(temporary);  // from before the file exists to after the rename
   const int descriptor = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (descriptor < 0) {
     throw InputError(path.string() + ": cannot write the file: " + std::strerror(errno));
   }
+  tracked.created();
   size_t written = 0;
   int write_error = 0;
   while (written < size) {
@@ -111,8 +121,10 @@ void write_file_atomically(const std::filesystem::path& path, const std::string&
 
 void remove_temporary_files_now() {
   for (size_t i = 0; i < kTrackedWrites; ++i) {
-    // After the rename the name is gone and unlink fails, harmlessly.
-    if (g_slot_state[i].load() == 2) ::unlink(g_slot_path[i].data());
+    // Claimed first, so that the writer cannot free and refill the slot meanwhile. After the
+    // rename the name is gone and unlink fails, harmlessly.
+    int expected = 2;
+    if (g_slot_state[i].compare_exchange_strong(expected, 3)) ::unlink(g_slot_path[i].data());
   }
 }
 

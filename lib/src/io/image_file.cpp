@@ -86,7 +86,7 @@ Image read_tensor_image(const std::filesystem::path& path) {
   // outside the record: compare the records' sizes before any sample is read.
   bool complete = false;
   try {
-    complete = has_all_its_bytes(hwc) && records_fill(bytes, {hwc});
+    complete = has_all_its_bytes(hwc) && single_record_fills(bytes, hwc);
   } catch (const c10::Error&) {
   }
   if (!complete) throw InputError(name + ": the tensor image is truncated");

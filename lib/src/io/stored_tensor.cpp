@@ -11,10 +11,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <memory>
 #include <set>
+#include <string>
+#include <system_error>
 
 namespace pconv::io {
 namespace {
@@ -84,9 +86,12 @@ constexpr uint64_t kMax32 = 0xFFFFFFFF;
 
 std::string first_damaged_record(const std::string& file_name) {
 #ifdef PCONV_WITH_ZLIB
+  std::error_code error;
+  const auto file_size = std::filesystem::file_size(file_name, error);
+  if (error) return {};
+  std::vector<char> bytes(static_cast<size_t>(file_size));
   std::ifstream in(file_name, std::ios::binary);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                                std::istreambuf_iterator<char>());
+  if (!in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()))) return {};
   ZipBytes zip{bytes};
   // The end-of-directory record: 22 bytes and a comment of at most 65535 at the file's end.
   if (bytes.size() < 22) return {};
@@ -106,6 +111,7 @@ std::string first_damaged_record(const std::string& file_name) {
     directory = zip.get(end64 + 48, 8);
   }
   uint64_t at = directory;
+  uint64_t checked = 0;  // bytes checksummed: records never overlap in a real archive
   for (uint64_t entry = 0; entry < entries && zip.ok; ++entry) {
     if (zip.get(at, 4) != kDirectoryEntry) return {};
     const uint64_t method = zip.get(at + 10, 2);
@@ -135,6 +141,11 @@ std::string first_damaged_record(const std::string& file_name) {
     if (zip.get(local, 4) != kLocalHeader) return {};
     const uint64_t data = local + 30 + zip.get(local + 26, 2) + zip.get(local + 28, 2);
     if (!zip.ok || data > bytes.size() || stored_size > bytes.size() - data) return {};
+    checked += stored_size;
+    if (checked > bytes.size()) return {};  // overlapping records: not an archive LibTorch wrote
+    // A CRC of 0 for bytes: written with checksums turned off (torch.serialization's
+    // set_crc32_options(False)); there is nothing to compare.
+    if (crc == 0 && stored_size != 0) continue;
     const auto actual = crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data() + data),
                                 static_cast<size_t>(stored_size));
     if (actual != crc) return name;
@@ -175,9 +186,14 @@ bool records_fill(const std::string& file_name, const std::vector<at::Tensor>& l
   return records_fill(reader, loaded);
 }
 
-bool records_fill(const std::vector<char>& archive, const std::vector<at::Tensor>& loaded) {
+bool single_record_fills(const std::vector<char>& archive, const at::Tensor& loaded) {
+  if (!loaded.defined() || !loaded.has_storage()) return false;
   caffe2::serialize::PyTorchStreamReader reader(std::make_shared<MemoryReader>(archive));
-  return records_fill(reader, loaded);
+  std::vector<std::string> records;
+  for (const auto& record : reader.getAllRecords()) {
+    if (record.rfind("data/", 0) == 0) records.push_back(record);
+  }
+  return records.size() == 1 && reader.getRecordSize(records[0]) == loaded.storage().nbytes();
 }
 
 }  // namespace pconv::io

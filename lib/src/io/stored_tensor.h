@@ -19,8 +19,10 @@ bool has_all_its_bytes(const at::Tensor& tensor);
 /// storage as large as the archive's pickle says and fills it from the record, so a record that
 /// was cut short leaves the rest of the storage uninitialized instead of failing; this finds it.
 bool records_fill(const std::string& file_name, const std::vector<at::Tensor>& loaded);
-/// The same for an archive held in memory (what torch::jit::pickle_load read).
-bool records_fill(const std::vector<char>& archive, const std::vector<at::Tensor>& loaded);
+/// For an archive held in memory (what torch::jit::pickle_load read) that should hold the one
+/// tensor `loaded`: whether it has exactly one tensor record, of the size of that tensor's
+/// storage (a size match alone could be a decoy record beside a short one).
+bool single_record_fills(const std::vector<char>& archive, const at::Tensor& loaded);
 
 /// The name of the first record of the zip archive `file_name` whose bytes do not match the
 /// CRC-32 the archive stores for them (LibTorch's reader does not check them), or "" when all

@@ -9,8 +9,6 @@
 #include "pconv/io/folder_lock.h"
 #include "pconv/io/image_file.h"
 #include "pconv/io/model_file.h"
-
-#include "../io/stored_tensor.h"
 #include "pconv/version.h"
 
 #include "../io/stored_tensor.h"
