@@ -4,6 +4,7 @@
 #include <pconv/io/model_file.h>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/serialize/output-archive.h>
 
 #include <gmock/gmock.h>
@@ -131,6 +132,15 @@ TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
   archive.save_to(foreign.string());
   EXPECT_THAT([&] { pconv::io::load_model(foreign); },
               ThrowsMessage<pconv::ModelError>(HasSubstr("foreign.pt: not a pconv model file")));
+
+  // Tensors saved alone (what torch.save of a tensor or a state_dict writes): sound, not a model.
+  const auto tensors = dir_ / "tensors.pt";
+  const auto pickled = torch::jit::pickle_save(at::zeros({3}));
+  std::ofstream(tensors, std::ios::binary)
+      .write(pickled.data(), static_cast<std::streamsize>(pickled.size()));
+  EXPECT_THAT([&] { pconv::io::load_model(tensors); },
+              ThrowsMessage<pconv::ModelError>(HasSubstr(
+                  "tensors.pt: not a pconv model file (a zip archive of something else")));
 
   // A tensor record with no bytes (it crashed), and one cut short (it read uninitialized
   // memory as weights).

@@ -178,8 +178,19 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
   } catch (const ModelError&) {
     throw;
   } catch (const std::exception& error) {
-    throw ModelError(
-        name + ": cannot read the model (not a pconv model, or truncated: " + brief(error) + ")");
+    const std::string reason = brief(error);
+    // LibTorch's words for a zip that is none of its archives ("[enforce fail at
+    // inline_container.cc:...]", no version record), or for one of tensors alone (torch.save of
+    // a tensor or a state_dict: no constants.pkl): a sound file, but not a model.
+    for (const char* foreign : {"enforce fail", "hasRecord(\"version\")", "constants.pkl"}) {
+      if (reason.find(foreign) != std::string::npos) {
+        throw ModelError(name +
+                         ": not a pconv model file (a zip archive of something else, such "
+                         "as tensors saved by torch.save)");
+      }
+    }
+    throw ModelError(name + ": cannot read the model (not a pconv model, or truncated: " + reason +
+                     ")");
   }
 }
 
