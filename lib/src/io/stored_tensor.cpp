@@ -123,7 +123,7 @@ std::string first_damaged_record(const std::string& file_name) {
     const uint64_t comment_length = zip.get(at + 32, 2);
     uint64_t local = zip.get(at + 42, 4);
     if (!zip.ok || at + 46 + name_length > bytes.size()) return {};
-    const std::string name(bytes.data() + at + 46, name_length);
+    std::string name(bytes.data() + at + 46, name_length);  // returned, moved
     // Zip64: the fields that overflowed 32 bits, in this order, in extra field 0x0001.
     for (uint64_t extra = at + 46 + name_length; extra + 4 <= at + 46 + name_length + extra_length;
          extra += 4 + zip.get(extra + 2, 2)) {
