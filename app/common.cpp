@@ -148,6 +148,21 @@ std::filesystem::path resolved(const std::filesystem::path& path) {
   auto result = std::filesystem::weakly_canonical(absolute, error);
   return error ? absolute.lexically_normal() : result;
 }
+
+// What a stored kind is called in messages; empty for kOther.
+std::string kind_in_words(io::StoredKind kind) {
+  switch (kind) {
+    case io::StoredKind::kModel:
+      return "a pconv model file";
+    case io::StoredKind::kCheckpoint:
+      return "a pconv training checkpoint";
+    case io::StoredKind::kExport:
+      return "a pconv TorchScript export";
+    case io::StoredKind::kOther:
+      break;
+  }
+  return {};
+}
 }  // namespace
 
 void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
@@ -165,9 +180,10 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
                                              input.string() + "'; choose another path");
     }
   }
-  if (may_replace_export && io::stored_kind(output) == io::StoredKind::kExport) return;
-  if (const auto kind = pconv_file_kind(output); !kind.empty()) {
-    throw CLI::ValidationError(option, "'" + output.string() + "' is " + kind +
+  const auto kind = io::stored_kind(output);
+  if (may_replace_export && kind == io::StoredKind::kExport) return;
+  if (const auto words = kind_in_words(kind); !words.empty()) {
+    throw CLI::ValidationError(option, "'" + output.string() + "' is " + words +
                                            "; pconv does not write over one, choose another path");
   }
 }
@@ -202,17 +218,7 @@ std::string out_of_memory_message(const std::string& text) {
 }
 
 std::string pconv_file_kind(const std::filesystem::path& path) {
-  switch (io::stored_kind(path)) {
-    case io::StoredKind::kModel:
-      return "a pconv model file";
-    case io::StoredKind::kCheckpoint:
-      return "a pconv training checkpoint";
-    case io::StoredKind::kExport:
-      return "a pconv TorchScript export";
-    case io::StoredKind::kOther:
-      break;
-  }
-  return {};
+  return kind_in_words(io::stored_kind(path));
 }
 
 bool is_within(const std::filesystem::path& path, const std::filesystem::path& folder) {

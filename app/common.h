@@ -66,8 +66,9 @@ const std::string& invocation();
 /// ("out of memory: 2.1 GB more were needed at once; ..."); else empty.
 std::string out_of_memory_message(const std::string& text);
 
-/// "a pconv model file" or "a pconv training checkpoint" when `path` is one, which no command
-/// replaces with its output; else empty.
+/// "a pconv model file", "a pconv training checkpoint" or "a pconv TorchScript export" when
+/// `path` is one, which no command replaces with its output (export: but another export); else
+/// empty.
 std::string pconv_file_kind(const std::filesystem::path& path);
 
 /// Throws CLI::ValidationError naming `option` when `output` is the same file as one of

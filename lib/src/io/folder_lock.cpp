@@ -59,7 +59,7 @@ std::shared_ptr<void> lock_folder(const std::filesystem::path& folder) {
         ::close(above);
         if (lock_error == EWOULDBLOCK) {
           throw FolderAboveInUse(folder.string() + ": another pconv command is writing into " +
-                            parent.string() + ", which holds this folder");
+                                 parent.string() + ", which holds this folder");
         }
       }
     }

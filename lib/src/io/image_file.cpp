@@ -22,7 +22,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -62,9 +61,8 @@ Image read_tensor_image(const std::filesystem::path& path) {
     throw InputError(name + ": not a tensor image (a .pt file from torch.save is a zip archive; " +
                      "this one is not)");
   }
-  in.seekg(0);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                                std::istreambuf_iterator<char>());
+  in.close();
+  const std::vector<char> bytes = read_archive(name);
   c10::IValue value;
   try {
     value = torch::jit::pickle_load(bytes);

@@ -78,13 +78,15 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
   if (const auto problem = file_problem(path, "model file"); !problem.empty()) {
     throw ModelError(name + ": " + problem);
   }
-  if (const auto damaged = first_damaged_record(name); !damaged.empty()) {
+  // Read once: checked against the zip's checksums, loaded, and its records' sizes compared.
+  const auto bytes = read_archive(name);
+  if (const auto damaged = first_damaged_record(bytes); !damaged.empty()) {
     throw ModelError(name + ": is damaged (the bytes of its record " + damaged +
                      " do not match their checksum)");
   }
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from(name, at::kCPU);
+    archive.load_from(bytes.data(), bytes.size(), at::kCPU);
     if (!holds_string(archive, "magic", kMagic)) {
       throw ModelError(name + (holds_string(archive, kCheckpointRecord)
                                    ? ": a training checkpoint, not a model file (the run writes "
@@ -151,7 +153,7 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
       item.value().copy_(stored);
       loaded.push_back(stored);
     }
-    if (!records_fill(name, loaded)) {
+    if (!records_fill(bytes, loaded)) {
       throw ModelError(name +
                        ": is truncated (its weights have fewer bytes than their shapes need)");
     }

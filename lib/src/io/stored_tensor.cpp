@@ -37,24 +37,6 @@ class MemoryReader : public caffe2::serialize::ReadAdapterInterface {
   const std::vector<char>& bytes_;
 };
 
-bool records_fill(caffe2::serialize::PyTorchStreamReader& reader,
-                  const std::vector<at::Tensor>& loaded) {
-  // Each storage was written as one record of exactly its bytes: match them up by size.
-  std::multiset<uint64_t> record_sizes;
-  for (const auto& record : reader.getAllRecords()) {
-    if (record.rfind("data/", 0) == 0) record_sizes.insert(reader.getRecordSize(record));
-  }
-  std::set<const void*> seen;
-  for (const auto& tensor : loaded) {
-    if (!tensor.defined() || !tensor.has_storage()) continue;
-    if (!seen.insert(tensor.storage().unsafeGetStorageImpl()).second) continue;
-    const auto match = record_sizes.find(tensor.storage().nbytes());
-    if (match == record_sizes.end()) return false;
-    record_sizes.erase(match);
-  }
-  return true;
-}
-
 #ifdef PCONV_WITH_ZLIB
 // Little-endian fields of a zip archive, read with bounds checks: `ok` turns false at the first
 // read outside the bytes.
@@ -84,14 +66,18 @@ constexpr uint64_t kMax32 = 0xFFFFFFFF;
 
 }  // namespace
 
-std::string first_damaged_record(const std::string& file_name) {
-#ifdef PCONV_WITH_ZLIB
+std::vector<char> read_archive(const std::string& file_name) {
   std::error_code error;
   const auto file_size = std::filesystem::file_size(file_name, error);
   if (error) return {};
   std::vector<char> bytes(static_cast<size_t>(file_size));
   std::ifstream in(file_name, std::ios::binary);
   if (!in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()))) return {};
+  return bytes;
+}
+
+std::string first_damaged_record(const std::vector<char>& bytes) {
+#ifdef PCONV_WITH_ZLIB
   ZipBytes zip{bytes};
   // The end-of-directory record: 22 bytes and a comment of at most 65535 at the file's end.
   if (bytes.size() < 22) return {};
@@ -152,7 +138,7 @@ std::string first_damaged_record(const std::string& file_name) {
   }
   return {};
 #else
-  (void)file_name;
+  (void)bytes;
   return {};
 #endif
 }
@@ -181,9 +167,22 @@ bool has_all_its_bytes(const at::Tensor& tensor) {
   return end <= tensor.storage().nbytes();
 }
 
-bool records_fill(const std::string& file_name, const std::vector<at::Tensor>& loaded) {
-  caffe2::serialize::PyTorchStreamReader reader(file_name);
-  return records_fill(reader, loaded);
+bool records_fill(const std::vector<char>& archive, const std::vector<at::Tensor>& loaded) {
+  // Each storage was written as one record of exactly its bytes: match them up by size.
+  caffe2::serialize::PyTorchStreamReader reader(std::make_shared<MemoryReader>(archive));
+  std::multiset<uint64_t> record_sizes;
+  for (const auto& record : reader.getAllRecords()) {
+    if (record.rfind("data/", 0) == 0) record_sizes.insert(reader.getRecordSize(record));
+  }
+  std::set<const void*> seen;
+  for (const auto& tensor : loaded) {
+    if (!tensor.defined() || !tensor.has_storage()) continue;
+    if (!seen.insert(tensor.storage().unsafeGetStorageImpl()).second) continue;
+    const auto match = record_sizes.find(tensor.storage().nbytes());
+    if (match == record_sizes.end()) return false;
+    record_sizes.erase(match);
+  }
+  return true;
 }
 
 bool single_record_fills(const std::vector<char>& archive, const at::Tensor& loaded) {

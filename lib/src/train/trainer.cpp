@@ -243,7 +243,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> shapes_of(const torch:
 // changed shape, bytes missing from a damaged file), or nothing: without this check such a
 // checkpoint crashes at the first step instead of giving an error.
 std::string loaded_state_problem(
-    const std::string& file_name, const torch::nn::Module& model,
+    const std::vector<char>& archive, const torch::nn::Module& model,
     const torch::optim::Adam& optimizer,
     const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected,
     std::vector<at::Tensor> loaded) {
@@ -274,7 +274,7 @@ std::string loaded_state_problem(
       }
     }
   }
-  if (!io::records_fill(file_name, loaded)) {
+  if (!io::records_fill(archive, loaded)) {
     return "it is truncated: its tensors have fewer bytes than their shapes need";
   }
   return "";
@@ -528,13 +528,15 @@ void Trainer::load_checkpoint() {
                      "--init " +
                      path.string() + " to train from it)");
   }
-  if (const auto damaged = io::first_damaged_record(path.string()); !damaged.empty()) {
+  // Read once: checked against the zip's checksums, loaded, and its records' sizes compared.
+  const auto bytes = io::read_archive(path.string());
+  if (const auto damaged = io::first_damaged_record(bytes); !damaged.empty()) {
     throw ModelError(path.string() + ": is damaged (the bytes of its record " + damaged +
                      " do not match their checksum)");
   }
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from(path.string(), options_.device());
+    archive.load_from(bytes.data(), bytes.size(), options_.device());
     c10::IValue value;
     archive.read("identity", value);
     if (const auto mine = run_identity(options_); value.toStringRef() != mine) {
@@ -569,9 +571,8 @@ void Trainer::load_checkpoint() {
     // Checkpoints from before mixed precision have no scaler state: keep the initial one.
     const bool has_scaler = archive.try_read("amp_scale", amp_scale) &&
                             archive.try_read("amp_growth_tracker", amp_growth_tracker);
-    if (const auto problem =
-            loaded_state_problem(path.string(), *model_, *optimizer_, expected_shapes,
-                                 {rng_state, amp_scale, amp_growth_tracker});
+    if (const auto problem = loaded_state_problem(bytes, *model_, *optimizer_, expected_shapes,
+                                                  {rng_state, amp_scale, amp_growth_tracker});
         !problem.empty()) {
       throw ModelError(path.string() + ": cannot resume from the checkpoint (" + problem + ")");
     }
