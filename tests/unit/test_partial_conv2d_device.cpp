@@ -101,17 +101,40 @@ D::OutputLayout<Index, kChannelsLast> layout_of(const at::Tensor& output, const 
                                                    ratio.size(1), ratio.size(0) == 1);
 }
 
-template <typename Scalar, typename Index, bool kChannelsLast>
+// The epilogue's launch, with the bias and the BatchNorm vectors of `post` in Param.
+template <typename Scalar, typename Index, bool kChannelsLast, typename Param>
 void renormalize_on_host(const at::Tensor& out, const at::Tensor& ratio, const at::Tensor& valid,
-                         const at::Tensor& bias, int64_t grid) {
+                         const at::Tensor& bias, const D::InferencePost& post, int64_t grid) {
   using Term = D::term_t<Scalar>;
   const auto layout = layout_of<Index, kChannelsLast>(out, ratio);
   const int64_t total = out.numel();
+  D::PostOp<Param> post_op;
+  if (post.bn_weight.defined()) {
+    post_op.bn_weight = post.bn_weight.const_data_ptr<Param>();
+    post_op.bn_bias = post.bn_bias.const_data_ptr<Param>();
+    post_op.bn_mean = post.bn_mean.const_data_ptr<Param>();
+    post_op.bn_var = post.bn_var.const_data_ptr<Param>();
+    post_op.eps = post.eps;
+  }
+  post_op.activation = post.activation;
+  post_op.slope = post.slope;
   launch_grid_stride<Index>(grid, total, [&](Index first, Index step) {
-    D::renormalize_thread<Scalar, Index, kChannelsLast>(
+    D::renormalize_thread<Scalar, Index, kChannelsLast, Param>(
         first, step, out.mutable_data_ptr<Scalar>(), ratio.const_data_ptr<Term>(),
-        valid.const_data_ptr<Term>(), bias.defined() ? bias.const_data_ptr<Term>() : nullptr,
-        static_cast<Index>(total), layout);
+        valid.const_data_ptr<Term>(), bias.defined() ? bias.const_data_ptr<Param>() : nullptr,
+        static_cast<Index>(total), layout, post_op);
+  });
+}
+
+// The bias gradient's launch: grid_for(C) blocks over the channels.
+template <typename Term, typename Param>
+void bias_gradient_on_host(const at::Tensor& partial_sums, const at::Tensor& grad_bias,
+                           int64_t grid) {
+  const int64_t channels = grad_bias.numel();
+  launch_grid_stride<uint32_t>(grid, channels, [&](uint32_t first, uint32_t step) {
+    D::bias_gradient_thread<Term, Param, uint32_t>(
+        first, step, partial_sums.const_data_ptr<Term>(), grad_bias.mutable_data_ptr<Param>(),
+        static_cast<uint32_t>(partial_sums.size(0)), static_cast<uint32_t>(channels));
   });
 }
 
@@ -177,11 +200,16 @@ void backward_rows_on_host(const at::Tensor& grad, const at::Tensor& ratio, cons
 struct Case {
   int64_t batch, channels, groups, height, width;
   bool term_batch_one, channels_last, bias;
+  // The bias (and BatchNorm vectors) in the output's type rather than the terms'; the inference
+  // post-op: BatchNorm, activation (0 none, 1 ReLU, 2 leaky ReLU).
+  bool native_bias = false, batch_norm = false;
+  int activation = 0;
   std::string str() const {
     std::ostringstream out;
     out << "N=" << batch << " C=" << channels << " G=" << groups << " " << height << "x" << width
         << (term_batch_one ? " terms batch 1" : "") << (channels_last ? " channels-last" : "")
-        << (bias ? " bias" : " no bias");
+        << (bias ? " bias" : " no bias") << (native_bias ? " in the output's type" : "")
+        << (batch_norm ? " + batch norm" : "") << " activation " << activation;
     return out.str();
   }
 };
@@ -197,6 +225,9 @@ Case random_case(std::mt19937& rng) {
   c.term_batch_one = pick(rng, 0, 1) == 1;
   c.channels_last = pick(rng, 0, 1) == 1;
   c.bias = pick(rng, 0, 3) > 0;
+  c.native_bias = pick(rng, 0, 1) == 1;
+  c.batch_norm = pick(rng, 0, 1) == 1;
+  c.activation = static_cast<int>(pick(rng, 0, 2));
   return c;
 }
 
@@ -232,11 +263,12 @@ class PartialConv2dDevice : public ::testing::Test {};
 using OutputTypes = ::testing::Types<float, double, c10::Half, c10::BFloat16>;
 TYPED_TEST_SUITE(PartialConv2dDevice, OutputTypes);
 
-template <typename Scalar, typename Index>
+template <typename Scalar, typename Index, typename Param>
 void check_epilogue_and_backward(const Case& c, int64_t seed) {
   using Term = D::term_t<Scalar>;
   const auto scalar_type = c10::CppTypeToScalarType<Scalar>::value;
   const auto term_type = c10::CppTypeToScalarType<Term>::value;
+  const auto param_type = c10::CppTypeToScalarType<Param>::value;
   const auto format =
       c.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::manual_seed(static_cast<uint64_t>(seed));
@@ -244,8 +276,18 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
   const auto raw = at::randn({c.batch, c.channels, c.height, c.width}).to(scalar_type);
   const auto ratio = at::rand({term_batch, c.groups, c.height, c.width}, term_type) * 3;
   const auto valid = (at::rand({term_batch, c.groups, c.height, c.width}) > 0.3).to(term_type);
-  const auto bias = c.bias ? at::randn({c.channels}, term_type) : at::Tensor();
+  const auto bias = c.bias ? at::randn({c.channels}).to(param_type) : at::Tensor();
   const auto grad = at::randn({c.batch, c.channels, c.height, c.width}).to(scalar_type);
+  D::InferencePost post;
+  if (c.batch_norm) {
+    post.bn_weight = at::randn({c.channels}).to(param_type);
+    post.bn_bias = at::randn({c.channels}).to(param_type);
+    post.bn_mean = at::randn({c.channels}).to(param_type);
+    post.bn_var = (at::rand({c.channels}) + 0.1).to(param_type);
+    post.eps = 1e-5;
+  }
+  post.activation = static_cast<D::Activation>(c.activation);
+  post.slope = 0.2;
   // The dispatch of partial_conv2d_kernels.cpp: channels-last unless contiguous NCHW holds too.
   const bool channels_last = !raw.contiguous(format).is_contiguous();
   const auto kernel_format = channels_last ? at::MemoryFormat::ChannelsLast : format;
@@ -260,17 +302,40 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
     expected = expected + bias_term;
     scale = scale + bias_term.abs();
   }
-  for (const int64_t grid : grids_for(raw.numel())) {
-    SCOPED_TRACE("grid " + std::to_string(grid));
-    const Guarded out(raw.contiguous(kernel_format));
-    if (channels_last) {
-      renormalize_on_host<Scalar, Index, true>(out.tensor, ratio, valid, bias, grid);
-    } else {
-      renormalize_on_host<Scalar, Index, false>(out.tensor, ratio, valid, bias, grid);
+  // Without the post-op: the training epilogue. Then with it, against ATen's batch norm and
+  // activations in double (the error scaled by the BatchNorm's factor).
+  for (const bool with_post : {false, true}) {
+    at::Tensor want = expected;
+    at::Tensor want_scale = scale;
+    if (with_post) {
+      if (c.batch_norm) {
+        const auto factor =
+            post.bn_weight.to(at::kDouble) / (post.bn_var.to(at::kDouble) + post.eps).sqrt();
+        want = at::batch_norm(want, post.bn_weight.to(at::kDouble), post.bn_bias.to(at::kDouble),
+                              post.bn_mean.to(at::kDouble), post.bn_var.to(at::kDouble), false, 0.0,
+                              post.eps, false);
+        want_scale = (want_scale + post.bn_mean.to(at::kDouble).abs().view({1, -1, 1, 1})) *
+                         factor.abs().view({1, -1, 1, 1}) +
+                     post.bn_bias.to(at::kDouble).abs().view({1, -1, 1, 1});
+      }
+      if (c.activation == 1) want = at::relu(want);
+      if (c.activation == 2) want = at::leaky_relu(want, post.slope);
     }
-    // An element done twice is renormalised twice and fails here.
-    EXPECT_LT(relative_error(out.tensor, expected, scale), tolerance<Scalar>());
-    EXPECT_TRUE(out.intact());
+    const D::InferencePost none;
+    for (const int64_t grid : grids_for(raw.numel())) {
+      SCOPED_TRACE("grid " + std::to_string(grid) + (with_post ? " with post-op" : ""));
+      const Guarded out(raw.contiguous(kernel_format));
+      if (channels_last) {
+        renormalize_on_host<Scalar, Index, true, Param>(out.tensor, ratio, valid, bias,
+                                                        with_post ? post : none, grid);
+      } else {
+        renormalize_on_host<Scalar, Index, false, Param>(out.tensor, ratio, valid, bias,
+                                                         with_post ? post : none, grid);
+      }
+      // An element done twice is renormalised twice and fails here.
+      EXPECT_LT(relative_error(out.tensor, want, want_scale), tolerance<Scalar>());
+      EXPECT_TRUE(out.intact());
+    }
   }
 
   // Backward: grad_raw = grad * ratio and the bias sums, partial over the first dimension.
@@ -302,6 +367,19 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
     const auto error = (sums_tensor.to(at::kDouble).sum(0) - expected_bias).abs() / magnitude;
     EXPECT_LT(largest(error), sum_tolerance);  // NaN fails too
     EXPECT_TRUE(sums->intact());
+
+    // The bias gradient from those sums, in the bias's own type: their sum over the rows, each
+    // channel once (NaN where a channel is missed, a sentinel overwritten where one is too many).
+    for (const int64_t grid : grids_for(c.channels)) {
+      SCOPED_TRACE("bias gradient grid " + std::to_string(grid));
+      const Guarded grad_bias(
+          at::full({c.channels}, std::numeric_limits<double>::quiet_NaN(), param_type));
+      bias_gradient_on_host<Term, Param>(sums_tensor, grad_bias.tensor, grid);
+      const auto rounding = std::is_same_v<Param, Term> ? 0.0 : tolerance<Param>();
+      const auto bias_error = (grad_bias.tensor.to(at::kDouble) - expected_bias).abs() / magnitude;
+      EXPECT_LT(largest(bias_error), sum_tolerance + rounding);
+      EXPECT_TRUE(grad_bias.intact());
+    }
   }
 }
 
@@ -310,13 +388,23 @@ TYPED_TEST(PartialConv2dDevice, EpilogueAndBackwardMatchAtenInBothLayouts) {
   for (int trial = 0; trial < 24; ++trial) {
     const Case c = random_case(rng);
     SCOPED_TRACE(c.str());
-    {
-      SCOPED_TRACE("32-bit index");
-      check_epilogue_and_backward<TypeParam, uint32_t>(c, trial);
-    }
-    {
-      SCOPED_TRACE("64-bit index");
-      check_epilogue_and_backward<TypeParam, int64_t>(c, trial);
+    // The bias in the output's type or the terms' (the same for float and double).
+    using Term = D::term_t<TypeParam>;
+    const auto check = [&](auto param) {
+      using Param = decltype(param);
+      {
+        SCOPED_TRACE("32-bit index");
+        check_epilogue_and_backward<TypeParam, uint32_t, Param>(c, trial);
+      }
+      {
+        SCOPED_TRACE("64-bit index");
+        check_epilogue_and_backward<TypeParam, int64_t, Param>(c, trial);
+      }
+    };
+    if (c.native_bias) {
+      check(TypeParam{});
+    } else {
+      check(Term{});
     }
   }
 }
@@ -428,7 +516,7 @@ TEST(PartialConv2dDeviceLaunch, ChannelsLastBackwardAtTheBlockCap) {
   const int64_t rows = c.batch * c.height * c.width;
   ASSERT_GT(D::rows_per_block(rows), 64);  // the cap applies (2026 blocks of 79 rows)
   ASSERT_LE(D::row_blocks(rows), 2048);
-  check_epilogue_and_backward<float, uint32_t>(c, 0);
+  check_epilogue_and_backward<float, uint32_t, float>(c, 0);
 }
 
 TEST(PartialConv2dDeviceLaunch, GridStrideGridsStayWithinCudaLimits) {

@@ -1,8 +1,13 @@
 // Tests of pconv::nn::PConvUNet: shapes for several depths and sizes, the mask pyramid against a
-// composition of multi-channel PartialConv2d layers, encoder BatchNorm freezing, bad input.
+// composition of multi-channel PartialConv2d layers, the inference path (BatchNorm and
+// activations in the layers' epilogues) against the training-time forward, encoder BatchNorm
+// freezing, bad input.
 #include <pconv/nn/pconv_unet.h>
 
+#include "fused_kernels.h"
+
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/autograd.h>
 #include <torch/optim/adam.h>
 
@@ -106,6 +111,51 @@ TEST_F(PConvUNetTest, MaskPyramidEqualsMultiChannelLayers) {
   }
   EXPECT_TRUE(at::allclose(output, x, 1e-10, 1e-12)) << (output - x).abs().max();
   EXPECT_TRUE(at::equal(out_mask, m));
+}
+
+// At inference (grad mode off) each layer's BatchNorm and activation run inside its epilogue;
+// the result must equal the forward with autograd on, which runs them as separate ATen ops.
+TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward) {
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    for (const bool fused : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << dtype << (fused ? " fused" : " unfused"));
+      const pconv::testing::FusedKernels kernels(fused);
+      PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
+      net->to(dtype);
+      {
+        // BatchNorm statistics and affine vectors far from their initial 0 and 1.
+        const at::NoGradGuard no_grad;
+        for (auto* layers : {&net->encoder_bn, &net->decoder_bn}) {
+          for (auto& bn : *layers) {
+            bn->weight.copy_(at::randn_like(bn->weight));
+            bn->bias.copy_(at::randn_like(bn->bias));
+            bn->running_mean.copy_(at::randn_like(bn->running_mean));
+            bn->running_var.copy_(at::rand_like(bn->running_var) + 0.5);
+          }
+        }
+      }
+      net->eval();
+      const auto image = at::randn({2, 3, 32, 32}, dtype);
+      const auto mask = (at::rand({2, 1, 32, 32}) > 0.5).to(dtype);
+      const auto [expected, expected_mask] = net(image, mask);
+      ASSERT_TRUE(expected.requires_grad());  // the training-time path ran
+      const double tolerance = dtype == at::kDouble ? 1e-10 : 1e-4;
+      {
+        const at::NoGradGuard no_grad;
+        const auto [output, out_mask] = net(image, mask);
+        EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
+            << (output - expected).abs().max();
+        EXPECT_TRUE(at::equal(out_mask, expected_mask));
+      }
+      {
+        const c10::InferenceMode inference;
+        const auto [output, out_mask] = net(image, mask);
+        EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
+            << (output - expected).abs().max();
+        EXPECT_TRUE(at::equal(out_mask, expected_mask));
+      }
+    }
+  }
 }
 
 TEST_F(PConvUNetTest, HolesFillAndGradientsFlow) {

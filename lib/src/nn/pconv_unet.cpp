@@ -1,9 +1,13 @@
 #include "pconv/nn/pconv_unet.h"
 
+#include "functional/partial_conv2d_inference.h"
+
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -24,6 +28,30 @@ F::PartialConv2dFuncOptions encoder_geometry(int64_t level) {
 
 F::PartialConv2dFuncOptions decoder_geometry() {
   return F::PartialConv2dFuncOptions().stride(1).padding(kDecoderKernel / 2);
+}
+
+// At inference, what follows a layer (its BatchNorm, if any, then the activation) for the
+// layer's epilogue to do in the same pass; nothing where the BatchNorm uses batch statistics
+// (training mode) or lacks its affine vectors or running statistics.
+std::optional<F::detail::InferencePost> inference_post(const torch::nn::BatchNorm2d* bn,
+                                                       F::detail::Activation activation,
+                                                       double slope) {
+  F::detail::InferencePost post;
+  post.activation = activation;
+  post.slope = slope;
+  if (bn != nullptr) {
+    const auto& layer = **bn;
+    if (layer.is_training() || !layer.weight.defined() || !layer.bias.defined() ||
+        !layer.running_mean.defined() || !layer.running_var.defined()) {
+      return std::nullopt;
+    }
+    post.bn_weight = layer.weight;
+    post.bn_bias = layer.bias;
+    post.bn_mean = layer.running_mean;
+    post.bn_var = layer.running_var;
+    post.eps = layer.options.eps();
+  }
+  return post;
 }
 
 }  // namespace
@@ -92,8 +120,7 @@ void PConvUNetImpl::pretty_print(std::ostream& stream) const {
          << (options.freeze_encoder_bn() ? ", freeze_encoder_bn=true" : "") << ')';
 }
 
-torch::Tensor PConvUNetImpl::batch_norm(torch::nn::BatchNorm2d& layer,
-                                        const torch::Tensor& input) {
+torch::Tensor PConvUNetImpl::batch_norm(torch::nn::BatchNorm2d& layer, const torch::Tensor& input) {
   if (batch_norm_hook_ && layer->is_training()) return batch_norm_hook_(*layer, input);
   return layer(input);
 }
@@ -140,6 +167,8 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
   std::vector<torch::Tensor> masks{mask.detach().to(terms_dtype)};
   std::vector<torch::Tensor> masked_features;  // encoder outputs with their holes zeroed
   masked_features.reserve(depth + 1);
+  // At inference each layer's BatchNorm and activation run in its epilogue's pass.
+  const bool inference = !at::GradMode::is_enabled();
   torch::Tensor features = image;
   for (int64_t level = 1; level <= depth; ++level) {
     const torch::Tensor& level_mask = masks.back();
@@ -150,10 +179,18 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
     const auto terms = F::partial_conv2d_mask_terms_from_counts(level_mask, kernel * kernel, kernel,
                                                                 geometry, terms_dtype);
     const auto& conv = encoder[level - 1];
-    features = F::partial_conv2d_masked_input(masked_features.back(), conv->weight, conv->bias,
-                                              terms, geometry);
-    if (level >= 2) features = batch_norm(encoder_bn[level - 2], features);
-    features = at::relu(features);
+    const auto post = inference ? inference_post(level >= 2 ? &encoder_bn[level - 2] : nullptr,
+                                                 F::detail::Activation::kRelu, 0.0)
+                                : std::nullopt;
+    if (post) {
+      features = F::detail::partial_conv2d_masked_input_for_inference(
+          masked_features.back(), conv->weight, conv->bias, terms, geometry, *post);
+    } else {
+      features = F::partial_conv2d_masked_input(masked_features.back(), conv->weight, conv->bias,
+                                                terms, geometry);
+      if (level >= 2) features = batch_norm(encoder_bn[level - 2], features);
+      features = at::relu(features);
+    }
     masks.push_back(terms.valid);
   }
 
@@ -174,11 +211,21 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
         counts, (up_channels + skip_channels) * kDecoderKernel * kDecoderKernel, kDecoderKernel,
         geometry, terms_dtype);
     const auto& conv = decoder[depth - level];
-    features =
-        F::partial_conv2d_masked_input(masked_input, conv->weight, conv->bias, terms, geometry);
-    if (level >= 2) {
-      features = batch_norm(decoder_bn[depth - level], features);
-      features = at::leaky_relu(features, kDecoderSlope);
+    // The last layer (level 1) has neither: its epilogue is the plain one.
+    const auto post = inference && level >= 2
+                          ? inference_post(&decoder_bn[depth - level],
+                                           F::detail::Activation::kLeakyRelu, kDecoderSlope)
+                          : std::nullopt;
+    if (post) {
+      features = F::detail::partial_conv2d_masked_input_for_inference(
+          masked_input, conv->weight, conv->bias, terms, geometry, *post);
+    } else {
+      features =
+          F::partial_conv2d_masked_input(masked_input, conv->weight, conv->bias, terms, geometry);
+      if (level >= 2) {
+        features = batch_norm(decoder_bn[depth - level], features);
+        features = at::leaky_relu(features, kDecoderSlope);
+      }
     }
     current_mask = terms.valid;
   }

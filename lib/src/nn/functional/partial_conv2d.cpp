@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "partial_conv2d_inference.h"
 #include "partial_conv2d_kernels.h"
 
 namespace pconv::nn::functional {
@@ -54,6 +55,32 @@ void check_weight(const torch::Tensor& input, const torch::Tensor& weight,
               " with groups=", groups, " expects ", weight.size(1) * groups);
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "partial_conv2d: bias must be (", weight.size(0), "); got ", bias.sizes());
+}
+
+// conv(masked_input, weight) with the terms checked against its output.
+torch::Tensor convolve(const torch::Tensor& masked_input, const torch::Tensor& weight,
+                       const torch::Tensor& bias, const PartialConv2dMaskTerms& terms,
+                       const PartialConv2dFuncOptions& options) {
+  check_input(masked_input);
+  check_weight(masked_input, weight, bias, options);
+  torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(), *options.padding(),
+                                    *options.dilation(), options.groups());
+  const int64_t groups = terms.ratio.defined() ? terms.ratio.size(1) : 0;
+  const int64_t term_batch = terms.ratio.defined() ? terms.ratio.size(0) : 0;
+  TORCH_CHECK(terms.ratio.defined() && terms.valid.defined() && terms.ratio.dim() == 4 &&
+                  terms.valid.sizes() == terms.ratio.sizes() &&
+                  (groups == 1 || groups == options.groups()) &&
+                  terms.ratio.size(2) == output.size(2) && terms.ratio.size(3) == output.size(3) &&
+                  (term_batch == 1 || term_batch == output.size(0)),
+              "partial_conv2d: mask terms ",
+              terms.ratio.defined() ? terms.ratio.sizes() : c10::IntArrayRef{},
+              " do not fit output ", output.sizes(), " with groups=", options.groups());
+  TORCH_CHECK(terms.ratio.device() == output.device() && terms.valid.device() == output.device() &&
+                  (!bias.defined() || bias.device() == output.device()),
+              "partial_conv2d: mask terms on ", terms.ratio.device(), " and bias on ",
+              bias.defined() ? bias.device() : output.device(), " but the input is on ",
+              output.device());
+  return output;
 }
 
 }  // namespace
@@ -127,29 +154,25 @@ torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
                                           const torch::Tensor& weight, const torch::Tensor& bias,
                                           const PartialConv2dMaskTerms& terms,
                                           const PartialConv2dFuncOptions& options) {
-  check_input(masked_input);
-  check_weight(masked_input, weight, bias, options);
-  torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(), *options.padding(),
-                                    *options.dilation(), options.groups());
-  const int64_t groups = terms.ratio.defined() ? terms.ratio.size(1) : 0;
-  const int64_t term_batch = terms.ratio.defined() ? terms.ratio.size(0) : 0;
-  TORCH_CHECK(terms.ratio.defined() && terms.valid.defined() && terms.ratio.dim() == 4 &&
-                  terms.valid.sizes() == terms.ratio.sizes() &&
-                  (groups == 1 || groups == options.groups()) &&
-                  terms.ratio.size(2) == output.size(2) && terms.ratio.size(3) == output.size(3) &&
-                  (term_batch == 1 || term_batch == output.size(0)),
-              "partial_conv2d: mask terms ",
-              terms.ratio.defined() ? terms.ratio.sizes() : c10::IntArrayRef{},
-              " do not fit output ", output.sizes(), " with groups=", options.groups());
-  TORCH_CHECK(terms.ratio.device() == output.device() && terms.valid.device() == output.device() &&
-                  (!bias.defined() || bias.device() == output.device()),
-              "partial_conv2d: mask terms on ", terms.ratio.device(), " and bias on ",
-              bias.defined() ? bias.device() : output.device(), " but the input is on ",
-              output.device());
   // y = conv(x * m) * ratio + bias * valid, in place. The ratio is 0 where no input was valid,
   // so those outputs are exactly 0.
-  return detail::renormalize(output, bias, terms.ratio, terms.valid);
+  return detail::renormalize(convolve(masked_input, weight, bias, terms, options), bias,
+                             terms.ratio, terms.valid);
 }
+
+namespace detail {
+
+torch::Tensor partial_conv2d_masked_input_for_inference(const torch::Tensor& masked_input,
+                                                        const torch::Tensor& weight,
+                                                        const torch::Tensor& bias,
+                                                        const PartialConv2dMaskTerms& terms,
+                                                        const PartialConv2dFuncOptions& options,
+                                                        const InferencePost& post) {
+  return renormalize_for_inference(convolve(masked_input, weight, bias, terms, options), bias,
+                                   terms.ratio, terms.valid, post);
+}
+
+}  // namespace detail
 
 std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
     const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,

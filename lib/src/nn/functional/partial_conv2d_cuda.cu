@@ -38,15 +38,23 @@ __global__ void window_terms_kernel(const Scalar* __restrict__ counts, Scalar* _
                                      valid, total, height, width, out_h, out_w, g, window);
 }
 
-template <typename Scalar, typename Index, bool kChannelsLast>
+template <typename Scalar, typename Index, bool kChannelsLast, typename Param>
 __global__ void renormalize_kernel(Scalar* __restrict__ out,
                                    const term_t<Scalar>* __restrict__ ratio,
                                    const term_t<Scalar>* __restrict__ valid,
-                                   const term_t<Scalar>* __restrict__ bias, Index total,
-                                   Layout<Index, kChannelsLast> layout) {
-  renormalize_thread<Scalar, Index, kChannelsLast>(
+                                   const Param* __restrict__ bias, Index total,
+                                   Layout<Index, kChannelsLast> layout, PostOp<Param> post) {
+  renormalize_thread<Scalar, Index, kChannelsLast, Param>(
       blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
-      static_cast<Index>(gridDim.x) * blockDim.x, out, ratio, valid, bias, total, layout);
+      static_cast<Index>(gridDim.x) * blockDim.x, out, ratio, valid, bias, total, layout, post);
+}
+
+template <typename Term, typename Param, typename Index>
+__global__ void bias_gradient_kernel(const Term* __restrict__ partial_sums,
+                                     Param* __restrict__ grad_bias, Index rows, Index channels) {
+  bias_gradient_thread<Term, Param, Index>(
+      blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
+      static_cast<Index>(gridDim.x) * blockDim.x, partial_sums, grad_bias, rows, channels);
 }
 
 // NCHW backward: block b handles plane b = (n, c), writing grad_raw and, when `plane_sums` is
@@ -144,32 +152,88 @@ void window_terms(const at::TensorBase& counts, double window, const WindowGeome
   });
 }
 
+namespace {
+
+template <typename Param>
+const Param* data_or_null(const at::TensorBase& tensor) {
+  return tensor.defined() ? tensor.const_data_ptr<Param>() : nullptr;
+}
+
+// The epilogue's launch with the bias and post's vectors in Param.
+template <typename Scalar, typename Param>
+void launch_renormalize(const at::TensorBase& raw, const at::TensorBase& bias,
+                        const at::TensorBase& ratio, const at::TensorBase& valid,
+                        bool channels_last, const InferencePost& post, cudaStream_t stream) {
+  using Term = term_t<Scalar>;
+  const int64_t total = raw.numel();
+  PostOp<Param> post_op;
+  if (post.bn_weight.defined()) {
+    post_op.bn_weight = post.bn_weight.const_data_ptr<Param>();
+    post_op.bn_bias = post.bn_bias.const_data_ptr<Param>();
+    post_op.bn_mean = post.bn_mean.const_data_ptr<Param>();
+    post_op.bn_var = post.bn_var.const_data_ptr<Param>();
+    post_op.eps = post.eps;
+  }
+  post_op.activation = post.activation;
+  post_op.slope = post.slope;
+  with_index_type(raw, [&](auto index) {
+    using Index = decltype(index);
+    if (channels_last) {
+      renormalize_kernel<Scalar, Index, true, Param><<<grid_for(total), kThreads, 0, stream>>>(
+          raw.mutable_data_ptr<Scalar>(), ratio.const_data_ptr<Term>(),
+          valid.const_data_ptr<Term>(), data_or_null<Param>(bias), static_cast<Index>(total),
+          layout_of<Index, true>(raw, ratio), post_op);
+    } else {
+      renormalize_kernel<Scalar, Index, false, Param><<<grid_for(total), kThreads, 0, stream>>>(
+          raw.mutable_data_ptr<Scalar>(), ratio.const_data_ptr<Term>(),
+          valid.const_data_ptr<Term>(), data_or_null<Param>(bias), static_cast<Index>(total),
+          layout_of<Index, false>(raw, ratio), post_op);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
 void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at::TensorBase& ratio,
-                 const at::TensorBase& valid, bool channels_last) {
+                 const at::TensorBase& valid, bool channels_last, const InferencePost& post) {
   const c10::cuda::CUDAGuard guard(raw.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t total = raw.numel();
-  if (total == 0) return;
+  if (raw.numel() == 0) return;
+  const auto param_type = bias.defined() ? bias.scalar_type()
+                                         : (post.bn_weight.defined() ? post.bn_weight.scalar_type()
+                                                                     : ratio.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, raw.scalar_type(), "pconv_renormalize_cuda", [&] {
         using Term = term_t<scalar_t>;
-        const Term* bias_data = bias.defined() ? bias.const_data_ptr<Term>() : nullptr;
-        with_index_type(raw, [&](auto index) {
-          using Index = decltype(index);
-          if (channels_last) {
-            renormalize_kernel<scalar_t, Index, true><<<grid_for(total), kThreads, 0, stream>>>(
-                raw.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<Term>(),
-                valid.const_data_ptr<Term>(), bias_data, static_cast<Index>(total),
-                layout_of<Index, true>(raw, ratio));
-          } else {
-            renormalize_kernel<scalar_t, Index, false><<<grid_for(total), kThreads, 0, stream>>>(
-                raw.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<Term>(),
-                valid.const_data_ptr<Term>(), bias_data, static_cast<Index>(total),
-                layout_of<Index, false>(raw, ratio));
-          }
+        if (param_type == raw.scalar_type()) {
+          launch_renormalize<scalar_t, scalar_t>(raw, bias, ratio, valid, channels_last, post,
+                                                 stream);
+        } else {
+          TORCH_CHECK(param_type == ratio.scalar_type(), "partial_conv2d: bias of type ",
+                      param_type, " for a ", raw.scalar_type(), " output");
+          launch_renormalize<scalar_t, Term>(raw, bias, ratio, valid, channels_last, post, stream);
+        }
+      });
+}
+
+void bias_gradient(const at::TensorBase& bias_sums, const at::TensorBase& grad_bias) {
+  const c10::cuda::CUDAGuard guard(bias_sums.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t channels = grad_bias.numel();
+  if (channels == 0) return;
+  const auto rows = static_cast<uint32_t>(bias_sums.size(0));
+  AT_DISPATCH_FLOATING_TYPES(bias_sums.scalar_type(), "pconv_bias_gradient_cuda", [&] {
+    using Term = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, grad_bias.scalar_type(), "pconv_bias_gradient_cuda", [&] {
+          bias_gradient_kernel<Term, scalar_t, uint32_t>
+              <<<grid_for(channels), kThreads, 0, stream>>>(bias_sums.const_data_ptr<Term>(),
+                                                            grad_bias.mutable_data_ptr<scalar_t>(),
+                                                            rows, static_cast<uint32_t>(channels));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
-      });
+  });
 }
 
 void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& ratio,

@@ -9,6 +9,7 @@
 
 #include <ATen/OpMathType.h>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -115,6 +116,55 @@ PCONV_HOST_DEVICE Scalar window_sum(const Scalar* plane, int64_t height, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------
+// What follows the renormalisation at inference
+
+/// The activation applied after the epilogue's optional BatchNorm.
+enum class Activation : int { kNone = 0, kRelu = 1, kLeakyRelu = 2 };
+
+/// At inference (no autograd), what the epilogue does after y = raw * ratio + bias * valid, per
+/// output channel c: BatchNorm with running statistics, y = (y - mean[c]) * weight[c] /
+/// sqrt(var[c] + eps) + bias[c] (none where `bn_weight` is null), then the activation, as
+/// at::batch_norm in eval mode and at::relu / at::leaky_relu do it. `Param` is the element type
+/// of the layer's bias and these four vectors.
+template <typename Param>
+struct PostOp {
+  const Param* bn_weight = nullptr;
+  const Param* bn_bias = nullptr;
+  const Param* bn_mean = nullptr;
+  const Param* bn_var = nullptr;
+  double eps = 0;
+  Activation activation = Activation::kNone;
+  double slope = 0;  // of kLeakyRelu
+};
+
+/// 1 / sqrt(value), the CUDA intrinsic on the device.
+template <typename Op>
+PCONV_HOST_DEVICE Op reciprocal_sqrt(Op value) {
+#if defined(__CUDA_ARCH__)
+  return rsqrt(value);
+#else
+  return Op(1) / std::sqrt(value);
+#endif
+}
+
+/// y after `post`, for output channel c; y unchanged where `post` is empty.
+template <typename Op, typename Param, typename Index>
+PCONV_HOST_DEVICE Op apply_post(Op y, Index c, const PostOp<Param>& post) {
+  if (post.bn_weight != nullptr) {
+    const Op scale = static_cast<Op>(post.bn_weight[c]) *
+                     reciprocal_sqrt(static_cast<Op>(post.bn_var[c]) + static_cast<Op>(post.eps));
+    y = (y - static_cast<Op>(post.bn_mean[c])) * scale + static_cast<Op>(post.bn_bias[c]);
+  }
+  // Comparisons false for NaN, so NaN passes through both activations as it does in ATen.
+  if (post.activation == Activation::kRelu) {
+    y = y < Op(0) ? Op(0) : y;
+  } else if (post.activation == Activation::kLeakyRelu) {
+    y = y < Op(0) ? y * static_cast<Op>(post.slope) : y;
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
 // What each thread does
 
 /// The terms' element type: float for float, half and bfloat16 outputs; double for double.
@@ -141,21 +191,23 @@ PCONV_HOST_DEVICE void window_terms_thread(Index first, Index step,
   }
 }
 
-/// The epilogue out = out * ratio + bias * valid in place (bias may be null), one thread of a
-/// grid-stride loop; the arithmetic is in float (double for double).
-template <typename Scalar, typename Index, bool kChannelsLast>
+/// The epilogue out = out * ratio + bias * valid in place (bias may be null), then `post`, one
+/// thread of a grid-stride loop; the bias (and post's vectors) in `Param`, the output's type or
+/// the terms'; the arithmetic is in float (double for double).
+template <typename Scalar, typename Index, bool kChannelsLast, typename Param>
 PCONV_HOST_DEVICE void renormalize_thread(Index first, Index step, Scalar* __restrict__ out,
                                           const term_t<Scalar>* __restrict__ ratio,
                                           const term_t<Scalar>* __restrict__ valid,
-                                          const term_t<Scalar>* __restrict__ bias, Index total,
-                                          const OutputLayout<Index, kChannelsLast>& layout) {
+                                          const Param* __restrict__ bias, Index total,
+                                          const OutputLayout<Index, kChannelsLast>& layout,
+                                          const PostOp<Param>& post) {
   using Op = at::opmath_type<Scalar>;
   for (Index i = first; i < total; i += step) {
     const Index c = layout.channel(i);
     const Index t = layout.term(i, c);
     Op y = static_cast<Op>(out[i]) * static_cast<Op>(ratio[t]);
     if (bias != nullptr) y += static_cast<Op>(bias[c]) * static_cast<Op>(valid[t]);
-    out[i] = static_cast<Scalar>(y);
+    out[i] = static_cast<Scalar>(apply_post(y, c, post));
   }
 }
 
@@ -204,6 +256,21 @@ PCONV_HOST_DEVICE at::opmath_type<Scalar> renormalize_backward_rows_thread(
     sum += g * static_cast<Op>(valid[t]);
   }
   return sum;
+}
+
+/// The bias gradient from the backward's partial sums (rows, channels): thread `first` of a
+/// grid-stride loop over the channels adds channel c's `rows` partial sums in row order (a
+/// fixed order: deterministic) and writes the total in the bias's own type.
+template <typename Term, typename Param, typename Index>
+PCONV_HOST_DEVICE void bias_gradient_thread(Index first, Index step,
+                                            const Term* __restrict__ partial_sums,
+                                            Param* __restrict__ grad_bias, Index rows,
+                                            Index channels) {
+  for (Index c = first; c < channels; c += step) {
+    Term total = 0;
+    for (Index row = 0; row < rows; ++row) total += partial_sums[row * channels + c];
+    grad_bias[c] = static_cast<Param>(total);
+  }
 }
 
 /// The block's row-lane shares of channel first_channel + lane_x added in a fixed order and

@@ -5,11 +5,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <cmath>
 #include <vector>
 
 namespace pconv::nn::functional::detail {
@@ -36,13 +39,17 @@ int64_t grain_for(int64_t work_per_row) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_row));
 }
 
+// CPU: float or double, contiguous NCHW, everything in the output's dtype; a bias or, where
+// `bias_required` is false, none.
 bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
-                 const at::Tensor& valid) {
+                 const at::Tensor& valid, bool bias_required = true) {
   const auto dtype = raw.scalar_type();
-  return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() && bias.defined() && bias.is_cpu() &&
+  return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() &&
          (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
          ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
-         valid.is_contiguous() && bias.scalar_type() == dtype;
+         valid.is_contiguous() &&
+         (bias.defined() ? bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous()
+                         : !bias_required);
 }
 
 // CUDA: any floating output in NCHW or channels-last, terms in term_dtype, any bias or none.
@@ -61,9 +68,12 @@ bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tenso
 
 // The inner loops, compiled for AVX-512, AVX2 + FMA and the x86-64 baseline; the loader picks
 // the best one for the machine (GCC function multi-versioning). Other dtypes use the templates.
+// The clones are the x86-64 micro-architecture levels (v4: AVX-512, v3: AVX2 + FMA), which the
+// loader picks by the CPU's features: "arch=haswell" would be picked only on an Intel Haswell
+// by model, never on an AMD CPU with the same instructions (checked on this project's EPYC).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PCONV_CPU_CLONES \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PCONV_CPU_CLONES
 #endif
@@ -81,6 +91,66 @@ PCONV_CPU_CLONES void renormalize_plane<float>(float* __restrict__ out,
                                                int64_t size) {
 #pragma omp simd
   for (int64_t i = 0; i < size; ++i) out[i] = out[i] * ratio[i] + bias * valid[i];
+}
+
+// The inference epilogue on one plane: out = act((out * ratio + bias * valid) * scale + shift),
+// act being y < 0 ? y * slope : y for kLeakyRelu, max(y, 0) for kRelu (a loop each, so that
+// each vectorises).
+template <typename T>
+void renormalize_post_plane(T* __restrict__ out, const T* __restrict__ ratio,
+                            const T* __restrict__ valid, T bias, T scale, T shift,
+                            Activation activation, T slope, int64_t size) {
+  switch (activation) {
+    case Activation::kRelu:
+      for (int64_t i = 0; i < size; ++i) {
+        const T y = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
+        out[i] = y < T(0) ? T(0) : y;
+      }
+      break;
+    case Activation::kLeakyRelu:
+      for (int64_t i = 0; i < size; ++i) {
+        const T y = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
+        const T negative = y * slope;
+        out[i] = y < T(0) ? negative : y;
+      }
+      break;
+    case Activation::kNone:
+      for (int64_t i = 0; i < size; ++i)
+        out[i] = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
+      break;
+  }
+}
+
+template <>
+PCONV_CPU_CLONES void renormalize_post_plane<float>(float* __restrict__ out,
+                                                    const float* __restrict__ ratio,
+                                                    const float* __restrict__ valid, float bias,
+                                                    float scale, float shift, Activation activation,
+                                                    float slope, int64_t size) {
+  switch (activation) {
+    case Activation::kRelu:
+#pragma omp simd
+      for (int64_t i = 0; i < size; ++i) {
+        const float y = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
+        out[i] = y < 0.0F ? 0.0F : y;
+      }
+      break;
+    case Activation::kLeakyRelu:
+#pragma omp simd
+      for (int64_t i = 0; i < size; ++i) {
+        // max(y, 0) + slope * min(y, 0): arithmetic that vectorises (GCC makes a branch of the
+        // select); the same for every y, NaN, infinities and -0 included.
+        const float y = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
+        out[i] = std::max(y, 0.0F) + slope * std::min(y, 0.0F);
+      }
+      break;
+    case Activation::kNone:
+#pragma omp simd
+      for (int64_t i = 0; i < size; ++i) {
+        out[i] = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
+      }
+      break;
+  }
 }
 
 // grad_raw = grad * ratio; returns the plane's sum of grad * valid.
@@ -135,6 +205,14 @@ struct PlaneIndex {
 
 PlaneIndex plane_index(const at::Tensor& raw, const at::Tensor& ratio) {
   return {raw.size(1), ratio.size(1), ratio.size(0), raw.size(2) * raw.size(3)};
+}
+
+// The bias as the CUDA epilogue reads it: in its own dtype where that is the output's or the
+// terms' (no conversion, no launch), else converted to the terms'.
+at::Tensor cuda_bias(const at::Tensor& bias, const at::Tensor& raw, const at::Tensor& ratio) {
+  const auto dtype = bias.scalar_type();
+  const bool native = dtype == raw.scalar_type() || dtype == ratio.scalar_type();
+  return (native ? bias : bias.to(ratio.scalar_type())).contiguous();
 }
 
 // raw * ratio + bias * valid, in place, in one pass over the output (CPU: layers with a bias).
@@ -204,9 +282,8 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     // Contiguous NCHW wins where both layouts hold (one channel or a 1 x 1 output).
     const bool channels_last = !raw.is_contiguous();
     const bool has_bias = bias.numel() > 0;  // empty: none (see renormalize())
-    const at::Tensor bias_terms =
-        has_bias ? bias.detach().to(ratio.scalar_type()).contiguous() : at::Tensor();
-    cuda::renormalize(raw, bias_terms, ratio, valid, channels_last);
+    cuda::renormalize(raw, has_bias ? cuda_bias(bias, raw, ratio) : at::Tensor(), ratio, valid,
+                      channels_last, InferencePost{});
     ctx->mark_dirty({raw});
     ctx->save_for_backward({ratio, valid});
     ctx->saved_data["channels_last"] = channels_last;
@@ -224,16 +301,18 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     at::Tensor grad_raw = at::empty_like(grad);
     const int64_t channels = grad.size(1);
     at::Tensor bias_sums;
+    at::Tensor grad_bias;
     if (bias_dtype >= 0 && ctx->needs_input_grad(1)) {
       const int64_t rows =
           channels_last ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3)) : grad.size(0);
-      bias_sums = at::zeros({rows, channels}, ratio.options());
+      // Not zeroed: the kernel writes every partial sum.
+      bias_sums = at::empty({rows, channels}, ratio.options());
+      grad_bias = at::empty(
+          {channels},
+          ratio.options().dtype(static_cast<at::ScalarType>(static_cast<int8_t>(bias_dtype))));
     }
     cuda::renormalize_backward(grad, ratio, valid, channels_last, grad_raw, bias_sums);
-    const at::Tensor grad_bias =
-        bias_sums.defined()
-            ? bias_sums.sum(0).to(static_cast<at::ScalarType>(static_cast<int8_t>(bias_dtype)))
-            : at::Tensor();
+    if (grad_bias.defined()) cuda::bias_gradient(bias_sums, grad_bias);
     return {grad_raw, grad_bias, at::Tensor(), at::Tensor()};
   }
 };
@@ -334,7 +413,10 @@ void window_terms(const at::TensorBase&, double, const WindowGeometry&, const at
   TORCH_CHECK(false, "pconv was built without its CUDA kernels");
 }
 void renormalize(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&,
-                 const at::TensorBase&, bool) {
+                 const at::TensorBase&, bool, const InferencePost&) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
+void bias_gradient(const at::TensorBase&, const at::TensorBase&) {
   TORCH_CHECK(false, "pconv was built without its CUDA kernels");
 }
 void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&, bool,
@@ -371,6 +453,96 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
                                         : std::vector<int64_t>{1, groups, channels / groups, 1, 1};
     view.addcmul_(bias.view(bias_shape), term(valid.to(raw.scalar_type())));
   }
+  return output;
+}
+
+at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bias,
+                                     const at::Tensor& ratio, const at::Tensor& valid,
+                                     const InferencePost& post) {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "partial_conv2d: the fused inference epilogue records no gradient; call it with "
+              "grad mode off");
+  const bool has_bn = post.bn_weight.defined();
+  const std::array<const at::Tensor*, 4> bn{&post.bn_weight, &post.bn_bias, &post.bn_mean,
+                                            &post.bn_var};
+  if (has_bn) {
+    for (const at::Tensor* vector : bn) {
+      TORCH_CHECK(vector->defined() && vector->dim() == 1 && vector->size(0) == raw.size(1),
+                  "partial_conv2d: BatchNorm vectors must be (", raw.size(1), ")");
+    }
+  }
+  const auto bn_fusable = [&](at::ScalarType dtype, bool cpu) {
+    return std::all_of(bn.begin(), bn.end(), [&](const at::Tensor* vector) {
+      return !has_bn || (vector->scalar_type() == dtype && vector->is_contiguous() &&
+                         vector->device() == raw.device() && (!cpu || vector->is_cpu()));
+    });
+  };
+
+  if (fused_enabled() && cpu_fusable(raw, bias, ratio, valid, /*bias_required=*/false) &&
+      bn_fusable(raw.scalar_type(), true)) {
+    const PlaneIndex index = plane_index(raw, ratio);
+    const int64_t planes = raw.size(0) * index.channels;
+    AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize_inference", [&] {
+      auto* out = raw.mutable_data_ptr<scalar_t>();
+      const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
+      const auto* valid_data = valid.const_data_ptr<scalar_t>();
+      const scalar_t* bias_data = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+      const auto slope = static_cast<scalar_t>(post.slope);
+      at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t c = plane % index.channels;
+          // As at::batch_norm in eval mode: x * (weight / sqrt(var + eps)) + (bias - mean * that).
+          scalar_t scale = 1;
+          scalar_t shift = 0;
+          if (has_bn) {
+            scale = post.bn_weight.const_data_ptr<scalar_t>()[c] /
+                    std::sqrt(post.bn_var.const_data_ptr<scalar_t>()[c] +
+                              static_cast<scalar_t>(post.eps));
+            shift = post.bn_bias.const_data_ptr<scalar_t>()[c] -
+                    post.bn_mean.const_data_ptr<scalar_t>()[c] * scale;
+          }
+          renormalize_post_plane<scalar_t>(out + plane * index.plane_size,
+                                           ratio_data + index.term_offset(plane),
+                                           valid_data + index.term_offset(plane),
+                                           bias_data != nullptr ? bias_data[c] : scalar_t(0), scale,
+                                           shift, post.activation, slope, index.plane_size);
+        }
+      });
+    });
+    return raw;
+  }
+
+  if (fused_enabled() && cuda_fusable(raw, bias, ratio, valid)) {
+    // The bias and the BatchNorm vectors in one dtype the kernel reads: the output's or the
+    // terms' (a model cast to bf16 has all of them in bf16: nothing to convert).
+    const auto term = ratio.scalar_type();
+    auto param =
+        bias.defined() ? bias.scalar_type() : (has_bn ? post.bn_weight.scalar_type() : term);
+    if (param != raw.scalar_type()) param = term;
+    if (bn_fusable(param, false) &&
+        (!bias.defined() || (bias.scalar_type() == param && bias.is_contiguous()))) {
+      cuda::renormalize(raw, bias, ratio, valid, !raw.is_contiguous(), post);
+    } else {
+      InferencePost converted = post;
+      for (at::Tensor* vector :
+           {&converted.bn_weight, &converted.bn_bias, &converted.bn_mean, &converted.bn_var}) {
+        if (vector->defined()) *vector = vector->to(param).contiguous();
+      }
+      cuda::renormalize(raw, bias.defined() ? bias.to(param).contiguous() : at::Tensor(), ratio,
+                        valid, !raw.is_contiguous(), converted);
+    }
+    return raw;
+  }
+
+  // The reference path: the epilogue, then ATen's batch norm and activation.
+  at::Tensor output = renormalize(raw, bias, ratio, valid);
+  if (has_bn) {
+    output = at::batch_norm(output, post.bn_weight, post.bn_bias, post.bn_mean, post.bn_var,
+                            /*training=*/false, /*momentum=*/0.0, post.eps,
+                            /*cudnn_enabled=*/true);
+  }
+  if (post.activation == Activation::kRelu) output = at::relu(output);
+  if (post.activation == Activation::kLeakyRelu) output = at::leaky_relu(output, post.slope);
   return output;
 }
 

@@ -4,6 +4,8 @@
 // they do not cover takes the plain ATen path, the reference they are tested against.
 #pragma once
 
+#include "partial_conv2d_device.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <array>
@@ -32,6 +34,22 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                        const at::Tensor& valid);
 
+/// What follows the renormalisation at inference (see PostOp in partial_conv2d_device.h):
+/// BatchNorm with running statistics where `bn_weight` is defined, then `activation`.
+struct InferencePost {
+  at::Tensor bn_weight, bn_bias, bn_mean, bn_var;
+  double eps = 0;
+  Activation activation = Activation::kNone;
+  double slope = 0;
+};
+
+/// At inference only (no autograd): activation(batch_norm(raw * ratio + bias * valid)), in one
+/// pass over the output with the fused kernels (CPU: float and double with a bias; CUDA: every
+/// case renormalize() fuses), else with ATen. May reuse raw's memory.
+at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bias,
+                                     const at::Tensor& ratio, const at::Tensor& valid,
+                                     const InferencePost& post);
+
 /// Whether the fused kernels are switched on (pconv::nn::functional::set_fused_kernels_enabled).
 bool fused_enabled();
 
@@ -45,9 +63,11 @@ namespace cuda {
 void window_terms(const at::TensorBase& counts, double window, const WindowGeometry& geometry,
                   const at::TensorBase& ratio, const at::TensorBase& valid);
 
-/// raw = raw * ratio + bias * valid in place; `bias` (C) in the terms' dtype, or undefined.
+/// raw = raw * ratio + bias * valid in place, then `post` (its tensors undefined: nothing);
+/// `bias` (C) undefined or in the output's dtype or the terms', and post's vectors in the
+/// bias's dtype (the terms' where there is no bias).
 void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at::TensorBase& ratio,
-                 const at::TensorBase& valid, bool channels_last);
+                 const at::TensorBase& valid, bool channels_last, const InferencePost& post);
 
 /// grad_raw = grad * ratio; with `bias_sums` defined, the partial sums of grad * valid per
 /// output channel: (N, C) for NCHW, (row_blocks(N x H' x W'), C) for channels-last (see
@@ -56,6 +76,10 @@ void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at
 void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& ratio,
                           const at::TensorBase& valid, bool channels_last,
                           const at::TensorBase& grad_raw, const at::TensorBase& bias_sums);
+
+/// grad_bias (C, any floating dtype) = the sum of `bias_sums` (rows, C) over the rows, in a
+/// fixed order.
+void bias_gradient(const at::TensorBase& bias_sums, const at::TensorBase& grad_bias);
 
 }  // namespace cuda
 }  // namespace pconv::nn::functional::detail
