@@ -81,17 +81,28 @@ struct Guarded {
   }
 };
 
-template <typename Scalar, typename Index>
-void window_terms_on_host(const at::Tensor& counts, double window, const D::WindowShape& g,
-                          const at::Tensor& ratio, const at::Tensor& valid, int64_t grid) {
+// The window kernel's launch: counts x weight (+ second x second_weight where `second` is
+// defined), valid also in Mask where `valid_as` is defined.
+template <typename Scalar, typename Index, typename Mask>
+void window_terms_on_host(const at::Tensor& counts, double weight, const at::Tensor& second,
+                          double second_weight, double window, const D::WindowShape& g,
+                          const at::Tensor& ratio, const at::Tensor& valid,
+                          const at::Tensor& valid_as, int64_t grid) {
   const int64_t total = ratio.numel();
+  D::CountPlanes<Scalar> planes;
+  planes.first = counts.const_data_ptr<Scalar>();
+  planes.first_weight = static_cast<Scalar>(weight);
+  if (second.defined()) {
+    planes.second = second.const_data_ptr<Scalar>();
+    planes.second_weight = static_cast<Scalar>(second_weight);
+  }
+  Mask* valid_as_data = valid_as.defined() ? valid_as.mutable_data_ptr<Mask>() : nullptr;
   launch_grid_stride<Index>(grid, total, [&](Index first, Index step) {
-    D::window_terms_thread<Scalar, Index>(
-        first, step, counts.const_data_ptr<Scalar>(), ratio.mutable_data_ptr<Scalar>(),
-        valid.mutable_data_ptr<Scalar>(), static_cast<Index>(total),
-        static_cast<Index>(counts.size(2)), static_cast<Index>(counts.size(3)),
-        static_cast<Index>(ratio.size(2)), static_cast<Index>(ratio.size(3)), g,
-        static_cast<Scalar>(window));
+    D::window_terms_thread<Scalar, Index, Mask>(
+        first, step, planes, ratio.mutable_data_ptr<Scalar>(), valid.mutable_data_ptr<Scalar>(),
+        valid_as_data, static_cast<Index>(total), static_cast<Index>(counts.size(2)),
+        static_cast<Index>(counts.size(3)), static_cast<Index>(ratio.size(2)),
+        static_cast<Index>(ratio.size(3)), g, static_cast<Scalar>(window));
   });
 }
 
@@ -412,9 +423,10 @@ TYPED_TEST(PartialConv2dDevice, EpilogueAndBackwardMatchAtenInBothLayouts) {
 // ---------------------------------------------------------------------------------------------
 // The window terms against the library's reference path (a depthwise convolution in ATen)
 
-template <typename Scalar, typename Index>
+template <typename Scalar, typename Index, typename Mask>
 void check_window_terms(std::mt19937& rng) {
   const auto scalar_type = c10::CppTypeToScalarType<Scalar>::value;
+  const auto mask_type = c10::CppTypeToScalarType<Mask>::value;
   for (int trial = 0; trial < 40; ++trial) {
     const D::WindowGeometry geometry{{2 * pick(rng, 0, 3) + 1, 2 * pick(rng, 0, 3) + 1},
                                      {pick(rng, 1, 3), pick(rng, 1, 3)},
@@ -438,34 +450,58 @@ void check_window_terms(std::mt19937& rng) {
                  << g.dilation_w);
     // Valid inputs per pixel, summed over a group's channels: whole numbers from 0 to its size,
     // often 0 so that empty windows occur.
-    const auto counts = at::clamp_min(at::randint(-group_channels, group_channels + 1,
-                                                  {batch, groups, height, width}, scalar_type),
-                                      0);
-    const double window = static_cast<double>(g.kernel_h * g.kernel_w * group_channels);
+    const auto random_counts = [&] {
+      return at::clamp_min(at::randint(-group_channels, group_channels + 1,
+                                       {batch, groups, height, width}, scalar_type),
+                           0);
+    };
+    const auto counts = random_counts();
+    // Half the trials weigh and add a second plane, as the UNet's decoder does (its upsampled
+    // and skip masks times their channel counts); the weights are whole numbers.
+    const bool two = trial % 2 == 1;
+    const at::Tensor second = two ? random_counts() : at::Tensor();
+    const double weight = two ? static_cast<double>(pick(rng, 1, 5)) : 1.0;
+    const double second_weight = two ? static_cast<double>(pick(rng, 1, 5)) : 0.0;
+    const double window = static_cast<double>(g.kernel_h * g.kernel_w * group_channels) *
+                          (two ? weight + second_weight : 1.0);
     D::WindowTerms reference;
     {
       const pconv::testing::FusedKernels off(false);
-      reference = D::window_terms(counts, window, geometry, scalar_type);
+      const at::Tensor combined = two ? counts * weight + second * second_weight : counts;
+      reference = D::window_terms(combined, window, geometry, scalar_type);
     }
     ASSERT_EQ(reference.ratio.sizes(), (at::IntArrayRef{batch, groups, out_h, out_w}));
     for (const int64_t grid : grids_for(reference.ratio.numel())) {
-      SCOPED_TRACE("grid " + std::to_string(grid));
+      SCOPED_TRACE(::testing::Message() << "grid " << grid << (two ? " two planes" : "")
+                                        << " valid also in " << mask_type);
       const Guarded ratio(at::full_like(reference.ratio, -1));
       const Guarded valid(at::full_like(reference.valid, -1));
-      window_terms_on_host<Scalar, Index>(counts, window, g, ratio.tensor, valid.tensor, grid);
+      const Guarded valid_as(at::full_like(reference.valid, -1, mask_type));
+      window_terms_on_host<Scalar, Index, Mask>(counts, weight, second, second_weight, window, g,
+                                                ratio.tensor, valid.tensor, valid_as.tensor, grid);
       EXPECT_TRUE(at::equal(valid.tensor, reference.valid));
+      EXPECT_TRUE(at::equal(valid_as.tensor, reference.valid.to(mask_type)));
       EXPECT_TRUE(at::allclose(ratio.tensor, reference.ratio, tolerance<Scalar>(), 0));
-      EXPECT_TRUE(ratio.intact() && valid.intact());
+      EXPECT_TRUE(ratio.intact() && valid.intact() && valid_as.intact());
     }
+    // Without the second output: nothing written there (a null pointer).
+    const Guarded ratio(at::full_like(reference.ratio, -1));
+    const Guarded valid(at::full_like(reference.valid, -1));
+    window_terms_on_host<Scalar, Index, Mask>(counts, weight, second, second_weight, window, g,
+                                              ratio.tensor, valid.tensor, at::Tensor(),
+                                              D::grid_for(reference.ratio.numel()));
+    EXPECT_TRUE(at::equal(valid.tensor, reference.valid));
   }
 }
 
 TEST(PartialConv2dDeviceWindowTerms, MatchTheReferencePath) {
   std::mt19937 rng(5);
-  check_window_terms<float, uint32_t>(rng);
-  check_window_terms<float, int64_t>(rng);
-  check_window_terms<double, uint32_t>(rng);
-  check_window_terms<double, int64_t>(rng);
+  // valid's second copy in each type the kernel is built for.
+  check_window_terms<float, uint32_t, c10::BFloat16>(rng);
+  check_window_terms<float, int64_t, c10::Half>(rng);
+  check_window_terms<float, uint32_t, float>(rng);
+  check_window_terms<double, uint32_t, double>(rng);
+  check_window_terms<double, int64_t, c10::BFloat16>(rng);
 }
 
 TEST(PartialConv2dDeviceWindowTerms, WindowSumsMatchABoxConvolution) {

@@ -165,6 +165,9 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
   // layer's valid counts are (channels x mask) summed over its input blocks: no full
   // multi-channel mask is ever built or summed.
   std::vector<torch::Tensor> masks{mask.detach().to(terms_dtype)};
+  // The current encoder mask in the type of the features it zeroes: the window kernel writes it
+  // with the terms (on CUDA, in the type of the level's input), so most levels convert nothing.
+  torch::Tensor feature_mask = masks.back();
   std::vector<torch::Tensor> masked_features;  // encoder outputs with their holes zeroed
   masked_features.reserve(depth + 1);
   // At inference each layer's BatchNorm and activation run in its epilogue's pass.
@@ -172,12 +175,20 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
   torch::Tensor features = image;
   for (int64_t level = 1; level <= depth; ++level) {
     const torch::Tensor& level_mask = masks.back();
-    masked_features.push_back(features * level_mask.to(features.scalar_type()));
+    const auto feature_dtype = features.scalar_type();
+    masked_features.push_back(features * (feature_mask.scalar_type() == feature_dtype
+                                              ? feature_mask
+                                              : feature_mask.to(feature_dtype)));
     const int64_t kernel = encoder_kernel(level);
     const auto geometry = encoder_geometry(level);
     // The count is channels x mask and the window channels x k x k: the channels cancel.
-    const auto terms = F::partial_conv2d_mask_terms_from_counts(level_mask, kernel * kernel, kernel,
-                                                                geometry, terms_dtype);
+    auto window = F::detail::window_terms(
+        F::detail::ValidCounts{level_mask}, static_cast<double>(kernel * kernel),
+        F::detail::window_geometry(kernel, geometry), terms_dtype,
+        feature_dtype != terms_dtype ? std::optional(feature_dtype) : std::nullopt);
+    F::PartialConv2dMaskTerms terms;
+    terms.ratio = std::move(window.ratio);
+    terms.valid = std::move(window.valid);
     const auto& conv = encoder[level - 1];
     const auto post = inference ? inference_post(level >= 2 ? &encoder_bn[level - 2] : nullptr,
                                                  F::detail::Activation::kRelu, 0.0)
@@ -192,6 +203,7 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
       features = at::relu(features);
     }
     masks.push_back(terms.valid);
+    feature_mask = window.valid_as.defined() ? window.valid_as : terms.valid;
   }
 
   torch::Tensor current_mask = masks.back();
@@ -204,12 +216,17 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
     const int64_t skip_channels = size[1];
     const torch::Tensor masked_input =
         at::cat({up * up_mask.to(up.scalar_type()), masked_features[level - 1]}, 1);
-    const torch::Tensor counts =
-        up_mask * static_cast<double>(up_channels) + skip_mask * static_cast<double>(skip_channels);
     const auto geometry = decoder_geometry();
-    const auto terms = F::partial_conv2d_mask_terms_from_counts(
-        counts, (up_channels + skip_channels) * kDecoderKernel * kDecoderKernel, kDecoderKernel,
-        geometry, terms_dtype);
+    // Counts up_mask x up_channels + skip_mask x skip_channels, weighed and added by the window
+    // kernel itself on CUDA (by ATen elsewhere).
+    auto window = F::detail::window_terms(
+        F::detail::ValidCounts{up_mask, static_cast<double>(up_channels), skip_mask,
+                               static_cast<double>(skip_channels)},
+        static_cast<double>((up_channels + skip_channels) * kDecoderKernel * kDecoderKernel),
+        F::detail::window_geometry(kDecoderKernel, geometry), terms_dtype);
+    F::PartialConv2dMaskTerms terms;
+    terms.ratio = std::move(window.ratio);
+    terms.valid = std::move(window.valid);
     const auto& conv = decoder[depth - level];
     // The last layer (level 1) has neither: its epilogue is the plain one.
     const auto post = inference && level >= 2

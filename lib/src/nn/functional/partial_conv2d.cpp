@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 #include "partial_conv2d_inference.h"
 #include "partial_conv2d_kernels.h"
 
@@ -83,6 +85,30 @@ torch::Tensor convolve(const torch::Tensor& masked_input, const torch::Tensor& w
   return output;
 }
 
+PartialConv2dMaskTerms mask_terms_from_counts(const torch::Tensor& channel_counts, int64_t window,
+                                              torch::ExpandingArray<2> kernel_size,
+                                              const PartialConv2dFuncOptions& options,
+                                              torch::ScalarType terms_dtype,
+                                              std::optional<torch::ScalarType> new_mask_dtype) {
+  TORCH_CHECK(channel_counts.defined() && channel_counts.dim() == 4,
+              "partial_conv2d: channel_counts must be 4-D (N, G, H, W); got ",
+              channel_counts.defined() ? channel_counts.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(terms_dtype == torch::kFloat || terms_dtype == torch::kDouble,
+              "partial_conv2d: mask terms are float32 or float64; asked for ", terms_dtype);
+  TORCH_CHECK(window > 0, "partial_conv2d: window must be positive; got ", window);
+  torch::NoGradGuard no_grad;
+  // Window sums of 0/1 values must be exact integers: the kernels sum whole numbers, and the
+  // reference path takes care of cuDNN's rounding algorithms.
+  auto window_terms = detail::window_terms(
+      detail::ValidCounts{channel_counts.detach().to(terms_dtype)}, static_cast<double>(window),
+      detail::window_geometry(kernel_size, options), terms_dtype, new_mask_dtype);
+  PartialConv2dMaskTerms terms;
+  terms.ratio = std::move(window_terms.ratio);
+  terms.valid = std::move(window_terms.valid);
+  terms.new_mask_values = std::move(window_terms.valid_as);
+  return terms;
+}
+
 }  // namespace
 
 PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
@@ -121,33 +147,18 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   } else {
     channel_counts = mask.detach().to(terms_dtype);
   }
-  return partial_conv2d_mask_terms_from_counts(channel_counts, window, kernel_size, options,
-                                               terms_dtype);
+  // The updated mask's type: made by the same kernel where it differs from the terms'.
+  const auto new_mask_dtype = mask.defined() ? mask.scalar_type() : input.scalar_type();
+  return mask_terms_from_counts(
+      channel_counts, window, kernel_size, options, terms_dtype,
+      new_mask_dtype != terms_dtype ? std::optional(new_mask_dtype) : std::nullopt);
 }
 
 PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(
     const torch::Tensor& channel_counts, int64_t window, torch::ExpandingArray<2> kernel_size,
     const PartialConv2dFuncOptions& options, torch::ScalarType terms_dtype) {
-  TORCH_CHECK(channel_counts.defined() && channel_counts.dim() == 4,
-              "partial_conv2d: channel_counts must be 4-D (N, G, H, W); got ",
-              channel_counts.defined() ? channel_counts.sizes() : c10::IntArrayRef{});
-  TORCH_CHECK(terms_dtype == torch::kFloat || terms_dtype == torch::kDouble,
-              "partial_conv2d: mask terms are float32 or float64; asked for ", terms_dtype);
-  TORCH_CHECK(window > 0, "partial_conv2d: window must be positive; got ", window);
-  torch::NoGradGuard no_grad;
-  // Window sums of 0/1 values must be exact integers: the kernels sum whole numbers, and the
-  // reference path takes care of cuDNN's rounding algorithms.
-  auto window_terms =
-      detail::window_terms(channel_counts.detach().to(terms_dtype), static_cast<double>(window),
-                           {{(*kernel_size)[0], (*kernel_size)[1]},
-                            {(*options.stride())[0], (*options.stride())[1]},
-                            {(*options.padding())[0], (*options.padding())[1]},
-                            {(*options.dilation())[0], (*options.dilation())[1]}},
-                           terms_dtype);
-  PartialConv2dMaskTerms terms;
-  terms.ratio = std::move(window_terms.ratio);
-  terms.valid = std::move(window_terms.valid);
-  return terms;
+  return mask_terms_from_counts(channel_counts, window, kernel_size, options, terms_dtype,
+                                std::nullopt);
 }
 
 torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
@@ -198,8 +209,12 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
   const int64_t term_batch = terms.ratio.size(0);
 
   // The updated mask: a broadcast view where possible (clone() it before writing into it).
-  torch::Tensor new_mask =
-      terms.valid.to(mask.defined() ? mask.scalar_type() : input.scalar_type());
+  const auto new_mask_dtype = mask.defined() ? mask.scalar_type() : input.scalar_type();
+  torch::Tensor new_mask = terms.new_mask_values.defined() &&
+                                   terms.new_mask_values.scalar_type() == new_mask_dtype &&
+                                   terms.new_mask_values.sizes() == terms.valid.sizes()
+                               ? terms.new_mask_values
+                               : terms.valid.to(new_mask_dtype);
   if (options.multi_channel()) {
     new_mask =
         term_groups == 1

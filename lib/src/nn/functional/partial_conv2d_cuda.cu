@@ -28,14 +28,15 @@ using Layout = OutputLayout<Index, kChannelsLast>;
 // The kernels: each thread runs its body from partial_conv2d_device.h, where the unit tests
 // run the same bodies on the CPU.
 
-template <typename Scalar, typename Index>
-__global__ void window_terms_kernel(const Scalar* __restrict__ counts, Scalar* __restrict__ ratio,
-                                    Scalar* __restrict__ valid, Index total, Index height,
-                                    Index width, Index out_h, Index out_w, WindowShape g,
-                                    Scalar window) {
-  window_terms_thread<Scalar, Index>(blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
-                                     static_cast<Index>(gridDim.x) * blockDim.x, counts, ratio,
-                                     valid, total, height, width, out_h, out_w, g, window);
+template <typename Scalar, typename Index, typename Mask>
+__global__ void window_terms_kernel(CountPlanes<Scalar> counts, Scalar* __restrict__ ratio,
+                                    Scalar* __restrict__ valid, Mask* __restrict__ valid_as,
+                                    Index total, Index height, Index width, Index out_h,
+                                    Index out_w, WindowShape g, Scalar window) {
+  window_terms_thread<Scalar, Index, Mask>(
+      blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
+      static_cast<Index>(gridDim.x) * blockDim.x, counts, ratio, valid, valid_as, total, height,
+      width, out_h, out_w, g, window);
 }
 
 template <typename Scalar, typename Index, bool kChannelsLast, typename Param>
@@ -129,8 +130,10 @@ void with_index_type(const at::TensorBase& tensor, F&& f) {
 
 }  // namespace
 
-void window_terms(const at::TensorBase& counts, double window, const WindowGeometry& geometry,
-                  const at::TensorBase& ratio, const at::TensorBase& valid) {
+void window_terms(const at::TensorBase& counts, double weight, const at::TensorBase& second,
+                  double second_weight, double window, const WindowGeometry& geometry,
+                  const at::TensorBase& ratio, const at::TensorBase& valid,
+                  const at::TensorBase& valid_as) {
   const c10::cuda::CUDAGuard guard(counts.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = ratio.numel();
@@ -139,16 +142,30 @@ void window_terms(const at::TensorBase& counts, double window, const WindowGeome
                                     geometry.stride[1],   geometry.padding[0], geometry.padding[1],
                                     geometry.dilation[0], geometry.dilation[1]};
   AT_DISPATCH_FLOATING_TYPES(counts.scalar_type(), "pconv_window_terms_cuda", [&] {
-    with_index_type(counts.numel() > total ? counts : ratio, [&](auto index) {
-      using Index = decltype(index);
-      window_terms_kernel<scalar_t, Index><<<grid_for(total), kThreads, 0, stream>>>(
-          counts.const_data_ptr<scalar_t>(), ratio.mutable_data_ptr<scalar_t>(),
-          valid.mutable_data_ptr<scalar_t>(), static_cast<Index>(total),
-          static_cast<Index>(counts.size(2)), static_cast<Index>(counts.size(3)),
-          static_cast<Index>(ratio.size(2)), static_cast<Index>(ratio.size(3)), window_geometry,
-          static_cast<scalar_t>(window));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    using Counts = scalar_t;
+    CountPlanes<Counts> planes;
+    planes.first = counts.const_data_ptr<Counts>();
+    planes.first_weight = static_cast<Counts>(weight);
+    if (second.defined()) {
+      planes.second = second.const_data_ptr<Counts>();
+      planes.second_weight = static_cast<Counts>(second_weight);
+    }
+    // valid_as's type: none (the terms' type stands in, with a null pointer), or any floating.
+    const auto mask_type = valid_as.defined() ? valid_as.scalar_type() : counts.scalar_type();
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, mask_type, "pconv_window_terms_cuda", [&] {
+          using Mask = scalar_t;
+          Mask* valid_as_data = valid_as.defined() ? valid_as.mutable_data_ptr<Mask>() : nullptr;
+          with_index_type(counts.numel() > total ? counts : ratio, [&](auto index) {
+            using Index = decltype(index);
+            window_terms_kernel<Counts, Index, Mask><<<grid_for(total), kThreads, 0, stream>>>(
+                planes, ratio.mutable_data_ptr<Counts>(), valid.mutable_data_ptr<Counts>(),
+                valid_as_data, static_cast<Index>(total), static_cast<Index>(counts.size(2)),
+                static_cast<Index>(counts.size(3)), static_cast<Index>(ratio.size(2)),
+                static_cast<Index>(ratio.size(3)), window_geometry, static_cast<Counts>(window));
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        });
   });
 }
 

@@ -171,23 +171,42 @@ PCONV_HOST_DEVICE Op apply_post(Op y, Index c, const PostOp<Param>& post) {
 template <typename T>
 using term_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+/// The valid counts a window sums: `first` x first_weight, plus `second` x second_weight where
+/// `second` is not null (the UNet's decoder: its upsampled and skip masks times their channel
+/// counts), each (N, G, H, W). Whole numbers, so every sum is exact.
+template <typename Scalar>
+struct CountPlanes {
+  const Scalar* first = nullptr;
+  Scalar first_weight = 1;
+  const Scalar* second = nullptr;
+  Scalar second_weight = 0;
+};
+
 /// Window terms, one thread of a grid-stride loop (`first` = the thread's global index, `step`
-/// = the grid's thread count): ratio and valid (N, G, H', W') from counts (N, G, H, W).
-template <typename Scalar, typename Index>
+/// = the grid's thread count): ratio and valid (N, G, H', W') from the counts, and valid again
+/// in `Mask` (the mask's or the features' type) where `valid_as` is not null.
+template <typename Scalar, typename Index, typename Mask>
 PCONV_HOST_DEVICE void window_terms_thread(Index first, Index step,
-                                           const Scalar* __restrict__ counts,
+                                           const CountPlanes<Scalar>& counts,
                                            Scalar* __restrict__ ratio, Scalar* __restrict__ valid,
-                                           Index total, Index height, Index width, Index out_h,
-                                           Index out_w, const WindowShape& g, Scalar window) {
+                                           Mask* __restrict__ valid_as, Index total, Index height,
+                                           Index width, Index out_h, Index out_w,
+                                           const WindowShape& g, Scalar window) {
   for (Index i = first; i < total; i += step) {
     const Index out_x = i % out_w;
     const Index out_y = (i / out_w) % out_h;
-    const Scalar* plane = counts + (i / (out_w * out_h)) * height * width;
+    const Index plane = (i / (out_w * out_h)) * height * width;
     // Counts are whole numbers: the sum is exact in any order.
-    const Scalar sum = window_sum(plane, height, width, out_y, out_x, g);
+    Scalar sum =
+        counts.first_weight * window_sum(counts.first + plane, height, width, out_y, out_x, g);
+    if (counts.second != nullptr) {
+      sum +=
+          counts.second_weight * window_sum(counts.second + plane, height, width, out_y, out_x, g);
+    }
     const bool seen = sum > 0;
     ratio[i] = seen ? window / sum : Scalar(0);
     valid[i] = seen ? Scalar(1) : Scalar(0);
+    if (valid_as != nullptr) valid_as[i] = static_cast<Mask>(seen ? 1.0F : 0.0F);
   }
 }
 

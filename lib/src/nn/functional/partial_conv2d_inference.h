@@ -1,5 +1,6 @@
-// The partial convolution at inference with what follows it fused into its epilogue: for the
-// library's own networks (PConvUNet), not part of the public API.
+// Internal helpers of the functional partial convolution for the library's own networks
+// (PConvUNet), not part of the public API: the window geometry of a layer, and the layer at
+// inference with what follows it fused into its epilogue.
 #pragma once
 
 #include "partial_conv2d_kernels.h"
@@ -7,6 +8,15 @@
 #include <pconv/nn/functional/partial_conv2d.h>
 
 namespace pconv::nn::functional::detail {
+
+/// The window of a kernel of `kernel_size` with `options`' stride, padding and dilation.
+inline WindowGeometry window_geometry(torch::ExpandingArray<2> kernel_size,
+                                      const PartialConv2dFuncOptions& options) {
+  return {{(*kernel_size)[0], (*kernel_size)[1]},
+          {(*options.stride())[0], (*options.stride())[1]},
+          {(*options.padding())[0], (*options.padding())[1]},
+          {(*options.dilation())[0], (*options.dilation())[1]}};
+}
 
 /// partial_conv2d_masked_input followed by `post` (BatchNorm with running statistics, an
 /// activation), at inference only (grad mode off): the convolution, then

@@ -321,6 +321,11 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
 
 WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGeometry& geometry,
                          at::ScalarType terms_dtype) {
+  return window_terms(ValidCounts{counts}, window, geometry, terms_dtype);
+}
+
+WindowTerms window_terms(const ValidCounts& counts, double window, const WindowGeometry& geometry,
+                         at::ScalarType terms_dtype, std::optional<at::ScalarType> valid_as) {
   // Plain variables, not structured bindings: C++17 lambdas cannot capture those.
   const int64_t kernel_h = geometry.kernel[0];
   const int64_t kernel_w = geometry.kernel[1];
@@ -330,28 +335,43 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   const int64_t pad_w = geometry.padding[1];
   const int64_t dilation_h = geometry.dilation[0];
   const int64_t dilation_w = geometry.dilation[1];
-  const auto dtype = counts.scalar_type();
+  const at::Tensor& first = counts.first;
+  const at::Tensor& second = counts.second;
+  const auto dtype = first.scalar_type();
   const bool kernel_dtype = dtype == terms_dtype && (dtype == at::kFloat || dtype == at::kDouble);
   const bool fused =
-      fused_enabled() && kernel_dtype && (counts.is_cpu() || (kCudaKernels && counts.is_cuda()));
+      fused_enabled() && kernel_dtype && (first.is_cpu() || (kCudaKernels && first.is_cuda()));
+  // The CUDA kernel weighs and adds two planes of one shape itself; elsewhere ATen does first.
+  const bool kernel_adds =
+      fused && first.is_cuda() &&
+      (!second.defined() || (second.sizes() == first.sizes() && second.scalar_type() == dtype &&
+                             second.device() == first.device()));
+  at::Tensor combined = first;
+  if (!kernel_adds) {
+    if (counts.first_weight != 1) combined = first * counts.first_weight;
+    if (second.defined()) combined = at::add(combined, second, counts.second_weight);
+  }
   if (!fused) {
     // The reference path: a depthwise convolution with a ones kernel, then the ratio selected
     // (never multiplied) so that a zero count gives exactly 0. The window sums of 0/1 values
     // must be exact integers; cuDNN may pick Winograd or FFT, which round, so CUDA counts in
     // float64 (the tensor has at most `groups` channels).
-    const at::Tensor box_input = counts.is_cuda() ? counts.to(at::kDouble) : counts;
-    const at::Tensor box = at::ones({counts.size(1), 1, kernel_h, kernel_w}, box_input.options());
+    const at::Tensor box_input = combined.is_cuda() ? combined.to(at::kDouble) : combined;
+    const at::Tensor box = at::ones({combined.size(1), 1, kernel_h, kernel_w}, box_input.options());
     const at::Tensor sums = at::conv2d(box_input, box, {}, geometry.stride, geometry.padding,
-                                       geometry.dilation, counts.size(1))
+                                       geometry.dilation, combined.size(1))
                                 .to(terms_dtype);
     const at::Tensor valid = sums > 0;
-    return {at::where(valid, sums.reciprocal().mul_(window), 0.0), valid.to(terms_dtype)};
+    WindowTerms terms{
+        at::where(valid, sums.reciprocal().mul_(window), 0.0), valid.to(terms_dtype), {}};
+    if (valid_as) terms.valid_as = valid.to(*valid_as);
+    return terms;
   }
 
   // Separable on the CPU: sum the k_h taps of each column, then the k_w taps of each row, and
   // write ratio and valid straight from the sums. The counts are whole numbers, so every order
   // of summation gives the exact result.
-  const at::Tensor input = counts.contiguous();
+  const at::Tensor input = combined.contiguous();
   const int64_t planes = input.size(0) * input.size(1);
   const int64_t height = input.size(2);
   const int64_t width = input.size(3);
@@ -360,10 +380,17 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
   TORCH_CHECK(out_h > 0 && out_w > 0, "partial_conv2d: a ", kernel_h, "x", kernel_w,
               " kernel (dilation ", dilation_h, "x", dilation_w, ") does not fit the padded ",
               height, "x", width, " input");
-  WindowTerms terms{at::empty({input.size(0), input.size(1), out_h, out_w}, input.options()),
-                    at::empty({input.size(0), input.size(1), out_h, out_w}, input.options())};
+  const std::array<int64_t, 4> sizes{input.size(0), input.size(1), out_h, out_w};
+  WindowTerms terms{at::empty(sizes, input.options()), at::empty(sizes, input.options()), {}};
   if (input.is_cuda()) {
-    cuda::window_terms(input, window, geometry, terms.ratio, terms.valid);
+    // valid in a second type straight from the kernel (in the terms' type it is valid itself).
+    const bool typed = valid_as && *valid_as != dtype;
+    if (typed) terms.valid_as = at::empty(sizes, input.options().dtype(*valid_as));
+    const bool two = kernel_adds && second.defined();
+    cuda::window_terms(input, kernel_adds ? counts.first_weight : 1.0,
+                       two ? second.contiguous() : at::Tensor(), two ? counts.second_weight : 0.0,
+                       window, geometry, terms.ratio, terms.valid, terms.valid_as);
+    if (valid_as && !typed) terms.valid_as = terms.valid;
     return terms;
   }
   AT_DISPATCH_FLOATING_TYPES(dtype, "pconv_window_terms", [&] {
@@ -402,13 +429,15 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
       }
     });
   });
+  if (valid_as) terms.valid_as = terms.valid.to(*valid_as);
   return terms;
 }
 
 #ifndef PCONV_CUDA_KERNELS
 // Never called (kCudaKernels is false): definitions for the linker in builds without nvcc.
 namespace cuda {
-void window_terms(const at::TensorBase&, double, const WindowGeometry&, const at::TensorBase&,
+void window_terms(const at::TensorBase&, double, const at::TensorBase&, double, double,
+                  const WindowGeometry&, const at::TensorBase&, const at::TensorBase&,
                   const at::TensorBase&) {
   TORCH_CHECK(false, "pconv was built without its CUDA kernels");
 }

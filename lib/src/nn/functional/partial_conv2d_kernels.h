@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 
 namespace pconv::nn::functional::detail {
 
@@ -18,13 +19,29 @@ struct WindowGeometry {
 };
 
 struct WindowTerms {
-  at::Tensor ratio;  // window / sum where sum > 0, else 0
-  at::Tensor valid;  // 1 where sum > 0, else 0
+  at::Tensor ratio;     // window / sum where sum > 0, else 0
+  at::Tensor valid;     // 1 where sum > 0, else 0
+  at::Tensor valid_as;  // valid in the type asked for, where one was
 };
 
-/// From `counts` (N, G, H, W), the valid inputs per pixel summed over each group's channels:
-/// the sums over every k x k window (zero padding outside) and from them the ratio and the
-/// valid mask, (N, G, H', W') in `terms_dtype`. Never inf or NaN.
+/// The valid inputs per pixel summed over each group's channels, (N, G, H, W): `first` x
+/// first_weight, plus `second` x second_weight where `second` is defined (the UNet's decoder
+/// counts its upsampled and skip masks times their channel counts). Whole numbers.
+struct ValidCounts {
+  at::Tensor first;
+  double first_weight = 1;
+  at::Tensor second;
+  double second_weight = 0;
+};
+
+/// From the counts, the sums over every k x k window (zero padding outside) and from them the
+/// ratio and the valid mask, (N, G, H', W') in `terms_dtype`, and valid again in `valid_as`
+/// where given (CUDA: from the same kernel, no conversion). Never inf or NaN.
+WindowTerms window_terms(const ValidCounts& counts, double window, const WindowGeometry& geometry,
+                         at::ScalarType terms_dtype,
+                         std::optional<at::ScalarType> valid_as = std::nullopt);
+
+/// The same for one plane of counts.
 WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGeometry& geometry,
                          at::ScalarType terms_dtype);
 
@@ -59,9 +76,13 @@ bool fused_enabled();
 // for double outputs).
 namespace cuda {
 
-/// ratio and valid (N, G, H', W') from counts (N, G, H, W), one dtype (float or double).
-void window_terms(const at::TensorBase& counts, double window, const WindowGeometry& geometry,
-                  const at::TensorBase& ratio, const at::TensorBase& valid);
+/// ratio and valid (N, G, H', W') from counts x weight (+ second x second_weight where `second`
+/// is defined, of the same shape), one dtype (float or double); valid again in valid_as's
+/// type where it is defined.
+void window_terms(const at::TensorBase& counts, double weight, const at::TensorBase& second,
+                  double second_weight, double window, const WindowGeometry& geometry,
+                  const at::TensorBase& ratio, const at::TensorBase& valid,
+                  const at::TensorBase& valid_as);
 
 /// raw = raw * ratio + bias * valid in place, then `post` (its tensors undefined: nothing);
 /// `bias` (C) undefined or in the output's dtype or the terms', and post's vectors in the

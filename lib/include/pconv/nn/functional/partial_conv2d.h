@@ -35,6 +35,11 @@ struct PartialConv2dMaskTerms {
   torch::Tensor ratio;
   /// 1 where the window saw at least one valid input, else 0; dtype and shape of `ratio`.
   torch::Tensor valid;
+  /// Optional: `valid` in the type of the layer's updated mask (the mask's; the input's in
+  /// padding mode) where that is not the terms' type, made with the terms so that the layer
+  /// need not convert it on every call. partial_conv2d_mask_terms fills it; where it is
+  /// undefined or of another type, the layer converts `valid`.
+  torch::Tensor new_mask_values;
 };
 
 /// Computes the renormalisation ratio and the updated mask for `mask` (undefined: padding mode,
