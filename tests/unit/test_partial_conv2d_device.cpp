@@ -421,6 +421,93 @@ TYPED_TEST(PartialConv2dDevice, EpilogueAndBackwardMatchAtenInBothLayouts) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The prologue: masked input and valid counts in one pass
+
+// The prologue's launch: blocks of pixel_lanes x channel_lanes threads, every thread's share
+// first (the kernel's barrier), then the lane-0 threads add the shares of their item.
+template <typename Scalar, typename Index, bool kChannelsLast>
+void mask_and_count_on_host(const at::Tensor& input, const at::Tensor& mask,
+                            const at::Tensor& masked, const at::Tensor& counts, int64_t groups) {
+  using Term = D::term_t<Scalar>;
+  const int64_t total = counts.numel();
+  const int64_t channel_lanes = D::prologue_channel_lanes(input.size(1) / groups);
+  const int64_t pixel_lanes = D::kThreads / channel_lanes;
+  ASSERT_EQ(pixel_lanes * channel_lanes, D::kThreads);
+  const int64_t blocks = (total + pixel_lanes - 1) / pixel_lanes;
+  std::vector<Term> partial(D::kThreads);
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t y = 0; y < channel_lanes; ++y) {
+      for (int64_t x = 0; x < pixel_lanes; ++x) {
+        partial[y * pixel_lanes + x] = D::mask_and_count_thread<Scalar, Index, kChannelsLast>(
+            static_cast<Index>(block), static_cast<Index>(x), static_cast<Index>(y),
+            static_cast<Index>(pixel_lanes), static_cast<Index>(channel_lanes),
+            input.const_data_ptr<Scalar>(), mask.const_data_ptr<Scalar>(),
+            masked.mutable_data_ptr<Scalar>(), static_cast<Index>(total),
+            static_cast<Index>(input.size(1)), static_cast<Index>(groups),
+            static_cast<Index>(input.size(2) * input.size(3)));
+      }
+    }
+    for (int64_t x = 0; x < pixel_lanes; ++x) {
+      const int64_t item = block * pixel_lanes + x;
+      if (item >= total) continue;
+      Term count = 0;
+      for (int64_t y = 0; y < channel_lanes; ++y) count += partial[y * pixel_lanes + x];
+      counts.mutable_data_ptr<Term>()[item] = count;
+    }
+  }
+}
+
+template <typename Scalar, typename Index>
+void check_mask_and_count(std::mt19937& rng) {
+  using Term = D::term_t<Scalar>;
+  const auto scalar_type = c10::CppTypeToScalarType<Scalar>::value;
+  const auto term_type = c10::CppTypeToScalarType<Term>::value;
+  for (int trial = 0; trial < 16; ++trial) {
+    const int64_t batch = pick(rng, 1, 3);
+    const int64_t groups = pick(rng, 1, 3);
+    // Up to 80 channels per group: one to all 32 channel lanes, and lanes that walk several.
+    const int64_t channels = groups * pick(rng, 1, 80);
+    const int64_t height = pick(rng, 1, 20);
+    const int64_t width = pick(rng, 1, 20);
+    const bool channels_last = pick(rng, 0, 1) == 1;
+    SCOPED_TRACE(::testing::Message()
+                 << "N=" << batch << " C=" << channels << " G=" << groups << " " << height << "x"
+                 << width << (channels_last ? " channels-last" : " NCHW"));
+    const auto format =
+        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const auto input =
+        at::randn({batch, channels, height, width}).to(scalar_type).contiguous(format);
+    const auto mask =
+        (at::rand({batch, channels, height, width}) > 0.4).to(scalar_type).contiguous(format);
+    // The dispatch of partial_conv2d_kernels.cpp: NCHW wherever that holds too.
+    const bool kernel_channels_last = !input.is_contiguous();
+    const auto expected_masked = input.to(at::kDouble) * mask.to(at::kDouble);
+    const auto expected_counts =
+        mask.to(at::kDouble).reshape({batch, groups, channels / groups, height, width}).sum(2);
+    const Guarded masked(at::full_like(input, std::numeric_limits<double>::quiet_NaN()));
+    const Guarded counts(at::full({batch, groups, height, width},
+                                  std::numeric_limits<double>::quiet_NaN(), term_type));
+    if (kernel_channels_last) {
+      mask_and_count_on_host<Scalar, Index, true>(input, mask, masked.tensor, counts.tensor,
+                                                  groups);
+    } else {
+      mask_and_count_on_host<Scalar, Index, false>(input, mask, masked.tensor, counts.tensor,
+                                                   groups);
+    }
+    // Products with 0 and 1 and sums of whole numbers: exact (NaN left anywhere fails).
+    EXPECT_EQ(largest((masked.tensor.to(at::kDouble) - expected_masked).abs()), 0.0);
+    EXPECT_EQ(largest((counts.tensor.to(at::kDouble) - expected_counts).abs()), 0.0);
+    EXPECT_TRUE(masked.intact() && counts.intact());
+  }
+}
+
+TYPED_TEST(PartialConv2dDevice, MaskAndCountMatchAtenInBothLayouts) {
+  std::mt19937 rng(13);
+  check_mask_and_count<TypeParam, uint32_t>(rng);
+  check_mask_and_count<TypeParam, int64_t>(rng);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The window terms against the library's reference path (a depthwise convolution in ATen)
 
 template <typename Scalar, typename Index, typename Mask>

@@ -143,6 +143,11 @@ std::tuple<torch::Tensor, torch::Tensor> PartialConv2dImpl::forward(const torch:
               input.defined() ? input.sizes() : c10::IntArrayRef{});
   TORCH_CHECK(input.size(1) == options.in_channels(), "PartialConv2d: input ", input.sizes(),
               " has ", input.size(1), " channels; the layer expects ", options.in_channels());
+  // Terms made afresh on every call: the functional form, which masks the input and counts
+  // the mask in one pass where it can.
+  if (mask.defined() && (!options.cache_masks() || mask.is_inference())) {
+    return functional::partial_conv2d(input, mask, weight, bias, functional_options());
+  }
   const auto terms = mask_terms(input, mask);
   return functional::partial_conv2d_with_terms(input, mask, weight, bias, terms,
                                                functional_options());

@@ -109,6 +109,28 @@ PartialConv2dMaskTerms mask_terms_from_counts(const torch::Tensor& channel_count
   return terms;
 }
 
+// The updated mask in `dtype` for `output`: a broadcast view where possible (clone() it before
+// writing into it).
+torch::Tensor updated_mask(const PartialConv2dMaskTerms& terms, torch::ScalarType dtype,
+                           const torch::Tensor& output, const PartialConv2dFuncOptions& options) {
+  torch::Tensor new_mask = terms.new_mask_values.defined() &&
+                                   terms.new_mask_values.scalar_type() == dtype &&
+                                   terms.new_mask_values.sizes() == terms.valid.sizes()
+                               ? terms.new_mask_values
+                               : terms.valid.to(dtype);
+  if (!options.multi_channel()) return new_mask;
+  const int64_t term_groups = terms.valid.size(1);
+  const int64_t term_batch = terms.valid.size(0);
+  const int64_t out_channels = output.size(1);
+  const int64_t out_h = output.size(2);
+  const int64_t out_w = output.size(3);
+  return term_groups == 1
+             ? new_mask.expand({term_batch, out_channels, out_h, out_w})
+             : new_mask.unsqueeze(2)
+                   .expand({term_batch, term_groups, out_channels / term_groups, out_h, out_w})
+                   .reshape({term_batch, out_channels, out_h, out_w});
+}
+
 }  // namespace
 
 PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
@@ -203,27 +225,8 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d_with_terms(
               term_groups);
   const torch::Tensor output =
       partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
-  const int64_t out_channels = output.size(1);
-  const int64_t out_h = output.size(2);
-  const int64_t out_w = output.size(3);
-  const int64_t term_batch = terms.ratio.size(0);
-
-  // The updated mask: a broadcast view where possible (clone() it before writing into it).
-  const auto new_mask_dtype = mask.defined() ? mask.scalar_type() : input.scalar_type();
-  torch::Tensor new_mask = terms.new_mask_values.defined() &&
-                                   terms.new_mask_values.scalar_type() == new_mask_dtype &&
-                                   terms.new_mask_values.sizes() == terms.valid.sizes()
-                               ? terms.new_mask_values
-                               : terms.valid.to(new_mask_dtype);
-  if (options.multi_channel()) {
-    new_mask =
-        term_groups == 1
-            ? new_mask.expand({term_batch, out_channels, out_h, out_w})
-            : new_mask.unsqueeze(2)
-                  .expand({term_batch, term_groups, out_channels / term_groups, out_h, out_w})
-                  .reshape({term_batch, out_channels, out_h, out_w});
-  }
-  return {output, new_mask};
+  return {output, updated_mask(terms, mask.defined() ? mask.scalar_type() : input.scalar_type(),
+                               output, options)};
 }
 
 std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(const torch::Tensor& input,
@@ -231,11 +234,41 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(const torch::Tensor& inp
                                                         const torch::Tensor& weight,
                                                         const torch::Tensor& bias,
                                                         const PartialConv2dFuncOptions& options) {
+  auto [output, new_mask, terms] =
+      detail::partial_conv2d_and_terms(input, mask, weight, bias, options);
+  return {std::move(output), std::move(new_mask)};
+}
+
+namespace detail {
+
+std::tuple<torch::Tensor, torch::Tensor, PartialConv2dMaskTerms> partial_conv2d_and_terms(
+    const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,
+    const torch::Tensor& bias, const PartialConv2dFuncOptions& options) {
   check_input(input);
   check_weight(input, weight, bias, options);
-  const auto terms = partial_conv2d_mask_terms(
-      mask, input, torch::ExpandingArray<2>({weight.size(2), weight.size(3)}), options);
-  return partial_conv2d_with_terms(input, mask, weight, bias, terms, options);
+  const torch::ExpandingArray<2> kernel({weight.size(2), weight.size(3)});
+  if (mask.defined() && options.multi_channel()) {
+    check_mask(mask, input, options);
+    if (mask_and_count_fusable(input, mask)) {
+      // One pass over input and mask for both the masked input and the valid counts.
+      const int64_t groups = options.groups();
+      auto [masked_input, counts] = mask_and_count(input, mask, groups);
+      const auto terms_dtype = counts.scalar_type();
+      const int64_t window = weight.size(2) * weight.size(3) * (input.size(1) / groups);
+      auto terms = mask_terms_from_counts(
+          counts, window, kernel, options, terms_dtype,
+          mask.scalar_type() != terms_dtype ? std::optional(mask.scalar_type()) : std::nullopt);
+      torch::Tensor output =
+          partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
+      torch::Tensor new_mask = updated_mask(terms, mask.scalar_type(), output, options);
+      return {std::move(output), std::move(new_mask), std::move(terms)};
+    }
+  }
+  auto terms = partial_conv2d_mask_terms(mask, input, kernel, options);
+  auto [output, new_mask] = partial_conv2d_with_terms(input, mask, weight, bias, terms, options);
+  return {std::move(output), std::move(new_mask), std::move(terms)};
 }
+
+}  // namespace detail
 
 }  // namespace pconv::nn::functional

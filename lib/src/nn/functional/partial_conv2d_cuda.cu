@@ -50,6 +50,30 @@ __global__ void renormalize_kernel(Scalar* __restrict__ out,
       static_cast<Index>(gridDim.x) * blockDim.x, out, ratio, valid, bias, total, layout, post);
 }
 
+// The prologue: block b takes blockDim.x items (n, g, p), with blockDim.y channel lanes each;
+// the lanes' shares of each count meet in shared memory and the threads of lane 0 add them.
+template <typename Scalar, typename Index, bool kChannelsLast>
+__global__ void mask_and_count_kernel(const Scalar* __restrict__ input,
+                                      const Scalar* __restrict__ mask, Scalar* __restrict__ masked,
+                                      term_t<Scalar>* __restrict__ counts, Index total,
+                                      Index channels, Index groups, Index plane) {
+  using Term = term_t<Scalar>;
+  __shared__ Term partial[kThreads];
+  const Index pixel_lanes = blockDim.x;
+  const Index channel_lanes = blockDim.y;
+  const Term share = mask_and_count_thread<Scalar, Index, kChannelsLast>(
+      blockIdx.x, threadIdx.x, threadIdx.y, pixel_lanes, channel_lanes, input, mask, masked, total,
+      channels, groups, plane);
+  partial[threadIdx.y * pixel_lanes + threadIdx.x] = share;
+  __syncthreads();
+  const Index item = blockIdx.x * pixel_lanes + threadIdx.x;
+  if (threadIdx.y != 0 || item >= total) return;
+  Term count = 0;
+  for (Index lane = 0; lane < channel_lanes; ++lane)
+    count += partial[lane * pixel_lanes + threadIdx.x];
+  counts[item] = count;
+}
+
 template <typename Term, typename Param, typename Index>
 __global__ void bias_gradient_kernel(const Term* __restrict__ partial_sums,
                                      Param* __restrict__ grad_bias, Index rows, Index channels) {
@@ -231,6 +255,44 @@ void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at
                       param_type, " for a ", raw.scalar_type(), " output");
           launch_renormalize<scalar_t, Term>(raw, bias, ratio, valid, channels_last, post, stream);
         }
+      });
+}
+
+void mask_and_count(const at::TensorBase& input, const at::TensorBase& mask, int64_t groups,
+                    bool channels_last, const at::TensorBase& masked,
+                    const at::TensorBase& counts) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t total = counts.numel();
+  if (total == 0 || input.numel() == 0) return;
+  const int64_t channels = input.size(1);
+  const int64_t plane = input.size(2) * input.size(3);
+  const int64_t channel_lanes = prologue_channel_lanes(channels / groups);
+  const int64_t pixel_lanes = kThreads / channel_lanes;
+  const int64_t blocks = (total + pixel_lanes - 1) / pixel_lanes;
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
+              "partial_conv2d: too many pixels for one launch: ", total);
+  const dim3 block(static_cast<unsigned>(pixel_lanes), static_cast<unsigned>(channel_lanes));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "pconv_mask_and_count_cuda", [&] {
+        using Term = term_t<scalar_t>;
+        with_index_type(input, [&](auto index) {
+          using Index = decltype(index);
+          if (channels_last) {
+            mask_and_count_kernel<scalar_t, Index, true><<<blocks, block, 0, stream>>>(
+                input.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
+                masked.mutable_data_ptr<scalar_t>(), counts.mutable_data_ptr<Term>(),
+                static_cast<Index>(total), static_cast<Index>(channels), static_cast<Index>(groups),
+                static_cast<Index>(plane));
+          } else {
+            mask_and_count_kernel<scalar_t, Index, false><<<blocks, block, 0, stream>>>(
+                input.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
+                masked.mutable_data_ptr<scalar_t>(), counts.mutable_data_ptr<Term>(),
+                static_cast<Index>(total), static_cast<Index>(channels), static_cast<Index>(groups),
+                static_cast<Index>(plane));
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
 }
 

@@ -210,6 +210,48 @@ PCONV_HOST_DEVICE void window_terms_thread(Index first, Index step,
   }
 }
 
+/// The prologue's block: `pixel_lanes` x `channel_lanes` threads (kThreads in all), with as many
+/// channel lanes as a group has channels, rounded up to a power of two, at most 32: every
+/// thread then walks few channels, however many the layer has.
+PCONV_HOST_DEVICE int64_t prologue_channel_lanes(int64_t group_channels) {
+  int64_t lanes = 1;
+  while (lanes < group_channels && lanes < 32) lanes *= 2;
+  return lanes;
+}
+
+/// The prologue for a multi-channel mask of the input's shape and layout, (N, C, P) with P =
+/// H x W pixels stored NCHW or channels-last: masked = input x mask, and per pixel and group
+/// the valid count, the mask summed over the group's channels (counts (N, G, P)), in one pass
+/// over input and mask. Block `block` takes `pixel_lanes` consecutive items (n, g, p) of the
+/// N x G x P; thread (lane_x, lane_y) takes item block x pixel_lanes + lane_x and its group's
+/// channels lane_y, lane_y + channel_lanes, ...: it writes their masked values and returns its
+/// share of the item's count (0 past the last item); the block adds the shares. The product is
+/// in float (double for double), as ATen's mul does it.
+template <typename Scalar, typename Index, bool kChannelsLast>
+PCONV_HOST_DEVICE term_t<Scalar> mask_and_count_thread(Index block, Index lane_x, Index lane_y,
+                                                       Index pixel_lanes, Index channel_lanes,
+                                                       const Scalar* __restrict__ input,
+                                                       const Scalar* __restrict__ mask,
+                                                       Scalar* __restrict__ masked, Index total,
+                                                       Index channels, Index groups, Index plane) {
+  using Op = at::opmath_type<Scalar>;
+  term_t<Scalar> count = 0;
+  const Index item = block * pixel_lanes + lane_x;
+  if (item >= total) return count;
+  const Index group_channels = channels / groups;
+  const Index p = item % plane;
+  const Index g = (item / plane) % groups;
+  const Index n = item / (plane * groups);
+  for (Index k = lane_y; k < group_channels; k += channel_lanes) {
+    const Index c = g * group_channels + k;
+    const Index j = kChannelsLast ? (n * plane + p) * channels + c : (n * channels + c) * plane + p;
+    const Scalar m = mask[j];
+    masked[j] = static_cast<Scalar>(static_cast<Op>(input[j]) * static_cast<Op>(m));
+    count += static_cast<term_t<Scalar>>(m);
+  }
+  return count;
+}
+
 /// The epilogue out = out * ratio + bias * valid in place (bias may be null), then `post`, one
 /// thread of a grid-stride loop; the bias (and post's vectors) in `Param`, the output's type or
 /// the terms'; the arithmetic is in float (double for double).

@@ -193,6 +193,80 @@ PCONV_CPU_CLONES void accumulate_row<float>(float* __restrict__ sums, const floa
   for (int64_t i = 0; i < size; ++i) sums[i] += row[i];
 }
 
+// One channel of the prologue: masked = input x mask, counts += mask, over a plane.
+template <typename T>
+void mask_and_count_plane(const T* __restrict__ input, const T* __restrict__ mask,
+                          T* __restrict__ masked, T* __restrict__ counts, int64_t size) {
+  for (int64_t i = 0; i < size; ++i) {
+    masked[i] = input[i] * mask[i];
+    counts[i] += mask[i];
+  }
+}
+
+template <>
+PCONV_CPU_CLONES void mask_and_count_plane<float>(const float* __restrict__ input,
+                                                  const float* __restrict__ mask,
+                                                  float* __restrict__ masked,
+                                                  float* __restrict__ counts, int64_t size) {
+#pragma omp simd
+  for (int64_t i = 0; i < size; ++i) {
+    masked[i] = input[i] * mask[i];
+    counts[i] += mask[i];
+  }
+}
+
+// The prologue's kernels into masked and counts (allocated by the caller).
+void mask_and_count_into(const at::Tensor& input, const at::Tensor& mask, int64_t groups,
+                         const at::Tensor& masked, const at::Tensor& counts) {
+  if (input.is_cuda()) {
+    cuda::mask_and_count(input, mask, groups, !input.is_contiguous(), masked, counts);
+    return;
+  }
+  const int64_t channels = input.size(1);
+  const int64_t group_channels = channels / groups;
+  const int64_t plane = input.size(2) * input.size(3);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pconv_mask_and_count", [&] {
+    const auto* in = input.const_data_ptr<scalar_t>();
+    const auto* m = mask.const_data_ptr<scalar_t>();
+    auto* out = masked.mutable_data_ptr<scalar_t>();
+    auto* sums = counts.mutable_data_ptr<scalar_t>();
+    // One task per (n, group): its channels one after another into the group's count plane.
+    at::parallel_for(0, input.size(0) * groups, grain_for(group_channels * plane),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t block = begin; block < end; ++block) {
+                         scalar_t* count = sums + block * plane;
+                         std::fill(count, count + plane, scalar_t(0));
+                         for (int64_t k = 0; k < group_channels; ++k) {
+                           const int64_t offset = (block * group_channels + k) * plane;
+                           mask_and_count_plane<scalar_t>(in + offset, m + offset, out + offset,
+                                                          count, plane);
+                         }
+                       }
+                     });
+  });
+}
+
+// masked = input x mask with its gradient grad x mask (the mask carries none), and the counts.
+class MaskInput : public torch::autograd::Function<MaskInput> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const at::Tensor& mask, int64_t groups) {
+    at::Tensor masked = at::empty_like(input);
+    at::Tensor counts = at::empty({input.size(0), groups, input.size(2), input.size(3)},
+                                  input.options().dtype(term_dtype(input.scalar_type())));
+    mask_and_count_into(input, mask, groups, masked, counts);
+    ctx->save_for_backward({mask});
+    ctx->mark_non_differentiable({counts});
+    return {masked, counts};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const at::Tensor& grad = grad_outputs[0];
+    if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad * ctx->get_saved_variables()[0], at::Tensor(), at::Tensor()};
+  }
+};
+
 // Where plane (n, c) of the output finds its ratio and valid planes.
 struct PlaneIndex {
   int64_t channels, groups, term_batch, plane_size;
@@ -433,9 +507,46 @@ WindowTerms window_terms(const ValidCounts& counts, double window, const WindowG
   return terms;
 }
 
+bool mask_and_count_fusable(const at::Tensor& input, const at::Tensor& mask) {
+  if (!fused_enabled() || !input.defined() || !mask.defined() || input.dim() != 4 ||
+      mask.sizes() != input.sizes() || mask.scalar_type() != input.scalar_type() ||
+      mask.device() != input.device()) {
+    return false;
+  }
+  const auto dtype = input.scalar_type();
+  const bool nchw = input.is_contiguous() && mask.is_contiguous();
+  if (input.is_cpu()) return nchw && (dtype == at::kFloat || dtype == at::kDouble);
+  const auto channels_last = at::MemoryFormat::ChannelsLast;
+  return kCudaKernels && input.is_cuda() &&
+         (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+          dtype == at::kBFloat16) &&
+         (nchw || (input.is_contiguous(channels_last) && mask.is_contiguous(channels_last)));
+}
+
+std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const at::Tensor& mask,
+                                                 int64_t groups) {
+  TORCH_CHECK(mask_and_count_fusable(input, mask) && groups >= 1 && input.size(1) % groups == 0,
+              "partial_conv2d: no fused prologue for input ", input.sizes(), " and mask ",
+              mask.sizes());
+  const at::Tensor values = mask.detach();
+  if (at::GradMode::is_enabled() && input.requires_grad()) {
+    auto outputs = MaskInput::apply(input, values, groups);
+    return {std::move(outputs[0]), std::move(outputs[1])};
+  }
+  at::Tensor masked = at::empty_like(input);
+  at::Tensor counts = at::empty({input.size(0), groups, input.size(2), input.size(3)},
+                                input.options().dtype(term_dtype(input.scalar_type())));
+  mask_and_count_into(input, values, groups, masked, counts);
+  return {masked, counts};
+}
+
 #ifndef PCONV_CUDA_KERNELS
 // Never called (kCudaKernels is false): definitions for the linker in builds without nvcc.
 namespace cuda {
+void mask_and_count(const at::TensorBase&, const at::TensorBase&, int64_t, bool,
+                    const at::TensorBase&, const at::TensorBase&) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
 void window_terms(const at::TensorBase&, double, const at::TensorBase&, double, double,
                   const WindowGeometry&, const at::TensorBase&, const at::TensorBase&,
                   const at::TensorBase&) {

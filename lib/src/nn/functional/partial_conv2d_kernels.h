@@ -11,6 +11,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 namespace pconv::nn::functional::detail {
 
@@ -28,6 +29,14 @@ struct WindowTerms {
 /// first_weight, plus `second` x second_weight where `second` is defined (the UNet's decoder
 /// counts its upsampled and skip masks times their channel counts). Whole numbers.
 struct ValidCounts {
+  /// One plane, weight 1.
+  explicit ValidCounts(at::Tensor counts) : first(std::move(counts)) {}
+  ValidCounts(at::Tensor counts, double weight, at::Tensor second_counts, double second_weight_)
+      : first(std::move(counts)),
+        first_weight(weight),
+        second(std::move(second_counts)),
+        second_weight(second_weight_) {}
+
   at::Tensor first;
   double first_weight = 1;
   at::Tensor second;
@@ -67,6 +76,17 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
                                      const at::Tensor& ratio, const at::Tensor& valid,
                                      const InferencePost& post);
 
+/// Whether mask_and_count() runs a fused kernel for this input and multi-channel mask: one shape,
+/// type and layout (CPU: float or double, NCHW; CUDA: any floating type, NCHW or channels-last).
+bool mask_and_count_fusable(const at::Tensor& input, const at::Tensor& mask);
+
+/// The prologue of a partial convolution with a multi-channel mask, in one pass over input and
+/// mask where mask_and_count_fusable(): masked = input x mask, differentiable in the input (its
+/// gradient is grad x mask), and counts (N, G, H, W) in the terms' type, the mask summed over
+/// each of the `groups` groups' channels.
+std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const at::Tensor& mask,
+                                                 int64_t groups);
+
 /// Whether the fused kernels are switched on (pconv::nn::functional::set_fused_kernels_enabled).
 bool fused_enabled();
 
@@ -97,6 +117,12 @@ void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at
 void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& ratio,
                           const at::TensorBase& valid, bool channels_last,
                           const at::TensorBase& grad_raw, const at::TensorBase& bias_sums);
+
+/// masked = input x mask and counts (N, G, H, W), the mask summed over each group's channels,
+/// for input, mask and masked of one shape, type and layout (NCHW or, with `channels_last`,
+/// channels-last), counts in the terms' type.
+void mask_and_count(const at::TensorBase& input, const at::TensorBase& mask, int64_t groups,
+                    bool channels_last, const at::TensorBase& masked, const at::TensorBase& counts);
 
 /// grad_bias (C, any floating dtype) = the sum of `bias_sums` (rows, C) over the rows, in a
 /// fixed order.
