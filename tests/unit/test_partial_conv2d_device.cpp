@@ -129,6 +129,7 @@ void renormalize_on_host(const at::Tensor& out, const at::Tensor& ratio, const a
   }
   post_op.activation = post.activation;
   post_op.slope = post.slope;
+  post_op.zero_holes = post.zero_holes;
   launch_grid_stride<Index>(grid, total, [&](Index first, Index step) {
     D::renormalize_thread<Scalar, Index, kChannelsLast, Param>(
         first, step, out.mutable_data_ptr<Scalar>(), ratio.const_data_ptr<Term>(),
@@ -213,14 +214,15 @@ struct Case {
   bool term_batch_one, channels_last, bias;
   // The bias (and BatchNorm vectors) in the output's type rather than the terms'; the inference
   // post-op: BatchNorm, activation (0 none, 1 ReLU, 2 leaky ReLU).
-  bool native_bias = false, batch_norm = false;
+  bool native_bias = false, batch_norm = false, zero_holes = false;
   int activation = 0;
   std::string str() const {
     std::ostringstream out;
     out << "N=" << batch << " C=" << channels << " G=" << groups << " " << height << "x" << width
         << (term_batch_one ? " terms batch 1" : "") << (channels_last ? " channels-last" : "")
         << (bias ? " bias" : " no bias") << (native_bias ? " in the output's type" : "")
-        << (batch_norm ? " + batch norm" : "") << " activation " << activation;
+        << (batch_norm ? " + batch norm" : "") << " activation " << activation
+        << (zero_holes ? " + holes zeroed" : "");
     return out.str();
   }
 };
@@ -239,6 +241,7 @@ Case random_case(std::mt19937& rng) {
   c.native_bias = pick(rng, 0, 1) == 1;
   c.batch_norm = pick(rng, 0, 1) == 1;
   c.activation = static_cast<int>(pick(rng, 0, 2));
+  c.zero_holes = pick(rng, 0, 1) == 1;
   return c;
 }
 
@@ -299,6 +302,7 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
   }
   post.activation = static_cast<D::Activation>(c.activation);
   post.slope = 0.2;
+  post.zero_holes = c.zero_holes;
   // The dispatch of partial_conv2d_kernels.cpp: channels-last unless contiguous NCHW holds too.
   const bool channels_last = !raw.contiguous(format).is_contiguous();
   const auto kernel_format = channels_last ? at::MemoryFormat::ChannelsLast : format;
@@ -331,6 +335,7 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
       }
       if (c.activation == 1) want = at::relu(want);
       if (c.activation == 2) want = at::leaky_relu(want, post.slope);
+      if (c.zero_holes) want = want * per_channel(valid, c.channels).to(at::kDouble);
     }
     const D::InferencePost none;
     for (const int64_t grid : grids_for(raw.numel())) {

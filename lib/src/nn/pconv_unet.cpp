@@ -30,15 +30,17 @@ F::PartialConv2dFuncOptions decoder_geometry() {
   return F::PartialConv2dFuncOptions().stride(1).padding(kDecoderKernel / 2);
 }
 
-// At inference, what follows a layer (its BatchNorm, if any, then the activation) for the
-// layer's epilogue to do in the same pass; nothing where the BatchNorm uses batch statistics
-// (training mode) or lacks its affine vectors or running statistics.
+// At inference, what follows a layer (its BatchNorm, if any, then the activation, then the
+// zeroing of its output's holes that the next layer would do) for the layer's epilogue to do in
+// the same pass; nothing where the BatchNorm uses batch statistics (training mode) or lacks its
+// affine vectors or running statistics.
 std::optional<F::detail::InferencePost> inference_post(const torch::nn::BatchNorm2d* bn,
                                                        F::detail::Activation activation,
                                                        double slope) {
   F::detail::InferencePost post;
   post.activation = activation;
   post.slope = slope;
+  post.zero_holes = true;
   if (bn != nullptr) {
     const auto& layer = **bn;
     if (layer.is_training() || !layer.weight.defined() || !layer.bias.defined() ||
@@ -170,29 +172,34 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
   torch::Tensor feature_mask = masks.back();
   std::vector<torch::Tensor> masked_features;  // encoder outputs with their holes zeroed
   masked_features.reserve(depth + 1);
-  // At inference each layer's BatchNorm and activation run in its epilogue's pass.
+  // At inference each layer's BatchNorm, activation and hole zeroing run in its epilogue's
+  // pass: `holes_zeroed` says that `features` is already times its mask.
   const bool inference = !at::GradMode::is_enabled();
+  bool holes_zeroed = false;
   torch::Tensor features = image;
   for (int64_t level = 1; level <= depth; ++level) {
     const torch::Tensor& level_mask = masks.back();
     const auto feature_dtype = features.scalar_type();
-    masked_features.push_back(features * (feature_mask.scalar_type() == feature_dtype
-                                              ? feature_mask
-                                              : feature_mask.to(feature_dtype)));
+    masked_features.push_back(holes_zeroed ? features
+                                           : features * (feature_mask.scalar_type() == feature_dtype
+                                                             ? feature_mask
+                                                             : feature_mask.to(feature_dtype)));
     const int64_t kernel = encoder_kernel(level);
     const auto geometry = encoder_geometry(level);
-    // The count is channels x mask and the window channels x k x k: the channels cancel.
-    auto window = F::detail::window_terms(
-        F::detail::ValidCounts{level_mask}, static_cast<double>(kernel * kernel),
-        F::detail::window_geometry(kernel, geometry), terms_dtype,
-        feature_dtype != terms_dtype ? std::optional(feature_dtype) : std::nullopt);
-    F::PartialConv2dMaskTerms terms;
-    terms.ratio = std::move(window.ratio);
-    terms.valid = std::move(window.valid);
     const auto& conv = encoder[level - 1];
     const auto post = inference ? inference_post(level >= 2 ? &encoder_bn[level - 2] : nullptr,
                                                  F::detail::Activation::kRelu, 0.0)
                                 : std::nullopt;
+    // The count is channels x mask and the window channels x k x k: the channels cancel. The
+    // next level zeroes its input's holes itself unless this layer's epilogue does.
+    auto window = F::detail::window_terms(
+        F::detail::ValidCounts{level_mask}, static_cast<double>(kernel * kernel),
+        F::detail::window_geometry(kernel, geometry), terms_dtype,
+        !post && feature_dtype != terms_dtype ? std::optional(feature_dtype) : std::nullopt);
+    F::PartialConv2dMaskTerms terms;
+    terms.ratio = std::move(window.ratio);
+    terms.valid = std::move(window.valid);
+    holes_zeroed = post.has_value();
     if (post) {
       features = F::detail::partial_conv2d_masked_input_for_inference(
           masked_features.back(), conv->weight, conv->bias, terms, geometry, *post);
@@ -214,8 +221,8 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
     const torch::Tensor& skip_mask = masks[level - 1];
     const int64_t up_channels = up.size(1);
     const int64_t skip_channels = size[1];
-    const torch::Tensor masked_input =
-        at::cat({up * up_mask.to(up.scalar_type()), masked_features[level - 1]}, 1);
+    const torch::Tensor masked_input = at::cat(
+        {holes_zeroed ? up : up * up_mask.to(up.scalar_type()), masked_features[level - 1]}, 1);
     const auto geometry = decoder_geometry();
     // Counts up_mask x up_channels + skip_mask x skip_channels, weighed and added by the window
     // kernel itself on CUDA (by ATen elsewhere).
@@ -233,6 +240,7 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
                           ? inference_post(&decoder_bn[depth - level],
                                            F::detail::Activation::kLeakyRelu, kDecoderSlope)
                           : std::nullopt;
+    holes_zeroed = post.has_value();
     if (post) {
       features = F::detail::partial_conv2d_masked_input_for_inference(
           masked_input, conv->weight, conv->bias, terms, geometry, *post);

@@ -217,6 +217,7 @@ void launch_renormalize(const at::TensorBase& raw, const at::TensorBase& bias,
   }
   post_op.activation = post.activation;
   post_op.slope = post.slope;
+  post_op.zero_holes = post.zero_holes;
   with_index_type(raw, [&](auto index) {
     using Index = decltype(index);
     if (channels_last) {

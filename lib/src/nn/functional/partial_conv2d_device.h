@@ -124,8 +124,9 @@ enum class Activation : int { kNone = 0, kRelu = 1, kLeakyRelu = 2 };
 /// At inference (no autograd), what the epilogue does after y = raw * ratio + bias * valid, per
 /// output channel c: BatchNorm with running statistics, y = (y - mean[c]) * weight[c] /
 /// sqrt(var[c] + eps) + bias[c] (none where `bn_weight` is null), then the activation, as
-/// at::batch_norm in eval mode and at::relu / at::leaky_relu do it. `Param` is the element type
-/// of the layer's bias and these four vectors.
+/// at::batch_norm in eval mode and at::relu / at::leaky_relu do it, then with `zero_holes`
+/// y x valid (the holes of the updated mask zeroed, as the next layer would zero them). `Param`
+/// is the element type of the layer's bias and these four vectors.
 template <typename Param>
 struct PostOp {
   const Param* bn_weight = nullptr;
@@ -135,6 +136,7 @@ struct PostOp {
   double eps = 0;
   Activation activation = Activation::kNone;
   double slope = 0;  // of kLeakyRelu
+  bool zero_holes = false;
 };
 
 /// 1 / sqrt(value), the CUDA intrinsic on the device.
@@ -268,7 +270,9 @@ PCONV_HOST_DEVICE void renormalize_thread(Index first, Index step, Scalar* __res
     const Index t = layout.term(i, c);
     Op y = static_cast<Op>(out[i]) * static_cast<Op>(ratio[t]);
     if (bias != nullptr) y += static_cast<Op>(bias[c]) * static_cast<Op>(valid[t]);
-    out[i] = static_cast<Scalar>(apply_post(y, c, post));
+    y = apply_post(y, c, post);
+    if (post.zero_holes) y *= static_cast<Op>(valid[t]);
+    out[i] = static_cast<Scalar>(y);
   }
 }
 

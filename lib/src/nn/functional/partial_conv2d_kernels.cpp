@@ -95,11 +95,12 @@ PCONV_CPU_CLONES void renormalize_plane<float>(float* __restrict__ out,
 
 // The inference epilogue on one plane: out = act((out * ratio + bias * valid) * scale + shift),
 // act being y < 0 ? y * slope : y for kLeakyRelu, max(y, 0) for kRelu (a loop each, so that
-// each vectorises).
+// each vectorises), then with `zero_holes` out * valid (a second loop over the plane, still in
+// cache).
 template <typename T>
 void renormalize_post_plane(T* __restrict__ out, const T* __restrict__ ratio,
                             const T* __restrict__ valid, T bias, T scale, T shift,
-                            Activation activation, T slope, int64_t size) {
+                            Activation activation, T slope, bool zero_holes, int64_t size) {
   switch (activation) {
     case Activation::kRelu:
       for (int64_t i = 0; i < size; ++i) {
@@ -119,6 +120,9 @@ void renormalize_post_plane(T* __restrict__ out, const T* __restrict__ ratio,
         out[i] = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
       break;
   }
+  if (zero_holes) {
+    for (int64_t i = 0; i < size; ++i) out[i] *= valid[i];
+  }
 }
 
 template <>
@@ -126,7 +130,7 @@ PCONV_CPU_CLONES void renormalize_post_plane<float>(float* __restrict__ out,
                                                     const float* __restrict__ ratio,
                                                     const float* __restrict__ valid, float bias,
                                                     float scale, float shift, Activation activation,
-                                                    float slope, int64_t size) {
+                                                    float slope, bool zero_holes, int64_t size) {
   switch (activation) {
     case Activation::kRelu:
 #pragma omp simd
@@ -150,6 +154,10 @@ PCONV_CPU_CLONES void renormalize_post_plane<float>(float* __restrict__ out,
         out[i] = (out[i] * ratio[i] + bias * valid[i]) * scale + shift;
       }
       break;
+  }
+  if (zero_holes) {
+#pragma omp simd
+    for (int64_t i = 0; i < size; ++i) out[i] *= valid[i];
   }
 }
 
@@ -641,11 +649,11 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
             shift = post.bn_bias.const_data_ptr<scalar_t>()[c] -
                     post.bn_mean.const_data_ptr<scalar_t>()[c] * scale;
           }
-          renormalize_post_plane<scalar_t>(out + plane * index.plane_size,
-                                           ratio_data + index.term_offset(plane),
-                                           valid_data + index.term_offset(plane),
-                                           bias_data != nullptr ? bias_data[c] : scalar_t(0), scale,
-                                           shift, post.activation, slope, index.plane_size);
+          renormalize_post_plane<scalar_t>(
+              out + plane * index.plane_size, ratio_data + index.term_offset(plane),
+              valid_data + index.term_offset(plane),
+              bias_data != nullptr ? bias_data[c] : scalar_t(0), scale, shift, post.activation,
+              slope, post.zero_holes, index.plane_size);
         }
       });
     });
@@ -683,6 +691,15 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
   }
   if (post.activation == Activation::kRelu) output = at::relu(output);
   if (post.activation == Activation::kLeakyRelu) output = at::leaky_relu(output, post.slope);
+  if (post.zero_holes) {
+    const int64_t groups = ratio.size(1);
+    const auto mask = valid.to(output.scalar_type());
+    output = groups == 1 ? output * mask
+                         : (output.reshape({output.size(0), groups, output.size(1) / groups,
+                                            output.size(2), output.size(3)}) *
+                            mask.unsqueeze(2))
+                               .reshape(output.sizes());
+  }
   return output;
 }
 

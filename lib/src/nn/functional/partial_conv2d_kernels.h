@@ -61,12 +61,14 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
                        const at::Tensor& valid);
 
 /// What follows the renormalisation at inference (see PostOp in partial_conv2d_device.h):
-/// BatchNorm with running statistics where `bn_weight` is defined, then `activation`.
+/// BatchNorm with running statistics where `bn_weight` is defined, then `activation`, then
+/// with `zero_holes` the output times the valid mask.
 struct InferencePost {
   at::Tensor bn_weight, bn_bias, bn_mean, bn_var;
   double eps = 0;
   Activation activation = Activation::kNone;
   double slope = 0;
+  bool zero_holes = false;
 };
 
 /// At inference only (no autograd): activation(batch_norm(raw * ratio + bias * valid)), in one
