@@ -234,25 +234,15 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(const torch::Tensor& inp
                                                         const torch::Tensor& weight,
                                                         const torch::Tensor& bias,
                                                         const PartialConv2dFuncOptions& options) {
-  auto [output, new_mask, terms] =
-      detail::partial_conv2d_and_terms(input, mask, weight, bias, options);
-  return {std::move(output), std::move(new_mask)};
-}
-
-namespace detail {
-
-std::tuple<torch::Tensor, torch::Tensor, PartialConv2dMaskTerms> partial_conv2d_and_terms(
-    const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,
-    const torch::Tensor& bias, const PartialConv2dFuncOptions& options) {
   check_input(input);
   check_weight(input, weight, bias, options);
   const torch::ExpandingArray<2> kernel({weight.size(2), weight.size(3)});
   if (mask.defined() && options.multi_channel()) {
     check_mask(mask, input, options);
-    if (mask_and_count_fusable(input, mask)) {
+    if (detail::mask_and_count_fusable(input, mask)) {
       // One pass over input and mask for both the masked input and the valid counts.
       const int64_t groups = options.groups();
-      auto [masked_input, counts] = mask_and_count(input, mask, groups);
+      auto [masked_input, counts] = detail::mask_and_count(input, mask, groups);
       const auto terms_dtype = counts.scalar_type();
       const int64_t window = weight.size(2) * weight.size(3) * (input.size(1) / groups);
       auto terms = mask_terms_from_counts(
@@ -261,14 +251,11 @@ std::tuple<torch::Tensor, torch::Tensor, PartialConv2dMaskTerms> partial_conv2d_
       torch::Tensor output =
           partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
       torch::Tensor new_mask = updated_mask(terms, mask.scalar_type(), output, options);
-      return {std::move(output), std::move(new_mask), std::move(terms)};
+      return {std::move(output), std::move(new_mask)};
     }
   }
-  auto terms = partial_conv2d_mask_terms(mask, input, kernel, options);
-  auto [output, new_mask] = partial_conv2d_with_terms(input, mask, weight, bias, terms, options);
-  return {std::move(output), std::move(new_mask), std::move(terms)};
+  const auto terms = partial_conv2d_mask_terms(mask, input, kernel, options);
+  return partial_conv2d_with_terms(input, mask, weight, bias, terms, options);
 }
-
-}  // namespace detail
 
 }  // namespace pconv::nn::functional

@@ -7,8 +7,6 @@
 
 #include <pconv/nn/functional/partial_conv2d.h>
 
-#include <tuple>
-
 namespace pconv::nn::functional::detail {
 
 /// The window of a kernel of `kernel_size` with `options`' stride, padding and dilation.
@@ -19,13 +17,6 @@ inline WindowGeometry window_geometry(torch::ExpandingArray<2> kernel_size,
           {(*options.padding())[0], (*options.padding())[1]},
           {(*options.dilation())[0], (*options.dilation())[1]}};
 }
-
-/// partial_conv2d, returning also the mask terms it made (for a layer that caches them). With a
-/// multi-channel mask of the input's shape, type and layout the input is masked and the mask
-/// counted in one pass (mask_and_count) where the fused kernels apply.
-std::tuple<torch::Tensor, torch::Tensor, PartialConv2dMaskTerms> partial_conv2d_and_terms(
-    const torch::Tensor& input, const torch::Tensor& mask, const torch::Tensor& weight,
-    const torch::Tensor& bias, const PartialConv2dFuncOptions& options);
 
 /// partial_conv2d_masked_input followed by `post` (BatchNorm with running statistics, an
 /// activation), at inference only (grad mode off): the convolution, then
