@@ -6,7 +6,11 @@
 //   bench_unet [--threads N] [--device cpu|cuda] [google benchmark flags]
 //
 // Names: unet_infer/<model>/<fp32|bf16|fp16>/<nchw|cl>/<fused|unfused>/b<batch>
+//        unet_infer/<model>/<fp32|bf16|fp16>/nchw/graph/b<batch>   (CUDA only)
 //        unet_train/<model>/<amp: off|bf16|fp16>/<nchw|cl>/b<batch>
+// "graph" replays one forward captured as a CUDA graph (fused kernels): what inference costs
+// once the host's launches no longer set the pace (the same input each time, as a server
+// answering requests of one size would copy them in).
 // Inference converts the weights to the element type (as pconv inpaint --precision does);
 // training keeps float32 weights under autocast, with loss scaling for fp16 (as pconv train
 // --amp does), the pixel loss terms and Adam.
@@ -22,6 +26,12 @@
 #include <torch/optim/adam.h>
 
 #include <benchmark/benchmark.h>
+
+#ifdef PCONV_BENCH_CUDA_GRAPHS
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include "bench_setup.h"
 
@@ -102,6 +112,56 @@ void infer(benchmark::State& state, const Model& spec, const Precision& precisio
   pconv::nn::functional::set_fused_kernels_enabled(true);
 }
 
+// Inference replaying a CUDA graph of one forward pass.
+void infer_graph(benchmark::State& state, const Model& spec, const Precision& precision,
+                 int64_t batch) {
+#ifdef PCONV_BENCH_CUDA_GRAPHS
+  if (!g_device.is_cuda()) {
+    state.SkipWithError("CUDA graphs need a CUDA device");
+    return;
+  }
+  auto model = make_model(spec, /*channels_last=*/false);
+  model->eval();
+  const auto type = precision.type.value_or(c10::kFloat);
+  model->to(type);
+  auto [image, mask] = make_batch(batch, 512, /*channels_last=*/false);
+  image = image.to(type);
+  mask = mask.to(type);
+  const c10::InferenceMode guard;
+  at::Tensor output;
+  at::cuda::CUDAGraph graph;
+  sync();
+  try {
+    // Captured on a stream of its own, after warm-up passes there (cuDNN's algorithm choice,
+    // the allocator).
+    const c10::cuda::CUDAStreamGuard stream(c10::cuda::getStreamFromPool());
+    for (int i = 0; i < 3; ++i) output = std::get<0>(model->forward(image, mask));
+    sync();
+    graph.capture_begin();
+    output = std::get<0>(model->forward(image, mask));
+    graph.capture_end();
+  } catch (const std::exception& error) {
+    // Reported, and the other benchmarks still run.
+    state.SkipWithError((std::string("capture failed: ") + error.what()).c_str());
+    return;
+  }
+  sync();
+  auto step = [&] {
+    graph.replay();
+    sync();
+  };
+  step();
+  for (auto _ : state) step();
+  benchmark::DoNotOptimize(output);
+  report(state, batch);
+#else
+  (void)spec;
+  (void)precision;
+  (void)batch;
+  state.SkipWithError("this LibTorch has no CUDA");
+#endif
+}
+
 void train(benchmark::State& state, const Model& spec, const Precision& amp, bool channels_last,
            int64_t batch) {
   auto model = make_model(spec, channels_last);
@@ -163,6 +223,18 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (g_device.is_cuda()) {
+    for (const auto& model : kModels) {
+      for (const auto& precision : kPrecisions) {
+        for (const int64_t batch : {1, 16}) {
+          const std::string name = std::string("unet_infer/") + model.name + "/" + precision.name +
+                                   "/nchw/graph/b" + std::to_string(batch);
+          pconv::bench::register_timed(
+              name, [=](benchmark::State& state) { infer_graph(state, model, precision, batch); });
+        }
+      }
+    }
+  }
   for (const auto& model : kModels) {
     for (const auto& amp : kPrecisions) {
       for (const bool channels_last : {false, true}) {
@@ -170,9 +242,8 @@ int main(int argc, char** argv) {
         const std::string name = std::string("unet_train/") + model.name + "/" +
                                  (amp.type ? amp.name : "off") + "/" +
                                  (channels_last ? "cl" : "nchw") + "/b" + std::to_string(batch);
-        pconv::bench::register_timed(name, [=](benchmark::State& state) {
-          train(state, model, amp, channels_last, batch);
-        });
+        pconv::bench::register_timed(
+            name, [=](benchmark::State& state) { train(state, model, amp, channels_last, batch); });
       }
     }
   }
