@@ -169,7 +169,8 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
   std::vector<torch::Tensor> masks{mask.detach().to(terms_dtype)};
   // The current encoder mask in the type of the features it zeroes: the window kernel writes it
   // with the terms (on CUDA, in the type of the level's input), so most levels convert nothing.
-  torch::Tensor feature_mask = masks.back();
+  torch::Tensor feature_mask =
+      mask.scalar_type() == image.scalar_type() ? mask.detach() : masks.back();
   std::vector<torch::Tensor> masked_features;  // encoder outputs with their holes zeroed
   masked_features.reserve(depth + 1);
   // At inference each layer's BatchNorm, activation and hole zeroing run in its epilogue's
