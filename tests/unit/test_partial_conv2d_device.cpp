@@ -138,16 +138,20 @@ void renormalize_on_host(const at::Tensor& out, const at::Tensor& ratio, const a
   });
 }
 
-// The bias gradient's launch: grid_for(C) blocks over the channels.
+// The bias gradient's launch: one block of kThreads threads per channel; the block's sum of
+// the threads' shares (cub's order differs: compared with a tolerance).
 template <typename Term, typename Param>
-void bias_gradient_on_host(const at::Tensor& partial_sums, const at::Tensor& grad_bias,
-                           int64_t grid) {
-  const int64_t channels = grad_bias.numel();
-  launch_grid_stride<uint32_t>(grid, channels, [&](uint32_t first, uint32_t step) {
-    D::bias_gradient_thread<Term, Param, uint32_t>(
-        first, step, partial_sums.const_data_ptr<Term>(), grad_bias.mutable_data_ptr<Param>(),
-        static_cast<uint32_t>(partial_sums.size(0)), static_cast<uint32_t>(channels));
-  });
+void bias_gradient_on_host(const at::Tensor& partial_sums, const at::Tensor& grad_bias) {
+  const auto channels = static_cast<uint32_t>(grad_bias.numel());
+  for (uint32_t channel = 0; channel < channels; ++channel) {
+    Term total = 0;
+    for (uint32_t thread = 0; thread < static_cast<uint32_t>(D::kThreads); ++thread) {
+      total += D::bias_gradient_thread<Term, uint32_t>(
+          channel, thread, partial_sums.const_data_ptr<Term>(),
+          static_cast<uint32_t>(partial_sums.size(0)), channels);
+    }
+    grad_bias.mutable_data_ptr<Param>()[channel] = static_cast<Param>(total);
+  }
 }
 
 // NCHW backward: one block of planes_block(plane) threads per plane; the block's sum.
@@ -386,11 +390,11 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
 
     // The bias gradient from those sums, in the bias's own type: their sum over the rows, each
     // channel once (NaN where a channel is missed, a sentinel overwritten where one is too many).
-    for (const int64_t grid : grids_for(c.channels)) {
-      SCOPED_TRACE("bias gradient grid " + std::to_string(grid));
+    {
+      SCOPED_TRACE("bias gradient");
       const Guarded grad_bias(
           at::full({c.channels}, std::numeric_limits<double>::quiet_NaN(), param_type));
-      bias_gradient_on_host<Term, Param>(sums_tensor, grad_bias.tensor, grid);
+      bias_gradient_on_host<Term, Param>(sums_tensor, grad_bias.tensor);
       const auto rounding = std::is_same_v<Param, Term> ? 0.0 : tolerance<Param>();
       const auto bias_error = (grad_bias.tensor.to(at::kDouble) - expected_bias).abs() / magnitude;
       EXPECT_LT(largest(bias_error), sum_tolerance + rounding);

@@ -9,11 +9,13 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/autograd.h>
+#include <torch/cuda.h>
 #include <torch/optim/adam.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -113,6 +115,27 @@ TEST_F(PConvUNetTest, MaskPyramidEqualsMultiChannelLayers) {
   EXPECT_TRUE(at::equal(out_mask, m));
 }
 
+// BatchNorm statistics and affine vectors far from their initial 0 and 1.
+void randomize_batch_norms(PConvUNet& net) {
+  const at::NoGradGuard no_grad;
+  for (auto* layers : {&net->encoder_bn, &net->decoder_bn}) {
+    for (auto& bn : *layers) {
+      bn->weight.copy_(at::randn_like(bn->weight));
+      bn->bias.copy_(at::randn_like(bn->bias));
+      bn->running_mean.copy_(at::randn_like(bn->running_mean));
+      bn->running_var.copy_(at::rand_like(bn->running_var) + 0.5);
+    }
+  }
+}
+
+// Scattered holes, and one large enough to leave holes in the deeper levels too (where the
+// epilogues zero them for the next layer).
+at::Tensor holes_at_every_level(int64_t batch, int64_t size) {
+  auto mask = (at::rand({batch, 1, size, size}) > 0.5).to(at::kFloat);
+  mask.narrow(2, size / 8, size * 3 / 4).narrow(3, size / 8, size * 3 / 4).zero_();
+  return mask;
+}
+
 // At inference (grad mode off) each layer's BatchNorm and activation run inside its epilogue;
 // the result must equal the forward with autograd on, which runs them as separate ATen ops.
 TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward) {
@@ -122,24 +145,10 @@ TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward) {
       const pconv::testing::FusedKernels kernels(fused);
       PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
       net->to(dtype);
-      {
-        // BatchNorm statistics and affine vectors far from their initial 0 and 1.
-        const at::NoGradGuard no_grad;
-        for (auto* layers : {&net->encoder_bn, &net->decoder_bn}) {
-          for (auto& bn : *layers) {
-            bn->weight.copy_(at::randn_like(bn->weight));
-            bn->bias.copy_(at::randn_like(bn->bias));
-            bn->running_mean.copy_(at::randn_like(bn->running_mean));
-            bn->running_var.copy_(at::rand_like(bn->running_var) + 0.5);
-          }
-        }
-      }
+      randomize_batch_norms(net);
       net->eval();
       const auto image = at::randn({2, 3, 32, 32}, dtype);
-      // Scattered holes, and one large enough to leave holes in the deeper levels too (where
-      // the epilogues zero them for the next layer).
-      const auto mask = (at::rand({2, 1, 32, 32}) > 0.5).to(dtype);
-      mask.narrow(2, 4, 24).narrow(3, 4, 24).zero_();
+      const auto mask = holes_at_every_level(2, 32).to(dtype);
       const auto [expected, expected_mask] = net(image, mask);
       ASSERT_TRUE(expected.requires_grad());  // the training-time path ran
       const double tolerance = dtype == at::kDouble ? 1e-10 : 1e-4;
@@ -157,6 +166,45 @@ TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward) {
             << (output - expected).abs().max();
         EXPECT_TRUE(at::equal(out_mask, expected_mask));
       }
+    }
+  }
+}
+
+// The same on CUDA, in each precision and layout pconv inpaint runs in: the fused inference
+// epilogue's kernels (the bias and BatchNorm vectors in the model's type, activations, hole
+// zeroing) against the training-time forward on the plain ATen path.
+TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  at::globalContext().setAllowTF32CuDNN(false);
+  for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+    for (const bool channels_last : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << dtype << (channels_last ? " channels-last" : " NCHW"));
+      PConvUNet net(PConvUNetOptions().depth(3).base_width(8).max_width(16));
+      randomize_batch_norms(net);
+      net->to(at::kCUDA, dtype);
+      if (channels_last) pconv::nn::to_channels_last(*net);
+      net->eval();
+      const auto format =
+          channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+      const auto image = at::randn({2, 3, 64, 64}).to(at::kCUDA, dtype).contiguous(format);
+      const auto mask = holes_at_every_level(2, 64).to(at::kCUDA, dtype).contiguous(format);
+      at::Tensor expected;
+      at::Tensor expected_mask;
+      {
+        const pconv::testing::FusedKernels reference(false);
+        std::tie(expected, expected_mask) = net(image, mask);
+      }
+      ASSERT_TRUE(expected.requires_grad());  // the training-time path ran
+      const c10::InferenceMode inference;
+      const auto [output, out_mask] = net(image, mask);
+      const double tolerance = dtype == at::kFloat ? 1e-4 : (dtype == at::kHalf ? 2e-2 : 1e-1);
+      const auto expected64 = expected.detach().to(at::kCPU, at::kDouble);
+      const double scale = std::max(1.0, expected64.abs().max().item<double>());
+      const double error =
+          (output.to(at::kCPU, at::kDouble) - expected64).abs().max().item<double>();
+      EXPECT_LE(error, tolerance * scale) << "at scale " << scale;
+      EXPECT_TRUE(output.isfinite().all().item<bool>());
+      EXPECT_TRUE(at::equal(out_mask.to(at::kCPU), expected_mask.to(at::kCPU)));
     }
   }
 }

@@ -50,8 +50,10 @@ __global__ void renormalize_kernel(Scalar* __restrict__ out,
       static_cast<Index>(gridDim.x) * blockDim.x, out, ratio, valid, bias, total, layout, post);
 }
 
-// The prologue: block b takes blockDim.x items (n, g, p), with blockDim.y channel lanes each;
-// the lanes' shares of each count meet in shared memory and the threads of lane 0 add them.
+// The prologue: block b takes `pixel_lanes` items (n, g, p), with `channel_lanes` channel lanes
+// each; the lanes' shares of each count meet in shared memory and the threads of channel lane
+// 0 add them. The lanes along which memory is contiguous are threadIdx.x, so that a warp's
+// accesses coalesce: the pixels in NCHW, the channels in channels-last.
 template <typename Scalar, typename Index, bool kChannelsLast>
 __global__ void mask_and_count_kernel(const Scalar* __restrict__ input,
                                       const Scalar* __restrict__ mask, Scalar* __restrict__ masked,
@@ -59,27 +61,35 @@ __global__ void mask_and_count_kernel(const Scalar* __restrict__ input,
                                       Index channels, Index groups, Index plane) {
   using Term = term_t<Scalar>;
   __shared__ Term partial[kThreads];
-  const Index pixel_lanes = blockDim.x;
-  const Index channel_lanes = blockDim.y;
+  const Index pixel_lane = kChannelsLast ? threadIdx.y : threadIdx.x;
+  const Index channel_lane = kChannelsLast ? threadIdx.x : threadIdx.y;
+  const Index pixel_lanes = kChannelsLast ? blockDim.y : blockDim.x;
+  const Index channel_lanes = kChannelsLast ? blockDim.x : blockDim.y;
   const Term share = mask_and_count_thread<Scalar, Index, kChannelsLast>(
-      blockIdx.x, threadIdx.x, threadIdx.y, pixel_lanes, channel_lanes, input, mask, masked, total,
+      blockIdx.x, pixel_lane, channel_lane, pixel_lanes, channel_lanes, input, mask, masked, total,
       channels, groups, plane);
-  partial[threadIdx.y * pixel_lanes + threadIdx.x] = share;
+  partial[channel_lane * pixel_lanes + pixel_lane] = share;
   __syncthreads();
-  const Index item = blockIdx.x * pixel_lanes + threadIdx.x;
-  if (threadIdx.y != 0 || item >= total) return;
+  const Index item = blockIdx.x * pixel_lanes + pixel_lane;
+  if (channel_lane != 0 || item >= total) return;
   Term count = 0;
-  for (Index lane = 0; lane < channel_lanes; ++lane)
-    count += partial[lane * pixel_lanes + threadIdx.x];
+  for (Index lane = 0; lane < channel_lanes; ++lane) {
+    count += partial[lane * pixel_lanes + pixel_lane];
+  }
   counts[item] = count;
 }
 
+// The bias gradient: block c adds channel c's partial sums.
 template <typename Term, typename Param, typename Index>
 __global__ void bias_gradient_kernel(const Term* __restrict__ partial_sums,
                                      Param* __restrict__ grad_bias, Index rows, Index channels) {
-  bias_gradient_thread<Term, Param, Index>(
-      blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
-      static_cast<Index>(gridDim.x) * blockDim.x, partial_sums, grad_bias, rows, channels);
+  const Index channel = blockIdx.x;
+  const Term share =
+      bias_gradient_thread<Term, Index>(channel, threadIdx.x, partial_sums, rows, channels);
+  using Reduce = cub::BlockReduce<Term, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const Term total = Reduce(storage).Sum(share);
+  if (threadIdx.x == 0) grad_bias[channel] = static_cast<Param>(total);
 }
 
 // NCHW backward: block b handles plane b = (n, c), writing grad_raw and, when `plane_sums` is
@@ -273,7 +283,9 @@ void mask_and_count(const at::TensorBase& input, const at::TensorBase& mask, int
   const int64_t blocks = (total + pixel_lanes - 1) / pixel_lanes;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
               "partial_conv2d: too many pixels for one launch: ", total);
-  const dim3 block(static_cast<unsigned>(pixel_lanes), static_cast<unsigned>(channel_lanes));
+  const auto pixels = static_cast<unsigned>(pixel_lanes);
+  const auto lanes = static_cast<unsigned>(channel_lanes);
+  const dim3 block = channels_last ? dim3(lanes, pixels) : dim3(pixels, lanes);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "pconv_mask_and_count_cuda", [&] {
         using Term = term_t<scalar_t>;
@@ -308,9 +320,9 @@ void bias_gradient(const at::TensorBase& bias_sums, const at::TensorBase& grad_b
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, grad_bias.scalar_type(), "pconv_bias_gradient_cuda", [&] {
           bias_gradient_kernel<Term, scalar_t, uint32_t>
-              <<<grid_for(channels), kThreads, 0, stream>>>(bias_sums.const_data_ptr<Term>(),
-                                                            grad_bias.mutable_data_ptr<scalar_t>(),
-                                                            rows, static_cast<uint32_t>(channels));
+              <<<static_cast<unsigned>(channels), kThreads, 0, stream>>>(
+                  bias_sums.const_data_ptr<Term>(), grad_bias.mutable_data_ptr<scalar_t>(), rows,
+                  static_cast<uint32_t>(channels));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   });

@@ -271,7 +271,9 @@ PCONV_HOST_DEVICE void renormalize_thread(Index first, Index step, Scalar* __res
     Op y = static_cast<Op>(out[i]) * static_cast<Op>(ratio[t]);
     if (bias != nullptr) y += static_cast<Op>(bias[c]) * static_cast<Op>(valid[t]);
     y = apply_post(y, c, post);
-    if (post.zero_holes) y *= static_cast<Op>(valid[t]);
+    // Rounded to Scalar first, as the separate multiply did it (a half overflowing to inf in a
+    // hole gives NaN there, as before).
+    if (post.zero_holes) y = static_cast<Op>(static_cast<Scalar>(y)) * static_cast<Op>(valid[t]);
     out[i] = static_cast<Scalar>(y);
   }
 }
@@ -323,19 +325,19 @@ PCONV_HOST_DEVICE at::opmath_type<Scalar> renormalize_backward_rows_thread(
   return sum;
 }
 
-/// The bias gradient from the backward's partial sums (rows, channels): thread `first` of a
-/// grid-stride loop over the channels adds channel c's `rows` partial sums in row order (a
-/// fixed order: deterministic) and writes the total in the bias's own type.
-template <typename Term, typename Param, typename Index>
-PCONV_HOST_DEVICE void bias_gradient_thread(Index first, Index step,
-                                            const Term* __restrict__ partial_sums,
-                                            Param* __restrict__ grad_bias, Index rows,
+/// The bias gradient from the backward's partial sums (rows, channels), one block of kThreads
+/// threads per channel: thread `thread` adds rows thread, thread + kThreads, ... of the
+/// channel's column and returns its share; the block adds the shares (cub, a fixed order:
+/// deterministic) and writes the total in the bias's own type.
+template <typename Term, typename Index>
+PCONV_HOST_DEVICE Term bias_gradient_thread(Index channel, Index thread,
+                                            const Term* __restrict__ partial_sums, Index rows,
                                             Index channels) {
-  for (Index c = first; c < channels; c += step) {
-    Term total = 0;
-    for (Index row = 0; row < rows; ++row) total += partial_sums[row * channels + c];
-    grad_bias[c] = static_cast<Param>(total);
+  Term share = 0;
+  for (Index row = thread; row < rows; row += kThreads) {
+    share += partial_sums[row * channels + channel];
   }
+  return share;
 }
 
 /// The block's row-lane shares of channel first_channel + lane_x added in a fixed order and

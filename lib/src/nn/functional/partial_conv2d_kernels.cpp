@@ -71,7 +71,8 @@ bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tenso
 // The clones are the x86-64 micro-architecture levels (v4: AVX-512, v3: AVX2 + FMA), which the
 // loader picks by the CPU's features: "arch=haswell" would be picked only on an Intel Haswell
 // by model, never on an AMD CPU with the same instructions (checked on this project's EPYC).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+// (The micro-architecture levels as clones need GCC 12; older compilers build one version.)
 #define PCONV_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -431,7 +432,8 @@ WindowTerms window_terms(const ValidCounts& counts, double window, const WindowG
   at::Tensor combined = first;
   if (!kernel_adds) {
     if (counts.first_weight != 1) combined = first * counts.first_weight;
-    if (second.defined()) combined = at::add(combined, second, counts.second_weight);
+    // In the first plane's type (a second plane of another type would promote the sum).
+    if (second.defined()) combined = at::add(combined, second, counts.second_weight).to(dtype);
   }
   if (!fused) {
     // The reference path: a depthwise convolution with a ones kernel, then the ratio selected
@@ -615,8 +617,10 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
                                             &post.bn_var};
   if (has_bn) {
     for (const at::Tensor* vector : bn) {
-      TORCH_CHECK(vector->defined() && vector->dim() == 1 && vector->size(0) == raw.size(1),
-                  "partial_conv2d: BatchNorm vectors must be (", raw.size(1), ")");
+      TORCH_CHECK(vector->defined() && vector->dim() == 1 && vector->size(0) == raw.size(1) &&
+                      vector->device() == raw.device(),
+                  "partial_conv2d: BatchNorm vectors must be (", raw.size(1), ") on ",
+                  raw.device());
     }
   }
   const auto bn_fusable = [&](at::ScalarType dtype, bool cpu) {
