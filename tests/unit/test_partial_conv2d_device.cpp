@@ -119,17 +119,7 @@ void renormalize_on_host(const at::Tensor& out, const at::Tensor& ratio, const a
   using Term = D::term_t<Scalar>;
   const auto layout = layout_of<Index, kChannelsLast>(out, ratio);
   const int64_t total = out.numel();
-  D::PostOp<Param> post_op;
-  if (post.bn_weight.defined()) {
-    post_op.bn_weight = post.bn_weight.const_data_ptr<Param>();
-    post_op.bn_bias = post.bn_bias.const_data_ptr<Param>();
-    post_op.bn_mean = post.bn_mean.const_data_ptr<Param>();
-    post_op.bn_var = post.bn_var.const_data_ptr<Param>();
-    post_op.eps = post.eps;
-  }
-  post_op.activation = post.activation;
-  post_op.slope = post.slope;
-  post_op.zero_holes = post.zero_holes;
+  const D::PostOp<Param> post_op = D::post_op_of<Param>(post);
   launch_grid_stride<Index>(grid, total, [&](Index first, Index step) {
     D::renormalize_thread<Scalar, Index, kChannelsLast, Param>(
         first, step, out.mutable_data_ptr<Scalar>(), ratio.const_data_ptr<Term>(),

@@ -217,17 +217,7 @@ void launch_renormalize(const at::TensorBase& raw, const at::TensorBase& bias,
                         bool channels_last, const InferencePost& post, cudaStream_t stream) {
   using Term = term_t<Scalar>;
   const int64_t total = raw.numel();
-  PostOp<Param> post_op;
-  if (post.bn_weight.defined()) {
-    post_op.bn_weight = post.bn_weight.const_data_ptr<Param>();
-    post_op.bn_bias = post.bn_bias.const_data_ptr<Param>();
-    post_op.bn_mean = post.bn_mean.const_data_ptr<Param>();
-    post_op.bn_var = post.bn_var.const_data_ptr<Param>();
-    post_op.eps = post.eps;
-  }
-  post_op.activation = post.activation;
-  post_op.slope = post.slope;
-  post_op.zero_holes = post.zero_holes;
+  const PostOp<Param> post_op = post_op_of<Param>(post);
   with_index_type(raw, [&](auto index) {
     using Index = decltype(index);
     if (channels_last) {

@@ -71,6 +71,23 @@ struct InferencePost {
   bool zero_holes = false;
 };
 
+/// `post` as the kernels read it, its vectors' data in Param.
+template <typename Param>
+PostOp<Param> post_op_of(const InferencePost& post) {
+  PostOp<Param> op;
+  if (post.bn_weight.defined()) {
+    op.bn_weight = post.bn_weight.const_data_ptr<Param>();
+    op.bn_bias = post.bn_bias.const_data_ptr<Param>();
+    op.bn_mean = post.bn_mean.const_data_ptr<Param>();
+    op.bn_var = post.bn_var.const_data_ptr<Param>();
+    op.eps = post.eps;
+  }
+  op.activation = post.activation;
+  op.slope = post.slope;
+  op.zero_holes = post.zero_holes;
+  return op;
+}
+
 /// At inference only (no autograd): activation(batch_norm(raw * ratio + bias * valid)), in one
 /// pass over the output with the fused kernels (CPU: float and double with a bias; CUDA: every
 /// case renormalize() fuses), else with ATen. May reuse raw's memory.
