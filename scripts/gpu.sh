@@ -121,7 +121,7 @@ case "$command" in
       > "$out_dir/bench-train-cuda.txt" 2>&1 || true
     # The ratio tables and geometric means, the UNet images/s, the train step; errors as they are.
     grep -E "^==|^\| [0-9]|^ +forward|exit status|CUDA GPU" "$out_dir/bench-layer.txt" || true
-    grep -E "unet_|CUDA GPU|rror" "$out_dir/bench-unet.txt" | sed -E 's/ +[0-9]+ ms +[0-9]+ +/ /' | head -100 || true
+    grep -E "unet_|profiled|CUDA GPU|rror" "$out_dir/bench-unet.txt" | sed -E 's/ +[0-9]+ ms +[0-9]+ +/ /' | head -100 || true
     tail -6 "$out_dir/bench-train-cuda.txt"
     ;;
   layer)

@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/core/Device.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 
 #include <benchmark/benchmark.h>
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -61,6 +63,25 @@ inline bool setup(int argc, char** argv, const std::vector<std::string>& extra_f
   }
   std::printf("device %s, %d CPU threads\n", out.device.str().c_str(), at::get_num_threads());
   return true;
+}
+
+/// How many events LibTorch's profiler records on `device` while `step` runs once: on CUDA the
+/// kernels, memsets and copies, that is the launches; on the CPU the operator calls, nested
+/// ones included. `step` must synchronise its GPU work.
+template <typename Step>
+int64_t profiled_events(const c10::Device& device, Step&& step) {
+  namespace impl = torch::profiler::impl;
+  namespace profiler = torch::autograd::profiler;
+  const impl::ProfilerConfig config(impl::ProfilerState::KINETO);
+  std::set<impl::ActivityType> activities{impl::ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(impl::ActivityType::CUDA);
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  step();
+  const auto result = profiler::disableProfiler();
+  return std::count_if(
+      result->events().begin(), result->events().end(),
+      [&](const profiler::KinetoEvent& event) { return event.deviceType() == device.type(); });
 }
 
 /// Registers `body` as benchmark `name`, timed in wall-clock milliseconds like every pconv

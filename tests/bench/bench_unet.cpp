@@ -206,6 +206,31 @@ int main(int argc, char** argv) {
   g_device = setup.device;
   std::printf("device %s, fused CUDA kernels in this build: %s\n", g_device.str().c_str(),
               pconv::nn::functional::cuda_kernels_built() ? "yes" : "no");
+  {
+    // What one inference pass of the default model dispatches (bf16 on CUDA, fp32 on the
+    // CPU), fused kernels and not: on CUDA the launches, the host's share at batch 1.
+    const auto type = g_device.is_cuda() ? c10::kBFloat16 : c10::kFloat;
+    auto model = make_model(kModels[0], /*channels_last=*/false);
+    model->eval();
+    model->to(type);
+    auto [image, mask] = make_batch(1, 512, /*channels_last=*/false);
+    image = image.to(type);
+    mask = mask.to(type);
+    const c10::InferenceMode guard;
+    for (const bool fused : {true, false}) {
+      pconv::nn::functional::set_fused_kernels_enabled(fused);
+      auto pass = [&] {
+        benchmark::DoNotOptimize(std::get<0>(model->forward(image, mask)));
+        sync();
+      };
+      pass();  // warm up
+      std::printf("profiled events on %s per %s inference pass, default model, %s, batch 1: %lld\n",
+                  g_device.str().c_str(), fused ? "fused" : "unfused",
+                  g_device.is_cuda() ? "bf16" : "fp32",
+                  static_cast<long long>(pconv::bench::profiled_events(g_device, pass)));
+    }
+    pconv::nn::functional::set_fused_kernels_enabled(true);
+  }
 
   for (const auto& model : kModels) {
     for (const auto& precision : kPrecisions) {
