@@ -93,20 +93,30 @@ void sync() {
   if (g_device.is_cuda()) torch::cuda::synchronize();
 }
 
-void run_layer(benchmark::State& state, const Shape& shape, Variant variant, bool backward,
-               int64_t batch) {
+// One step of a layer (forward, or forward+backward), with what it needs.
+struct LayerStep {
+  torch::nn::Conv2d conv{nullptr};
+  pconv::nn::PartialConv2d pconv{nullptr};
+  at::Tensor ones_kernel, input, mask;
+  std::function<void()> step;
+};
+
+LayerStep make_layer_step(const Shape& shape, Variant variant, bool backward, int64_t batch) {
   torch::manual_seed(0);
   const auto options = at::TensorOptions().device(g_device);
   const int64_t padding = shape.kernel / 2;
-  torch::nn::Conv2d conv(
+  LayerStep made;
+  made.conv = torch::nn::Conv2d(
       torch::nn::Conv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
           .stride(shape.stride)
           .padding(padding));
-  pconv::nn::PartialConv2d pconv(
+  made.pconv = pconv::nn::PartialConv2d(
       pconv::nn::PartialConv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
           .stride(shape.stride)
           .padding(padding)
           .multi_channel(true));
+  auto& conv = made.conv;
+  auto& pconv = made.pconv;
   conv->to(g_device, g_dtype);
   pconv->to(g_device, g_dtype);
   if (g_format == at::MemoryFormat::ChannelsLast) {
@@ -115,23 +125,23 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
       weight->set_data(weight->contiguous(g_format));
     }
   }
-  pconv::nn::functional::set_fused_kernels_enabled(variant != Variant::kPartialUnfused);
-  const auto ones_kernel = at::ones(
-      {shape.out_channels, shape.in_channels, shape.kernel, shape.kernel}, options.dtype(g_dtype));
+  made.ones_kernel = at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel},
+                              options.dtype(g_dtype));
   // Inside the network every layer's input needs a gradient, except the image at the first.
   const bool input_grad = backward && shape.in_channels != 3;
-  const auto input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
-                         .to(g_dtype)
-                         .contiguous(g_format)
-                         .requires_grad_(input_grad);
+  made.input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
+                   .to(g_dtype)
+                   .contiguous(g_format)
+                   .requires_grad_(input_grad);
   // A multi-channel mask with a quarter of holes, stored in full as in the decoder.
-  const auto mask = (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
-                        .to(at::kFloat)
-                        .expand({batch, shape.in_channels, shape.size, shape.size})
-                        .to(g_dtype)
-                        .contiguous(g_format);
+  made.mask = (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
+                  .to(at::kFloat)
+                  .expand({batch, shape.in_channels, shape.size, shape.size})
+                  .to(g_dtype)
+                  .contiguous(g_format);
 
-  auto step = [&] {
+  made.step = [conv, pconv, input = made.input, mask = made.mask, ones_kernel = made.ones_kernel,
+               variant, backward, input_grad, shape, padding]() mutable {
     at::Tensor output;
     switch (variant) {
       case Variant::kConv2d:
@@ -155,6 +165,14 @@ void run_layer(benchmark::State& state, const Shape& shape, Variant variant, boo
     }
     benchmark::DoNotOptimize(output);
   };
+  return made;
+}
+
+void run_layer(benchmark::State& state, const Shape& shape, Variant variant, bool backward,
+               int64_t batch) {
+  pconv::nn::functional::set_fused_kernels_enabled(variant != Variant::kPartialUnfused);
+  const LayerStep made = make_layer_step(shape, variant, backward, batch);
+  const auto& step = made.step;
 
   std::unique_ptr<at::NoGradGuard> no_grad;
   if (!backward) no_grad = std::make_unique<at::NoGradGuard>();
@@ -284,6 +302,30 @@ int main(int argc, char** argv) {
               pconv::nn::functional::cuda_kernels_built() ? "yes" : "no");
   const int only_shape =
       setup.extra.count("--shape") != 0 ? std::atoi(setup.extra["--shape"].c_str()) : -1;
+
+  // What one forward+backward dispatches at batch 1, counted by LibTorch's profiler: on CUDA
+  // the launches (what sets the pace at these sizes), on the CPU the operator calls.
+  std::printf("\nProfiled events per forward+backward, batch 1 (%s):\n\n",
+              g_device.is_cuda() ? "CUDA kernels, memsets and copies" : "CPU operator calls");
+  std::printf("| layer | conv2d | pconv | pconv unfused |\n|---|---:|---:|---:|\n");
+  for (size_t index = 0; index < kShapes.size(); ++index) {
+    if (only_shape >= 0 && static_cast<size_t>(only_shape) != index) continue;
+    std::printf("| %s |", kShapes[index].name);
+    std::fflush(stdout);  // before the profiler's own messages, if any
+    for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused}) {
+      pconv::nn::functional::set_fused_kernels_enabled(variant != Variant::kPartialUnfused);
+      const LayerStep made = make_layer_step(kShapes[index], variant, /*backward=*/true, 1);
+      const auto step = [&] {
+        made.step();
+        sync();
+      };
+      step();  // warm up
+      std::printf(" %lld |", static_cast<long long>(pconv::bench::profiled_events(g_device, step)));
+    }
+    std::printf("\n");
+  }
+  pconv::nn::functional::set_fused_kernels_enabled(true);
+  std::printf("\n");
 
   for (const char* pass : {"forward", "forward+backward"}) {
     const bool backward = std::strcmp(pass, "forward") != 0;
