@@ -93,30 +93,21 @@ void sync() {
   if (g_device.is_cuda()) torch::cuda::synchronize();
 }
 
-// One step of a layer (forward, or forward+backward), with what it needs.
-struct LayerStep {
-  torch::nn::Conv2d conv{nullptr};
-  pconv::nn::PartialConv2d pconv{nullptr};
-  at::Tensor ones_kernel, input, mask;
-  std::function<void()> step;
-};
-
-LayerStep make_layer_step(const Shape& shape, Variant variant, bool backward, int64_t batch) {
+// One step of a layer (forward, or forward+backward); it holds what it needs.
+std::function<void()> make_layer_step(const Shape& shape, Variant variant, bool backward,
+                                      int64_t batch) {
   torch::manual_seed(0);
   const auto options = at::TensorOptions().device(g_device);
   const int64_t padding = shape.kernel / 2;
-  LayerStep made;
-  made.conv = torch::nn::Conv2d(
+  torch::nn::Conv2d conv(
       torch::nn::Conv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
           .stride(shape.stride)
           .padding(padding));
-  made.pconv = pconv::nn::PartialConv2d(
+  pconv::nn::PartialConv2d pconv(
       pconv::nn::PartialConv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
           .stride(shape.stride)
           .padding(padding)
           .multi_channel(true));
-  auto& conv = made.conv;
-  auto& pconv = made.pconv;
   conv->to(g_device, g_dtype);
   pconv->to(g_device, g_dtype);
   if (g_format == at::MemoryFormat::ChannelsLast) {
@@ -125,23 +116,23 @@ LayerStep make_layer_step(const Shape& shape, Variant variant, bool backward, in
       weight->set_data(weight->contiguous(g_format));
     }
   }
-  made.ones_kernel = at::ones({shape.out_channels, shape.in_channels, shape.kernel, shape.kernel},
-                              options.dtype(g_dtype));
+  const auto ones_kernel = at::ones(
+      {shape.out_channels, shape.in_channels, shape.kernel, shape.kernel}, options.dtype(g_dtype));
   // Inside the network every layer's input needs a gradient, except the image at the first.
   const bool input_grad = backward && shape.in_channels != 3;
-  made.input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
-                   .to(g_dtype)
-                   .contiguous(g_format)
-                   .requires_grad_(input_grad);
+  const auto input = at::randn({batch, shape.in_channels, shape.size, shape.size}, options)
+                         .to(g_dtype)
+                         .contiguous(g_format)
+                         .requires_grad_(input_grad);
   // A multi-channel mask with a quarter of holes, stored in full as in the decoder.
-  made.mask = (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
-                  .to(at::kFloat)
-                  .expand({batch, shape.in_channels, shape.size, shape.size})
-                  .to(g_dtype)
-                  .contiguous(g_format);
+  const auto mask = (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
+                        .to(at::kFloat)
+                        .expand({batch, shape.in_channels, shape.size, shape.size})
+                        .to(g_dtype)
+                        .contiguous(g_format);
 
-  made.step = [conv, pconv, input = made.input, mask = made.mask, ones_kernel = made.ones_kernel,
-               variant, backward, input_grad, shape, padding]() mutable {
+  return [conv, pconv, input, mask, ones_kernel, variant, backward, input_grad, shape,
+          padding]() mutable {
     at::Tensor output;
     switch (variant) {
       case Variant::kConv2d:
@@ -165,14 +156,12 @@ LayerStep make_layer_step(const Shape& shape, Variant variant, bool backward, in
     }
     benchmark::DoNotOptimize(output);
   };
-  return made;
 }
 
 void run_layer(benchmark::State& state, const Shape& shape, Variant variant, bool backward,
                int64_t batch) {
   pconv::nn::functional::set_fused_kernels_enabled(variant != Variant::kPartialUnfused);
-  const LayerStep made = make_layer_step(shape, variant, backward, batch);
-  const auto& step = made.step;
+  const auto step = make_layer_step(shape, variant, backward, batch);
 
   std::unique_ptr<at::NoGradGuard> no_grad;
   if (!backward) no_grad = std::make_unique<at::NoGradGuard>();
@@ -314,9 +303,9 @@ int main(int argc, char** argv) {
     std::fflush(stdout);  // before the profiler's own messages, if any
     for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused}) {
       pconv::nn::functional::set_fused_kernels_enabled(variant != Variant::kPartialUnfused);
-      const LayerStep made = make_layer_step(kShapes[index], variant, /*backward=*/true, 1);
+      const auto layer_step = make_layer_step(kShapes[index], variant, /*backward=*/true, 1);
       const auto step = [&] {
-        made.step();
+        layer_step();
         sync();
       };
       step();  // warm up

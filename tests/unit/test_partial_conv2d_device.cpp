@@ -570,7 +570,7 @@ void check_window_terms(std::mt19937& rng) {
       EXPECT_TRUE(at::allclose(ratio.tensor, reference.ratio, tolerance<Scalar>(), 0));
       EXPECT_TRUE(ratio.intact() && valid.intact() && valid_as.intact());
     }
-    // Without the second output: nothing written there (a null pointer).
+    // Without the second output (a null pointer), the same terms.
     const Guarded ratio(at::full_like(reference.ratio, -1));
     const Guarded valid(at::full_like(reference.valid, -1));
     window_terms_on_host<Scalar, Index, Mask>(counts, weight, second, second_weight, window, g,

@@ -255,15 +255,22 @@ void mask_and_count_into(const at::Tensor& input, const at::Tensor& mask, int64_
   });
 }
 
+// The prologue's outputs, allocated and filled: masked (the input's layout) and the counts.
+std::pair<at::Tensor, at::Tensor> run_mask_and_count(const at::Tensor& input,
+                                                     const at::Tensor& mask, int64_t groups) {
+  at::Tensor masked = at::empty_like(input);
+  at::Tensor counts = at::empty({input.size(0), groups, input.size(2), input.size(3)},
+                                input.options().dtype(term_dtype(input.scalar_type())));
+  mask_and_count_into(input, mask, groups, masked, counts);
+  return {masked, counts};
+}
+
 // masked = input x mask with its gradient grad x mask (the mask carries none), and the counts.
 class MaskInput : public torch::autograd::Function<MaskInput> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& mask, int64_t groups) {
-    at::Tensor masked = at::empty_like(input);
-    at::Tensor counts = at::empty({input.size(0), groups, input.size(2), input.size(3)},
-                                  input.options().dtype(term_dtype(input.scalar_type())));
-    mask_and_count_into(input, mask, groups, masked, counts);
+    auto [masked, counts] = run_mask_and_count(input, mask, groups);
     ctx->save_for_backward({mask});
     ctx->mark_non_differentiable({counts});
     return {masked, counts};
@@ -543,11 +550,7 @@ std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const 
     auto outputs = MaskInput::apply(input, values, groups);
     return {std::move(outputs[0]), std::move(outputs[1])};
   }
-  at::Tensor masked = at::empty_like(input);
-  at::Tensor counts = at::empty({input.size(0), groups, input.size(2), input.size(3)},
-                                input.options().dtype(term_dtype(input.scalar_type())));
-  mask_and_count_into(input, values, groups, masked, counts);
-  return {masked, counts};
+  return run_mask_and_count(input, values, groups);
 }
 
 #ifndef PCONV_CUDA_KERNELS
