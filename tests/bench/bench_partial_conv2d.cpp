@@ -9,6 +9,10 @@
 // process of its own, which keeps one shape's heap layout from skewing another's timings.
 // --batch N times batch N alone instead of batches 1 and 4 (on a GPU, a batch large enough
 // that the launches' host time no longer sets the pace).
+//
+// Without --shape it also times a layer so small that its arithmetic costs next to nothing
+// (16->16 k3 @4, batch 1): what it takes then is the host's cost of a call (dispatch,
+// autograd, allocations, launches), pconv's against Conv2d's. --shape host runs only that.
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/nn/partial_conv2d.h>
 
@@ -44,6 +48,9 @@ const std::vector<Shape> kShapes = {
     {"128->256 k5 s2 @64", 128, 256, 5, 2, 64}, {"256->512 k3 s2 @32", 256, 512, 3, 2, 32},
     {"512->512 k3 s2 @16", 512, 512, 3, 2, 16}, {"768->256 k3 s1 @64", 768, 256, 3, 1, 64},
 };
+
+// The host-bound layer: a handful of multiply-adds per output.
+const Shape kHostShape = {"16->16 k3 s1 @4", 16, 16, 3, 1, 4};
 
 enum class Variant { kConv2d, kPartial, kPartialUnfused, kNvidia };
 const char* variant_name(Variant variant) {
@@ -198,21 +205,12 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
   void PrintRatios() const {
     std::printf("\nMedian times over the repetitions.\n");
-    std::printf(
-        "\n| layer | pass | batch | conv2d ms | pconv ms | pconv unfused ms | nvidia ms | pconv / "
-        "conv2d | unfused / pconv | nvidia / pconv |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    bool header = false;
     std::map<std::string, std::pair<double, int>> log_sums;  // geometric means per pass
     for (const char* pass : {"forward", "forward+backward"}) {
       for (const auto& shape : kShapes) {
         for (const int64_t batch : g_batches) {
-          const auto time = [&](Variant variant) {
-            const std::string name = Name(shape, variant, pass, batch);
-            const auto found = times_.find(name);
-            if (found != times_.end()) return Median(found->second);
-            const auto median = medians_.find(name);
-            return median == medians_.end() ? NAN : median->second;
-          };
+          const auto time = [&](Variant variant) { return Time(shape, variant, pass, batch); };
           const double conv = time(Variant::kConv2d);
           const double partial = time(Variant::kPartial);
           const double unfused = time(Variant::kPartialUnfused);
@@ -220,6 +218,13 @@ class RatioReporter : public benchmark::ConsoleReporter {
           if (std::isnan(conv) || std::isnan(partial) || std::isnan(unfused) ||
               std::isnan(nvidia)) {
             continue;
+          }
+          if (!header) {
+            std::printf(
+                "\n| layer | pass | batch | conv2d ms | pconv ms | pconv unfused ms | nvidia ms | "
+                "pconv / conv2d | unfused / pconv | nvidia / pconv |\n"
+                "|---|---|---|---|---|---|---|---|---|---|\n");
+            header = true;
           }
           std::printf("| %s | %s | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.2f | %.2f |\n",
                       shape.name, pass, static_cast<long long>(batch), conv, partial, unfused,
@@ -236,6 +241,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
         }
       }
     }
+    PrintHostCost();
+    if (log_sums.empty()) return;
     std::printf(
         "\nGeometric means (pconv / conv2d: target <= 1.15 on the CPU, <= 1.2 in bf16 "
         "forward+backward on a GPU; nvidia / pconv: target >= 1.5):\n");
@@ -243,6 +250,37 @@ class RatioReporter : public benchmark::ConsoleReporter {
       std::printf("  %-36s %.3f  (%d runs)\n", key.c_str(), std::exp(sum.first / sum.second),
                   sum.second);
     }
+  }
+
+  // The host-bound layer's times, in microseconds, where they were run.
+  void PrintHostCost() const {
+    bool header = false;
+    for (const char* pass : {"forward", "forward+backward"}) {
+      const auto time = [&](Variant variant) { return Time(kHostShape, variant, pass, 1) * 1000; };
+      const double conv = time(Variant::kConv2d);
+      const double partial = time(Variant::kPartial);
+      const double unfused = time(Variant::kPartialUnfused);
+      if (std::isnan(conv) || std::isnan(partial) || std::isnan(unfused)) continue;
+      if (!header) {
+        std::printf(
+            "\nHost cost of a call (%s, batch 1: the arithmetic is negligible), microseconds:\n\n"
+            "| pass | conv2d | pconv | pconv unfused | pconv - conv2d | pconv / conv2d |\n"
+            "|---|---:|---:|---:|---:|---:|\n",
+            kHostShape.name);
+        header = true;
+      }
+      std::printf("| %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n", pass, conv, partial, unfused,
+                  partial - conv, partial / conv);
+    }
+  }
+
+  // A run's median time in milliseconds, NaN where it did not run.
+  double Time(const Shape& shape, Variant variant, const char* pass, int64_t batch) const {
+    const std::string name = Name(shape, variant, pass, batch);
+    const auto found = times_.find(name);
+    if (found != times_.end()) return Median(found->second);
+    const auto median = medians_.find(name);
+    return median == medians_.end() ? NAN : median->second;
   }
 
   static double Median(std::vector<double> values) {
@@ -289,8 +327,11 @@ int main(int argc, char** argv) {
   std::printf("device %s, %s, %s; fused CUDA kernels in this build: %s\n", g_device.str().c_str(),
               dtype.c_str(), format.c_str(),
               pconv::nn::functional::cuda_kernels_built() ? "yes" : "no");
-  const int only_shape =
-      setup.extra.count("--shape") != 0 ? std::atoi(setup.extra["--shape"].c_str()) : -1;
+  // -1: every shape and the host-bound layer; -2: the host-bound layer alone.
+  const std::string shape_flag = setup.extra.count("--shape") != 0 ? setup.extra["--shape"] : "";
+  const int only_shape = shape_flag.empty()     ? -1
+                         : shape_flag == "host" ? -2
+                                                : std::atoi(shape_flag.c_str());
 
   // What one forward+backward dispatches at batch 1, counted by LibTorch's profiler: on CUDA
   // the launches (what sets the pace at these sizes), on the CPU the operator calls.
@@ -298,7 +339,7 @@ int main(int argc, char** argv) {
               g_device.is_cuda() ? "CUDA kernels, memsets and copies" : "CPU operator calls");
   std::printf("| layer | conv2d | pconv | pconv unfused |\n|---|---:|---:|---:|\n");
   for (size_t index = 0; index < kShapes.size(); ++index) {
-    if (only_shape >= 0 && static_cast<size_t>(only_shape) != index) continue;
+    if (only_shape == -2 || (only_shape >= 0 && static_cast<size_t>(only_shape) != index)) continue;
     std::printf("| %s |", kShapes[index].name);
     std::fflush(stdout);  // before the profiler's own messages, if any
     for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused}) {
@@ -319,7 +360,8 @@ int main(int argc, char** argv) {
   for (const char* pass : {"forward", "forward+backward"}) {
     const bool backward = std::strcmp(pass, "forward") != 0;
     for (size_t index = 0; index < kShapes.size(); ++index) {
-      if (only_shape >= 0 && static_cast<size_t>(only_shape) != index) continue;
+      if (only_shape == -2 || (only_shape >= 0 && static_cast<size_t>(only_shape) != index))
+        continue;
       const Shape& shape = kShapes[index];
       for (const int64_t batch : g_batches) {
         for (const Variant variant :
@@ -328,6 +370,14 @@ int main(int argc, char** argv) {
               RatioReporter::Name(shape, variant, pass, batch),
               [=](benchmark::State& state) { run_layer(state, shape, variant, backward, batch); });
         }
+      }
+    }
+    if (only_shape < 0) {
+      for (const Variant variant :
+           {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused}) {
+        pconv::bench::register_timed(
+            RatioReporter::Name(kHostShape, variant, pass, 1),
+            [=](benchmark::State& state) { run_layer(state, kHostShape, variant, backward, 1); });
       }
     }
   }

@@ -174,9 +174,10 @@ Geometry random_geometry(std::mt19937& rng, int64_t max_size = 40, int64_t max_g
 
 using pconv::testing::FusedKernels;
 
-// One forward and backward pass of `conv` with a given upstream gradient.
+// One forward and backward pass of `conv` with a given upstream gradient, and a forward
+// without autograd (the layer then skips its autograd functions).
 struct LayerRun {
-  at::Tensor output, mask, grad_input, grad_weight, grad_bias;
+  at::Tensor output, mask, grad_input, grad_weight, grad_bias, output_without_grad;
   std::string grad_fn;
 };
 
@@ -193,6 +194,8 @@ LayerRun run_layer(PartialConv2d conv, const at::Tensor& input, const at::Tensor
   run.grad_input = x.grad();
   run.grad_weight = conv->weight.grad();
   if (conv->bias.defined()) run.grad_bias = conv->bias.grad();
+  const at::NoGradGuard no_grad;
+  run.output_without_grad = std::get<0>(conv(input, mask));
   return run;
 }
 
@@ -231,6 +234,7 @@ void expect_close(const LayerRun& actual, const LayerRun& expected, double toler
   close(actual.grad_input, expected.grad_input, "input gradient");
   close(actual.grad_weight, expected.grad_weight, "weight gradient");
   close(actual.grad_bias, expected.grad_bias, "bias gradient");
+  close(actual.output_without_grad, expected.output, "output without autograd");
 }
 
 class PartialConv2dTest : public ::testing::Test {

@@ -99,8 +99,10 @@ PartialConv2dMaskTerms mask_terms_from_counts(const torch::Tensor& channel_count
   torch::NoGradGuard no_grad;
   // Window sums of 0/1 values must be exact integers: the kernels sum whole numbers, and the
   // reference path takes care of cuDNN's rounding algorithms.
+  const torch::Tensor counts =
+      channel_counts.requires_grad() ? channel_counts.detach() : channel_counts;
   auto window_terms = detail::window_terms(
-      detail::ValidCounts{channel_counts.detach().to(terms_dtype)}, static_cast<double>(window),
+      detail::ValidCounts{counts.to(terms_dtype)}, static_cast<double>(window),
       detail::window_geometry(kernel_size, options), terms_dtype, new_mask_dtype);
   PartialConv2dMaskTerms terms;
   terms.ratio = std::move(window_terms.ratio);

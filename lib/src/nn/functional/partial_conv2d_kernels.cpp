@@ -273,6 +273,8 @@ class MaskInput : public torch::autograd::Function<MaskInput> {
     auto [masked, counts] = run_mask_and_count(input, mask, groups);
     ctx->save_for_backward({mask});
     ctx->mark_non_differentiable({counts});
+    // The counts' gradient stays undefined rather than a tensor of zeros made for nothing.
+    ctx->set_materialize_grads(false);
     return {masked, counts};
   }
 
@@ -305,30 +307,47 @@ at::Tensor cuda_bias(const at::Tensor& bias, const at::Tensor& raw, const at::Te
   return (native ? bias : bias.to(ratio.scalar_type())).contiguous();
 }
 
-// raw * ratio + bias * valid, in place, in one pass over the output (CPU: layers with a bias).
+// raw * ratio + bias * valid, in place, in one pass over the output, outside autograd (CPU:
+// layers with a bias; CUDA: an empty bias is none).
+void renormalize_in_place(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
+                          const at::Tensor& valid) {
+  if (raw.is_cuda()) {
+    // Contiguous NCHW wins where both layouts hold (one channel or a 1 x 1 output).
+    cuda::renormalize(raw, bias.numel() > 0 ? cuda_bias(bias, raw, ratio) : at::Tensor(), ratio,
+                      valid, !raw.is_contiguous(), InferencePost{});
+    return;
+  }
+  const PlaneIndex index = plane_index(raw, ratio);
+  const int64_t planes = raw.size(0) * index.channels;
+  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize", [&] {
+    auto* out = raw.mutable_data_ptr<scalar_t>();
+    const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
+    const auto* valid_data = valid.const_data_ptr<scalar_t>();
+    const auto* bias_data = bias.const_data_ptr<scalar_t>();
+    at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        scalar_t* __restrict__ o = out + plane * index.plane_size;
+        const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
+        const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
+        renormalize_plane<scalar_t>(o, r, v, bias_data[plane % index.channels], index.plane_size);
+      }
+    });
+  });
+}
+
+// The same as an autograd function: differentiable in raw and bias.
 class Renormalize : public torch::autograd::Function<Renormalize> {
  public:
   static at::Tensor forward(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
                             const at::Tensor& ratio, const at::Tensor& valid) {
-    if (raw.is_cuda()) return forward_cuda(ctx, raw, bias, ratio, valid);
-    const PlaneIndex index = plane_index(raw, ratio);
-    const int64_t planes = raw.size(0) * index.channels;
-    AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize", [&] {
-      auto* out = raw.mutable_data_ptr<scalar_t>();
-      const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
-      const auto* valid_data = valid.const_data_ptr<scalar_t>();
-      const auto* bias_data = bias.const_data_ptr<scalar_t>();
-      at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
-        for (int64_t plane = begin; plane < end; ++plane) {
-          scalar_t* __restrict__ o = out + plane * index.plane_size;
-          const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
-          const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
-          renormalize_plane<scalar_t>(o, r, v, bias_data[plane % index.channels], index.plane_size);
-        }
-      });
-    });
+    renormalize_in_place(raw, bias, ratio, valid);
     ctx->mark_dirty({raw});
     ctx->save_for_backward({ratio, valid});
+    if (raw.is_cuda()) {
+      ctx->saved_data["channels_last"] = !raw.is_contiguous();
+      ctx->saved_data["bias_dtype"] =
+          bias.numel() > 0 ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
+    }
     return raw;
   }
 
@@ -341,15 +360,19 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     const PlaneIndex index = plane_index(grad, ratio);
     const int64_t planes = grad.size(0) * index.channels;
 
-    // grad_raw = grad * ratio, and each plane's sum of grad * valid for the bias, in one pass.
+    // grad_raw = grad * ratio, and each plane's sum of grad * valid for the bias, in one pass;
+    // then the bias gradient as those sums over the batch, in double, in plain loops (ATen's
+    // sum and cast would cost more host time than the arithmetic on small layers).
     at::Tensor grad_raw = at::empty_like(grad);
-    at::Tensor plane_sums = at::empty({planes}, grad.options().dtype(at::kDouble));
+    at::Tensor grad_bias;
+    if (ctx->needs_input_grad(1)) grad_bias = at::empty({index.channels}, grad.options());
+    std::vector<double> plane_sums(static_cast<size_t>(planes));
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pconv_renormalize_backward", [&] {
       const auto* grad_data = grad.const_data_ptr<scalar_t>();
       auto* grad_raw_data = grad_raw.mutable_data_ptr<scalar_t>();
       const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
       const auto* valid_data = valid.const_data_ptr<scalar_t>();
-      auto* sums = plane_sums.mutable_data_ptr<double>();
+      double* sums = plane_sums.data();
       at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
           const scalar_t* __restrict__ g = grad_data + plane * index.plane_size;
@@ -360,28 +383,18 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
               renormalize_backward_plane<scalar_t>(g, gr, r, v, index.plane_size));
         }
       });
+      if (!grad_bias.defined()) return;
+      auto* bias_data = grad_bias.mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < index.channels; ++c) {
+        double sum = 0;
+        for (int64_t n = 0; n < grad.size(0); ++n) sum += sums[n * index.channels + c];
+        bias_data[c] = static_cast<scalar_t>(sum);
+      }
     });
-    const at::Tensor grad_bias =
-        plane_sums.view({grad.size(0), index.channels}).sum(0).to(grad.scalar_type());
     return {grad_raw, grad_bias, at::Tensor(), at::Tensor()};
   }
 
  private:
-  static at::Tensor forward_cuda(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
-                                 const at::Tensor& ratio, const at::Tensor& valid) {
-    // Contiguous NCHW wins where both layouts hold (one channel or a 1 x 1 output).
-    const bool channels_last = !raw.is_contiguous();
-    const bool has_bias = bias.numel() > 0;  // empty: none (see renormalize())
-    cuda::renormalize(raw, has_bias ? cuda_bias(bias, raw, ratio) : at::Tensor(), ratio, valid,
-                      channels_last, InferencePost{});
-    ctx->mark_dirty({raw});
-    ctx->save_for_backward({ratio, valid});
-    ctx->saved_data["channels_last"] = channels_last;
-    ctx->saved_data["bias_dtype"] =
-        has_bias ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
-    return raw;
-  }
-
   static variable_list backward_cuda(AutogradContext* ctx, const at::Tensor& grad_output,
                                      const at::Tensor& ratio, const at::Tensor& valid) {
     const bool channels_last = ctx->saved_data["channels_last"].toBool();
@@ -545,7 +558,8 @@ std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const 
   TORCH_CHECK(mask_and_count_fusable(input, mask) && groups >= 1 && input.size(1) % groups == 0,
               "partial_conv2d: no fused prologue for input ", input.sizes(), " and mask ",
               mask.sizes());
-  const at::Tensor values = mask.detach();
+  // (A detach is an operator call: only where there is a gradient to cut.)
+  const at::Tensor values = mask.requires_grad() ? mask.detach() : mask;
   if (at::GradMode::is_enabled() && input.requires_grad()) {
     auto outputs = MaskInput::apply(input, values, groups);
     return {std::move(outputs[0]), std::move(outputs[1])};
@@ -587,8 +601,13 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
       (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid))) {
     // A custom autograd Function records every tensor argument's device, which an undefined
     // tensor has not: no bias travels as an empty one (CUDA only; the CPU kernel needs a bias).
-    return Renormalize::apply(raw, bias.defined() ? bias : at::empty({0}, raw.options()), ratio,
-                              valid);
+    const at::Tensor bias_or_empty = bias.defined() ? bias : at::empty({0}, raw.options());
+    if (!at::GradMode::is_enabled() || !(raw.requires_grad() || bias_or_empty.requires_grad())) {
+      // Nothing to differentiate: the kernel alone, without the autograd function's costs.
+      renormalize_in_place(raw, bias_or_empty, ratio, valid);
+      return raw;
+    }
+    return Renormalize::apply(raw, bias_or_empty, ratio, valid);
   }
 
   // The reference path (what the fused kernels do not cover): in-place ATen ops.
