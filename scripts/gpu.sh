@@ -119,8 +119,9 @@ case "$command" in
     "$build/tests/bench/bench_unet" --device cuda --benchmark_color=false --benchmark_min_time=0.3 > "$out_dir/bench-unet.txt" 2>&1 || true
     "$build/tests/bench/bench_train_step" --device cuda --benchmark_color=false --benchmark_min_time=1 \
       > "$out_dir/bench-train-cuda.txt" 2>&1 || true
-    # The ratio tables and geometric means, the UNet images/s, the train step; errors as they are.
-    grep -E "^==|^\| [0-9]|^ +forward|exit status|CUDA GPU" "$out_dir/bench-layer.txt" || true
+    # The ratio tables, the host cost of a call and the geometric means, the UNet images/s, the
+    # train step; errors as they are.
+    grep -E "^==|^\| [0-9]|^\| forward|^ +forward|exit status|CUDA GPU" "$out_dir/bench-layer.txt" || true
     grep -E "unet_|profiled|CUDA GPU|rror" "$out_dir/bench-unet.txt" | sed -E 's/ +[0-9]+ ms +[0-9]+ +/ /' | head -100 || true
     tail -6 "$out_dir/bench-train-cuda.txt"
     ;;
