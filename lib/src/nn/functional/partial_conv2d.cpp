@@ -242,16 +242,23 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(const torch::Tensor& inp
   if (mask.defined() && options.multi_channel()) {
     check_mask(mask, input, options);
     if (detail::mask_and_count_fusable(input, mask)) {
-      // One pass over input and mask for both the masked input and the valid counts.
+      // One pass over input and mask for both the masked input and the valid counts; with a
+      // gradient to compute, the layer then is one autograd node where it can be.
       const int64_t groups = options.groups();
-      auto [masked_input, counts] = detail::mask_and_count(input, mask, groups);
+      const bool one_node = detail::partial_convolution_usable(input, weight, bias);
+      auto [masked_input, counts] =
+          detail::mask_and_count(input, mask, groups, /*differentiable=*/!one_node);
       const auto terms_dtype = counts.scalar_type();
       const int64_t window = weight.size(2) * weight.size(3) * (input.size(1) / groups);
       auto terms = mask_terms_from_counts(
           counts, window, kernel, options, terms_dtype,
           mask.scalar_type() != terms_dtype ? std::optional(mask.scalar_type()) : std::nullopt);
       torch::Tensor output =
-          partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
+          one_node
+              ? detail::partial_convolution(
+                    input, masked_input, mask.requires_grad() ? mask.detach() : mask, weight, bias,
+                    terms.ratio, terms.valid, detail::window_geometry(kernel, options), groups)
+              : partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
       torch::Tensor new_mask = updated_mask(terms, mask.scalar_type(), output, options);
       return {std::move(output), std::move(new_mask)};
     }

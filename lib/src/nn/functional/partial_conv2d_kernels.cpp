@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -39,17 +40,16 @@ int64_t grain_for(int64_t work_per_row) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_row));
 }
 
-// CPU: float or double, contiguous NCHW, everything in the output's dtype; a bias or, where
-// `bias_required` is false, none.
+// CPU: float or double, contiguous NCHW, everything in the output's dtype; a bias or none.
 bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
-                 const at::Tensor& valid, bool bias_required = true) {
+                 const at::Tensor& valid) {
   const auto dtype = raw.scalar_type();
   return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() &&
          (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
          ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
          valid.is_contiguous() &&
-         (bias.defined() ? bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous()
-                         : !bias_required);
+         (!bias.defined() ||
+          (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous()));
 }
 
 // CUDA: any floating output in NCHW or channels-last, terms in term_dtype, any bias or none.
@@ -307,8 +307,8 @@ at::Tensor cuda_bias(const at::Tensor& bias, const at::Tensor& raw, const at::Te
   return (native ? bias : bias.to(ratio.scalar_type())).contiguous();
 }
 
-// raw * ratio + bias * valid, in place, in one pass over the output, outside autograd (CPU:
-// layers with a bias; CUDA: an empty bias is none).
+// raw * ratio + bias * valid, in place, in one pass over the output, outside autograd (an
+// empty bias is none).
 void renormalize_in_place(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                           const at::Tensor& valid) {
   if (raw.is_cuda()) {
@@ -323,89 +323,45 @@ void renormalize_in_place(const at::Tensor& raw, const at::Tensor& bias, const a
     auto* out = raw.mutable_data_ptr<scalar_t>();
     const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
     const auto* valid_data = valid.const_data_ptr<scalar_t>();
-    const auto* bias_data = bias.const_data_ptr<scalar_t>();
+    const scalar_t* bias_data = bias.numel() > 0 ? bias.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         scalar_t* __restrict__ o = out + plane * index.plane_size;
         const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
         const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
-        renormalize_plane<scalar_t>(o, r, v, bias_data[plane % index.channels], index.plane_size);
+        renormalize_plane<scalar_t>(
+            o, r, v, bias_data != nullptr ? bias_data[plane % index.channels] : scalar_t(0),
+            index.plane_size);
       }
     });
   });
 }
 
-// The same as an autograd function: differentiable in raw and bias.
-class Renormalize : public torch::autograd::Function<Renormalize> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
-                            const at::Tensor& ratio, const at::Tensor& valid) {
-    renormalize_in_place(raw, bias, ratio, valid);
-    ctx->mark_dirty({raw});
-    ctx->save_for_backward({ratio, valid});
-    if (raw.is_cuda()) {
-      ctx->saved_data["channels_last"] = !raw.is_contiguous();
-      ctx->saved_data["bias_dtype"] =
-          bias.numel() > 0 ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
-    }
-    return raw;
-  }
+// What the epilogue's backward needs besides ratio and valid, packed into one saved value (each
+// entry of a node's saved_data costs host time): the layout of the output, the bias's dtype
+// (-1: no bias), then whatever the caller adds.
+std::vector<int64_t> epilogue_state(const at::Tensor& raw, const at::Tensor& bias) {
+  return {raw.is_cuda() && !raw.is_contiguous() ? 1 : 0,
+          bias.numel() > 0 ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1}};
+}
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& ratio = saved[0];
-    const at::Tensor& valid = saved[1];
-    if (ratio.is_cuda()) return backward_cuda(ctx, grad_outputs[0], ratio, valid);
-    const at::Tensor grad = grad_outputs[0].contiguous();
-    const PlaneIndex index = plane_index(grad, ratio);
-    const int64_t planes = grad.size(0) * index.channels;
-
-    // grad_raw = grad * ratio, and each plane's sum of grad * valid for the bias, in one pass;
-    // then the bias gradient as those sums over the batch, in double, in plain loops (ATen's
-    // sum and cast would cost more host time than the arithmetic on small layers).
-    at::Tensor grad_raw = at::empty_like(grad);
-    at::Tensor grad_bias;
-    if (ctx->needs_input_grad(1)) grad_bias = at::empty({index.channels}, grad.options());
-    std::vector<double> plane_sums(static_cast<size_t>(planes));
-    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pconv_renormalize_backward", [&] {
-      const auto* grad_data = grad.const_data_ptr<scalar_t>();
-      auto* grad_raw_data = grad_raw.mutable_data_ptr<scalar_t>();
-      const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
-      const auto* valid_data = valid.const_data_ptr<scalar_t>();
-      double* sums = plane_sums.data();
-      at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
-        for (int64_t plane = begin; plane < end; ++plane) {
-          const scalar_t* __restrict__ g = grad_data + plane * index.plane_size;
-          scalar_t* __restrict__ gr = grad_raw_data + plane * index.plane_size;
-          const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
-          const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
-          sums[plane] = static_cast<double>(
-              renormalize_backward_plane<scalar_t>(g, gr, r, v, index.plane_size));
-        }
-      });
-      if (!grad_bias.defined()) return;
-      auto* bias_data = grad_bias.mutable_data_ptr<scalar_t>();
-      for (int64_t c = 0; c < index.channels; ++c) {
-        double sum = 0;
-        for (int64_t n = 0; n < grad.size(0); ++n) sum += sums[n * index.channels + c];
-        bias_data[c] = static_cast<scalar_t>(sum);
-      }
-    });
-    return {grad_raw, grad_bias, at::Tensor(), at::Tensor()};
-  }
-
- private:
-  static variable_list backward_cuda(AutogradContext* ctx, const at::Tensor& grad_output,
-                                     const at::Tensor& ratio, const at::Tensor& valid) {
-    const bool channels_last = ctx->saved_data["channels_last"].toBool();
-    const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
+// The epilogue's backward: grad_raw = grad * ratio and, with `bias_grad`, the bias's gradient
+// sum(grad * valid) in the bias's dtype (state from epilogue_state()).
+std::pair<at::Tensor, at::Tensor> epilogue_backward(const at::Tensor& grad_output,
+                                                    const at::Tensor& ratio,
+                                                    const at::Tensor& valid,
+                                                    c10::ArrayRef<int64_t> state, bool bias_grad) {
+  const bool channels_last = state[0] != 0;
+  const int64_t bias_dtype = state[1];
+  bias_grad = bias_grad && bias_dtype >= 0;
+  if (ratio.is_cuda()) {
     const at::Tensor grad = grad_output.contiguous(channels_last ? at::MemoryFormat::ChannelsLast
                                                                  : at::MemoryFormat::Contiguous);
     at::Tensor grad_raw = at::empty_like(grad);
     const int64_t channels = grad.size(1);
     at::Tensor bias_sums;
     at::Tensor grad_bias;
-    if (bias_dtype >= 0 && ctx->needs_input_grad(1)) {
+    if (bias_grad) {
       const int64_t rows =
           channels_last ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3)) : grad.size(0);
       // Not zeroed: the kernel writes every partial sum.
@@ -416,7 +372,125 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     }
     cuda::renormalize_backward(grad, ratio, valid, channels_last, grad_raw, bias_sums);
     if (grad_bias.defined()) cuda::bias_gradient(bias_sums, grad_bias);
-    return {grad_raw, grad_bias, at::Tensor(), at::Tensor()};
+    return {grad_raw, grad_bias};
+  }
+
+  const at::Tensor grad = grad_output.contiguous();
+  const PlaneIndex index = plane_index(grad, ratio);
+  const int64_t planes = grad.size(0) * index.channels;
+  // grad_raw = grad * ratio, and each plane's sum of grad * valid for the bias, in one pass;
+  // then the bias gradient as those sums over the batch, in double, in plain loops (ATen's
+  // sum and cast would cost more host time than the arithmetic on small layers). The CPU
+  // kernels take a bias of the output's dtype.
+  at::Tensor grad_raw = at::empty_like(grad);
+  at::Tensor grad_bias;
+  if (bias_grad) grad_bias = at::empty({index.channels}, grad.options());
+  std::vector<double> plane_sums(static_cast<size_t>(planes));
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pconv_renormalize_backward", [&] {
+    const auto* grad_data = grad.const_data_ptr<scalar_t>();
+    auto* grad_raw_data = grad_raw.mutable_data_ptr<scalar_t>();
+    const auto* ratio_data = ratio.const_data_ptr<scalar_t>();
+    const auto* valid_data = valid.const_data_ptr<scalar_t>();
+    double* sums = plane_sums.data();
+    at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* __restrict__ g = grad_data + plane * index.plane_size;
+        scalar_t* __restrict__ gr = grad_raw_data + plane * index.plane_size;
+        const scalar_t* __restrict__ r = ratio_data + index.term_offset(plane);
+        const scalar_t* __restrict__ v = valid_data + index.term_offset(plane);
+        sums[plane] = static_cast<double>(
+            renormalize_backward_plane<scalar_t>(g, gr, r, v, index.plane_size));
+      }
+    });
+    if (!grad_bias.defined()) return;
+    auto* bias_data = grad_bias.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < index.channels; ++c) {
+      double sum = 0;
+      for (int64_t n = 0; n < grad.size(0); ++n) sum += sums[n * index.channels + c];
+      bias_data[c] = static_cast<scalar_t>(sum);
+    }
+  });
+  return {grad_raw, grad_bias};
+}
+
+// The epilogue as an autograd function: differentiable in raw and bias.
+class Renormalize : public torch::autograd::Function<Renormalize> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
+                            const at::Tensor& ratio, const at::Tensor& valid) {
+    renormalize_in_place(raw, bias, ratio, valid);
+    ctx->mark_dirty({raw});
+    ctx->save_for_backward({ratio, valid});
+    ctx->saved_data["state"] = epilogue_state(raw, bias);
+    return raw;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto state = ctx->saved_data["state"].toIntVector();
+    auto [grad_raw, grad_bias] =
+        epilogue_backward(grad_outputs[0], saved[0], saved[1], state, ctx->needs_input_grad(1));
+    return {std::move(grad_raw), std::move(grad_bias), at::Tensor(), at::Tensor()};
+  }
+};
+
+// The whole layer with its prologue's results as one autograd node: conv(masked, weight) *
+// ratio + bias * valid, where masked = input x mask came from the prologue outside autograd.
+// One node instead of three (the prologue's, the convolution's, the epilogue's) saves the host
+// the autograd engine's work for two nodes and the in-place bookkeeping of the epilogue; the
+// backward is the epilogue's, ATen's convolution_backward, and grad x mask for the input.
+// `input` only ties the node to the graph (its gradient is returned for it).
+class PartialConvolution : public torch::autograd::Function<PartialConvolution> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& masked,
+                            const at::Tensor& mask, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& ratio,
+                            const at::Tensor& valid, const WindowGeometry& geometry,
+                            int64_t groups) {
+    (void)input;
+    at::Tensor raw =
+        at::convolution(masked, weight, std::nullopt, geometry.stride, geometry.padding,
+                        geometry.dilation, /*transposed=*/false, {0, 0}, groups);
+    // The epilogue reads NCHW (CUDA: or channels-last), which a convolution gives unless its
+    // weight's layout says otherwise.
+    if (!raw.is_contiguous() &&
+        !(raw.is_cuda() && raw.is_contiguous(at::MemoryFormat::ChannelsLast))) {
+      raw = raw.contiguous();
+    }
+    renormalize_in_place(raw, bias, ratio, valid);
+    ctx->save_for_backward({masked, mask, weight, ratio, valid});
+    std::vector<int64_t> state = epilogue_state(raw, bias);
+    state.insert(state.end(),
+                 {geometry.stride[0], geometry.stride[1], geometry.padding[0], geometry.padding[1],
+                  geometry.dilation[0], geometry.dilation[1], groups});
+    ctx->saved_data["state"] = std::move(state);
+    return raw;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& masked = saved[0];
+    const at::Tensor& mask = saved[1];
+    const at::Tensor& weight = saved[2];
+    const auto state = ctx->saved_data["state"].toIntVector();
+    auto [grad_raw, grad_bias] =
+        epilogue_backward(grad_outputs[0], saved[3], saved[4], state, ctx->needs_input_grad(4));
+    const bool input_grad = ctx->needs_input_grad(0);
+    const bool weight_grad = ctx->needs_input_grad(3);
+    at::Tensor grad_input;
+    at::Tensor grad_weight;
+    if (input_grad || weight_grad) {
+      const c10::ArrayRef<int64_t> values(state);
+      auto grads =
+          at::convolution_backward(grad_raw, masked, weight, std::nullopt, values.slice(2, 2),
+                                   values.slice(4, 2), values.slice(6, 2), /*transposed=*/false,
+                                   {0, 0}, values[8], {input_grad, weight_grad, false});
+      if (input_grad) grad_input = std::get<0>(grads).mul_(mask);
+      grad_weight = std::move(std::get<1>(grads));
+    }
+    return {std::move(grad_input),  at::Tensor(),         at::Tensor(),
+            std::move(grad_weight), std::move(grad_bias), at::Tensor(),
+            at::Tensor(),           at::Tensor(),         at::Tensor()};
   }
 };
 
@@ -554,17 +628,51 @@ bool mask_and_count_fusable(const at::Tensor& input, const at::Tensor& mask) {
 }
 
 std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const at::Tensor& mask,
-                                                 int64_t groups) {
+                                                 int64_t groups, bool differentiable) {
   TORCH_CHECK(mask_and_count_fusable(input, mask) && groups >= 1 && input.size(1) % groups == 0,
               "partial_conv2d: no fused prologue for input ", input.sizes(), " and mask ",
               mask.sizes());
   // (A detach is an operator call: only where there is a gradient to cut.)
   const at::Tensor values = mask.requires_grad() ? mask.detach() : mask;
-  if (at::GradMode::is_enabled() && input.requires_grad()) {
+  if (differentiable && at::GradMode::is_enabled() && input.requires_grad()) {
     auto outputs = MaskInput::apply(input, values, groups);
     return {std::move(outputs[0]), std::move(outputs[1])};
   }
   return run_mask_and_count(input, values, groups);
+}
+
+bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weight,
+                                const at::Tensor& bias) {
+  const bool needs_gradient =
+      input.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad());
+  if (!fused_enabled() || !at::GradMode::is_enabled() || !needs_gradient ||
+      at::autocast::is_autocast_enabled(input.device().type()) ||
+      weight.scalar_type() != input.scalar_type() || weight.device() != input.device()) {
+    return false;
+  }
+  const auto dtype = input.scalar_type();
+  if (input.is_cpu()) {
+    return (dtype == at::kFloat || dtype == at::kDouble) &&
+           (!bias.defined() ||
+            (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous()));
+  }
+  return kCudaKernels && input.is_cuda() &&
+         (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+          dtype == at::kBFloat16) &&
+         (!bias.defined() || bias.device() == input.device());
+}
+
+at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked,
+                               const at::Tensor& mask, const at::Tensor& weight,
+                               const at::Tensor& bias, const at::Tensor& ratio,
+                               const at::Tensor& valid, const WindowGeometry& geometry,
+                               int64_t groups) {
+  TORCH_CHECK(partial_convolution_usable(input, weight, bias) && !masked.requires_grad() &&
+                  !mask.requires_grad(),
+              "partial_conv2d: no single-node fused layer for input ", input.sizes());
+  return PartialConvolution::apply(input, masked, mask, weight,
+                                   bias.defined() ? bias : at::empty({0}, input.options()), ratio,
+                                   valid, geometry, groups);
 }
 
 #ifndef PCONV_CUDA_KERNELS
@@ -600,7 +708,7 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
   if (fused_enabled() &&
       (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid))) {
     // A custom autograd Function records every tensor argument's device, which an undefined
-    // tensor has not: no bias travels as an empty one (CUDA only; the CPU kernel needs a bias).
+    // tensor has not: no bias travels as an empty one.
     const at::Tensor bias_or_empty = bias.defined() ? bias : at::empty({0}, raw.options());
     if (!at::GradMode::is_enabled() || !(raw.requires_grad() || bias_or_empty.requires_grad())) {
       // Nothing to differentiate: the kernel alone, without the autograd function's costs.
@@ -652,7 +760,7 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
     });
   };
 
-  if (fused_enabled() && cpu_fusable(raw, bias, ratio, valid, /*bias_required=*/false) &&
+  if (fused_enabled() && cpu_fusable(raw, bias, ratio, valid) &&
       bn_fusable(raw.scalar_type(), true)) {
     const PlaneIndex index = plane_index(raw, ratio);
     const int64_t planes = raw.size(0) * index.channels;

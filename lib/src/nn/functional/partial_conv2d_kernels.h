@@ -89,7 +89,7 @@ PostOp<Param> post_op_of(const InferencePost& post) {
 }
 
 /// At inference only (no autograd): activation(batch_norm(raw * ratio + bias * valid)), in one
-/// pass over the output with the fused kernels (CPU: float and double with a bias; CUDA: every
+/// pass over the output with the fused kernels (CPU: float and double; CUDA: every
 /// case renormalize() fuses), else with ATen. May reuse raw's memory.
 at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bias,
                                      const at::Tensor& ratio, const at::Tensor& valid,
@@ -100,11 +100,28 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
 bool mask_and_count_fusable(const at::Tensor& input, const at::Tensor& mask);
 
 /// The prologue of a partial convolution with a multi-channel mask, in one pass over input and
-/// mask where mask_and_count_fusable(): masked = input x mask, differentiable in the input (its
-/// gradient is grad x mask), and counts (N, G, H, W) in the terms' type, the mask summed over
-/// each of the `groups` groups' channels.
+/// mask where mask_and_count_fusable(): masked = input x mask, with `differentiable`
+/// differentiable in the input (its gradient is grad x mask), and counts (N, G, H, W) in the
+/// terms' type, the mask summed over each of the `groups` groups' channels.
 std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const at::Tensor& mask,
-                                                 int64_t groups);
+                                                 int64_t groups, bool differentiable = true);
+
+/// Whether partial_convolution() takes a layer with this input, weight and bias: fused kernels
+/// on, a gradient to compute, no autocast on the input's device, a weight of the input's type
+/// and device, and a bias the epilogue reads as it is (CPU: float or double, the input's type;
+/// CUDA: any floating type).
+bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weight,
+                                const at::Tensor& bias);
+
+/// The layer from its prologue's results as one autograd node: conv(masked, weight) * ratio +
+/// bias * valid, masked = input x mask from mask_and_count(..., differentiable=false);
+/// differentiable in input, weight and bias (the input's gradient is the convolution's
+/// times the mask). For partial_convolution_usable() layers.
+at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked,
+                               const at::Tensor& mask, const at::Tensor& weight,
+                               const at::Tensor& bias, const at::Tensor& ratio,
+                               const at::Tensor& valid, const WindowGeometry& geometry,
+                               int64_t groups);
 
 /// Whether the fused kernels are switched on (pconv::nn::functional::set_fused_kernels_enabled).
 bool fused_enabled();
