@@ -512,6 +512,87 @@ TEST_F(PartialConv2dTest, GradientsMatchFiniteDifferences) {
   EXPECT_EQ(input.grad().masked_select(mask == 0).abs().max().item<double>(), 0.0);
 }
 
+TEST_F(PartialConv2dTest, FusedLayerWithPartOfItsGradients) {
+  // The single-node fused layer against the ATen path when only some of input, weight and
+  // bias need a gradient, and with a mask made in inference mode (as a data loader may make
+  // it): a first layer, whose input has none, must not need to keep the mask.
+  Geometry g;
+  g.batch = 2;
+  g.mask_batch = 2;
+  g.in_channels = 6;
+  g.out_channels = 5;
+  g.height = 9;
+  g.width = 8;
+  g.pad_h = g.pad_w = 1;
+  g.multi_channel = true;
+  const auto [input, mask, upstream] = random_inputs(g);
+  at::Tensor inference_mask;
+  {
+    const c10::InferenceMode inference;
+    inference_mask = mask.clone();
+  }
+  struct Case {
+    const char* name;
+    bool input, weight, bias, inference_mask;
+  };
+  for (const Case& c : {Case{"first layer", false, true, true, true},
+                        Case{"frozen weight", true, false, true, false},
+                        Case{"bias only", false, false, true, true},
+                        Case{"input only", true, false, false, false}}) {
+    SCOPED_TRACE(c.name);
+    const auto run = [&](bool fused) {
+      const FusedKernels kernels(fused);
+      torch::manual_seed(3);
+      PartialConv2d conv(g.options());
+      conv->weight.requires_grad_(c.weight);
+      conv->bias.requires_grad_(c.bias);
+      const auto x = input.detach().requires_grad_(c.input);
+      const auto output = std::get<0>(conv(x, c.inference_mask ? inference_mask : mask));
+      const std::string node = output.grad_fn() ? output.grad_fn()->name() : "";
+      EXPECT_EQ(node.find("PartialConvolution") != std::string::npos, fused) << node;
+      output.backward(upstream);
+      return std::vector<at::Tensor>{output.detach(), x.grad(), conv->weight.grad(),
+                                     conv->bias.grad()};
+    };
+    const auto fused = run(true);
+    const auto plain = run(false);
+    for (size_t i = 0; i < fused.size(); ++i) {
+      SCOPED_TRACE(i);
+      ASSERT_EQ(fused[i].defined(), plain[i].defined());
+      if (fused[i].defined()) EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-5, 1e-6));
+    }
+  }
+}
+
+TEST_F(PartialConv2dTest, FusedBackwardRefusesToBeDifferentiatedAgain) {
+  // The fused kernels' backward is invisible to autograd: a second derivative through it
+  // (create_graph) must be an error, not a silently wrong number; the ATen path gives one.
+  // A multi-channel mask of the input's shape takes the single-node layer, a one-channel mask
+  // the epilogue's own node.
+  for (const bool multi_channel : {true, false}) {
+    SCOPED_TRACE(multi_channel ? "single node" : "epilogue node");
+    PartialConv2d conv(PartialConv2dOptions(4, 4, 3).padding(1).multi_channel(multi_channel));
+    conv->to(at::kDouble);
+    const auto input = at::randn({1, 4, 6, 6}, at::kDouble).requires_grad_(true);
+    const auto mask = (at::rand({1, multi_channel ? 4 : 1, 6, 6}) > 0.3).to(at::kDouble);
+    const auto penalty = [&] {
+      const auto output = std::get<0>(conv(input, mask));
+      const auto grads = torch::autograd::grad({output.pow(2).sum()}, {input}, {},
+                                               /*retain_graph=*/true, /*create_graph=*/true);
+      return grads[0].pow(2).sum();
+    };
+    {
+      const FusedKernels fused(true);
+      EXPECT_THAT(error_message([&] { penalty().backward(); }),
+                  HasSubstr("cannot be differentiated again"));
+    }
+    const FusedKernels plain(false);
+    conv->zero_grad();
+    penalty().backward();
+    EXPECT_GT(conv->weight.grad().abs().sum().item<double>(), 0.0);
+  }
+}
+
 TEST_F(PartialConv2dTest, ReducedPrecisionStaysFiniteAndClose) {
   Geometry g;
   g.batch = 2;
@@ -732,14 +813,22 @@ TEST_F(PartialConv2dCudaTest, FusedKernelsEqualTheReferencePath_CUDA) {
         // In half and bfloat16 every other trial keeps the bias in float32, as autocast leaves
         // it: the epilogue then reads it in the terms' type, and its gradient is float32.
         const bool float_bias = dtype != at::kFloat && trial % 2 == 1 && g.bias;
+        // Every third NCHW trial has a channels-last weight, with which cuDNN may answer in
+        // channels-last.
+        const bool channels_last_weight = !channels_last && trial % 3 == 2;
         SCOPED_TRACE(g.str() + " dtype=" + c10::toString(dtype) +
                      (channels_last ? " channels-last" : " NCHW") +
-                     (float_bias ? " float32 bias" : ""));
+                     (float_bias ? " float32 bias" : "") +
+                     (channels_last_weight ? " channels-last weight" : ""));
         PartialConv2d conv(g.options());
         conv->to(at::kCUDA, dtype);
         if (float_bias) {
           const at::NoGradGuard no_grad;
           conv->bias.set_data(conv->bias.to(at::kFloat));
+        }
+        if (channels_last_weight) {
+          const at::NoGradGuard no_grad;
+          conv->weight.set_data(conv->weight.contiguous(at::MemoryFormat::ChannelsLast));
         }
         const auto format =
             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

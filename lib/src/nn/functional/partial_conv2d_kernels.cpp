@@ -9,6 +9,7 @@
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 
 #include <algorithm>
 #include <array>
@@ -413,6 +414,22 @@ std::pair<at::Tensor, at::Tensor> epilogue_backward(const at::Tensor& grad_outpu
   return {grad_raw, grad_bias};
 }
 
+// The gradients a backward made with kernels autograd cannot see returns. Under create_graph
+// (grad mode on in the backward) they would carry no graph, and a second derivative through
+// them would come out silently wrong; as PyTorch's once_differentiable does, they then get a
+// node that raises an error if anything differentiates them again.
+variable_list once_differentiable(variable_list grads) {
+  if (!at::GradMode::is_enabled()) return grads;
+  for (auto& grad : grads) {
+    if (grad.defined()) grad = grad.detach().requires_grad_(true);
+  }
+  return torch::autograd::DelayedError(
+             "partial_conv2d: the fused kernels' backward cannot be differentiated again; for "
+             "higher-order gradients switch them off (set_fused_kernels_enabled(false))",
+             static_cast<int64_t>(grads.size()))
+      .apply(std::move(grads));
+}
+
 // The epilogue as an autograd function: differentiable in raw and bias.
 class Renormalize : public torch::autograd::Function<Renormalize> {
  public:
@@ -430,7 +447,8 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     const auto state = ctx->saved_data["state"].toIntVector();
     auto [grad_raw, grad_bias] =
         epilogue_backward(grad_outputs[0], saved[0], saved[1], state, ctx->needs_input_grad(1));
-    return {std::move(grad_raw), std::move(grad_bias), at::Tensor(), at::Tensor()};
+    return once_differentiable(
+        {std::move(grad_raw), std::move(grad_bias), at::Tensor(), at::Tensor()});
   }
 };
 
@@ -439,7 +457,8 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
 // One node instead of three (the prologue's, the convolution's, the epilogue's) saves the host
 // the autograd engine's work for two nodes and the in-place bookkeeping of the epilogue; the
 // backward is the epilogue's, ATen's convolution_backward, and grad x mask for the input.
-// `input` only ties the node to the graph (its gradient is returned for it).
+// `input` ties the node to the graph (its gradient is returned for it); the convolution reads
+// `masked`. Not differentiable twice (see once_differentiable).
 class PartialConvolution : public torch::autograd::Function<PartialConvolution> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& masked,
@@ -447,7 +466,6 @@ class PartialConvolution : public torch::autograd::Function<PartialConvolution> 
                             const at::Tensor& bias, const at::Tensor& ratio,
                             const at::Tensor& valid, const WindowGeometry& geometry,
                             int64_t groups) {
-    (void)input;
     at::Tensor raw =
         at::convolution(masked, weight, std::nullopt, geometry.stride, geometry.padding,
                         geometry.dilation, /*transposed=*/false, {0, 0}, groups);
@@ -458,7 +476,12 @@ class PartialConvolution : public torch::autograd::Function<PartialConvolution> 
       raw = raw.contiguous();
     }
     renormalize_in_place(raw, bias, ratio, valid);
-    ctx->save_for_backward({masked, mask, weight, ratio, valid});
+    // Only what the backward will read: the mask for the input's gradient (an inference-mode
+    // mask cannot be saved, and need not be for a first layer whose input has no gradient),
+    // the masked input for the convolution's backward (as Conv2d's own node keeps its input).
+    const bool convolution_grad = input.requires_grad() || weight.requires_grad();
+    ctx->save_for_backward({input.requires_grad() ? mask : at::Tensor(),
+                            convolution_grad ? masked : at::Tensor(), weight, ratio, valid});
     std::vector<int64_t> state = epilogue_state(raw, bias);
     state.insert(state.end(),
                  {geometry.stride[0], geometry.stride[1], geometry.padding[0], geometry.padding[1],
@@ -469,8 +492,8 @@ class PartialConvolution : public torch::autograd::Function<PartialConvolution> 
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& masked = saved[0];
-    const at::Tensor& mask = saved[1];
+    const at::Tensor& mask = saved[0];
+    const at::Tensor& masked = saved[1];
     const at::Tensor& weight = saved[2];
     const auto state = ctx->saved_data["state"].toIntVector();
     auto [grad_raw, grad_bias] =
@@ -488,9 +511,9 @@ class PartialConvolution : public torch::autograd::Function<PartialConvolution> 
       if (input_grad) grad_input = std::get<0>(grads).mul_(mask);
       grad_weight = std::move(std::get<1>(grads));
     }
-    return {std::move(grad_input),  at::Tensor(),         at::Tensor(),
-            std::move(grad_weight), std::move(grad_bias), at::Tensor(),
-            at::Tensor(),           at::Tensor(),         at::Tensor()};
+    return once_differentiable({std::move(grad_input), at::Tensor(), at::Tensor(),
+                                std::move(grad_weight), std::move(grad_bias), at::Tensor(),
+                                at::Tensor(), at::Tensor(), at::Tensor()});
   }
 };
 
