@@ -559,7 +559,9 @@ TEST_F(PartialConv2dTest, FusedLayerWithPartOfItsGradients) {
     for (size_t i = 0; i < fused.size(); ++i) {
       SCOPED_TRACE(i);
       ASSERT_EQ(fused[i].defined(), plain[i].defined());
-      if (fused[i].defined()) EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-5, 1e-6));
+      if (fused[i].defined()) {
+        EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-5, 1e-6));
+      }
     }
   }
 }
