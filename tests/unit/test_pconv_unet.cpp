@@ -136,35 +136,39 @@ at::Tensor holes_at_every_level(int64_t batch, int64_t size) {
   return mask;
 }
 
-// At inference (grad mode off) each layer's BatchNorm and activation run inside its epilogue;
-// the result must equal the forward with autograd on, which runs them as separate ATen ops.
+// At inference (grad mode off) each layer's BatchNorm and activation run inside its epilogue,
+// and with one image the decoder upsamples straight into its concatenation; the result must
+// equal the forward with autograd on, which runs them as separate ATen ops.
 TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward) {
   for (const auto dtype : {at::kFloat, at::kDouble}) {
     for (const bool fused : {true, false}) {
-      SCOPED_TRACE(::testing::Message() << dtype << (fused ? " fused" : " unfused"));
-      const pconv::testing::FusedKernels kernels(fused);
-      PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
-      net->to(dtype);
-      randomize_batch_norms(net);
-      net->eval();
-      const auto image = at::randn({2, 3, 32, 32}, dtype);
-      const auto mask = holes_at_every_level(2, 32).to(dtype);
-      const auto [expected, expected_mask] = net(image, mask);
-      ASSERT_TRUE(expected.requires_grad());  // the training-time path ran
-      const double tolerance = dtype == at::kDouble ? 1e-10 : 1e-4;
-      {
-        const at::NoGradGuard no_grad;
-        const auto [output, out_mask] = net(image, mask);
-        EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
-            << (output - expected).abs().max();
-        EXPECT_TRUE(at::equal(out_mask, expected_mask));
-      }
-      {
-        const c10::InferenceMode inference;
-        const auto [output, out_mask] = net(image, mask);
-        EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
-            << (output - expected).abs().max();
-        EXPECT_TRUE(at::equal(out_mask, expected_mask));
+      for (const int64_t batch : {1, 2}) {
+        SCOPED_TRACE(::testing::Message()
+                     << dtype << (fused ? " fused" : " unfused") << " batch " << batch);
+        const pconv::testing::FusedKernels kernels(fused);
+        PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
+        net->to(dtype);
+        randomize_batch_norms(net);
+        net->eval();
+        const auto image = at::randn({batch, 3, 32, 32}, dtype);
+        const auto mask = holes_at_every_level(batch, 32).to(dtype);
+        const auto [expected, expected_mask] = net(image, mask);
+        ASSERT_TRUE(expected.requires_grad());  // the training-time path ran
+        const double tolerance = dtype == at::kDouble ? 1e-10 : 1e-4;
+        {
+          const at::NoGradGuard no_grad;
+          const auto [output, out_mask] = net(image, mask);
+          EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
+              << (output - expected).abs().max();
+          EXPECT_TRUE(at::equal(out_mask, expected_mask));
+        }
+        {
+          const c10::InferenceMode inference;
+          const auto [output, out_mask] = net(image, mask);
+          EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
+              << (output - expected).abs().max();
+          EXPECT_TRUE(at::equal(out_mask, expected_mask));
+        }
       }
     }
   }
@@ -178,6 +182,8 @@ TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward_CUDA) {
   at::globalContext().setAllowTF32CuDNN(false);
   for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
     for (const bool channels_last : {false, true}) {
+      // One image with NCHW: the decoder's upsampling into the concatenation.
+      const int64_t batch = channels_last ? 2 : 1;
       SCOPED_TRACE(::testing::Message() << dtype << (channels_last ? " channels-last" : " NCHW"));
       PConvUNet net(PConvUNetOptions().depth(3).base_width(8).max_width(16));
       randomize_batch_norms(net);
@@ -186,8 +192,8 @@ TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward_CUDA) {
       net->eval();
       const auto format =
           channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-      const auto image = at::randn({2, 3, 64, 64}).to(at::kCUDA, dtype).contiguous(format);
-      const auto mask = holes_at_every_level(2, 64).to(at::kCUDA, dtype).contiguous(format);
+      const auto image = at::randn({batch, 3, 64, 64}).to(at::kCUDA, dtype).contiguous(format);
+      const auto mask = holes_at_every_level(batch, 64).to(at::kCUDA, dtype).contiguous(format);
       at::Tensor expected;
       at::Tensor expected_mask;
       {

@@ -216,14 +216,29 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
 
   torch::Tensor current_mask = masks.back();
   for (int64_t level = depth; level >= 1; --level) {
-    const auto size = masked_features[level - 1].sizes();
-    const torch::Tensor up = at::upsample_nearest2d(features, {size[2], size[3]});
+    const torch::Tensor& skip = masked_features[level - 1];
+    const auto size = skip.sizes();
     const torch::Tensor up_mask = at::upsample_nearest2d(current_mask, {size[2], size[3]});
     const torch::Tensor& skip_mask = masks[level - 1];
-    const int64_t up_channels = up.size(1);
+    const int64_t up_channels = features.size(1);
     const int64_t skip_channels = size[1];
-    const torch::Tensor masked_input = at::cat(
-        {holes_zeroed ? up : up * up_mask.to(up.scalar_type()), masked_features[level - 1]}, 1);
+    torch::Tensor masked_input;
+    if (holes_zeroed && features.is_cpu() && features.size(0) == 1 && features.is_contiguous() &&
+        skip.is_contiguous() && skip.scalar_type() == features.scalar_type()) {
+      // Inference on one image on the CPU: the upsampled features go straight into the first
+      // channels of the concatenation (with batch 1 a contiguous block of it), so no separate
+      // upsampled tensor is written and then copied again by cat (on the full-size levels, two
+      // passes over tens of megabytes). Not on a GPU, where the memory is fast and the three
+      // more operator calls per level would cost host time at batch 1.
+      masked_input =
+          at::empty({1, up_channels + skip_channels, size[2], size[3]}, features.options());
+      torch::Tensor head = masked_input.narrow(1, 0, up_channels);
+      at::upsample_nearest2d_out(head, features, {size[2], size[3]});
+      masked_input.narrow(1, up_channels, skip_channels).copy_(skip);
+    } else {
+      const torch::Tensor up = at::upsample_nearest2d(features, {size[2], size[3]});
+      masked_input = at::cat({holes_zeroed ? up : up * up_mask.to(up.scalar_type()), skip}, 1);
+    }
     const auto geometry = decoder_geometry();
     // Counts up_mask x up_channels + skip_mask x skip_channels, weighed and added by the window
     // kernel itself on CUDA (by ATen elsewhere).
