@@ -182,7 +182,7 @@ TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward_CUDA) {
   at::globalContext().setAllowTF32CuDNN(false);
   for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
     for (const bool channels_last : {false, true}) {
-      // One image with NCHW: the decoder's upsampling into the concatenation.
+      // One image in NCHW, two in channels-last.
       const int64_t batch = channels_last ? 2 : 1;
       SCOPED_TRACE(::testing::Message() << dtype << (channels_last ? " channels-last" : " NCHW"));
       PConvUNet net(PConvUNetOptions().depth(3).base_width(8).max_width(16));
