@@ -332,6 +332,9 @@ int main(int argc, char** argv) {
   const int only_shape = shape_flag.empty()     ? -1
                          : shape_flag == "host" ? -2
                                                 : std::atoi(shape_flag.c_str());
+  const auto shape_runs = [&](size_t index) {
+    return only_shape == -1 || only_shape == static_cast<int>(index);
+  };
 
   // What one forward+backward dispatches at batch 1, counted by LibTorch's profiler: on CUDA
   // the launches (what sets the pace at these sizes), on the CPU the operator calls.
@@ -339,7 +342,7 @@ int main(int argc, char** argv) {
               g_device.is_cuda() ? "CUDA kernels, memsets and copies" : "CPU operator calls");
   std::printf("| layer | conv2d | pconv | pconv unfused |\n|---|---:|---:|---:|\n");
   for (size_t index = 0; index < kShapes.size(); ++index) {
-    if (only_shape == -2 || (only_shape >= 0 && static_cast<size_t>(only_shape) != index)) continue;
+    if (!shape_runs(index)) continue;
     std::printf("| %s |", kShapes[index].name);
     std::fflush(stdout);  // before the profiler's own messages, if any
     for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused}) {
@@ -360,8 +363,7 @@ int main(int argc, char** argv) {
   for (const char* pass : {"forward", "forward+backward"}) {
     const bool backward = std::strcmp(pass, "forward") != 0;
     for (size_t index = 0; index < kShapes.size(); ++index) {
-      if (only_shape == -2 || (only_shape >= 0 && static_cast<size_t>(only_shape) != index))
-        continue;
+      if (!shape_runs(index)) continue;
       const Shape& shape = kShapes[index];
       for (const int64_t batch : g_batches) {
         for (const Variant variant :

@@ -87,6 +87,21 @@ void report(benchmark::State& state, int64_t batch) {
                                                   benchmark::Counter::kIsRate);
 }
 
+// A model in eval mode and a 512x512 batch, both in `type`, for inference.
+struct InferenceInputs {
+  pconv::nn::PConvUNet model;
+  at::Tensor image, mask;
+};
+
+InferenceInputs make_inference(const Model& spec, c10::ScalarType type, int64_t batch,
+                               bool channels_last) {
+  auto model = make_model(spec, channels_last);
+  model->eval();
+  model->to(type);
+  const auto [image, mask] = make_batch(batch, 512, channels_last);
+  return {model, image.to(type), mask.to(type)};
+}
+
 void infer(benchmark::State& state, const Model& spec, const Precision& precision,
            bool channels_last, bool fused, int64_t batch) {
   if (precision.type == c10::kHalf && !g_device.is_cuda()) {
@@ -94,16 +109,10 @@ void infer(benchmark::State& state, const Model& spec, const Precision& precisio
     return;
   }
   pconv::nn::functional::set_fused_kernels_enabled(fused);
-  auto model = make_model(spec, channels_last);
-  model->eval();
-  const auto type = precision.type.value_or(c10::kFloat);
-  model->to(type);
-  auto [image, mask] = make_batch(batch, 512, channels_last);
-  image = image.to(type);
-  mask = mask.to(type);
+  auto inputs = make_inference(spec, precision.type.value_or(c10::kFloat), batch, channels_last);
   const c10::InferenceMode guard;
   auto step = [&] {
-    benchmark::DoNotOptimize(std::get<0>(model->forward(image, mask)));
+    benchmark::DoNotOptimize(std::get<0>(inputs.model->forward(inputs.image, inputs.mask)));
     sync();
   };
   step();  // warm up: allocator, cuDNN algorithm choice
@@ -120,13 +129,8 @@ void infer_graph(benchmark::State& state, const Model& spec, const Precision& pr
     state.SkipWithError("CUDA graphs need a CUDA device");
     return;
   }
-  auto model = make_model(spec, /*channels_last=*/false);
-  model->eval();
-  const auto type = precision.type.value_or(c10::kFloat);
-  model->to(type);
-  auto [image, mask] = make_batch(batch, 512, /*channels_last=*/false);
-  image = image.to(type);
-  mask = mask.to(type);
+  auto inputs = make_inference(spec, precision.type.value_or(c10::kFloat), batch,
+                               /*channels_last=*/false);
   const c10::InferenceMode guard;
   at::Tensor output;
   at::cuda::CUDAGraph graph;
@@ -135,10 +139,11 @@ void infer_graph(benchmark::State& state, const Model& spec, const Precision& pr
     // Captured on a stream of its own, after warm-up passes there (cuDNN's algorithm choice,
     // the allocator).
     const c10::cuda::CUDAStreamGuard stream(c10::cuda::getStreamFromPool());
-    for (int i = 0; i < 3; ++i) output = std::get<0>(model->forward(image, mask));
+    for (int i = 0; i < 3; ++i)
+      output = std::get<0>(inputs.model->forward(inputs.image, inputs.mask));
     sync();
     graph.capture_begin();
-    output = std::get<0>(model->forward(image, mask));
+    output = std::get<0>(inputs.model->forward(inputs.image, inputs.mask));
     graph.capture_end();
   } catch (const std::exception& error) {
     // Reported, and the other benchmarks still run.
@@ -209,18 +214,13 @@ int main(int argc, char** argv) {
   {
     // What one inference pass of the default model dispatches (bf16 on CUDA, fp32 on the
     // CPU), fused kernels and not: on CUDA the launches, the host's share at batch 1.
-    const auto type = g_device.is_cuda() ? c10::kBFloat16 : c10::kFloat;
-    auto model = make_model(kModels[0], /*channels_last=*/false);
-    model->eval();
-    model->to(type);
-    auto [image, mask] = make_batch(1, 512, /*channels_last=*/false);
-    image = image.to(type);
-    mask = mask.to(type);
+    auto inputs = make_inference(kModels[0], g_device.is_cuda() ? c10::kBFloat16 : c10::kFloat, 1,
+                                 /*channels_last=*/false);
     const c10::InferenceMode guard;
     for (const bool fused : {true, false}) {
       pconv::nn::functional::set_fused_kernels_enabled(fused);
       auto pass = [&] {
-        benchmark::DoNotOptimize(std::get<0>(model->forward(image, mask)));
+        benchmark::DoNotOptimize(std::get<0>(inputs.model->forward(inputs.image, inputs.mask)));
         sync();
       };
       pass();  // warm up

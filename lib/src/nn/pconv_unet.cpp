@@ -193,13 +193,10 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
                                 : std::nullopt;
     // The count is channels x mask and the window channels x k x k: the channels cancel. The
     // next level zeroes its input's holes itself unless this layer's epilogue does.
-    auto window = F::detail::window_terms(
+    const auto terms = F::detail::mask_terms_of(F::detail::window_terms(
         F::detail::ValidCounts{level_mask}, static_cast<double>(kernel * kernel),
         F::detail::window_geometry(kernel, geometry), terms_dtype,
-        !post && feature_dtype != terms_dtype ? std::optional(feature_dtype) : std::nullopt);
-    F::PartialConv2dMaskTerms terms;
-    terms.ratio = std::move(window.ratio);
-    terms.valid = std::move(window.valid);
+        post ? std::nullopt : std::optional(feature_dtype)));
     holes_zeroed = post.has_value();
     if (post) {
       features = F::detail::partial_conv2d_masked_input_for_inference(
@@ -211,7 +208,7 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
       features = at::relu(features);
     }
     masks.push_back(terms.valid);
-    feature_mask = window.valid_as.defined() ? window.valid_as : terms.valid;
+    feature_mask = terms.new_mask_values.defined() ? terms.new_mask_values : terms.valid;
   }
 
   torch::Tensor current_mask = masks.back();
@@ -242,14 +239,11 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
     const auto geometry = decoder_geometry();
     // Counts up_mask x up_channels + skip_mask x skip_channels, weighed and added by the window
     // kernel itself on CUDA (by ATen elsewhere).
-    auto window = F::detail::window_terms(
+    const auto terms = F::detail::mask_terms_of(F::detail::window_terms(
         F::detail::ValidCounts{up_mask, static_cast<double>(up_channels), skip_mask,
                                static_cast<double>(skip_channels)},
         static_cast<double>((up_channels + skip_channels) * kDecoderKernel * kDecoderKernel),
-        F::detail::window_geometry(kDecoderKernel, geometry), terms_dtype);
-    F::PartialConv2dMaskTerms terms;
-    terms.ratio = std::move(window.ratio);
-    terms.valid = std::move(window.valid);
+        F::detail::window_geometry(kDecoderKernel, geometry), terms_dtype));
     const auto& conv = decoder[depth - level];
     // The last layer (level 1) has neither: its epilogue is the plain one.
     const auto post = inference && level >= 2

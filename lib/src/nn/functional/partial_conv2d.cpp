@@ -101,14 +101,9 @@ PartialConv2dMaskTerms mask_terms_from_counts(const torch::Tensor& channel_count
   // reference path takes care of cuDNN's rounding algorithms.
   const torch::Tensor counts =
       channel_counts.requires_grad() ? channel_counts.detach() : channel_counts;
-  auto window_terms = detail::window_terms(
+  return detail::mask_terms_of(detail::window_terms(
       detail::ValidCounts{counts.to(terms_dtype)}, static_cast<double>(window),
-      detail::window_geometry(kernel_size, options), terms_dtype, new_mask_dtype);
-  PartialConv2dMaskTerms terms;
-  terms.ratio = std::move(window_terms.ratio);
-  terms.valid = std::move(window_terms.valid);
-  terms.new_mask_values = std::move(window_terms.valid_as);
-  return terms;
+      detail::window_geometry(kernel_size, options), terms_dtype, new_mask_dtype));
 }
 
 // The updated mask in `dtype` for `output`: a broadcast view where possible (clone() it before
@@ -171,11 +166,9 @@ PartialConv2dMaskTerms partial_conv2d_mask_terms(const torch::Tensor& mask,
   } else {
     channel_counts = mask.detach().to(terms_dtype);
   }
-  // The updated mask's type: made by the same kernel where it differs from the terms'.
-  const auto new_mask_dtype = mask.defined() ? mask.scalar_type() : input.scalar_type();
-  return mask_terms_from_counts(
-      channel_counts, window, kernel_size, options, terms_dtype,
-      new_mask_dtype != terms_dtype ? std::optional(new_mask_dtype) : std::nullopt);
+  // The updated mask's values in its type, made by the same kernel.
+  return mask_terms_from_counts(channel_counts, window, kernel_size, options, terms_dtype,
+                                mask.defined() ? mask.scalar_type() : input.scalar_type());
 }
 
 PartialConv2dMaskTerms partial_conv2d_mask_terms_from_counts(
@@ -246,19 +239,18 @@ std::tuple<torch::Tensor, torch::Tensor> partial_conv2d(const torch::Tensor& inp
       // gradient to compute, the layer then is one autograd node where it can be.
       const int64_t groups = options.groups();
       const bool one_node = detail::partial_convolution_usable(input, weight, bias);
+      // (A detach is an operator call: only where there is a gradient to cut.)
+      const torch::Tensor mask_values = mask.requires_grad() ? mask.detach() : mask;
       auto [masked_input, counts] =
-          detail::mask_and_count(input, mask, groups, /*differentiable=*/!one_node);
-      const auto terms_dtype = counts.scalar_type();
+          detail::mask_and_count(input, mask_values, groups, /*differentiable=*/!one_node);
       const int64_t window = weight.size(2) * weight.size(3) * (input.size(1) / groups);
-      auto terms = mask_terms_from_counts(
-          counts, window, kernel, options, terms_dtype,
-          mask.scalar_type() != terms_dtype ? std::optional(mask.scalar_type()) : std::nullopt);
+      auto terms = mask_terms_from_counts(counts, window, kernel, options, counts.scalar_type(),
+                                          mask.scalar_type());
       torch::Tensor output =
-          one_node
-              ? detail::partial_convolution(
-                    input, masked_input, mask.requires_grad() ? mask.detach() : mask, weight, bias,
-                    terms.ratio, terms.valid, detail::window_geometry(kernel, options), groups)
-              : partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
+          one_node ? detail::partial_convolution(input, masked_input, mask_values, weight, bias,
+                                                 terms.ratio, terms.valid,
+                                                 detail::window_geometry(kernel, options), groups)
+                   : partial_conv2d_masked_input(masked_input, weight, bias, terms, options);
       torch::Tensor new_mask = updated_mask(terms, mask.scalar_type(), output, options);
       return {std::move(output), std::move(new_mask)};
     }

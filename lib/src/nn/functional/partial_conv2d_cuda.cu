@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace pconv::nn::functional::detail::cuda {
 namespace {
@@ -281,18 +282,19 @@ void mask_and_count(const at::TensorBase& input, const at::TensorBase& mask, int
         using Term = term_t<scalar_t>;
         with_index_type(input, [&](auto index) {
           using Index = decltype(index);
+          // The layout as a template argument (std::bool_constant), one launch for both.
+          const auto launch = [&](auto layout) {
+            mask_and_count_kernel<scalar_t, Index, decltype(layout)::value>
+                <<<blocks, block, 0, stream>>>(
+                    input.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
+                    masked.mutable_data_ptr<scalar_t>(), counts.mutable_data_ptr<Term>(),
+                    static_cast<Index>(total), static_cast<Index>(channels),
+                    static_cast<Index>(groups), static_cast<Index>(plane));
+          };
           if (channels_last) {
-            mask_and_count_kernel<scalar_t, Index, true><<<blocks, block, 0, stream>>>(
-                input.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
-                masked.mutable_data_ptr<scalar_t>(), counts.mutable_data_ptr<Term>(),
-                static_cast<Index>(total), static_cast<Index>(channels), static_cast<Index>(groups),
-                static_cast<Index>(plane));
+            launch(std::true_type{});
           } else {
-            mask_and_count_kernel<scalar_t, Index, false><<<blocks, block, 0, stream>>>(
-                input.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
-                masked.mutable_data_ptr<scalar_t>(), counts.mutable_data_ptr<Term>(),
-                static_cast<Index>(total), static_cast<Index>(channels), static_cast<Index>(groups),
-                static_cast<Index>(plane));
+            launch(std::false_type{});
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });

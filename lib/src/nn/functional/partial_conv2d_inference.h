@@ -7,6 +7,8 @@
 
 #include <pconv/nn/functional/partial_conv2d.h>
 
+#include <utility>
+
 namespace pconv::nn::functional::detail {
 
 /// The window of a kernel of `kernel_size` with `options`' stride, padding and dilation.
@@ -16,6 +18,16 @@ inline WindowGeometry window_geometry(torch::ExpandingArray<2> kernel_size,
           {(*options.stride())[0], (*options.stride())[1]},
           {(*options.padding())[0], (*options.padding())[1]},
           {(*options.dilation())[0], (*options.dilation())[1]}};
+}
+
+/// The window kernel's terms as the layer takes them (`valid_as`, where made, as the updated
+/// mask's values).
+inline PartialConv2dMaskTerms mask_terms_of(WindowTerms window) {
+  PartialConv2dMaskTerms terms;
+  terms.ratio = std::move(window.ratio);
+  terms.valid = std::move(window.valid);
+  terms.new_mask_values = std::move(window.valid_as);
+  return terms;
 }
 
 /// partial_conv2d_masked_input followed by `post` (BatchNorm with running statistics, an

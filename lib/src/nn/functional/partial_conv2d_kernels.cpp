@@ -41,6 +41,11 @@ int64_t grain_for(int64_t work_per_row) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_row));
 }
 
+// A bias the CPU kernels read as it is: none, or a contiguous CPU vector of the output's dtype.
+bool cpu_bias_fusable(const at::Tensor& bias, at::ScalarType dtype) {
+  return !bias.defined() || (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous());
+}
+
 // CPU: float or double, contiguous NCHW, everything in the output's dtype; a bias or none.
 bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                  const at::Tensor& valid) {
@@ -48,9 +53,7 @@ bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor
   return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() &&
          (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
          ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
-         valid.is_contiguous() &&
-         (!bias.defined() ||
-          (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous()));
+         valid.is_contiguous() && cpu_bias_fusable(bias, dtype);
 }
 
 // CUDA: any floating output in NCHW or channels-last, terms in term_dtype, any bias or none.
@@ -225,12 +228,16 @@ PCONV_CPU_CLONES void mask_and_count_plane<float>(const float* __restrict__ inpu
   }
 }
 
-// The prologue's kernels into masked and counts (allocated by the caller).
-void mask_and_count_into(const at::Tensor& input, const at::Tensor& mask, int64_t groups,
-                         const at::Tensor& masked, const at::Tensor& counts) {
+// The prologue's outputs, allocated and filled by its kernel: masked (the input's layout) and
+// the counts.
+std::pair<at::Tensor, at::Tensor> run_mask_and_count(const at::Tensor& input,
+                                                     const at::Tensor& mask, int64_t groups) {
+  at::Tensor masked = at::empty_like(input);
+  at::Tensor counts = at::empty({input.size(0), groups, input.size(2), input.size(3)},
+                                input.options().dtype(term_dtype(input.scalar_type())));
   if (input.is_cuda()) {
     cuda::mask_and_count(input, mask, groups, !input.is_contiguous(), masked, counts);
-    return;
+    return {masked, counts};
   }
   const int64_t channels = input.size(1);
   const int64_t group_channels = channels / groups;
@@ -254,15 +261,6 @@ void mask_and_count_into(const at::Tensor& input, const at::Tensor& mask, int64_
                        }
                      });
   });
-}
-
-// The prologue's outputs, allocated and filled: masked (the input's layout) and the counts.
-std::pair<at::Tensor, at::Tensor> run_mask_and_count(const at::Tensor& input,
-                                                     const at::Tensor& mask, int64_t groups) {
-  at::Tensor masked = at::empty_like(input);
-  at::Tensor counts = at::empty({input.size(0), groups, input.size(2), input.size(3)},
-                                input.options().dtype(term_dtype(input.scalar_type())));
-  mask_and_count_into(input, mask, groups, masked, counts);
   return {masked, counts};
 }
 
@@ -565,7 +563,7 @@ WindowTerms window_terms(const ValidCounts& counts, double window, const WindowG
     const at::Tensor valid = sums > 0;
     WindowTerms terms{
         at::where(valid, sums.reciprocal().mul_(window), 0.0), valid.to(terms_dtype), {}};
-    if (valid_as) terms.valid_as = valid.to(*valid_as);
+    if (valid_as) terms.valid_as = *valid_as == terms_dtype ? terms.valid : valid.to(*valid_as);
     return terms;
   }
 
@@ -630,7 +628,7 @@ WindowTerms window_terms(const ValidCounts& counts, double window, const WindowG
       }
     });
   });
-  if (valid_as) terms.valid_as = terms.valid.to(*valid_as);
+  if (valid_as) terms.valid_as = *valid_as == dtype ? terms.valid : terms.valid.to(*valid_as);
   return terms;
 }
 
@@ -675,9 +673,7 @@ bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weigh
   }
   const auto dtype = input.scalar_type();
   if (input.is_cpu()) {
-    return (dtype == at::kFloat || dtype == at::kDouble) &&
-           (!bias.defined() ||
-            (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous()));
+    return (dtype == at::kFloat || dtype == at::kDouble) && cpu_bias_fusable(bias, dtype);
   }
   return kCudaKernels && input.is_cuda() &&
          (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
@@ -690,9 +686,10 @@ at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked
                                const at::Tensor& bias, const at::Tensor& ratio,
                                const at::Tensor& valid, const WindowGeometry& geometry,
                                int64_t groups) {
-  TORCH_CHECK(partial_convolution_usable(input, weight, bias) && !masked.requires_grad() &&
-                  !mask.requires_grad(),
-              "partial_conv2d: no single-node fused layer for input ", input.sizes());
+  // The caller has asked partial_convolution_usable(); what it cannot see is checked here.
+  TORCH_CHECK(!masked.requires_grad() && !mask.requires_grad(),
+              "partial_conv2d: the single-node layer takes the prologue's results, which carry no "
+              "gradient");
   return PartialConvolution::apply(input, masked, mask, weight,
                                    bias.defined() ? bias : at::empty({0}, input.options()), ratio,
                                    valid, geometry, groups);

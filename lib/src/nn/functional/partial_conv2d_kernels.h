@@ -45,7 +45,8 @@ struct ValidCounts {
 
 /// From the counts, the sums over every k x k window (zero padding outside) and from them the
 /// ratio and the valid mask, (N, G, H', W') in `terms_dtype`, and valid again in `valid_as`
-/// where given (CUDA: from the same kernel, no conversion). Never inf or NaN.
+/// where given (CUDA: from the same kernel, no conversion; `valid` itself where that is the
+/// terms' type). Never inf or NaN.
 WindowTerms window_terms(const ValidCounts& counts, double window, const WindowGeometry& geometry,
                          at::ScalarType terms_dtype,
                          std::optional<at::ScalarType> valid_as = std::nullopt);
@@ -116,7 +117,7 @@ bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weigh
 /// The layer from its prologue's results as one autograd node: conv(masked, weight) * ratio +
 /// bias * valid, masked = input x mask from mask_and_count(..., differentiable=false);
 /// differentiable in input, weight and bias (the input's gradient is the convolution's
-/// times the mask). For partial_convolution_usable() layers.
+/// times the mask). Only for layers partial_convolution_usable() accepts: the caller asks.
 at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked,
                                const at::Tensor& mask, const at::Tensor& weight,
                                const at::Tensor& bias, const at::Tensor& ratio,
