@@ -15,6 +15,10 @@
 #include <utility>
 #include <vector>
 
+namespace pconv::infer {
+struct InferenceOptions;
+}  // namespace pconv::infer
+
 namespace pconv::app {
 
 /// Options every subcommand accepts.
@@ -37,13 +41,15 @@ struct InferenceCliOptions {
   std::string precision = "fp32";
   bool half = false;  // the short form of --precision fp16
   bool channels_last = false;
+  bool nchw = false;
 };
 
-/// Adds --precision, --half and --channels-last to `command`.
+/// Adds --precision, --half, --channels-last and --nchw to `command`.
 void add_inference_options(CLI::App& command, InferenceCliOptions& options);
 
-/// The network's element type on `device`; throws CLI::ValidationError for float16 on a CPU.
-c10::ScalarType inference_dtype(const InferenceCliOptions& options, c10::Device device);
+/// The network's element type and layout on `device`; throws CLI::ValidationError for float16
+/// on a CPU.
+infer::InferenceOptions inference_options(const InferenceCliOptions& options, c10::Device device);
 
 /// The model used when --model is not given: $PCONV_MODEL if set, else the default model
 /// installed beside the program (<prefix>/share/pconv/models/pconv-default.pt), else the one in

@@ -100,11 +100,8 @@ void run_eval(const EvalOptions& options) {
   keep_apart(options.out_dir, "the reports", "the photos", "--data", options.data_dir);
   auto photos = data::list_images(options.data_dir, warn_line);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
-  auto inpainter =
-      std::make_shared<infer::Inpainter>(io::load_model(model_path), device,
-                                         infer::InferenceOptions()
-                                             .dtype(inference_dtype(options.inference, device))
-                                             .channels_last(options.inference.channels_last));
+  auto inpainter = std::make_shared<infer::Inpainter>(io::load_model(model_path), device,
+                                                      inference_options(options.inference, device));
   std::vector<std::pair<std::string, eval::Method>> methods;
   methods.emplace_back("pconv", [inpainter](const at::Tensor& image, const at::Tensor& holes) {
     return inpainter
@@ -131,9 +128,9 @@ void run_eval(const EvalOptions& options) {
                                 .examples_per_bin(options.examples);
   const int64_t per_bin =
       options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());
-  const auto& network = inpainter->options();
   const std::string precision =
-      infer::precision_name(network.dtype()) + (network.channels_last() ? ", channels-last" : "") +
+      infer::precision_name(inpainter->options().dtype()) + ", " +
+      infer::to_string(inpainter->options().layout()) +
       (nn::functional::fused_kernels_enabled() ? "" : ", reference kernels");
   spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {} on {} ({})", photos.size(),
                options.data_dir, options.size, options.size, per_bin, model_path, device.str(),

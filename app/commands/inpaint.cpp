@@ -431,13 +431,13 @@ void run_inpaint(const InpaintOptions& options) {
     }
   }
   const c10::Device device = resolve_device(options.common);
-  const auto dtype = inference_dtype(options.inference, device);
+  const auto network = inference_options(options.inference, device);
   io::ModelMetadata metadata;
   auto model = io::load_model(model_path, &metadata);
-  spdlog::debug("model {} ({} steps) on {}", model_path, metadata.steps, device.str());
-  const infer::Inpainter inpainter(
-      model, device,
-      infer::InferenceOptions().dtype(dtype).channels_last(options.inference.channels_last));
+  const infer::Inpainter inpainter(model, device, network);
+  spdlog::debug("model {} ({} steps) on {}, {}, {}", model_path, metadata.steps, device.str(),
+                infer::precision_name(inpainter.options().dtype()),
+                infer::to_string(inpainter.options().layout()));
   const auto inpaint_options = infer::InpaintOptions()
                                    .strategy(infer::parse_strategy(options.strategy))
                                    .composite(!options.raw)

@@ -19,6 +19,7 @@ using pconv::infer::Box;
 using pconv::infer::InferenceOptions;
 using pconv::infer::Inpainter;
 using pconv::infer::InpaintOptions;
+using pconv::infer::NetworkLayout;
 using pconv::infer::Strategy;
 
 pconv::nn::PConvUNet small_model() {
@@ -206,8 +207,18 @@ double max_difference(const at::Tensor& a, const at::Tensor& b) {
 }
 
 TEST(Inpainter, ChannelsLastEqualsContiguous) {
-  const Inpainter plain(small_model(), c10::kCPU);
-  const Inpainter nhwc(small_model(), c10::kCPU, InferenceOptions().channels_last(true));
+  const Inpainter plain(small_model(), c10::kCPU, InferenceOptions().layout(NetworkLayout::kNchw));
+  const Inpainter nhwc(small_model(), c10::kCPU,
+                       InferenceOptions().layout(NetworkLayout::kChannelsLast));
+  ASSERT_FALSE(plain.channels_last());
+  ASSERT_TRUE(nhwc.channels_last());
+  // Left to the Inpainter, a CPU runs channels-last (faster there), in every precision.
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    const Inpainter automatic(small_model(), c10::kCPU, InferenceOptions().dtype(dtype));
+    EXPECT_EQ(automatic.options().layout(), NetworkLayout::kChannelsLast) << dtype;
+    EXPECT_TRUE(automatic.model()->parameters()[0].is_contiguous(at::MemoryFormat::ChannelsLast))
+        << dtype;
+  }
   torch::manual_seed(2);
   const auto image = at::rand({3, 37, 45});
   const auto holes = holes_of(37, 45, {{5, 7, 20, 30}});
@@ -226,8 +237,7 @@ TEST(Inpainter, Bfloat16IsCloseToFloat32AndKeepsKnownPixels) {
   const auto options = InpaintOptions().strategy(Strategy::kFull);
   const auto result = bf16.inpaint(image, holes, options).pixels;
   ASSERT_EQ(result.scalar_type(), at::kFloat);
-  EXPECT_TRUE(bf16.options().channels_last()) << "bf16 on a CPU runs channels-last";
-  EXPECT_FALSE(fp32.options().channels_last());
+  EXPECT_TRUE(bf16.channels_last()) << "bf16 on a CPU runs channels-last";
   // bfloat16 keeps 8 bits of mantissa: a few parts in a thousand per layer. Compared in 8-bit
   // levels on the network's output without the composite (which copies the known pixels), where
   // float32's output is not clamped to 0 or 1 (clamping would hide differences).
@@ -256,11 +266,14 @@ TEST(Inpainter, CudaEqualsCpu_CUDA) {
   const auto holes = holes_of(61, 75, {{5, 7, 30, 40}, {40, 50, 55, 70}});
   const auto options = InpaintOptions().strategy(Strategy::kFull).composite(false);
   const auto expected = cpu.inpaint(image, holes, options).pixels;
+  EXPECT_FALSE(Inpainter(small_model(), c10::Device(c10::kCUDA)).channels_last())
+      << "NCHW on a GPU unless asked";
   for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
     for (const bool channels_last : {false, true}) {
       SCOPED_TRACE(std::string(c10::toString(dtype)) + (channels_last ? " channels-last" : ""));
       const Inpainter gpu(small_model(), c10::Device(c10::kCUDA),
-                          InferenceOptions().dtype(dtype).channels_last(channels_last));
+                          InferenceOptions().dtype(dtype).layout(
+                              channels_last ? NetworkLayout::kChannelsLast : NetworkLayout::kNchw));
       const double tolerance = dtype == at::kFloat ? 1e-4 : dtype == at::kHalf ? 1e-2 : 5e-2;
       EXPECT_LT(max_difference(gpu.inpaint(image, holes, options).pixels, expected), tolerance);
     }

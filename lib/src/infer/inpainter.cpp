@@ -140,6 +140,18 @@ c10::ScalarType parse_precision(const std::string& name) {
   throw std::invalid_argument("unknown precision '" + name + "' (fp32, fp16 or bf16)");
 }
 
+std::string to_string(NetworkLayout layout) {
+  switch (layout) {
+    case NetworkLayout::kAuto:
+      return "auto";
+    case NetworkLayout::kNchw:
+      return "nchw";
+    case NetworkLayout::kChannelsLast:
+      return "channels-last";
+  }
+  return "?";
+}
+
 std::string precision_name(c10::ScalarType dtype) {
   if (dtype == at::kFloat) return "fp32";
   if (dtype == at::kHalf) return "fp16";
@@ -157,10 +169,12 @@ Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions o
   if (dtype == at::kHalf && !device_.is_cuda()) {
     throw std::invalid_argument("float16 inference needs a CUDA device");
   }
-  if (dtype == at::kBFloat16 && device_.is_cpu()) options_.channels_last(true);
+  if (options_.layout() == NetworkLayout::kAuto) {
+    options_.layout(device_.is_cpu() ? NetworkLayout::kChannelsLast : NetworkLayout::kNchw);
+  }
   model_->eval();
   model_->to(device_, dtype);
-  if (options_.channels_last()) nn::to_channels_last(*model_);
+  if (channels_last()) nn::to_channels_last(*model_);
 }
 
 int64_t Inpainter::estimate_bytes(int64_t height, int64_t width) const {
@@ -189,7 +203,7 @@ torch::Tensor Inpainter::run(const torch::Tensor& rgb, const torch::Tensor& vali
   const int64_t pad_w = (multiple - width % multiple) % multiple;
   const auto type = options_.dtype();
   const auto format =
-      options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+      channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   // Padding is missing data to the network, as the image border is in training.
   auto image = at::constant_pad_nd(rgb.to(device_, type).unsqueeze(0), {0, pad_w, 0, pad_h}, 0);
   auto mask = at::constant_pad_nd(valid.to(device_, type).unsqueeze(0), {0, pad_w, 0, pad_h}, 0);

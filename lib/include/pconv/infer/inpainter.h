@@ -41,16 +41,28 @@ struct InpaintOptions {
   TORCH_ARG(int64_t, memory_budget) = int64_t{3} << 30;
 };
 
+/// The memory format of the network's weights and activations.
+enum class NetworkLayout {
+  /// Channels-last on a CPU, where oneDNN's convolutions are faster in it (and its NCHW bfloat16
+  /// ones about 50x slower than its channels-last ones without bf16 instructions); NCHW on a GPU,
+  /// where channels-last did not pay on an H100. Both measured in the README.
+  kAuto,
+  kNchw,
+  /// NHWC, also the layout cuDNN's tensor-core kernels work in.
+  kChannelsLast,
+};
+
+/// "auto", "nchw" or "channels-last".
+std::string to_string(NetworkLayout layout);
+
 /// How the network runs.
 struct InferenceOptions {
   /// The network's element type: float32, float16 (CUDA only) or bfloat16. The mask terms stay
   /// float32; images come back as float32 either way.
   TORCH_ARG(c10::ScalarType, dtype) = c10::kFloat;
-  /// Weights and activations in channels-last (NHWC) memory format, the layout cuDNN's
-  /// tensor-core kernels work in. Always on for bfloat16 on a CPU: oneDNN's NCHW bfloat16
-  /// convolutions are about 50x slower than its channels-last ones on a CPU without bf16
-  /// instructions (measured in the README).
-  TORCH_ARG(bool, channels_last) = false;
+  /// The memory format of weights and activations; kAuto picks the one measured faster on the
+  /// device (see NetworkLayout).
+  TORCH_ARG(NetworkLayout, layout) = NetworkLayout::kAuto;
 };
 
 /// "fp32", "fp16" or "bf16" (also "float32", "float16", "bfloat16") to the element type;
@@ -100,8 +112,9 @@ class Inpainter {
 
   const nn::PConvUNet& model() const { return model_; }
   c10::Device device() const { return device_; }
-  /// How the network runs (channels_last as decided, see InferenceOptions).
+  /// How the network runs, its layout decided (never NetworkLayout::kAuto).
   const InferenceOptions& options() const { return options_; }
+  bool channels_last() const { return options_.layout() == NetworkLayout::kChannelsLast; }
 
  private:
   /// The network on `rgb` (3, h, w) with `valid` (1, h, w), padded to the multiple and
