@@ -144,25 +144,33 @@ void bias_gradient_on_host(const at::Tensor& partial_sums, const at::Tensor& gra
   }
 }
 
-// NCHW backward: one block of planes_block(plane) threads per plane; the block's sum.
+// NCHW backward: one block of planes_block(chunk length) threads per chunk of each plane; the
+// block's sum.
 template <typename Scalar, typename Index>
 void backward_planes_on_host(const at::Tensor& grad, const at::Tensor& ratio,
                              const at::Tensor& valid, const at::Tensor& grad_raw,
-                             const at::Tensor& plane_sums) {
+                             const at::Tensor& partial_sums) {
   using Op = at::opmath_type<Scalar>;
   using Term = D::term_t<Scalar>;
   const auto layout = layout_of<Index, false>(grad, ratio);
-  const int64_t planes = grad.size(0) * grad.size(1);
-  const int threads = D::planes_block(layout.plane);
-  for (int64_t plane = 0; plane < planes; ++plane) {
+  const int64_t chunks = D::plane_chunks(layout.plane);
+  const int64_t chunk_length = D::plane_chunk_length(layout.plane);
+  const int64_t blocks = grad.size(0) * grad.size(1) * chunks;
+  const int threads = D::planes_block(chunk_length);
+  for (int64_t block = 0; block < blocks; ++block) {
     Op sum = 0;
     for (int thread = 0; thread < threads; ++thread) {
       sum += D::renormalize_backward_plane_thread<Scalar, Index>(
-          static_cast<Index>(plane), static_cast<Index>(thread), static_cast<Index>(threads),
-          grad.const_data_ptr<Scalar>(), grad_raw.mutable_data_ptr<Scalar>(),
-          ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), layout);
+          static_cast<Index>(block), static_cast<Index>(chunks), static_cast<Index>(chunk_length),
+          static_cast<Index>(thread), static_cast<Index>(threads), grad.const_data_ptr<Scalar>(),
+          grad_raw.mutable_data_ptr<Scalar>(), ratio.const_data_ptr<Term>(),
+          valid.const_data_ptr<Term>(), layout);
     }
-    if (plane_sums.defined()) plane_sums.mutable_data_ptr<Term>()[plane] = static_cast<Term>(sum);
+    if (partial_sums.defined()) {
+      partial_sums
+          .mutable_data_ptr<Term>()[D::plane_chunk_sum_index(block, chunks, layout.channels)] =
+          static_cast<Term>(sum);
+    }
   }
 }
 
@@ -353,7 +361,8 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
   const Guarded grad_raw(at::full_like(g, std::numeric_limits<double>::quiet_NaN()));
   std::optional<Guarded> sums;
   if (c.bias) {
-    const int64_t rows = channels_last ? D::row_blocks(c.batch * c.height * c.width) : c.batch;
+    const int64_t rows = channels_last ? D::row_blocks(c.batch * c.height * c.width)
+                                       : c.batch * D::plane_chunks(c.height * c.width);
     sums.emplace(at::full({rows, c.channels}, std::numeric_limits<double>::quiet_NaN(), term_type));
   }
   const at::Tensor sums_tensor = sums ? sums->tensor : at::Tensor();
@@ -639,6 +648,31 @@ TEST(PartialConv2dDeviceLaunch, ChannelsLastBackwardAtTheBlockCap) {
   ASSERT_GT(D::rows_per_block(rows), 64);  // the cap applies (2026 blocks of 79 rows)
   ASSERT_LE(D::row_blocks(rows), 2048);
   check_epilogue_and_backward<float, uint32_t, float>(c, 0);
+}
+
+// The NCHW backward on planes larger than a chunk: several blocks per plane, the last chunk
+// shorter, partial sums per (n, chunk).
+TEST(PartialConv2dDeviceLaunch, NchwBackwardSplitsLargePlanesIntoChunks) {
+  EXPECT_EQ(D::plane_chunks(0), 1);
+  EXPECT_EQ(D::plane_chunks(D::kPlaneChunk), 1);
+  EXPECT_EQ(D::plane_chunks(D::kPlaneChunk + 1), 2);
+  EXPECT_EQ(D::plane_chunks(512 * 512), 64);
+  for (const int64_t plane : {int64_t{1}, int64_t{64}, D::kPlaneChunk + 1, int64_t{67} * 71,
+                              int64_t{512} * 512, int64_t{1000} * 999}) {
+    const int64_t chunks = D::plane_chunks(plane);
+    const int64_t length = D::plane_chunk_length(plane);
+    EXPECT_LE(length, D::kPlaneChunk) << plane;
+    EXPECT_GE(chunks * length, plane) << plane;        // every element in a chunk
+    EXPECT_LT((chunks - 1) * length, plane) << plane;  // no chunk empty
+  }
+  // 67 x 71 = 4757: two chunks of 2379 and 2378; batch 2 with per-sample terms, and terms of
+  // batch 1, in float and bfloat16.
+  for (const bool term_batch_one : {false, true}) {
+    const Case c{2, 3, 1, 67, 71, term_batch_one, false, true};
+    SCOPED_TRACE(c.str());
+    check_epilogue_and_backward<float, uint32_t, float>(c, 1);
+    check_epilogue_and_backward<c10::BFloat16, int64_t, float>(c, 2);
+  }
 }
 
 TEST(PartialConv2dDeviceLaunch, GridStrideGridsStayWithinCudaLimits) {

@@ -93,24 +93,29 @@ __global__ void bias_gradient_kernel(const Term* __restrict__ partial_sums,
   if (threadIdx.x == 0) grad_bias[channel] = static_cast<Param>(total);
 }
 
-// NCHW backward: block b handles plane b = (n, c), writing grad_raw and, when `plane_sums` is
-// given, the plane's sum of grad * valid (summed over n afterwards, deterministically).
+// NCHW backward: block b handles chunk b % chunks of plane b / chunks = (n, c), writing grad_raw
+// and, when `partial_sums` is given, the chunk's sum of grad * valid to row n x chunks + chunk,
+// column c (summed over the rows afterwards, deterministically).
 template <typename Scalar, typename Index, int kBlock>
 __global__ void renormalize_backward_planes_kernel(const Scalar* __restrict__ grad,
                                                    Scalar* __restrict__ grad_raw,
                                                    const term_t<Scalar>* __restrict__ ratio,
                                                    const term_t<Scalar>* __restrict__ valid,
-                                                   term_t<Scalar>* __restrict__ plane_sums,
+                                                   term_t<Scalar>* __restrict__ partial_sums,
+                                                   Index chunks, Index chunk_length,
                                                    Layout<Index, false> layout) {
   using Op = at::opmath_type<Scalar>;
-  const Index plane_index = blockIdx.x;
+  const Index block = blockIdx.x;
   const Op sum = renormalize_backward_plane_thread<Scalar, Index>(
-      plane_index, threadIdx.x, kBlock, grad, grad_raw, ratio, valid, layout);
-  if (plane_sums == nullptr) return;  // the same for the whole block
+      block, chunks, chunk_length, threadIdx.x, kBlock, grad, grad_raw, ratio, valid, layout);
+  if (partial_sums == nullptr) return;  // the same for the whole block
   using Reduce = cub::BlockReduce<Op, kBlock>;
   __shared__ typename Reduce::TempStorage storage;
   const Op total = Reduce(storage).Sum(sum);
-  if (threadIdx.x == 0) plane_sums[plane_index] = static_cast<term_t<Scalar>>(total);
+  if (threadIdx.x == 0) {
+    partial_sums[plane_chunk_sum_index(block, chunks, layout.channels)] =
+        static_cast<term_t<Scalar>>(total);
+  }
 }
 
 // Channels-last backward: block b handles a run of `rows` consecutive rows with
@@ -266,7 +271,11 @@ void mask_and_count(const at::TensorBase& input, const at::TensorBase& mask, int
   const c10::cuda::CUDAGuard guard(input.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = counts.numel();
-  if (total == 0 || input.numel() == 0) return;
+  if (total == 0) return;
+  if (input.numel() == 0) {  // no channel: every count is 0, as on the CPU
+    C10_CUDA_CHECK(cudaMemsetAsync(counts.mutable_data_ptr(), 0, counts.nbytes(), stream));
+    return;
+  }
   const int64_t channels = input.size(1);
   const int64_t plane = input.size(2) * input.size(3);
   const int64_t channel_lanes = prologue_channel_lanes(channels / groups);
@@ -306,6 +315,8 @@ void bias_gradient(const at::TensorBase& bias_sums, const at::TensorBase& grad_b
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t channels = grad_bias.numel();
   if (channels == 0) return;
+  TORCH_CHECK(bias_sums.numel() <= std::numeric_limits<int32_t>::max(),
+              "partial_conv2d: too many partial bias sums: ", bias_sums.numel());
   const auto rows = static_cast<uint32_t>(bias_sums.size(0));
   AT_DISPATCH_FLOATING_TYPES(bias_sums.scalar_type(), "pconv_bias_gradient_cuda", [&] {
     using Term = scalar_t;
@@ -325,7 +336,13 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
                           const at::TensorBase& grad_raw, const at::TensorBase& bias_sums) {
   const c10::cuda::CUDAGuard guard(grad.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  if (grad.numel() == 0) return;
+  if (grad.numel() == 0) {
+    // No element to add: sums of nothing (bias_gradient adds whatever rows there are).
+    if (bias_sums.defined() && bias_sums.numel() > 0) {
+      C10_CUDA_CHECK(cudaMemsetAsync(bias_sums.mutable_data_ptr(), 0, bias_sums.nbytes(), stream));
+    }
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "pconv_renormalize_backward_cuda", [&] {
         using Term = term_t<scalar_t>;
@@ -344,18 +361,22 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
                     static_cast<Index>(total_rows), static_cast<Index>(rows), layout);
           } else {
             const auto layout = layout_of<Index, false>(grad, ratio);
-            const int64_t planes = grad.size(0) * grad.size(1);
-            TORCH_CHECK(planes <= std::numeric_limits<int32_t>::max(),
-                        "partial_conv2d: too many output planes for one launch: ", planes);
-            if (planes_block(layout.plane) == 64) {
-              renormalize_backward_planes_kernel<scalar_t, Index, 64><<<planes, 64, 0, stream>>>(
-                  grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
-                  ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums, layout);
-            } else {
-              renormalize_backward_planes_kernel<scalar_t, Index, kThreads>
-                  <<<planes, kThreads, 0, stream>>>(
+            const int64_t chunks = plane_chunks(layout.plane);
+            const int64_t chunk_length = plane_chunk_length(layout.plane);
+            const int64_t blocks = grad.size(0) * grad.size(1) * chunks;
+            TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
+                        "partial_conv2d: too many output planes for one launch: ", blocks);
+            const auto launch = [&](auto threads) {
+              renormalize_backward_planes_kernel<scalar_t, Index, decltype(threads)::value>
+                  <<<blocks, decltype(threads)::value, 0, stream>>>(
                       grad.const_data_ptr<scalar_t>(), grad_raw.mutable_data_ptr<scalar_t>(),
-                      ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums, layout);
+                      ratio.const_data_ptr<Term>(), valid.const_data_ptr<Term>(), sums,
+                      static_cast<Index>(chunks), static_cast<Index>(chunk_length), layout);
+            };
+            if (planes_block(chunk_length) == 64) {
+              launch(std::integral_constant<int, 64>{});
+            } else {
+              launch(std::integral_constant<int, kThreads>{});
             }
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();

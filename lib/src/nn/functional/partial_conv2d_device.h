@@ -37,9 +37,34 @@ inline int64_t grid_for(int64_t elements) {
   return blocks < 1 ? 1 : (blocks > (int64_t{1} << 16) ? int64_t{1} << 16 : blocks);
 }
 
-/// Threads per block of the NCHW backward (one block per output plane): small planes (the
-/// deep layers) get small blocks, so that few threads sit idle.
-inline int planes_block(int64_t plane) { return plane <= 64 ? 64 : kThreads; }
+/// The NCHW backward gives each block one chunk of an output plane, of at most this many
+/// elements: a few large planes (the UNet's last layer, 3 channels at full size) are then many
+/// blocks, not a few that leave most of a GPU idle.
+constexpr int64_t kPlaneChunk = 4096;
+
+/// Chunks of the NCHW backward per output plane of `plane` elements (1 for an empty plane).
+PCONV_HOST_DEVICE int64_t plane_chunks(int64_t plane) {
+  return plane <= kPlaneChunk ? 1 : (plane + kPlaneChunk - 1) / kPlaneChunk;
+}
+
+/// Elements per chunk (the last one may be shorter): the plane split evenly.
+PCONV_HOST_DEVICE int64_t plane_chunk_length(int64_t plane) {
+  const int64_t chunks = plane_chunks(plane);
+  return (plane + chunks - 1) / chunks;
+}
+
+/// Threads per block of the NCHW backward: small chunks (the deep layers' planes) get small
+/// blocks, so that few threads sit idle.
+inline int planes_block(int64_t chunk_length) { return chunk_length <= 64 ? 64 : kThreads; }
+
+/// Where the NCHW backward's block `block` (chunk block % chunks of plane block / chunks = (n, c)
+/// of an output with `channels` channels) writes its partial bias sum: row n x chunks + chunk,
+/// column c of the (N x chunks, C) partial sums.
+PCONV_HOST_DEVICE int64_t plane_chunk_sum_index(int64_t block, int64_t chunks, int64_t channels) {
+  const int64_t plane_index = block / chunks;
+  const int64_t n = plane_index / channels;
+  return (n * chunks + block % chunks) * channels + plane_index % channels;
+}
 
 /// The channels-last backward splits the N x P rows into blocks of this many rows (the last
 /// one shorter): about 64 rows per block, at most 2048 blocks.
@@ -278,19 +303,24 @@ PCONV_HOST_DEVICE void renormalize_thread(Index first, Index step, Scalar* __res
   }
 }
 
-/// NCHW backward, thread `thread` of the `threads` in the block of plane `plane_index`
-/// = (n, c): writes grad_raw = grad * ratio over its share of the plane and returns its share
-/// of the plane's sum of grad * valid (the block adds the shares).
+/// NCHW backward, thread `thread` of the `threads` in block `block`, which has chunk
+/// block % chunks (of `chunk_length` elements; the last may be shorter) of output plane
+/// block / chunks = (n, c): writes grad_raw = grad * ratio over its share of the chunk and
+/// returns its share of the chunk's sum of grad * valid (the block adds the shares).
 template <typename Scalar, typename Index>
 PCONV_HOST_DEVICE at::opmath_type<Scalar> renormalize_backward_plane_thread(
-    Index plane_index, Index thread, Index threads, const Scalar* __restrict__ grad,
-    Scalar* __restrict__ grad_raw, const term_t<Scalar>* __restrict__ ratio,
-    const term_t<Scalar>* __restrict__ valid, const OutputLayout<Index, false>& layout) {
+    Index block, Index chunks, Index chunk_length, Index thread, Index threads,
+    const Scalar* __restrict__ grad, Scalar* __restrict__ grad_raw,
+    const term_t<Scalar>* __restrict__ ratio, const term_t<Scalar>* __restrict__ valid,
+    const OutputLayout<Index, false>& layout) {
   using Op = at::opmath_type<Scalar>;
+  const Index plane_index = block / chunks;
+  const Index begin = (block % chunks) * chunk_length;
+  const Index end = begin + chunk_length < layout.plane ? begin + chunk_length : layout.plane;
   const Index first = plane_index * layout.plane;
   const Index term_first = layout.term(first, plane_index % layout.channels);
   Op sum = 0;
-  for (Index p = thread; p < layout.plane; p += threads) {
+  for (Index p = begin + thread; p < end; p += threads) {
     const Op g = static_cast<Op>(grad[first + p]);
     grad_raw[first + p] = static_cast<Scalar>(g * static_cast<Op>(ratio[term_first + p]));
     sum += g * static_cast<Op>(valid[term_first + p]);

@@ -361,8 +361,8 @@ std::pair<at::Tensor, at::Tensor> epilogue_backward(const at::Tensor& grad_outpu
     at::Tensor bias_sums;
     at::Tensor grad_bias;
     if (bias_grad) {
-      const int64_t rows =
-          channels_last ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3)) : grad.size(0);
+      const int64_t rows = channels_last ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3))
+                                         : grad.size(0) * plane_chunks(grad.size(2) * grad.size(3));
       // Not zeroed: the kernel writes every partial sum.
       bias_sums = at::empty({rows, channels}, ratio.options());
       grad_bias = at::empty(

@@ -148,7 +148,8 @@ void renormalize(const at::TensorBase& raw, const at::TensorBase& bias, const at
                  const at::TensorBase& valid, bool channels_last, const InferencePost& post);
 
 /// grad_raw = grad * ratio; with `bias_sums` defined, the partial sums of grad * valid per
-/// output channel: (N, C) for NCHW, (row_blocks(N x H' x W'), C) for channels-last (see
+/// output channel: (N x plane_chunks(H' x W'), C) for NCHW, (row_blocks(N x H' x W'), C) for
+/// channels-last (see
 /// partial_conv2d_device.h), in the terms' dtype; their sum over the first dimension is the
 /// bias gradient.
 void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& ratio,
