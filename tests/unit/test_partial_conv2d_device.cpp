@@ -354,6 +354,20 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
       EXPECT_LT(relative_error(out.tensor, want, want_scale), tolerance<Scalar>());
       EXPECT_TRUE(out.intact());
     }
+    if constexpr ((std::is_same_v<Scalar, float> ||
+                   std::is_same_v<Scalar, double>)&&std::is_same_v<Param, Scalar>) {
+      // The CPU's own kernels (partial_conv2d_kernels.cpp) on the same case, in its layout:
+      // NCHW, or channels-last at inference.
+      SCOPED_TRACE(with_post ? "CPU kernel with post-op" : "CPU kernel");
+      const at::NoGradGuard no_grad;
+      const Guarded out(raw.contiguous(kernel_format));
+      const at::Tensor result =
+          with_post ? D::renormalize_for_inference(out.tensor, bias, ratio, valid, post)
+                    : D::renormalize(out.tensor, bias, ratio, valid);
+      EXPECT_EQ(result.data_ptr(), out.tensor.data_ptr()) << "in place";
+      EXPECT_LT(relative_error(result, want, want_scale), tolerance<Scalar>());
+      EXPECT_TRUE(out.intact());
+    }
   }
 
   // Backward: grad_raw = grad * ratio and the bias sums, partial over the first dimension.

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/optim/adam.h>
 
@@ -16,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -128,6 +130,22 @@ void randomize_batch_norms(PConvUNet& net) {
   }
 }
 
+// The names of the operators LibTorch's profiler sees while `step` runs on the CPU.
+template <typename Step>
+std::multiset<std::string> operators_called(Step&& step) {
+  namespace impl = torch::profiler::impl;
+  namespace profiler = torch::autograd::profiler;
+  const impl::ProfilerConfig config(impl::ProfilerState::KINETO);
+  const std::set<impl::ActivityType> activities{impl::ActivityType::CPU};
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  step();
+  const auto result = profiler::disableProfiler();  // owns the events
+  std::multiset<std::string> names;
+  for (const auto& event : result->events()) names.insert(event.name());
+  return names;
+}
+
 // Scattered holes, and one large enough to leave holes in the deeper levels too (where the
 // epilogues zero them for the next layer).
 at::Tensor holes_at_every_level(int64_t batch, int64_t size) {
@@ -136,38 +154,57 @@ at::Tensor holes_at_every_level(int64_t batch, int64_t size) {
   return mask;
 }
 
-// At inference (grad mode off) each layer's BatchNorm and activation run inside its epilogue,
-// and with one image the decoder upsamples straight into its concatenation; the result must
-// equal the forward with autograd on, which runs them as separate ATen ops.
+// At inference (grad mode off) each layer's BatchNorm and activation run inside its epilogue
+// (in NCHW and channels-last), and the decoder upsamples straight into its concatenation (NCHW
+// with one image, channels-last with any batch); the result must equal the forward with
+// autograd on, which runs them as separate ATen ops.
 TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward) {
   for (const auto dtype : {at::kFloat, at::kDouble}) {
     for (const bool fused : {true, false}) {
-      for (const int64_t batch : {1, 2}) {
-        SCOPED_TRACE(::testing::Message()
-                     << dtype << (fused ? " fused" : " unfused") << " batch " << batch);
-        const pconv::testing::FusedKernels kernels(fused);
-        PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
-        net->to(dtype);
-        randomize_batch_norms(net);
-        net->eval();
-        const auto image = at::randn({batch, 3, 32, 32}, dtype);
-        const auto mask = holes_at_every_level(batch, 32).to(dtype);
-        const auto [expected, expected_mask] = net(image, mask);
-        ASSERT_TRUE(expected.requires_grad());  // the training-time path ran
-        const double tolerance = dtype == at::kDouble ? 1e-10 : 1e-4;
-        {
-          const at::NoGradGuard no_grad;
-          const auto [output, out_mask] = net(image, mask);
-          EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
-              << (output - expected).abs().max();
-          EXPECT_TRUE(at::equal(out_mask, expected_mask));
-        }
-        {
-          const c10::InferenceMode inference;
-          const auto [output, out_mask] = net(image, mask);
-          EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
-              << (output - expected).abs().max();
-          EXPECT_TRUE(at::equal(out_mask, expected_mask));
+      for (const bool channels_last : {false, true}) {
+        for (const int64_t batch : {1, 2}) {
+          SCOPED_TRACE(::testing::Message()
+                       << dtype << (fused ? " fused" : " unfused")
+                       << (channels_last ? " channels-last" : " NCHW") << " batch " << batch);
+          const pconv::testing::FusedKernels kernels(fused);
+          PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
+          net->to(dtype);
+          randomize_batch_norms(net);
+          net->eval();
+          if (channels_last) pconv::nn::to_channels_last(*net);
+          const auto format =
+              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+          const auto image = at::randn({batch, 3, 32, 32}, dtype).contiguous(format);
+          const auto mask = holes_at_every_level(batch, 32).to(dtype);
+          const auto [expected, expected_mask] = net(image, mask);
+          ASSERT_TRUE(expected.requires_grad());  // the training-time path ran
+          const double tolerance = dtype == at::kDouble ? 1e-10 : 1e-4;
+          {
+            const at::NoGradGuard no_grad;
+            const auto [output, out_mask] = net(image, mask);
+            EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
+                << (output - expected).abs().max();
+            EXPECT_TRUE(at::equal(out_mask, expected_mask));
+          }
+          {
+            const c10::InferenceMode inference;
+            const auto [output, out_mask] = net(image, mask);
+            EXPECT_TRUE(at::allclose(output, expected, tolerance, tolerance))
+                << (output - expected).abs().max();
+            EXPECT_TRUE(at::equal(out_mask, expected_mask));
+            if (fused) {
+              // The fused paths ran: no ATen BatchNorm, activation or renormalisation, nor a
+              // concatenation (NCHW with more than one image keeps ATen's).
+              const auto names = operators_called([&] { net(image, mask); });
+              for (const char* unfused :
+                   {"aten::batch_norm", "aten::relu", "aten::leaky_relu", "aten::addcmul_"}) {
+                EXPECT_EQ(names.count(unfused), 0U) << unfused;
+              }
+              if (channels_last || batch == 1) {
+                EXPECT_EQ(names.count("aten::cat"), 0U);
+              }
+            }
+          }
         }
       }
     }

@@ -3,10 +3,12 @@
 #include "functional/partial_conv2d_inference.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <utility>
@@ -28,6 +30,50 @@ F::PartialConv2dFuncOptions encoder_geometry(int64_t level) {
 
 F::PartialConv2dFuncOptions decoder_geometry() {
   return F::PartialConv2dFuncOptions().stride(1).padding(kDecoderKernel / 2);
+}
+
+// Whether concat_upsampled_channels_last() takes these decoder inputs: on the CPU, one type,
+// both channels-last, the features at half the skip's size.
+bool concat_channels_last_fusable(const torch::Tensor& features, const torch::Tensor& skip) {
+  return features.is_cpu() && skip.is_cpu() && features.scalar_type() == skip.scalar_type() &&
+         features.size(0) == skip.size(0) && features.size(2) * 2 == skip.size(2) &&
+         features.size(3) * 2 == skip.size(3) &&
+         features.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+         skip.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// cat({upsample_nearest2d(features, 2x), skip}, 1) in channels-last, in one pass: each output
+// pixel's channels are the upsampled pixel's, then the skip pixel's, two contiguous runs of
+// bytes. (ATen would write the upsampled tensor, then interleave both into the concatenation.)
+torch::Tensor concat_upsampled_channels_last(const torch::Tensor& features,
+                                             const torch::Tensor& skip) {
+  const int64_t height = skip.size(2);
+  const int64_t width = skip.size(3);
+  const int64_t item = skip.element_size();
+  const int64_t up_bytes = features.size(1) * item;
+  const int64_t skip_bytes = skip.size(1) * item;
+  const int64_t pixel_bytes = up_bytes + skip_bytes;
+  auto out = at::empty({skip.size(0), features.size(1) + skip.size(1), height, width},
+                       skip.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const auto* up = static_cast<const char*>(features.const_data_ptr());
+  const auto* skip_data = static_cast<const char*>(skip.const_data_ptr());
+  auto* dst = static_cast<char*>(out.mutable_data_ptr());
+  const int64_t grain =
+      std::max<int64_t>(1, at::internal::GRAIN_SIZE / (width * pixel_bytes / item));
+  at::parallel_for(0, skip.size(0) * height, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      // Output row y of image n takes input row y / 2 of the features.
+      const int64_t n = row / height;
+      const char* up_row = up + (n * (height / 2) + (row % height) / 2) * (width / 2) * up_bytes;
+      const char* skip_row = skip_data + row * width * skip_bytes;
+      char* out_row = dst + row * width * pixel_bytes;
+      for (int64_t x = 0; x < width; ++x) {
+        std::memcpy(out_row + x * pixel_bytes, up_row + (x / 2) * up_bytes, up_bytes);
+        std::memcpy(out_row + x * pixel_bytes + up_bytes, skip_row + x * skip_bytes, skip_bytes);
+      }
+    }
+  });
+  return out;
 }
 
 // At inference, what follows a layer (its BatchNorm, if any, then the activation, then the
@@ -232,6 +278,9 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
       torch::Tensor head = masked_input.narrow(1, 0, up_channels);
       at::upsample_nearest2d_out(head, features, {size[2], size[3]});
       masked_input.narrow(1, up_channels, skip_channels).copy_(skip);
+    } else if (holes_zeroed && concat_channels_last_fusable(features, skip)) {
+      // The same for channels-last on the CPU (pconv inpaint's default there), any batch.
+      masked_input = concat_upsampled_channels_last(features, skip);
     } else {
       const torch::Tensor up = at::upsample_nearest2d(features, {size[2], size[3]});
       masked_input = at::cat({holes_zeroed ? up : up * up_mask.to(up.scalar_type()), skip}, 1);

@@ -56,6 +56,18 @@ bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor
          valid.is_contiguous() && cpu_bias_fusable(bias, dtype);
 }
 
+// The same where the output is channels-last (and not also NCHW-contiguous): the CPU's kernel for
+// that layout, which only the paths without autograd use.
+bool cpu_channels_last_fusable(const at::Tensor& raw, const at::Tensor& bias,
+                               const at::Tensor& ratio, const at::Tensor& valid) {
+  const auto dtype = raw.scalar_type();
+  return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() &&
+         (dtype == at::kFloat || dtype == at::kDouble) && !raw.is_contiguous() &&
+         raw.is_contiguous(at::MemoryFormat::ChannelsLast) && ratio.scalar_type() == dtype &&
+         valid.scalar_type() == dtype && ratio.is_contiguous() && valid.is_contiguous() &&
+         cpu_bias_fusable(bias, dtype);
+}
+
 // CUDA: any floating output in NCHW or channels-last, terms in term_dtype, any bias or none.
 bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                   const at::Tensor& valid) {
@@ -164,6 +176,135 @@ PCONV_CPU_CLONES void renormalize_post_plane<float>(float* __restrict__ out,
 #pragma omp simd
     for (int64_t i = 0; i < size; ++i) out[i] *= valid[i];
   }
+}
+
+// Channels-last: one pixel's channels of one group, which share the pixel's ratio and valid;
+// bias, scale and shift per channel (scale 1 and shift 0 without BatchNorm). The same arithmetic
+// as renormalize_post_plane; without `post` exactly renormalize_plane's. The body is inlined
+// into each CPU clone of the float version below.
+template <typename T, bool kPost>
+__attribute__((always_inline)) inline void renormalize_row_body(
+    T* __restrict__ out, T ratio, T valid, const T* __restrict__ bias, const T* __restrict__ scale,
+    const T* __restrict__ shift, Activation activation, T slope, bool zero_holes, int64_t size) {
+  if constexpr (!kPost) {
+#pragma omp simd
+    for (int64_t c = 0; c < size; ++c) out[c] = out[c] * ratio + bias[c] * valid;
+  } else {
+    switch (activation) {
+      case Activation::kRelu:
+#pragma omp simd
+        for (int64_t c = 0; c < size; ++c) {
+          const T y = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
+          out[c] = std::max(y, T(0));
+        }
+        break;
+      case Activation::kLeakyRelu:
+#pragma omp simd
+        for (int64_t c = 0; c < size; ++c) {
+          const T y = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
+          out[c] = std::max(y, T(0)) + slope * std::min(y, T(0));
+        }
+        break;
+      case Activation::kNone:
+#pragma omp simd
+        for (int64_t c = 0; c < size; ++c) {
+          out[c] = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
+        }
+        break;
+    }
+    if (zero_holes) {
+#pragma omp simd
+      for (int64_t c = 0; c < size; ++c) out[c] *= valid;
+    }
+  }
+}
+
+template <typename T, bool kPost>
+void renormalize_row(T* __restrict__ out, T ratio, T valid, const T* __restrict__ bias,
+                     const T* __restrict__ scale, const T* __restrict__ shift,
+                     Activation activation, T slope, bool zero_holes, int64_t size) {
+  renormalize_row_body<T, kPost>(out, ratio, valid, bias, scale, shift, activation, slope,
+                                 zero_holes, size);
+}
+
+template <>
+PCONV_CPU_CLONES void renormalize_row<float, true>(float* __restrict__ out, float ratio,
+                                                   float valid, const float* __restrict__ bias,
+                                                   const float* __restrict__ scale,
+                                                   const float* __restrict__ shift,
+                                                   Activation activation, float slope,
+                                                   bool zero_holes, int64_t size) {
+  renormalize_row_body<float, true>(out, ratio, valid, bias, scale, shift, activation, slope,
+                                    zero_holes, size);
+}
+
+template <>
+PCONV_CPU_CLONES void renormalize_row<float, false>(float* __restrict__ out, float ratio,
+                                                    float valid, const float* __restrict__ bias,
+                                                    const float* __restrict__ scale,
+                                                    const float* __restrict__ shift,
+                                                    Activation activation, float slope,
+                                                    bool zero_holes, int64_t size) {
+  renormalize_row_body<float, false>(out, ratio, valid, bias, scale, shift, activation, slope,
+                                     zero_holes, size);
+}
+
+// The epilogue (with `post`, the inference epilogue) in place on a channels-last CPU output
+// (N, C, H', W'), the terms (N or 1, G, H', W') contiguous, for cpu_channels_last_fusable()
+// outputs: one pass over the output, a pixel's channels at a time.
+void renormalize_channels_last_cpu(const at::Tensor& raw, const at::Tensor& bias,
+                                   const at::Tensor& ratio, const at::Tensor& valid,
+                                   const InferencePost* post) {
+  const int64_t channels = raw.size(1);
+  const int64_t plane = raw.size(2) * raw.size(3);
+  const int64_t groups = ratio.size(1);
+  const int64_t group_channels = channels / groups;
+  const bool term_batch_one = ratio.size(0) == 1;
+  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize_channels_last", [&] {
+    using T = scalar_t;
+    // Per channel: the bias, and BatchNorm as at::batch_norm in eval mode does it,
+    // x * (weight / sqrt(var + eps)) + (bias - mean * that).
+    std::vector<T> bias_values(channels, T(0));
+    std::vector<T> scale(channels, T(1));
+    std::vector<T> shift(channels, T(0));
+    if (bias.defined() && bias.numel() > 0) {
+      std::copy_n(bias.const_data_ptr<T>(), channels, bias_values.begin());
+    }
+    if (post != nullptr && post->bn_weight.defined()) {
+      for (int64_t c = 0; c < channels; ++c) {
+        scale[c] = post->bn_weight.const_data_ptr<T>()[c] /
+                   std::sqrt(post->bn_var.const_data_ptr<T>()[c] + static_cast<T>(post->eps));
+        shift[c] =
+            post->bn_bias.const_data_ptr<T>()[c] - post->bn_mean.const_data_ptr<T>()[c] * scale[c];
+      }
+    }
+    const Activation activation = post != nullptr ? post->activation : Activation::kNone;
+    const auto slope = static_cast<T>(post != nullptr ? post->slope : 0.0);
+    const bool zero_holes = post != nullptr && post->zero_holes;
+    auto* out = raw.mutable_data_ptr<T>();
+    const auto* ratio_data = ratio.const_data_ptr<T>();
+    const auto* valid_data = valid.const_data_ptr<T>();
+    at::parallel_for(0, raw.size(0) * plane, grain_for(channels), [&](int64_t begin, int64_t end) {
+      for (int64_t pixel = begin; pixel < end; ++pixel) {
+        const int64_t n = pixel / plane;
+        const int64_t term = (term_batch_one ? 0 : n) * groups * plane + pixel % plane;
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t first = g * group_channels;
+          T* row = out + pixel * channels + first;
+          const T r = ratio_data[term + g * plane];
+          const T v = valid_data[term + g * plane];
+          if (post != nullptr) {
+            renormalize_row<T, true>(row, r, v, bias_values.data() + first, scale.data() + first,
+                                     shift.data() + first, activation, slope, zero_holes,
+                                     group_channels);
+          } else {
+            renormalize_row<T, false>(row, r, v, bias_values.data() + first, nullptr, nullptr,
+                                      activation, slope, false, group_channels);
+          }
+        }
+      }
+    });
+  });
 }
 
 // grad_raw = grad * ratio; returns the plane's sum of grad * valid.
@@ -725,6 +866,13 @@ bool fused_enabled() { return g_fused_enabled.load(std::memory_order_relaxed); }
 
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                        const at::Tensor& valid) {
+  if (fused_enabled() && cpu_channels_last_fusable(raw, bias, ratio, valid) &&
+      (!at::GradMode::is_enabled() ||
+       !(raw.requires_grad() || (bias.defined() && bias.requires_grad())))) {
+    // Channels-last on the CPU, nothing to differentiate (inference).
+    renormalize_channels_last_cpu(raw, bias, ratio, valid, nullptr);
+    return raw;
+  }
   if (fused_enabled() &&
       (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid))) {
     // A custom autograd Function records every tensor argument's device, which an undefined
@@ -811,6 +959,11 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
         }
       });
     });
+    return raw;
+  }
+  if (fused_enabled() && cpu_channels_last_fusable(raw, bias, ratio, valid) &&
+      bn_fusable(raw.scalar_type(), true)) {
+    renormalize_channels_last_cpu(raw, bias, ratio, valid, &post);
     return raw;
   }
 

@@ -57,7 +57,8 @@ WindowTerms window_terms(const at::Tensor& counts, double window, const WindowGe
 
 /// y = raw * ratio + bias * valid for raw (N, C, H', W') and ratio/valid (N or 1, G, H', W'),
 /// with output channel c in group c / (C / G). Differentiable in raw and bias; the result may
-/// reuse raw's memory (raw is consumed).
+/// reuse raw's memory (raw is consumed). (A channels-last CPU output is fused only where
+/// nothing needs a gradient.)
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                        const at::Tensor& valid);
 
@@ -90,8 +91,8 @@ PostOp<Param> post_op_of(const InferencePost& post) {
 }
 
 /// At inference only (no autograd): activation(batch_norm(raw * ratio + bias * valid)), in one
-/// pass over the output with the fused kernels (CPU: float and double; CUDA: every
-/// case renormalize() fuses), else with ATen. May reuse raw's memory.
+/// pass over the output with the fused kernels (CPU: float and double, NCHW or channels-last;
+/// CUDA: every case renormalize() fuses), else with ATen. May reuse raw's memory.
 at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bias,
                                      const at::Tensor& ratio, const at::Tensor& valid,
                                      const InferencePost& post);
