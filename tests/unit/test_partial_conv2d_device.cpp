@@ -23,6 +23,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -440,6 +441,93 @@ TYPED_TEST(PartialConv2dDevice, EpilogueAndBackwardMatchAtenInBothLayouts) {
       check(Term{});
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The UNet decoder's upsampling and concatenation in one pass
+
+// What the decoder computes without the fused kernels.
+at::Tensor concat_upsampled_by_aten(const at::Tensor& features, const at::Tensor& skip) {
+  return at::cat({at::upsample_nearest2d(features, {skip.size(2), skip.size(3)}), skip}, 1);
+}
+
+// The concatenation kernel's launch: a grid-stride loop over the output.
+template <typename Scalar, typename Index>
+void concat_upsampled_on_host(const at::Tensor& features, const at::Tensor& skip,
+                              const at::Tensor& out, bool channels_last, int64_t grid) {
+  const int64_t total = out.numel();
+  launch_grid_stride<Index>(grid, total, [&](Index first, Index step) {
+    const auto args = std::make_tuple(
+        first, step, features.const_data_ptr<Scalar>(), skip.const_data_ptr<Scalar>(),
+        out.mutable_data_ptr<Scalar>(), static_cast<Index>(total),
+        static_cast<Index>(features.size(1)), static_cast<Index>(skip.size(1)),
+        static_cast<Index>(out.size(2)), static_cast<Index>(out.size(3)));
+    if (channels_last) {
+      std::apply(D::concat_upsampled_thread<Scalar, Index, true>, args);
+    } else {
+      std::apply(D::concat_upsampled_thread<Scalar, Index, false>, args);
+    }
+  });
+}
+
+// The CUDA kernel's thread body over its launch grid (and smaller ones), and the CPU's own
+// function, against ATen: copies, so exactly equal.
+TYPED_TEST(PartialConv2dDevice, ConcatUpsampledEqualsUpsampleAndCat) {
+  using Scalar = TypeParam;
+  const auto type = c10::CppTypeToScalarType<Scalar>::value;
+  std::mt19937 rng(31);
+  for (int trial = 0; trial < 12; ++trial) {
+    const int64_t batch = pick(rng, 1, 3);
+    const int64_t up_channels = pick(rng, 1, 40);
+    const int64_t skip_channels = pick(rng, 1, 9);
+    const int64_t half_h = pick(rng, 1, 9);
+    const int64_t half_w = pick(rng, 1, 9);
+    const bool channels_last = pick(rng, 0, 1) == 1;
+    SCOPED_TRACE(::testing::Message()
+                 << batch << " x (" << up_channels << " + " << skip_channels << ") x " << 2 * half_h
+                 << " x " << 2 * half_w << (channels_last ? " channels-last" : " NCHW"));
+    const auto format =
+        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const auto features =
+        at::randn({batch, up_channels, half_h, half_w}).to(type).contiguous(format);
+    const auto skip =
+        at::randn({batch, skip_channels, 2 * half_h, 2 * half_w}).to(type).contiguous(format);
+    const auto expected = concat_upsampled_by_aten(features, skip);
+    const int64_t total = expected.numel();
+    const auto run = [&](auto index, int64_t grid) {
+      using Index = decltype(index);
+      const Guarded out(
+          at::full_like(expected, std::numeric_limits<double>::quiet_NaN()).contiguous(format));
+      concat_upsampled_on_host<Scalar, Index>(features, skip, out.tensor, channels_last, grid);
+      EXPECT_TRUE(at::equal(out.tensor, expected));  // a NaN left (never written) fails too
+      EXPECT_TRUE(out.intact());
+    };
+    for (const int64_t grid : grids_for(total)) {
+      run(uint32_t{}, grid);
+      run(int64_t{}, grid);
+    }
+    const auto on_cpu = D::concat_upsampled(features, skip);
+    ASSERT_TRUE(on_cpu.defined());
+    // (NCHW where both inputs are NCHW too, which a channels-last tensor of one channel or one
+    // pixel is.)
+    EXPECT_TRUE(on_cpu.is_contiguous(format) || (features.is_contiguous() && skip.is_contiguous()));
+    EXPECT_TRUE(at::equal(on_cpu, expected));
+  }
+}
+
+TEST(PartialConv2dDeviceLaunch, ConcatUpsampledLeavesWhatItDoesNotFuseToAten) {
+  const auto features = at::randn({1, 4, 3, 3});
+  const auto skip = at::randn({1, 2, 6, 6});
+  EXPECT_TRUE(D::concat_upsampled(features, skip).defined());
+  // Not twice the size, another type, one layout each, another batch.
+  EXPECT_FALSE(D::concat_upsampled(features, at::randn({1, 2, 7, 6})).defined());
+  EXPECT_FALSE(D::concat_upsampled(features, skip.to(at::kDouble)).defined());
+  EXPECT_FALSE(
+      D::concat_upsampled(features, skip.contiguous(at::MemoryFormat::ChannelsLast)).defined());
+  EXPECT_FALSE(D::concat_upsampled(features, at::randn({2, 2, 6, 6})).defined());
+  // The reference path leaves it to ATen.
+  const pconv::testing::FusedKernels off(false);
+  EXPECT_FALSE(D::concat_upsampled(features, skip).defined());
 }
 
 // ---------------------------------------------------------------------------------------------

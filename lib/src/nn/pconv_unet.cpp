@@ -3,12 +3,10 @@
 #include "functional/partial_conv2d_inference.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <string>
 #include <utility>
@@ -30,50 +28,6 @@ F::PartialConv2dFuncOptions encoder_geometry(int64_t level) {
 
 F::PartialConv2dFuncOptions decoder_geometry() {
   return F::PartialConv2dFuncOptions().stride(1).padding(kDecoderKernel / 2);
-}
-
-// Whether concat_upsampled_channels_last() takes these decoder inputs: on the CPU, one type,
-// both channels-last, the features at half the skip's size.
-bool concat_channels_last_fusable(const torch::Tensor& features, const torch::Tensor& skip) {
-  return features.is_cpu() && skip.is_cpu() && features.scalar_type() == skip.scalar_type() &&
-         features.size(0) == skip.size(0) && features.size(2) * 2 == skip.size(2) &&
-         features.size(3) * 2 == skip.size(3) &&
-         features.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-         skip.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-// cat({upsample_nearest2d(features, 2x), skip}, 1) in channels-last, in one pass: each output
-// pixel's channels are the upsampled pixel's, then the skip pixel's, two contiguous runs of
-// bytes. (ATen would write the upsampled tensor, then interleave both into the concatenation.)
-torch::Tensor concat_upsampled_channels_last(const torch::Tensor& features,
-                                             const torch::Tensor& skip) {
-  const int64_t height = skip.size(2);
-  const int64_t width = skip.size(3);
-  const int64_t item = skip.element_size();
-  const int64_t up_bytes = features.size(1) * item;
-  const int64_t skip_bytes = skip.size(1) * item;
-  const int64_t pixel_bytes = up_bytes + skip_bytes;
-  auto out = at::empty({skip.size(0), features.size(1) + skip.size(1), height, width},
-                       skip.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const auto* up = static_cast<const char*>(features.const_data_ptr());
-  const auto* skip_data = static_cast<const char*>(skip.const_data_ptr());
-  auto* dst = static_cast<char*>(out.mutable_data_ptr());
-  const int64_t grain =
-      std::max<int64_t>(1, at::internal::GRAIN_SIZE / (width * pixel_bytes / item));
-  at::parallel_for(0, skip.size(0) * height, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      // Output row y of image n takes input row y / 2 of the features.
-      const int64_t n = row / height;
-      const char* up_row = up + (n * (height / 2) + (row % height) / 2) * (width / 2) * up_bytes;
-      const char* skip_row = skip_data + row * width * skip_bytes;
-      char* out_row = dst + row * width * pixel_bytes;
-      for (int64_t x = 0; x < width; ++x) {
-        std::memcpy(out_row + x * pixel_bytes, up_row + (x / 2) * up_bytes, up_bytes);
-        std::memcpy(out_row + x * pixel_bytes + up_bytes, skip_row + x * skip_bytes, skip_bytes);
-      }
-    }
-  });
-  return out;
 }
 
 // At inference, what follows a layer (its BatchNorm, if any, then the activation, then the
@@ -265,23 +219,12 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
     const torch::Tensor& skip_mask = masks[level - 1];
     const int64_t up_channels = features.size(1);
     const int64_t skip_channels = size[1];
-    torch::Tensor masked_input;
-    if (holes_zeroed && features.is_cpu() && features.size(0) == 1 && features.is_contiguous() &&
-        skip.is_contiguous() && skip.scalar_type() == features.scalar_type()) {
-      // Inference on one image on the CPU: the upsampled features go straight into the first
-      // channels of the concatenation (with batch 1 a contiguous block of it), so no separate
-      // upsampled tensor is written and then copied again by cat (on the full-size levels, two
-      // passes over tens of megabytes). Not on a GPU, where the memory is fast and the three
-      // more operator calls per level would cost host time at batch 1.
-      masked_input =
-          at::empty({1, up_channels + skip_channels, size[2], size[3]}, features.options());
-      torch::Tensor head = masked_input.narrow(1, 0, up_channels);
-      at::upsample_nearest2d_out(head, features, {size[2], size[3]});
-      masked_input.narrow(1, up_channels, skip_channels).copy_(skip);
-    } else if (holes_zeroed && concat_channels_last_fusable(features, skip)) {
-      // The same for channels-last on the CPU (pconv inpaint's default there), any batch.
-      masked_input = concat_upsampled_channels_last(features, skip);
-    } else {
+    // At inference (the features' holes already zeroed) the upsampling and the concatenation
+    // are one pass over the output where the fused kernels apply: no upsampled tensor written
+    // and then copied again by cat, and one launch for two on a GPU.
+    torch::Tensor masked_input =
+        holes_zeroed ? F::detail::concat_upsampled(features, skip) : torch::Tensor();
+    if (!masked_input.defined()) {
       const torch::Tensor up = at::upsample_nearest2d(features, {size[2], size[3]});
       masked_input = at::cat({holes_zeroed ? up : up * up_mask.to(up.scalar_type()), skip}, 1);
     }

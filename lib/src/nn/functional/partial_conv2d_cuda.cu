@@ -51,6 +51,17 @@ __global__ void renormalize_kernel(Scalar* __restrict__ out,
       static_cast<Index>(gridDim.x) * blockDim.x, out, ratio, valid, bias, total, layout, post);
 }
 
+template <typename Scalar, typename Index, bool kChannelsLast>
+__global__ void concat_upsampled_kernel(const Scalar* __restrict__ features,
+                                        const Scalar* __restrict__ skip, Scalar* __restrict__ out,
+                                        Index total, Index up_channels, Index skip_channels,
+                                        Index height, Index width) {
+  concat_upsampled_thread<Scalar, Index, kChannelsLast>(
+      blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x,
+      static_cast<Index>(gridDim.x) * blockDim.x, features, skip, out, total, up_channels,
+      skip_channels, height, width);
+}
+
 // The prologue: block b takes `pixel_lanes` items (n, g, p), with `channel_lanes` channel lanes
 // each; the lanes' shares of each count meet in shared memory and the threads of channel lane
 // 0 add them. The lanes along which memory is contiguous are threadIdx.x, so that a warp's
@@ -299,6 +310,34 @@ void mask_and_count(const at::TensorBase& input, const at::TensorBase& mask, int
                     masked.mutable_data_ptr<scalar_t>(), counts.mutable_data_ptr<Term>(),
                     static_cast<Index>(total), static_cast<Index>(channels),
                     static_cast<Index>(groups), static_cast<Index>(plane));
+          };
+          if (channels_last) {
+            launch(std::true_type{});
+          } else {
+            launch(std::false_type{});
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+}
+
+void concat_upsampled(const at::TensorBase& features, const at::TensorBase& skip,
+                      bool channels_last, const at::TensorBase& out) {
+  const c10::cuda::CUDAGuard guard(out.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t total = out.numel();
+  if (total == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, out.scalar_type(), "pconv_concat_upsampled_cuda", [&] {
+        with_index_type(out, [&](auto index) {
+          using Index = decltype(index);
+          const auto launch = [&](auto layout) {
+            concat_upsampled_kernel<scalar_t, Index, decltype(layout)::value>
+                <<<grid_for(total), kThreads, 0, stream>>>(
+                    features.const_data_ptr<scalar_t>(), skip.const_data_ptr<scalar_t>(),
+                    out.mutable_data_ptr<scalar_t>(), static_cast<Index>(total),
+                    static_cast<Index>(features.size(1)), static_cast<Index>(skip.size(1)),
+                    static_cast<Index>(out.size(2)), static_cast<Index>(out.size(3)));
           };
           if (channels_last) {
             launch(std::true_type{});

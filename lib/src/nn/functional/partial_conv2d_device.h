@@ -303,6 +303,47 @@ PCONV_HOST_DEVICE void renormalize_thread(Index first, Index step, Scalar* __res
   }
 }
 
+/// The UNet decoder's input at inference, cat({upsample_nearest2d(features, 2x), skip}, 1),
+/// one thread of a grid-stride loop over the output (N, C1 + C2, H, W): element (n, c, y, x) is
+/// features (N, C1, H/2, W/2) at (n, c, y/2, x/2) for c < C1, else skip (N, C2, H, W) at
+/// (n, c - C1, y, x); the three all NCHW or all channels-last.
+template <typename Scalar, typename Index, bool kChannelsLast>
+PCONV_HOST_DEVICE void concat_upsampled_thread(Index first, Index step,
+                                               const Scalar* __restrict__ features,
+                                               const Scalar* __restrict__ skip,
+                                               Scalar* __restrict__ out, Index total,
+                                               Index up_channels, Index skip_channels, Index height,
+                                               Index width) {
+  const Index channels = up_channels + skip_channels;
+  const Index half_h = height / 2;
+  const Index half_w = width / 2;
+  for (Index i = first; i < total; i += step) {
+    Index c;
+    Index pixel;  // (n x H + y) x W + x
+    if (kChannelsLast) {
+      c = i % channels;
+      pixel = i / channels;
+    } else {
+      const Index plane = height * width;
+      c = (i / plane) % channels;
+      pixel = i / plane / channels * plane + i % plane;
+    }
+    const Index x = pixel % width;
+    const Index y = (pixel / width) % height;
+    const Index n = pixel / width / height;
+    if (c < up_channels) {
+      const Index source = (n * half_h + y / 2) * half_w + x / 2;  // (n, y/2, x/2)
+      out[i] = kChannelsLast
+                   ? features[source * up_channels + c]
+                   : features[(n * up_channels + c) * half_h * half_w + (y / 2) * half_w + x / 2];
+    } else {
+      const Index s = c - up_channels;
+      out[i] = kChannelsLast ? skip[pixel * skip_channels + s]
+                             : skip[(n * skip_channels + s) * height * width + y * width + x];
+    }
+  }
+}
+
 /// NCHW backward, thread `thread` of the `threads` in block `block`, which has chunk
 /// block % chunks (of `chunk_length` elements; the last may be shorter) of output plane
 /// block / chunks = (n, c): writes grad_raw = grad * ratio over its share of the chunk and

@@ -855,6 +855,9 @@ void renormalize(const at::TensorBase&, const at::TensorBase&, const at::TensorB
 void bias_gradient(const at::TensorBase&, const at::TensorBase&) {
   TORCH_CHECK(false, "pconv was built without its CUDA kernels");
 }
+void concat_upsampled(const at::TensorBase&, const at::TensorBase&, bool, const at::TensorBase&) {
+  TORCH_CHECK(false, "pconv was built without its CUDA kernels");
+}
 void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&, bool,
                           const at::TensorBase&, const at::TensorBase&) {
   TORCH_CHECK(false, "pconv was built without its CUDA kernels");
@@ -863,6 +866,84 @@ void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at
 #endif
 
 bool fused_enabled() { return g_fused_enabled.load(std::memory_order_relaxed); }
+
+at::Tensor concat_upsampled(const at::Tensor& features, const at::Tensor& skip) {
+  if (!fused_enabled() || features.dim() != 4 || skip.dim() != 4 ||
+      features.device() != skip.device() || features.scalar_type() != skip.scalar_type() ||
+      features.size(0) != skip.size(0) || features.size(2) * 2 != skip.size(2) ||
+      features.size(3) * 2 != skip.size(3) || (features.is_cuda() && !kCudaKernels) ||
+      !(features.is_cpu() || features.is_cuda())) {
+    return {};
+  }
+  // NCHW where both tensors are (also where channels-last holds too), else channels-last.
+  const bool nchw = features.is_contiguous() && skip.is_contiguous();
+  if (!nchw && !(features.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                 skip.is_contiguous(at::MemoryFormat::ChannelsLast))) {
+    return {};
+  }
+  const int64_t batch = skip.size(0);
+  const int64_t up_channels = features.size(1);
+  const int64_t skip_channels = skip.size(1);
+  const int64_t channels = up_channels + skip_channels;
+  const int64_t height = skip.size(2);
+  const int64_t width = skip.size(3);
+  at::Tensor out = at::empty({batch, channels, height, width},
+                             skip.options().memory_format(nchw ? at::MemoryFormat::Contiguous
+                                                               : at::MemoryFormat::ChannelsLast));
+  if (out.is_cuda()) {
+    cuda::concat_upsampled(features, skip, !nchw, out);
+    return out;
+  }
+  // The CPU: whole rows at a time. NCHW: row (n, c, y) of the output is row y/2 of the
+  // features' plane (n, c) with each value twice, or row y of the skip's plane (n, c - C1).
+  // Channels-last: pixel (n, y, x) is the features' pixel (n, y/2, x/2), then the skip's.
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, out.scalar_type(), "pconv_concat_upsampled", [&] {
+        using T = scalar_t;
+        const T* up = features.const_data_ptr<T>();
+        const T* from_skip = skip.const_data_ptr<T>();
+        T* dst = out.mutable_data_ptr<T>();
+        const int64_t half_h = height / 2;
+        const int64_t half_w = width / 2;
+        if (nchw) {
+          at::parallel_for(
+              0, batch * channels * height, grain_for(width), [&](int64_t begin, int64_t end) {
+                for (int64_t row = begin; row < end; ++row) {
+                  const int64_t y = row % height;
+                  const int64_t plane = row / height;  // n x channels + c
+                  const int64_t n = plane / channels;
+                  const int64_t c = plane % channels;
+                  T* out_row = dst + row * width;
+                  if (c < up_channels) {
+                    const T* in = up + ((n * up_channels + c) * half_h + y / 2) * half_w;
+                    for (int64_t x = 0; x < width; ++x) out_row[x] = in[x / 2];
+                  } else {
+                    std::copy_n(
+                        from_skip + ((n * skip_channels + c - up_channels) * height + y) * width,
+                        width, out_row);
+                  }
+                }
+              });
+        } else {
+          at::parallel_for(
+              0, batch * height, grain_for(width * channels), [&](int64_t begin, int64_t end) {
+                for (int64_t row = begin; row < end; ++row) {  // n x height + y
+                  const T* up_row =
+                      up + ((row / height) * half_h + (row % height) / 2) * half_w * up_channels;
+                  const T* skip_row = from_skip + row * width * skip_channels;
+                  T* out_row = dst + row * width * channels;
+                  for (int64_t x = 0; x < width; ++x) {
+                    std::copy_n(up_row + (x / 2) * up_channels, up_channels,
+                                out_row + x * channels);
+                    std::copy_n(skip_row + x * skip_channels, skip_channels,
+                                out_row + x * channels + up_channels);
+                  }
+                }
+              });
+        }
+      });
+  return out;
+}
 
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                        const at::Tensor& valid) {

@@ -125,6 +125,12 @@ at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked
                                const at::Tensor& valid, const WindowGeometry& geometry,
                                int64_t groups);
 
+/// The UNet decoder's input at inference, cat({upsample_nearest2d(features, 2x), skip}, 1), in
+/// one pass over the output where the fused kernels apply (features of half the skip's height
+/// and width, one type and device, both NCHW or both channels-last; CPU and CUDA), else an
+/// undefined tensor (the caller uses ATen). No autograd.
+at::Tensor concat_upsampled(const at::Tensor& features, const at::Tensor& skip);
+
 /// Whether the fused kernels are switched on (pconv::nn::functional::set_fused_kernels_enabled).
 bool fused_enabled();
 
@@ -162,6 +168,12 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
 /// channels-last), counts in the terms' type.
 void mask_and_count(const at::TensorBase& input, const at::TensorBase& mask, int64_t groups,
                     bool channels_last, const at::TensorBase& masked, const at::TensorBase& counts);
+
+/// out (N, C1 + C2, H, W) = cat({upsample_nearest2d(features, 2x), skip}, 1) for features
+/// (N, C1, H/2, W/2) and skip (N, C2, H, W) of one type, the three NCHW or, with
+/// `channels_last`, channels-last.
+void concat_upsampled(const at::TensorBase& features, const at::TensorBase& skip,
+                      bool channels_last, const at::TensorBase& out);
 
 /// grad_bias (C, any floating dtype) = the sum of `bias_sums` (rows, C) over the rows, in a
 /// fixed order.
