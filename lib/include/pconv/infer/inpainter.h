@@ -97,8 +97,10 @@ struct InpaintResult {
 
 class Inpainter {
  public:
-  /// Takes the model for inference on `device`. Throws std::invalid_argument for float16 on a
-  /// CPU or an element type that is not floating point.
+  /// Takes the model for inference on `device`. The model is converted in place (eval mode,
+  /// device, element type, layout; a module holder shares it): pass a clone to keep the
+  /// original. Throws std::invalid_argument for float16 on a CPU or an element type that is not
+  /// floating point.
   Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions options = {});
 
   /// Fills `holes` ((H, W), non-zero = hole) in `image` ((C, H, W) float in [0, 1]; C = 1, 3
