@@ -78,6 +78,11 @@ infer::InferenceOptions inference_options(const InferenceCliOptions& options, c1
   const auto layout = options.channels_last ? infer::NetworkLayout::kChannelsLast
                       : options.nchw        ? infer::NetworkLayout::kNchw
                                             : infer::NetworkLayout::kAuto;
+  if (options.nchw && dtype == c10::kBFloat16 && device.is_cpu()) {
+    spdlog::warn(
+        "--nchw with bf16 on a CPU: oneDNN's NCHW bfloat16 convolutions can be about 50x slower "
+        "than channels-last ones (the default)");
+  }
   return infer::InferenceOptions().dtype(dtype).layout(layout);
 }
 

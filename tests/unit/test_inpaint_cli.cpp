@@ -199,7 +199,7 @@ TEST(InpaintCli, EveryStrategyRuns) {
   }
 }
 
-TEST(InpaintCli, ReducedPrecisionAndChannelsLastKeepKnownPixels) {
+TEST(InpaintCli, PrecisionsAndLayoutsKeepKnownPixels) {
   TempDir dir;
   const auto holes = rectangle_holes(60, 80);
   pconv::io::write_image(dir.path() / "photo.png", picture(3, 60, 80));
@@ -213,20 +213,23 @@ TEST(InpaintCli, ReducedPrecisionAndChannelsLastKeepKnownPixels) {
   // in 8-bit levels: the mean and the largest difference allowed. bf16 keeps 8 significant bits
   // (measured: mean 0.33, max 2); the others differ from it by float rounding only (measured:
   // identical).
+  // How the network ran, as -v logs it ("on cpu, <precision>, <layout>").
   struct Variant {
     std::string flags;
     double mean_levels, max_levels;
+    std::string network;
   };
   for (const Variant& variant :
-       {Variant{"--precision bf16", 1.0, 6.0}, Variant{"--nchw", 0.05, 1.0},
-        Variant{"--nchw --precision bf16", 1.0, 6.0}, Variant{"--channels-last", 0.05, 1.0},
-        Variant{"--reference-kernels", 0.05, 1.0}}) {
+       {Variant{"--precision bf16", 1.0, 6.0, "cpu, bf16, channels-last"},
+        Variant{"--nchw", 0.05, 1.0, "cpu, fp32, nchw"},
+        Variant{"--reference-kernels", 0.05, 1.0, "cpu, fp32, channels-last"}}) {
     SCOPED_TRACE(variant.flags);
     const auto out = dir.path() / "out.png";
-    const auto run = pconv(dir.path(), "inpaint " + (dir.path() / "photo.png").string() + " " +
+    const auto run = pconv(dir.path(), "-v inpaint " + (dir.path() / "photo.png").string() + " " +
                                            (dir.path() / "mask.png").string() + " " +
                                            variant.flags + " -o " + out.string());
     ASSERT_EQ(run.rc, 0) << run.output;
+    EXPECT_NE(run.output.find(variant.network), std::string::npos) << run.output;
     if (variant.flags == "--reference-kernels") {
       EXPECT_NE(run.output.find("reference kernels"), std::string::npos) << run.output;
     }

@@ -362,9 +362,15 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
       SCOPED_TRACE(with_post ? "CPU kernel with post-op" : "CPU kernel");
       const at::NoGradGuard no_grad;
       const Guarded out(raw.contiguous(kernel_format));
-      const at::Tensor result =
-          with_post ? D::renormalize_for_inference(out.tensor, bias, ratio, valid, post)
-                    : D::renormalize(out.tensor, bias, ratio, valid);
+      at::Tensor result;
+      const auto names = pconv::testing::operators_called([&] {
+        result = with_post ? D::renormalize_for_inference(out.tensor, bias, ratio, valid, post)
+                           : D::renormalize(out.tensor, bias, ratio, valid);
+      });
+      for (const char* reference : {"aten::mul_", "aten::addcmul_", "aten::mul", "aten::batch_norm",
+                                    "aten::relu", "aten::leaky_relu"}) {
+        EXPECT_EQ(names.count(reference), 0U) << reference << ": the reference path ran";
+      }
       EXPECT_EQ(result.data_ptr(), out.tensor.data_ptr()) << "in place";
       EXPECT_LT(relative_error(result, want, want_scale), tolerance<Scalar>());
       EXPECT_TRUE(out.intact());
@@ -376,8 +382,7 @@ void check_epilogue_and_backward(const Case& c, int64_t seed) {
   const Guarded grad_raw(at::full_like(g, std::numeric_limits<double>::quiet_NaN()));
   std::optional<Guarded> sums;
   if (c.bias) {
-    const int64_t rows = channels_last ? D::row_blocks(c.batch * c.height * c.width)
-                                       : c.batch * D::plane_chunks(c.height * c.width);
+    const int64_t rows = D::bias_sum_rows(c.batch, c.height * c.width, channels_last);
     sums.emplace(at::full({rows, c.channels}, std::numeric_limits<double>::quiet_NaN(), term_type));
   }
   const at::Tensor sums_tensor = sums ? sums->tensor : at::Tensor();

@@ -404,7 +404,7 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
             const int64_t chunk_length = plane_chunk_length(layout.plane);
             const int64_t blocks = grad.size(0) * grad.size(1) * chunks;
             TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(),
-                        "partial_conv2d: too many output planes for one launch: ", blocks);
+                        "partial_conv2d: too many blocks for one launch: ", blocks);
             const auto launch = [&](auto threads) {
               renormalize_backward_planes_kernel<scalar_t, Index, decltype(threads)::value>
                   <<<blocks, decltype(threads)::value, 0, stream>>>(

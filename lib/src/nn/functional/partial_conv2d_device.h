@@ -80,6 +80,12 @@ PCONV_HOST_DEVICE int64_t row_blocks(int64_t rows) {
   return per_block == 0 ? 1 : (rows + per_block - 1) / per_block;
 }
 
+/// Rows of the backward's partial bias sums (rows, C) for an output of `batch` x `plane` pixels:
+/// one per (n, chunk) in NCHW, one per row block in channels-last.
+inline int64_t bias_sum_rows(int64_t batch, int64_t plane, bool channels_last) {
+  return channels_last ? row_blocks(batch * plane) : batch * plane_chunks(plane);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Index arithmetic
 

@@ -15,6 +15,8 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace pconv::nn::functional::detail {
@@ -250,6 +252,17 @@ PCONV_CPU_CLONES void renormalize_row<float, false>(float* __restrict__ out, flo
                                      zero_holes, size);
 }
 
+// BatchNorm at inference as at::batch_norm in eval mode does it, x * scale + shift with
+// scale = weight / sqrt(var + eps) and shift = bias - mean * scale, for channel c (CPU vectors
+// of T); scale 1 and shift 0 without BatchNorm.
+template <typename T>
+std::pair<T, T> batch_norm_scale_shift(const InferencePost& post, int64_t c) {
+  if (!post.bn_weight.defined()) return {T(1), T(0)};
+  const T scale = post.bn_weight.const_data_ptr<T>()[c] /
+                  std::sqrt(post.bn_var.const_data_ptr<T>()[c] + static_cast<T>(post.eps));
+  return {scale, post.bn_bias.const_data_ptr<T>()[c] - post.bn_mean.const_data_ptr<T>()[c] * scale};
+}
+
 // The epilogue (with `post`, the inference epilogue) in place on a channels-last CPU output
 // (N, C, H', W'), the terms (N or 1, G, H', W') contiguous, for cpu_channels_last_fusable()
 // outputs: one pass over the output, a pixel's channels at a time.
@@ -263,20 +276,16 @@ void renormalize_channels_last_cpu(const at::Tensor& raw, const at::Tensor& bias
   const bool term_batch_one = ratio.size(0) == 1;
   AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize_channels_last", [&] {
     using T = scalar_t;
-    // Per channel: the bias, and BatchNorm as at::batch_norm in eval mode does it,
-    // x * (weight / sqrt(var + eps)) + (bias - mean * that).
+    // Per channel: the bias and BatchNorm's scale and shift.
     std::vector<T> bias_values(channels, T(0));
     std::vector<T> scale(channels, T(1));
     std::vector<T> shift(channels, T(0));
     if (bias.defined() && bias.numel() > 0) {
       std::copy_n(bias.const_data_ptr<T>(), channels, bias_values.begin());
     }
-    if (post != nullptr && post->bn_weight.defined()) {
+    if (post != nullptr) {
       for (int64_t c = 0; c < channels; ++c) {
-        scale[c] = post->bn_weight.const_data_ptr<T>()[c] /
-                   std::sqrt(post->bn_var.const_data_ptr<T>()[c] + static_cast<T>(post->eps));
-        shift[c] =
-            post->bn_bias.const_data_ptr<T>()[c] - post->bn_mean.const_data_ptr<T>()[c] * scale[c];
+        std::tie(scale[c], shift[c]) = batch_norm_scale_shift<T>(*post, c);
       }
     }
     const Activation activation = post != nullptr ? post->activation : Activation::kNone;
@@ -503,8 +512,7 @@ std::pair<at::Tensor, at::Tensor> epilogue_backward(const at::Tensor& grad_outpu
     at::Tensor bias_sums;
     at::Tensor grad_bias;
     if (bias_grad) {
-      const int64_t rows = channels_last ? row_blocks(grad.size(0) * grad.size(2) * grad.size(3))
-                                         : grad.size(0) * plane_chunks(grad.size(2) * grad.size(3));
+      const int64_t rows = bias_sum_rows(grad.size(0), grad.size(2) * grad.size(3), channels_last);
       // Not zeroed: the kernel writes every partial sum.
       bias_sums = at::empty({rows, channels}, ratio.options());
       grad_bias = at::empty(
@@ -869,7 +877,11 @@ void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at
 bool fused_enabled() { return g_fused_enabled.load(std::memory_order_relaxed); }
 
 at::Tensor concat_upsampled(const at::Tensor& features, const at::Tensor& skip) {
+  const auto dtype = features.scalar_type();
   if (!fused_enabled() || features.dim() != 4 || skip.dim() != 4 ||
+      !(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+        dtype == at::kBFloat16) ||
+      (at::GradMode::is_enabled() && (features.requires_grad() || skip.requires_grad())) ||
       features.device() != skip.device() || features.scalar_type() != skip.scalar_type() ||
       features.size(0) != skip.size(0) || features.size(2) * 2 != skip.size(2) ||
       features.size(3) * 2 != skip.size(3) || (features.is_cuda() && !kCudaKernels) ||
@@ -1023,16 +1035,7 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
       at::parallel_for(0, planes, grain_for(index.plane_size), [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t c = plane % index.channels;
-          // As at::batch_norm in eval mode: x * (weight / sqrt(var + eps)) + (bias - mean * that).
-          scalar_t scale = 1;
-          scalar_t shift = 0;
-          if (has_bn) {
-            scale = post.bn_weight.const_data_ptr<scalar_t>()[c] /
-                    std::sqrt(post.bn_var.const_data_ptr<scalar_t>()[c] +
-                              static_cast<scalar_t>(post.eps));
-            shift = post.bn_bias.const_data_ptr<scalar_t>()[c] -
-                    post.bn_mean.const_data_ptr<scalar_t>()[c] * scale;
-          }
+          const auto [scale, shift] = batch_norm_scale_shift<scalar_t>(post, c);
           renormalize_post_plane<scalar_t>(
               out + plane * index.plane_size, ratio_data + index.term_offset(plane),
               valid_data + index.term_offset(plane),
