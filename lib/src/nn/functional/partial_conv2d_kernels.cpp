@@ -181,75 +181,65 @@ PCONV_CPU_CLONES void renormalize_post_plane<float>(float* __restrict__ out,
 }
 
 // Channels-last: one pixel's channels of one group, which share the pixel's ratio and valid;
-// bias, scale and shift per channel (scale 1 and shift 0 without BatchNorm). The same arithmetic
-// as renormalize_post_plane; without `post` exactly renormalize_plane's. The body is inlined
-// into each CPU clone of the float version below.
-template <typename T, bool kPost>
+// bias, scale and shift per channel. With `post` the inference epilogue's arithmetic (as
+// renormalize_post_plane's), else exactly renormalize_plane's. The body is inlined into each
+// CPU clone of the float version below.
+template <typename T>
 __attribute__((always_inline)) inline void renormalize_row_body(
     T* __restrict__ out, T ratio, T valid, const T* __restrict__ bias, const T* __restrict__ scale,
-    const T* __restrict__ shift, Activation activation, T slope, bool zero_holes, int64_t size) {
-  if constexpr (!kPost) {
+    const T* __restrict__ shift, bool post, Activation activation, T slope, bool zero_holes,
+    int64_t size) {
+  if (!post) {
 #pragma omp simd
     for (int64_t c = 0; c < size; ++c) out[c] = out[c] * ratio + bias[c] * valid;
-  } else {
-    // The three branches differ; clang-tidy 14 calls them clones inside `if constexpr`.
-    switch (activation) {
-      case Activation::kRelu:  // NOLINT(bugprone-branch-clone)
+    return;
+  }
+  // The three branches differ; clang-tidy 14 calls them clones in this template.
+  switch (activation) {
+    case Activation::kRelu:  // NOLINT(bugprone-branch-clone)
 #pragma omp simd
-        for (int64_t c = 0; c < size; ++c) {
-          const T y = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
-          out[c] = std::max(y, T(0));
-        }
-        break;
-      case Activation::kLeakyRelu:
+      for (int64_t c = 0; c < size; ++c) {
+        const T y = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
+        out[c] = std::max(y, T(0));
+      }
+      break;
+    case Activation::kLeakyRelu:
 #pragma omp simd
-        for (int64_t c = 0; c < size; ++c) {
-          const T y = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
-          out[c] = std::max(y, T(0)) + slope * std::min(y, T(0));
-        }
-        break;
-      case Activation::kNone:
+      for (int64_t c = 0; c < size; ++c) {
+        const T y = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
+        out[c] = std::max(y, T(0)) + slope * std::min(y, T(0));
+      }
+      break;
+    case Activation::kNone:
 #pragma omp simd
-        for (int64_t c = 0; c < size; ++c) {
-          out[c] = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
-        }
-        break;
-    }
-    if (zero_holes) {
+      for (int64_t c = 0; c < size; ++c) {
+        out[c] = (out[c] * ratio + bias[c] * valid) * scale[c] + shift[c];
+      }
+      break;
+  }
+  if (zero_holes) {
 #pragma omp simd
-      for (int64_t c = 0; c < size; ++c) out[c] *= valid;
-    }
+    for (int64_t c = 0; c < size; ++c) out[c] *= valid;
   }
 }
 
-template <typename T, bool kPost>
+template <typename T>
 void renormalize_row(T* __restrict__ out, T ratio, T valid, const T* __restrict__ bias,
-                     const T* __restrict__ scale, const T* __restrict__ shift,
+                     const T* __restrict__ scale, const T* __restrict__ shift, bool post,
                      Activation activation, T slope, bool zero_holes, int64_t size) {
-  renormalize_row_body<T, kPost>(out, ratio, valid, bias, scale, shift, activation, slope,
-                                 zero_holes, size);
+  renormalize_row_body<T>(out, ratio, valid, bias, scale, shift, post, activation, slope,
+                          zero_holes, size);
 }
 
 template <>
-PCONV_CPU_CLONES void renormalize_row<float, true>(float* __restrict__ out, float ratio,
-                                                   float valid, const float* __restrict__ bias,
-                                                   const float* __restrict__ scale,
-                                                   const float* __restrict__ shift,
-                                                   Activation activation, float slope,
-                                                   bool zero_holes, int64_t size) {
-  renormalize_row_body<float, true>(out, ratio, valid, bias, scale, shift, activation, slope,
-                                    zero_holes, size);
-}
-
-template <>
-PCONV_CPU_CLONES void renormalize_row<float, false>(float* __restrict__ out, float ratio,
-                                                    float valid, const float* __restrict__ bias,
-                                                    const float* __restrict__ scale,
-                                                    const float* __restrict__ shift,
-                                                    Activation activation, float slope,
-                                                    bool zero_holes, int64_t size) {
-  renormalize_row_body<float, false>(out, ratio, valid, bias, scale, shift, activation, slope,
-                                     zero_holes, size);
+PCONV_CPU_CLONES void renormalize_row<float>(float* __restrict__ out, float ratio, float valid,
+                                             const float* __restrict__ bias,
+                                             const float* __restrict__ scale,
+                                             const float* __restrict__ shift, bool post,
+                                             Activation activation, float slope, bool zero_holes,
+                                             int64_t size) {
+  renormalize_row_body<float>(out, ratio, valid, bias, scale, shift, post, activation, slope,
+                              zero_holes, size);
 }
 
 // BatchNorm at inference as at::batch_norm in eval mode does it, x * scale + shift with
@@ -303,14 +293,9 @@ void renormalize_channels_last_cpu(const at::Tensor& raw, const at::Tensor& bias
           T* row = out + pixel * channels + first;
           const T r = ratio_data[term + g * plane];
           const T v = valid_data[term + g * plane];
-          if (post != nullptr) {
-            renormalize_row<T, true>(row, r, v, bias_values.data() + first, scale.data() + first,
-                                     shift.data() + first, activation, slope, zero_holes,
-                                     group_channels);
-          } else {
-            renormalize_row<T, false>(row, r, v, bias_values.data() + first, nullptr, nullptr,
-                                      activation, slope, false, group_channels);
-          }
+          renormalize_row<T>(row, r, v, bias_values.data() + first, scale.data() + first,
+                             shift.data() + first, post != nullptr, activation, slope, zero_holes,
+                             group_channels);
         }
       }
     });
