@@ -192,7 +192,7 @@ int64_t Inpainter::estimate_bytes(int64_t height, int64_t width) const {
   }
   // Channels-last on a CPU needs less (oneDNN works in it without reordering to a layout of its
   // own and back): measured at 0.48-0.64 of this estimate at 2048x1536, 3000x2000 and 4000x3000,
-  // against 0.84-1.1 in NCHW (peak RSS less the process's own 0.77 GB, 2026-11-24).
+  // against 0.84-1.05 in NCHW (peak RSS less the process's own 0.77 GB, 2026-11-24).
   if (channels_last() && device_.is_cpu()) per_pixel *= 0.7;
   const double bytes_per_value = options_.dtype() == at::kFloat ? 4.0 : 2.0;
   return static_cast<int64_t>(per_pixel * bytes_per_value * static_cast<double>(h * w));
