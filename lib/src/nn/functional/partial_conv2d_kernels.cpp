@@ -443,13 +443,18 @@ at::Tensor cuda_bias(const at::Tensor& bias, const at::Tensor& raw, const at::Te
 }
 
 // raw * ratio + bias * valid, in place, in one pass over the output, outside autograd (an
-// empty bias is none).
+// empty or undefined bias is none); on the CPU in NCHW or, for renormalize() without a
+// gradient, channels-last.
 void renormalize_in_place(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                           const at::Tensor& valid) {
   if (raw.is_cuda()) {
     // Contiguous NCHW wins where both layouts hold (one channel or a 1 x 1 output).
     cuda::renormalize(raw, bias.numel() > 0 ? cuda_bias(bias, raw, ratio) : at::Tensor(), ratio,
                       valid, !raw.is_contiguous(), InferencePost{});
+    return;
+  }
+  if (!raw.is_contiguous()) {  // channels-last (cpu_channels_last_fusable)
+    renormalize_channels_last_cpu(raw, bias, ratio, valid, nullptr);
     return;
   }
   const PlaneIndex index = plane_index(raw, ratio);
@@ -945,24 +950,21 @@ at::Tensor concat_upsampled(const at::Tensor& features, const at::Tensor& skip) 
 
 at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                        const at::Tensor& valid) {
-  if (fused_enabled() && cpu_channels_last_fusable(raw, bias, ratio, valid) &&
-      (!at::GradMode::is_enabled() ||
-       !(raw.requires_grad() || (bias.defined() && bias.requires_grad())))) {
-    // Channels-last on the CPU, nothing to differentiate (inference).
-    renormalize_channels_last_cpu(raw, bias, ratio, valid, nullptr);
-    return raw;
-  }
+  const bool differentiable = at::GradMode::is_enabled() &&
+                              (raw.requires_grad() || (bias.defined() && bias.requires_grad()));
+  // A channels-last CPU output has a kernel but no fused backward.
   if (fused_enabled() &&
-      (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid))) {
-    // A custom autograd Function records every tensor argument's device, which an undefined
-    // tensor has not: no bias travels as an empty one.
-    const at::Tensor bias_or_empty = bias.defined() ? bias : at::empty({0}, raw.options());
-    if (!at::GradMode::is_enabled() || !(raw.requires_grad() || bias_or_empty.requires_grad())) {
+      (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid) ||
+       (!differentiable && cpu_channels_last_fusable(raw, bias, ratio, valid)))) {
+    if (!differentiable) {
       // Nothing to differentiate: the kernel alone, without the autograd function's costs.
-      renormalize_in_place(raw, bias_or_empty, ratio, valid);
+      renormalize_in_place(raw, bias, ratio, valid);
       return raw;
     }
-    return Renormalize::apply(raw, bias_or_empty, ratio, valid);
+    // A custom autograd Function records every tensor argument's device, which an undefined
+    // tensor has not: no bias travels as an empty one.
+    return Renormalize::apply(raw, bias.defined() ? bias : at::empty({0}, raw.options()), ratio,
+                              valid);
   }
 
   // The reference path (what the fused kernels do not cover): in-place ATen ops.
