@@ -595,6 +595,54 @@ TEST_F(PartialConv2dTest, FusedBackwardRefusesToBeDifferentiatedAgain) {
   }
 }
 
+TEST_F(PartialConv2dTest, FusedNodeKeepsAutogradsRulesForSavedTensors) {
+  // The single-node layer's backward is a hand-written autograd node: it must keep what
+  // autograd promises for ATen's own nodes. A graph is freed by its backward unless retained;
+  // a retained one gives the same gradients again; a saved tensor changed in place after the
+  // forward makes the backward an error, not a gradient for the wrong values.
+  const FusedKernels fused(true);
+  PartialConv2d conv(PartialConv2dOptions(4, 3, 3).padding(1).multi_channel(true));
+  const auto input = at::randn({2, 4, 7, 6}).requires_grad_(true);
+  const auto mask = (at::rand({2, 4, 7, 6}) > 0.4).to(at::kFloat);
+  const auto forward = [&] {
+    const auto output = std::get<0>(conv(input, mask));
+    EXPECT_THAT(output.grad_fn()->name(), HasSubstr("PartialConvolution"));
+    return output.sum();  // (SumBackward saves no tensor: the errors below are the layer's)
+  };
+
+  auto loss = forward();
+  loss.backward({}, /*retain_graph=*/true);
+  const auto once = std::vector<at::Tensor>{input.grad().clone(), conv->weight.grad().clone(),
+                                            conv->bias.grad().clone()};
+  loss.backward();  // the retained graph, freed this time
+  const auto twice = std::vector<at::Tensor>{input.grad(), conv->weight.grad(), conv->bias.grad()};
+  for (size_t i = 0; i < once.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_GT(once[i].abs().sum().item<double>(), 0.0);
+    EXPECT_TRUE(at::allclose(twice[i], 2 * once[i]));
+  }
+  EXPECT_THAT(error_message([&] { loss.backward(); }), HasSubstr("second time"));
+
+  // Only some of the gradients asked for: none is accumulated.
+  conv->zero_grad();
+  input.mutable_grad().reset();
+  const auto weight_only = torch::autograd::grad({forward()}, {conv->weight});
+  EXPECT_TRUE(at::allclose(weight_only[0], once[1], 1e-5, 1e-6));
+  EXPECT_FALSE(conv->weight.grad().defined());
+  EXPECT_FALSE(conv->bias.grad().defined());
+  EXPECT_FALSE(input.grad().defined());
+
+  loss = forward();
+  {
+    const at::NoGradGuard no_grad;
+    conv->weight.mul_(2);
+  }
+  EXPECT_THAT(error_message([&] { loss.backward(); }), HasSubstr("modified by an inplace"));
+  loss = forward();
+  mask.mul_(1);  // the mask is saved for the input's gradient
+  EXPECT_THAT(error_message([&] { loss.backward(); }), HasSubstr("modified by an inplace"));
+}
+
 TEST_F(PartialConv2dTest, ReducedPrecisionStaysFiniteAndClose) {
   Geometry g;
   g.batch = 2;

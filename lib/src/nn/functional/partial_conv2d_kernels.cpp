@@ -10,6 +10,8 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #include <algorithm>
 #include <array>
@@ -477,10 +479,9 @@ void renormalize_in_place(const at::Tensor& raw, const at::Tensor& bias, const a
   });
 }
 
-// What the epilogue's backward needs besides ratio and valid, packed into one saved value (each
-// entry of a node's saved_data costs host time): the layout of the output, the bias's dtype
-// (-1: no bias), then whatever the caller adds.
-std::vector<int64_t> epilogue_state(const at::Tensor& raw, const at::Tensor& bias) {
+// What the epilogue's backward needs besides ratio and valid: the layout of the output and the
+// bias's dtype (-1: no bias, undefined or empty).
+std::array<int64_t, 2> epilogue_state(const at::Tensor& raw, const at::Tensor& bias) {
   return {raw.is_cuda() && !raw.is_contiguous() ? 1 : 0,
           bias.numel() > 0 ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1}};
 }
@@ -576,7 +577,8 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
     renormalize_in_place(raw, bias, ratio, valid);
     ctx->mark_dirty({raw});
     ctx->save_for_backward({ratio, valid});
-    ctx->saved_data["state"] = epilogue_state(raw, bias);
+    const auto state = epilogue_state(raw, bias);
+    ctx->saved_data["state"] = std::vector<int64_t>(state.begin(), state.end());
     return raw;
   }
 
@@ -595,64 +597,57 @@ class Renormalize : public torch::autograd::Function<Renormalize> {
 // One node instead of three (the prologue's, the convolution's, the epilogue's) saves the host
 // the autograd engine's work for two nodes and the in-place bookkeeping of the epilogue; the
 // backward is the epilogue's, ATen's convolution_backward, and grad x mask for the input.
-// `input` ties the node to the graph (its gradient is returned for it); the convolution reads
-// `masked`. Not differentiable twice (see once_differentiable).
-class PartialConvolution : public torch::autograd::Function<PartialConvolution> {
+//
+// Written as ATen's generated nodes are (a Node with its saved variables as members, edges to
+// input, weight and bias only), not as a torch::autograd::Function: that one's apply() keeps
+// metadata for every tensor argument, packs the non-tensor state into a map of IValues and
+// demangles the node's name on every backward, host time a small layer pays on each call.
+// Not differentiable twice (see once_differentiable).
+class PartialConvolutionBackward final : public torch::autograd::Node {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& masked,
-                            const at::Tensor& mask, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& ratio,
-                            const at::Tensor& valid, const WindowGeometry& geometry,
-                            int64_t groups) {
-    at::Tensor raw =
-        at::convolution(masked, weight, std::nullopt, geometry.stride, geometry.padding,
-                        geometry.dilation, /*transposed=*/false, {0, 0}, groups);
-    // The epilogue reads NCHW (CUDA: or channels-last), which a convolution gives unless its
-    // weight's layout says otherwise.
-    if (!raw.is_contiguous() &&
-        !(raw.is_cuda() && raw.is_contiguous(at::MemoryFormat::ChannelsLast))) {
-      raw = raw.contiguous();
-    }
-    renormalize_in_place(raw, bias, ratio, valid);
-    // Only what the backward will read: the mask for the input's gradient (an inference-mode
-    // mask cannot be saved, and need not be for a first layer whose input has no gradient),
-    // the masked input for the convolution's backward (as Conv2d's own node keeps its input).
-    const bool convolution_grad = input.requires_grad() || weight.requires_grad();
-    ctx->save_for_backward({input.requires_grad() ? mask : at::Tensor(),
-                            convolution_grad ? masked : at::Tensor(), weight, ratio, valid});
-    std::vector<int64_t> state = epilogue_state(raw, bias);
-    state.insert(state.end(),
-                 {geometry.stride[0], geometry.stride[1], geometry.padding[0], geometry.padding[1],
-                  geometry.dilation[0], geometry.dilation[1], groups});
-    ctx->saved_data["state"] = std::move(state);
-    return raw;
+  // The gradients, in the order of the node's edges.
+  enum Edge : size_t { kInput = 0, kWeight = 1, kBias = 2 };
+
+  std::string name() const override { return "pconv::PartialConvolutionBackward"; }
+
+  void release_variables() override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (auto* saved : {&mask_, &masked_, &weight_, &ratio_, &valid_}) saved->reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& mask = saved[0];
-    const at::Tensor& masked = saved[1];
-    const at::Tensor& weight = saved[2];
-    const auto state = ctx->saved_data["state"].toIntVector();
-    auto [grad_raw, grad_bias] =
-        epilogue_backward(grad_outputs[0], saved[3], saved[4], state, ctx->needs_input_grad(4));
-    const bool input_grad = ctx->needs_input_grad(0);
-    const bool weight_grad = ctx->needs_input_grad(3);
+  variable_list apply(variable_list&& grads) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const bool input_grad = task_should_compute_output(kInput);
+    const bool weight_grad = task_should_compute_output(kWeight);
+    const bool bias_grad = task_should_compute_output(kBias);
+    // An undefined gradient stands for zeros: so are the ones it gives.
+    if (!grads[0].defined()) return variable_list(3);
+    const at::Tensor ratio = ratio_.unpack();
+    const at::Tensor valid = valid_.unpack();
+    auto [grad_raw, grad_bias] = epilogue_backward(grads[0], ratio, valid, state_, bias_grad);
     at::Tensor grad_input;
     at::Tensor grad_weight;
     if (input_grad || weight_grad) {
-      const c10::ArrayRef<int64_t> values(state);
-      auto grads =
-          at::convolution_backward(grad_raw, masked, weight, std::nullopt, values.slice(2, 2),
-                                   values.slice(4, 2), values.slice(6, 2), /*transposed=*/false,
-                                   {0, 0}, values[8], {input_grad, weight_grad, false});
-      if (input_grad) grad_input = std::get<0>(grads).mul_(mask);
-      grad_weight = std::move(std::get<1>(grads));
+      const c10::ArrayRef<int64_t> values(state_);
+      auto gradients = at::convolution_backward(
+          grad_raw, masked_.unpack(), weight_.unpack(), std::nullopt, values.slice(2, 2),
+          values.slice(4, 2), values.slice(6, 2), /*transposed=*/false, {0, 0}, values[8],
+          {input_grad, weight_grad, false});
+      if (input_grad) grad_input = std::get<0>(gradients).mul_(mask_.unpack());
+      grad_weight = std::move(std::get<1>(gradients));
     }
-    return once_differentiable({std::move(grad_input), at::Tensor(), at::Tensor(),
-                                std::move(grad_weight), std::move(grad_bias), at::Tensor(),
-                                at::Tensor(), at::Tensor(), at::Tensor()});
+    return once_differentiable(
+        {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)});
   }
+
+  // Only what the backward will read (an undefined one unpacks as undefined).
+  torch::autograd::SavedVariable mask_;    // for the input's gradient
+  torch::autograd::SavedVariable masked_;  // the convolution's input, for its backward
+  torch::autograd::SavedVariable weight_;
+  torch::autograd::SavedVariable ratio_;
+  torch::autograd::SavedVariable valid_;
+  // epilogue_state(), then stride, padding, dilation (2 each) and groups.
+  std::array<int64_t, 9> state_{};
 };
 
 }  // namespace
@@ -830,9 +825,38 @@ at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked
   TORCH_CHECK(!masked.requires_grad() && !mask.requires_grad(),
               "partial_conv2d: the single-node layer takes the prologue's results, which carry no "
               "gradient");
-  return PartialConvolution::apply(input, masked, mask, weight,
-                                   bias.defined() ? bias : at::empty({0}, input.options()), ratio,
-                                   valid, geometry, groups);
+  at::Tensor raw;
+  {
+    // Below autograd, as a generated node's forward runs: the convolution records nothing.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    raw = at::convolution(masked, weight, std::nullopt, geometry.stride, geometry.padding,
+                          geometry.dilation, /*transposed=*/false, {0, 0}, groups);
+    // The epilogue reads NCHW (CUDA: or channels-last), which a convolution gives unless its
+    // weight's layout says otherwise.
+    if (!raw.is_contiguous() &&
+        !(raw.is_cuda() && raw.is_contiguous(at::MemoryFormat::ChannelsLast))) {
+      raw = raw.contiguous();
+    }
+    renormalize_in_place(raw, bias, ratio, valid);  // an undefined bias has no elements
+  }
+  if (!torch::autograd::compute_requires_grad(input, weight, bias)) return raw;
+  std::shared_ptr<PartialConvolutionBackward> node(new PartialConvolutionBackward(),
+                                                   torch::autograd::deleteNode);
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  // An inference-mode mask cannot be saved, and need not be for a first layer whose input has
+  // no gradient; the masked input is kept as Conv2d's own node keeps its input.
+  const bool convolution_grad = input.requires_grad() || weight.requires_grad();
+  node->mask_ = torch::autograd::SavedVariable(input.requires_grad() ? mask : at::Tensor(), false);
+  node->masked_ = torch::autograd::SavedVariable(convolution_grad ? masked : at::Tensor(), false);
+  node->weight_ = torch::autograd::SavedVariable(weight, false);
+  node->ratio_ = torch::autograd::SavedVariable(ratio, false);
+  node->valid_ = torch::autograd::SavedVariable(valid, false);
+  const auto epilogue = epilogue_state(raw, bias);
+  node->state_ = {epilogue[0],          epilogue[1],          geometry.stride[0],
+                  geometry.stride[1],   geometry.padding[0],  geometry.padding[1],
+                  geometry.dilation[0], geometry.dilation[1], groups};
+  torch::autograd::set_history(raw, node);
+  return raw;
 }
 
 #ifndef PCONV_CUDA_KERNELS
