@@ -12,7 +12,8 @@
 //
 // Without --shape it also times a layer so small that its arithmetic costs next to nothing
 // (16->16 k3 @4, batch 1): what it takes then is the host's cost of a call (dispatch,
-// autograd, allocations, launches), pconv's against Conv2d's. --shape host runs only that.
+// autograd, allocations, launches), pconv's against Conv2d's, also with a one-channel mask (the
+// UNet's layers: ATen's convolution, then the epilogue). --shape host runs only that.
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/nn/partial_conv2d.h>
 
@@ -52,7 +53,8 @@ const std::vector<Shape> kShapes = {
 // The host-bound layer: a handful of multiply-adds per output.
 const Shape kHostShape = {"16->16 k3 s1 @4", 16, 16, 3, 1, 4};
 
-enum class Variant { kConv2d, kPartial, kPartialUnfused, kNvidia };
+// kPartialOneChannel: pconv with a one-channel mask (the host-bound layer only).
+enum class Variant { kConv2d, kPartial, kPartialUnfused, kNvidia, kPartialOneChannel };
 const char* variant_name(Variant variant) {
   switch (variant) {
     case Variant::kConv2d:
@@ -63,6 +65,8 @@ const char* variant_name(Variant variant) {
       return "pconv-unfused";
     case Variant::kNvidia:
       return "nvidia";
+    case Variant::kPartialOneChannel:
+      return "pconv-one-channel-mask";
   }
   return "?";
 }
@@ -114,7 +118,7 @@ std::function<void()> make_layer_step(const Shape& shape, Variant variant, bool 
       pconv::nn::PartialConv2dOptions(shape.in_channels, shape.out_channels, shape.kernel)
           .stride(shape.stride)
           .padding(padding)
-          .multi_channel(true));
+          .multi_channel(variant != Variant::kPartialOneChannel));
   conv->to(g_device, g_dtype);
   pconv->to(g_device, g_dtype);
   if (g_format == at::MemoryFormat::ChannelsLast) {
@@ -131,12 +135,15 @@ std::function<void()> make_layer_step(const Shape& shape, Variant variant, bool 
                          .to(g_dtype)
                          .contiguous(g_format)
                          .requires_grad_(input_grad);
-  // A multi-channel mask with a quarter of holes, stored in full as in the decoder.
-  const auto mask = (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
-                        .to(at::kFloat)
-                        .expand({batch, shape.in_channels, shape.size, shape.size})
-                        .to(g_dtype)
-                        .contiguous(g_format);
+  // A multi-channel mask with a quarter of holes, stored in full as in the decoder (or the
+  // one channel).
+  const auto mask =
+      (at::rand({batch, 1, shape.size, shape.size}, options) > 0.25)
+          .to(at::kFloat)
+          .expand({batch, variant == Variant::kPartialOneChannel ? 1 : shape.in_channels,
+                   shape.size, shape.size})
+          .to(g_dtype)
+          .contiguous(g_format);
 
   return [conv, pconv, input, mask, ones_kernel, variant, backward, input_grad, shape,
           padding]() mutable {
@@ -147,6 +154,7 @@ std::function<void()> make_layer_step(const Shape& shape, Variant variant, bool 
         break;
       case Variant::kPartial:
       case Variant::kPartialUnfused:
+      case Variant::kPartialOneChannel:
         output = std::get<0>(pconv(input, mask));
         break;
       case Variant::kNvidia:
@@ -260,17 +268,22 @@ class RatioReporter : public benchmark::ConsoleReporter {
       const double conv = time(Variant::kConv2d);
       const double partial = time(Variant::kPartial);
       const double unfused = time(Variant::kPartialUnfused);
-      if (std::isnan(conv) || std::isnan(partial) || std::isnan(unfused)) continue;
+      const double one_channel = time(Variant::kPartialOneChannel);
+      if (std::isnan(conv) || std::isnan(partial) || std::isnan(unfused) ||
+          std::isnan(one_channel)) {
+        continue;
+      }
       if (!header) {
         std::printf(
             "\nHost cost of a call (%s, batch 1: the arithmetic is negligible), microseconds:\n\n"
-            "| pass | conv2d | pconv | pconv unfused | pconv - conv2d | pconv / conv2d |\n"
-            "|---|---:|---:|---:|---:|---:|\n",
+            "| pass | conv2d | pconv | pconv unfused | pconv - conv2d | pconv / conv2d | "
+            "pconv one-channel mask | that - conv2d |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|\n",
             kHostShape.name);
         header = true;
       }
-      std::printf("| %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n", pass, conv, partial, unfused,
-                  partial - conv, partial / conv);
+      std::printf("| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.1f | %.1f |\n", pass, conv, partial,
+                  unfused, partial - conv, partial / conv, one_channel, one_channel - conv);
     }
   }
 
@@ -375,8 +388,8 @@ int main(int argc, char** argv) {
       }
     }
     if (only_shape < 0) {
-      for (const Variant variant :
-           {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused}) {
+      for (const Variant variant : {Variant::kConv2d, Variant::kPartial, Variant::kPartialUnfused,
+                                    Variant::kPartialOneChannel}) {
         pconv::bench::register_timed(
             RatioReporter::Name(kHostShape, variant, pass, 1),
             [=](benchmark::State& state) { run_layer(state, kHostShape, variant, backward, 1); });

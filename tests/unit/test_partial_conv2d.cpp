@@ -2,9 +2,11 @@
 // reference, the invariances of the layer, its gradients, reduced precision and mask caching.
 #include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/nn/partial_conv2d.h>
+#include <pconv/train/mixed_precision.h>
 
 #include "fused_kernels.h"
 #include "nn/functional/partial_conv2d_device.h"
+#include "nn/functional/partial_conv2d_kernels.h"
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -641,6 +643,90 @@ TEST_F(PartialConv2dTest, FusedNodeKeepsAutogradsRulesForSavedTensors) {
   loss = forward();
   mask.mul_(1);  // the mask is saved for the input's gradient
   EXPECT_THAT(error_message([&] { loss.backward(); }), HasSubstr("modified by an inplace"));
+}
+
+TEST_F(PartialConv2dTest, FusedEpilogueNodeKeepsAutogradsRules) {
+  // The epilogue's node after ATen's convolution (a one-channel mask), hand-written as the
+  // single node is. Only the bias has a gradient, so that every error below is the node's
+  // own: a backward frees its saved tensors unless retained, a retained one gives the same
+  // gradient again.
+  const FusedKernels fused(true);
+  PartialConv2d conv(PartialConv2dOptions(3, 4, 3).padding(1));
+  conv->weight.requires_grad_(false);
+  const auto input = at::randn({2, 3, 6, 7});
+  const auto mask = (at::rand({2, 1, 6, 7}) > 0.4).to(at::kFloat);
+  auto output = std::get<0>(conv(input, mask));
+  EXPECT_THAT(output.grad_fn()->name(), HasSubstr("Renormalize"));
+  auto loss = output.sum();
+  loss.backward({}, /*retain_graph=*/true);
+  const auto once = conv->bias.grad().clone();
+  EXPECT_GT(once.abs().sum().item<double>(), 0.0);
+  loss.backward();
+  EXPECT_TRUE(at::allclose(conv->bias.grad(), 2 * once));
+  EXPECT_THAT(error_message([&] { loss.backward(); }), HasSubstr("second time"));
+
+  // Called on a tensor autograd treats differently in place (a leaf with a gradient, a view),
+  // the epilogue does what ATen's in-place ops do: refuse the leaf, rebase the view's base.
+  const auto ratio = at::rand({2, 1, 6, 7});
+  const auto valid = (ratio > 0.5).to(at::kFloat);
+  const auto bias = at::randn({4});
+  const auto leaf = at::randn({2, 4, 6, 7}).requires_grad_(true);
+  EXPECT_THAT(
+      error_message([&] { pconv::nn::functional::detail::renormalize(leaf, bias, ratio, valid); }),
+      HasSubstr("leaf Variable that requires grad"));
+  const auto through_view = [&](bool fused_kernels) {
+    const FusedKernels kernels(fused_kernels);
+    const auto x = leaf.detach().requires_grad_(true);
+    const auto base = x * 2;
+    const auto view = base.narrow(0, 1, 1);
+    pconv::nn::functional::detail::renormalize(view, bias, ratio.narrow(0, 1, 1),
+                                               valid.narrow(0, 1, 1));
+    (base * base).sum().backward();
+    return std::pair{base.detach(), x.grad()};
+  };
+  const auto [fused_base, fused_grad] = through_view(true);
+  const auto [plain_base, plain_grad] = through_view(false);
+  EXPECT_TRUE(at::allclose(fused_base, plain_base));
+  EXPECT_TRUE(at::allclose(fused_grad, plain_grad));
+}
+
+// Whether autograd's graph from `node` reaches a node whose name contains `name`.
+bool graph_has(const std::shared_ptr<torch::autograd::Node>& node, const std::string& name) {
+  if (!node) return false;
+  if (node->name().find(name) != std::string::npos) return true;
+  for (const auto& edge : node->next_edges()) {
+    if (graph_has(edge.function, name)) return true;
+  }
+  return false;
+}
+
+TEST_F(PartialConv2dTest, FusedPrologueNodeUnderAutocast) {
+  // Under autocast the layer is not one node: the fused prologue's masked input carries the
+  // input's gradient in its own node (grad x mask), the convolution autocast's.
+  PartialConv2d conv(PartialConv2dOptions(4, 5, 3).padding(1).multi_channel(true));
+  const auto input = at::randn({2, 4, 7, 6});
+  const auto mask = (at::rand({2, 4, 7, 6}) > 0.4).to(at::kFloat);
+  const auto upstream = at::randn({2, 5, 7, 6});
+  const auto run = [&](bool fused) {
+    const FusedKernels kernels(fused);
+    const pconv::train::AutocastScope autocast(c10::kCPU, c10::kBFloat16);
+    conv->zero_grad();
+    const auto x = input.detach().requires_grad_(true);
+    const auto output = std::get<0>(conv(x, mask));
+    EXPECT_EQ(output.scalar_type(), c10::kBFloat16);
+    EXPECT_EQ(graph_has(output.grad_fn(), "MaskInputBackward"), fused);
+    output.backward(upstream.to(output.scalar_type()));
+    return std::vector<at::Tensor>{output.detach().to(at::kFloat), x.grad(), conv->weight.grad()};
+  };
+  const auto fused = run(true);
+  const auto plain = run(false);
+  for (size_t i = 0; i < fused.size(); ++i) {
+    SCOPED_TRACE(i);
+    ASSERT_TRUE(fused[i].defined());
+    EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-2, 1e-2));
+  }
+  // Holes get no gradient.
+  EXPECT_EQ(fused[1].masked_select(mask == 0).abs().max().item<double>(), 0.0);
 }
 
 TEST_F(PartialConv2dTest, ReducedPrecisionStaysFiniteAndClose) {

@@ -8,7 +8,6 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
@@ -17,6 +16,9 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -24,7 +26,6 @@
 namespace pconv::nn::functional::detail {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 #ifdef PCONV_CUDA_KERNELS
@@ -402,24 +403,25 @@ std::pair<at::Tensor, at::Tensor> run_mask_and_count(const at::Tensor& input,
   return {masked, counts};
 }
 
-// masked = input x mask with its gradient grad x mask (the mask carries none), and the counts.
-class MaskInput : public torch::autograd::Function<MaskInput> {
+// The gradient of masked = input x mask (the mask carries none): grad x mask, in ATen ops, so
+// that a second derivative through it is autograd's own. A hand-written node, as the
+// single-node layer's below is (that comment says why).
+class MaskInputBackward final : public torch::autograd::Node {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& mask, int64_t groups) {
-    auto [masked, counts] = run_mask_and_count(input, mask, groups);
-    ctx->save_for_backward({mask});
-    ctx->mark_non_differentiable({counts});
-    // The counts' gradient stays undefined rather than a tensor of zeros made for nothing.
-    ctx->set_materialize_grads(false);
-    return {masked, counts};
+  std::string name() const override { return "pconv::MaskInputBackward"; }
+
+  void release_variables() override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    mask_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const at::Tensor& grad = grad_outputs[0];
-    if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    return {grad * ctx->get_saved_variables()[0], at::Tensor(), at::Tensor()};
+  variable_list apply(variable_list&& grads) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return variable_list(1);
+    return {grads[0] * mask_.unpack()};
   }
+
+  torch::autograd::SavedVariable mask_;
 };
 
 // Where plane (n, c) of the output finds its ratio and valid planes.
@@ -569,27 +571,34 @@ variable_list once_differentiable(variable_list grads) {
       .apply(std::move(grads));
 }
 
-// The epilogue as an autograd function: differentiable in raw and bias.
-class Renormalize : public torch::autograd::Function<Renormalize> {
+// The epilogue's backward, differentiable in raw and bias: a hand-written node, as the
+// single-node layer's below is (that comment says why).
+class RenormalizeBackward final : public torch::autograd::Node {
  public:
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor raw, const at::Tensor& bias,
-                            const at::Tensor& ratio, const at::Tensor& valid) {
-    renormalize_in_place(raw, bias, ratio, valid);
-    ctx->mark_dirty({raw});
-    ctx->save_for_backward({ratio, valid});
-    const auto state = epilogue_state(raw, bias);
-    ctx->saved_data["state"] = std::vector<int64_t>(state.begin(), state.end());
-    return raw;
+  enum Edge : size_t { kRaw = 0, kBias = 1 };
+
+  std::string name() const override { return "pconv::RenormalizeBackward"; }
+
+  void release_variables() override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    ratio_.reset_data();
+    valid_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const auto state = ctx->saved_data["state"].toIntVector();
+  variable_list apply(variable_list&& grads) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const bool raw_grad = task_should_compute_output(kRaw);
+    const bool bias_grad = task_should_compute_output(kBias);
+    if (!grads[0].defined()) return variable_list(2);
     auto [grad_raw, grad_bias] =
-        epilogue_backward(grad_outputs[0], saved[0], saved[1], state, ctx->needs_input_grad(1));
-    return once_differentiable(
-        {std::move(grad_raw), std::move(grad_bias), at::Tensor(), at::Tensor()});
+        epilogue_backward(grads[0], ratio_.unpack(), valid_.unpack(), state_, bias_grad);
+    if (!raw_grad) grad_raw = at::Tensor();
+    return once_differentiable({std::move(grad_raw), std::move(grad_bias)});
   }
+
+  torch::autograd::SavedVariable ratio_;
+  torch::autograd::SavedVariable valid_;
+  std::array<int64_t, 2> state_{};  // epilogue_state()
 };
 
 // The whole layer with its prologue's results as one autograd node: conv(masked, weight) *
@@ -790,11 +799,15 @@ std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const 
               mask.sizes());
   // (A detach is an operator call: only where there is a gradient to cut.)
   const at::Tensor values = mask.requires_grad() ? mask.detach() : mask;
+  auto [masked, counts] = run_mask_and_count(input, values, groups);
   if (differentiable && at::GradMode::is_enabled() && input.requires_grad()) {
-    auto outputs = MaskInput::apply(input, values, groups);
-    return {std::move(outputs[0]), std::move(outputs[1])};
+    // The counts stay outside autograd: they have no gradient.
+    std::shared_ptr<MaskInputBackward> node(new MaskInputBackward(), torch::autograd::deleteNode);
+    node->set_next_edges(torch::autograd::collect_next_edges(input));
+    node->mask_ = torch::autograd::SavedVariable(values, false);
+    torch::autograd::set_history(masked, node);
   }
-  return run_mask_and_count(input, values, groups);
+  return {std::move(masked), std::move(counts)};
 }
 
 bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weight,
@@ -976,19 +989,31 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
                        const at::Tensor& valid) {
   const bool differentiable = at::GradMode::is_enabled() &&
                               (raw.requires_grad() || (bias.defined() && bias.requires_grad()));
-  // A channels-last CPU output has a kernel but no fused backward.
+  // A channels-last CPU output has a kernel but no fused backward; a raw output that is a view,
+  // or a leaf with a gradient, is left to ATen's in-place ops, which know what to do with it.
   if (fused_enabled() &&
       (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid) ||
-       (!differentiable && cpu_channels_last_fusable(raw, bias, ratio, valid)))) {
+       (!differentiable && cpu_channels_last_fusable(raw, bias, ratio, valid))) &&
+      !(differentiable && (raw.is_view() || (raw.is_leaf() && raw.requires_grad())))) {
     if (!differentiable) {
-      // Nothing to differentiate: the kernel alone, without the autograd function's costs.
+      // Nothing to differentiate: the kernel alone, without an autograd node's costs.
       renormalize_in_place(raw, bias, ratio, valid);
       return raw;
     }
-    // A custom autograd Function records every tensor argument's device, which an undefined
-    // tensor has not: no bias travels as an empty one.
-    return Renormalize::apply(raw, bias.defined() ? bias : at::empty({0}, raw.options()), ratio,
-                              valid);
+    // In place under autograd's rules, as ATen's in-place ops are: the node's edges are raw's
+    // history before and the bias, raw's version goes up (a node that saved it sees the
+    // change) and its history becomes the node.
+    std::shared_ptr<RenormalizeBackward> node(new RenormalizeBackward(),
+                                              torch::autograd::deleteNode);
+    node->set_next_edges(torch::autograd::collect_next_edges(raw, bias));
+    node->ratio_ = torch::autograd::SavedVariable(ratio, false);
+    node->valid_ = torch::autograd::SavedVariable(valid, false);
+    node->state_ = epilogue_state(raw, bias);
+    renormalize_in_place(raw, bias, ratio, valid);  // an undefined bias has no elements
+    torch::autograd::impl::bump_version(raw);
+    node->add_input_metadata(raw);
+    torch::autograd::impl::rebase_history(raw, {std::move(node), 0});
+    return raw;
   }
 
   // The reference path (what the fused kernels do not cover): in-place ATen ops.
