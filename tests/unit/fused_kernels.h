@@ -1,11 +1,13 @@
 // Switches the partial convolution's fused kernels on or off for a scope; lists the operators a
-// step calls, to tell which path ran.
+// step calls and looks for autograd nodes, to tell which path ran.
 #pragma once
 
 #include <pconv/nn/functional/partial_conv2d.h>
 
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include <memory>
 #include <set>
 #include <string>
 
@@ -25,6 +27,16 @@ std::multiset<std::string> operators_called(Step&& step) {
   std::multiset<std::string> names;
   for (const auto& event : result->events()) names.insert(event.name());
   return names;
+}
+
+/// Whether autograd's graph from `node` reaches a node whose name contains `name`.
+inline bool graph_has(const std::shared_ptr<torch::autograd::Node>& node, const std::string& name) {
+  if (!node) return false;
+  if (node->name().find(name) != std::string::npos) return true;
+  for (const auto& edge : node->next_edges()) {
+    if (graph_has(edge.function, name)) return true;
+  }
+  return false;
 }
 
 class FusedKernels {

@@ -246,6 +246,45 @@ TEST_F(PConvUNetTest, HolesFillAndGradientsFlow) {
   EXPECT_GT(net->encoder[0]->weight.grad().abs().sum().item<double>(), 0.0);
 }
 
+TEST_F(PConvUNetTest, TrainingGradientsEqualTheReferencePath) {
+  // In training each layer's convolution and epilogue are one autograd node where the fused
+  // kernels apply; its output and every parameter's gradient must be the ATen path's. NCHW,
+  // and channels-last (on the CPU the reference path then, the layout kept).
+  const at::Tensor image = at::rand({2, 3, 32, 32}, at::kDouble);
+  const at::Tensor mask = holes_at_every_level(2, 32).to(at::kDouble);
+  for (const bool channels_last : {false, true}) {
+    SCOPED_TRACE(channels_last ? "channels-last" : "NCHW");
+    const auto run = [&](bool fused) {
+      const pconv::testing::FusedKernels kernels(fused);
+      torch::manual_seed(5);
+      PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
+      net->to(at::kDouble);
+      at::Tensor input = image;
+      if (channels_last) {
+        pconv::nn::to_channels_last(*net);
+        input = image.contiguous(at::MemoryFormat::ChannelsLast);
+      }
+      const auto output = std::get<0>(net(input, mask));
+      EXPECT_EQ(pconv::testing::graph_has(output.grad_fn(), "PartialConvolution"),
+                fused && !channels_last);
+      EXPECT_EQ(output.is_contiguous(at::MemoryFormat::ChannelsLast), channels_last);
+      (output * output).mean().backward();
+      std::vector<at::Tensor> results{output.detach()};
+      for (const auto& parameter : net->parameters()) results.push_back(parameter.grad());
+      return results;
+    };
+    const auto fused = run(true);
+    const auto plain = run(false);
+    ASSERT_EQ(fused.size(), plain.size());
+    for (size_t i = 0; i < fused.size(); ++i) {
+      SCOPED_TRACE(i);
+      ASSERT_TRUE(fused[i].defined());
+      EXPECT_TRUE(at::allclose(fused[i], plain[i], 1e-9, 1e-12))
+          << (fused[i] - plain[i]).abs().max();
+    }
+  }
+}
+
 TEST_F(PConvUNetTest, FreezingEncoderBatchNormFreezesIt) {
   PConvUNet net(PConvUNetOptions().depth(3).base_width(4).max_width(8));
   net->train();

@@ -67,21 +67,7 @@ torch::Tensor convolve(const torch::Tensor& masked_input, const torch::Tensor& w
   check_weight(masked_input, weight, bias, options);
   torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(), *options.padding(),
                                     *options.dilation(), options.groups());
-  const int64_t groups = terms.ratio.defined() ? terms.ratio.size(1) : 0;
-  const int64_t term_batch = terms.ratio.defined() ? terms.ratio.size(0) : 0;
-  TORCH_CHECK(terms.ratio.defined() && terms.valid.defined() && terms.ratio.dim() == 4 &&
-                  terms.valid.sizes() == terms.ratio.sizes() &&
-                  (groups == 1 || groups == options.groups()) &&
-                  terms.ratio.size(2) == output.size(2) && terms.ratio.size(3) == output.size(3) &&
-                  (term_batch == 1 || term_batch == output.size(0)),
-              "partial_conv2d: mask terms ",
-              terms.ratio.defined() ? terms.ratio.sizes() : c10::IntArrayRef{},
-              " do not fit output ", output.sizes(), " with groups=", options.groups());
-  TORCH_CHECK(terms.ratio.device() == output.device() && terms.valid.device() == output.device() &&
-                  (!bias.defined() || bias.device() == output.device()),
-              "partial_conv2d: mask terms on ", terms.ratio.device(), " and bias on ",
-              bias.defined() ? bias.device() : output.device(), " but the input is on ",
-              output.device());
+  detail::check_terms_fit(output, bias, terms.ratio, terms.valid, options.groups());
   return output;
 }
 
@@ -183,7 +169,17 @@ torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
                                           const PartialConv2dMaskTerms& terms,
                                           const PartialConv2dFuncOptions& options) {
   // y = conv(x * m) * ratio + bias * valid, in place. The ratio is 0 where no input was valid,
-  // so those outputs are exactly 0.
+  // so those outputs are exactly 0. With a gradient to compute, the convolution and the
+  // epilogue are one autograd node where they can be (the UNet's layers in training).
+  check_input(masked_input);
+  check_weight(masked_input, weight, bias, options);
+  if (detail::partial_convolution_usable(masked_input, weight, bias) &&
+      detail::epilogue_terms_fusable(masked_input, weight, terms.ratio, terms.valid)) {
+    const torch::ExpandingArray<2> kernel({weight.size(2), weight.size(3)});
+    return detail::partial_convolution(masked_input, masked_input, torch::Tensor(), weight, bias,
+                                       terms.ratio, terms.valid,
+                                       detail::window_geometry(kernel, options), options.groups());
+  }
   return detail::renormalize(convolve(masked_input, weight, bias, terms, options), bias,
                              terms.ratio, terms.valid);
 }

@@ -51,14 +51,21 @@ bool cpu_bias_fusable(const at::Tensor& bias, at::ScalarType dtype) {
   return !bias.defined() || (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous());
 }
 
+// The terms as the epilogue reads them for an output of this type and device: contiguous, on
+// the output's device, in its type on the CPU and in term_dtype() on CUDA.
+bool terms_fusable(at::ScalarType dtype, const c10::Device& device, const at::Tensor& ratio,
+                   const at::Tensor& valid) {
+  const auto terms = device.is_cuda() ? term_dtype(dtype) : dtype;
+  return ratio.device() == device && valid.device() == device && ratio.scalar_type() == terms &&
+         valid.scalar_type() == terms && ratio.is_contiguous() && valid.is_contiguous();
+}
+
 // CPU: float or double, contiguous NCHW, everything in the output's dtype; a bias or none.
 bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                  const at::Tensor& valid) {
   const auto dtype = raw.scalar_type();
-  return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() &&
-         (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
-         ratio.scalar_type() == dtype && valid.scalar_type() == dtype && ratio.is_contiguous() &&
-         valid.is_contiguous() && cpu_bias_fusable(bias, dtype);
+  return raw.is_cpu() && (dtype == at::kFloat || dtype == at::kDouble) && raw.is_contiguous() &&
+         terms_fusable(dtype, raw.device(), ratio, valid) && cpu_bias_fusable(bias, dtype);
 }
 
 // The same where the output is channels-last (and not also NCHW-contiguous): the CPU's kernel for
@@ -66,25 +73,21 @@ bool cpu_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor
 bool cpu_channels_last_fusable(const at::Tensor& raw, const at::Tensor& bias,
                                const at::Tensor& ratio, const at::Tensor& valid) {
   const auto dtype = raw.scalar_type();
-  return raw.is_cpu() && ratio.is_cpu() && valid.is_cpu() &&
-         (dtype == at::kFloat || dtype == at::kDouble) && !raw.is_contiguous() &&
-         raw.is_contiguous(at::MemoryFormat::ChannelsLast) && ratio.scalar_type() == dtype &&
-         valid.scalar_type() == dtype && ratio.is_contiguous() && valid.is_contiguous() &&
-         cpu_bias_fusable(bias, dtype);
+  return raw.is_cpu() && (dtype == at::kFloat || dtype == at::kDouble) && !raw.is_contiguous() &&
+         raw.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+         terms_fusable(dtype, raw.device(), ratio, valid) && cpu_bias_fusable(bias, dtype);
 }
 
 // CUDA: any floating output in NCHW or channels-last, terms in term_dtype, any bias or none.
 bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                   const at::Tensor& valid) {
   const auto dtype = raw.scalar_type();
-  const auto terms = term_dtype(dtype);
   return kCudaKernels && raw.is_cuda() &&
          (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
           dtype == at::kBFloat16) &&
          (raw.is_contiguous() || raw.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
-         ratio.device() == raw.device() && valid.device() == raw.device() &&
-         ratio.scalar_type() == terms && valid.scalar_type() == terms && ratio.is_contiguous() &&
-         valid.is_contiguous() && (!bias.defined() || bias.device() == raw.device());
+         terms_fusable(dtype, raw.device(), ratio, valid) &&
+         (!bias.defined() || bias.device() == raw.device());
 }
 
 // The inner loops, compiled for AVX-512, AVX2 + FMA and the x86-64 baseline; the loader picks
@@ -642,7 +645,10 @@ class PartialConvolutionBackward final : public torch::autograd::Node {
           grad_raw, masked_.unpack(), weight_.unpack(), std::nullopt, values.slice(2, 2),
           values.slice(4, 2), values.slice(6, 2), /*transposed=*/false, {0, 0}, values[8],
           {input_grad, weight_grad, false});
-      if (input_grad) grad_input = std::get<0>(gradients).mul_(mask_.unpack());
+      grad_input = std::move(std::get<0>(gradients));
+      // (No mask: the input is the masked input, whose own node has the mask's part.)
+      if (const at::Tensor mask = mask_.unpack(); input_grad && mask.defined())
+        grad_input.mul_(mask);
       grad_weight = std::move(std::get<1>(gradients));
     }
     return once_differentiable(
@@ -650,7 +656,7 @@ class PartialConvolutionBackward final : public torch::autograd::Node {
   }
 
   // Only what the backward will read (an undefined one unpacks as undefined).
-  torch::autograd::SavedVariable mask_;    // for the input's gradient
+  torch::autograd::SavedVariable mask_;    // for the input's gradient, where there is a mask
   torch::autograd::SavedVariable masked_;  // the convolution's input, for its backward
   torch::autograd::SavedVariable weight_;
   torch::autograd::SavedVariable ratio_;
@@ -829,15 +835,43 @@ bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weigh
          (!bias.defined() || bias.device() == input.device());
 }
 
+void check_terms_fit(const at::Tensor& output, const at::Tensor& bias, const at::Tensor& ratio,
+                     const at::Tensor& valid, int64_t groups) {
+  const bool four_dims = ratio.defined() && ratio.dim() == 4;
+  const int64_t term_groups = four_dims ? ratio.size(1) : 0;
+  const int64_t term_batch = four_dims ? ratio.size(0) : 0;
+  TORCH_CHECK(four_dims && valid.defined() && valid.sizes() == ratio.sizes() &&
+                  (term_groups == 1 || term_groups == groups) && ratio.size(2) == output.size(2) &&
+                  ratio.size(3) == output.size(3) &&
+                  (term_batch == 1 || term_batch == output.size(0)),
+              "partial_conv2d: mask terms ", ratio.defined() ? ratio.sizes() : c10::IntArrayRef{},
+              " do not fit output ", output.sizes(), " with groups=", groups);
+  TORCH_CHECK(ratio.device() == output.device() && valid.device() == output.device() &&
+                  (!bias.defined() || bias.device() == output.device()),
+              "partial_conv2d: mask terms on ", ratio.device(), " and bias on ",
+              bias.defined() ? bias.device() : output.device(), " but the input is on ",
+              output.device());
+}
+
+bool epilogue_terms_fusable(const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& ratio, const at::Tensor& valid) {
+  // On the CPU the convolution's output is NCHW only for an NCHW input and weight; the single
+  // node would make any other contiguous, changing the layout the caller chose.
+  return ratio.defined() && valid.defined() &&
+         terms_fusable(input.scalar_type(), input.device(), ratio, valid) &&
+         (input.is_cuda() || (input.is_contiguous() && weight.is_contiguous()));
+}
+
 at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked,
                                const at::Tensor& mask, const at::Tensor& weight,
                                const at::Tensor& bias, const at::Tensor& ratio,
                                const at::Tensor& valid, const WindowGeometry& geometry,
                                int64_t groups) {
   // The caller has asked partial_convolution_usable(); what it cannot see is checked here.
-  TORCH_CHECK(!masked.requires_grad() && !mask.requires_grad(),
-              "partial_conv2d: the single-node layer takes the prologue's results, which carry no "
-              "gradient");
+  TORCH_CHECK(
+      mask.defined() ? !masked.requires_grad() && !mask.requires_grad() : masked.is_same(input),
+      "partial_conv2d: the single-node layer takes the prologue's results, which carry no "
+      "gradient, or the masked input alone");
   at::Tensor raw;
   {
     // Below autograd, as a generated node's forward runs: the convolution records nothing.
@@ -850,6 +884,7 @@ at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked
         !(raw.is_cuda() && raw.is_contiguous(at::MemoryFormat::ChannelsLast))) {
       raw = raw.contiguous();
     }
+    check_terms_fit(raw, bias, ratio, valid, groups);
     renormalize_in_place(raw, bias, ratio, valid);  // an undefined bias has no elements
   }
   if (!torch::autograd::compute_requires_grad(input, weight, bias)) return raw;

@@ -115,10 +115,22 @@ std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const 
 bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weight,
                                 const at::Tensor& bias);
 
+/// Whether partial_convolution() takes these mask terms for a convolution of `input` by
+/// `weight` (the terms' type, device and layout; their shape it checks itself).
+bool epilogue_terms_fusable(const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& ratio, const at::Tensor& valid);
+
+/// Checks that mask terms ratio/valid fit a convolution's output (N or 1, 1 or `groups`,
+/// H', W') on its device, with the bias there too; a one-line error if not.
+void check_terms_fit(const at::Tensor& output, const at::Tensor& bias, const at::Tensor& ratio,
+                     const at::Tensor& valid, int64_t groups);
+
 /// The layer from its prologue's results as one autograd node: conv(masked, weight) * ratio +
 /// bias * valid, masked = input x mask from mask_and_count(..., differentiable=false);
 /// differentiable in input, weight and bias (the input's gradient is the convolution's
-/// times the mask). Only for layers partial_convolution_usable() accepts: the caller asks.
+/// times the mask). With no mask, `masked` is `input` itself, an input whose holes are zeroed
+/// already (and whose gradient's mask is its own node's). Only for layers
+/// partial_convolution_usable() and epilogue_terms_fusable() accept: the caller asks.
 at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked,
                                const at::Tensor& mask, const at::Tensor& weight,
                                const at::Tensor& bias, const at::Tensor& ratio,
