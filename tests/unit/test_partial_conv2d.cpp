@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/forward_grad.h>
 #include <torch/cuda.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/serialize.h>
@@ -570,10 +571,10 @@ TEST_F(PartialConv2dTest, FusedLayerWithPartOfItsGradients) {
 TEST_F(PartialConv2dTest, FusedBackwardRefusesToBeDifferentiatedAgain) {
   // The fused kernels' backward is invisible to autograd: a second derivative through it
   // (create_graph) must be an error, not a silently wrong number; the ATen path gives one.
-  // A multi-channel mask of the input's shape takes the single-node layer, a one-channel mask
-  // the epilogue's own node.
+  // A multi-channel mask of the input's shape takes the prologue kernel, a one-channel mask
+  // ATen's input x mask, both then the single node (the epilogue's own node is tested below).
   for (const bool multi_channel : {true, false}) {
-    SCOPED_TRACE(multi_channel ? "single node" : "epilogue node");
+    SCOPED_TRACE(multi_channel ? "prologue kernel" : "masked input");
     PartialConv2d conv(PartialConv2dOptions(4, 4, 3).padding(1).multi_channel(multi_channel));
     conv->to(at::kDouble);
     const auto input = at::randn({1, 4, 6, 6}, at::kDouble).requires_grad_(true);
@@ -624,14 +625,9 @@ TEST_F(PartialConv2dTest, FusedNodeKeepsAutogradsRulesForSavedTensors) {
   }
   EXPECT_THAT(error_message([&] { loss.backward(); }), HasSubstr("second time"));
 
-  // Only some of the gradients asked for: none is accumulated.
-  conv->zero_grad();
-  input.mutable_grad().reset();
+  // Only the weight's gradient asked for (the node's edges in their order).
   const auto weight_only = torch::autograd::grad({forward()}, {conv->weight});
   EXPECT_TRUE(at::allclose(weight_only[0], once[1], 1e-5, 1e-6));
-  EXPECT_FALSE(conv->weight.grad().defined());
-  EXPECT_FALSE(conv->bias.grad().defined());
-  EXPECT_FALSE(input.grad().defined());
 
   loss = forward();
   {
@@ -664,6 +660,43 @@ TEST_F(PartialConv2dTest, FusedEpilogueNodeKeepsAutogradsRules) {
   loss.backward();
   EXPECT_TRUE(at::allclose(with_gradient.grad(), 2 * once));
   EXPECT_THAT(error_message([&] { loss.backward(); }), HasSubstr("second time"));
+
+  // With the convolution's input and weight differentiable too: its output's version goes
+  // up, the gradients are the ATen path's, and a second derivative is refused.
+  const auto x0 = at::randn({2, 3, 6, 7}, at::kDouble);
+  const auto w0 = at::randn({4, 3, 3, 3}, at::kDouble);
+  const auto gradients = [&](bool fused_kernels, bool twice) {
+    const FusedKernels kernels(fused_kernels);
+    const auto x = x0.detach().requires_grad_(true);
+    const auto w = w0.detach().requires_grad_(true);
+    const auto b = bias.to(at::kDouble).requires_grad_(true);
+    const auto conv_out = at::conv2d(x, w, {}, 1, 1);
+    const auto version = conv_out._version();
+    const auto out = pconv::nn::functional::detail::renormalize(conv_out, b, ratio.to(at::kDouble),
+                                                                valid.to(at::kDouble));
+    EXPECT_GT(out._version(), version);
+    EXPECT_EQ(out.grad_fn()->name().find("Renormalize") != std::string::npos, fused_kernels);
+    auto grads = torch::autograd::grad({out.pow(2).sum()}, {x, w, b}, {}, std::nullopt,
+                                       /*create_graph=*/twice);
+    if (twice) grads[0].sum().backward();
+    return grads;
+  };
+  const auto fused_grads = gradients(true, false);
+  const auto plain_grads = gradients(false, false);
+  for (size_t i = 0; i < fused_grads.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_TRUE(at::allclose(fused_grads[i], plain_grads[i]));
+  }
+  EXPECT_THAT(error_message([&] { gradients(true, true); }),
+              HasSubstr("cannot be differentiated again"));
+  // A tensor whose node saved it as its output, renormalised in place: its backward refuses.
+  const auto leaf_input = at::randn({2, 4, 6, 7}).requires_grad_(true);
+  const auto saved_output = leaf_input.exp();
+  const auto renormalized =
+      pconv::nn::functional::detail::renormalize(saved_output, bias, ratio, valid);
+  EXPECT_THAT(renormalized.grad_fn()->name(), HasSubstr("Renormalize"));
+  EXPECT_THAT(error_message([&] { renormalized.sum().backward(); }),
+              HasSubstr("modified by an inplace"));
 
   // Called on a tensor autograd treats differently in place (a leaf with a gradient, a view),
   // the epilogue does what ATen's in-place ops do: refuse the leaf, rebase the view's base.
@@ -714,6 +747,44 @@ TEST_F(PartialConv2dTest, FusedPrologueNodeUnderAutocast) {
   }
   // Holes get no gradient.
   EXPECT_EQ(fused[1].masked_select(mask == 0).abs().max().item<double>(), 0.0);
+}
+
+TEST_F(PartialConv2dTest, ForwardModeTangentsTakeTheAtenPath) {
+  // The fused kernels propagate no forward-mode AD tangent: a layer whose input or weight
+  // carries one takes ATen's path, so that its output's tangent is the directional derivative
+  // (checked by central differences in float64), with the fused kernels on as off.
+  const uint64_t level = torch::autograd::ForwardADLevel::get_next_idx();
+  for (const bool multi_channel : {true, false}) {
+    SCOPED_TRACE(multi_channel ? "multi-channel mask" : "one-channel mask");
+    PartialConv2d conv(PartialConv2dOptions(3, 4, 3).padding(1).multi_channel(multi_channel));
+    conv->to(at::kDouble);
+    const auto input = at::randn({2, 3, 6, 5}, at::kDouble);
+    const auto tangent = at::randn_like(input);
+    const auto mask = (at::rand({2, multi_channel ? 3 : 1, 6, 5}) > 0.4).to(at::kDouble);
+    const double step = 1e-6;
+    const at::NoGradGuard no_grad;
+    const auto expected = (std::get<0>(conv(input + step * tangent, mask)) -
+                           std::get<0>(conv(input - step * tangent, mask))) /
+                          (2 * step);
+    for (const bool fused : {true, false}) {
+      SCOPED_TRACE(fused ? "fused" : "ATen");
+      const FusedKernels kernels(fused);
+      const auto dual = at::_make_dual(input, tangent, static_cast<int64_t>(level));
+      const auto output_tangent =
+          std::get<1>(at::_unpack_dual(std::get<0>(conv(dual, mask)), level));
+      ASSERT_TRUE(output_tangent.defined());
+      EXPECT_TRUE(at::allclose(output_tangent, expected, 1e-6, 1e-8))
+          << (output_tangent - expected).abs().max();
+    }
+    // With autograd on as well, the same tangent.
+    const at::AutoGradMode grad(true);
+    const FusedKernels kernels(true);
+    const auto dual = at::_make_dual(input, tangent, static_cast<int64_t>(level));
+    const auto output_tangent = std::get<1>(at::_unpack_dual(std::get<0>(conv(dual, mask)), level));
+    ASSERT_TRUE(output_tangent.defined());
+    EXPECT_TRUE(at::allclose(output_tangent, expected, 1e-6, 1e-8));
+  }
+  torch::autograd::ForwardADLevel::release_idx(level);
 }
 
 TEST_F(PartialConv2dTest, ReducedPrecisionStaysFiniteAndClose) {

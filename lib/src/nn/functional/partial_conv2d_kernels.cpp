@@ -47,6 +47,13 @@ int64_t grain_for(int64_t work_per_row) {
 }
 
 // A bias the CPU kernels read as it is: none, or a contiguous CPU vector of the output's dtype.
+// Whether a tensor carries a forward-mode AD tangent (level 0, the one level forward AD has).
+// The fused kernels write through data pointers and their nodes are reverse-mode only, so such
+// calls take ATen's path, which propagates tangents.
+bool has_tangent(const at::Tensor& tensor) {
+  return tensor.defined() && tensor._fw_grad(/*level=*/0).defined();
+}
+
 bool cpu_bias_fusable(const at::Tensor& bias, at::ScalarType dtype) {
   return !bias.defined() || (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous());
 }
@@ -785,7 +792,7 @@ WindowTerms window_terms(const ValidCounts& counts, double window, const WindowG
 bool mask_and_count_fusable(const at::Tensor& input, const at::Tensor& mask) {
   if (!fused_enabled() || !input.defined() || !mask.defined() || input.dim() != 4 ||
       mask.sizes() != input.sizes() || mask.scalar_type() != input.scalar_type() ||
-      mask.device() != input.device()) {
+      mask.device() != input.device() || has_tangent(input)) {
     return false;
   }
   const auto dtype = input.scalar_type();
@@ -822,12 +829,16 @@ bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weigh
       input.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad());
   if (!fused_enabled() || !at::GradMode::is_enabled() || !needs_gradient ||
       at::autocast::is_autocast_enabled(input.device().type()) ||
-      weight.scalar_type() != input.scalar_type() || weight.device() != input.device()) {
+      weight.scalar_type() != input.scalar_type() || weight.device() != input.device() ||
+      has_tangent(input) || has_tangent(weight) || has_tangent(bias)) {
     return false;
   }
   const auto dtype = input.scalar_type();
   if (input.is_cpu()) {
-    return (dtype == at::kFloat || dtype == at::kDouble) && cpu_bias_fusable(bias, dtype);
+    // An NCHW output (a channels-last weight makes the CPU's convolution channels-last, which
+    // the node would turn back into NCHW; the layer's ATen path keeps it).
+    return (dtype == at::kFloat || dtype == at::kDouble) && weight.is_contiguous() &&
+           cpu_bias_fusable(bias, dtype);
   }
   return kCudaKernels && input.is_cuda() &&
          (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
@@ -947,7 +958,7 @@ at::Tensor concat_upsampled(const at::Tensor& features, const at::Tensor& skip) 
       features.device() != skip.device() || features.scalar_type() != skip.scalar_type() ||
       features.size(0) != skip.size(0) || features.size(2) * 2 != skip.size(2) ||
       features.size(3) * 2 != skip.size(3) || (features.is_cuda() && !kCudaKernels) ||
-      !(features.is_cpu() || features.is_cuda())) {
+      !(features.is_cpu() || features.is_cuda()) || has_tangent(features) || has_tangent(skip)) {
     return {};
   }
   // NCHW where both tensors are (also where channels-last holds too), else channels-last.
@@ -1029,7 +1040,8 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
   if (fused_enabled() &&
       (cpu_fusable(raw, bias, ratio, valid) || cuda_fusable(raw, bias, ratio, valid) ||
        (!differentiable && cpu_channels_last_fusable(raw, bias, ratio, valid))) &&
-      !(differentiable && (raw.is_view() || (raw.is_leaf() && raw.requires_grad())))) {
+      !(differentiable && (raw.is_view() || (raw.is_leaf() && raw.requires_grad()))) &&
+      !has_tangent(raw) && !has_tangent(bias)) {
     if (!differentiable) {
       // Nothing to differentiate: the kernel alone, without an autograd node's costs.
       renormalize_in_place(raw, bias, ratio, valid);
@@ -1044,7 +1056,11 @@ at::Tensor renormalize(const at::Tensor& raw, const at::Tensor& bias, const at::
     node->ratio_ = torch::autograd::SavedVariable(ratio, false);
     node->valid_ = torch::autograd::SavedVariable(valid, false);
     node->state_ = epilogue_state(raw, bias);
-    renormalize_in_place(raw, bias, ratio, valid);  // an undefined bias has no elements
+    {
+      // (A bias converted for the CUDA kernel records no node of its own.)
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      renormalize_in_place(raw, bias, ratio, valid);  // an undefined bias has no elements
+    }
     torch::autograd::impl::bump_version(raw);
     node->add_input_metadata(raw);
     torch::autograd::impl::rebase_history(raw, {std::move(node), 0});
@@ -1086,6 +1102,7 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
                   raw.device());
     }
   }
+  const bool fused = fused_enabled() && !has_tangent(raw) && !has_tangent(bias);
   const auto bn_fusable = [&](at::ScalarType dtype, bool cpu) {
     return std::all_of(bn.begin(), bn.end(), [&](const at::Tensor* vector) {
       return !has_bn || (vector->scalar_type() == dtype && vector->is_contiguous() &&
@@ -1093,8 +1110,7 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
     });
   };
 
-  if (fused_enabled() && cpu_fusable(raw, bias, ratio, valid) &&
-      bn_fusable(raw.scalar_type(), true)) {
+  if (fused && cpu_fusable(raw, bias, ratio, valid) && bn_fusable(raw.scalar_type(), true)) {
     const PlaneIndex index = plane_index(raw, ratio);
     const int64_t planes = raw.size(0) * index.channels;
     AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "pconv_renormalize_inference", [&] {
@@ -1117,13 +1133,13 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
     });
     return raw;
   }
-  if (fused_enabled() && cpu_channels_last_fusable(raw, bias, ratio, valid) &&
+  if (fused && cpu_channels_last_fusable(raw, bias, ratio, valid) &&
       bn_fusable(raw.scalar_type(), true)) {
     renormalize_channels_last_cpu(raw, bias, ratio, valid, &post);
     return raw;
   }
 
-  if (fused_enabled() && cuda_fusable(raw, bias, ratio, valid)) {
+  if (fused && cuda_fusable(raw, bias, ratio, valid)) {
     // The bias and the BatchNorm vectors in one dtype the kernel reads: the output's or the
     // terms' (a model cast to bf16 has all of them in bf16: nothing to convert).
     const auto term = ratio.scalar_type();

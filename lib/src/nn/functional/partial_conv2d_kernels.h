@@ -109,9 +109,9 @@ std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const 
                                                  int64_t groups, bool differentiable = true);
 
 /// Whether partial_convolution() takes a layer with this input, weight and bias: fused kernels
-/// on, a gradient to compute, no autocast on the input's device, a weight of the input's type
-/// and device, and a bias the epilogue reads as it is (CPU: float or double, the input's type;
-/// CUDA: any floating type).
+/// on, a gradient to compute, no autocast on the input's device, no forward-mode tangent, a
+/// weight of the input's type and device (CPU: NCHW), and a bias the epilogue reads as it is
+/// (CPU: float or double, the input's type; CUDA: any floating type).
 bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weight,
                                 const at::Tensor& bias);
 
