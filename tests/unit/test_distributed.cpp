@@ -133,9 +133,9 @@ TEST(Distributed, JoiningASilentMasterEndsAtTheTimeoutOrAStopRequest) {
   options.timeout = std::chrono::seconds(1);
   const auto start = std::chrono::steady_clock::now();
   EXPECT_THAT([&] { ProcessGroup group(options); },
-              ::testing::ThrowsMessage<pconv::Error>(
-                  ::testing::HasSubstr("rank 1 of 2: cannot join the process group at 127.0.0.1:" +
-                                       std::to_string(master.port()) + ": no answer within 1 s")));
+              ::testing::ThrowsMessage<pconv::Error>(::testing::HasSubstr(
+                  "rank 1 of 2: cannot join the process group at 127.0.0.1:" +
+                  std::to_string(master.port()) + ": no answer within 1 s")));
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 
   options.timeout = std::chrono::minutes(10);

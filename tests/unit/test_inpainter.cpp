@@ -24,13 +24,13 @@ using pconv::infer::Strategy;
 
 pconv::nn::PConvUNet small_model() {
   torch::manual_seed(5);
-  return pconv::nn::PConvUNet(pconv::nn::PConvUNetOptions().depth(3).base_width(4).max_width(8));
+  return pconv::nn::PConvUNet(
+      pconv::nn::PConvUNetOptions().depth(3).base_width(4).max_width(8));
 }
 
 at::Tensor holes_of(int64_t height, int64_t width, const std::vector<Box>& boxes) {
   auto holes = at::zeros({height, width}, at::kBool);
-  for (const auto& b : boxes)
-    holes.narrow(0, b.top, b.height()).narrow(1, b.left, b.width()).fill_(true);
+  for (const auto& b : boxes) holes.narrow(0, b.top, b.height()).narrow(1, b.left, b.width()).fill_(true);
   return holes;
 }
 
@@ -74,8 +74,8 @@ TEST(Inpainter, FullPadsOddSizesAndKeepsKnownPixelsBitExact) {
   EXPECT_FALSE(at::equal(result.pixels, image));
   EXPECT_GE(result.pixels.min().item<float>(), 0.0F);
   EXPECT_LE(result.pixels.max().item<float>(), 1.0F);
-  const auto raw =
-      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull).composite(false));
+  const auto raw = inpainter.inpaint(image, holes,
+                                     InpaintOptions().strategy(Strategy::kFull).composite(false));
   EXPECT_FALSE(at::equal(raw.pixels.masked_select(known), image.masked_select(known)));
   // Where the composite took the network's pixels, they are the raw output's.
   EXPECT_TRUE(at::equal(result.pixels.masked_select(known.logical_not()),
@@ -95,8 +95,8 @@ TEST(Inpainter, FullIsTheNetworkOnThePaddedImage) {
     c10::InferenceMode guard;
     const std::vector<int64_t> pad{0, (multiple - width % multiple) % multiple, 0,
                                    (multiple - height % multiple) % multiple};
-    const auto valid =
-        at::constant_pad_nd(holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0), pad, 0);
+    const auto valid = at::constant_pad_nd(
+        holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0), pad, 0);
     const auto padded = at::constant_pad_nd(image.unsqueeze(0), pad, 0);
     const auto expected = std::get<0>(model->forward(padded * valid, valid))
                               .narrow(2, 0, height)
@@ -111,8 +111,8 @@ TEST(Inpainter, CropWithWholeImageContextEqualsFull) {
   const auto image = at::rand({3, 40, 48});
   const auto holes = holes_of(40, 48, {{10, 10, 16, 20}});
   const auto full = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
-  const auto crop =
-      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kCrop).crop_margin(100));
+  const auto crop = inpainter.inpaint(
+      image, holes, InpaintOptions().strategy(Strategy::kCrop).crop_margin(100));
   EXPECT_EQ(crop.strategy, Strategy::kCrop);
   EXPECT_EQ(crop.passes, 1);
   EXPECT_TRUE(at::allclose(crop.pixels, full.pixels, 1e-6, 1e-6));
@@ -136,11 +136,11 @@ TEST(Inpainter, ResizeAtFullSizeEqualsFullAndSmallerStillComposites) {
   const auto image = at::rand({3, 48, 64});
   const auto holes = holes_of(48, 64, {{10, 10, 30, 40}});
   const auto full = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
-  const auto same =
-      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64));
+  const auto same = inpainter.inpaint(
+      image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64));
   EXPECT_TRUE(at::allclose(same.pixels, full.pixels, 1e-5, 1e-5));
-  const auto small =
-      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(24));
+  const auto small = inpainter.inpaint(
+      image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(24));
   EXPECT_EQ(small.strategy, Strategy::kResize);
   ASSERT_EQ(small.pixels.sizes(), image.sizes());
   const auto known = holes.logical_not().unsqueeze(0).expand_as(image);

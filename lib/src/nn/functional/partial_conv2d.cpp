@@ -59,12 +59,11 @@ void check_weight(const torch::Tensor& input, const torch::Tensor& weight,
               "partial_conv2d: bias must be (", weight.size(0), "); got ", bias.sizes());
 }
 
-// conv(masked_input, weight) with the terms checked against its output.
+// conv(masked_input, weight) with the terms checked against its output (input and weight
+// checked by the caller).
 torch::Tensor convolve(const torch::Tensor& masked_input, const torch::Tensor& weight,
                        const torch::Tensor& bias, const PartialConv2dMaskTerms& terms,
                        const PartialConv2dFuncOptions& options) {
-  check_input(masked_input);
-  check_weight(masked_input, weight, bias, options);
   torch::Tensor output = at::conv2d(masked_input, weight, {}, *options.stride(), *options.padding(),
                                     *options.dilation(), options.groups());
   detail::check_terms_fit(output, bias, terms.ratio, terms.valid, options.groups());
@@ -174,7 +173,7 @@ torch::Tensor partial_conv2d_masked_input(const torch::Tensor& masked_input,
   check_input(masked_input);
   check_weight(masked_input, weight, bias, options);
   if (detail::partial_convolution_usable(masked_input, weight, bias) &&
-      detail::epilogue_terms_fusable(masked_input, weight, terms.ratio, terms.valid)) {
+      detail::epilogue_terms_fusable(masked_input, terms.ratio, terms.valid)) {
     const torch::ExpandingArray<2> kernel({weight.size(2), weight.size(3)});
     return detail::partial_convolution(masked_input, masked_input, torch::Tensor(), weight, bias,
                                        terms.ratio, terms.valid,
@@ -192,6 +191,8 @@ torch::Tensor partial_conv2d_masked_input_for_inference(const torch::Tensor& mas
                                                         const PartialConv2dMaskTerms& terms,
                                                         const PartialConv2dFuncOptions& options,
                                                         const InferencePost& post) {
+  check_input(masked_input);
+  check_weight(masked_input, weight, bias, options);
   return renormalize_for_inference(convolve(masked_input, weight, bias, terms, options), bias,
                                    terms.ratio, terms.valid, post);
 }

@@ -46,7 +46,6 @@ int64_t grain_for(int64_t work_per_row) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_row));
 }
 
-// A bias the CPU kernels read as it is: none, or a contiguous CPU vector of the output's dtype.
 // Whether a tensor carries a forward-mode AD tangent (level 0, the one level forward AD has).
 // The fused kernels write through data pointers and their nodes are reverse-mode only, so such
 // calls take ATen's path, which propagates tangents.
@@ -54,6 +53,7 @@ bool has_tangent(const at::Tensor& tensor) {
   return tensor.defined() && tensor._fw_grad(/*level=*/0).defined();
 }
 
+// A bias the CPU kernels read as it is: none, or a contiguous CPU vector of the output's dtype.
 bool cpu_bias_fusable(const at::Tensor& bias, at::ScalarType dtype) {
   return !bias.defined() || (bias.is_cpu() && bias.scalar_type() == dtype && bias.is_contiguous());
 }
@@ -864,13 +864,14 @@ void check_terms_fit(const at::Tensor& output, const at::Tensor& bias, const at:
               output.device());
 }
 
-bool epilogue_terms_fusable(const at::Tensor& input, const at::Tensor& weight,
-                            const at::Tensor& ratio, const at::Tensor& valid) {
-  // On the CPU the convolution's output is NCHW only for an NCHW input and weight; the single
-  // node would make any other contiguous, changing the layout the caller chose.
+bool epilogue_terms_fusable(const at::Tensor& input, const at::Tensor& ratio,
+                            const at::Tensor& valid) {
+  // On the CPU the convolution's output is NCHW only for an NCHW input (and weight: see
+  // partial_convolution_usable); the single node would make any other contiguous, changing
+  // the layout the caller chose.
   return ratio.defined() && valid.defined() &&
          terms_fusable(input.scalar_type(), input.device(), ratio, valid) &&
-         (input.is_cuda() || (input.is_contiguous() && weight.is_contiguous()));
+         (input.is_cuda() || input.is_contiguous());
 }
 
 at::Tensor partial_convolution(const at::Tensor& input, const at::Tensor& masked,

@@ -115,10 +115,10 @@ std::pair<at::Tensor, at::Tensor> mask_and_count(const at::Tensor& input, const 
 bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weight,
                                 const at::Tensor& bias);
 
-/// Whether partial_convolution() takes these mask terms for a convolution of `input` by
-/// `weight` (the terms' type, device and layout; their shape it checks itself).
-bool epilogue_terms_fusable(const at::Tensor& input, const at::Tensor& weight,
-                            const at::Tensor& ratio, const at::Tensor& valid);
+/// Whether partial_convolution() takes these mask terms for a convolution of `input` (the
+/// terms' type, device and layout, and the input's layout; their shape it checks itself).
+bool epilogue_terms_fusable(const at::Tensor& input, const at::Tensor& ratio,
+                            const at::Tensor& valid);
 
 /// Checks that mask terms ratio/valid fit a convolution's output (N or 1, 1 or `groups`,
 /// H', W') on its device, with the bias there too; a one-line error if not.
