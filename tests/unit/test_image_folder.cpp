@@ -9,6 +9,12 @@
 #include <ATen/ATen.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#ifdef PCONV_WITH_PNG
+#include <png.h>
+
+#include <csetjmp>
+#include <cstdio>
+#endif
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -170,6 +176,86 @@ TEST_F(ImageFolderTest, ImagesPastThePixelLimitAreInputErrors) {
   EXPECT_EQ(pconv::io::read_image(dir_ / "big.pt").pixels.size(2), 20);
   pconv::io::set_max_image_pixels(before);
 }
+
+#ifdef PCONV_WITH_PNG
+// A grey PNG of `samples` (row-major, `depth` bits each) whose tRNS chunk makes the value `key`
+// transparent, as PNG optimisers write a grey image with alpha. Whether it was written.
+bool write_keyed_grey_png(const fs::path& path, int width, int height, int depth,
+                          const std::vector<uint16_t>& samples, uint16_t key) {
+  std::FILE* file = std::fopen(path.string().c_str(), "wb");
+  if (file == nullptr) return false;
+  // One byte per sample below 16 bits (png_set_packing packs them), two big-endian ones at 16.
+  std::vector<png_byte> bytes;
+  for (const auto sample : samples) {
+    if (depth == 16) bytes.push_back(static_cast<png_byte>(sample >> 8));
+    bytes.push_back(static_cast<png_byte>(sample & 0xFF));
+  }
+  std::vector<png_bytep> rows;
+  const int row_bytes = width * (depth == 16 ? 2 : 1);
+  for (int y = 0; y < height; ++y) rows.push_back(bytes.data() + y * row_bytes);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png != nullptr ? png_create_info_struct(png) : nullptr;
+  volatile bool written = false;
+  if (info != nullptr && setjmp(png_jmpbuf(png)) == 0) {  // NOLINT(cert-err52-cpp): libpng's API
+    png_init_io(png, file);
+    png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height),
+                 depth, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 PNG_FILTER_TYPE_DEFAULT);
+    png_color_16 colour{};
+    colour.gray = key;
+    png_set_tRNS(png, info, nullptr, 0, &colour);
+    png_write_info(png, info);
+    if (depth < 8) png_set_packing(png);
+    png_write_image(png, rows.data());
+    png_write_end(png, nullptr);
+    written = true;
+  }
+  png_destroy_write_struct(&png, &info);
+  return std::fclose(file) == 0 && written;
+}
+
+// OpenCV reads a grey PNG's colour key as opaque; pconv gives it the alpha channel the key
+// stands for (grey in the colour channels), at every bit depth, so that an image's transparent
+// pixels are its holes and a mask's are not white.
+TEST_F(ImageFolderTest, GreyPngColourKeyBecomesAlpha) {
+  constexpr int kWidth = 5;
+  constexpr int kHeight = 3;
+  for (const int depth : {1, 2, 4, 8, 16}) {
+    SCOPED_TRACE("bit depth " + std::to_string(depth));
+    const int top = (1 << depth) - 1;
+    std::vector<uint16_t> samples;
+    for (int i = 0; i < kWidth * kHeight; ++i)
+      samples.push_back(static_cast<uint16_t>(i % 3 == 0 ? top : (i * 7) % top));
+    const auto key = static_cast<uint16_t>(top);  // white is transparent
+    const auto path = dir_ / ("keyed" + std::to_string(depth) + ".png");
+    ASSERT_TRUE(write_keyed_grey_png(path, kWidth, kHeight, depth, samples, key));
+    const auto image = pconv::io::read_image(path);
+    ASSERT_EQ(image.pixels.sizes(), (at::IntArrayRef{4, kHeight, kWidth}));
+    EXPECT_EQ(image.bit_depth, depth == 16 ? 16 : 8);
+    const auto expected_grey = at::tensor(std::vector<float>(samples.begin(), samples.end()))
+                                   .div(top)
+                                   .view({kHeight, kWidth});
+    const auto transparent = at::tensor(std::vector<int>(samples.begin(), samples.end()))
+                                 .eq(key)
+                                 .view({kHeight, kWidth});
+    for (int c = 0; c < 3; ++c) {
+      EXPECT_TRUE(at::allclose(image.pixels[c], expected_grey, 0.0, 1e-6)) << "channel " << c;
+    }
+    EXPECT_TRUE(at::equal(image.pixels[3], transparent.logical_not().to(at::kFloat)));
+    EXPECT_TRUE(at::equal(pconv::io::holes_from_alpha(image), transparent));
+    // As a mask: the transparent white pixels are not holes, the opaque white ones are.
+    const auto white = at::tensor(std::vector<int>(samples.begin(), samples.end()))
+                           .ge((top + 1) / 2)
+                           .view({kHeight, kWidth});
+    EXPECT_TRUE(
+        at::equal(pconv::io::holes_from_mask(image, pconv::io::MaskConvention::kWhiteIsHole),
+                  white.logical_and(transparent.logical_not())));
+  }
+  // Without the chunk the same picture stays one grey channel.
+  ASSERT_TRUE(cv::imwrite((dir_ / "plain.png").string(), gradient(3, 5, CV_8UC1)));
+  EXPECT_EQ(pconv::io::read_image(dir_ / "plain.png").pixels.size(0), 1);
+}
+#endif
 
 // A JPEG's EXIF orientation is applied, as viewers do: a mask drawn on the picture as it is
 // shown fits it.

@@ -11,6 +11,11 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #endif
+#ifdef PCONV_WITH_PNG
+#include <png.h>
+
+#include <csetjmp>
+#endif
 
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/serialization/pickle.h>
@@ -26,6 +31,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace pconv::io {
 namespace {
@@ -199,6 +205,43 @@ void warn_about_decode(const std::string& name, const std::string& text) {
 }
 #endif
 
+#ifdef PCONV_WITH_PNG
+// libpng's messages about a file OpenCV has already decoded: none is pconv's to print.
+void ignore_png_warning(png_structp /*png*/, png_const_charp /*message*/) {}
+[[noreturn]] void leave_png_reader(png_structp png, png_const_charp /*message*/) {
+  png_longjmp(png, 1);
+}
+
+// The colour key of a grey PNG (its tRNS chunk: the pixels of that one value are transparent)
+// as OpenCV decodes the samples (1, 2 and 4 bits stretched to 8; 8 and 16 bits as stored), or
+// -1 where the file has none or is no grey PNG. OpenCV applies a tRNS chunk to palette and RGB
+// images, which it reads with alpha, but reads a grey one opaque; PNG optimisers (optipng,
+// oxipng) write one for a grey image with alpha whose transparent pixels share one value.
+int grey_png_colour_key(const std::string& file_name, int decoded_depth) {
+  std::FILE* file = std::fopen(file_name.c_str(), "rb");
+  if (file == nullptr) return -1;
+  png_structp png =
+      png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, leave_png_reader, ignore_png_warning);
+  png_infop info = png != nullptr ? png_create_info_struct(png) : nullptr;
+  volatile int key = -1;  // set after setjmp, read after a longjmp
+  // Only what libpng allocates lives past setjmp: png_destroy_read_struct frees it either way.
+  if (info != nullptr && setjmp(png_jmpbuf(png)) == 0) {  // NOLINT(cert-err52-cpp): libpng's API
+    png_init_io(png, file);
+    png_read_info(png, info);
+    png_color_16p colour = nullptr;
+    const int depth = png_get_bit_depth(png, info);
+    if (png_get_color_type(png, info) == PNG_COLOR_TYPE_GRAY &&
+        png_get_tRNS(png, info, nullptr, nullptr, &colour) != 0 && colour != nullptr &&
+        (depth == 16) == (decoded_depth == CV_16U)) {
+      key = depth < 8 ? colour->gray * (255 / ((1 << depth) - 1)) : colour->gray;
+    }
+  }
+  png_destroy_read_struct(&png, &info, nullptr);
+  std::fclose(file);
+  return key;
+}
+#endif
+
 }  // namespace
 
 void set_decoder_warning_handler(std::function<void(const std::string&)> handler) {
@@ -290,6 +333,20 @@ Image read_image(const std::filesystem::path& path) {
   if (decoded.depth() != CV_8U && decoded.depth() != CV_16U) {
     throw InputError(name + ": unsupported sample type (only 8- and 16-bit images)");
   }
+#ifdef PCONV_WITH_PNG
+  // A grey PNG whose transparency is a colour key gets its alpha channel, as OpenCV gives the
+  // other PNGs theirs: four channels, grey in each colour one.
+  if (decoded.channels() == 1) {
+    if (const int key = grey_png_colour_key(name, decoded.depth()); key >= 0) {
+      cv::Mat alpha;
+      cv::compare(decoded, cv::Scalar(key), alpha, cv::CMP_NE);  // 255 where opaque
+      if (decoded.depth() == CV_16U) alpha.convertTo(alpha, CV_16U, 257.0);
+      cv::Mat with_alpha;
+      cv::merge(std::vector<cv::Mat>{decoded, decoded, decoded, alpha}, with_alpha);
+      decoded = with_alpha;
+    }
+  }
+#endif
   const int channels = decoded.channels();
   cv::Mat rgb;
   switch (channels) {
