@@ -101,12 +101,28 @@ std::string default_model_path() {
   return PCONV_SOURCE_MODEL;
 }
 
+namespace {
+// `device` (a GPU), after saying whether the fused CUDA kernels run on it: a build for other
+// GPU architectures leaves the partial convolutions to LibTorch's operators (correct, slower).
+c10::Device checked_gpu(const c10::Device& device, const CommonOptions& options) {
+  if (nn::functional::cuda_kernels_built() && !options.reference_kernels &&
+      !nn::functional::cuda_kernels_run_on(device)) {
+    spdlog::warn(
+        "{}: pconv's CUDA kernels were not built for this GPU's architecture (configure with "
+        "TORCH_CUDA_ARCH_LIST naming it): partial convolutions take LibTorch's slower path",
+        device.str());
+  }
+  return device;
+}
+}  // namespace
+
 c10::Device resolve_device(const CommonOptions& options) {
   if (options.threads > 0) at::set_num_threads(options.threads);
   nn::functional::set_fused_kernels_enabled(!options.reference_kernels);
   if (options.reference_kernels) spdlog::info("partial convolutions: reference kernels (ATen)");
   if (options.device == "auto") {
-    return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+    return torch::cuda::is_available() ? checked_gpu(c10::Device(c10::kCUDA, 0), options)
+                                       : c10::Device(c10::kCPU);
   }
   c10::Device device(c10::kCPU);
   try {
@@ -132,7 +148,7 @@ c10::Device resolve_device(const CommonOptions& options) {
                                                        "CUDA GPU(s)",
                                                        options.device, count));
   }
-  return device;
+  return checked_gpu(device, options);
 }
 
 namespace {

@@ -9,6 +9,8 @@
 #include "nn/functional/partial_conv2d_kernels.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/forward_grad.h>
 #include <torch/cuda.h>
@@ -880,6 +882,40 @@ TEST_F(PartialConv2dTest, CachedLayerGivesTheNewResultForANewMaskOfTheSameShape)
   }
 }
 
+// The updated mask a cached layer returns is its cached terms' own tensor (no copy per call): a
+// caller that writes into it must not change the layer's later results. Padding mode caches
+// always; a mask is cached with cache_masks. Under InferenceMode padding-mode terms are
+// not kept (an inference tensor has no version counter to show a write).
+TEST_F(PartialConv2dTest, WritingIntoTheReturnedMaskLeavesTheCacheCorrect) {
+  for (const bool multi_channel : {false, true}) {
+    SCOPED_TRACE(multi_channel ? "multi-channel" : "single-channel");
+    auto options = PartialConv2dOptions(3, 1, 3).padding(1).multi_channel(multi_channel);
+    PartialConv2d cached(options.cache_masks(true));
+    PartialConv2d uncached(options.cache_masks(false));
+    uncached->weight.data().copy_(cached->weight);
+    uncached->bias.data().copy_(cached->bias);
+    const auto input = at::randn({2, 3, 8, 8});
+    const auto mask = (at::rand({2, multi_channel ? 3 : 1, 8, 8}) > 0.3).to(at::kFloat);
+    for (const bool padding_mode : {true, false}) {
+      SCOPED_TRACE(padding_mode ? "padding mode" : "mask");
+      const auto call = [&](PartialConv2d& layer) {
+        return padding_mode ? layer(input) : layer(input, mask);
+      };
+      const auto expected = std::get<0>(call(uncached));
+      std::get<1>(call(cached)).zero_();
+      const auto [out, new_mask] = call(cached);
+      EXPECT_TRUE(at::equal(out, expected));
+      EXPECT_TRUE(at::equal(new_mask, std::get<1>(call(uncached))));
+      {
+        c10::InferenceMode inference;
+        std::get<1>(call(cached)).fill_(0.5);
+        EXPECT_TRUE(at::equal(std::get<0>(call(cached)), expected));
+      }
+      EXPECT_TRUE(at::equal(std::get<0>(call(cached)), expected));
+    }
+  }
+}
+
 TEST_F(PartialConv2dTest, CachedLayerFollowsGeometryChanges) {
   PartialConv2d conv(PartialConv2dOptions(2, 2, 3).padding(1).cache_masks(true));
   const auto input = at::randn({1, 2, 8, 8});
@@ -970,6 +1006,18 @@ TEST_F(PartialConv2dTest, BadArgumentsNameTheArgumentAndTheShape) {
   }
 }
 
+// Whether the CUDA kernels run on a device: never on the CPU, never on a GPU that is not there
+// (asked without one, the answer is false, not an error).
+TEST_F(PartialConv2dTest, CudaKernelsRunOnlyOnGpusThatExist) {
+  EXPECT_FALSE(F::cuda_kernels_run_on(c10::Device(c10::kCPU)));
+  const auto gpus = static_cast<int>(torch::cuda::device_count());
+  EXPECT_FALSE(
+      F::cuda_kernels_run_on(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(gpus))));
+  if (gpus == 0 || !F::cuda_kernels_built()) {
+    EXPECT_FALSE(F::cuda_kernels_run_on(c10::Device(c10::kCUDA)));
+  }
+}
+
 // CUDA: the same results as the CPU. Skipped where no GPU is present.
 class PartialConv2dCudaTest : public PartialConv2dTest {
  protected:
@@ -1043,6 +1091,58 @@ TEST_F(PartialConv2dCudaTest, FusedKernelsEqualTheReferencePath_CUDA) {
         EXPECT_TRUE(fused.output.isfinite().all().item<bool>());
       }
     }
+  }
+}
+
+// What only a GPU shows: the kernels have code for this GPU (without it every CUDA test here
+// would compare ATen with itself, or fail on the first launch); they give the same results on a
+// side stream, where the cached terms of the default stream are not read but made again; an
+// empty batch launches nothing; 1x1 images in channels-last (also NCHW-contiguous) are read
+// right.
+TEST_F(PartialConv2dCudaTest, KernelsRunOnThisGpuOnAnyStreamAndOnEdgeShapes_CUDA) {
+  ASSERT_TRUE(F::cuda_kernels_built()) << "this build has no CUDA kernels";
+  const c10::Device gpu(c10::kCUDA, 0);
+  ASSERT_TRUE(F::cuda_kernels_run_on(gpu))
+      << "this build has no code for this GPU's architecture (TORCH_CUDA_ARCH_LIST)";
+  const FusedKernels on(true);
+  PartialConv2d conv(PartialConv2dOptions(4, 6, 3).padding(1).cache_masks(true));
+  conv->to(gpu);
+  const auto input = at::randn({2, 4, 33, 35}, gpu);
+  const auto mask = (at::rand({2, 1, 33, 35}, gpu) > 0.3).to(at::kFloat);
+  const auto upstream = at::randn({2, 6, 33, 35}, gpu);
+  const LayerRun masked = run_layer(conv, input, mask, upstream);
+  const LayerRun padded = run_layer(conv, input, at::Tensor(), upstream);
+  EXPECT_NE(masked.grad_fn.find(kFusedNode), std::string::npos) << masked.grad_fn;
+  torch::cuda::synchronize();  // the side stream reads what the default one wrote
+  {
+    const c10::StreamGuard side(c10::impl::getDeviceGuardImpl(c10::kCUDA)->getNewStream(gpu));
+    const LayerRun masked_side = run_layer(conv, input, mask, upstream);
+    const LayerRun padded_side = run_layer(conv, input, at::Tensor(), upstream);
+    torch::cuda::synchronize();
+    expect_close(masked_side, masked, 1e-5);
+    expect_close(padded_side, padded, 1e-5);
+  }
+
+  conv->zero_grad();
+  const auto empty = at::randn({0, 4, 9, 9}, gpu).requires_grad_(true);
+  auto [out, new_mask] = conv(empty, at::ones({0, 1, 9, 9}, gpu));
+  EXPECT_EQ(out.sizes(), (at::IntArrayRef{0, 6, 9, 9}));
+  EXPECT_EQ(new_mask.size(0), 0);
+  out.sum().backward();
+  torch::cuda::synchronize();
+  EXPECT_EQ(empty.grad().sizes(), empty.sizes());
+  EXPECT_TRUE(at::equal(conv->bias.grad().cpu(), at::zeros({6})));
+
+  for (const bool channels_last : {false, true}) {
+    SCOPED_TRACE(channels_last ? "channels-last 1x1" : "NCHW 1x1");
+    PartialConv2d one(PartialConv2dOptions(4, 6, 1));
+    one->to(gpu);
+    const auto format =
+        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const auto x = at::randn({3, 4, 1, 1}, gpu).contiguous(format);
+    const auto m = (at::rand({3, 1, 1, 1}, gpu) > 0.5).to(at::kFloat).contiguous(format);
+    const auto [fused, plain] = run_fused_and_plain(one, x, m, at::randn({3, 6, 1, 1}, gpu));
+    expect_close(fused, plain, 1e-5);
   }
 }
 

@@ -1,9 +1,12 @@
 #include "pconv/nn/partial_conv2d.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 #include <torch/nn/init.h>
 
+#include <array>
 #include <cmath>
 #include <utility>
 
@@ -18,6 +21,25 @@ bool same_unchanged_mask(const torch::Tensor& cached, uint32_t cached_version,
          cached._version() == cached_version && cached.data_ptr() == mask.data_ptr() &&
          cached.sizes() == mask.sizes() && cached.strides() == mask.strides() &&
          cached.scalar_type() == mask.scalar_type();
+}
+
+// The version counters of the terms' tensors when they were cached. The layer hands out one of
+// them as its updated mask (no copy per call), and a caller may write into that; terms whose
+// versions moved are made again.
+std::array<uint32_t, 3> term_versions(const functional::PartialConv2dMaskTerms& terms) {
+  std::array<uint32_t, 3> versions{};
+  const std::array<const torch::Tensor*, 3> tensors{&terms.ratio, &terms.valid,
+                                                    &terms.new_mask_values};
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i]->defined()) versions[i] = tensors[i]->_version();
+  }
+  return versions;
+}
+
+// The stream work on `device` goes to now (always the same on the CPU): terms made on one CUDA
+// stream are not read on another, whose kernels could run before those that write them.
+c10::Stream current_stream(const c10::Device& device) {
+  return c10::impl::getDeviceGuardImpl(device.type())->getStream(device);
 }
 
 }  // namespace
@@ -106,34 +128,55 @@ functional::PartialConv2dMaskTerms PartialConv2dImpl::mask_terms(const torch::Te
     geometry.insert(geometry.end(), (*values)->begin(), (*values)->end());
   }
 
+  // Terms made under InferenceMode are inference tensors, which have no version counter: nothing
+  // would show a write into the updated mask handed out, so they are not kept.
+  const bool keep = !c10::InferenceMode::is_enabled();
+  const c10::Stream stream = current_stream(input.device());
   std::lock_guard<std::mutex> lock(cache_.mutex);
   if (!mask.defined()) {
     // Padding mode: the terms depend on nothing but the geometry, image size and device.
     geometry.push_back(input.size(2));
     geometry.push_back(input.size(3));
-    if (geometry != cache_.padding_geometry || input.device() != cache_.padding_device ||
-        !cache_.padding_terms.ratio.defined()) {
-      cache_.padding_terms =
-          functional::partial_conv2d_mask_terms(mask, input, options.kernel_size(), func_options);
-      cache_.padding_geometry = std::move(geometry);
-      cache_.padding_device = input.device();
+    auto& entry = cache_.padding;
+    if (entry.terms.ratio.defined() && geometry == cache_.padding_geometry &&
+        entry.stream == stream && term_versions(entry.terms) == entry.versions) {
+      return entry.terms;
     }
-    return cache_.padding_terms;
+    auto terms =
+        functional::partial_conv2d_mask_terms(mask, input, options.kernel_size(), func_options);
+    if (keep) {
+      entry.store(terms, stream);
+      cache_.padding_geometry = std::move(geometry);
+    }
+    return terms;
   }
 
-  // Inference tensors have no version counter, so nothing proves them unchanged: no caching.
+  // An inference mask has no version counter, so nothing proves it unchanged: no caching.
   if (!options.cache_masks() || mask.is_inference()) {
     return functional::partial_conv2d_mask_terms(mask, input, options.kernel_size(), func_options);
   }
-  if (geometry == cache_.geometry && same_unchanged_mask(cache_.mask, cache_.mask_version, mask)) {
-    return cache_.mask_terms;
+  auto& entry = cache_.masked;
+  if (entry.terms.ratio.defined() && geometry == cache_.geometry && entry.stream == stream &&
+      same_unchanged_mask(cache_.mask, cache_.mask_version, mask) &&
+      term_versions(entry.terms) == entry.versions) {
+    return entry.terms;
   }
-  cache_.mask_terms =
+  auto terms =
       functional::partial_conv2d_mask_terms(mask, input, options.kernel_size(), func_options);
-  cache_.mask = mask;
-  cache_.mask_version = mask._version();
-  cache_.geometry = std::move(geometry);
-  return cache_.mask_terms;
+  if (keep) {
+    entry.store(terms, stream);
+    cache_.mask = mask;
+    cache_.mask_version = mask._version();
+    cache_.geometry = std::move(geometry);
+  }
+  return terms;
+}
+
+void PartialConv2dImpl::MaskCache::Entry::store(const functional::PartialConv2dMaskTerms& made,
+                                                const c10::Stream& made_on) {
+  terms = made;
+  versions = term_versions(made);
+  stream = made_on;
 }
 
 std::tuple<torch::Tensor, torch::Tensor> PartialConv2dImpl::forward(const torch::Tensor& input,

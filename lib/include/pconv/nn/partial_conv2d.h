@@ -4,9 +4,11 @@
 
 #include <pconv/nn/functional/partial_conv2d.h>
 
+#include <c10/core/Stream.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include <array>
 #include <cstdint>
 #include <mutex>
 #include <ostream>
@@ -65,7 +67,10 @@ class PartialConv2dImpl : public torch::nn::Cloneable<PartialConv2dImpl> {
   void pretty_print(std::ostream& stream) const override;
 
   /// Returns (output, updated mask). `mask` undefined: padding mode (an all-ones mask over the
-  /// image, so only the zero padding counts as hole). The updated mask may be a broadcast view.
+  /// image, so only the zero padding counts as hole). The updated mask may be a broadcast view,
+  /// and where the layer caches terms (padding mode, cache_masks) it is the cached tensor
+  /// itself, the same in the next call's result: clone() it before writing into it. (A write
+  /// does not corrupt the layer: its terms are made again on the next call.)
   std::tuple<torch::Tensor, torch::Tensor> forward(const torch::Tensor& input,
                                                    const torch::Tensor& mask = {});
 
@@ -88,16 +93,25 @@ class PartialConv2dImpl : public torch::nn::Cloneable<PartialConv2dImpl> {
     MaskCache(const MaskCache& /*other*/) {}
     MaskCache& operator=(const MaskCache& /*other*/) { return *this; }
 
+    // Terms, with the stream they were made on and their tensors' versions then (the updated
+    // mask handed out is one of them; a write into it makes them stale).
+    struct Entry {
+      void store(const functional::PartialConv2dMaskTerms& made, const c10::Stream& made_on);
+
+      functional::PartialConv2dMaskTerms terms;
+      std::array<uint32_t, 3> versions{};
+      c10::Stream stream = c10::Stream(c10::Stream::DEFAULT, c10::Device(c10::kCPU));
+    };
+
     std::mutex mutex;
     // Everything the terms depend on besides the mask: the layer geometry (which a caller may
     // change through `options` between calls) and the terms' precision.
     std::vector<int64_t> geometry;
     torch::Tensor mask;  // held so that its memory cannot be recycled while it is the key
     uint32_t mask_version = 0;
-    functional::PartialConv2dMaskTerms mask_terms;
+    Entry masked;
     std::vector<int64_t> padding_geometry;  // geometry + image height and width
-    c10::Device padding_device = c10::Device(c10::kCPU);
-    functional::PartialConv2dMaskTerms padding_terms;
+    Entry padding;                          // its stream names the device
   };
   MaskCache cache_;
 };

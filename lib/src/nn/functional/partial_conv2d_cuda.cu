@@ -10,12 +10,15 @@
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
 #include <cub/block/block_reduce.cuh>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -421,6 +424,29 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
+}
+
+bool kernels_run_on(c10::DeviceIndex device) {
+  // Per device: 0 not yet asked, 1 runs, 2 does not (a GPU the build has no code for).
+  static std::array<std::atomic<uint8_t>, C10_COMPILE_TIME_MAX_GPUS> known{};
+  if (device < 0 || static_cast<size_t>(device) >= known.size()) return false;
+  auto& state = known[static_cast<size_t>(device)];
+  uint8_t value = state.load(std::memory_order_acquire);
+  if (value == 0) {
+    // Loading one kernel's code for the device answers for all of them: they are compiled for
+    // the same architectures, and a GPU that has neither a binary nor PTX it can take for them
+    // fails here with cudaErrorInvalidDeviceFunction (or cudaErrorNoKernelImageForDevice).
+    cudaError_t error = cudaErrorInvalidDevice;  // no such GPU, or none at all
+    if (device < c10::cuda::device_count()) {
+      const c10::cuda::CUDAGuard guard(device);
+      cudaFuncAttributes attributes{};
+      error = cudaFuncGetAttributes(&attributes, bias_gradient_kernel<float, float, uint32_t>);
+      if (error != cudaSuccess) (void)cudaGetLastError();  // not left for LibTorch's next check
+    }
+    value = error == cudaSuccess ? 1 : 2;
+    state.store(value, std::memory_order_release);
+  }
+  return value == 1;
 }
 
 }  // namespace pconv::nn::functional::detail::cuda

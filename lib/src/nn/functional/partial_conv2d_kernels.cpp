@@ -36,6 +36,11 @@ constexpr bool kCudaKernels = false;
 
 std::atomic<bool> g_fused_enabled{true};
 
+// Whether `tensor` is on a GPU the CUDA kernels run on (a build with them, for its architecture).
+bool cuda_kernels_run_on(const at::Tensor& tensor) {
+  return kCudaKernels && tensor.is_cuda() && cuda::kernels_run_on(tensor.get_device());
+}
+
 // The dtype of the mask terms for an output of `dtype`.
 at::ScalarType term_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -89,7 +94,7 @@ bool cpu_channels_last_fusable(const at::Tensor& raw, const at::Tensor& bias,
 bool cuda_fusable(const at::Tensor& raw, const at::Tensor& bias, const at::Tensor& ratio,
                   const at::Tensor& valid) {
   const auto dtype = raw.scalar_type();
-  return kCudaKernels && raw.is_cuda() &&
+  return cuda_kernels_run_on(raw) &&
          (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
           dtype == at::kBFloat16) &&
          (raw.is_contiguous() || raw.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
@@ -695,7 +700,7 @@ WindowTerms window_terms(const ValidCounts& counts, double window, const WindowG
   const auto dtype = first.scalar_type();
   const bool kernel_dtype = dtype == terms_dtype && (dtype == at::kFloat || dtype == at::kDouble);
   const bool fused =
-      fused_enabled() && kernel_dtype && (first.is_cpu() || (kCudaKernels && first.is_cuda()));
+      fused_enabled() && kernel_dtype && (first.is_cpu() || cuda_kernels_run_on(first));
   // The CUDA kernel weighs and adds two planes of one shape itself; elsewhere ATen does first.
   const bool kernel_adds =
       fused && first.is_cuda() &&
@@ -799,7 +804,7 @@ bool mask_and_count_fusable(const at::Tensor& input, const at::Tensor& mask) {
   const bool nchw = input.is_contiguous() && mask.is_contiguous();
   if (input.is_cpu()) return nchw && (dtype == at::kFloat || dtype == at::kDouble);
   const auto channels_last = at::MemoryFormat::ChannelsLast;
-  return kCudaKernels && input.is_cuda() &&
+  return cuda_kernels_run_on(input) &&
          (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
           dtype == at::kBFloat16) &&
          (nchw || (input.is_contiguous(channels_last) && mask.is_contiguous(channels_last)));
@@ -840,7 +845,7 @@ bool partial_convolution_usable(const at::Tensor& input, const at::Tensor& weigh
     return (dtype == at::kFloat || dtype == at::kDouble) && weight.is_contiguous() &&
            cpu_bias_fusable(bias, dtype);
   }
-  return kCudaKernels && input.is_cuda() &&
+  return cuda_kernels_run_on(input) &&
          (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
           dtype == at::kBFloat16) &&
          (!bias.defined() || bias.device() == input.device());
@@ -941,6 +946,7 @@ void bias_gradient(const at::TensorBase&, const at::TensorBase&) {
 void concat_upsampled(const at::TensorBase&, const at::TensorBase&, bool, const at::TensorBase&) {
   TORCH_CHECK(false, "pconv was built without its CUDA kernels");
 }
+bool kernels_run_on(c10::DeviceIndex /*device*/) { return false; }
 void renormalize_backward(const at::TensorBase&, const at::TensorBase&, const at::TensorBase&, bool,
                           const at::TensorBase&, const at::TensorBase&) {
   TORCH_CHECK(false, "pconv was built without its CUDA kernels");
@@ -958,7 +964,8 @@ at::Tensor concat_upsampled(const at::Tensor& features, const at::Tensor& skip) 
       (at::GradMode::is_enabled() && (features.requires_grad() || skip.requires_grad())) ||
       features.device() != skip.device() || features.scalar_type() != skip.scalar_type() ||
       features.size(0) != skip.size(0) || features.size(2) * 2 != skip.size(2) ||
-      features.size(3) * 2 != skip.size(3) || (features.is_cuda() && !kCudaKernels) ||
+      features.size(3) * 2 != skip.size(3) ||
+      (features.is_cuda() && !cuda_kernels_run_on(features)) ||
       !(features.is_cpu() || features.is_cuda()) || has_tangent(features) || has_tangent(skip)) {
     return {};
   }
@@ -1146,7 +1153,12 @@ at::Tensor renormalize_for_inference(const at::Tensor& raw, const at::Tensor& bi
     const auto term = ratio.scalar_type();
     auto param =
         bias.defined() ? bias.scalar_type() : (has_bn ? post.bn_weight.scalar_type() : term);
-    if (param != raw.scalar_type()) param = term;
+    // Never down to the output's type for BatchNorm vectors that are wider: a running variance
+    // over 65504 would become inf in float16.
+    const bool bn_wider = has_bn && std::any_of(bn.begin(), bn.end(), [&](const at::Tensor* v) {
+                            return v->scalar_type() != param;
+                          });
+    if (param != raw.scalar_type() || bn_wider) param = term;
     if (bn_fusable(param, false) &&
         (!bias.defined() || (bias.scalar_type() == param && bias.is_contiguous()))) {
       cuda::renormalize(raw, bias, ratio, valid, !raw.is_contiguous(), post);
@@ -1194,5 +1206,10 @@ void set_fused_kernels_enabled(bool enabled) {
 bool fused_kernels_enabled() { return detail::fused_enabled(); }
 
 bool cuda_kernels_built() { return detail::kCudaKernels; }
+
+bool cuda_kernels_run_on(const c10::Device& device) {
+  return detail::kCudaKernels && device.is_cuda() &&
+         detail::cuda::kernels_run_on(device.has_index() ? device.index() : c10::DeviceIndex{0});
+}
 
 }  // namespace pconv::nn::functional

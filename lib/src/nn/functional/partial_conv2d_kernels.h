@@ -191,5 +191,9 @@ void concat_upsampled(const at::TensorBase& features, const at::TensorBase& skip
 /// fixed order.
 void bias_gradient(const at::TensorBase& bias_sums, const at::TensorBase& grad_bias);
 
+/// Whether the kernels have code the GPU `device` runs (this build's architectures, or PTX it
+/// can compile); asked of the driver once per device. Where not, CUDA takes the ATen path.
+bool kernels_run_on(c10::DeviceIndex device);
+
 }  // namespace cuda
 }  // namespace pconv::nn::functional::detail

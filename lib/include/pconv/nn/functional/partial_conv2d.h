@@ -98,4 +98,10 @@ bool fused_kernels_enabled();
 /// Without them, CUDA tensors take the ATen path.
 bool cuda_kernels_built();
 
+/// Whether the CUDA kernels run on the GPU `device` (cuda without an index: cuda:0): a build
+/// with them, compiled for its architecture or with PTX it can take (TORCH_CUDA_ARCH_LIST at
+/// configure time). Where they do not, its tensors take the ATen path. Asks the driver once per
+/// device; false for any other device type.
+bool cuda_kernels_run_on(const c10::Device& device);
+
 }  // namespace pconv::nn::functional
