@@ -89,6 +89,7 @@ infer::InferenceOptions inference_options(const InferenceCliOptions& options, c1
 std::string default_model_path() {
   if (const char* from_environment = std::getenv("PCONV_MODEL");
       from_environment != nullptr && *from_environment != '\0') {
+    model_from_environment().store(true);
     return from_environment;
   }
   std::error_code error;
@@ -99,6 +100,20 @@ std::string default_model_path() {
     if (std::filesystem::is_regular_file(installed, error)) return installed.string();
   }
   return PCONV_SOURCE_MODEL;
+}
+
+std::atomic<bool>& model_from_environment() {
+  static std::atomic<bool> used{false};
+  return used;
+}
+
+std::string model_error_line(const std::string& message) {
+  const char* variable = std::getenv("PCONV_MODEL");
+  if (model_from_environment().load() && variable != nullptr && *variable != '\0' &&
+      message.rfind(std::string(variable) + ":", 0) == 0) {
+    return message + " (the model $PCONV_MODEL names)";
+  }
+  return message;
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #include <c10/core/ScalarType.h>
 #include <CLI/CLI.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -56,13 +57,21 @@ infer::InferenceOptions inference_options(const InferenceCliOptions& options, c1
 /// the source tree it was built from (models/pconv-default.pt).
 std::string default_model_path();
 
+/// Whether default_model_path() answered with $PCONV_MODEL in this run.
+std::atomic<bool>& model_from_environment();
+
+/// A model error's message, saying where the file's name came from when that was $PCONV_MODEL
+/// (the command line did not name it).
+std::string model_error_line(const std::string& message);
+
 /// "pconv X.Y.Z (LibTorch A.B.C)".
 std::string version_string();
 
 /// The exit codes and the log level's variable, the last lines of every command's --help.
 constexpr const char* kExitCodesHelp =
-    "Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 bad input file,\n"
-    "4 bad model file, 130 interrupted. Logging level also from SPDLOG_LEVEL.";
+    "Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 bad input file\n"
+    "(or an output that cannot be written), 4 bad model file, 130 interrupted.\n"
+    "Logging level also from SPDLOG_LEVEL.";
 
 /// The command line as typed (for records such as the model file); main() sets it.
 void set_invocation(int argc, char** argv);

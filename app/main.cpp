@@ -169,7 +169,7 @@ static int run_pconv(int argc, char** argv) {
     spdlog::error("{}", error.what());
     return kExitInput;
   } catch (const pconv::ModelError& error) {
-    spdlog::error("{}", error.what());
+    spdlog::error("{}", pconv::app::model_error_line(error.what()));
     return kExitModel;
   } catch (const c10::Error& error) {
     spdlog::error("{}", runtime_message(error.what_without_backtrace()));

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <iterator>
 #include <map>
@@ -83,11 +84,13 @@ void write_compare(const fs::path& path, const Loaded& loaded, const at::Tensor&
       8);
 }
 
-// Writes the result of one image; returns a one-line description.
+// Writes the result of one image; returns a one-line description. `before_writing` (if any) is
+// called once the result is computed, just before its files are written.
 std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
                         const fs::path& image_path, const fs::path& mask_path,
                         const fs::path& out_path, const InpaintOptions& options,
-                        const infer::InpaintOptions& inpaint_options) {
+                        const infer::InpaintOptions& inpaint_options,
+                        const std::function<void()>& before_writing = {}) {
   const auto& pixels = loaded.image.pixels;
   const int64_t height = pixels.size(1);
   const int64_t width = pixels.size(2);
@@ -96,6 +99,7 @@ std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
   const auto& hole_source = mask_path.empty() ? image_path : mask_path;
   if (hole_count == 0) {
     spdlog::warn("{}: no hole pixel; writing the image unchanged", hole_source.string());
+    if (before_writing) before_writing();
     io::write_image(out_path, pixels, bit_depth);
     return "unchanged (no hole)";
   }
@@ -111,6 +115,7 @@ std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (before_writing) before_writing();
   // The side-by-side picture first, so that a bad --compare path leaves no result behind; and
   // removed again if the result cannot be written.
   if (!options.compare.empty()) write_compare(options.compare, loaded, result.pixels);
@@ -161,12 +166,17 @@ void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options
     }
   }
   const auto loaded = load(options.image, options.mask, options);
-  const auto summary =
-      inpaint_one(inpainter, loaded, options.image, options.mask, out, options, inpaint_options);
+  // Until the result is computed a signal ends the command at once, without a result. Once its
+  // files are being written, one lets it finish: a result on disk always comes with its path on
+  // stdout and exit code 0, never with 130 and no path.
+  std::optional<StopOnSignal> finishing;
+  const auto summary = inpaint_one(inpainter, loaded, options.image, options.mask, out, options,
+                                   inpaint_options, [&finishing] { finishing.emplace(); });
   spdlog::info("{}: {}", options.image, summary);
   for (const auto& folder : out_folders) folder->keep();
   fmt::print("{}\n", out.string());
   if (!options.compare.empty()) spdlog::info("side-by-side picture: {}", options.compare);
+  if (stop_requested()) spdlog::info("interrupted while the result was written; it is complete");
 }
 
 void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
@@ -192,7 +202,15 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
       throw InputError(options.masks + ": " +
                        (masks_error ? masks_error.message() : "no such file or folder"));
     }
-    (void)io::read_image(single_mask);  // the one mask of every image: a bad one ends here
+    // The one mask of every image: a bad one ends here, as one that leaves nothing to inpaint
+    // from in any image.
+    const auto holes = io::holes_from_mask(io::read_image(single_mask),
+                                           options.white_valid ? io::MaskConvention::kWhiteIsValid
+                                                               : io::MaskConvention::kWhiteIsHole);
+    if (holes.numel() > 0 && holes.all().item<bool>()) {
+      throw InputError(options.masks +
+                       ": every pixel is a hole; there is nothing to inpaint from in any image");
+    }
   }
   OutputFolder out_folder(out_dir);  // taken away again if no image is inpainted
   out_folder.lock();                 // one command writing into it at a time
@@ -354,8 +372,9 @@ void setup_inpaint(CLI::App& app) {
       ->capture_default_str();
   command
       ->add_option("--resize-side", options->resize_side,
-                   "Longer side the resize strategy scales the image to")
-      ->check(whole_number(1, 65536))
+                   "Longer side the resize strategy scales the image to (at least 64: below it "
+                   "the network sees too little to fill from)")
+      ->check(whole_number(64, 65536))
       ->capture_default_str();
   add_inference_options(*command, options->inference);
   command->add_option("--compare", options->compare,

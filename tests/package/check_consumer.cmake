@@ -17,9 +17,13 @@ function(consume label)
       -DCMAKE_BUILD_TYPE=Release -DTorch_DIR=${Torch_DIR} -DCUDAToolkit_ROOT=${CUDAToolkit_ROOT}
       ${ARGN})
   run(${CMAKE_COMMAND} --build ${build})
-  run(${build}/consumer)
+  run(${build}/consumer ${MODEL_FILE} ${build})
 endfunction()
 
 consume(build_tree -Dpconv_DIR=${PCONV_BUILD_DIR})
 run(${CMAKE_COMMAND} --install ${PCONV_BUILD_DIR} --prefix ${prefix})
 consume(install_prefix -DCMAKE_PREFIX_PATH=${prefix})
+# The installed command runs as it is: no LD_LIBRARY_PATH, its RPATH finds LibTorch.
+if(EXISTS ${prefix}/bin/pconv)
+  run(${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${prefix}/bin/pconv --version)
+endif()

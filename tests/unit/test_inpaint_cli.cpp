@@ -307,6 +307,9 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint --input " + (d / "links").string() + "/.. --masks " + (d / "corrupt.png").string() +
            " -o " + d.string() + "_batch_out",
        3, "corrupt.png: cannot read the image"},
+      {"inpaint --input " + (d / "links").string() + "/.. --masks " + (d / "all.png").string() +
+           " -o " + d.string() + "_batch_out",
+       3, "all.png: every pixel is a hole; there is nothing to inpaint from in any image"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " + d.string(), 4,
        ": is a folder, not a model file"},
       {"inpaint " + photo + " " + (d / "small_mask.png").string(), 3,
@@ -383,6 +386,23 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
     }
     EXPECT_EQ(errors, 1) << run.output;
   }
+  // A model file named by $PCONV_MODEL is said to come from there; a TorchScript export given
+  // as the model is named as one.
+  const std::string inpaint_photo = " inpaint " + photo + " " + (d / "mask.png").string() +
+                                    " -o " + (d / "x.png").string();
+  const auto from_environment = shell(d, "PCONV_MODEL=" + (d / "absent.pt").string() + " " +
+                                             PCONV_BINARY + inpaint_photo);
+  EXPECT_EQ(from_environment.rc, 4) << from_environment.output;
+  EXPECT_NE(from_environment.output.find(
+                "absent.pt: no such model file (the model $PCONV_MODEL names)"),
+            std::string::npos)
+      << from_environment.output;
+  ASSERT_EQ(pconv(d, "export " + model.string() + " -o " + (d / "m.ts").string()).rc, 0);
+  const auto exported = pconv(d, inpaint_photo + " --model " + (d / "m.ts").string());
+  EXPECT_EQ(exported.rc, 4) << exported.output;
+  EXPECT_NE(exported.output.find("m.ts: a TorchScript export of a pconv model"),
+            std::string::npos)
+      << exported.output;
   EXPECT_FALSE(fs::exists(d / "x.png"));
   EXPECT_TRUE(fs::is_fifo(d / "fifo.png"));
   EXPECT_TRUE(at::equal(samples(d / "photo.png"), photo_before));

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -187,6 +188,27 @@ TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {
   Inpainter inpainter(small_model(), c10::kCPU);
   EXPECT_THROW(inpainter.inpaint(at::rand({2, 8, 8}), at::zeros({8, 8})), std::invalid_argument);
   EXPECT_THROW(inpainter.inpaint(at::rand({3, 8, 8}), at::zeros({8, 9})), std::invalid_argument);
+  // Each refusal says what is wrong: never a LibTorch error or a silently wrong fill.
+  const auto message = [&](const at::Tensor& image, const at::Tensor& holes) {
+    try {
+      inpainter.inpaint(image, holes);
+    } catch (const std::invalid_argument& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const auto some_holes = at::zeros({8, 8}).index_put_({0, 0}, 1);
+  const auto has = [](const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+  };
+  EXPECT_TRUE(has(message(at::rand({1, 3, 8, 8}), some_holes), "(C, H, W) with C = 1, 3 or 4"));
+  EXPECT_TRUE(has(message(at::rand({3, 0, 0}), at::zeros({0, 0})), "empty"));
+  EXPECT_TRUE(has(message(at::randint(0, 256, {3, 8, 8}, at::kByte), some_holes),
+                  "floating point in [0, 1]; got Byte"));
+  EXPECT_TRUE(has(message(at::rand({3, 8, 8}) * 255, some_holes), "must lie in [0, 1]"));
+  EXPECT_TRUE(has(message(at::full({3, 8, 8}, NAN), some_holes), "must lie in [0, 1]"));
+  EXPECT_TRUE(has(message(at::rand({3, 8, 8}), at::ones({8, 8})), "every pixel is a hole"));
+  EXPECT_EQ(message(at::rand({3, 8, 8}, at::kDouble), some_holes), "no error");
   EXPECT_THROW(Inpainter(small_model(), c10::kCPU, InferenceOptions().dtype(at::kHalf)),
                std::invalid_argument);
   EXPECT_THROW(Inpainter(small_model(), c10::kCPU, InferenceOptions().dtype(at::kLong)),

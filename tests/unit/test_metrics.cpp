@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 namespace {
 
@@ -18,6 +19,37 @@ TEST(MetricsTest, PsnrOfAKnownErrorAndOfIdenticalImages) {
   const auto values = E::psnr(image, truth);
   EXPECT_NEAR(values[0].item<double>(), 20.0, 1e-9);
   EXPECT_TRUE(std::isinf(values[1].item<double>()));
+}
+
+// The separable filtering against the 11x11 Gaussian window applied whole (Wang et al.'s
+// definition), on random images of several channel counts and odd sizes.
+TEST(MetricsTest, SsimEqualsTheWholeWindowDefinition) {
+  torch::manual_seed(5);
+  for (const int64_t channels : {1, 3}) {
+    const auto x = at::rand({2, channels, 23, 17}, at::kDouble);
+    const auto y = (x + 0.2 * at::randn_like(x)).clamp(0, 1);
+    const auto coords = at::arange(11, at::kDouble) - 5.0;
+    auto gauss = at::exp(-coords.pow(2) / (2 * 1.5 * 1.5));
+    gauss = gauss / gauss.sum();
+    const auto window =
+        (gauss.view({-1, 1}) * gauss.view({1, -1})).expand({channels, 1, 11, 11}).contiguous();
+    const auto filter = [&](const at::Tensor& t) {
+      const std::vector<int64_t> ones{1, 1};
+      const std::vector<int64_t> zeros{0, 0};
+      return at::conv2d(t, window, at::Tensor(), ones, zeros, ones, channels);
+    };
+    const auto mu_x = filter(x);
+    const auto mu_y = filter(y);
+    const auto sxx = filter(x * x) - mu_x * mu_x;
+    const auto syy = filter(y * y) - mu_y * mu_y;
+    const auto sxy = filter(x * y) - mu_x * mu_y;
+    const double c1 = 1e-4;
+    const double c2 = 9e-4;
+    const auto expected = (((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) /
+                           ((mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2)))
+                              .mean({1, 2, 3});
+    EXPECT_TRUE(at::allclose(E::ssim(x, y), expected, 0.0, 1e-12)) << channels << " channels";
+  }
 }
 
 TEST(MetricsTest, SsimOfConstantImagesHasAClosedForm) {

@@ -36,19 +36,22 @@ torch::Tensor ssim(const torch::Tensor& image, const torch::Tensor& truth) {
   const auto coords = at::arange(kWindow, x.options()) - static_cast<double>(kWindow - 1) / 2.0;
   auto gauss = at::exp(-coords.pow(2) / (2 * kSigma * kSigma));
   gauss = gauss / gauss.sum();
-  const auto window = (gauss.view({-1, 1}) * gauss.view({1, -1}))
-                          .expand({channels, 1, kWindow, kWindow})
-                          .contiguous();
+  // The Gaussian window is separable: a column pass and a row pass (22 taps a pixel instead of
+  // 121), over the five planes at once (x, y, x^2, y^2, xy for every channel).
+  const auto column = gauss.view({1, 1, kWindow, 1}).expand({5 * channels, 1, kWindow, 1});
+  const auto row = gauss.view({1, 1, 1, kWindow}).expand({5 * channels, 1, 1, kWindow});
   const std::vector<int64_t> ones{1, 1};
   const std::vector<int64_t> zeros{0, 0};
-  const auto filter = [&](const torch::Tensor& t) {
-    return at::conv2d(t, window, at::Tensor(), ones, zeros, ones, channels);
-  };
-  const auto mu_x = filter(x);
-  const auto mu_y = filter(y);
-  const auto sigma_xx = filter(x * x) - mu_x * mu_x;
-  const auto sigma_yy = filter(y * y) - mu_y * mu_y;
-  const auto sigma_xy = filter(x * y) - mu_x * mu_y;
+  const auto planes = at::cat({x, y, x * x, y * y, x * y}, 1);
+  const auto filtered = at::conv2d(at::conv2d(planes, column.contiguous(), at::Tensor(), ones,
+                                              zeros, ones, 5 * channels),
+                                   row.contiguous(), at::Tensor(), ones, zeros, ones, 5 * channels)
+                            .split(channels, 1);
+  const auto& mu_x = filtered[0];
+  const auto& mu_y = filtered[1];
+  const auto sigma_xx = filtered[2] - mu_x * mu_x;
+  const auto sigma_yy = filtered[3] - mu_y * mu_y;
+  const auto sigma_xy = filtered[4] - mu_x * mu_y;
   const auto map = ((2 * mu_x * mu_y + kC1) * (2 * sigma_xy + kC2)) /
                    ((mu_x * mu_x + mu_y * mu_y + kC1) * (sigma_xx + sigma_yy + kC2));
   return map.mean({1, 2, 3});

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace pconv::infer {
@@ -85,8 +87,8 @@ void cut(const at::Tensor& holes, Box box, int64_t min_gap, std::vector<Box>& ou
   if (columns.gap_begin < columns.gap_end) {
     cut(holes, {box.top, box.left + columns.first, box.bottom, box.left + columns.gap_begin},
         min_gap, out);
-    cut(holes, {box.top, box.left + columns.gap_end, box.bottom, box.left + columns.last},
-        min_gap, out);
+    cut(holes, {box.top, box.left + columns.gap_end, box.bottom, box.left + columns.last}, min_gap,
+        out);
     return;
   }
   out.push_back({box.top + rows.first, box.left + columns.first, box.top + rows.last,
@@ -103,14 +105,50 @@ std::pair<int64_t, int64_t> grow(int64_t begin, int64_t end, int64_t multiple, i
   return {start, start + length};
 }
 
+std::string sizes_of(const at::Tensor& tensor) {
+  std::ostringstream text;
+  text << tensor.sizes();
+  return text.str();
+}
+
+// The hole map of `image` as bool on the CPU, after the checks every caller needs: shapes, an
+// image of floats in [0, 1] (8-bit samples as they are would fill the holes with nonsense),
+// and at least one known pixel to inpaint from.
 at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
-  if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3 && image.size(0) != 4)) {
-    throw std::invalid_argument("inpaint: the image must be (1, 3 or 4, H, W)");
+  if (!image.defined() || image.dim() != 3 ||
+      (image.size(0) != 1 && image.size(0) != 3 && image.size(0) != 4)) {
+    throw std::invalid_argument("inpaint: the image must be (C, H, W) with C = 1, 3 or 4; got " +
+                                (image.defined() ? sizes_of(image) : std::string("none")));
   }
-  if (holes.dim() != 2 || holes.size(0) != image.size(1) || holes.size(1) != image.size(2)) {
-    throw std::invalid_argument("inpaint: the hole map must be (H, W) like the image");
+  if (image.size(1) == 0 || image.size(2) == 0) {
+    throw std::invalid_argument("inpaint: the image is empty: " + sizes_of(image));
   }
-  return holes.to(at::kCPU).ne(0);
+  if (!image.is_floating_point()) {
+    throw std::invalid_argument(std::string("inpaint: the image must be floating point in [0, 1]; "
+                                            "got ") +
+                                c10::toString(image.scalar_type()) +
+                                " (divide 8-bit samples by 255, 16-bit ones by 65535)");
+  }
+  const auto [low, high] = at::aminmax(image.to(at::kFloat));
+  const double lowest = low.item<double>();
+  const double highest = high.item<double>();
+  if (!(lowest >= 0.0 && highest <= 1.0)) {  // NaN fails too
+    std::ostringstream text;
+    text << "inpaint: the image's values must lie in [0, 1]; they span [" << lowest << ", "
+         << highest << "]";
+    throw std::invalid_argument(text.str());
+  }
+  if (!holes.defined() || holes.dim() != 2 || holes.size(0) != image.size(1) ||
+      holes.size(1) != image.size(2)) {
+    throw std::invalid_argument("inpaint: the hole map must be (H, W) like the image " +
+                                sizes_of(image) + "; got " +
+                                (holes.defined() ? sizes_of(holes) : std::string("none")));
+  }
+  auto hole_map = holes.to(at::kCPU).ne(0);
+  if (hole_map.all().item<bool>()) {
+    throw std::invalid_argument("inpaint: every pixel is a hole: there is nothing to inpaint from");
+  }
+  return hole_map;
 }
 
 }  // namespace
@@ -127,8 +165,9 @@ std::vector<Box> hole_regions(const torch::Tensor& holes, int64_t margin) {
   std::vector<Box> boxes;
   boxes.reserve(tight.size());
   for (const auto& box : tight) {
-    boxes.push_back({std::max<int64_t>(0, box.top - margin), std::max<int64_t>(0, box.left - margin),
-                     std::min(height, box.bottom + margin), std::min(width, box.right + margin)});
+    boxes.push_back({std::max<int64_t>(0, box.top - margin),
+                     std::max<int64_t>(0, box.left - margin), std::min(height, box.bottom + margin),
+                     std::min(width, box.right + margin)});
   }
   return boxes;
 }
@@ -163,8 +202,8 @@ Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions o
     : model_(std::move(model)), device_(device), options_(options) {
   const auto dtype = options_.dtype();
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
-    throw std::invalid_argument(std::string("inference runs in float32, float16 or bfloat16, not ") +
-                                c10::toString(dtype));
+    throw std::invalid_argument(
+        std::string("inference runs in float32, float16 or bfloat16, not ") + c10::toString(dtype));
   }
   if (dtype == at::kHalf && !device_.is_cuda()) {
     throw std::invalid_argument("float16 inference needs a CUDA device");
@@ -253,8 +292,7 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
   const int64_t width = rgb.size(2);
   const double scale =
       std::min(1.0, static_cast<double>(side) / static_cast<double>(std::max(height, width)));
-  const int64_t small_h =
-      std::max<int64_t>(1, std::lround(static_cast<double>(height) * scale));
+  const int64_t small_h = std::max<int64_t>(1, std::lround(static_cast<double>(height) * scale));
   const int64_t small_w = std::max<int64_t>(1, std::lround(static_cast<double>(width) * scale));
   const auto small = at::_upsample_bilinear2d_aa(rgb.unsqueeze(0), {small_h, small_w}, false)
                          .squeeze(0)
@@ -322,8 +360,8 @@ InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor
     if (channels != 1) filled = filled.expand({3, -1, -1});
   }
   if (channels == 4) filled = at::cat({filled, pixels.narrow(0, 3, 1)}, 0);
-  result.pixels = options.composite() ? at::where(hole_map.unsqueeze(0), filled, pixels)
-                                      : filled.contiguous();
+  result.pixels =
+      options.composite() ? at::where(hole_map.unsqueeze(0), filled, pixels) : filled.contiguous();
   return result;
 }
 

@@ -88,10 +88,14 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
     torch::serialize::InputArchive archive;
     archive.load_from(bytes.data(), bytes.size(), at::kCPU);
     if (!holds_string(archive, "magic", kMagic)) {
-      throw ModelError(name + (holds_string(archive, kCheckpointRecord)
-                                   ? ": a training checkpoint, not a model file (the run writes "
-                                     "model.pt next to it when it ends)"
-                                   : ": not a pconv model file"));
+      throw ModelError(
+          name + (holds_string(archive, kCheckpointRecord)
+                      ? ": a training checkpoint, not a model file (the run writes model.pt next "
+                        "to it when it ends)"
+                  : stored_kind(path) == StoredKind::kExport
+                      ? ": a TorchScript export of a pconv model (for torch.jit.load), not a "
+                        "model file: give the model it was exported from"
+                      : ": not a pconv model file"));
     }
     c10::IValue value;
     archive.read("format", value);

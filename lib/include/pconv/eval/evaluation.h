@@ -43,7 +43,7 @@ using Method = std::function<torch::Tensor(const torch::Tensor& image, const tor
 struct Scores {
   double psnr = 0;  // dB, mean over examples
   double ssim = 0;
-  double l1 = 0;    // mean absolute error of the whole image, in [0, 1]
+  double l1 = 0;  // mean absolute error of the whole image, in [0, 1]
   int64_t count = 0;
 };
 
@@ -60,6 +60,7 @@ struct EvalReport {
   std::vector<std::vector<Scores>> per_bin;  // [method][bin]
   std::vector<Scores> overall;               // [method]
   std::vector<double> seconds;               // [method], total compute time
+  double total_seconds = 0.0;                // the whole evaluation: reading, masks and metrics too
   std::vector<double> mean_hole_ratio;       // [bin]
   std::vector<Example> examples;
   int64_t photos = 0;

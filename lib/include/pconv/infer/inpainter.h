@@ -105,7 +105,8 @@ class Inpainter {
 
   /// Fills `holes` ((H, W), non-zero = hole) in `image` ((C, H, W) float in [0, 1]; C = 1, 3
   /// or 4: grey goes through the network as RGB and comes back as the channel mean, alpha is
-  /// passed through). Throws std::invalid_argument for bad shapes.
+  /// passed through). Throws std::invalid_argument for bad shapes, an empty image, an image
+  /// that is not floating point or has values outside [0, 1], and a hole map that is all hole.
   InpaintResult inpaint(const torch::Tensor& image, const torch::Tensor& holes,
                         const InpaintOptions& options = {}) const;
 
