@@ -342,7 +342,9 @@ TEST_F(PConvUNetTest, BadInputNamesTheProblem) {
   EXPECT_THAT(message(at::rand({1, 4, 32, 32}), at::ones({1, 1, 32, 32})),
               ::testing::HasSubstr("[1, 4, 32, 32]"));
   EXPECT_THAT(message(at::rand({1, 3, 32, 32}), at::ones({1, 3, 32, 32})),
-              ::testing::HasSubstr("mask must be"));
+              ::testing::HasSubstr("mask must be (1, 1, 32, 32); got [1, 3, 32, 32]"));
+  EXPECT_THAT(message(at::rand({2, 3, 32, 32}), at::Tensor()),
+              ::testing::HasSubstr("mask must be (2 or 1, 1, 32, 32); got none"));
   EXPECT_THROW(PConvUNet(PConvUNetOptions().base_width(64).max_width(32)), c10::Error);
 }
 

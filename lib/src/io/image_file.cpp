@@ -382,7 +382,7 @@ Image read_image(const std::filesystem::path& path) {
 void write_image(const std::filesystem::path& path, const torch::Tensor& pixels, int bit_depth) {
   TORCH_CHECK(
       pixels.dim() == 3 && (pixels.size(0) == 1 || pixels.size(0) == 3 || pixels.size(0) == 4),
-      "write_image: pixels must be (1, 3 or 4, H, W); got ", pixels.sizes());
+      "write_image: pixels must be (C, H, W) with C = 1, 3 or 4; got ", pixels.sizes());
   TORCH_CHECK(bit_depth == 8 || bit_depth == 16, "write_image: bit depth 8 or 16; got ", bit_depth);
   const double scale = bit_depth == 16 ? 65535.0 : 255.0;
   const auto hwc = (pixels.detach().to(at::kCPU, at::kFloat).clamp(0.0, 1.0) * scale)

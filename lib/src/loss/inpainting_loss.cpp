@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 namespace pconv::loss {
 namespace {
 
@@ -81,8 +83,9 @@ LossTerms InpaintingLoss::operator()(const torch::Tensor& output, const torch::T
   TORCH_CHECK(mask.dim() == 4 && mask.size(1) == 1 &&
                   (mask.size(0) == 1 || mask.size(0) == output.size(0)) &&
                   mask.size(2) == output.size(2) && mask.size(3) == output.size(3),
-              "InpaintingLoss: mask must be (", output.size(0), " or 1, 1, ", output.size(2), ", ",
-              output.size(3), "); got ", mask.sizes());
+              "InpaintingLoss: mask must be (",
+              output.size(0) == 1 ? std::string("1") : std::to_string(output.size(0)) + " or 1",
+              ", 1, ", output.size(2), ", ", output.size(3), "); got ", mask.sizes());
   const auto m = mask.to(output.scalar_type());
   const auto difference = output - truth;
   LossTerms terms;

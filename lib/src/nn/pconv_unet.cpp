@@ -147,7 +147,7 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
                                                                 const torch::Tensor& mask) {
   TORCH_CHECK(image.defined() && image.dim() == 4 && image.size(1) == options.image_channels(),
               "PConvUNet: image must be (N, ", options.image_channels(), ", H, W); got ",
-              image.defined() ? image.sizes() : c10::IntArrayRef{});
+              image.defined() ? c10::str(image.sizes()) : std::string("none"));
   const int64_t multiple = size_multiple();
   TORCH_CHECK(image.size(2) % multiple == 0 && image.size(3) % multiple == 0,
               "PConvUNet: image height and width must be multiples of ", multiple,
@@ -156,8 +156,10 @@ std::tuple<torch::Tensor, torch::Tensor> PConvUNetImpl::forward(const torch::Ten
   TORCH_CHECK(mask.defined() && mask.dim() == 4 && mask.size(1) == 1 &&
                   (mask.size(0) == 1 || mask.size(0) == image.size(0)) &&
                   mask.size(2) == image.size(2) && mask.size(3) == image.size(3),
-              "PConvUNet: mask must be (", image.size(0), " or 1, 1, ", image.size(2), ", ",
-              image.size(3), "); got ", mask.sizes());
+              "PConvUNet: mask must be (",
+              image.size(0) == 1 ? std::string("1") : std::to_string(image.size(0)) + " or 1",
+              ", 1, ", image.size(2), ", ", image.size(3), "); got ",
+              mask.defined() ? c10::str(mask.sizes()) : std::string("none"));
   TORCH_CHECK(mask.is_floating_point(), "PConvUNet: mask must be floating point; got ",
               mask.scalar_type());
 

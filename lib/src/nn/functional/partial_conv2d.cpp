@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <string>
 
 #include "partial_conv2d_inference.h"
 #include "partial_conv2d_kernels.h"
@@ -31,10 +32,11 @@ void check_mask(const torch::Tensor& mask, const torch::Tensor& input,
   const bool shape_ok = mask.dim() == 4 && (mask.size(0) == input.size(0) || mask.size(0) == 1) &&
                         mask.size(1) == channels && mask.size(2) == input.size(2) &&
                         mask.size(3) == input.size(3);
-  TORCH_CHECK(shape_ok, "partial_conv2d: mask must be (", input.size(0), " or 1, ", channels, ", ",
-              input.size(2), ", ", input.size(3), ") for input ", input.sizes(), " with a ",
-              options.multi_channel() ? "multi-channel" : "single-channel", " mask; got ",
-              mask.sizes());
+  TORCH_CHECK(shape_ok, "partial_conv2d: mask must be (",
+              input.size(0) == 1 ? std::string("1") : std::to_string(input.size(0)) + " or 1", ", ",
+              channels, ", ", input.size(2), ", ", input.size(3), ") for input ", input.sizes(),
+              " with a ", options.multi_channel() ? "multi-channel" : "single-channel",
+              " mask; got ", mask.sizes());
   TORCH_CHECK(mask.is_floating_point(), "partial_conv2d: mask must be floating point; got ",
               mask.scalar_type());
   TORCH_CHECK(mask.device() == input.device(), "partial_conv2d: mask is on ", mask.device(),
