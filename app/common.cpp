@@ -38,7 +38,7 @@ void add_common_options(CLI::App& command, CommonOptions& options) {
                   "or cuda:N")
       ->capture_default_str();
   command.add_option("--threads", options.threads, "CPU threads for LibTorch (0: its default)")
-      ->check(CLI::Range(0, 1024))
+      ->check(whole_number(0, 1024))
       ->capture_default_str();
   command.add_flag("--reference-kernels", options.reference_kernels,
                    "Compute the partial convolutions' mask terms and renormalisation with plain "
@@ -424,6 +424,18 @@ CLI::Validator positive_number() {
   return number_check(
       [](double value) { return value > 0 ? std::string() : std::string("must be more than 0"); },
       "POSITIVE", "positive");
+}
+CLI::Validator positive_number(double high) {
+  const std::string range = "(0 - " + CLI::detail::to_string(high) + "]";
+  // A function pointer cannot hold the bound: checked here, the same way.
+  return {[high, range](std::string& text) -> std::string {
+            double value = 0;
+            if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type says it
+            if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
+            if (value <= 0 || value > high) return "'" + text + "' is not a number in " + range;
+            return {};
+          },
+          "NUMBER in " + range, "positive number"};
 }
 CLI::Validator non_negative_number() {
   return number_check(

@@ -40,20 +40,20 @@ void setup_demo(CLI::App& app) {
       "Run a stack of stride-2 partial convolutions (the paper's encoder) over a random image "
       "with a round hole and print how the hole shrinks layer by layer");
   command->add_option("--size", options->size, "Image height and width in pixels")
-      ->check(CLI::Range(int64_t{8}, int64_t{8192}))
+      ->check(whole_number(8, 8192))
       ->capture_default_str();
   command->add_option("--hole-ratio", options->hole_ratio, "Fraction of the image that is hole")
       ->check(finite_number())
       ->check(CLI::Range(0.0, 0.95))
       ->capture_default_str();
   command->add_option("--layers", options->layers, "Number of stride-2 layers")
-      ->check(CLI::Range(int64_t{1}, int64_t{10}))
+      ->check(whole_number(1, 10))
       ->capture_default_str();
   command
       ->add_option("--width", options->width,
                    "Channels of the first layer (doubled per layer, "
                    "at most 8x)")
-      ->check(CLI::Range(int64_t{1}, int64_t{512}))
+      ->check(whole_number(1, 512))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed")
       ->check(seed_number())
@@ -69,8 +69,9 @@ void run_demo(const DemoOptions& options) {
 
   auto image = at::rand({1, 3, options.size, options.size}, at::TensorOptions().device(device));
   auto mask = disc_mask(options.size, options.hole_ratio, device);
-  spdlog::info("{}x{} image, {:.1f}% hole, {} layers on {}", options.size, options.size,
-               100.0 * (1.0 - mask.mean().item<double>()), options.layers, device.str());
+  spdlog::info("{}x{} image, {:.1f}% hole, {} layer{} on {}", options.size, options.size,
+               100.0 * (1.0 - mask.mean().item<double>()), options.layers,
+               options.layers == 1 ? "" : "s", device.str());
 
   fmt::print("{:>5}  {:>6}  {:>18}  {:>8}  {:>9}\n", "layer", "kernel", "output", "hole %",
              "time ms");

@@ -73,7 +73,7 @@ void setup_eval(CLI::App& app) {
   command->add_option("-o,--out", options->out_dir, "Folder for the reports")
       ->capture_default_str();
   command->add_option("--size", options->size, "Side of the square centre crops")
-      ->check(CLI::Range(16, 8192))
+      ->check(whole_number(16, 8192))
       ->capture_default_str();
   command->add_option("--per-bin", options->per_bin, "Examples per bin (0: one per photo)")
       ->check(whole_number(0, 100000))
@@ -85,7 +85,7 @@ void setup_eval(CLI::App& app) {
       ->check(positive_number())
       ->capture_default_str();
   command->add_option("--examples", options->examples, "Examples per bin in examples.png")
-      ->check(CLI::Range(1, 16))
+      ->check(whole_number(1, 16))
       ->capture_default_str();
   command->add_flag("--no-baselines", options->no_baselines, "Only the model");
   add_inference_options(*command, options->inference);

@@ -204,9 +204,9 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     }
     // The one mask of every image: a bad one ends here, as one that leaves nothing to inpaint
     // from in any image.
-    const auto holes = io::holes_from_mask(io::read_image(single_mask),
-                                           options.white_valid ? io::MaskConvention::kWhiteIsValid
-                                                               : io::MaskConvention::kWhiteIsHole);
+    const auto holes = io::holes_from_mask(
+        io::read_image(single_mask),
+        options.white_valid ? io::MaskConvention::kWhiteIsValid : io::MaskConvention::kWhiteIsHole);
     if (holes.numel() > 0 && holes.all().item<bool>()) {
       throw InputError(options.masks +
                        ": every pixel is a hole; there is nothing to inpaint from in any image");
@@ -365,7 +365,7 @@ void setup_inpaint(CLI::App& app) {
   command
       ->add_option("--max-memory", options->max_memory_mb,
                    "Memory budget in MB for one network pass (auto strategy)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
+      ->check(whole_number(1, int64_t{1} << 30))
       ->capture_default_str();
   command->add_option("--margin", options->margin, "Context around holes for crop, in pixels")
       ->check(whole_number(0, 65536))

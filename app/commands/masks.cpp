@@ -25,7 +25,7 @@ void setup_masks(CLI::App& app) {
       "Write generated irregular hole masks (free-form strokes and blobs) as PNG files, "
       "white = hole, named mask_00000.png, mask_00001.png, ...");
   command->add_option("-n,--count", options->count, "Number of masks")
-      ->check(CLI::Range(int64_t{1}, int64_t{10000000}))
+      ->check(whole_number(1, 10000000))
       ->capture_default_str();
   command->add_option("-o,--out", options->out_dir, "Folder to write into (created if missing)")
       ->required();

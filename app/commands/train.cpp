@@ -60,32 +60,31 @@ void setup_train(CLI::App& app) {
       ->add_option("--size", options->size,
                    "Crop size (a multiple of 2^depth; at least 16, the validation's SSIM "
                    "window needs 11)")
-      ->check(CLI::Range(int64_t{16}, int64_t{4096}))
+      ->check(whole_number(16, 4096))
       ->capture_default_str();
   command->add_option("--batch", options->batch, "Batch size")
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->check(whole_number(1, 4096))
       ->capture_default_str();
   command->add_option("--steps", options->steps, "Total optimisation steps")
-      ->check(CLI::Range(int64_t{1}, int64_t{100000000}))
+      ->check(whole_number(1, 100000000))
       ->capture_default_str();
   command
       ->add_option("--lr", options->learning_rate,
                    "Learning rate (default 2e-4; 5e-5 with --finetune)")
-      ->check(positive_number())
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(positive_number(1.0));
   command->add_flag("--finetune", options->finetune,
                     "Fine-tuning stage: encoder BatchNorm frozen, learning rate 5e-5 by default "
                     "(start from a model with --init)");
   command
       ->add_option("--depth", options->depth,
                    "Stride-2 layers of the UNet (paper: 7 at 256, 8 at 512)")
-      ->check(CLI::Range(int64_t{1}, int64_t{10}))
+      ->check(whole_number(1, 10))
       ->capture_default_str();
   command->add_option("--width", options->width, "Channels of the first layer (paper: 64)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1024}))
+      ->check(whole_number(1, 1024))
       ->capture_default_str();
   command->add_option("--max-width", options->max_width, "Most channels of any layer (paper: 512)")
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->check(whole_number(1, 4096))
       ->capture_default_str();
   command->add_option("--loss-valid", options->loss_valid, "Weight of the valid-pixel L1 term")
       ->check(non_negative_number())
@@ -117,7 +116,7 @@ void setup_train(CLI::App& app) {
                       "Start from the weights of this pconv model file (its architecture is the "
                       "default for --depth, --width and --max-width)");
   command->add_option("--workers", options->workers, "Threads decoding photos")
-      ->check(CLI::Range(0, 64))
+      ->check(whole_number(0, 64))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed (data order, crops, masks)")
       ->check(seed_number())

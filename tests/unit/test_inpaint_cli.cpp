@@ -673,7 +673,8 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
        "is a pconv model file; pconv does not write over one"},
       {"export " + model + " -o " + checkpoint, "is a pconv training checkpoint"},
       {"export " + model + " -o " + (d / "x.png").string(), "has an image's extension"},
-      {"train --data " + (d / "photos").string() + " --size 8 --depth 2", "--size: Value 8 not"},
+      {"train --data " + (d / "photos").string() + " --size 8 --depth 2",
+       "--size: '8' is not a whole number in [16 - 4096]"},
   };
   for (const auto& [args, message] : refused) {
     SCOPED_TRACE(args);

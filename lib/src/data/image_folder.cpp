@@ -235,8 +235,9 @@ Example TrainingStream::make_example(int64_t local_index) {
                 crop_.size(), ", ", crop_.size(), ")");
     return example;
   }
-  throw InputError("no readable image left among the " + std::to_string(count) + " files (" +
-                   files_.front().string() + (count > 1 ? ", ..." : "") + ")");
+  throw InputError("no usable photo left among the " + std::to_string(count) + " files (" +
+                   files_.front().string() + (count > 1 ? ", ..." : "") +
+                   "): each is unreadable or too small for the crop (see the warnings above)");
 }
 
 void TrainingStream::work() {
