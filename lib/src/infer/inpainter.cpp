@@ -130,8 +130,8 @@ at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
                                 " (divide 8-bit samples by 255, 16-bit ones by 65535)");
   }
   const auto [low, high] = at::aminmax(image.to(at::kFloat));
-  const double lowest = low.item<double>();
-  const double highest = high.item<double>();
+  const auto lowest = low.item<double>();
+  const auto highest = high.item<double>();
   if (!(lowest >= 0.0 && highest <= 1.0)) {  // NaN fails too
     std::ostringstream text;
     text << "inpaint: the image's values must lie in [0, 1]; they span [" << lowest << ", "
