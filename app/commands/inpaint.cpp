@@ -156,13 +156,14 @@ void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options
                 const infer::InpaintOptions& inpaint_options) {
   const fs::path out = single_output(options);
   // The folders of -o and --compare are made as needed, and taken away again if the image
-  // fails. One that cannot be made shows up as the write's error, naming the file.
+  // fails. One that cannot be made ends the command before the work, naming the file and why.
   std::vector<std::unique_ptr<OutputFolder>> out_folders;
   for (const auto& file : {out, fs::path(options.compare)}) {
     if (!file.has_parent_path()) continue;
     try {
       out_folders.push_back(std::make_unique<OutputFolder>(file.parent_path()));
-    } catch (const InputError&) {
+    } catch (const InputError& error) {
+      throw InputError(file.string() + ": cannot write the file: " + error.what());
     }
   }
   const auto loaded = load(options.image, options.mask, options);
