@@ -417,16 +417,24 @@ CLI::Validator number_check(std::string (*problem)(double), std::string descript
 }
 }  // namespace
 
-CLI::Validator finite_number() {
-  return number_check([](double) { return std::string(); }, "", "finite");
-}
 CLI::Validator positive_number() {
   return number_check(
       [](double value) { return value > 0 ? std::string() : std::string("must be more than 0"); },
       "POSITIVE", "positive");
 }
+CLI::Validator number_in(double low, double high) {
+  const std::string range = fmt::format("[{} - {}]", low, high);
+  return {[low, high, range](std::string& text) -> std::string {
+            double value = 0;
+            if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type says it
+            if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
+            if (value < low || value > high) return "'" + text + "' is not a number in " + range;
+            return {};
+          },
+          "NUMBER in " + range, "number in range"};
+}
 CLI::Validator positive_number(double high) {
-  const std::string range = "(0 - " + CLI::detail::to_string(high) + "]";
+  const std::string range = fmt::format("(0 - {}]", high);
   // A function pointer cannot hold the bound: checked here, the same way.
   return {[high, range](std::string& text) -> std::string {
             double value = 0;

@@ -156,15 +156,14 @@ class OutputFolder {
   std::shared_ptr<void> lock_;  // released after the destructor has taken made_ away
 };
 
-/// A CLI11 check that passes finite numbers only (CLI11's Range lets NaN through); chain it
-/// before a Range.
-CLI::Validator finite_number();
-
 /// CLI11 checks for finite numbers > 0 and >= 0, with short messages (CLI11's PositiveNumber
 /// and NonNegativeNumber let NaN through and print their bounds with 300 digits).
 CLI::Validator positive_number();
 /// A number more than 0 and at most `high`.
 CLI::Validator positive_number(double high);
+/// A finite number from `low` to `high` (CLI11's Range lets NaN through and prints its bounds
+/// with six decimals).
+CLI::Validator number_in(double low, double high);
 CLI::Validator non_negative_number();
 
 /// A CLI11 check for a whole number from `low` to `high` (CLI11 would cap a larger one at the

@@ -43,8 +43,7 @@ void setup_demo(CLI::App& app) {
       ->check(whole_number(8, 8192))
       ->capture_default_str();
   command->add_option("--hole-ratio", options->hole_ratio, "Fraction of the image that is hole")
-      ->check(finite_number())
-      ->check(CLI::Range(0.0, 0.95))
+      ->check(number_in(0.0, 0.95))
       ->capture_default_str();
   command->add_option("--layers", options->layers, "Number of stride-2 layers")
       ->check(whole_number(1, 10))

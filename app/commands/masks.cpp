@@ -34,12 +34,10 @@ void setup_masks(CLI::App& app) {
       ->check(seed_number())
       ->capture_default_str();
   command->add_option("--min-ratio", options->min_ratio, "Smallest hole fraction")
-      ->check(finite_number())
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_in(0.0, 1.0))
       ->capture_default_str();
   command->add_option("--max-ratio", options->max_ratio, "Largest hole fraction")
-      ->check(finite_number())
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_in(0.0, 1.0))
       ->capture_default_str();
   command->add_flag("--overwrite", options->overwrite, "Replace mask files that already exist");
   command->callback([options] { run_masks(*options); });
