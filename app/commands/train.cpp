@@ -230,6 +230,13 @@ void run_train(const TrainOptions& options) {
   keep_apart(options.out_dir, "the run", "the photos", "--data", options.data_dir);
   if (!options.validation_dir.empty()) {
     keep_apart(options.out_dir, "the run", "the photos", "--val", options.validation_dir);
+    // Scores on photos the model trains on would say nothing of how it fills new ones.
+    if (is_within(options.validation_dir, options.data_dir) ||
+        is_within(options.data_dir, options.validation_dir)) {
+      throw CLI::ValidationError(
+          "--val", "'" + options.validation_dir + "' overlaps the training photos of --data '" +
+                       options.data_dir + "'; validate on photos the model does not train on");
+    }
   }
   if (!options.mask_dir.empty()) {
     keep_apart(options.out_dir, "the run", "the masks", "--masks", options.mask_dir);

@@ -564,6 +564,11 @@ void Trainer::load_checkpoint() {
     torch::serialize::InputArchive optimizer_archive;
     archive.read("optimizer", optimizer_archive);
     optimizer_->load(optimizer_archive);
+    // LibTorch's load also restores the options each group was saved with: the learning rate of
+    // this run (a resume may change it) goes back in, or the checkpoint's would go on silently.
+    for (auto& group : optimizer_->param_groups()) {
+      static_cast<torch::optim::AdamOptions&>(group.options()).lr(options_.learning_rate());
+    }
     at::Tensor rng_state;
     archive.read("cpu_rng", rng_state);
     at::Tensor amp_scale;
