@@ -13,8 +13,10 @@ function(pconv expected_rc)
 endfunction()
 
 pconv(0 masks -n 6 -o ${WORK_DIR}/photos --size 48x40 --seed 2 --min-ratio 0.2 --max-ratio 0.5)
+# Validation photos of their own (a --val among the training photos is refused).
+pconv(0 masks -n 3 -o ${WORK_DIR}/val --size 48x40 --seed 3 --min-ratio 0.2 --max-ratio 0.5)
 set(model_args --size 32 --depth 3 --width 8 --max-width 16 --batch 2 --workers 1 --threads 1)
-set(train_args train --data ${WORK_DIR}/photos --val ${WORK_DIR}/photos -o ${WORK_DIR}/run
+set(train_args train --data ${WORK_DIR}/photos --val ${WORK_DIR}/val -o ${WORK_DIR}/run
     ${model_args} --validate-every 2 --sample-every 2 --checkpoint-every 2)
 pconv(0 ${train_args} --steps 4)
 foreach(file config.txt log.csv validation.csv checkpoint.pt model.pt samples/step_0000002.png samples/step_0000004.png)
