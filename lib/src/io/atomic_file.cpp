@@ -18,9 +18,9 @@ namespace {
 
 // The temporary files being written, for remove_temporary_files_now(): fixed slots, so that a
 // signal handler can read them without a lock or an allocation. A slot is free (0), reserved
-// (1: its path is being copied, or the file is not created yet), holds the path of a file this
-// process created (2), or is being removed by the handler (3). More writes at once than slots
-// are simply not tracked.
+// while its path is copied (1), holds the path of a file about to be created or created an
+// instant ago (4), of a file this process created (2), or is being removed by the handler (3).
+// More writes at once than slots are simply not tracked.
 constexpr size_t kTrackedWrites = 64;
 std::array<std::atomic<int>, kTrackedWrites> g_slot_state{};
 std::array<std::array<char, PATH_MAX>, kTrackedWrites> g_slot_path{};
@@ -36,6 +36,7 @@ class TrackedTemporary {
       int expected = 0;
       if (g_slot_state[i].compare_exchange_strong(expected, 1)) {
         std::memcpy(g_slot_path[i].data(), name.c_str(), name.size() + 1);
+        g_slot_state[i].store(4);
         slot_ = static_cast<int>(i);
         return;
       }
@@ -50,7 +51,7 @@ class TrackedTemporary {
     // A slot the handler is removing (3) is left to it: the process is ending.
     int expected = 2;
     auto& state = g_slot_state[static_cast<size_t>(slot_)];
-    if (!state.compare_exchange_strong(expected, 0) && expected == 1) state.store(0);
+    if (!state.compare_exchange_strong(expected, 0) && expected == 4) state.store(0);
   }
   TrackedTemporary(const TrackedTemporary&) = delete;
   TrackedTemporary& operator=(const TrackedTemporary&) = delete;
@@ -122,9 +123,16 @@ void write_file_atomically(const std::filesystem::path& path, const std::string&
 void remove_temporary_files_now() {
   for (size_t i = 0; i < kTrackedWrites; ++i) {
     // Claimed first, so that the writer cannot free and refill the slot meanwhile. After the
-    // rename the name is gone and unlink fails, harmlessly.
-    int expected = 2;
-    if (g_slot_state[i].compare_exchange_strong(expected, 3)) ::unlink(g_slot_path[i].data());
+    // rename the name is gone and unlink fails, harmlessly. A path whose file is about to be
+    // created (4) is taken too: the file may have been created in the instant before the
+    // writer marked it (the process ends right after this, so the writer never goes on); a
+    // temporary name of the writer's random form that is not there yet is not there to remove.
+    for (int claimed : {2, 4}) {
+      if (g_slot_state[i].compare_exchange_strong(claimed, 3)) {
+        ::unlink(g_slot_path[i].data());
+        break;
+      }
+    }
   }
 }
 
