@@ -11,6 +11,7 @@ function(run)
   if(NOT rc STREQUAL "0")
     message(FATAL_ERROR "failed: ${ARGN}")
   endif()
+  set(last_output "${out}" PARENT_SCOPE)
 endfunction()
 run(${PCONV} masks -n 8 -o ${WORK_DIR}/photos --size 40x36 --seed 5 --min-ratio 0.2 --max-ratio 0.5)
 set(common --data ${WORK_DIR}/photos --size 32 --depth 3 --width 8 --max-width 16
@@ -24,6 +25,18 @@ run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/parallel/model.pt 1
 run(${launch} --steps 2 -o ${WORK_DIR}/resumed)
 run(${launch} --steps 4 -o ${WORK_DIR}/resumed --resume)
 run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/resumed/model.pt 1e-4)
+# Resumed with another number of processes (the global batch changes): the data stream goes on
+# at the next example, none skipped or repeated: after 2 steps of 2 ranks x 2 at example 8, after
+# one more step of 1 process x 2 at example 10.
+run(${launch} --steps 2 -o ${WORK_DIR}/regrouped)
+run(${PCONV} train ${common} --batch 2 --steps 3 -o ${WORK_DIR}/regrouped --resume)
+if(NOT last_output MATCHES "resuming at step 2, after 8 examples")
+  message(FATAL_ERROR "2 ranks resumed as 1 process: not at example 8")
+endif()
+run(${launch} --steps 4 -o ${WORK_DIR}/regrouped --resume)
+if(NOT last_output MATCHES "resuming at step 3, after 10 examples")
+  message(FATAL_ERROR "1 process resumed as 2 ranks: not at example 10")
+endif()
 # Ranks started with other options (here rank 1's first layer is narrower): one error line on
 # each rank, exit 3, never a collective's abort or a wait for the timeout.
 set(rank_env ${CMAKE_COMMAND} -E env WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=${PORT})

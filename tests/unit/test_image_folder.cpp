@@ -362,9 +362,28 @@ TEST_F(ImageFolderTest, StreamIsTheSameForAnyWorkerCountAndWhenResumed) {
     EXPECT_TRUE(at::equal(batch.images, expected[step].images)) << "step " << step;
     EXPECT_TRUE(at::equal(batch.masks, expected[step].masks)) << "step " << step;
   }
-  D::TrainingStream resumed(files, crop, masks, 3, 42, 2, /*first_batch=*/4);
+  D::TrainingStream resumed(files, crop, masks, 3, 42, 2, /*first_example=*/12);
   EXPECT_TRUE(at::equal(resumed.next().images, expected[4].images));
   EXPECT_TRUE(at::equal(resumed.next().images, expected[5].images));
+
+  // Two shards (data-parallel ranks) take turns through the same examples, from the start and
+  // from a resumed run's count; a resume with another number of shards neither skips nor
+  // repeats one.
+  for (const int64_t first : {0, 6}) {
+    D::TrainingStream shard0(files, crop, masks, 3, 42, 1, first, /*shard=*/0, /*shards=*/2);
+    D::TrainingStream shard1(files, crop, masks, 3, 42, 0, first, /*shard=*/1, /*shards=*/2);
+    for (size_t global = static_cast<size_t>(first / 3); global + 1 < expected.size();
+         global += 2) {
+      const auto part0 = shard0.next();
+      const auto part1 = shard1.next();
+      EXPECT_TRUE(at::equal(part0.images, expected[global].images)) << first << " " << global;
+      EXPECT_TRUE(at::equal(part0.masks, expected[global].masks)) << first << " " << global;
+      EXPECT_TRUE(at::equal(part1.images, expected[global + 1].images)) << first << " " << global;
+      EXPECT_TRUE(at::equal(part1.masks, expected[global + 1].masks)) << first << " " << global;
+    }
+  }
+  D::TrainingStream after_two_shards(files, crop, masks, 3, 42, 0, /*first_example=*/9);
+  EXPECT_TRUE(at::equal(after_two_shards.next().images, expected[3].images));
   D::TrainingStream other_seed(files, crop, masks, 3, 43, 0);
   EXPECT_FALSE(at::equal(other_seed.next().images, expected[0].images));
 }

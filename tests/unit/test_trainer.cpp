@@ -163,7 +163,9 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
                   ::testing::HasSubstr("at step 3 already, past --steps 2")));
   T::Trainer resumed(tiny(6), files_, {}, dir_ / "resumed", true);
   EXPECT_EQ(resumed.step(), 3);
+  EXPECT_EQ(resumed.examples(), 3 * 2);  // where the data stream goes on (batch 2)
   resumed.run();
+  EXPECT_EQ(resumed.examples(), 6 * 2);
   const auto actual = parameters(resumed);
   ASSERT_EQ(actual.size(), expected.size());
   for (size_t i = 0; i < actual.size(); ++i) {

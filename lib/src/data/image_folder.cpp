@@ -145,21 +145,22 @@ torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions&
 
 TrainingStream::TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop,
                                MaskSource masks, int64_t batch_size, uint64_t seed, int workers,
-                               int64_t first_batch, int64_t shard, int64_t shards)
+                               int64_t first_example, int64_t shard, int64_t shards)
     : files_(std::move(files)),
       crop_(crop),
       masks_(std::move(masks)),
       batch_size_(batch_size),
       shard_(shard),
       shards_(shards),
+      first_example_(first_example),
       seed_(seed),
-      capacity_(std::max<int64_t>(2 * batch_size, int64_t{4} * std::max(workers, 1))),
-      next_to_claim_(first_batch * batch_size),
-      next_to_deliver_(first_batch * batch_size) {
+      capacity_(std::max<int64_t>(2 * batch_size, int64_t{4} * std::max(workers, 1))) {
   TORCH_CHECK(!files_.empty(), "TrainingStream: no files");
   TORCH_CHECK(batch_size_ > 0, "TrainingStream: batch size must be positive; got ", batch_size_);
   TORCH_CHECK(shards_ > 0 && shard_ >= 0 && shard_ < shards_, "TrainingStream: shard ", shard_,
               " of ", shards_);
+  TORCH_CHECK(first_example_ >= 0, "TrainingStream: the first example must be >= 0; got ",
+              first_example_);
   for (int worker = 0; worker < workers; ++worker) workers_.emplace_back([this] { work(); });
 }
 
@@ -200,9 +201,10 @@ std::shared_ptr<const std::vector<int64_t>> TrainingStream::epoch_order(int64_t 
 }
 
 Example TrainingStream::make_example(int64_t local_index) {
-  // Batch k of shard s holds examples of global batch k * shards + s.
-  const int64_t index =
-      ((local_index / batch_size_) * shards_ + shard_) * batch_size_ + local_index % batch_size_;
+  // Batch k of shard s holds part s of global batch k (counted from the first example).
+  const int64_t index = first_example_ +
+                        ((local_index / batch_size_) * shards_ + shard_) * batch_size_ +
+                        local_index % batch_size_;
   const auto count = static_cast<int64_t>(files_.size());
   const auto order = epoch_order(index / count);
   const uint64_t example_seed =

@@ -502,6 +502,7 @@ void Trainer::save_checkpoint() const {
   torch::serialize::OutputArchive archive;
   archive.write("identity", c10::IValue(run_identity(options_)));
   archive.write("step", c10::IValue(step_));
+  archive.write("examples", c10::IValue(examples_));
   torch::serialize::OutputArchive model_archive;
   model_->save(model_archive);
   archive.write("model", model_archive);
@@ -557,6 +558,16 @@ void Trainer::load_checkpoint() {
     }
     archive.read("step", value);
     step_ = value.toInt();
+    const int64_t ranks = options_.process_group() ? options_.process_group()->world_size() : 1;
+    // Checkpoints from before session vii have no count: they went on at the step's position
+    // for this number of processes, as they did then.
+    examples_ =
+        archive.try_read("examples", value) ? value.toInt() : step_ * options_.batch_size() * ranks;
+    if (step_ < 0 || examples_ < step_ * options_.batch_size()) {
+      throw ModelError(path.string() + ": is damaged (step " + std::to_string(step_) + " after " +
+                       std::to_string(examples_) + " examples of batch " +
+                       std::to_string(options_.batch_size()) + ")");
+    }
     const auto expected_shapes = shapes_of(*model_);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
@@ -647,7 +658,10 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
               ? "loss: pixel, perceptual and style terms (VGG16 from " + options_.vgg_path() + ")"
               : "loss: pixel terms only (valid, hole, total variation); give --vgg for the "
                 "perceptual and style terms");
-  if (step_ > 0) message("resuming at step " + std::to_string(step_));
+  if (step_ > 0) {
+    message("resuming at step " + std::to_string(step_) + ", after " + std::to_string(examples_) +
+            " examples");
+  }
   for (const auto& note : notes_) message(note);
 
   data::MaskSource mask_source;
@@ -668,7 +682,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   const int64_t ranks = group ? group->world_size() : 1;
   data::TrainingStream stream(train_files_, data::CropOptions().size(options_.size()), mask_source,
                               options_.batch_size(), options_.seed(), options_.workers(),
-                              /*first_batch=*/step_, /*shard=*/group ? group->rank() : 0,
+                              /*first_example=*/examples_, /*shard=*/group ? group->rank() : 0,
                               /*shards=*/ranks);
   if (group) {
     message("data-parallel: rank " + std::to_string(group->rank()) + " of " +
@@ -744,6 +758,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       }
       if (take_step) optimizer_->step();
       ++step_;
+      examples_ += options_.batch_size() * ranks;  // a skipped fp16 step used its batch too
 
       window_images += options_.batch_size() * ranks;
       const auto now = std::chrono::steady_clock::now();

@@ -26,10 +26,10 @@ namespace pconv::data {
 /// Image files under `folder`, recursively, with an extension io::image_extensions() lists;
 /// sorted by path so that every run sees the same order. Hidden names (a leading dot: .git,
 /// .thumbnails, a command's unfinished files) are passed over. Links to files are followed,
-/// links to folders are not (and are reported as skipped). A subfolder that cannot be listed, or an image name that cannot be looked
-/// at (a link to nowhere, a loop of links), is left out and, when given, `skipped` is called
-/// with "PATH: why; skipped". Throws pconv::InputError naming the folder if it is missing,
-/// cannot be listed or holds no image.
+/// links to folders are not (and are reported as skipped). A subfolder that cannot be listed, or an
+/// image name that cannot be looked at (a link to nowhere, a loop of links), is left out and, when
+/// given, `skipped` is called with "PATH: why; skipped". Throws pconv::InputError naming the folder
+/// if it is missing, cannot be listed or holds no image.
 std::vector<std::filesystem::path> list_images(
     const std::filesystem::path& folder,
     const std::function<void(const std::string&)>& skipped = {});
@@ -74,14 +74,17 @@ using MaskSource = std::function<torch::Tensor(uint64_t index)>;
 /// training) uses photo `order[i mod n]` of a per-epoch shuffle of the files, crop randomness
 /// from (seed, i) and mask `i` of the mask source, so the stream resumed at any batch continues
 /// exactly as it would have, whatever the number of workers. Unreadable photos are skipped (the
-/// next photo in the epoch's order takes their place) and reported once each. With `shards`
+/// next photo in the epoch's order takes their place) and reported once each. The stream starts
+/// at example `first_example` (a resumed run's count of examples trained on). With `shards`
 /// > 1 (data-parallel training) this stream is shard `shard`: its batch k is the part `shard`
-/// of global batch k, i.e. global batch k * shards + shard of size batch_size, so the shards
-/// together see exactly what one stream with batch_size * shards would.
+/// of global batch k (batch_size * shards examples), i.e. examples first_example +
+/// (k * shards + shard) * batch_size onwards, so the shards together see exactly what one
+/// stream with batch_size * shards would, and a run resumed with another number of shards goes
+/// on with the next example, none skipped or repeated.
 class TrainingStream {
  public:
   TrainingStream(std::vector<std::filesystem::path> files, CropOptions crop, MaskSource masks,
-                 int64_t batch_size, uint64_t seed, int workers, int64_t first_batch = 0,
+                 int64_t batch_size, uint64_t seed, int workers, int64_t first_example = 0,
                  int64_t shard = 0, int64_t shards = 1);
   ~TrainingStream();
   TrainingStream(const TrainingStream&) = delete;
@@ -108,6 +111,7 @@ class TrainingStream {
   int64_t batch_size_;
   int64_t shard_;
   int64_t shards_;
+  int64_t first_example_;
   uint64_t seed_;
   int64_t capacity_;  // examples decoded ahead at most
 
@@ -119,8 +123,8 @@ class TrainingStream {
   std::set<std::string> skipped_;
   std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> epoch_orders_;
   std::function<void(const std::string&)> warning_hook_;
-  int64_t next_to_claim_;
-  int64_t next_to_deliver_;
+  int64_t next_to_claim_ = 0;  // local example indexes, counted from this stream's start
+  int64_t next_to_deliver_ = 0;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };

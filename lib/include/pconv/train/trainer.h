@@ -119,6 +119,8 @@ class Trainer {
 
   nn::PConvUNet& model() { return model_; }
   int64_t step() const { return step_; }
+  /// Examples trained on so far, all ranks together: where the data stream goes on.
+  int64_t examples() const { return examples_; }
 
   /// Files the run writes, relative to its folder.
   static constexpr const char* kCheckpointFile = "checkpoint.pt";
@@ -151,10 +153,13 @@ class Trainer {
   GradScaler scaler_;
   int64_t skipped_steps_ = 0;  // fp16 steps skipped for overflowing gradients, this run
   int64_t step_ = 0;
-  torch::Tensor validation_images_;               // (V, 3, S, S) on the device
-  torch::Tensor validation_masks_;                // (V, 1, S, S)
-  std::vector<std::string> notes_;  // what the constructor found (photos left out, a resume's
-                                    // changed settings), reported by run()
+  // Examples trained on, all ranks together. Kept apart from the step because a run resumed
+  // with another number of processes changes the global batch.
+  int64_t examples_ = 0;
+  torch::Tensor validation_images_;  // (V, 3, S, S) on the device
+  torch::Tensor validation_masks_;   // (V, 1, S, S)
+  std::vector<std::string> notes_;   // what the constructor found (photos left out, a resume's
+                                     // changed settings), reported by run()
 };
 
 }  // namespace pconv::train
