@@ -7,7 +7,6 @@
 #include <pconv/error.h>
 #include <pconv/io/image_file.h>
 
-#include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -62,8 +61,8 @@ void run_masks(const MasksOptions& options) {
   std::vector<uint8_t> first_holes;
   try {
     first_holes = generator.holes(0);
-  } catch (const c10::Error& error) {
-    std::string reason = error.what_without_backtrace();
+  } catch (const InputError& error) {
+    std::string reason = error.what();
     const std::string prefix = "MaskGenerator: ";
     if (reason.rfind(prefix, 0) == 0) reason = reason.substr(prefix.size());
     throw CLI::ValidationError("--size", reason.substr(0, reason.find('\n')));

@@ -1,9 +1,11 @@
 // Tests of pconv::data::MaskGenerator: hole ratios land in the asked bin, masks are
 // reproducible for a seed and index, and the tensor form follows the network's convention.
 #include <pconv/data/mask_generator.h>
+#include <pconv/error.h>
 
 #include <ATen/ATen.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -64,6 +66,10 @@ TEST(MaskGeneratorTest, RejectsImpossibleOptions) {
   EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_ratio(0.5).max_ratio(0.2)),
                c10::Error);
   EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_width(0.0)), c10::Error);
+  // Valid options that no mask of the size fits: an input error naming the size and range.
+  EXPECT_THAT([] { MaskGenerator(MaskGeneratorOptions(1, 1)).holes(0); },
+              ::testing::ThrowsMessage<pconv::InputError>(
+                  ::testing::HasSubstr("no 1x1 mask with a hole ratio in [0.01, 0.6]")));
 }
 
 }  // namespace

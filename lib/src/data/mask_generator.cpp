@@ -1,5 +1,6 @@
 #include "pconv/data/mask_generator.h"
 
+#include "pconv/error.h"
 #include "seed_mix.h"
 
 #include <ATen/ATen.h>
@@ -162,9 +163,11 @@ std::vector<uint8_t> MaskGenerator::holes(uint64_t index) const {
       return std::move(canvas).take();
     }
   }
-  TORCH_CHECK(false, "MaskGenerator: no ", o.width(), "x", o.height(),
-              " mask with a hole ratio in [", o.min_ratio(), ", ", o.max_ratio(), "] after ",
-              kAttempts, " attempts; widen the range or enlarge the mask");
+  // The options are valid, but no mask of this size fits them: the caller's input, not a bug.
+  throw InputError(c10::str("MaskGenerator: no ", o.width(), "x", o.height(),
+                            " mask with a hole ratio in [", o.min_ratio(), ", ", o.max_ratio(),
+                            "] after ", kAttempts,
+                            " attempts; widen the range or enlarge the mask"));
 }
 
 torch::Tensor MaskGenerator::mask(uint64_t index) const {

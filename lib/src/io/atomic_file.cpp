@@ -95,6 +95,12 @@ void write_bytes(const std::filesystem::path& path, const char* data, size_t siz
     }
     written += static_cast<size_t>(count);
   }
+  // On disk before the rename, so that a crash or a power cut never leaves the name on an empty
+  // or partial file (a checkpoint a resume would then refuse). A file system without fsync
+  // (EINVAL, ENOTSUP) keeps what it can.
+  if (write_error == 0 && ::fsync(descriptor) != 0 && errno != EINVAL && errno != ENOTSUP) {
+    write_error = errno;
+  }
   if (::close(descriptor) != 0 && write_error == 0) write_error = errno;
   if (write_error != 0) {
     std::error_code ignored;
@@ -107,6 +113,14 @@ void write_bytes(const std::filesystem::path& path, const char* data, size_t siz
     std::error_code ignored;
     std::filesystem::remove(temporary, ignored);
     throw InputError(path.string() + ": cannot write the file: " + error.message());
+  }
+  // The rename itself reaches the disk with the folder; the file is whole by now, so a folder
+  // that cannot be synced (or opened) costs only durability, never the result.
+  const auto folder = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  if (const int folder_descriptor = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      folder_descriptor >= 0) {
+    ::fsync(folder_descriptor);
+    ::close(folder_descriptor);
   }
 }
 

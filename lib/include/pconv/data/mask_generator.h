@@ -36,7 +36,8 @@ class MaskGenerator {
  public:
   explicit MaskGenerator(MaskGeneratorOptions options, uint64_t seed = 0);
 
-  /// Hole map of mask `index`: height x width bytes, 1 = hole, 0 = valid.
+  /// Hole map of mask `index`: height x width bytes, 1 = hole, 0 = valid. Throws
+  /// pconv::InputError when no mask of this size has a hole ratio in the range (a 1x1 mask).
   std::vector<uint8_t> holes(uint64_t index) const;
 
   /// Mask `index` as a (1, H, W) float tensor in the network's convention: 1 = valid, 0 = hole.

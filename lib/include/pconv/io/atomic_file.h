@@ -1,5 +1,5 @@
 // Writing files so that a reader never sees a partial one: write under a temporary name in
-// the same folder, then rename over the target (atomic on POSIX file systems).
+// the same folder, sync it to disk, then rename over the target (atomic on POSIX file systems).
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,8 @@
 
 namespace pconv::io {
 
-/// Writes `data` to `path` through a temporary file in the same folder and a rename. Throws
+/// Writes `data` to `path` through a temporary file in the same folder, synced to disk (the file
+/// before the rename, the folder after it), and a rename. Throws
 /// pconv::InputError naming the file on failure, leaving no temporary file behind.
 void write_file_atomically(const std::filesystem::path& path, const std::vector<uint8_t>& data);
 void write_file_atomically(const std::filesystem::path& path, const std::string& data);
