@@ -28,18 +28,35 @@
 #include <vector>
 
 // compare A B TOLERANCE: the largest difference between two model files' parameters and
-// buffers; exit 0 when both have the same names and shapes and every difference is within the
-// tolerance (NaN is never within it).
+// buffers, and between their validation metrics; exit 0 when both have the same names and
+// shapes and every difference is within the tolerance (NaN is never within it).
 int compare(const std::string& first, const std::string& second, double tolerance) {
-  auto a = pconv::io::load_model(first);
-  auto b = pconv::io::load_model(second);
+  pconv::io::ModelMetadata metadata_a;
+  pconv::io::ModelMetadata metadata_b;
+  auto a = pconv::io::load_model(first, &metadata_a);
+  auto b = pconv::io::load_model(second, &metadata_b);
   double largest = 0;
   bool ok = true;
+  if (metadata_a.metrics.size() != metadata_b.metrics.size()) {
+    std::fprintf(stderr, "metric count differs: %zu vs %zu\n", metadata_a.metrics.size(),
+                 metadata_b.metrics.size());
+    ok = false;
+  }
+  for (const auto& [name, value] : metadata_a.metrics) {
+    const auto other = metadata_b.metrics.find(name);
+    const double difference =
+        other == metadata_b.metrics.end() ? NAN : std::abs(value - other->second);
+    std::fprintf(stderr, "metric %s: %.9g vs %.9g\n", name.c_str(), value,
+                 other == metadata_b.metrics.end() ? NAN : other->second);
+    if (!(difference <= tolerance)) {
+      std::fprintf(stderr, "metric %s differs by %.3g\n", name.c_str(), difference);
+      ok = false;
+    }
+  }
   using Named = torch::OrderedDict<std::string, at::Tensor>;
   const auto check = [&](const Named& items_a, const Named& items_b, const char* kind) {
     if (items_a.size() != items_b.size()) {
-      std::fprintf(stderr, "%s count differs: %zu vs %zu\n", kind, items_a.size(),
-                   items_b.size());
+      std::fprintf(stderr, "%s count differs: %zu vs %zu\n", kind, items_a.size(), items_b.size());
       ok = false;
       return;
     }

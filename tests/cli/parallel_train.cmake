@@ -16,14 +16,24 @@ endfunction()
 run(${PCONV} masks -n 8 -o ${WORK_DIR}/photos --size 40x36 --seed 5 --min-ratio 0.2 --max-ratio 0.5)
 set(common --data ${WORK_DIR}/photos --size 32 --depth 3 --width 8 --max-width 16
     --workers 1 --threads 1 --seed 3 --validate-every 0 --sample-every 0 --checkpoint-every 0)
-run(${PCONV} train ${common} --steps 4 --batch 4 -o ${WORK_DIR}/single)
+# Validated too (each rank scores a part of the 3 images; rank 0 reports the whole): the model
+# files' validation metrics must agree as well.
+run(${PCONV} masks -n 3 -o ${WORK_DIR}/val --size 40x36 --seed 6 --min-ratio 0.2 --max-ratio 0.5)
+set(validated --val ${WORK_DIR}/val)
+run(${PCONV} train ${common} ${validated} --steps 4 --batch 4 -o ${WORK_DIR}/single)
 set(launch ${CMAKE_COMMAND} -E env PCONV=${PCONV} MASTER_PORT=${PORT} bash ${LAUNCH} 2 ${common}
     --batch 2 --timeout 60)
-run(${launch} --steps 4 -o ${WORK_DIR}/parallel)
+run(${launch} ${validated} --steps 4 -o ${WORK_DIR}/parallel)
+if(NOT last_output MATCHES "step 4: validation PSNR [0-9.]+ dB, SSIM [0-9.]+ \\(3 images\\)")
+  message(FATAL_ERROR "the parallel run reported no validation at step 4")
+endif()
 run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/parallel/model.pt 1e-4)
+if(NOT last_output MATCHES "metric val_psnr")
+  message(FATAL_ERROR "no validation metrics compared")
+endif()
 # Stopped after 2 steps and resumed to 4: the same model again.
-run(${launch} --steps 2 -o ${WORK_DIR}/resumed)
-run(${launch} --steps 4 -o ${WORK_DIR}/resumed --resume)
+run(${launch} ${validated} --steps 2 -o ${WORK_DIR}/resumed)
+run(${launch} ${validated} --steps 4 -o ${WORK_DIR}/resumed --resume)
 run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/resumed/model.pt 1e-4)
 # Resumed with another number of processes (the global batch changes): the data stream goes on
 # at the next example, none skipped or repeated: after 2 steps of 2 ranks x 2 at example 8, after
