@@ -14,10 +14,10 @@ host=$(mktemp)
 trap 'rm -f "$rows" "$host"' EXIT
 for shape in 0 1 2 3 4 5; do
   "$bench" --shape "$shape" --benchmark_min_time=0.2 --benchmark_repetitions=5 \
-    --benchmark_enable_random_interleaving=true "$@" | tee /dev/stderr | grep -E '^\| [0-9]' >>"$rows"
+    --benchmark_enable_random_interleaving=true "$@" | tee -a /dev/stderr | grep -E '^\| [0-9]' >>"$rows"
 done
 "$bench" --shape host --benchmark_min_time=0.5 --benchmark_repetitions=5 \
-  --benchmark_enable_random_interleaving=true "$@" | tee /dev/stderr |
+  --benchmark_enable_random_interleaving=true "$@" | tee -a /dev/stderr |
   awk '/^Host cost/ { on = 1 } on && /^$/ && seen { on = 0 } on { print; if (/^\|/) seen = 1 }' >"$host"
 {
   echo "| layer | pass | batch | conv2d ms | pconv ms | pconv unfused ms | nvidia ms | pconv / conv2d | unfused / pconv | nvidia / pconv |"

@@ -45,9 +45,11 @@ build=/tmp/pconv-gpu-build
 export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 build_pconv() {
-  if [ ! -d "$deps/usr" ]; then
+  if [ ! -f "$deps/.complete" ]; then  # an extraction cut short is done again
+    rm -rf "$deps"
     mkdir -p "$deps"
     for deb in "$debs"/*.deb; do dpkg -x "$deb" "$deps"; done
+    touch "$deps/.complete"
   fi
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -153,7 +155,7 @@ case "$command" in
     timeout -s INT -k 60 "$seconds" "$build/app/pconv" train --device cuda \
       --data "$photos/train" --val "$photos/val" -o "$run" "${resume[@]}" "$@" \
       > "$out_dir/train.log" 2>&1 || status=$?
-    tr '\r' '\n' < "$out_dir/train.log" | grep -v "^\s*$" | tail -25
+    tr '\r' '\n' < "$out_dir/train.log" | { grep -v "^\s*$" || true; } | tail -25
     for file in log.csv validation.csv config.txt; do
       [ -f "$run/$file" ] && cp "$run/$file" "$out_dir/"
     done

@@ -10,7 +10,7 @@
 # the rest done); other codes as in the README (2 usage, 4 model, 1 runtime).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-pconv=${PCONV:-$root/build/app/pconv}
+pconv=${PCONV:-${PCONV_BUILD_DIR:-$root/build}/app/pconv}
 if [ $# -lt 3 ]; then
   sed -n '2,10p' "$0" >&2
   exit 2

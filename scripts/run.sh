@@ -14,11 +14,17 @@ mkdir -p "$example"
 photo=$example/astronaut.png
 if [ ! -f "$photo" ]; then
   download=$(mktemp -d)
-  (cd "$download" && apt-get download -q python3-skimage 2>/dev/null)
+  trap 'rm -rf "$download" "$photo.tmp"' EXIT
+  # Package lists that are stale or gone (as in many container images) are fetched once.
+  if ! (cd "$download" && apt-get download -q python3-skimage); then
+    sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    echo "[run] updating the package lists and trying again" >&2
+    $sudo apt-get -o Acquire::Retries=3 update -qq
+    (cd "$download" && apt-get -o Acquire::Retries=3 download -q python3-skimage)
+  fi
   dpkg-deb --fsys-tarfile "$download"/python3-skimage_*.deb |
     tar -xO ./usr/lib/python3/dist-packages/skimage/data/astronaut.png > "$photo.tmp"
   mv "$photo.tmp" "$photo"
-  rm -rf "$download"
 fi
 # One generated mask (white = hole) with about 10-20% of the photo missing.
 "$pconv" masks -n 1 -o "$example/masks" --size 512x512 --seed 7 --min-ratio 0.1 \

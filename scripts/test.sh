@@ -7,4 +7,4 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
 build_dir=${PCONV_BUILD_DIR:-$root/build}
 cd "$build_dir"
-ctest --output-on-failure -j "${PCONV_JOBS:-$(nproc)}" "$@"
+ctest --output-on-failure --no-tests=error -j "${PCONV_JOBS:-$(nproc)}" "$@"

@@ -16,7 +16,7 @@
 #   RANK=3 LOCAL_RANK=1 WORLD_SIZE=4 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 pconv train ...
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-pconv=${PCONV:-$root/build/app/pconv}
+pconv=${PCONV:-${PCONV_BUILD_DIR:-$root/build}/app/pconv}
 if [ $# -lt 1 ] || ! [[ $1 =~ ^[1-9][0-9]*$ ]]; then
   sed -n '2,16p' "$0" >&2
   exit 2
@@ -29,9 +29,18 @@ for ((rank = 0; rank < world; ++rank)); do
   RANK=$rank LOCAL_RANK=$rank "$pconv" train "$@" &
   pids+=($!)
 done
-# Ctrl-C reaches every rank (same process group); each saves nothing but rank 0's checkpoint.
+# Ctrl-C reaches every rank (same process group) and rank 0 saves its checkpoint; this script
+# ignores it and waits for the ranks to finish, so the prompt comes back only after the save
+# and the exit code is the ranks' own (130).
+trap ':' INT TERM
 status=0
 for pid in "${pids[@]}"; do
-  wait "$pid" || { code=$?; [ $status -eq 0 ] && status=$code; }
+  while true; do
+    wait "$pid"
+    code=$?
+    # A wait cut short by the trapped signal returns >128 with the rank still running.
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  [ "$code" -ne 0 ] && [ "$status" -eq 0 ] && status=$code
 done
-exit $status
+exit "$status"
