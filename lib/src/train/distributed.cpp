@@ -17,15 +17,26 @@
 #include "nccl_backend.h"
 #endif
 
+#ifdef PCONV_WITH_GLOO
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#endif
+
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <future>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 namespace pconv::train {
 namespace {
@@ -48,6 +59,61 @@ int integer_variable(const char* name, int fallback, int low, int high) {
   throw InputError(std::string(name) + "='" + *text + "': expected an integer in [" +
                    std::to_string(low) + ", " + std::to_string(high) + "]");
 }
+
+#ifdef PCONV_WITH_GLOO
+// The address of this machine's interface that its packets to `host` leave from (a UDP
+// socket's connect sends nothing; it only picks the route): the address the other ranks can
+// reach this one at, on the master's machine too (the loopback address when the master is
+// there). Empty when `host` cannot be resolved or routed to.
+std::string local_address_towards(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return {};
+  std::string address;
+  for (const addrinfo* candidate = found; candidate != nullptr && address.empty();
+       candidate = candidate->ai_next) {
+    const int socket = ::socket(candidate->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (socket < 0) continue;
+    sockaddr_storage local{};
+    socklen_t length = sizeof(local);
+    std::array<char, INET6_ADDRSTRLEN> text{};
+    if (::connect(socket, candidate->ai_addr, candidate->ai_addrlen) == 0 &&
+        ::getsockname(socket, reinterpret_cast<sockaddr*>(&local), &length) == 0) {
+      const void* raw =
+          local.ss_family == AF_INET
+              ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr)
+              : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr);
+      if (::inet_ntop(local.ss_family, raw, text.data(), text.size()) != nullptr) {
+        address = text.data();
+      }
+    }
+    ::close(socket);
+  }
+  ::freeaddrinfo(found);
+  return address;
+}
+
+// Gloo's transport: on the interfaces GLOO_SOCKET_IFNAME names (comma-separated), as
+// torch.distributed does; otherwise on the one this machine reaches the master through.
+std::vector<std::shared_ptr<::gloo::transport::Device>> gloo_devices(
+    const DistributedOptions& options) {
+  std::vector<std::shared_ptr<::gloo::transport::Device>> devices;
+  if (const auto interfaces = environment("GLOO_SOCKET_IFNAME")) {
+    std::stringstream list(*interfaces);
+    for (std::string name; std::getline(list, name, ',');) {
+      if (!name.empty()) devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+    }
+  }
+  if (devices.empty()) {
+    const auto address = local_address_towards(options.master_addr, options.master_port);
+    devices.push_back(address.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                      : c10d::ProcessGroupGloo::createDeviceForHostname(address));
+  }
+  return devices;
+}
+#endif
 
 }  // namespace
 
@@ -133,8 +199,7 @@ std::unique_ptr<ProcessGroup::Impl> ProcessGroup::Impl::join(
     impl->store = c10::make_intrusive<c10d::TCPStore>(options.master_addr, store_options);
     *connected = true;
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout);
-    gloo_options->devices.push_back(
-        c10d::ProcessGroupGloo::createDeviceForHostname(options.master_addr));
+    gloo_options->devices = gloo_devices(options);
     // Each backend rendezvouses under its own prefix of the one store.
     c10::intrusive_ptr<c10d::Backend> gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::make_intrusive<c10d::PrefixStore>("gloo", impl->store), options.rank,
