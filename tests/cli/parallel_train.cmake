@@ -47,29 +47,37 @@ run(${launch} --steps 4 -o ${WORK_DIR}/regrouped --resume)
 if(NOT last_output MATCHES "resuming at step 3, after 10 examples")
   message(FATAL_ERROR "1 process resumed as 2 ranks: not at example 10")
 endif()
-# Ranks started with other options (here rank 1's first layer is narrower): one error line on
-# each rank, exit 3, never a collective's abort or a wait for the timeout.
+# Ranks started with other options: one error line on each rank, exit 3, never a collective's
+# abort or a wait for the timeout. Here rank 1's first layer is narrower; then it validates on
+# fewer crops, or not at all, where every rank scores its part of the same crops.
 set(rank_env ${CMAKE_COMMAND} -E env WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=${PORT})
-string(REPLACE "--width;8" "--width;4" narrow "${common}")
-execute_process(
-  COMMAND ${rank_env} RANK=0 ${PCONV} train ${common} --batch 2 --steps 2 --timeout 60
-          -o ${WORK_DIR}/mismatch
-  COMMAND ${rank_env} RANK=1 ${PCONV} train ${narrow} --batch 2 --steps 2 --timeout 60
-          -o ${WORK_DIR}/mismatch
-  RESULTS_VARIABLE codes OUTPUT_VARIABLE out ERROR_VARIABLE out)
-message("mismatched ranks -> ${codes}\n${out}")
-if(NOT codes STREQUAL "3;3")
-  message(FATAL_ERROR "mismatched ranks: exit codes ${codes}, expected 3;3")
-endif()
-foreach(expected "rank 1 was started with other settings than rank 0: --width 4 \\(rank 0: 8\\)"
-                 "1 rank\\(s\\) were started with other settings than this one")
-  if(NOT out MATCHES "${expected}")
-    message(FATAL_ERROR "mismatched ranks: no '${expected}'")
+function(mismatch rank0_args rank1_args expected)
+  execute_process(
+    COMMAND ${rank_env} RANK=0 ${PCONV} train ${common} ${rank0_args} --batch 2 --steps 2
+            --timeout 60 -o ${WORK_DIR}/mismatch
+    COMMAND ${rank_env} RANK=1 ${PCONV} train ${rank1_common} ${rank1_args} --batch 2 --steps 2
+            --timeout 60 -o ${WORK_DIR}/mismatch
+    RESULTS_VARIABLE codes OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  message("mismatched ranks -> ${codes}\n${out}")
+  if(NOT codes STREQUAL "3;3")
+    message(FATAL_ERROR "mismatched ranks: exit codes ${codes}, expected 3;3")
   endif()
-endforeach()
-if(out MATCHES "terminate|Abort|gloo")
-  message(FATAL_ERROR "mismatched ranks: an abort or a collective's message")
-endif()
-if(EXISTS ${WORK_DIR}/mismatch)
-  message(FATAL_ERROR "mismatched ranks: the refused run left its folder")
-endif()
+  foreach(line "rank 1 was started with other settings than rank 0: ${expected}"
+               "1 rank\\(s\\) were started with other settings than this one")
+    if(NOT out MATCHES "${line}")
+      message(FATAL_ERROR "mismatched ranks: no '${line}'")
+    endif()
+  endforeach()
+  if(out MATCHES "terminate|Abort|gloo")
+    message(FATAL_ERROR "mismatched ranks: an abort or a collective's message")
+  endif()
+  if(EXISTS ${WORK_DIR}/mismatch)
+    message(FATAL_ERROR "mismatched ranks: the refused run left its folder")
+  endif()
+endfunction()
+string(REPLACE "--width;8" "--width;4" rank1_common "${common}")
+mismatch("" "" "--width 4 \\(rank 0: 8\\)")
+set(rank1_common ${common})
+mismatch("${validated}" "${validated};--val-count;2"
+         "readable photos in --val \\(at most --val-count\\) 2 \\(rank 0: 3\\)")
+mismatch("${validated}" "" "readable photos in --val \\(at most --val-count\\) 0 \\(rank 0: 3\\)")

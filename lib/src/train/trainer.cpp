@@ -154,7 +154,10 @@ std::string option_of(const std::string& key) {
                                                         {"batch_size", "--batch"},
                                                         {"train_images", "photos in --data"},
                                                         {"processes", "WORLD_SIZE"},
-                                                        {"hole_ratio", "hole ratios"}};
+                                                        {"hole_ratio", "hole ratios"},
+                                                        {"validation_crops",
+                                                         "readable photos in --val (at most "
+                                                         "--val-count)"}};
   if (const auto it = names.find(key); it != names.end()) return it->second;
   std::string option = "--" + key;
   std::replace(option.begin(), option.end(), '_', '-');
@@ -416,8 +419,15 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
 
   if (const auto& group = options_.process_group()) {
-    check_same_settings(*group, shared_settings(config_text(options_, train_files_.size(),
-                                                            validation_files_.size())));
+    // Every rank validates its part of the same crops: how often, and how many, must agree, or
+    // one rank's validation all-reduce would meet another's next collective.
+    check_same_settings(
+        *group,
+        shared_settings(config_text(options_, train_files_.size(), validation_files_.size())) +
+            "validate_every " +
+            std::to_string(validation_images_.defined() ? options_.validate_every() : 0) +
+            "\nvalidation_crops " +
+            std::to_string(validation_images_.defined() ? validation_images_.size(0) : 0) + "\n");
     // Every rank starts from rank 0's weights, and BatchNorm sees the whole global batch.
     std::vector<torch::Tensor> state;
     for (const auto& parameter : model_->parameters()) state.push_back(parameter.detach());
