@@ -47,6 +47,18 @@ run(${launch} --steps 4 -o ${WORK_DIR}/regrouped --resume)
 if(NOT last_output MATCHES "resuming at step 3, after 10 examples")
   message(FATAL_ERROR "1 process resumed as 2 ranks: not at example 10")
 endif()
+# Rank 0 cannot read its checkpoint (here a folder in its place): every rank exits 4 at once,
+# the others saying so, instead of waiting out the timeout.
+file(REMOVE ${WORK_DIR}/regrouped/checkpoint.pt)
+file(MAKE_DIRECTORY ${WORK_DIR}/regrouped/checkpoint.pt)
+execute_process(COMMAND ${launch} --steps 5 -o ${WORK_DIR}/regrouped --resume
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+message("unreadable checkpoint -> ${rc}\n${out}")
+if(NOT rc STREQUAL "4" OR NOT out MATCHES "checkpoint.pt: is a folder, not a checkpoint"
+   OR NOT out MATCHES "rank 1: rank 0 cannot read its checkpoint")
+  message(FATAL_ERROR "unreadable checkpoint: expected exit 4 and both ranks' messages")
+endif()
+
 # Ranks started with other options: one error line on each rank, exit 3, never a collective's
 # abort or a wait for the timeout. Here rank 1's first layer is narrower; then it validates on
 # fewer crops, or not at all, where every rank scores its part of the same crops.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Data-parallel training across two "machines": rank 1 runs in a network namespace of its own,
 # joined to this one by a veth pair, and MASTER_ADDR is rank 0's address on that link, so
-# neither rank can take the loopback address for the other's. The two ranks x batch 2 must
-# give the model one process x batch 4 gives. Needs root and ip(8) for the namespace: exits 77
+# neither rank can take the loopback address for the other's. The two ranks x batch 2, each
+# with a run folder of its own, stopped and resumed, must give the model one process x batch 4
+# gives. Needs root and ip(8) for the namespace: exits 77
 # (CTest: skipped) where it cannot make one.
 #   two_hosts.sh PCONV CHECK WORK_DIR PORT
 set -uo pipefail
@@ -33,19 +34,27 @@ set -e
 "$pconv" masks -n 8 -o "$work/photos" --size 40x36 --seed 5 --min-ratio 0.2 --max-ratio 0.5 \
   >/dev/null 2>&1
 common=(train --data "$work/photos" --size 32 --depth 3 --width 8 --max-width 16 --workers 1
-        --threads 1 --seed 3 --validate-every 0 --sample-every 0 --checkpoint-every 0 --steps 3)
-"$pconv" "${common[@]}" --batch 4 -o "$work/single" >/dev/null 2>&1
+        --threads 1 --seed 3 --validate-every 0 --sample-every 0 --checkpoint-every 0)
+"$pconv" "${common[@]}" --steps 3 --batch 4 -o "$work/single" >/dev/null 2>&1
 set +e
+# Each rank has a run folder of its own, as on machines that share none: stopped after 2 steps
+# and resumed, rank 1 resumes from rank 0's checkpoint, which only rank 0's folder holds.
 ranks=(env WORLD_SIZE=2 MASTER_ADDR=169.254.77.1 MASTER_PORT="$port")
-"${ranks[@]}" RANK=0 "$pconv" "${common[@]}" --batch 2 --timeout 30 -o "$work/host0" \
-  >"$work/rank0.log" 2>&1 &
-rank0=$!
-ip netns exec "$ns" "${ranks[@]}" RANK=1 "$pconv" "${common[@]}" --batch 2 --timeout 30 \
-  -o "$work/host1" >"$work/rank1.log" 2>&1
-code1=$?
-wait "$rank0"
-code0=$?
-cat "$work/rank0.log" "$work/rank1.log"
-echo "exit codes: rank 0 $code0, rank 1 $code1"
-[ "$code0" -eq 0 ] && [ "$code1" -eq 0 ] || exit 1
+two_hosts() {
+  "${ranks[@]}" RANK=0 "$pconv" "${common[@]}" --batch 2 --timeout 30 -o "$work/host0" "$@" \
+    >"$work/rank0.log" 2>&1 &
+  local rank0=$!
+  ip netns exec "$ns" "${ranks[@]}" RANK=1 "$pconv" "${common[@]}" --batch 2 --timeout 30 \
+    -o "$work/host1" "$@" >"$work/rank1.log" 2>&1
+  local code1=$?
+  wait "$rank0"
+  local code0=$?
+  cat "$work/rank0.log" "$work/rank1.log"
+  echo "exit codes: rank 0 $code0, rank 1 $code1"
+  [ "$code0" -eq 0 ] && [ "$code1" -eq 0 ]
+}
+two_hosts --steps 2 || exit 1
+[ ! -e "$work/host1/checkpoint.pt" ] || { echo "rank 1 wrote a checkpoint"; exit 1; }
+two_hosts --steps 3 --resume || exit 1
+grep -q "resuming at step 2, after 8 examples" "$work/rank0.log" || exit 1
 "$check" compare "$work/single/model.pt" "$work/host0/model.pt" 1e-6

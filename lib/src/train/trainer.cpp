@@ -164,6 +164,21 @@ std::string option_of(const std::string& key) {
   return option;
 }
 
+// Sends rank 0's bytes to every rank: rank 0 passes them (or nullptr when it has none to send,
+// having failed), the others nullptr. Returns the bytes, or nothing where rank 0 had none.
+std::optional<std::vector<char>> broadcast_bytes(ProcessGroup& group,
+                                                 const std::vector<char>* mine) {
+  auto length = at::full({1}, mine ? static_cast<int64_t>(mine->size()) : int64_t{-1}, at::kLong);
+  group.broadcast({length});
+  const int64_t size = length.item<int64_t>();
+  if (size < 0) return std::nullopt;
+  auto buffer = at::empty({size}, at::kByte);
+  if (group.rank() == 0 && size > 0) std::memcpy(buffer.data_ptr(), mine->data(), mine->size());
+  if (size > 0) group.broadcast({buffer});
+  const auto* data = static_cast<const char*>(buffer.data_ptr());
+  return std::vector<char>(data, data + size);
+}
+
 // Compares this rank's shared settings with rank 0's before the first collective that depends
 // on them, so that ranks started with other options fail with one line each instead of a
 // collective's shape mismatch (an abort in Gloo) or a wait for steps that never come.
@@ -328,7 +343,8 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     }
   };
   refuse_an_existing_run();
-  if (resume && !std::filesystem::exists(checkpoint)) {
+  // The other ranks of a data-parallel run resume from rank 0's checkpoint, sent to them.
+  if (resume && writes_files() && !std::filesystem::exists(checkpoint)) {
     throw InputError(checkpoint.string() + ": no checkpoint to resume");
   }
   if (writes_files()) {
@@ -530,20 +546,40 @@ void Trainer::save_checkpoint() const {
 
 void Trainer::load_checkpoint() {
   const auto path = run_dir_ / kCheckpointFile;
-  if (std::filesystem::is_directory(path)) {
-    throw ModelError(path.string() + ": is a folder, not a checkpoint");
+  // Rank 0's checkpoint (the only one written) is every rank's: its bytes are sent to the others,
+  // so that they resume from the same state with no shared folder and no copy of the file.
+  const auto& process_group = options_.process_group();
+  std::vector<char> bytes;
+  try {
+    if (writes_files()) {
+      if (std::filesystem::is_directory(path)) {
+        throw ModelError(path.string() + ": is a folder, not a checkpoint");
+      }
+      if (io::stored_kind(path) == io::StoredKind::kModel) {
+        throw ModelError(path.string() +
+                         ": a model file, not a checkpoint (start a new run with "
+                         "--init " +
+                         path.string() + " to train from it)");
+      }
+      // Read once: checked against the zip's checksums, loaded, and its records' sizes compared.
+      bytes = io::read_archive(path.string());
+      if (const auto damaged = io::first_damaged_record(bytes); !damaged.empty()) {
+        throw ModelError(path.string() + ": is damaged (the bytes of its record " + damaged +
+                         " do not match their checksum)");
+      }
+    }
+  } catch (...) {
+    if (process_group)
+      broadcast_bytes(*process_group, nullptr);  // the others are told, not left waiting
+    throw;
   }
-  if (io::stored_kind(path) == io::StoredKind::kModel) {
-    throw ModelError(path.string() +
-                     ": a model file, not a checkpoint (start a new run with "
-                     "--init " +
-                     path.string() + " to train from it)");
-  }
-  // Read once: checked against the zip's checksums, loaded, and its records' sizes compared.
-  const auto bytes = io::read_archive(path.string());
-  if (const auto damaged = io::first_damaged_record(bytes); !damaged.empty()) {
-    throw ModelError(path.string() + ": is damaged (the bytes of its record " + damaged +
-                     " do not match their checksum)");
+  if (process_group) {
+    auto received = broadcast_bytes(*process_group, process_group->rank() == 0 ? &bytes : nullptr);
+    if (!received) {
+      throw ModelError("rank " + std::to_string(process_group->rank()) +
+                       ": rank 0 cannot read its checkpoint (rank 0 says why)");
+    }
+    bytes = std::move(*received);
   }
   try {
     torch::serialize::InputArchive archive;
