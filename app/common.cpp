@@ -515,18 +515,29 @@ Progress::Progress(std::string label, int64_t total)
       last_draw_(start_) {}
 
 void Progress::advance(int64_t steps) {
+  std::lock_guard<std::mutex> lock(mutex_);
   done_ = std::min(total_, done_ + steps);
   draw(false);
 }
 
 void Progress::resume_at(int64_t done) {
+  std::lock_guard<std::mutex> lock(mutex_);
   done_ = first_ = std::min(total_, done);
   next_log_ = done_;
 }
 
-void Progress::finish() { draw(true); }
+void Progress::finish() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  draw(true);
+}
+
+void Progress::set_status(std::string status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  status_ = std::move(status);
+}
 
 void Progress::note(const std::string& text, bool warning) {
+  std::lock_guard<std::mutex> lock(mutex_);
   if (terminal_ && enabled_) std::fprintf(log_stream(), "\r\033[K");  // clear the bar's line
   if (warning) {
     spdlog::warn("{}", text);

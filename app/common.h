@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -191,12 +192,15 @@ class Progress {
   void resume_at(int64_t done);
   void finish();
   /// Text shown after the counts (e.g. the current loss).
-  void set_status(std::string status) { status_ = std::move(status); }
-  /// Logs a line (a warning if `warning`) without garbling the bar.
+  void set_status(std::string status);
+  /// Logs a line (a warning if `warning`) without garbling the bar. Safe from any thread (the
+  /// data workers report skipped photos through it), as are the other calls.
   void note(const std::string& text, bool warning = false);
 
  private:
-  void draw(bool final);
+  void draw(bool final);  // with mutex_ held
+
+  std::mutex mutex_;
 
   std::string label_;
   std::string status_;

@@ -21,10 +21,12 @@
 
 #include "temp_dir.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -357,11 +359,18 @@ TEST_F(ImageFolderTest, StreamIsTheSameForAnyWorkerCountAndWhenResumed) {
   EXPECT_EQ(serial.skipped().size(), 1U);
 
   D::TrainingStream threaded(files, crop, masks, 3, 42, 2);
+  // A hook set a while after the stream is made still hears of the corrupt file: the workers
+  // start with the first batch.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::vector<std::string> threaded_warnings;
+  threaded.set_warning_hook(
+      [&](const std::string& message) { threaded_warnings.push_back(message); });
   for (int step = 0; step < 6; ++step) {
     const auto batch = threaded.next();
     EXPECT_TRUE(at::equal(batch.images, expected[step].images)) << "step " << step;
     EXPECT_TRUE(at::equal(batch.masks, expected[step].masks)) << "step " << step;
   }
+  EXPECT_EQ(threaded_warnings.size(), 1U);
   D::TrainingStream resumed(files, crop, masks, 3, 42, 2, /*first_example=*/12);
   EXPECT_TRUE(at::equal(resumed.next().images, expected[4].images));
   EXPECT_TRUE(at::equal(resumed.next().images, expected[5].images));

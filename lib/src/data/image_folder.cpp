@@ -154,17 +154,32 @@ TrainingStream::TrainingStream(std::vector<std::filesystem::path> files, CropOpt
       shards_(shards),
       first_example_(first_example),
       seed_(seed),
-      capacity_(std::max<int64_t>(2 * batch_size, int64_t{4} * std::max(workers, 1))) {
+      capacity_(std::max<int64_t>(2 * batch_size, int64_t{4} * std::max(workers, 1))),
+      worker_count_(std::max(workers, 0)) {
   TORCH_CHECK(!files_.empty(), "TrainingStream: no files");
   TORCH_CHECK(batch_size_ > 0, "TrainingStream: batch size must be positive; got ", batch_size_);
   TORCH_CHECK(shards_ > 0 && shard_ >= 0 && shard_ < shards_, "TrainingStream: shard ", shard_,
               " of ", shards_);
   TORCH_CHECK(first_example_ >= 0, "TrainingStream: the first example must be >= 0; got ",
               first_example_);
-  for (int worker = 0; worker < workers; ++worker) workers_.emplace_back([this] { work(); });
 }
 
-TrainingStream::~TrainingStream() {
+TrainingStream::~TrainingStream() { stop_workers(); }
+
+void TrainingStream::start_workers() {
+  // At the first batch, not in the constructor: a warning hook set in between hears of every
+  // photo skipped.
+  try {
+    for (int worker = 0; worker < worker_count_; ++worker) {
+      workers_.emplace_back([this] { work(); });
+    }
+  } catch (...) {
+    stop_workers();  // a thread that cannot be started: the others are joined, not abandoned
+    throw;
+  }
+}
+
+void TrainingStream::stop_workers() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
@@ -172,6 +187,7 @@ TrainingStream::~TrainingStream() {
   space_.notify_all();
   ready_.notify_all();
   for (auto& worker : workers_) worker.join();
+  workers_.clear();
 }
 
 void TrainingStream::set_warning_hook(std::function<void(const std::string&)> hook) {
@@ -273,9 +289,10 @@ void TrainingStream::work() {
 Batch TrainingStream::next() {
   std::vector<torch::Tensor> images;
   std::vector<torch::Tensor> masks;
+  if (worker_count_ > 0 && workers_.empty()) start_workers();
   for (int64_t item = 0; item < batch_size_; ++item) {
     Example example;
-    if (workers_.empty()) {
+    if (worker_count_ == 0) {
       example = make_example(next_to_deliver_++);
     } else {
       std::unique_lock<std::mutex> lock(mutex_);

@@ -96,7 +96,8 @@ class TrainingStream {
   /// Photos found unreadable so far (each reported once through the warning hook).
   std::vector<std::string> skipped() const;
 
-  /// Called once per unreadable photo with a one-line message; the library never prints.
+  /// Called once per unreadable photo with a one-line message; the library never prints. Set
+  /// before the first next(), it hears of every photo (the workers start with that call).
   void set_warning_hook(std::function<void(const std::string&)> hook);
 
  private:
@@ -104,6 +105,8 @@ class TrainingStream {
   /// The shuffled file order of an epoch, computed once per epoch, not once per example.
   std::shared_ptr<const std::vector<int64_t>> epoch_order(int64_t epoch);
   void work();
+  void start_workers();
+  void stop_workers();
 
   std::vector<std::filesystem::path> files_;
   CropOptions crop_;
@@ -114,6 +117,7 @@ class TrainingStream {
   int64_t first_example_;
   uint64_t seed_;
   int64_t capacity_;  // examples decoded ahead at most
+  int worker_count_;  // threads decoding ahead, started at the first batch; 0: next() decodes
 
   mutable std::mutex mutex_;
   std::condition_variable ready_;
