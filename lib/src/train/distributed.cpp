@@ -3,6 +3,7 @@
 #include "pconv/error.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/autograd.h>
 
 // PCONV_WITH_GLOO, not LibTorch's own USE_C10D_GLOO: the torch target defines that one for
@@ -32,6 +33,7 @@
 #include <cstdlib>
 #include <future>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -176,11 +178,15 @@ struct ProcessGroup::Impl {
   // Runs one collective and waits for it, at most the timeout.
   template <typename Operation>
   void run(const char* what, Operation&& operation) {
+    bool completed = false;
     try {
-      operation()->wait(options.timeout);
+      completed = operation()->wait(options.timeout);
     } catch (const std::exception& error) {
       fail(what, error);
     }
+    // An aborted collective (NCCL's watchdog, a shutdown) returns false and leaves its tensors as
+    // they were: never used as if reduced.
+    if (!completed) fail(what, std::runtime_error("the operation was aborted"));
   }
 };
 
@@ -261,6 +267,11 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) {
     if (!*connected && std::chrono::steady_clock::now() > deadline) throw Error(no_answer);
   }
   impl_ = joined.get();
+  // The join ran on a thread of its own: the rank's GPU becomes this thread's current device
+  // too, so that nothing that takes the current device lands on GPU 0 of every rank.
+  if (options.device.is_cuda() && options.device.has_index()) {
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(options.device);
+  }
 }
 
 ProcessGroup::~ProcessGroup() = default;
@@ -389,6 +400,8 @@ void GradientReducer::backward(const torch::Tensor& loss) {
     loss.backward();
   } catch (const Error&) {
     throw;  // a collective of the backward itself (synchronised BatchNorm) said it already
+  } catch (const c10::OutOfMemoryError&) {
+    throw;  // the backward's own memory, not a collective's failure
   } catch (const std::exception& error) {
     group.fail("backward with the overlapped gradient all-reduce", error);
   }
