@@ -1,6 +1,6 @@
 # Runs the pconv binary once and checks its exit code and output, so that a CLI test can assert
 # both (PASS_REGULAR_EXPRESSION alone cannot check the exit code).
-#   cmake -DPCONV=<binary> -DARGS=<;-list> -DEXPECT_RC=<code> -DEXPECT_REGEX=<regex>
+#   cmake -DPCONV=<binary> -DARGS=<;-list> -DEXPECT_RC=<code> -DEXPECT_REGEX=<non-empty regex>
 #         [-DREJECT_REGEX=<regex>] [-DCLEAN_DIR=<dir removed first>]
 #         [-DEXPECT_FILES=<;-list of files that must exist after>]
 #         [-DABSENT_FILES=<;-list of files or folders that must not exist after>] -P run_cli.cmake
@@ -14,7 +14,11 @@ message("exit code ${rc}; output:\n${all}")
 if(NOT rc STREQUAL EXPECT_RC)
   message(FATAL_ERROR "expected exit code ${EXPECT_RC}, got ${rc}")
 endif()
-if(DEFINED EXPECT_REGEX AND NOT all MATCHES "${EXPECT_REGEX}")
+# Every test says what its output must show: an empty regex would match anything.
+if(NOT EXPECT_REGEX)
+  message(FATAL_ERROR "no EXPECT_REGEX given: say what the output must show")
+endif()
+if(NOT all MATCHES "${EXPECT_REGEX}")
   message(FATAL_ERROR "output does not match: ${EXPECT_REGEX}")
 endif()
 if(DEFINED REJECT_REGEX AND all MATCHES "${REJECT_REGEX}")

@@ -23,7 +23,18 @@ endfunction()
 consume(build_tree -Dpconv_DIR=${PCONV_BUILD_DIR})
 run(${CMAKE_COMMAND} --install ${PCONV_BUILD_DIR} --prefix ${prefix})
 consume(install_prefix -DCMAKE_PREFIX_PATH=${prefix})
-# The installed command runs as it is: no LD_LIBRARY_PATH, its RPATH finds LibTorch.
-if(EXISTS ${prefix}/bin/pconv)
-  run(${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${prefix}/bin/pconv --version)
+# The installed command (where the build has one) runs as it is: no LD_LIBRARY_PATH, its
+# RPATH finds LibTorch; the default model is installed beside it.
+if(WITH_APP)
+  foreach(installed bin/pconv share/pconv/models/pconv-default.pt)
+    if(NOT EXISTS ${prefix}/${installed})
+      message(FATAL_ERROR "the install prefix has no ${installed}")
+    endif()
+  endforeach()
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${prefix}/bin/pconv --version
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  message("installed pconv --version -> ${rc}: ${out}")
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "^pconv ${VERSION} \\(LibTorch")
+    message(FATAL_ERROR "the installed pconv does not run")
+  endif()
 endif()

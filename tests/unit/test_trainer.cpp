@@ -213,6 +213,7 @@ TEST_F(TrainerTest, AResumeTrainsWithItsOwnLearningRate) {
   };
   const auto before = weights();
   resumed.run();
+  EXPECT_EQ(resumed.step(), 4);  // it trained: two steps, at the new rate
   const auto after = weights();
   double moved = 0.0;
   for (size_t i = 0; i < before.size(); ++i) {
