@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #ifdef PCONV_WITH_PNG
 #include <png.h>
 
@@ -21,6 +22,7 @@
 
 #include "temp_dir.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -274,7 +276,17 @@ TEST_F(ImageFolderTest, JpegExifOrientationIsApplied) {
   std::ofstream(dir_ / "turned.jpg", std::ios::binary)
       .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size()));
   const auto turned = pconv::io::read_image(dir_ / "turned.jpg");
-  EXPECT_EQ(turned.pixels.sizes(), (at::IntArrayRef{3, 48, 40}));  // was 40 rows, 48 columns
+  ASSERT_EQ(turned.pixels.sizes(), (at::IntArrayRef{3, 48, 40}));  // was 40 rows, 48 columns
+  // The pixels too: the stored picture turned clockwise (not anticlockwise, not transposed).
+  cv::Mat stored = cv::imdecode(jpeg, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
+  cv::Mat clockwise;
+  cv::rotate(stored, clockwise, cv::ROTATE_90_CLOCKWISE);
+  cv::cvtColor(clockwise, clockwise, cv::COLOR_BGR2RGB);
+  const auto expected = at::from_blob(clockwise.data, {48, 40, 3}, at::kByte)
+                            .permute({2, 0, 1})
+                            .to(at::kFloat)
+                            .div(255.0);
+  EXPECT_LT((turned.pixels.to(at::kFloat) - expected).abs().max().item<double>(), 1.5 / 255.0);
   cv::imwrite((dir_ / "plain.jpg").string(), gradient(40, 48, CV_8UC1));
   EXPECT_EQ(pconv::io::read_image(dir_ / "plain.jpg").pixels.sizes(),
             (at::IntArrayRef{1, 40, 48}));  // grey stays grey
@@ -419,6 +431,20 @@ TEST_F(ImageFolderTest, MaskFolderGivesAugmentedBinaryMasksReproducibly) {
     EXPECT_GT((mask == 0).sum().item<int64_t>(), 0);  // some hole survives any augmentation
     EXPECT_TRUE(at::equal(mask, folder.mask(index)));
   }
+  // Augmented: one file gives masks that differ from index to index (flips alone would give
+  // at most 4 different ones; rotation, dilation and the crop make nearly every one new).
+  fs::create_directories(dir_ / "one_mask");
+  pconv::io::write_mask(dir_ / "one_mask" / "block.png", block, 40, 48);
+  const D::MaskFolder one(dir_ / "one_mask", D::MaskFolderOptions().size(64), 5);
+  std::vector<at::Tensor> distinct;
+  for (uint64_t index = 0; index < 8; ++index) {
+    const auto mask = one.mask(index);
+    if (std::none_of(distinct.begin(), distinct.end(),
+                     [&](const at::Tensor& seen) { return at::equal(seen, mask); })) {
+      distinct.push_back(mask);
+    }
+  }
+  EXPECT_GE(distinct.size(), 6U);
   EXPECT_THAT([&] { D::MaskFolder(dir_ / "sub", {}, 0); },
               ::testing::ThrowsMessage<pconv::InputError>(::testing::HasSubstr("no images")));
 

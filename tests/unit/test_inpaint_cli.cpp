@@ -108,9 +108,17 @@ TEST(InpaintCli, RgbWithOddSizeKeepsKnownPixelsAndWritesComparePicture) {
   const auto out = dir.path() / "photo.inpainted.png";
   EXPECT_NE(run.output.find(out.string()), std::string::npos) << run.output;
   expect_known_pixels_kept(dir.path() / "photo.png", out, holes);
-  const auto compare = pconv::io::read_image(dir.path() / "cmp.png").pixels;
-  EXPECT_EQ(compare.size(1), 37);
-  EXPECT_EQ(compare.size(2), 3 * 50 + 8);
+  const auto compare = samples(dir.path() / "cmp.png");
+  ASSERT_EQ(compare.size(1), 37);
+  ASSERT_EQ(compare.size(2), 3 * 50 + 8);
+  // Three panels 4 pixels apart: the photo with its holes white | the result | the mask.
+  const auto panel = [&](int index) { return compare.narrow(2, index * 54, 50); };
+  const auto hole_pixels = holes.unsqueeze(0).expand({3, 37, 50});
+  const auto white = at::full({3, 37, 50}, 255, at::kInt);
+  EXPECT_TRUE(
+      at::equal(panel(0), at::where(hole_pixels, white, samples(dir.path() / "photo.png"))));
+  EXPECT_TRUE(at::equal(panel(1), samples(out)));
+  EXPECT_TRUE(at::equal(panel(2), at::where(hole_pixels, white, at::zeros_like(white))));
 }
 
 TEST(InpaintCli, SixteenBitGreyStaysSixteenBitGrey) {
