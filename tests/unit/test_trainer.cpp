@@ -199,6 +199,29 @@ TEST_F(TrainerTest, AFailureMidRunKeepsTheStepsDone) {
   }
 }
 
+// float16 with loss scaling, on the CPU: a step whose scaled gradients overflow (here a hole
+// weight so large that they pass float16's 65504) is skipped, the weights stay, the scale
+// halves and the run's summary says so.
+TEST_F(TrainerTest, OverflowingFloat16StepsAreSkipped) {
+  auto options = tiny(2).amp("fp16");
+  options.loss_weights().hole(1e30);
+  T::Trainer trainer(options, files_, {}, dir_ / "run", false);
+  std::vector<at::Tensor> before;
+  for (const auto& p : trainer.model()->parameters()) before.push_back(p.detach().clone());
+  std::vector<std::string> messages;
+  T::TrainerCallbacks callbacks;
+  callbacks.on_message = [&](const std::string& text) { messages.push_back(text); };
+  const auto result = trainer.run(callbacks);
+  EXPECT_EQ(result.step, 2);  // the steps count, trained or skipped
+  const auto after = trainer.model()->parameters();
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_TRUE(at::equal(after[i].detach(), before[i])) << "parameter " << i;
+  }
+  EXPECT_THAT(messages, ::testing::Contains(::testing::HasSubstr(
+                            "2 float16 step(s) skipped for overflowing gradients (loss scale "
+                            "now 16384")));
+}
+
 // A resume with another learning rate trains with it: LibTorch's optimizer state restores the
 // saved rate, which must not win. At a rate of 1e-12 the resumed steps leave the weights where
 // the checkpoint had them (at the run's 2e-3 they move by about 1e-3).
