@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <sys/stat.h>
 
@@ -1016,6 +1017,26 @@ TEST(EvalCli, SameSeedSameReports) {
   EXPECT_NE(read_text(d / "one" / "eval.csv").find(",\"(0.1, 0.2]\","), std::string::npos);
   EXPECT_TRUE(fs::exists(d / "one" / "examples.png"));
   EXPECT_TRUE(fs::exists(d / "one" / "eval.md"));
+  // What the report says: each method scored --per-bin 2 examples in each of the 6 bins, with
+  // scores in their ranges.
+  const auto report = nlohmann::json::parse(read_text(d / "one" / "eval.json"));
+  EXPECT_EQ(report.at("photos").get<int>(), 3);
+  ASSERT_EQ(report.at("bins").size(), 6U);
+  ASSERT_EQ(report.at("methods").size(), 3U);
+  for (const auto& [method, scores] : report.at("methods").items()) {
+    SCOPED_TRACE(method);
+    EXPECT_EQ(scores.at("all").at("count").get<int>(), 12);
+    ASSERT_EQ(scores.at("bins").size(), 6U);
+    for (const auto& bin : scores.at("bins")) {
+      EXPECT_EQ(bin.at("count").get<int>(), 2);
+      EXPECT_GT(bin.at("psnr").get<double>(), 5.0);
+      EXPECT_LT(bin.at("psnr").get<double>(), 100.0);
+      EXPECT_GT(bin.at("ssim").get<double>(), 0.0);
+      EXPECT_LE(bin.at("ssim").get<double>(), 1.0);
+      EXPECT_GE(bin.at("l1").get<double>(), 0.0);
+      EXPECT_LT(bin.at("l1").get<double>(), 0.5);
+    }
+  }
   // Another seed gives other masks.
   const auto other = pconv(d, "eval --data " + (d / "photos").string() +
                                   " --size 64 --per-bin 2 --seed 5 -o " + (d / "three").string());
