@@ -932,7 +932,16 @@ TEST_F(PartialConv2dTest, CachedLayerFollowsGeometryChanges) {
   conv->options.padding(0);
   const auto [out, new_mask] = conv(input, mask);
   EXPECT_EQ(out.size(2), 6);
-  EXPECT_EQ(std::get<0>(conv(input)).size(2), 6);
+  const auto unmasked = std::get<0>(conv(input));
+  EXPECT_EQ(unmasked.size(2), 6);
+  // The values too: those of a layer that never cached anything, with the new geometry.
+  PartialConv2d fresh(PartialConv2dOptions(2, 2, 3).padding(0));
+  fresh->weight.data().copy_(conv->weight);
+  fresh->bias.data().copy_(conv->bias);
+  const auto [expected, expected_mask] = fresh(input, mask);
+  EXPECT_TRUE(at::allclose(out, expected, 1e-6, 1e-6));
+  EXPECT_TRUE(at::equal(new_mask, expected_mask));
+  EXPECT_TRUE(at::allclose(unmasked, std::get<0>(fresh(input)), 1e-6, 1e-6));
 }
 
 TEST_F(PartialConv2dTest, StateDictSaveLoadAndCloneRoundTrip) {

@@ -222,6 +222,37 @@ TEST_F(TrainerTest, OverflowingFloat16StepsAreSkipped) {
                             "now 16384")));
 }
 
+// The same when the failure comes in the middle of a step's forward pass (here from a BatchNorm
+// layer, as a lost rank's synchronised statistics would), after other BatchNorm layers have
+// moved their running statistics: those are put back to the last whole step's.
+TEST_F(TrainerTest, AFailureInsideAStepKeepsTheLastWholeStep) {
+  T::Trainer straight(tiny(6), files_, {}, dir_ / "straight", false);
+  straight.run();
+  {
+    T::Trainer failing(tiny(6), files_, {}, dir_ / "failed", false);
+    int calls = 0;
+    int per_step = 0;
+    failing.model()->set_batch_norm_hook(
+        [&](torch::nn::BatchNorm2dImpl& layer, const torch::Tensor& input) {
+          ++calls;
+          if (failing.step() == 0) per_step = calls;  // BatchNorm layers in one forward
+          if (failing.step() == 3 && calls == 3 * per_step + 2) throw std::runtime_error("lost");
+          return layer.forward(input);
+        });
+    EXPECT_THROW(failing.run(), std::runtime_error);
+    ASSERT_GT(per_step, 2);
+  }
+  T::Trainer resumed(tiny(6), files_, {}, dir_ / "failed", true);
+  EXPECT_EQ(resumed.step(), 3);
+  resumed.run();
+  const auto expected = parameters(straight);
+  const auto actual = parameters(resumed);
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) {
+    EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
+  }
+}
+
 // A resume with another learning rate trains with it: LibTorch's optimizer state restores the
 // saved rate, which must not win. At a rate of 1e-12 the resumed steps leave the weights where
 // the checkpoint had them (at the run's 2e-3 they move by about 1e-3).

@@ -770,6 +770,15 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   auto window_start = run_start;
   int64_t window_images = 0;
   int64_t saved_step = step_;  // of the checkpoint on disk (a resumed run's), if any
+  // BatchNorm's running statistics move during the forward pass: kept as they were before each
+  // step, so that a step that fails part-way leaves the model as it was at the last whole one.
+  std::vector<torch::Tensor> buffers;
+  std::vector<torch::Tensor> buffers_before;
+  for (const auto& buffer : model_->buffers()) {
+    buffers.push_back(buffer);
+    buffers_before.push_back(buffer.detach().clone());
+  }
+  bool inside_step = false;
   try {
     while (step_ < last) {
       bool stop = callbacks.should_stop && callbacks.should_stop();
@@ -793,6 +802,11 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
           options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
       const auto images = batch.images.to(options_.device()).contiguous(format);
       const auto masks = batch.masks.to(options_.device()).contiguous(format);
+      {
+        torch::NoGradGuard no_grad;
+        at::_foreach_copy_(buffers_before, buffers);
+      }
+      inside_step = true;
       optimizer_->zero_grad();
       loss::LossTerms terms;
       {
@@ -819,6 +833,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       if (take_step) optimizer_->step();
       ++step_;
       examples_ += options_.batch_size() * ranks;  // a skipped fp16 step used its batch too
+      inside_step = false;
 
       window_images += options_.batch_size() * ranks;
       const auto now = std::chrono::steady_clock::now();
@@ -887,7 +902,12 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     }
   } catch (...) {
     // A failure mid-run (no photo left to read, a rank lost, a log that cannot be written)
-    // keeps the steps done since the last checkpoint: the parameters are those of step_, whole.
+    // keeps the steps done since the last checkpoint: the parameters are those of step_, whole,
+    // and the running statistics are put back to theirs.
+    if (inside_step) {
+      torch::NoGradGuard no_grad;
+      at::_foreach_copy_(buffers, buffers_before);
+    }
     if (writes_files() && step_ > saved_step) {
       try {
         save_checkpoint();
