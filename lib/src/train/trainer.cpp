@@ -170,7 +170,7 @@ std::optional<std::vector<char>> broadcast_bytes(ProcessGroup& group,
                                                  const std::vector<char>* mine) {
   auto length = at::full({1}, mine ? static_cast<int64_t>(mine->size()) : int64_t{-1}, at::kLong);
   group.broadcast({length});
-  const int64_t size = length.item<int64_t>();
+  const auto size = length.item<int64_t>();
   if (size < 0) return std::nullopt;
   auto buffer = at::empty({size}, at::kByte);
   if (group.rank() == 0 && size > 0) std::memcpy(buffer.data_ptr(), mine->data(), mine->size());
