@@ -5,7 +5,7 @@
 # changed. Environment: PCONV_BUILD_DIR (default build), PCONV_JOBS (default nproc).
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)  # -P: as CMake records it
 torch_version=2.11.0
 build_dir=${PCONV_BUILD_DIR:-$root/build}
 jobs=${PCONV_JOBS:-$(nproc)}
@@ -35,16 +35,20 @@ fi
 
 # --- LibTorch from the torch wheel, in a project-local virtual environment ------------------
 python=${PCONV_PYTHON:-python3}
-# A first run cut short while making the environment can leave a python without pip: made anew.
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+if [ ! -x "$venv/bin/python" ]; then
   say "creating $venv"
-  "$python" -m venv --clear "$venv"
+  "$python" -m venv "$venv"
 fi
 if ! "$venv/bin/python" - "$torch_version" 2>/dev/null <<'PY'
 import sys, importlib.metadata as m
 sys.exit(0 if m.version("torch").split("+")[0] == sys.argv[1] else 1)
 PY
 then
+  # A first run cut short while making the environment can leave a python without pip.
+  if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    say "$venv has no pip: making it anew"
+    "$python" -m venv --clear "$venv"
+  fi
   say "installing torch==$torch_version into $venv (LibTorch with CUDA; a few GB, once)"
   # pip retries a connection, not a read cut off in the middle of a large wheel: try again.
   for attempt in 1 2 3; do

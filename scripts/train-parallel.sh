@@ -30,16 +30,24 @@ for ((rank = 0; rank < world; ++rank)); do
   pids+=($!)
 done
 # Ctrl-C reaches every rank (same process group) and rank 0 saves its checkpoint; this script
-# ignores it and waits for the ranks to finish, so the prompt comes back only after the save
-# and the exit code is the ranks' own (130).
-trap ':' INT TERM
+# waits for the ranks to finish, so the prompt comes back only after the save and the exit code
+# is the ranks' own (130). A SIGTERM sent to this script alone is passed on to the ranks.
+trap ':' INT
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
 status=0
 for pid in "${pids[@]}"; do
   while true; do
     wait "$pid"
     code=$?
-    # A wait cut short by the trapped signal returns >128 with the rank still running.
-    kill -0 "$pid" 2>/dev/null || break
+    # A wait cut short by a trapped signal returns >128 with the rank still running; one that
+    # ended meanwhile is waited for again, for its own status.
+    if ! kill -0 "$pid" 2>/dev/null; then
+      if [ "$code" -gt 128 ]; then
+        wait "$pid"
+        code=$?
+      fi
+      break
+    fi
   done
   [ "$code" -ne 0 ] && [ "$status" -eq 0 ] && status=$code
 done

@@ -253,6 +253,15 @@ TEST_F(TrainerTest, AFailureInsideAStepKeepsTheLastWholeStep) {
   }
 }
 
+// The shallowest network (depth 1: no BatchNorm, nothing for a step to put back) trains too.
+TEST_F(TrainerTest, DepthOneTrains) {
+  T::Trainer trainer(
+      tiny(2).model(pconv::nn::PConvUNetOptions().depth(1).base_width(8).max_width(8)), files_, {},
+      dir_ / "run", false);
+  EXPECT_TRUE(trainer.model()->buffers().empty());
+  EXPECT_EQ(trainer.run().step, 2);
+}
+
 // A resume with another learning rate trains with it: LibTorch's optimizer state restores the
 // saved rate, which must not win. At a rate of 1e-12 the resumed steps leave the weights where
 // the checkpoint had them (at the run's 2e-3 they move by about 1e-3).

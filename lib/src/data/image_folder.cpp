@@ -174,7 +174,12 @@ void TrainingStream::start_workers() {
       workers_.emplace_back([this] { work(); });
     }
   } catch (...) {
-    stop_workers();  // a thread that cannot be started: the others are joined, not abandoned
+    // A thread that cannot be started: the others are joined, not abandoned, and a later
+    // next() decodes on the caller's thread.
+    stop_workers();
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = false;
+    worker_count_ = 0;
     throw;
   }
 }

@@ -440,7 +440,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     check_same_settings(
         *group,
         shared_settings(config_text(options_, train_files_.size(), validation_files_.size())) +
-            "validate_every " +
+            "resume " + (resume ? "yes" : "no") + "\nvalidate_every " +
             std::to_string(validation_images_.defined() ? options_.validate_every() : 0) +
             "\nvalidation_crops " +
             std::to_string(validation_images_.defined() ? validation_images_.size(0) : 0) + "\n");
@@ -778,6 +778,13 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     buffers.push_back(buffer);
     buffers_before.push_back(buffer.detach().clone());
   }
+  // (A model without BatchNorm, depth 1, has none: _foreach_copy_ refuses empty lists.)
+  const auto copy_buffers = [](const std::vector<torch::Tensor>& to,
+                               const std::vector<torch::Tensor>& from) {
+    if (to.empty()) return;
+    torch::NoGradGuard no_grad;
+    at::_foreach_copy_(to, from);
+  };
   bool inside_step = false;
   try {
     while (step_ < last) {
@@ -802,10 +809,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
           options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
       const auto images = batch.images.to(options_.device()).contiguous(format);
       const auto masks = batch.masks.to(options_.device()).contiguous(format);
-      {
-        torch::NoGradGuard no_grad;
-        at::_foreach_copy_(buffers_before, buffers);
-      }
+      copy_buffers(buffers_before, buffers);
       inside_step = true;
       optimizer_->zero_grad();
       loss::LossTerms terms;
@@ -849,6 +853,21 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       }
       if (callbacks.on_step) callbacks.on_step(report);
 
+      // Rank 0 logs the step first: a validation that fails (a rank lost in its all-reduce)
+      // leaves the step whole, its row included, for the checkpoint the failure saves.
+      if (writes_files()) {
+        std::map<std::string, double> values(report.losses.begin(), report.losses.end());
+        auto field = [&](const char* name) {
+          const auto found = values.find(name);
+          return found == values.end() ? std::string() : std::to_string(found->second);
+        };
+        log << step_ << ',' << field("valid") << ',' << field("hole") << ',' << field("perceptual")
+            << ',' << field("style_out") << ',' << field("style_comp") << ',' << field("tv") << ','
+            << field("total") << ',' << report.learning_rate << ',' << report.images_per_second
+            << '\n';
+        log.flush();
+      }
+
       // Every rank validates its part of the images; rank 0 reports.
       std::optional<ValidationReport> validation;
       if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
@@ -863,16 +882,6 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       }
 
       if (!writes_files()) continue;  // rank 0 logs, samples and checkpoints
-      std::map<std::string, double> values(report.losses.begin(), report.losses.end());
-      auto field = [&](const char* name) {
-        const auto found = values.find(name);
-        return found == values.end() ? std::string() : std::to_string(found->second);
-      };
-      log << step_ << ',' << field("valid") << ',' << field("hole") << ',' << field("perceptual")
-          << ',' << field("style_out") << ',' << field("style_comp") << ',' << field("tv") << ','
-          << field("total") << ',' << report.learning_rate << ',' << report.images_per_second
-          << '\n';
-      log.flush();
       if (validation) {
         result.validations.push_back(*validation);
         validation_log << validation->step << ',' << validation->psnr << ',' << validation->ssim
@@ -904,10 +913,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     // A failure mid-run (no photo left to read, a rank lost, a log that cannot be written)
     // keeps the steps done since the last checkpoint: the parameters are those of step_, whole,
     // and the running statistics are put back to theirs.
-    if (inside_step) {
-      torch::NoGradGuard no_grad;
-      at::_foreach_copy_(buffers, buffers_before);
-    }
+    if (inside_step) copy_buffers(buffers, buffers_before);
     if (writes_files() && step_ > saved_step) {
       try {
         save_checkpoint();
