@@ -66,6 +66,14 @@ class TrainerTest : public ::testing::Test {
         .checkpoint_every(0);
   }
 
+  // The parameters and buffers of two trainers' models are equal, bit for bit.
+  static void expect_same_state(T::Trainer& actual, T::Trainer& expected) {
+    const auto a = parameters(actual);
+    const auto b = parameters(expected);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "tensor " << i;
+  }
+
   static std::vector<at::Tensor> parameters(T::Trainer& trainer) {
     std::vector<at::Tensor> result;
     for (const auto& p : trainer.model()->parameters()) result.push_back(p.detach().clone());
@@ -140,7 +148,6 @@ TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
 TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   T::Trainer straight(tiny(6), files_, {}, dir_ / "straight", false);
   straight.run();
-  const auto expected = parameters(straight);
 
   {
     T::Trainer interrupted(tiny(6), files_, {}, dir_ / "resumed", false);
@@ -166,11 +173,7 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   EXPECT_EQ(resumed.examples(), 3 * 2);  // where the data stream goes on (batch 2)
   resumed.run();
   EXPECT_EQ(resumed.examples(), 6 * 2);
-  const auto actual = parameters(resumed);
-  ASSERT_EQ(actual.size(), expected.size());
-  for (size_t i = 0; i < actual.size(); ++i) {
-    EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
-  }
+  expect_same_state(resumed, straight);
 }
 
 // A failure mid-run (here a callback that throws, as a lost rank or an unreadable data folder
@@ -191,12 +194,7 @@ TEST_F(TrainerTest, AFailureMidRunKeepsTheStepsDone) {
   T::Trainer resumed(tiny(6), files_, {}, dir_ / "failed", true);
   EXPECT_EQ(resumed.step(), 3);
   resumed.run();
-  const auto expected = parameters(straight);
-  const auto actual = parameters(resumed);
-  ASSERT_EQ(actual.size(), expected.size());
-  for (size_t i = 0; i < actual.size(); ++i) {
-    EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
-  }
+  expect_same_state(resumed, straight);
 }
 
 // float16 with loss scaling, on the CPU: a step whose scaled gradients overflow (here a hole
@@ -245,12 +243,7 @@ TEST_F(TrainerTest, AFailureInsideAStepKeepsTheLastWholeStep) {
   T::Trainer resumed(tiny(6), files_, {}, dir_ / "failed", true);
   EXPECT_EQ(resumed.step(), 3);
   resumed.run();
-  const auto expected = parameters(straight);
-  const auto actual = parameters(resumed);
-  ASSERT_EQ(actual.size(), expected.size());
-  for (size_t i = 0; i < actual.size(); ++i) {
-    EXPECT_TRUE(at::equal(actual[i], expected[i])) << "tensor " << i;
-  }
+  expect_same_state(resumed, straight);
 }
 
 // The shallowest network (depth 1: no BatchNorm, nothing for a step to put back) trains too.
