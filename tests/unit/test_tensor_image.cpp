@@ -102,6 +102,41 @@ TEST(TensorImage, RejectsATruncatedDataRecord) {
   EXPECT_EQ(pconv::io::read_image(again).pixels.sizes(), (at::IntArrayRef{3, 64, 64}));
 }
 
+// Changed samples (a flipped bit in the data record) fail the zip's checksum: an error, never a
+// picture with wrong pixels.
+TEST(TensorImage, RejectsChangedSamples) {
+#ifndef PCONV_WITH_ZLIB
+  GTEST_SKIP() << "built without zlib: checksums are not checked";
+#endif
+  TempDir dir;
+  const auto path = dir.path() / "image.pt";
+  const auto pixels = at::rand({3, 16, 16});
+  pconv::io::write_image(path, pixels, 8);
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  {
+    caffe2::serialize::PyTorchStreamReader reader(path.string());
+    for (const auto& name : reader.getAllRecords()) {
+      if (name.rfind("data/", 0) == 0 || name.find("/data/") != std::string::npos) {
+        offset = reader.getRecordOffset(name);
+        size = reader.getRecordSize(name);
+      }
+    }
+  }
+  ASSERT_GT(size, 0U);
+  {
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(static_cast<std::streamoff>(offset + size / 2));
+    char byte = 0;
+    file.get(byte);
+    file.seekp(static_cast<std::streamoff>(offset + size / 2));
+    file.put(static_cast<char>(byte ^ 0x01));
+  }
+  EXPECT_THAT([&] { pconv::io::read_image(path); },
+              ::testing::ThrowsMessage<pconv::InputError>(
+                  ::testing::HasSubstr("image.pt: is damaged (the bytes of its record ")));
+}
+
 // A large file that is not a zip archive is refused from its first bytes, not read whole.
 TEST(TensorImage, RejectsAFileThatIsNotAnArchiveFromItsFirstBytes) {
   TempDir dir;

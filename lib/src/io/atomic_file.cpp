@@ -51,7 +51,10 @@ class TrackedTemporary {
     // A slot the handler is removing (3) is left to it: the process is ending.
     int expected = 2;
     auto& state = g_slot_state[static_cast<size_t>(slot_)];
-    if (!state.compare_exchange_strong(expected, 0) && expected == 4) state.store(0);
+    // 4 (never created) goes back to 0 only if the handler has not claimed it (4 -> 3) since.
+    if (!state.compare_exchange_strong(expected, 0) && expected == 4) {
+      state.compare_exchange_strong(expected, 0);
+    }
   }
   TrackedTemporary(const TrackedTemporary&) = delete;
   TrackedTemporary& operator=(const TrackedTemporary&) = delete;

@@ -69,6 +69,13 @@ Image read_tensor_image(const std::filesystem::path& path) {
   }
   in.close();
   const std::vector<char> bytes = read_archive(name);
+  if (bytes.empty()) throw InputError(name + ": cannot read the file");
+  // LibTorch's reader does not check the zip's checksums: changed samples would be read as if
+  // they were the picture (a PNG's own checksums catch the same damage).
+  if (const auto damaged = first_damaged_record(bytes); !damaged.empty()) {
+    throw InputError(name + ": is damaged (the bytes of its record " + damaged +
+                     " do not match their checksum)");
+  }
   c10::IValue value;
   try {
     value = torch::jit::pickle_load(bytes);
