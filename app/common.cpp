@@ -25,6 +25,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <iterator>
 #include <regex>
 #include <utility>
@@ -404,9 +405,9 @@ void OutputFolder::lock() {
 namespace {
 // A check that the option's value is a finite number and, where `problem` says so, more: it
 // returns what is wrong with the value ("must be ...") or nothing.
-CLI::Validator number_check(std::string (*problem)(double), std::string description,
+CLI::Validator number_check(std::function<std::string(double)> problem, std::string description,
                             std::string name) {
-  return {[problem](std::string& text) -> std::string {
+  return {[problem = std::move(problem)](std::string& text) -> std::string {
             double value = 0;
             if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type says it
             if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
@@ -424,26 +425,19 @@ CLI::Validator positive_number() {
 }
 CLI::Validator number_in(double low, double high) {
   const std::string range = fmt::format("[{} - {}]", low, high);
-  return {[low, high, range](std::string& text) -> std::string {
-            double value = 0;
-            if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type says it
-            if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
-            if (value < low || value > high) return "'" + text + "' is not a number in " + range;
-            return {};
-          },
-          "NUMBER in " + range, "number in range"};
+  return number_check(
+      [low, high, range](double value) {
+        return value < low || value > high ? "is not a number in " + range : std::string();
+      },
+      "NUMBER in " + range, "number in range");
 }
 CLI::Validator positive_number(double high) {
   const std::string range = fmt::format("(0 - {}]", high);
-  // A function pointer cannot hold the bound: checked here, the same way.
-  return {[high, range](std::string& text) -> std::string {
-            double value = 0;
-            if (!CLI::detail::lexical_cast(text, value)) return {};  // the option's type says it
-            if (!std::isfinite(value)) return "'" + text + "' is not a finite number";
-            if (value <= 0 || value > high) return "'" + text + "' is not a number in " + range;
-            return {};
-          },
-          "NUMBER in " + range, "positive number"};
+  return number_check(
+      [high, range](double value) {
+        return value <= 0 || value > high ? "is not a number in " + range : std::string();
+      },
+      "NUMBER in " + range, "positive number");
 }
 CLI::Validator non_negative_number() {
   return number_check(

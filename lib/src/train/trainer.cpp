@@ -183,13 +183,9 @@ std::optional<std::vector<char>> broadcast_bytes(ProcessGroup& group,
 // on them, so that ranks started with other options fail with one line each instead of a
 // collective's shape mismatch (an abort in Gloo) or a wait for steps that never come.
 void check_same_settings(ProcessGroup& group, const std::string& mine) {
-  auto length = at::full({1}, static_cast<int64_t>(mine.size()), at::kLong);
-  group.broadcast({length});
-  auto bytes = at::zeros({length.item<int64_t>()}, at::kByte);
-  if (group.rank() == 0) std::memcpy(bytes.data_ptr(), mine.data(), mine.size());
-  group.broadcast({bytes});
-  const std::string root(static_cast<const char*>(bytes.data_ptr()),
-                         static_cast<size_t>(bytes.numel()));
+  const std::vector<char> my_bytes(mine.begin(), mine.end());
+  const auto root_bytes = broadcast_bytes(group, group.rank() == 0 ? &my_bytes : nullptr);
+  const std::string root = root_bytes ? std::string(root_bytes->begin(), root_bytes->end()) : "";
   std::string differences;
   if (root != mine) {
     for (const auto& change : changed_settings(root, mine)) {
@@ -604,7 +600,7 @@ void Trainer::load_checkpoint() {
     }
     archive.read("step", value);
     step_ = value.toInt();
-    const int64_t ranks = options_.process_group() ? options_.process_group()->world_size() : 1;
+    const int64_t ranks = process_group ? process_group->world_size() : 1;
     // Checkpoints from before session vii have no count: they went on at the step's position
     // for this number of processes, as they did then.
     examples_ =
@@ -659,8 +655,8 @@ ValidationReport Trainer::validate() {
   torch::NoGradGuard no_grad;
   model_->eval();
   // Each rank of a data-parallel run scores its own part of the images (in eval mode BatchNorm
-  // takes no collective), so validating is as many times faster and no rank waits at the next
-  // collective while another validates alone.
+  // takes no collective), so that no rank waits at its next collective while another validates
+  // alone.
   const auto& group = options_.process_group();
   const int64_t ranks = group ? group->world_size() : 1;
   const int64_t rank = group ? group->rank() : 0;
