@@ -824,7 +824,9 @@ TEST_F(PartialConv2dTest, ReducedPrecisionStaysFiniteAndClose) {
       const double tolerance = dtype == at::kHalf ? 5e-3 : 3e-2;
       EXPECT_TRUE(at::allclose(out.to(at::kFloat), reference, tolerance, tolerance))
           << (out.to(at::kFloat) - reference).abs().max();
-      EXPECT_TRUE(at::allclose(out.to(at::kFloat), expected, 10 * tolerance, 10 * tolerance))
+      // And against float32 on the original inputs, at the bounds this test always had.
+      const double unrounded = dtype == at::kHalf ? 2e-2 : 1e-1;
+      EXPECT_TRUE(at::allclose(out.to(at::kFloat), expected, unrounded, unrounded))
           << (out.to(at::kFloat) - expected).abs().max();
 
       // And the backward pass stays finite too.
