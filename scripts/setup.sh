@@ -59,11 +59,13 @@ then
     sleep 15
   done
 fi
-if ! torch_prefix=$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)'); then
+# -W ignore: torch warns on import that it found no NumPy, which it needs only for Python
+# arrays; nothing here uses them (an import that fails still says why).
+if ! torch_prefix=$("$venv/bin/python" -W ignore -c 'import torch.utils; print(torch.utils.cmake_prefix_path)'); then
   say "$venv: torch is installed but cannot be imported (see above); remove $venv and run again"
   exit 1
 fi
-torch_cuda=$("$venv/bin/python" -c 'import torch; print(torch.version.cuda or "")')
+torch_cuda=$("$venv/bin/python" -W ignore -c 'import torch; print(torch.version.cuda or "")')
 
 # --- configure and build ---------------------------------------------------------------------
 # Configured when it has not been, or not whole (a configure that failed leaves a cache but no

@@ -9,7 +9,7 @@ command -v clang-tidy >/dev/null || { echo "tidy.sh: clang-tidy is not installed
 files=()
 for file in "$@"; do files+=("$(realpath -m "$file")"); done
 cd "$root"
-torch_prefix=$(.venv/bin/python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
+torch_prefix=$(.venv/bin/python -W ignore -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
 # Configured every time (a few seconds) so that the compile commands follow the CMake files.
 cmake -S . -B build-tidy -G Ninja -DCMAKE_BUILD_TYPE=Release -DPCONV_PCH=OFF \
   -DCMAKE_EXPORT_COMPILE_COMMANDS=ON -DCMAKE_PREFIX_PATH="$torch_prefix" \

@@ -259,6 +259,66 @@ TEST_F(ImageFolderTest, GreyPngColourKeyBecomesAlpha) {
   ASSERT_TRUE(cv::imwrite((dir_ / "plain.png").string(), gradient(3, 5, CV_8UC1)));
   EXPECT_EQ(pconv::io::read_image(dir_ / "plain.png").pixels.size(0), 1);
 }
+
+// An 8x8 RGB PNG with the given ancillary chunks (type, data) before its pixels; whether it was
+// written.
+bool write_png_with_chunks(const fs::path& path,
+                           const std::vector<std::pair<std::string, std::string>>& chunks) {
+  std::FILE* file = std::fopen(path.string().c_str(), "wb");
+  if (file == nullptr) return false;
+  std::vector<png_byte> bytes(8 * 8 * 3, 128);
+  std::vector<png_bytep> rows;
+  for (int y = 0; y < 8; ++y) rows.push_back(bytes.data() + y * 8 * 3);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png != nullptr ? png_create_info_struct(png) : nullptr;
+  volatile bool written = false;
+  if (info != nullptr && setjmp(png_jmpbuf(png)) == 0) {  // NOLINT(cert-err52-cpp): libpng's API
+    png_init_io(png, file);
+    png_set_IHDR(png, info, 8, 8, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (const auto& [type, data] : chunks) {
+      png_write_chunk(png, reinterpret_cast<png_const_bytep>(type.c_str()),
+                      reinterpret_cast<png_const_bytep>(data.data()), data.size());
+    }
+    png_write_image(png, rows.data());
+    png_write_end(png, nullptr);
+    written = true;
+  }
+  png_destroy_write_struct(&png, &info);
+  return std::fclose(file) == 0 && written;
+}
+
+// libpng's remarks about colour-space chunks ("iCCP: known incorrect sRGB profile" is common
+// in photos) are not passed on: pconv does no colour management, so they say nothing about
+// what it reads. Its other warnings about the same file still are.
+TEST_F(ImageFolderTest, ColourProfileRemarksAreNotWarnings) {
+  const std::string broken_profile("x\0\0junk", 7);  // name, method, no zlib stream
+  ASSERT_TRUE(write_png_with_chunks(dir_ / "profile.png", {{"iCCP", broken_profile}}));
+  ASSERT_TRUE(write_png_with_chunks(dir_ / "profile_and_text.png",
+                                    {{"iCCP", broken_profile}, {"tEXt", std::string("key\0v", 5)}}));
+  {  // the tEXt chunk's checksum made wrong: libpng warns and skips the chunk
+    std::fstream file(dir_ / "profile_and_text.png", std::ios::in | std::ios::out | std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    const auto text = bytes.find("tEXt");
+    ASSERT_NE(text, std::string::npos);
+    file.clear();
+    file.seekp(static_cast<std::streamoff>(text + 4 + 5 + 3));
+    file.put(static_cast<char>(bytes[text + 4 + 5 + 3] ^ 1));
+  }
+  std::vector<std::string> warnings;
+  pconv::io::set_decoder_warning_handler(
+      [&warnings](const std::string& warning) { warnings.push_back(warning); });
+  ::testing::internal::CaptureStderr();
+  const auto quiet = pconv::io::read_image(dir_ / "profile.png");
+  pconv::io::read_image(dir_ / "profile_and_text.png");
+  pconv::io::set_decoder_warning_handler(nullptr);
+  pconv::io::read_image(dir_ / "profile.png");  // without a handler: nothing on stderr either
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_EQ(quiet.pixels.sizes(), (at::IntArrayRef{3, 8, 8}));
+  EXPECT_THAT(warnings, ::testing::ElementsAre(::testing::EndsWith(
+                            "profile_and_text.png: libpng warning: tEXt: CRC error")));
+}
 #endif
 
 // A JPEG's EXIF orientation is applied, as viewers do: a mask drawn on the picture as it is

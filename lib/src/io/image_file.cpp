@@ -28,8 +28,10 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -197,7 +199,23 @@ DecoderWarnings& decoder_warnings() {
 }
 
 #ifdef PCONV_WITH_OPENCV
-void warn_about_decode(const std::string& name, const std::string& text) {
+// Whether a decoder's line is libpng's remark about a colour-space chunk (iCCP, sRGB, cHRM,
+// gAMA), such as "iCCP: known incorrect sRGB profile", which many photos' profiles draw. pconv
+// takes the samples as stored and does no colour management, so none of them is about what it
+// reads.
+bool is_colour_chunk_remark(std::string_view line) {
+  constexpr std::string_view kPrefix = "libpng warning: ";
+  if (line.substr(0, kPrefix.size()) != kPrefix) return false;
+  const auto chunk = line.substr(kPrefix.size(), 6);
+  return chunk == "iCCP: " || chunk == "sRGB: " || chunk == "cHRM: " || chunk == "gAMA: ";
+}
+
+void warn_about_decode(const std::string& name, const std::string& decoder_text) {
+  std::string text;
+  std::istringstream lines(decoder_text);
+  for (std::string line; std::getline(lines, line);) {
+    if (!is_colour_chunk_remark(line)) text += line + "\n";
+  }
   if (text.empty()) return;
   std::function<void(const std::string&)> handler;
   {

@@ -40,7 +40,9 @@ Image read_image(const std::filesystem::path& path);
 /// as libjpeg's "Premature end of JPEG file" (the rest of the picture is grey): calls `handler`
 /// with "FILE: TEXT" in one line. Without a handler (the default, or an empty one) the text goes
 /// to stderr as the decoder printed it. For a decode that failed the text is part of the
-/// InputError instead. The handler may be called from any thread that reads images.
+/// InputError instead. libpng's remarks about colour-space chunks (iCCP, sRGB, cHRM, gAMA, such
+/// as "known incorrect sRGB profile") are left out: pconv reads the samples as stored, with no
+/// colour management. The handler may be called from any thread that reads images.
 void set_decoder_warning_handler(std::function<void(const std::string&)> handler);
 
 /// Sets the most pixels read_image takes (default and upper bound: OpenCV's own limit, 2^30,
