@@ -31,8 +31,10 @@
 #include <exception>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 
 namespace {
 
@@ -88,9 +90,14 @@ void setup_logging() {
     max_pixels = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE) / 120;
   }
   if (max_pixels > 0) pconv::io::set_max_image_pixels(max_pixels);
-  // What libjpeg or libpng say about an image they did decode, as pconv's own warning.
-  pconv::io::set_decoder_warning_handler(
-      [](const std::string& warning) { spdlog::warn("{}", warning); });
+  // What libjpeg or libpng say about an image they did decode, as pconv's own warning: once,
+  // although training decodes each photo again in every pass over the data.
+  pconv::io::set_decoder_warning_handler([](const std::string& warning) {
+    static std::mutex mutex;
+    static std::unordered_set<std::string> said;
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (said.insert(warning).second) spdlog::warn("{}", warning);
+  });
 }
 
 // SIGINT and SIGTERM handled from before the shared libraries' static initialisers run

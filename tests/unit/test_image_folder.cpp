@@ -27,6 +27,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -141,6 +142,51 @@ TEST_F(ImageFolderTest, DecoderMessagesGoIntoTheErrorOrTheWarningHandler) {
   EXPECT_THAT(warnings, ::testing::ElementsAre(
                             ::testing::AllOf(::testing::HasSubstr("half_whole.jpg: "),
                                              ::testing::HasSubstr("Premature end of JPEG file"))));
+}
+
+// Read on several threads at once (as the data workers read), a decoder's remark still names
+// its own file, once per read: the text is not claimed by a read of another file.
+TEST_F(ImageFolderTest, DecoderWarningsNameTheirFileWhenReadInParallel) {
+  ASSERT_TRUE(cv::imwrite((dir_ / "whole.jpg").string(), gradient(120, 160, CV_8UC3)));
+  std::ifstream in(dir_ / "whole.jpg", std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  bytes.resize(bytes.size() / 2);
+  std::vector<fs::path> files;
+  for (int i = 0; i < 8; ++i) {
+    const auto name = dir_ / ((i % 4 == 0 ? "half" : "clean") + std::to_string(i) + ".jpg");
+    if (i % 4 == 0) {
+      std::ofstream(name, std::ios::binary)
+          .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    } else {
+      fs::copy_file(dir_ / "whole.jpg", name);
+    }
+    files.push_back(name);
+  }
+  std::mutex mutex;
+  std::vector<std::string> warnings;
+  pconv::io::set_decoder_warning_handler([&](const std::string& warning) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    warnings.push_back(warning);
+  });
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 10;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&files, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        for (std::size_t i = 0; i < files.size(); ++i) {
+          pconv::io::read_image(files[(i + static_cast<std::size_t>(t)) % files.size()]);
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  pconv::io::set_decoder_warning_handler(nullptr);
+  // Two truncated files, each read kThreads x kRounds times: one warning a read, naming it.
+  EXPECT_EQ(warnings.size(), 2U * kThreads * kRounds);
+  for (const auto& warning : warnings) {
+    EXPECT_THAT(warning, ::testing::MatchesRegex(".*/half[04][.]jpg: Premature end of JPEG file"));
+  }
 }
 
 TEST_F(ImageFolderTest, ListsImagesRecursivelyInOrder) {
@@ -295,10 +341,12 @@ bool write_png_with_chunks(const fs::path& path,
 TEST_F(ImageFolderTest, ColourProfileRemarksAreNotWarnings) {
   const std::string broken_profile("x\0\0junk", 7);  // name, method, no zlib stream
   ASSERT_TRUE(write_png_with_chunks(dir_ / "profile.png", {{"iCCP", broken_profile}}));
-  ASSERT_TRUE(write_png_with_chunks(dir_ / "profile_and_text.png",
-                                    {{"iCCP", broken_profile}, {"tEXt", std::string("key\0v", 5)}}));
+  ASSERT_TRUE(
+      write_png_with_chunks(dir_ / "profile_and_text.png",
+                            {{"iCCP", broken_profile}, {"tEXt", std::string("key\0v", 5)}}));
   {  // the tEXt chunk's checksum made wrong: libpng warns and skips the chunk
-    std::fstream file(dir_ / "profile_and_text.png", std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream file(dir_ / "profile_and_text.png",
+                      std::ios::in | std::ios::out | std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
     const auto text = bytes.find("tEXt");
     ASSERT_NE(text, std::string::npos);

@@ -56,6 +56,15 @@ Result pconv(const fs::path& dir, const std::string& args) {
   return shell(dir, std::string(PCONV_BINARY) + " " + args);
 }
 
+// How often `part` occurs in `text`.
+int count(const std::string& text, const std::string& part) {
+  int found = 0;
+  for (auto at = text.find(part); at != std::string::npos; at = text.find(part, at + part.size())) {
+    ++found;
+  }
+  return found;
+}
+
 // A smooth picture (so that the model has something sensible to fill) with noise.
 at::Tensor picture(int64_t channels, int64_t height, int64_t width) {
   const auto y = at::linspace(0, 1, height).view({1, height, 1});
@@ -397,20 +406,19 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   }
   // A model file named by $PCONV_MODEL is said to come from there; a TorchScript export given
   // as the model is named as one.
-  const std::string inpaint_photo = " inpaint " + photo + " " + (d / "mask.png").string() +
-                                    " -o " + (d / "x.png").string();
-  const auto from_environment = shell(d, "PCONV_MODEL=" + (d / "absent.pt").string() + " " +
-                                             PCONV_BINARY + inpaint_photo);
+  const std::string inpaint_photo =
+      " inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.png").string();
+  const auto from_environment =
+      shell(d, "PCONV_MODEL=" + (d / "absent.pt").string() + " " + PCONV_BINARY + inpaint_photo);
   EXPECT_EQ(from_environment.rc, 4) << from_environment.output;
-  EXPECT_NE(from_environment.output.find(
-                "absent.pt: no such model file (the model $PCONV_MODEL names)"),
-            std::string::npos)
+  EXPECT_NE(
+      from_environment.output.find("absent.pt: no such model file (the model $PCONV_MODEL names)"),
+      std::string::npos)
       << from_environment.output;
   ASSERT_EQ(pconv(d, "export " + model.string() + " -o " + (d / "m.ts").string()).rc, 0);
   const auto exported = pconv(d, inpaint_photo + " --model " + (d / "m.ts").string());
   EXPECT_EQ(exported.rc, 4) << exported.output;
-  EXPECT_NE(exported.output.find("m.ts: a TorchScript export of a pconv model"),
-            std::string::npos)
+  EXPECT_NE(exported.output.find("m.ts: a TorchScript export of a pconv model"), std::string::npos)
       << exported.output;
   EXPECT_FALSE(fs::exists(d / "x.png"));
   EXPECT_TRUE(fs::is_fifo(d / "fifo.png"));
@@ -654,6 +662,26 @@ TEST(Cli, OneCommandWritesIntoAFolderAtATime) {
 
 // A model file or a checkpoint is never replaced by an output: not by an inpainted image, an
 // export or a new training run (its --init model included).
+// A photo the decoder warns about (a truncated JPEG: its lower part grey) is named once, with
+// its own name, although every pass over the data decodes it again, on two worker threads.
+TEST(Cli, TrainingWarnsOnceAboutADamagedPhoto) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  pconv::io::write_image(d / "photos" / "a.png", picture(3, 40, 40));
+  pconv::io::write_image(d / "photos" / "b.jpg", picture(3, 40, 40));
+  pconv::io::write_image(d / "photos" / "c.jpg", picture(3, 96, 96));
+  fs::resize_file(d / "photos" / "c.jpg", fs::file_size(d / "photos" / "c.jpg") * 3 / 4);
+  const auto run = pconv(d, "train --data " + (d / "photos").string() +
+                                " --size 16 --depth 2 --width 4 --max-width 8 --batch 1 "
+                                "--steps 12 --workers 2 -o " +
+                                (d / "run").string());
+  ASSERT_EQ(run.rc, 0) << run.output;
+  const std::string warning = "c.jpg: Premature end of JPEG file\n";
+  EXPECT_EQ(count(run.output, "Premature end"), 1) << run.output;
+  EXPECT_NE(run.output.find(warning), std::string::npos) << run.output;
+}
+
 TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
   TempDir dir;
   const auto& d = dir.path();
@@ -699,9 +727,24 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
       pconv(d, "train --data " + (d / "photos").string() + tiny + " --init " +
                    (d / "again" / "model.pt").string() + " -o " + (d / "again").string());
   EXPECT_EQ(init.rc, 3) << init.output;
-  EXPECT_NE(init.output.find("again: holds a model.pt already, which this run would replace"),
+  EXPECT_NE(init.output.find("again: holds model.pt already, which this run would replace"),
             std::string::npos)
       << init.output;
+  // Nor a folder's own config.txt, log.csv, validation.csv or samples/: each is refused and kept.
+  for (const std::string file : {"config.txt", "log.csv", "validation.csv", "samples"}) {
+    const auto folder = d / ("mine-" + file);
+    fs::create_directories(folder);
+    std::ofstream(folder / file) << "my own notes";
+    const auto refused =
+        pconv(d, "train --data " + (d / "photos").string() + tiny + " -o " + folder.string());
+    EXPECT_EQ(refused.rc, 3) << refused.output;
+    EXPECT_NE(refused.output.find(folder.string() + ": holds " + file +
+                                  " already, which this run would replace; use another --out"),
+              std::string::npos)
+        << refused.output;
+    EXPECT_EQ(read_text(folder / file), "my own notes");
+    EXPECT_EQ(std::distance(fs::directory_iterator(folder), fs::directory_iterator()), 1);
+  }
   // Nor does a batch's tensor image (.pt) of the same name as a model in the output folder.
   fs::create_directories(d / "tensors");
   pconv::io::write_image(d / "tensors" / "model.pt", picture(3, 32, 32));

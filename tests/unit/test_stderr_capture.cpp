@@ -71,6 +71,57 @@ TEST(StderrCapture, OverlappingCapturesClaimEveryLineExactlyOnce) {
   EXPECT_EQ(static_cast<int>(std::count(all.begin(), all.end(), '\n')), kThreads * kRounds);
 }
 
+// mixed(): where two captures were open at once and something was written meanwhile, neither
+// can tell whose the text is; a capture alone, or overlapping ones with nothing written, can.
+TEST(StderrCapture, MixedSaysWhenTwoCapturesSawText) {
+  ::testing::internal::CaptureStderr();
+  {
+    pconv::io::StderrCapture alone;
+    write_stderr("mine\n");
+    EXPECT_EQ(alone.take(), "mine\n");
+    EXPECT_FALSE(alone.mixed());
+  }
+  {
+    pconv::io::StderrCapture first;
+    pconv::io::StderrCapture second;
+    EXPECT_EQ(second.take(), "");
+    EXPECT_EQ(first.take(), "");
+    EXPECT_FALSE(first.mixed());
+    EXPECT_FALSE(second.mixed());
+  }
+  {  // the second claims the first's text, written before it opened
+    pconv::io::StderrCapture first;
+    write_stderr("first's\n");
+    pconv::io::StderrCapture second;
+    EXPECT_EQ(second.take(), "first's\n");
+    EXPECT_TRUE(second.mixed());
+    EXPECT_EQ(first.take(), "");
+    EXPECT_TRUE(first.mixed());
+  }
+  {  // written while both are open
+    pconv::io::StderrCapture first;
+    pconv::io::StderrCapture second;
+    write_stderr("whose?\n");
+    EXPECT_EQ(first.take(), "whose?\n");
+    EXPECT_TRUE(first.mixed());
+    EXPECT_EQ(second.take(), "");
+    EXPECT_TRUE(second.mixed());
+  }
+  {  // one after the other
+    {
+      pconv::io::StderrCapture first;
+      write_stderr("one\n");
+      EXPECT_EQ(first.take(), "one\n");
+      EXPECT_FALSE(first.mixed());
+    }
+    pconv::io::StderrCapture second;
+    write_stderr("two\n");
+    EXPECT_EQ(second.take(), "two\n");
+    EXPECT_FALSE(second.mixed());
+  }
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+}
+
 TEST(StderrCapture, OneLineJoinsTrimsAndShortens) {
   EXPECT_EQ(pconv::io::one_line(""), "");
   EXPECT_EQ(pconv::io::one_line("  a \n\n b\r\n"), "a; b");

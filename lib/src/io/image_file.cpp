@@ -28,6 +28,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <shared_mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -299,6 +300,51 @@ bool is_tensor_image(const std::filesystem::path& path) {
   return lower_extension(path) == kTensorImageExtension;
 }
 
+#ifdef PCONV_WITH_OPENCV
+// A decode: the image (empty where it failed), OpenCV's exception text and what the decoder
+// printed on stderr (libpng and libjpeg print their reason for a failed decode there, and
+// remarks about a decode that worked, such as "Premature end of JPEG file").
+struct Decoded {
+  cv::Mat image;
+  std::string exception;
+  std::string messages;
+  bool mixed = false;  // with another decode's (StderrCapture::mixed)
+};
+
+Decoded decode_once(const std::string& name, int flags) {
+  Decoded result;
+  StderrCapture capture;
+  try {
+    result.image = cv::imread(name, flags);
+  } catch (const cv::Exception& error) {
+    result.image = cv::Mat();
+    result.exception = error.err;
+  }
+  result.messages = capture.take();
+  result.mixed = capture.mixed();
+  return result;
+}
+
+// Held shared by every decode, and alone by one whose messages got mixed with another's.
+std::shared_mutex& decoder_output() {
+  static std::shared_mutex mutex;
+  return mutex;
+}
+
+Decoded decode(const std::string& name, int flags) {
+  {
+    const std::shared_lock<std::shared_mutex> shared(decoder_output());
+    auto result = decode_once(name, flags);
+    if (!result.mixed) return result;
+  }
+  // Another thread's decoder printed while this one ran (the data workers decode in parallel),
+  // so whose text is whose is not known: decoded again with no other decode running, which
+  // gives this file's own. Only files a decoder printed about, or read beside one, come here.
+  const std::unique_lock<std::shared_mutex> alone(decoder_output());
+  return decode_once(name, flags);
+}
+#endif
+
 bool has_image_extension(const std::filesystem::path& path) {
   const auto& known = image_extensions();
   return std::find(known.begin(), known.end(), lower_extension(path)) != known.end();
@@ -311,23 +357,16 @@ Image read_image(const std::filesystem::path& path) {
   }
   if (is_tensor_image(path)) return read_tensor_image(path);
 #ifdef PCONV_WITH_OPENCV
-  cv::Mat decoded;
-  // libpng and libjpeg print their reason for a failed decode on stderr; it goes into the one
-  // error line instead, and what they print about a decode that worked to the warning handler.
-  StderrCapture decoder_messages;
-  std::string exception;
-  try {
-    // A JPEG's EXIF orientation is applied, as every viewer (and so every mask drawn on one)
-    // does; IMREAD_UNCHANGED would skip it, and a JPEG has no alpha for it to keep.
-    const auto extension = lower_extension(path);
-    const int flags = extension == ".jpg" || extension == ".jpeg"
-                          ? cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR
-                          : cv::IMREAD_UNCHANGED;
-    decoded = cv::imread(name, flags);
-  } catch (const cv::Exception& error) {
-    decoded = cv::Mat();
-    exception = error.err;
-  }
+  // A JPEG's EXIF orientation is applied, as every viewer (and so every mask drawn on one)
+  // does; IMREAD_UNCHANGED would skip it, and a JPEG has no alpha for it to keep.
+  const auto extension = lower_extension(path);
+  const int flags = extension == ".jpg" || extension == ".jpeg"
+                        ? cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR
+                        : cv::IMREAD_UNCHANGED;
+  auto decode_result = decode(name, flags);
+  cv::Mat decoded = std::move(decode_result.image);
+  const std::string& exception = decode_result.exception;
+  const std::string& messages = decode_result.messages;
   if (decoded.empty()) {
     // OpenCV's own header check against OPENCV_IO_MAX_IMAGE_PIXELS throws.
     if (exception.find("CV_IO_MAX_IMAGE_PIXELS") != std::string::npos) {
@@ -337,18 +376,18 @@ Image read_image(const std::filesystem::path& path) {
       throw InputError(name + ": cannot read the image: out of memory (" + one_line(exception) +
                        ")");
     }
-    std::string reason = one_line(decoder_messages.take());
+    std::string reason = one_line(messages);
     if (reason.empty()) reason = one_line(exception);
     if (!has_image_extension(path)) {
       std::string known;
-      for (const auto& extension : image_extensions())
-        known += (known.empty() ? "" : " ") + extension;
+      for (const auto& known_extension : image_extensions())
+        known += (known.empty() ? "" : " ") + known_extension;
       throw InputError(name + ": cannot read the image: not a format pconv reads (" + known + ")");
     }
     throw InputError(name + ": cannot read the image (corrupt or not an image" +
                      (reason.empty() ? "" : ": " + reason) + ")");
   }
-  warn_about_decode(name, decoder_messages.take());
+  warn_about_decode(name, messages);
   // Checked once decoded (OpenCV 4.6 reads no header alone): the 8 or 16 bits per sample are
   // a fraction of what the float copies and the network take next.
   if (static_cast<int64_t>(decoded.total()) > g_max_image_pixels.load()) {

@@ -16,12 +16,18 @@ struct Redirect {
   int open_count = 0;
   int saved_stderr = -1;  // the real stderr while redirected
   std::FILE* file = nullptr;
-  long claimed = 0;  // bytes of the file already claimed
+  long claimed = 0;          // bytes of the file already claimed
+  unsigned long opened = 0;  // captures opened since the redirection began
 };
 
 Redirect& redirect() {
   static Redirect state;
   return state;
+}
+
+long size_of(std::FILE* file) {
+  struct stat info {};
+  return ::fstat(::fileno(file), &info) == 0 ? static_cast<long>(info.st_size) : 0;
 }
 
 // The file's bytes from `from` to its end, and that end. pread and fstat leave the file offset
@@ -66,7 +72,11 @@ StderrCapture::StderrCapture() {
     state.saved_stderr = saved;
     state.file = file;
     state.claimed = 0;
+    state.opened = 0;
   }
+  overlapped_at_open_ = state.open_count > 0;
+  serial_ = ++state.opened;
+  size_at_open_ = size_of(state.file);
   ++state.open_count;
   open_ = true;
 }
@@ -79,6 +89,10 @@ std::string StderrCapture::claim(bool show) {
   auto& state = redirect();
   const std::lock_guard<std::mutex> lock(state.mutex);
   std::fflush(stderr);
+  // Another capture was open at some point, and text was written meanwhile (by anyone) or
+  // from before this capture opened is still unclaimed (another's, which this claim takes).
+  const bool overlapped = overlapped_at_open_ || state.opened != serial_;
+  mixed_ = overlapped && (size_of(state.file) > size_at_open_ || state.claimed < size_at_open_);
   const bool last = --state.open_count == 0;
   // The last one restores stderr before it reads, so that what other threads write meanwhile
   // either lands in the file before the read or goes to the real stderr.

@@ -14,7 +14,8 @@ namespace pconv::io {
 /// and each claims the text written since the end of the previous claim, so nothing is shown
 /// twice and nothing is lost (short of a write on another thread that is still in progress at
 /// the very moment the last capture closes). Text that another thread writes meanwhile goes to
-/// whichever claim comes first. If stderr cannot be redirected, nothing is captured.
+/// whichever claim comes first, so for the text of one call among several that print at once
+/// see mixed(). If stderr cannot be redirected, nothing is captured.
 class StderrCapture {
  public:
   StderrCapture();
@@ -29,10 +30,19 @@ class StderrCapture {
   /// Stops capturing and writes the claimed text to the real stderr.
   void release();
 
+  /// After take() or release(): whether something was written while another capture was open
+  /// too, so that the claimed text may hold another call's and lack some of this one's (which
+  /// the capture claimed first). Both captures say so.
+  bool mixed() const { return mixed_; }
+
  private:
   std::string claim(bool show);
 
   bool open_ = false;
+  bool mixed_ = false;
+  bool overlapped_at_open_ = false;  // another capture was open already
+  unsigned long serial_ = 0;         // this capture's number among those of the redirection
+  long size_at_open_ = 0;            // how much had been written into the file then
 };
 
 /// The captured text as one line: lines joined with "; ", blank space trimmed, at most

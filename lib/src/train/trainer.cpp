@@ -29,6 +29,7 @@
 #include <memory>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 namespace pconv::train {
 namespace {
@@ -47,12 +48,26 @@ std::string run_identity(const TrainerOptions& o) {
   return out.str();
 }
 
+// config.txt's first line: pconv's own, of any version.
+constexpr const char* kConfigHeading = " training run";
+
+// Whether `path` is a config.txt that pconv train wrote.
+bool is_run_config(const std::filesystem::path& path) {
+  std::ifstream file(path);
+  std::string first_line;
+  if (!std::getline(file, first_line)) return false;
+  const std::string_view line(first_line);
+  const std::string_view heading(kConfigHeading);
+  return line.rfind("pconv ", 0) == 0 && line.size() >= heading.size() &&
+         line.substr(line.size() - heading.size()) == heading;
+}
+
 std::string config_text(const TrainerOptions& o, size_t train_count, size_t validation_count) {
   std::ostringstream out;
   const int64_t processes = o.process_group() ? o.process_group()->world_size() : 1;
   const auto& m = o.model();
   const auto& w = o.loss_weights();
-  out << "pconv " << kVersion << " training run\n"
+  out << "pconv " << kVersion << kConfigHeading << "\n"
       << "size " << o.size() << "\nbatch_size " << o.batch_size() << "\nsteps " << o.steps()
       << "\nlearning_rate " << o.learning_rate() << "\nfinetune " << o.finetune() << "\ndepth "
       << m.depth() << "\nbase_width " << m.base_width() << "\nmax_width " << m.max_width()
@@ -331,11 +346,22 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
                        ": holds a checkpoint already; use --resume to "
                        "continue it or another --out");
     }
-    // A model without a checkpoint (one put there, or the --init model itself) would be
-    // replaced by this run's at its end.
-    if (!resume && std::filesystem::exists(run_dir_ / kModelFile)) {
-      throw InputError(run_dir_.string() + ": holds a " + kModelFile +
-                       " already, which this run would replace; use another --out");
+    // A model without a checkpoint (one put there, or the --init model itself), another run's
+    // logs, or files of these names that are not a run's would be replaced by this run's. (The
+    // other ranks check the model only: rank 0 may have made samples/ in a folder they share.)
+    if (resume) return;
+    const auto refuse_replacing = [&](const char* file) {
+      if (std::filesystem::exists(run_dir_ / file)) {
+        throw InputError(run_dir_.string() + ": holds " + file +
+                         " already, which this run would replace; use another --out");
+      }
+    };
+    refuse_replacing(kModelFile);
+    // A run that ended before its first checkpoint (killed) has nothing to resume: its files
+    // are this run's to replace.
+    if (!writes_files() || is_run_config(run_dir_ / kConfigFile)) return;
+    for (const auto* file : {kConfigFile, kLogFile, kValidationFile, "samples"}) {
+      refuse_replacing(file);
     }
   };
   refuse_an_existing_run();
