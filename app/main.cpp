@@ -26,8 +26,10 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -167,6 +169,18 @@ static int run_pconv(int argc, char** argv) {
     // CLI11's words for an option given twice.
     const auto twice = what.find("At Most 1 required but received");
     if (twice != std::string::npos) what = what.substr(0, twice) + "given more than once";
+    // A word that is no subcommand, before any subcommand: name it as such.
+    if (parsed.empty() && dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr) {
+      std::vector<std::string> names;
+      for (const auto* command : app.get_subcommands([](CLI::App*) { return true; })) {
+        names.push_back(command->get_name());
+      }
+      const auto extras = app.remaining();
+      const std::string word = extras.empty() ? std::string() : extras.front();
+      what = word.rfind('-', 0) == 0 ? fmt::format("unknown option '{}'", word)
+                                     : fmt::format("unknown command '{}' (the commands: {})", word,
+                                                   fmt::join(names, ", "));
+    }
     spdlog::error("{} (see '{}')", what, help);
     return kExitUsage;
   } catch (const Interrupted& error) {
@@ -190,7 +204,17 @@ static int run_pconv(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
-    return run_pconv(argc, argv);
+    const int code = run_pconv(argc, argv);
+    // What went to stdout (the result's path, pconv info, --help) must have arrived: a full
+    // disk or a closed pipe there is a failure, not a success with nothing written.
+    errno = 0;
+    if ((std::fflush(stdout) != 0 || std::ferror(stdout) != 0) && code == pconv::app::kExitOk) {
+      const std::string reason = errno != 0 ? std::strerror(errno) : "write error";
+      std::fputs(("pconv: error: cannot write to the standard output: " + reason + "\n").c_str(),
+                 pconv::app::log_stream());
+      return pconv::app::kExitInput;
+    }
+    return code;
   } catch (...) {
     // Only logging set-up itself can get here; everything after it is caught in run_pconv().
     std::fputs("pconv: error: unexpected failure\n", pconv::app::log_stream());

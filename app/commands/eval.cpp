@@ -47,9 +47,13 @@ std::string to_json(const eval::EvalReport& report, const std::string& model_pat
     for (const auto& scores : report.per_bin[m]) per_bin.push_back(scores_json(scores));
     methods[report.methods[m]] = {{"bins", per_bin}, {"all", scores_json(report.overall[m])}};
   }
-  const nlohmann::json document = {{"photos", report.photos}, {"size", report.size},
-                                   {"seed", report.seed},     {"model", model_path},
-                                   {"precision", precision},  {"bins", bins},
+  const nlohmann::json document = {{"photos", report.photos},
+                                   {"size", report.size},
+                                   {"seed", report.seed},
+                                   {"thin_strokes", report.thin_strokes},
+                                   {"model", model_path},
+                                   {"precision", precision},
+                                   {"bins", bins},
                                    {"methods", methods}};
   return document.dump(2) + "\n";
 }
@@ -80,6 +84,12 @@ void setup_eval(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Seed of the masks")
       ->check(seed_number())
+      ->capture_default_str();
+  command
+      ->add_option("--thin-strokes", options->thin_strokes,
+                   "Fraction of the masks' strokes drawn 1 to 3 pixels wide, as scratches "
+                   "are; 0: the masks of earlier versions")
+      ->check(number_in(0.0, 1.0))
       ->capture_default_str();
   command->add_option("--radius", options->radius, "Neighbourhood radius of Telea and NS, pixels")
       ->check(positive_number())
@@ -125,6 +135,7 @@ void run_eval(const EvalOptions& options) {
                                 .size(options.size)
                                 .per_bin(options.per_bin)
                                 .seed(options.seed)
+                                .thin_strokes(options.thin_strokes)
                                 .examples_per_bin(options.examples);
   const int64_t per_bin =
       options.per_bin > 0 ? options.per_bin : static_cast<int64_t>(photos.size());

@@ -19,6 +19,7 @@ struct EvalOptions {
   int64_t size = 512;
   int64_t per_bin = 0;
   uint64_t seed = 0;
+  double thin_strokes = 0.0;
   double radius = 3.0;
   int64_t examples = 1;
   bool no_baselines = false;

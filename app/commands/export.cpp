@@ -83,7 +83,7 @@ void run_export(const ExportOptions& options) {
       "wrote {} ({:.1f} MB): TorchScript of PConvUNet depth {}, widths {}..{}, "
       "forward(image, mask) -> (output, output_mask), in {:.2f} s",
       out.string(), static_cast<double>(std::filesystem::file_size(out)) / 1e6, o.depth(),
-      o.base_width(), o.max_width(), seconds.count());
+      o.base_width(), model->encoder_width(o.depth()), seconds.count());
 }
 
 }  // namespace pconv::app

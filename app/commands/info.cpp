@@ -37,6 +37,13 @@ std::string shown(const std::string& text) {
   return line;
 }
 
+// 8.22 M, 65.3 K, 812: three significant digits or so, for sizes and counts.
+std::string human_size(double value, const char* unit) {
+  if (value >= 1e6) return fmt::format("{:.2f} M{}", value / 1e6, unit);
+  if (value >= 1e3) return fmt::format("{:.1f} K{}", value / 1e3, unit);
+  return fmt::format("{:.0f} {}", value, unit);
+}
+
 }  // namespace
 
 void run_info(const InfoOptions& options) {
@@ -46,11 +53,11 @@ void run_info(const InfoOptions& options) {
   for (const auto& parameter : model->parameters()) parameters += parameter.numel();
   const auto& o = model->options;
   fmt::print("model        {}\n", options.model);
-  fmt::print("file size    {:.1f} MB\n",
-             static_cast<double>(std::filesystem::file_size(options.model)) / 1e6);
+  fmt::print("file size    {}\n",
+             human_size(static_cast<double>(std::filesystem::file_size(options.model)), "B"));
   fmt::print("architecture PConvUNet depth {}, widths {}..{}, {} image channels\n", o.depth(),
-             o.base_width(), o.max_width(), o.image_channels());
-  fmt::print("parameters   {:.2f} M\n", static_cast<double>(parameters) / 1e6);
+             o.base_width(), model->encoder_width(o.depth()), o.image_channels());
+  fmt::print("parameters   {}\n", human_size(static_cast<double>(parameters), ""));
   fmt::print("input        height and width multiples of {}\n", model->size_multiple());
   fmt::print("trained on   {}\n", shown(metadata.training_data));
   fmt::print("steps        {} at {}x{}\n", metadata.steps, metadata.image_size,

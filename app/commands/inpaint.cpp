@@ -420,6 +420,13 @@ void run_inpaint(const InpaintOptions& options) {
                                  "'" + options.masks + "' and --input '" + options.input_dir +
                                      "' overlap; keep the masks in a folder of their own");
     }
+    if (fs::is_regular_file(options.masks, ignored) && io::has_image_extension(options.masks) &&
+        is_within(options.masks, options.input_dir)) {
+      throw CLI::ValidationError("--masks", "'" + options.masks + "' is in --input '" +
+                                                options.input_dir +
+                                                "', where it would be inpainted as an image; keep "
+                                                "the mask out of that folder");
+    }
   } else {
     const auto out = single_output(options);
     // Before the network runs: a format pconv cannot write is a mistake in the command (the

@@ -38,6 +38,11 @@ void setup_masks(CLI::App& app) {
   command->add_option("--max-ratio", options->max_ratio, "Largest hole fraction")
       ->check(number_in(0.0, 1.0))
       ->capture_default_str();
+  command
+      ->add_option("--thin-strokes", options->thin_strokes,
+                   "Fraction of the strokes drawn 1 to 3 pixels wide, as scratches are")
+      ->check(number_in(0.0, 1.0))
+      ->capture_default_str();
   command->add_flag("--overwrite", options->overwrite, "Replace mask files that already exist");
   command->callback([options] { run_masks(*options); });
 }
@@ -55,7 +60,8 @@ void run_masks(const MasksOptions& options) {
   }
   const data::MaskGenerator generator(data::MaskGeneratorOptions(height, width)
                                           .min_ratio(options.min_ratio)
-                                          .max_ratio(options.max_ratio),
+                                          .max_ratio(options.max_ratio)
+                                          .thin_probability(options.thin_strokes),
                                       options.seed);
   // A size that no mask of the ratio range fits (1x1) is a usage error, before any file exists.
   std::vector<uint8_t> first_holes;

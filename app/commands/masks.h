@@ -16,6 +16,7 @@ struct MasksOptions {
   uint64_t seed = 0;
   double min_ratio = 0.01;
   double max_ratio = 0.6;
+  double thin_strokes = 0.0;  // the masks of eval and of earlier versions
   bool overwrite = false;
 };
 

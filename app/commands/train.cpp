@@ -112,6 +112,12 @@ void setup_train(CLI::App& app) {
   command->add_option("--masks", options->mask_dir,
                       "Folder of mask images (white = hole) to train with, randomly flipped, "
                       "rotated, dilated and cropped; default: generated masks");
+  command
+      ->add_option("--thin-strokes", options->thin_strokes,
+                   "Fraction of the generated masks' strokes drawn 1 to 3 pixels wide, as "
+                   "scratches are (a model that never saw such holes fills them dark)")
+      ->check(number_in(0.0, 1.0))
+      ->capture_default_str();
   command->add_option("--init", options->init_model,
                       "Start from the weights of this pconv model file (its architecture is the "
                       "default for --depth, --width and --max-width)");
@@ -225,6 +231,17 @@ void run_train(const TrainOptions& options) {
     throw CLI::ValidationError(
         "--size", fmt::format("{} is not a multiple of 2^depth = {}", options.size, multiple));
   }
+  // BatchNorm in training needs two values of each channel at least; the deepest encoder
+  // layer's has (size / 2^depth)^2 of them per photo (its statistics are the global batch's).
+  // With --finetune the encoder's BatchNorm is frozen.
+  const int64_t ranks = distributed ? distributed->world_size : 1;
+  const int64_t deepest = (options.size / multiple) * (options.size / multiple);
+  if (!options.finetune && options.depth >= 2 && deepest * options.batch * ranks < 2) {
+    throw CLI::ValidationError(
+        "--batch", fmt::format("1 with --size {} and --depth {} leaves the deepest layer one "
+                               "pixel to normalise: give --batch 2 or more, or a larger --size",
+                               options.size, options.depth));
+  }
   // The run folder never mixes with the photos: model.pt could replace a photo of that name,
   // and samples/*.png would be trained on by a later run.
   keep_apart(options.out_dir, "the run", "the photos", "--data", options.data_dir);
@@ -272,6 +289,7 @@ void run_train(const TrainOptions& options) {
       .vgg_path(options.vgg)
       .init_model(options.init_model)
       .mask_dir(options.mask_dir)
+      .thin_strokes(options.thin_strokes)
       .workers(options.workers)
       .seed(options.seed)
       .device(device)
@@ -283,7 +301,8 @@ void run_train(const TrainOptions& options) {
       .process_group(group)
       .amp(options.amp)
       .channels_last(options.channels_last)
-      .data_description(options.data_dir);
+      .data_description(options.data_dir)
+      .validation_description(options.validation_dir);
   // A new run that fails before its first checkpoint (unreadable photos, a bad --init or
   // --vgg file, ...) takes away what it wrote: the whole run folder if it made it, else the
   // files it added to it. Rank 0 owns the folder.

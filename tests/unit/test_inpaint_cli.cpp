@@ -282,6 +282,8 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   fs::create_directories(d / "links");
   fs::create_symlink("loop_b", d / "links" / "loop_a");
   fs::create_symlink("loop_a", d / "links" / "loop_b");
+  fs::create_directories(d / "batch_in");  // images only: a mask in --input is refused
+  fs::copy_file(d / "photo.png", d / "batch_in" / "photo.png");
   const auto model = fs::path(PCONV_DEFAULT_MODEL);
   {
     std::ifstream in(model, std::ios::binary);
@@ -310,6 +312,11 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint --input " + (d / "links").string() + "/.. --masks " + d.string() + " -o " +
            d.string() + "_batch_out",
        2, "' overlap; keep the masks in a folder of their own"},
+      {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() + " -o " +
+           d.string() + "_batch_out",
+       2,
+       "mask.png' is in --input '" + d.string() +
+           "', where it would be inpainted as an image; keep the mask out of that folder"},
       {"inpaint " + photo + " " + (d / "links" / "loop_a").string(), 3,
        "loop_a: Too many levels of symbolic links"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " +
@@ -322,10 +329,10 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
            (d / "links" / "loop_a").string() + " -o " + d.string() + "_batch_out",
        3, "loop_a: Too many levels of symbolic links"},
       // The one mask of every image is read before any image.
-      {"inpaint --input " + (d / "links").string() + "/.. --masks " + (d / "corrupt.png").string() +
+      {"inpaint --input " + (d / "batch_in").string() + " --masks " + (d / "corrupt.png").string() +
            " -o " + d.string() + "_batch_out",
        3, "corrupt.png: cannot read the image"},
-      {"inpaint --input " + (d / "links").string() + "/.. --masks " + (d / "all.png").string() +
+      {"inpaint --input " + (d / "batch_in").string() + " --masks " + (d / "all.png").string() +
            " -o " + d.string() + "_batch_out",
        3, "all.png: every pixel is a hole; there is nothing to inpaint from in any image"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --model " + d.string(), 4,
@@ -347,7 +354,7 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --precision fp8", 2, "--precision"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --nchw --channels-last", 2,
        "--channels-last excludes --nchw"},
-      {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() +
+      {"inpaint --input " + (d / "batch_in").string() + " --masks " + (d / "mask.png").string() +
            " -o /proc/pconv-no/folder",
        3, "/proc/pconv-no/folder: cannot create the output folder"},
       // Never over an input: the image, the mask, the result as the side-by-side picture, the
@@ -560,6 +567,17 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 5);
 }
 
+// What pconv prints on stdout must arrive: a full disk there is an error (exit 3), not success.
+TEST(Cli, AFailedWriteToStdoutIsAnError) {
+  TempDir dir;
+  const auto full = shell(dir.path(), "(" + std::string(PCONV_BINARY) + " info " +
+                                          PCONV_DEFAULT_MODEL + " > /dev/full)");
+  EXPECT_EQ(full.rc, 3) << full.output;
+  EXPECT_NE(full.output.find("pconv: error: cannot write to the standard output: No space left"),
+            std::string::npos)
+      << full.output;
+}
+
 // Missing folders on the way to -o and --compare (inpaint) and -o (export) are made.
 TEST(Cli, OutputFoldersAreMadeAsNeeded) {
   TempDir dir;
@@ -730,18 +748,18 @@ TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
   EXPECT_NE(init.output.find("again: holds model.pt already, which this run would replace"),
             std::string::npos)
       << init.output;
-  // Nor a folder's own config.txt, log.csv, validation.csv or samples/: each is refused and kept.
+  // Nor a folder's own config.txt, log.csv, validation.csv or samples/: each is refused, kept.
   for (const std::string file : {"config.txt", "log.csv", "validation.csv", "samples"}) {
     const auto folder = d / ("mine-" + file);
     fs::create_directories(folder);
     std::ofstream(folder / file) << "my own notes";
-    const auto refused =
+    const auto kept_out =
         pconv(d, "train --data " + (d / "photos").string() + tiny + " -o " + folder.string());
-    EXPECT_EQ(refused.rc, 3) << refused.output;
-    EXPECT_NE(refused.output.find(folder.string() + ": holds " + file +
-                                  " already, which this run would replace; use another --out"),
+    EXPECT_EQ(kept_out.rc, 3) << kept_out.output;
+    EXPECT_NE(kept_out.output.find(folder.string() + ": holds " + file +
+                                   " already, which this run would replace; use another --out"),
               std::string::npos)
-        << refused.output;
+        << kept_out.output;
     EXPECT_EQ(read_text(folder / file), "my own notes");
     EXPECT_EQ(std::distance(fs::directory_iterator(folder), fs::directory_iterator()), 1);
   }

@@ -102,6 +102,8 @@ MaskGenerator::MaskGenerator(MaskGeneratorOptions options, uint64_t seed)
                   options_.max_ratio() <= 1.0,
               "MaskGenerator: need 0 <= min_ratio <= max_ratio <= 1; got ", options_.min_ratio(),
               " and ", options_.max_ratio());
+  TORCH_CHECK(options_.thin_probability() >= 0.0 && options_.thin_probability() <= 1.0,
+              "MaskGenerator: need 0 <= thin_probability <= 1; got ", options_.thin_probability());
   TORCH_CHECK(options_.min_width() > 0.0 && options_.min_width() <= options_.max_width(),
               "MaskGenerator: need 0 < min_width <= max_width; got ", options_.min_width(), " and ",
               options_.max_width());
@@ -136,8 +138,11 @@ std::vector<uint8_t> MaskGenerator::holes(uint64_t index) const {
         trial.ellipse(uniform(0, width), uniform(0, height), uniform(0.03, 0.15) * side * scale,
                       uniform(0.03, 0.15) * side * scale, uniform(0, kTwoPi));
       } else {
+        // Drawn only where thin strokes are asked for, so that masks without them stay the same.
+        const bool thin = o.thin_probability() > 0.0 && uniform(0.0, 1.0) < o.thin_probability();
         const double radius =
-            std::max(0.5, uniform(o.min_width(), o.max_width()) * side * scale / 2);
+            thin ? uniform(0.5, 1.5)
+                 : std::max(0.5, uniform(o.min_width(), o.max_width()) * side * scale / 2);
         const int64_t vertices = std::uniform_int_distribution<int64_t>(1, o.max_vertices())(rng);
         double x = uniform(0, width);
         double y = uniform(0, height);

@@ -21,10 +21,13 @@ std::string format(const char* pattern, double value) {
 }
 
 // The masks of bin `bin_index` for a seed: the same for every method and every run.
-data::MaskGenerator bin_masks(const HoleBin& bin, int64_t bin_index, int64_t size, uint64_t seed) {
-  return data::MaskGenerator(
-      data::MaskGeneratorOptions(size, size).min_ratio(bin.low).max_ratio(bin.high),
-      seed * 1000003ULL + static_cast<uint64_t>(bin_index));
+data::MaskGenerator bin_masks(const HoleBin& bin, int64_t bin_index, int64_t size, uint64_t seed,
+                              double thin_strokes) {
+  return data::MaskGenerator(data::MaskGeneratorOptions(size, size)
+                                 .min_ratio(bin.low)
+                                 .max_ratio(bin.high)
+                                 .thin_probability(thin_strokes),
+                             seed * 1000003ULL + static_cast<uint64_t>(bin_index));
 }
 
 // What a result file would hold: samples rounded to 8 bits.
@@ -109,6 +112,7 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
   report.photos = static_cast<int64_t>(photos.size());
   report.size = options.size();
   report.seed = options.seed();
+  report.thin_strokes = options.thin_strokes();
   const size_t method_count = methods.size();
   for (const auto& [name, method] : methods) report.methods.push_back(name);
   report.per_bin.assign(method_count, std::vector<Scores>(report.bins.size()));
@@ -121,8 +125,8 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
   std::map<int64_t, at::Tensor> crops;  // decoded once
   const auto crop_options = data::CropOptions().size(options.size()).min_fraction(0.0);
   for (size_t b = 0; b < report.bins.size(); ++b) {
-    const auto masks =
-        bin_masks(report.bins[b], static_cast<int64_t>(b), options.size(), options.seed());
+    const auto masks = bin_masks(report.bins[b], static_cast<int64_t>(b), options.size(),
+                                 options.seed(), options.thin_strokes());
     for (int64_t j = 0; j < per_bin; ++j) {
       const int64_t photo = options.per_bin() > 0 ? (static_cast<int64_t>(b) * per_bin + j) % n : j;
       auto& truth = crops[photo];
@@ -237,6 +241,9 @@ std::string to_markdown(const EvalReport& report) {
   out << "\n"
       << report.photos << " photos, " << report.size << "x" << report.size
       << " centre crops, mask seed " << report.seed
+      << (report.thin_strokes > 0.0
+              ? ", " + format("%g", report.thin_strokes) + " of the strokes thin (1-3 px)"
+              : std::string())
       << "; metrics of the composite (known pixels kept), 8-bit; best of each row in bold.\n\n"
       << "Time per image (this run):";
   for (size_t m = 0; m < report.methods.size(); ++m) {

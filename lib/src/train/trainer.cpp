@@ -76,10 +76,13 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << (o.vgg_path().empty() ? "(none: pixel terms only)" : o.vgg_path()) << "\ninit_model "
       << (o.init_model().empty() ? "(none)" : o.init_model()) << "\nworkers " << o.workers()
       << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\namp " << o.amp()
-      << "\nhole_ratio " << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nmask_dir "
-      << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\nprocesses "
-      << processes << "\ntrain_images " << train_count << "\nvalidation_images " << validation_count
-      << '\n';
+      << "\nhole_ratio " << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nthin_strokes "
+      << o.thin_strokes() << "\nmask_dir "
+      << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\ndata "
+      << (o.data_description().empty() ? "(not given)" : o.data_description()) << "\nval "
+      << (o.validation_description().empty() ? "(none)" : o.validation_description())
+      << "\nprocesses " << processes << "\ntrain_images " << train_count << "\nvalidation_images "
+      << validation_count << '\n';
   return out.str();
 }
 
@@ -152,8 +155,8 @@ std::string now_iso() {
 // the number of steps, the arithmetic and the data to shard. Paths may differ between machines
 // and are left out, as is what each process decides for itself (workers, device).
 std::string shared_settings(const std::string& config) {
-  static const std::set<std::string> own{"vgg",    "init_model", "workers",
-                                         "device", "mask_dir",   "validation_images"};
+  static const std::set<std::string> own{"vgg",      "init_model", "workers", "device",
+                                         "mask_dir", "data",       "val",     "validation_images"};
   std::string text;
   for (const auto& [key, value] : config_settings(config)) {
     if (own.count(key) == 0) text.append(key).append(" ").append(value).append("\n");
@@ -751,7 +754,8 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     mask_source = [generator = data::MaskGenerator(
                        data::MaskGeneratorOptions(options_.size(), options_.size())
                            .min_ratio(options_.min_hole_ratio())
-                           .max_ratio(options_.max_hole_ratio()),
+                           .max_ratio(options_.max_hole_ratio())
+                           .thin_probability(options_.thin_strokes()),
                        options_.seed())](uint64_t index) { return generator.mask(index); };
   } else {
     data::MaskFolder folder(options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),

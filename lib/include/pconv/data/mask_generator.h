@@ -28,6 +28,10 @@ struct MaskGeneratorOptions {
   TORCH_ARG(int64_t, max_vertices) = 10;
   /// Probability that a shape added to the mask is an ellipse rather than a stroke.
   TORCH_ARG(double, blob_probability) = 0.15;
+  /// Probability that a stroke is a thin one, 1 to 3 pixels wide whatever the mask's size, as
+  /// scratches and wires are (min_width and max_width apply to the others). 0 (the default)
+  /// draws the same masks as before the option existed.
+  TORCH_ARG(double, thin_probability) = 0.0;
 };
 
 /// Draws masks deterministically: mask `index` of a generator with seed `seed` is the same on

@@ -32,6 +32,9 @@ struct EvalOptions {
   TORCH_ARG(int64_t, per_bin) = 0;
   /// Seeds the masks (the photos and crops are fixed).
   TORCH_ARG(uint64_t, seed) = 0;
+  /// The fraction of the masks' strokes drawn 1 to 3 pixels wide
+  /// (MaskGeneratorOptions::thin_probability); 0 gives the masks of earlier versions.
+  TORCH_ARG(double, thin_strokes) = 0.0;
   /// Examples per bin kept for the picture grid.
   TORCH_ARG(int64_t, examples_per_bin) = 1;
 };
@@ -66,6 +69,7 @@ struct EvalReport {
   int64_t photos = 0;
   int64_t size = 0;
   uint64_t seed = 0;
+  double thin_strokes = 0.0;
 };
 
 /// Runs every method on every example. `on_example` is called after each (for progress).

@@ -48,6 +48,10 @@ struct TrainerOptions {
   /// Hole ratios of the generated training masks.
   TORCH_ARG(double, min_hole_ratio) = 0.01;
   TORCH_ARG(double, max_hole_ratio) = 0.6;
+  /// The fraction of the generated masks' strokes that are thin, 1 to 3 pixels wide
+  /// (MaskGeneratorOptions::thin_probability). A model that never saw such holes fills them
+  /// dark: its last layer learned to pass each known pixel through.
+  TORCH_ARG(double, thin_strokes) = 0.25;
   /// Every N steps (0: never; the last step always): sample grid, checkpoint, validation.
   TORCH_ARG(int64_t, sample_every) = 500;
   TORCH_ARG(int64_t, checkpoint_every) = 500;
@@ -58,6 +62,8 @@ struct TrainerOptions {
   TORCH_ARG(bool, half_weights) = false;
   /// What the training photos are (e.g. their folder), recorded in the model file.
   TORCH_ARG(std::string, data_description) = "";
+  /// The validation photos' folder, recorded in config.txt.
+  TORCH_ARG(std::string, validation_description) = "";
   /// Data-parallel training: this process is one rank of the group. batch_size is then the
   /// batch of each rank (the global batch is batch_size * world size); the data is sharded by
   /// rank, gradients are averaged over the ranks after each backward (in buckets), BatchNorm
