@@ -424,18 +424,18 @@ CLI::Validator positive_number() {
       "POSITIVE", "positive");
 }
 CLI::Validator number_in(double low, double high) {
-  const std::string range = fmt::format("[{} - {}]", low, high);
+  const std::string range = fmt::format("[{}, {}]", low, high);
   return number_check(
       [low, high, range](double value) {
-        return value < low || value > high ? "is not a number in " + range : std::string();
+        return value < low || value > high ? "is outside " + range : std::string();
       },
       "NUMBER in " + range, "number in range");
 }
 CLI::Validator positive_number(double high) {
-  const std::string range = fmt::format("(0 - {}]", high);
+  const std::string range = fmt::format("(0, {}]", high);
   return number_check(
       [high, range](double value) {
-        return value <= 0 || value > high ? "is not a number in " + range : std::string();
+        return value <= 0 || value > high ? "is outside " + range : std::string();
       },
       "NUMBER in " + range, "positive number");
 }

@@ -63,10 +63,17 @@ Loaded load(const fs::path& image_path, const fs::path& mask_path, const Inpaint
                       "--resize-mask to scale it)",
                       mask_path.string(), mask_w, mask_h, image_path.string(), width, height));
     }
-    mask.pixels = at::upsample_nearest2d(mask.pixels.unsqueeze(0), {height, width}).squeeze(0);
   }
   loaded.holes = io::holes_from_mask(mask, options.white_valid ? io::MaskConvention::kWhiteIsValid
                                                                : io::MaskConvention::kWhiteIsHole);
+  if (mask_h != height || mask_w != width) {
+    // A pixel of the image is a hole where any mask pixel its area covers is one: a thin
+    // scratch drawn on a larger mask stays whole, where a nearest-neighbour scaling would cut
+    // it into dashes or drop it.
+    const auto covered = std::get<0>(at::adaptive_max_pool2d(
+        loaded.holes.to(at::kFloat).unsqueeze(0).unsqueeze(0), {height, width}));
+    loaded.holes = covered.squeeze(0).squeeze(0).gt(0);
+  }
   return loaded;
 }
 
@@ -353,7 +360,8 @@ void setup_inpaint(CLI::App& app) {
   command->add_flag("--white-valid", options->white_valid,
                     "Masks are white where pixels are known (the paper's convention)");
   command->add_flag("--resize-mask", options->resize_mask,
-                    "Scale a mask of another size to the image (nearest neighbour)");
+                    "Scale a mask of another size to the image (a pixel is a hole where any "
+                    "mask pixel under it is one)");
   command->add_flag("--raw", options->raw,
                     "Write the network's output everywhere instead of keeping known pixels");
   command

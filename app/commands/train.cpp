@@ -34,14 +34,6 @@ std::set<std::filesystem::path> folder_entries(const std::filesystem::path& fold
 void setup_train(CLI::App& app) {
   auto options = std::make_shared<TrainOptions>();
   // The paper's largest weight is 120; a weight past float's range would train to NaN.
-  const CLI::Validator loss_weight_limit(
-      [](std::string& text) {
-        double value = 0;
-        return CLI::detail::lexical_cast(text, value) && value > 1e6
-                   ? "'" + text + "' must be at most 1e6"
-                   : std::string();
-      },
-      "", "at most 1e6");
   auto* command = app.add_subcommand(
       "train", "Train a partial-convolution UNet on a folder of photos, or fine-tune one");
   command->footer(
@@ -87,25 +79,20 @@ void setup_train(CLI::App& app) {
       ->check(whole_number(1, 4096))
       ->capture_default_str();
   command->add_option("--loss-valid", options->loss_valid, "Weight of the valid-pixel L1 term")
-      ->check(non_negative_number())
-      ->check(loss_weight_limit)
+      ->check(number_in(0.0, 1e6))
       ->capture_default_str();
   command->add_option("--loss-hole", options->loss_hole, "Weight of the hole-pixel L1 term")
-      ->check(non_negative_number())
-      ->check(loss_weight_limit)
+      ->check(number_in(0.0, 1e6))
       ->capture_default_str();
   command
       ->add_option("--loss-perceptual", options->loss_perceptual, "Weight of the perceptual term")
-      ->check(non_negative_number())
-      ->check(loss_weight_limit)
+      ->check(number_in(0.0, 1e6))
       ->capture_default_str();
   command->add_option("--loss-style", options->loss_style, "Weight of each style term")
-      ->check(non_negative_number())
-      ->check(loss_weight_limit)
+      ->check(number_in(0.0, 1e6))
       ->capture_default_str();
   command->add_option("--loss-tv", options->loss_tv, "Weight of the total-variation term")
-      ->check(non_negative_number())
-      ->check(loss_weight_limit)
+      ->check(number_in(0.0, 1e6))
       ->capture_default_str();
   command->add_option("--vgg", options->vgg,
                       "VGG16 TorchScript file for the perceptual and style terms (see README)");
@@ -173,6 +160,17 @@ void setup_train(CLI::App& app) {
       if (command->count("--depth") == 0) options->depth = architecture.depth();
       if (command->count("--width") == 0) options->width = architecture.base_width();
       if (command->count("--max-width") == 0) options->max_width = architecture.max_width();
+      // Options that contradict the model's architecture: the command line is wrong.
+      if (options->depth != architecture.depth() || options->width != architecture.base_width() ||
+          options->max_width != architecture.max_width()) {
+        throw CLI::ValidationError(
+            "--init", fmt::format("'{}' has --depth {}, --width {}, --max-width {}; the command "
+                                  "asks for --depth {}, --width {}, --max-width {} (leave them out "
+                                  "to take the model's)",
+                                  options->init_model, architecture.depth(),
+                                  architecture.base_width(), architecture.max_width(),
+                                  options->depth, options->width, options->max_width));
+      }
     }
     run_train(*options);
   });
@@ -263,11 +261,12 @@ void run_train(const TrainOptions& options) {
   if (!options.validation_dir.empty()) {
     validation_files = data::list_images(options.validation_dir, warn_line);
   }
-  spdlog::info("{} training photos in {}{}", train_files.size(), options.data_dir,
+  spdlog::info("{} training photo{} in {}{}", train_files.size(),
+               train_files.size() == 1 ? "" : "s", options.data_dir,
                validation_files.empty()
                    ? std::string(", no validation folder")
-                   : fmt::format(", {} validation photos in {}", validation_files.size(),
-                                 options.validation_dir));
+                   : fmt::format(", {} validation photo{} in {}", validation_files.size(),
+                                 validation_files.size() == 1 ? "" : "s", options.validation_dir));
 
   train::TrainerOptions trainer_options;
   trainer_options.size(options.size)
@@ -386,7 +385,7 @@ void run_trainer(const train::TrainerOptions& trainer_options,
   progress.finish();
   if (result.stopped_early)
     throw Interrupted(fmt::format(
-        "stopped at step {}; run 'pconv train ... --resume' with the same options to continue",
+        "stopped at step {}; checkpoint saved: the same command with --resume continues",
         result.step));
   spdlog::info("done: {} steps; model written to {}", result.step, result.model_file.string());
 }

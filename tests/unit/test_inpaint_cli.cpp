@@ -436,6 +436,18 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
                          " --resize-mask -o " + (d / "r.png").string())
                 .rc,
             0);
+  // Scaled down, a one-pixel scratch of the larger mask stays a hole (every photo pixel whose
+  // area it crosses), where picking the nearest mask pixel would miss it.
+  auto scratch = at::zeros({80, 80}, at::kBool);
+  scratch[21].fill_(true);  // crosses photo row 5 (mask rows 20..23)
+  write_holes(d / "scratch.png", scratch);
+  const auto scratched = pconv(d, "inpaint " + photo + " " + (d / "scratch.png").string() +
+                                      " --resize-mask -o " + (d / "s.png").string());
+  EXPECT_EQ(scratched.rc, 0) << scratched.output;
+  EXPECT_EQ(scratched.output.find("no hole pixel"), std::string::npos) << scratched.output;
+  const auto changed = (samples(d / "s.png") != samples(d / "photo.png")).any(0);
+  EXPECT_TRUE(changed[5].any().item<bool>());
+  EXPECT_EQ(changed.sum().item<int64_t>(), changed[5].sum().item<int64_t>());
   const auto unchanged = pconv(
       d, "inpaint " + photo + " " + (d / "none.png").string() + " -o " + (d / "same.png").string());
   EXPECT_EQ(unchanged.rc, 0);
@@ -474,7 +486,7 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
        "--seed: '18446744073709551616' is not"},
       {"", "train" + data + " --timeout 99999999999999", "--timeout: '99999999999999' is not"},
       {"", "train" + data + " --validate-every 1e9", "--validate-every: '1e9' is not"},
-      {"", "train" + data + " --loss-valid 1e39", "--loss-valid: '1e39' must be at most 1e6"},
+      {"", "train" + data + " --loss-valid 1e39", "--loss-valid: '1e39' is outside [0, 1000000]"},
       {"RANK", "train" + data, "RANK is set but WORLD_SIZE is not"},
       {"WORLD_SIZE", "train" + data, "WORLD_SIZE='2x': expected an integer"},
       {"WORLD_SIZE=2", "train" + data, "WORLD_SIZE is 2 but RANK is not set"},

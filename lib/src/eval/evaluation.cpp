@@ -76,7 +76,7 @@ std::vector<Column> columns(const EvalReport& report, bool with_count) {
       }
       block.push_back(column);
     }
-    for (size_t r = 0; r < rows; ++r) {
+    for (size_t r = 0; r < rows && block.size() > 1; ++r) {  // one method: nothing to compare
       size_t best = 0;
       for (size_t m = 1; m < block.size(); ++m) {
         const auto value = [&](size_t i) {
@@ -210,7 +210,9 @@ std::string to_text(const EvalReport& report) {
     }
     out << '\n';
   }
-  out << "(* best of the row; PSNR and SSIM higher is better, L1 lower)\n";
+  if (report.methods.size() > 1) {
+    out << "(* best of the row; PSNR and SSIM higher is better, L1 lower)\n";
+  }
   for (size_t m = 0; m < report.methods.size(); ++m) {
     out << report.methods[m] << ": "
         << format("%.1f", 1000.0 * report.seconds[m] /
@@ -244,7 +246,8 @@ std::string to_markdown(const EvalReport& report) {
       << (report.thin_strokes > 0.0
               ? ", " + format("%g", report.thin_strokes) + " of the strokes thin (1-3 px)"
               : std::string())
-      << "; metrics of the composite (known pixels kept), 8-bit; best of each row in bold.\n\n"
+      << "; metrics of the composite (known pixels kept), 8-bit"
+      << (report.methods.size() > 1 ? "; best of each row in bold" : "") << ".\n\n"
       << "Time per image (this run):";
   for (size_t m = 0; m < report.methods.size(); ++m) {
     out << (m ? "," : "") << ' ' << report.methods[m] << ' '
@@ -260,6 +263,15 @@ std::string to_markdown(const EvalReport& report) {
 std::string to_csv(const EvalReport& report) {
   std::ostringstream out;
   out << "method,bin,low,high,count,mean_hole_ratio,psnr,ssim,l1\n";
+  // The "all" rows' mean hole ratio: the bins' means weighed by their counts (every method has
+  // the same examples).
+  double ratio_sum = 0.0;
+  int64_t examples = 0;
+  for (size_t b = 0; b < report.bins.size() && !report.per_bin.empty(); ++b) {
+    ratio_sum += report.mean_hole_ratio[b] * static_cast<double>(report.per_bin[0][b].count);
+    examples += report.per_bin[0][b].count;
+  }
+  const double overall_hole_ratio = examples > 0 ? ratio_sum / static_cast<double>(examples) : 0.0;
   for (size_t m = 0; m < report.methods.size(); ++m) {
     for (size_t b = 0; b <= report.bins.size(); ++b) {
       const bool all = b == report.bins.size();
@@ -268,7 +280,7 @@ std::string to_csv(const EvalReport& report) {
       out << report.methods[m] << ",\"" << (all ? std::string("all") : report.bins[b].label())
           << "\"," << (all ? 0.0 : report.bins[b].low) << ',' << (all ? 1.0 : report.bins[b].high)
           << ',' << s.count << ','
-          << (all ? std::string("") : format("%.6f", report.mean_hole_ratio[b])) << ','
+          << format("%.6f", all ? overall_hole_ratio : report.mean_hole_ratio[b]) << ','
           << format("%.6f", s.psnr) << ',' << format("%.6f", s.ssim) << ',' << format("%.6f", s.l1)
           << '\n';
     }

@@ -211,7 +211,7 @@ std::string metadata_json(const nn::PConvUNetImpl& model, const ModelMetadata& m
        << ", \"size_multiple\": " << model.size_multiple() << "},\n"
        << "  \"forward\": "
        << json_string(
-              "forward(image (N, C, H, W) in [0, 1], mask (N or 1, 1, H, W) 1 = valid 0 = "
+              "forward(image (N, C, H, W) RGB in [0, 1], mask (N or 1, 1, H, W) 1 = valid 0 = "
               "hole) -> (output, output_mask)")
        << ",\n"
        << "  \"training_data\": " << json_string(metadata.training_data) << ",\n"

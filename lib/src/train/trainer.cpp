@@ -822,9 +822,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
         stop = votes.item<double>() > 0;
       }
       if (stop) {
-        save_checkpoint();
-        message("stopped at step " + std::to_string(step_) +
-                "; checkpoint saved, --resume continues");
+        save_checkpoint();  // the caller says so (result.stopped_early), once
         result.stopped_early = true;
         break;
       }
