@@ -78,7 +78,8 @@ TEST_F(ImageFolderTest, ReadsEveryFormatDepthAndChannelCount) {
   const std::vector<Case> cases = {
       {"rgb.png", CV_8UC3, 3, 8},    {"grey.png", CV_8UC1, 1, 8},   {"rgba.png", CV_8UC4, 4, 8},
       {"deep.png", CV_16UC3, 3, 16}, {"photo.jpg", CV_8UC3, 3, 8},  {"photo.webp", CV_8UC3, 3, 8},
-      {"photo.bmp", CV_8UC3, 3, 8},  {"photo.tiff", CV_8UC3, 3, 8}, {"deep.tif", CV_16UC1, 1, 16}};
+      {"photo.bmp", CV_8UC3, 3, 8},  {"photo.tiff", CV_8UC3, 3, 8}, {"deep.tif", CV_16UC1, 1, 16},
+      {"photo.ppm", CV_8UC3, 3, 8},  {"deep.pnm", CV_16UC3, 3, 16}};
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
     const cv::Mat written = gradient(20, 30, c.type);
@@ -89,7 +90,7 @@ TEST_F(ImageFolderTest, ReadsEveryFormatDepthAndChannelCount) {
     EXPECT_GE(image.pixels.min().item<float>(), 0.0F);
     EXPECT_LE(image.pixels.max().item<float>(), 1.0F);
     if (c.name.find(".png") != std::string::npos || c.name.find(".tif") != std::string::npos ||
-        c.name.find(".bmp") != std::string::npos) {
+        c.name.find(".bmp") != std::string::npos || c.name.find(".p") != std::string::npos) {
       // Lossless: the first pixel comes back exactly, in RGB order.
       const double scale = c.bit_depth == 16 ? 65535.0 : 255.0;
       const int bgr_channel = c.channels >= 3 ? 2 : 0;

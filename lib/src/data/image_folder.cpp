@@ -95,7 +95,11 @@ std::vector<std::filesystem::path> list_images(
     }
   }
   if (files.empty()) {
-    throw InputError(folder.string() + ": no images (png, jpg, webp, bmp, tiff) in the folder");
+    std::string known;
+    for (const auto& extension : io::image_extensions()) {
+      known += (known.empty() ? "" : " ") + extension;
+    }
+    throw InputError(folder.string() + ": no images (" + known + ") in the folder");
   }
   std::sort(files.begin(), files.end());
   return files;

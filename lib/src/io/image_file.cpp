@@ -285,6 +285,8 @@ const std::vector<std::string>& image_extensions() {
       ".bmp",
       ".tif",
       ".tiff",
+      ".ppm",  // Netpbm, which OpenCV reads and writes whatever its build (RGB or grey)
+      ".pnm",
 #endif
       kTensorImageExtension};
   return extensions;
