@@ -39,15 +39,17 @@ struct Loaded {
 };
 
 // The hole map of `image` from `mask_path` (or, with none, from the image's alpha channel).
-Loaded load(const fs::path& image_path, const fs::path& mask_path, const InpaintOptions& options) {
+// Without a mask the image's alpha channel marks the holes; `no_mask` says why there is none.
+Loaded load(const fs::path& image_path, const fs::path& mask_path, const InpaintOptions& options,
+            const std::string& no_mask = "no mask given") {
   Loaded loaded;
   loaded.image = io::read_image(image_path);
   const int64_t height = loaded.image.pixels.size(1);
   const int64_t width = loaded.image.pixels.size(2);
   if (mask_path.empty()) {
     if (loaded.image.pixels.size(0) != 4) {
-      throw InputError(image_path.string() +
-                       ": no mask given and the image has no alpha channel to take holes from");
+      throw InputError(image_path.string() + ": " + no_mask +
+                       " and the image has no alpha channel to take holes from");
     }
     loaded.holes = io::holes_from_alpha(loaded.image);
     loaded.holes_from_alpha = true;
@@ -196,7 +198,9 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   std::map<std::string, fs::path> masks_by_stem;
   fs::path single_mask;
   std::error_code masks_error;  // a loop of links, say: one line, not a filesystem_error
-  if (fs::is_directory(options.masks, masks_error)) {
+  if (options.masks.empty()) {
+    // Every image's transparency marks its holes.
+  } else if (fs::is_directory(options.masks, masks_error)) {
     for (const auto& mask : data::list_images(options.masks, warn_line)) {
       const auto [it, added] = masks_by_stem.emplace(mask.stem().string(), mask);
       if (!added) {
@@ -248,16 +252,12 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
       spdlog::warn("{}", failures.back());
       continue;
     }
+    // No mask of its name (or no --masks): the image's transparency, if it has any, marks its
+    // holes, as for one image given without a mask.
     fs::path mask = single_mask;
     if (single_mask.empty()) {
       const auto it = masks_by_stem.find(file.stem().string());
-      if (it == masks_by_stem.end()) {
-        failures.push_back(file.string() + ": no mask named '" + file.stem().string() + ".*' in " +
-                           options.masks);
-        spdlog::warn("{}", failures.back());  // the error line at the end counts them
-        continue;
-      }
-      mask = it->second;
+      if (it != masks_by_stem.end()) mask = it->second;
     }
     // A link among the inputs may lead into -o: a result never replaces the file it reads.
     std::error_code ignored;
@@ -272,7 +272,12 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   }
 
   // The next image is read on another thread while the current one is inpainted.
-  const auto read = [&options](const Job& job) { return load(job.image, job.mask, options); };
+  const auto read = [&options](const Job& job) {
+    return load(job.image, job.mask, options,
+                options.masks.empty() ? std::string("no --masks given")
+                                      : "no mask named '" + job.image.stem().string() + ".*' in " +
+                                            options.masks + ",");
+  };
   int64_t done = 0;
   if (skipped > 0 || !failures.empty()) {
     spdlog::info("{} of {} images to inpaint ({} skipped as their output exists, {} left out)",
@@ -283,7 +288,8 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
     std::future<Loaded> next = std::async(std::launch::async, read, jobs[0]);
     for (size_t i = 0; i < jobs.size(); ++i) {
       if (stop_requested()) {
-        if (done > 0) out_folder.keep();
+        if (done == 0) throw Interrupted("stopped before the first image; no results written");
+        out_folder.keep();
         throw Interrupted(
             fmt::format("stopped after {} of {} images; results so far in {} "
                         "(--skip-existing goes on from there)",
@@ -351,7 +357,8 @@ void setup_inpaint(CLI::App& app) {
   command->add_option("--input", options->input_dir, "Folder of images to inpaint (batch)");
   command->add_option("--masks", options->masks,
                       "Batch: folder of masks matched to the images by file stem, or one mask "
-                      "file for all");
+                      "file for all; an image without a mask of its name (or without --masks) "
+                      "has its transparent pixels filled");
   command->add_option("-o,--out", options->out,
                       "Output file (default: IMG's folder, NAME.inpainted.EXT); batch: output "
                       "folder (required), keeping the input folder's structure");
@@ -401,8 +408,8 @@ void run_inpaint(const InpaintOptions& options) {
     throw CLI::ValidationError("inpaint",
                                "give either IMG [MASK] or --input DIR --masks ... -o DIR");
   }
-  if (batch && (options.masks.empty() || options.out.empty())) {
-    throw CLI::ValidationError("--input", "batch mode needs --masks DIR|FILE and -o DIR");
+  if (batch && options.out.empty()) {
+    throw CLI::ValidationError("--input", "batch mode needs -o DIR");
   }
   if (batch && !options.compare.empty()) {
     throw CLI::ValidationError("--compare", "only for one image");
@@ -418,7 +425,9 @@ void run_inpaint(const InpaintOptions& options) {
   // Never write over an input, nor where a later run would take the results as inputs.
   if (batch) {
     keep_apart(options.out, "the results", "the images", "--input", options.input_dir);
-    keep_apart(options.out, "the results", "the masks", "--masks", options.masks);
+    if (!options.masks.empty()) {
+      keep_apart(options.out, "the results", "the masks", "--masks", options.masks);
+    }
     // Both folders are listed with their subfolders: one inside the other would give images
     // that are their own masks, or masks inpainted as images.
     std::error_code ignored;

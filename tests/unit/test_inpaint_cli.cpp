@@ -909,6 +909,11 @@ TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
   std::ofstream(d / "in" / "b.png") << "broken";
   pconv::io::write_image(d / "in" / "sub" / "c.jpg", picture(3, 30, 30));
   pconv::io::write_image(d / "in" / "d.png", picture(3, 16, 16));  // no mask for d
+  // No mask for e either, but transparent holes: filled as one image without a mask is.
+  auto rgba = picture(4, 30, 40);
+  rgba[3].fill_(1.0);
+  rgba[3].masked_fill_(rectangle_holes(30, 40), 0.0);
+  pconv::io::write_image(d / "in" / "e.png", rgba);
   write_holes(d / "masks" / "a.png", rectangle_holes(32, 40));
   write_holes(d / "masks" / "b.png", rectangle_holes(32, 40));
   write_holes(d / "masks" / "c.png", rectangle_holes(30, 30));
@@ -917,17 +922,32 @@ TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
   const auto run = pconv(d, args);
   EXPECT_EQ(run.rc, 3) << run.output;
   EXPECT_NE(run.output.find("b.png: cannot read the image"), std::string::npos) << run.output;
-  EXPECT_NE(run.output.find("no mask named 'd.*'"), std::string::npos) << run.output;
-  EXPECT_NE(run.output.find("2 inpainted, 0 skipped (output exists), 2 failed"), std::string::npos)
+  EXPECT_NE(run.output.find("d.png: no mask named 'd.*' in " + (d / "masks").string() +
+                            ", and the image has no alpha channel to take holes from"),
+            std::string::npos)
       << run.output;
+  EXPECT_NE(run.output.find("3 inpainted, 0 skipped (output exists), 2 failed"), std::string::npos)
+      << run.output;
+  EXPECT_EQ(pconv::io::read_image(d / "out" / "e.png").pixels[3].min().item<float>(), 1.0F);
   expect_known_pixels_kept(d / "in" / "a.png", d / "out" / "a.png", rectangle_holes(32, 40));
   EXPECT_TRUE(fs::exists(d / "out" / "sub" / "c.jpg"));
   EXPECT_FALSE(fs::exists(d / "out" / "b.png"));
   // Again with --skip-existing: the two done are left alone.
   const auto again = pconv(d, args + " --skip-existing");
-  EXPECT_NE(again.output.find("0 inpainted, 2 skipped (output exists), 2 failed"),
+  EXPECT_NE(again.output.find("0 inpainted, 3 skipped (output exists), 2 failed"),
             std::string::npos)
       << again.output;
+  // Without --masks every image's transparency marks its holes: e is filled, the others fail.
+  const auto alpha_only =
+      pconv(d, "inpaint --input " + (d / "in").string() + " -o " + (d / "alpha_out").string());
+  EXPECT_EQ(alpha_only.rc, 3) << alpha_only.output;
+  EXPECT_NE(alpha_only.output.find("a.png: no --masks given and the image has no alpha channel"),
+            std::string::npos)
+      << alpha_only.output;
+  EXPECT_NE(alpha_only.output.find("1 inpainted, 0 skipped (output exists), 4 failed"),
+            std::string::npos)
+      << alpha_only.output;
+  EXPECT_TRUE(fs::exists(d / "alpha_out" / "e.png"));
 }
 
 // An image too large for the memory is one failed image of a batch, named, and the others are
