@@ -145,6 +145,23 @@ TEST_F(TrainerTest, ShortRunReducesTheLossAndWritesTheRunFolder) {
   EXPECT_EQ(lines, 41);
 }
 
+// A stop asked for during a validation ends it at its next batch (Ctrl-C need not wait for a
+// long validation): the step's checkpoint is saved, its validation left out.
+TEST_F(TrainerTest, AStopDuringValidationEndsItEarly) {
+  T::Trainer trainer(tiny(6).validate_every(2), files_, files_, dir_ / "run", false);
+  T::TrainerCallbacks callbacks;
+  int validations = 0;
+  callbacks.on_validation = [&](const T::ValidationReport&) { ++validations; };
+  // The first question at step 2 is the validation's (the next step's comes after it).
+  callbacks.should_stop = [&] { return trainer.step() == 2; };
+  const auto result = trainer.run(callbacks);
+  EXPECT_TRUE(result.stopped_early);
+  EXPECT_EQ(result.step, 2);
+  EXPECT_EQ(validations, 0);
+  EXPECT_TRUE(result.validations.empty());
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoint.pt"));
+}
+
 TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   T::Trainer straight(tiny(6), files_, {}, dir_ / "straight", false);
   straight.run();

@@ -677,7 +677,7 @@ void Trainer::load_checkpoint() {
   }
 }
 
-ValidationReport Trainer::validate() {
+std::optional<ValidationReport> Trainer::validate(const std::function<bool()>& should_stop) {
   ValidationReport report;
   report.step = step_;
   if (!validation_images_.defined()) return report;
@@ -695,6 +695,11 @@ ValidationReport Trainer::validate() {
   double psnr_sum = 0;
   double ssim_sum = 0;
   for (int64_t begin = first; begin < end; begin += options_.batch_size()) {
+    // Ctrl-C during a long validation stops the run without waiting for its end.
+    if (!group && should_stop && should_stop()) {
+      model_->train();
+      return std::nullopt;
+    }
     const int64_t size = std::min(options_.batch_size(), end - begin);
     const auto images = validation_images_.narrow(0, begin, size);
     const auto masks = validation_masks_.narrow(0, begin, size);
@@ -900,7 +905,9 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
           message("step " + std::to_string(step_) + ": validating on " +
                   std::to_string(validation_images_.size(0)) + " images");
         }
-        validation = validate();
+        validation = validate(callbacks.should_stop);
+        if (!validation)
+          message("step " + std::to_string(step_) + ": validation left out (stopped)");
         // The step rate is training's own: the time spent validating is left out of it.
         window_start += std::chrono::steady_clock::now() - validation_start;
       }

@@ -143,7 +143,9 @@ class Trainer {
   /// On resume: adds to config.txt the settings that differ from the run's so far (or writes
   /// it anew if it is gone), and notes them for run() to report.
   void record_resumed_config();
-  ValidationReport validate();
+  /// The validation scores, or nothing where `should_stop` (asked between batches, in one
+  /// process only: the ranks of a group validate to the end together) stopped it.
+  std::optional<ValidationReport> validate(const std::function<bool()>& should_stop);
   void write_samples(const std::string& name);
 
   TrainerOptions options_;
