@@ -26,6 +26,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <mutex>
 #include <string>
@@ -229,20 +230,17 @@ TEST_F(ImageFolderTest, ImagesPastThePixelLimitAreInputErrors) {
 }
 
 #ifdef PCONV_WITH_PNG
-// A grey PNG of `samples` (row-major, `depth` bits each) whose tRNS chunk makes the value `key`
-// transparent, as PNG optimisers write a grey image with alpha. Whether it was written.
-bool write_keyed_grey_png(const fs::path& path, int width, int height, int depth,
-                          const std::vector<uint16_t>& samples, uint16_t key) {
+// Writes a PNG of `bytes` (rows of width x channels samples, big-endian at 16 bits) with
+// libpng, calling `before_info` before the header is written and `after_info` after it (for
+// chunks and transformations); whether it was written.
+bool write_png(const fs::path& path, int width, int height, int depth, int colour_type,
+               std::vector<png_byte>& bytes,
+               const std::function<void(png_structp, png_infop)>& before_info,
+               const std::function<void(png_structp, png_infop)>& after_info) {
   std::FILE* file = std::fopen(path.string().c_str(), "wb");
   if (file == nullptr) return false;
-  // One byte per sample below 16 bits (png_set_packing packs them), two big-endian ones at 16.
-  std::vector<png_byte> bytes;
-  for (const auto sample : samples) {
-    if (depth == 16) bytes.push_back(static_cast<png_byte>(sample >> 8));
-    bytes.push_back(static_cast<png_byte>(sample & 0xFF));
-  }
   std::vector<png_bytep> rows;
-  const int row_bytes = width * (depth == 16 ? 2 : 1);
+  const auto row_bytes = bytes.size() / static_cast<size_t>(height);
   for (int y = 0; y < height; ++y) rows.push_back(bytes.data() + y * row_bytes);
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png != nullptr ? png_create_info_struct(png) : nullptr;
@@ -250,19 +248,39 @@ bool write_keyed_grey_png(const fs::path& path, int width, int height, int depth
   if (info != nullptr && setjmp(png_jmpbuf(png)) == 0) {  // NOLINT(cert-err52-cpp): libpng's API
     png_init_io(png, file);
     png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height),
-                 depth, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 depth, colour_type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                  PNG_FILTER_TYPE_DEFAULT);
-    png_color_16 colour{};
-    colour.gray = key;
-    png_set_tRNS(png, info, nullptr, 0, &colour);
+    before_info(png, info);
     png_write_info(png, info);
-    if (depth < 8) png_set_packing(png);
+    after_info(png, info);
     png_write_image(png, rows.data());
     png_write_end(png, nullptr);
     written = true;
   }
   png_destroy_write_struct(&png, &info);
   return std::fclose(file) == 0 && written;
+}
+
+// A grey PNG of `samples` (row-major, `depth` bits each) whose tRNS chunk makes the value `key`
+// transparent, as PNG optimisers write a grey image with alpha. Whether it was written.
+bool write_keyed_grey_png(const fs::path& path, int width, int height, int depth,
+                          const std::vector<uint16_t>& samples, uint16_t key) {
+  // One byte per sample below 16 bits (png_set_packing packs them), two big-endian ones at 16.
+  std::vector<png_byte> bytes;
+  for (const auto sample : samples) {
+    if (depth == 16) bytes.push_back(static_cast<png_byte>(sample >> 8));
+    bytes.push_back(static_cast<png_byte>(sample & 0xFF));
+  }
+  return write_png(
+      path, width, height, depth, PNG_COLOR_TYPE_GRAY, bytes,
+      [key](png_structp png, png_infop info) {
+        png_color_16 colour{};
+        colour.gray = key;
+        png_set_tRNS(png, info, nullptr, 0, &colour);
+      },
+      [depth](png_structp png, png_infop /*info*/) {
+        if (depth < 8) png_set_packing(png);
+      });
 }
 
 // OpenCV reads a grey PNG's colour key as opaque; pconv gives it the alpha channel the key
@@ -311,29 +329,15 @@ TEST_F(ImageFolderTest, GreyPngColourKeyBecomesAlpha) {
 // written.
 bool write_png_with_chunks(const fs::path& path,
                            const std::vector<std::pair<std::string, std::string>>& chunks) {
-  std::FILE* file = std::fopen(path.string().c_str(), "wb");
-  if (file == nullptr) return false;
   std::vector<png_byte> bytes(8 * 8 * 3, 128);
-  std::vector<png_bytep> rows;
-  for (int y = 0; y < 8; ++y) rows.push_back(bytes.data() + y * 8 * 3);
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-  png_infop info = png != nullptr ? png_create_info_struct(png) : nullptr;
-  volatile bool written = false;
-  if (info != nullptr && setjmp(png_jmpbuf(png)) == 0) {  // NOLINT(cert-err52-cpp): libpng's API
-    png_init_io(png, file);
-    png_set_IHDR(png, info, 8, 8, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    for (const auto& [type, data] : chunks) {
-      png_write_chunk(png, reinterpret_cast<png_const_bytep>(type.c_str()),
-                      reinterpret_cast<png_const_bytep>(data.data()), data.size());
-    }
-    png_write_image(png, rows.data());
-    png_write_end(png, nullptr);
-    written = true;
-  }
-  png_destroy_write_struct(&png, &info);
-  return std::fclose(file) == 0 && written;
+  return write_png(
+      path, 8, 8, 8, PNG_COLOR_TYPE_RGB, bytes, [](png_structp, png_infop) {},
+      [&chunks](png_structp png, png_infop /*info*/) {
+        for (const auto& [type, data] : chunks) {
+          png_write_chunk(png, reinterpret_cast<png_const_bytep>(type.c_str()),
+                          reinterpret_cast<png_const_bytep>(data.data()), data.size());
+        }
+      });
 }
 
 // libpng's remarks about colour-space chunks ("iCCP: known incorrect sRGB profile" is common
