@@ -68,6 +68,13 @@ void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
                 "NCHW memory format for the network; the default on a GPU (with bf16 on a CPU "
                 "about 50x slower than channels-last)")
       ->excludes(channels_last);
+  command
+      .add_option("--thin-hole-growth", options.thin_hole_growth,
+                  "Widen the parts of the holes thinner than 2N+1 pixels by N pixels for the "
+                  "network (the known pixels are kept all the same): the default model, "
+                  "trained on wider strokes, fills 1-2 pixel scratches dark otherwise; 0: off")
+      ->check(whole_number(0, 16))
+      ->capture_default_str();
 }
 
 infer::InferenceOptions inference_options(const InferenceCliOptions& options, c10::Device device) {
@@ -84,7 +91,8 @@ infer::InferenceOptions inference_options(const InferenceCliOptions& options, c1
         "--nchw with bf16 on a CPU: oneDNN's NCHW bfloat16 convolutions can be about 50x slower "
         "than channels-last ones (the default)");
   }
-  return infer::InferenceOptions().dtype(dtype).layout(layout);
+  return infer::InferenceOptions().dtype(dtype).layout(layout).thin_hole_growth(
+      options.thin_hole_growth);
 }
 
 std::string default_model_path() {

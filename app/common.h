@@ -42,11 +42,12 @@ c10::Device resolve_device(const CommonOptions& options);
 struct InferenceCliOptions {
   std::string precision = "fp32";
   bool half = false;  // the short form of --precision fp16
+  int64_t thin_hole_growth = 2;
   bool channels_last = false;
   bool nchw = false;
 };
 
-/// Adds --precision, --half, --channels-last and --nchw to `command`.
+/// Adds --precision, --half, --channels-last, --nchw and --thin-hole-growth to `command`.
 void add_inference_options(CLI::App& command, InferenceCliOptions& options);
 
 /// The network's element type and layout on `device`; throws CLI::ValidationError for float16

@@ -142,7 +142,10 @@ void run_eval(const EvalOptions& options) {
   const std::string precision =
       infer::precision_name(inpainter->options().dtype()) + ", " +
       infer::to_string(inpainter->options().layout()) +
-      (nn::functional::fused_kernels_enabled() ? "" : ", reference kernels");
+      (nn::functional::fused_kernels_enabled() ? "" : ", reference kernels") +
+      (inpainter->options().thin_hole_growth() > 0
+           ? ", thin holes widened by " + std::to_string(inpainter->options().thin_hole_growth())
+           : std::string(", thin holes as they are"));
   spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {} on {} ({})", photos.size(),
                options.data_dir, options.size, options.size, per_bin, model_path, device.str(),
                precision);

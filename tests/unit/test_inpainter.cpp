@@ -1,6 +1,7 @@
 // Tests of pconv::infer::Inpainter: hole regions, every strategy, sizes that are not multiples
 // of the network's, compositing (known pixels bit-exact), grey and RGBA, the auto choice.
 #include <pconv/infer/inpainter.h>
+#include <pconv/io/model_file.h>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -25,13 +26,13 @@ using pconv::infer::Strategy;
 
 pconv::nn::PConvUNet small_model() {
   torch::manual_seed(5);
-  return pconv::nn::PConvUNet(
-      pconv::nn::PConvUNetOptions().depth(3).base_width(4).max_width(8));
+  return pconv::nn::PConvUNet(pconv::nn::PConvUNetOptions().depth(3).base_width(4).max_width(8));
 }
 
 at::Tensor holes_of(int64_t height, int64_t width, const std::vector<Box>& boxes) {
   auto holes = at::zeros({height, width}, at::kBool);
-  for (const auto& b : boxes) holes.narrow(0, b.top, b.height()).narrow(1, b.left, b.width()).fill_(true);
+  for (const auto& b : boxes)
+    holes.narrow(0, b.top, b.height()).narrow(1, b.left, b.width()).fill_(true);
   return holes;
 }
 
@@ -75,12 +76,56 @@ TEST(Inpainter, FullPadsOddSizesAndKeepsKnownPixelsBitExact) {
   EXPECT_FALSE(at::equal(result.pixels, image));
   EXPECT_GE(result.pixels.min().item<float>(), 0.0F);
   EXPECT_LE(result.pixels.max().item<float>(), 1.0F);
-  const auto raw = inpainter.inpaint(image, holes,
-                                     InpaintOptions().strategy(Strategy::kFull).composite(false));
+  const auto raw =
+      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull).composite(false));
   EXPECT_FALSE(at::equal(raw.pixels.masked_select(known), image.masked_select(known)));
   // Where the composite took the network's pixels, they are the raw output's.
   EXPECT_TRUE(at::equal(result.pixels.masked_select(known.logical_not()),
                         raw.pixels.masked_select(known.logical_not())));
+}
+
+// What a 5x5 square cannot cover (here a 1-pixel line) is widened by 2 pixels, with a disk; a
+// hole that such a square covers (a 6x6 block) stays as it is, and growth 0 changes nothing.
+TEST(WidenThinHoles, WidensOnlyWhatASquareCannotCover) {
+  auto holes = at::zeros({24, 24}, at::kBool);
+  holes.narrow(0, 1, 6).narrow(1, 1, 6).fill_(true);  // rows and columns 1..6
+  holes[17].narrow(0, 4, 14).fill_(true);             // row 17, columns 4..17
+  const auto widened = pconv::infer::widen_thin_holes(holes, 2);
+  EXPECT_TRUE(widened.logical_or(holes).equal(widened));  // nothing taken away
+  // The block: no pixel around it added.
+  EXPECT_TRUE(widened.narrow(0, 0, 10).equal(holes.narrow(0, 0, 10)));
+  // The line: rows 15..19 under its middle, not 14 or 20; and past its ends by 2.
+  for (const int64_t row : {15, 16, 17, 18, 19}) EXPECT_TRUE(widened[row][10].item<bool>()) << row;
+  EXPECT_FALSE(widened[14][10].item<bool>());
+  EXPECT_FALSE(widened[20][10].item<bool>());
+  EXPECT_TRUE(widened[17][2].item<bool>());
+  EXPECT_FALSE(widened[17][1].item<bool>());
+  EXPECT_FALSE(widened[15][2].item<bool>());  // the disk's corner
+  EXPECT_TRUE(pconv::infer::widen_thin_holes(holes, 0).equal(holes));
+}
+
+// The default model never saw holes under 5 pixels wide in training: a 1-pixel scratch came
+// out nearly black. Seen widened, it is filled with the colours around it.
+TEST(Inpainter, ThinScratchesAreNotFilledDark) {
+  const auto model = pconv::io::load_model(PCONV_DEFAULT_MODEL);
+  // A smooth picture of mid-grey colours.
+  const auto ramp = at::linspace(0.3, 0.7, 96);
+  const auto image = at::stack({ramp.view({1, -1}).expand({96, 96}),
+                                ramp.view({-1, 1}).expand({96, 96}), at::full({96, 96}, 0.5)});
+  auto holes = at::zeros({96, 96}, at::kBool);
+  for (int64_t i = 10; i < 86; ++i) holes[i][i] = true;  // a diagonal, one pixel wide
+  const auto error = [&](int64_t growth) {
+    const Inpainter inpainter(model, c10::kCPU, InferenceOptions().thin_hole_growth(growth));
+    const auto filled = inpainter.inpaint(image, holes, InpaintOptions()).pixels;
+    return (filled - image)
+        .masked_select(holes.unsqueeze(0).expand({3, -1, -1}))
+        .mean()
+        .item<double>();
+  };
+  const double plain = error(0);
+  const double widened = error(2);
+  EXPECT_LT(plain, -0.1) << "the dark fill the widening is for";
+  EXPECT_LT(std::abs(widened), 0.05) << "as seen: " << plain;
 }
 
 TEST(Inpainter, FullIsTheNetworkOnThePaddedImage) {
@@ -96,8 +141,8 @@ TEST(Inpainter, FullIsTheNetworkOnThePaddedImage) {
     c10::InferenceMode guard;
     const std::vector<int64_t> pad{0, (multiple - width % multiple) % multiple, 0,
                                    (multiple - height % multiple) % multiple};
-    const auto valid = at::constant_pad_nd(
-        holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0), pad, 0);
+    const auto valid =
+        at::constant_pad_nd(holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0), pad, 0);
     const auto padded = at::constant_pad_nd(image.unsqueeze(0), pad, 0);
     const auto expected = std::get<0>(model->forward(padded * valid, valid))
                               .narrow(2, 0, height)
@@ -112,8 +157,8 @@ TEST(Inpainter, CropWithWholeImageContextEqualsFull) {
   const auto image = at::rand({3, 40, 48});
   const auto holes = holes_of(40, 48, {{10, 10, 16, 20}});
   const auto full = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
-  const auto crop = inpainter.inpaint(
-      image, holes, InpaintOptions().strategy(Strategy::kCrop).crop_margin(100));
+  const auto crop =
+      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kCrop).crop_margin(100));
   EXPECT_EQ(crop.strategy, Strategy::kCrop);
   EXPECT_EQ(crop.passes, 1);
   EXPECT_TRUE(at::allclose(crop.pixels, full.pixels, 1e-6, 1e-6));
@@ -145,11 +190,11 @@ TEST(Inpainter, ResizeAtFullSizeEqualsFullAndSmallerStillComposites) {
   const auto image = at::rand({3, 48, 64});
   const auto holes = holes_of(48, 64, {{10, 10, 30, 40}});
   const auto full = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
-  const auto same = inpainter.inpaint(
-      image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64));
+  const auto same =
+      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64));
   EXPECT_TRUE(at::allclose(same.pixels, full.pixels, 1e-5, 1e-5));
-  const auto small = inpainter.inpaint(
-      image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(24));
+  const auto small =
+      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(24));
   EXPECT_EQ(small.strategy, Strategy::kResize);
   ASSERT_EQ(small.pixels.sizes(), image.sizes());
   const auto known = holes.logical_not().unsqueeze(0).expand_as(image);

@@ -261,8 +261,32 @@ torch::Tensor Inpainter::run(const torch::Tensor& rgb, const torch::Tensor& vali
       .contiguous();
 }
 
+torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
+  if (growth <= 0) return holes;
+  const int64_t side = 2 * growth + 1;
+  const auto hole = holes.to(at::kFloat).unsqueeze(0).unsqueeze(0);
+  const auto pool = [&](const at::Tensor& t) {
+    return at::max_pool2d(t, {side, side}, {1, 1}, {growth, growth});
+  };
+  // An opening (erosion, then dilation) with a side x side square keeps what such a square
+  // covers; the rest of the hole is thin. (max_pool2d pads with -inf: the image border neither
+  // erodes a hole nor widens one.)
+  const auto opened = pool(1.0 - pool(1.0 - hole));
+  const auto thin = hole * (1.0 - opened);
+  // Widened with a disk: the offsets (x, y) with x^2 + y^2 <= growth^2 + growth (for growth 2, a
+  // 5x5 square less its corners).
+  const auto offsets = at::arange(-growth, growth + 1, at::kFloat);
+  const auto disk = (offsets.view({-1, 1}).square() + offsets.view({1, -1}).square())
+                        .le(static_cast<double>(growth * growth + growth))
+                        .to(at::kFloat)
+                        .view({1, 1, side, side});
+  const auto widened = at::conv2d(thin, disk, {}, {1, 1}, {growth, growth}).gt(0.5);
+  return holes.logical_or(widened.squeeze(0).squeeze(0));
+}
+
 torch::Tensor Inpainter::full(const torch::Tensor& rgb, const torch::Tensor& holes) const {
-  return run(rgb, holes.logical_not().to(at::kFloat).unsqueeze(0));
+  const auto seen = widen_thin_holes(holes, options_.thin_hole_growth());
+  return run(rgb, seen.logical_not().to(at::kFloat).unsqueeze(0));
 }
 
 torch::Tensor Inpainter::crop(const torch::Tensor& rgb, const torch::Tensor& holes,
