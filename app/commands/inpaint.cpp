@@ -406,7 +406,7 @@ void run_inpaint(const InpaintOptions& options) {
   const bool batch = !options.input_dir.empty();
   if (batch == !options.image.empty()) {
     throw CLI::ValidationError("inpaint",
-                               "give either IMG [MASK] or --input DIR --masks ... -o DIR");
+                               "give either IMG [MASK] or --input DIR [--masks ...] -o DIR");
   }
   if (batch && options.out.empty()) {
     throw CLI::ValidationError("--input", "batch mode needs -o DIR");

@@ -6,7 +6,7 @@ and each width, six random lines (seeded by the photo's index) make the mask; pc
 absolute error over the hole pixels (8-bit levels, all channels) and pconv's mean signed
 error (negative: darker than the photo) are printed per width.
 
-    python thin_lines.py PCONV MODEL PHOTO_DIR WORK_DIR [WIDTHS]
+    python thin_lines.py PCONV MODEL PHOTO_DIR WORK_DIR [WIDTHS [PCONV_OPTION...]]
 
 Needs numpy and OpenCV for Python (here: pip install opencv-python-headless numpy in a
 throw-away venv; pconv itself does not use them).
@@ -21,6 +21,7 @@ import numpy as np
 
 pconv, model, photo_dir, work = sys.argv[1:5]
 widths = [int(w) for w in sys.argv[5].split(",")] if len(sys.argv) > 5 else [1, 2, 3, 5, 8, 12]
+extra = sys.argv[6:]  # e.g. --thin-hole-growth 0
 os.makedirs(work, exist_ok=True)
 photos = sorted(glob.glob(os.path.join(photo_dir, "*")))[:12]
 errors = {w: ([], [], []) for w in widths}
@@ -42,7 +43,7 @@ for i, path in enumerate(photos):
         mask_path = os.path.join(work, f"m{i}_{width}.png")
         out_path = os.path.join(work, f"o{i}_{width}.png")
         cv2.imwrite(mask_path, mask)
-        subprocess.run([pconv, "inpaint", photo, mask_path, "--model", model, "-o", out_path, "-q"],
+        subprocess.run([pconv, "inpaint", photo, mask_path, "--model", model, "-o", out_path, "-q"] + extra,
                        check=True, stdout=subprocess.DEVNULL)
         out = cv2.imread(out_path).astype(float)
         telea = cv2.inpaint(image, mask, 3, cv2.INPAINT_TELEA).astype(float)
