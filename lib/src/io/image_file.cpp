@@ -327,22 +327,35 @@ Decoded decode_once(const std::string& name, int flags) {
   return result;
 }
 
-// Held shared by every decode, and alone by one whose messages got mixed with another's.
-std::shared_mutex& decoder_output() {
-  static std::shared_mutex mutex;
-  return mutex;
+// Held shared by every decode, and alone by one whose messages got mixed with another's. A
+// decode passes the gate first, which the one waiting to be alone holds: glibc's read-write
+// lock prefers readers, and a steady stream of decodes on many workers would starve it.
+struct DecoderOutput {
+  std::mutex gate;
+  std::shared_mutex decoding;
+};
+
+DecoderOutput& decoder_output() {
+  static DecoderOutput state;
+  return state;
 }
 
 Decoded decode(const std::string& name, int flags) {
+  auto& output = decoder_output();
   {
-    const std::shared_lock<std::shared_mutex> shared(decoder_output());
+    std::shared_lock<std::shared_mutex> shared(output.decoding, std::defer_lock);
+    {
+      const std::lock_guard<std::mutex> pass(output.gate);
+      shared.lock();
+    }
     auto result = decode_once(name, flags);
     if (!result.mixed) return result;
   }
   // Another thread's decoder printed while this one ran (the data workers decode in parallel),
   // so whose text is whose is not known: decoded again with no other decode running, which
   // gives this file's own. Only files a decoder printed about, or read beside one, come here.
-  const std::unique_lock<std::shared_mutex> alone(decoder_output());
+  const std::lock_guard<std::mutex> closed(output.gate);
+  const std::unique_lock<std::shared_mutex> alone(output.decoding);
   return decode_once(name, flags);
 }
 #endif
