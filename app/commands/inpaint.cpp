@@ -460,7 +460,7 @@ void run_inpaint(const InpaintOptions& options) {
       if (!path.empty() && !io::has_image_extension(path)) {
         throw CLI::ValidationError(
             option, fmt::format("'{}': the extension names no image format pconv writes ({})",
-                                path.string(), fmt::join(io::image_extensions(), " ")));
+                                path.string(), io::image_extensions_text()));
       }
     }
     refuse_overwriting_inputs(out, options.out.empty() ? "the default output (give -o)" : "-o",

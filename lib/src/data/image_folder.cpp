@@ -95,11 +95,8 @@ std::vector<std::filesystem::path> list_images(
     }
   }
   if (files.empty()) {
-    std::string known;
-    for (const auto& extension : io::image_extensions()) {
-      known += (known.empty() ? "" : " ") + extension;
-    }
-    throw InputError(folder.string() + ": no images (" + known + ") in the folder");
+    throw InputError(folder.string() + ": no images (" + io::image_extensions_text() +
+                     ") in the folder");
   }
   std::sort(files.begin(), files.end());
   return files;

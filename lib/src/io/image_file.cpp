@@ -179,7 +179,7 @@ void encode_and_write(const std::filesystem::path& path, const at::Tensor& hwc_s
   }
   if (!ok) {
     throw InputError(path.string() + ": cannot encode the image as '" + extension +
-                     "' (use .png, .jpg, .webp, .bmp or .tif)");
+                     "' (use one of " + image_extensions_text() + ")");
   }
   write_file_atomically(path, encoded);
 #else
@@ -292,6 +292,14 @@ const std::vector<std::string>& image_extensions() {
   return extensions;
 }
 
+std::string image_extensions_text() {
+  std::string text;
+  for (const auto& extension : image_extensions()) {
+    text += (text.empty() ? "" : " ") + extension;
+  }
+  return text;
+}
+
 void set_max_image_pixels(int64_t pixels) {
   g_max_image_pixels = std::clamp<int64_t>(pixels, 1, int64_t{1} << 30);
 }
@@ -394,10 +402,8 @@ Image read_image(const std::filesystem::path& path) {
     std::string reason = one_line(messages);
     if (reason.empty()) reason = one_line(exception);
     if (!has_image_extension(path)) {
-      std::string known;
-      for (const auto& known_extension : image_extensions())
-        known += (known.empty() ? "" : " ") + known_extension;
-      throw InputError(name + ": cannot read the image: not a format pconv reads (" + known + ")");
+      throw InputError(name + ": cannot read the image: not a format pconv reads (" +
+                       image_extensions_text() + ")");
     }
     throw InputError(name + ": cannot read the image (corrupt or not an image" +
                      (reason.empty() ? "" : ": " + reason) + ")");

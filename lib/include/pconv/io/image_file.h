@@ -53,6 +53,8 @@ int64_t max_image_pixels();
 
 /// The file extensions read_image handles, lower case with the dot.
 const std::vector<std::string>& image_extensions();
+/// image_extensions() in one line, separated by spaces, for messages.
+std::string image_extensions_text();
 
 /// Whether `path`'s extension, in any case, is one of image_extensions(): a name read_image
 /// and write_image take.
