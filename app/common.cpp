@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <pconv/data/image_folder.h>
 #include <pconv/error.h>
 #include <pconv/infer/inpainter.h>
 #include <pconv/io/atomic_file.h>
@@ -345,6 +346,15 @@ void keep_apart(const std::string& out, const std::string& what, const std::stri
 }
 
 void warn_line(const std::string& message) { spdlog::warn("{}", message); }
+
+std::vector<std::filesystem::path> list_images(const std::string& option,
+                                               const std::string& folder) {
+  try {
+    return data::list_images(folder, warn_line);
+  } catch (const InputError& error) {
+    throw InputError(option + " " + error.what());
+  }
+}
 
 namespace {
 

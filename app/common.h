@@ -134,6 +134,12 @@ void keep_apart(const std::string& out, const std::string& what, const std::stri
 /// entries.
 void warn_line(const std::string& message);
 
+/// data::list_images of the folder given as `option` (skipped entries logged as warnings); a
+/// folder that is missing, a file, unreadable or without images is an InputError that names the
+/// option ("--val photos/val: no such folder").
+std::vector<std::filesystem::path> list_images(const std::string& option,
+                                               const std::string& folder);
+
 /// Makes `folder` (and its missing parents) for a command's results, or throws InputError.
 /// Unless keep() is called, the destructor takes away the folders it made that are empty
 /// again, so that a failed command leaves no empty folder behind; files are never removed

@@ -108,7 +108,7 @@ void run_eval(const EvalOptions& options) {
   const c10::Device device = resolve_device(options.common);
   // The reports never mix with the photos (examples.png would be read as one next time).
   keep_apart(options.out_dir, "the reports", "the photos", "--data", options.data_dir);
-  auto photos = data::list_images(options.data_dir, warn_line);
+  auto photos = list_images("--data", options.data_dir);
   const auto model_path = options.model.empty() ? default_model_path() : options.model;
   auto inpainter = std::make_shared<infer::Inpainter>(io::load_model(model_path), device,
                                                       inference_options(options.inference, device));

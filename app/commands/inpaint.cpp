@@ -193,7 +193,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
                const infer::InpaintOptions& inpaint_options) {
   const fs::path input_dir = options.input_dir;
   const fs::path out_dir = options.out;
-  auto files = data::list_images(input_dir, warn_line);
+  auto files = list_images("--input", options.input_dir);
   // One mask for every image, or masks matched by file stem.
   std::map<std::string, fs::path> masks_by_stem;
   fs::path single_mask;
@@ -201,7 +201,7 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   if (options.masks.empty()) {
     // Every image's transparency marks its holes.
   } else if (fs::is_directory(options.masks, masks_error)) {
-    for (const auto& mask : data::list_images(options.masks, warn_line)) {
+    for (const auto& mask : list_images("--masks", options.masks)) {
       const auto [it, added] = masks_by_stem.emplace(mask.stem().string(), mask);
       if (!added) {
         throw InputError(fmt::format("{} and {}: two masks for the images named '{}'",

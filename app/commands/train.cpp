@@ -256,10 +256,10 @@ void run_train(const TrainOptions& options) {
   if (!options.mask_dir.empty()) {
     keep_apart(options.out_dir, "the run", "the masks", "--masks", options.mask_dir);
   }
-  auto train_files = data::list_images(options.data_dir, warn_line);
+  auto train_files = list_images("--data", options.data_dir);
   std::vector<std::filesystem::path> validation_files;
   if (!options.validation_dir.empty()) {
-    validation_files = data::list_images(options.validation_dir, warn_line);
+    validation_files = list_images("--val", options.validation_dir);
   }
   spdlog::info("{} training photo{} in {}{}", train_files.size(),
                train_files.size() == 1 ? "" : "s", options.data_dir,

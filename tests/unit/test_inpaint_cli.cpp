@@ -324,7 +324,13 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
        4, "loop_a: Too many levels of symbolic links"},
       {"inpaint --input " + (d / "sub_none").string() + " --masks " +
            (d / "links" / "loop_a").string() + " -o " + (d / "batch_out").string(),
-       3, "sub_none: no such folder"},
+       3, "--input " + (d / "sub_none").string() + ": no such folder"},
+      // A folder that is not there is named with its option.
+      {"train --data " + (d / "batch_in").string() + " --val " + (d / "no_val").string() + " -o " +
+           (d / "run").string(),
+       3, "--val " + (d / "no_val").string() + ": no such folder"},
+      {"eval --data " + photo + " -o " + (d / "reports").string(), 3,
+       "--data " + photo + ": is a file, not a folder"},
       {"inpaint --input " + (d / "links").string() + "/.. --masks " +
            (d / "links" / "loop_a").string() + " -o " + d.string() + "_batch_out",
        3, "loop_a: Too many levels of symbolic links"},
