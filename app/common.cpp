@@ -580,7 +580,8 @@ void Progress::draw(bool final) {
                  final ? "took" : "ETA", clock(final ? elapsed : eta).c_str(), status_.c_str(),
                  final ? "\n" : "");
     std::fflush(log_stream());
-  } else if (final || (done_ < total_ && (done_ >= next_log_ || since_draw >= 30.0))) {
+  } else if (final || (done_ < total_ &&
+                       ((done_ >= next_log_ && since_draw >= 1.0) || since_draw >= 30.0))) {
     spdlog::info("{}: {}/{} ({:.2f}/s, {} {}){}{}", label_, done_, total_, rate,
                  final ? "took" : "ETA", clock(final ? elapsed : eta), status_.empty() ? "" : "  ",
                  status_);

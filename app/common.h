@@ -190,7 +190,8 @@ void refuse_empty_values(CLI::App& app);
 std::pair<int64_t, int64_t> parse_size(const std::string& text, const std::string& option);
 
 /// Progress of a long job on stderr: a bar with count, rate and ETA, redrawn in place, on a
-/// terminal; a plain log line every 10% (and at most every 30 s) otherwise. Silent with -q.
+/// terminal; otherwise a plain log line every 10% (at most one a second, at least one every
+/// 30 s) and one at the end. Silent with -q.
 class Progress {
  public:
   Progress(std::string label, int64_t total);

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -105,7 +106,16 @@ void run_masks(const MasksOptions& options) {
     kept[static_cast<size_t>(index)] = true;
   }
 
-  Progress progress("masks", options.count);
+  const auto kept_count = std::count(kept.begin(), kept.end(), true);
+  if (kept_count == options.count) {
+    out_folder.keep();
+    spdlog::info(
+        "{} of {}x{} in {} {} kept (--overwrite replaces them)",
+        options.count == 1 ? std::string("the mask") : fmt::format("all {} masks", options.count),
+        width, height, out_dir.string(), options.count == 1 ? "exists and was" : "exist and were");
+    return;
+  }
+  Progress progress("masks", options.count - kept_count);  // the masks to write
   double ratio_sum = 0.0;
   int64_t skipped = 0;
   for (int64_t index = 0; index < options.count; ++index) {
@@ -121,8 +131,8 @@ void run_masks(const MasksOptions& options) {
       const auto holes = index == 0 ? first_holes : generator.holes(static_cast<uint64_t>(index));
       ratio_sum += data::MaskGenerator::hole_ratio(holes);
       io::write_mask(path, holes, height, width);
+      progress.advance();
     }
-    progress.advance();
   }
   progress.finish();
   out_folder.keep();

@@ -851,6 +851,14 @@ TEST(MasksCli, KeptMasksMustHaveTheSizeAskedFor) {
   const auto again = pconv(d, "masks -n 3 --size 48x32 -o " + out);
   EXPECT_EQ(again.rc, 0) << again.output;
   EXPECT_NE(again.output.find("wrote 1 mask of 48x32"), std::string::npos) << again.output;
+  // The progress counts only the mask written; with none to write, it says so.
+  EXPECT_NE(again.output.find("masks: 1/1 ("), std::string::npos) << again.output;
+  const auto none = pconv(d, "masks -n 3 --size 48x32 -o " + out);
+  EXPECT_EQ(none.rc, 0) << none.output;
+  EXPECT_NE(none.output.find("all 3 masks of 48x32 in " + out + " exist and were kept"),
+            std::string::npos)
+      << none.output;
+  EXPECT_EQ(none.output.find("masks: "), std::string::npos) << none.output;
   const auto other = pconv(d, "masks -n 3 --size 64x64 -o " + out);
   EXPECT_EQ(other.rc, 3) << other.output;
   EXPECT_NE(other.output.find("mask_00000.png: a 48x32 mask from an earlier run, not 64x64"),
