@@ -51,6 +51,7 @@ std::string to_json(const eval::EvalReport& report, const std::string& model_pat
                                    {"size", report.size},
                                    {"seed", report.seed},
                                    {"thin_strokes", report.thin_strokes},
+                                   {"upscaled_photos", report.upscaled},
                                    {"model", model_path},
                                    {"precision", precision},
                                    {"bins", bins},
@@ -174,6 +175,14 @@ void run_eval(const EvalOptions& options) {
     progress.advance();
   });
   progress.finish();
+  if (!report.upscaled.empty()) {
+    spdlog::warn(
+        "{} of the photos {} smaller than the {}x{} crops and {} upscaled, which makes "
+        "them easier to fill than real photos ({}{}); a smaller --size avoids it",
+        report.upscaled.size(), report.upscaled.size() == 1 ? "is" : "are", options.size,
+        options.size, report.upscaled.size() == 1 ? "was" : "were", report.upscaled.front(),
+        report.upscaled.size() > 1 ? ", ..." : "");
+  }
 
   // The four reports replace an earlier run's together or not at all: they are written into a
   // hidden folder of a new name in -o, then renamed into place, which needs no space. A full

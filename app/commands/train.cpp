@@ -360,8 +360,9 @@ void run_trainer(const train::TrainerOptions& trainer_options,
   train::Trainer trainer(trainer_options, train_files, validation_files, options.out_dir,
                          options.resume, options.command_line);
 
+  const int64_t first_step = trainer.step();
   Progress progress("train", options.steps);
-  progress.resume_at(trainer.step());
+  progress.resume_at(first_step);
   train::TrainerCallbacks callbacks;
   callbacks.on_message = [&](const std::string& text) {
     // Skipped photos are warnings; the rest is information.
@@ -387,7 +388,20 @@ void run_trainer(const train::TrainerOptions& trainer_options,
     throw Interrupted(fmt::format(
         "stopped at step {}; checkpoint saved: the same command with --resume continues",
         result.step));
-  spdlog::info("done: {} steps; model written to {}", result.step, result.model_file.string());
+  const int64_t run_steps = result.step - first_step;
+  if (run_steps > 0 && result.skipped_steps == run_steps) {
+    // Nothing was learnt: "done" alone would pass a model for a trained one.
+    spdlog::warn(
+        "every one of the {} float16 step{} of this run was skipped for overflowing "
+        "gradients, so the model did not change; --amp bf16 or --amp off, or smaller "
+        "loss weights, train it",
+        run_steps, run_steps == 1 ? "" : "s");
+  }
+  spdlog::info("done: {} steps{}; model written to {}", result.step,
+               result.skipped_steps > 0
+                   ? fmt::format(" ({} of this run's {} skipped)", result.skipped_steps, run_steps)
+                   : std::string(),
+               result.model_file.string());
 }
 
 }  // namespace

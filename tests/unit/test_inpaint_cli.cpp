@@ -718,6 +718,34 @@ TEST(Cli, TrainingWarnsOnceAboutADamagedPhoto) {
   EXPECT_NE(run.output.find(warning), std::string::npos) << run.output;
 }
 
+// A float16 run whose every step overflowed (a hole weight far too large) trained nothing: it
+// says so, not only "done".
+TEST(Cli, TrainingSaysWhenEveryFloat16StepWasSkipped) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  pconv::io::write_image(d / "photos" / "a.png", picture(3, 32, 32));
+  const auto run = pconv(d, "train --data " + (d / "photos").string() +
+                                " --size 16 --depth 2 --width 4 --max-width 8 --batch 1 --steps 2 "
+                                "--amp fp16 --loss-hole 1e6 --device cpu -o " +
+                                (d / "run").string());
+  ASSERT_EQ(run.rc, 0) << run.output;
+  EXPECT_NE(run.output.find("warning: every one of the 2 float16 steps of this run was skipped"),
+            std::string::npos)
+      << run.output;
+  EXPECT_NE(run.output.find("done: 2 steps (2 of this run's 2 skipped)"), std::string::npos)
+      << run.output;
+  // A run that trains says neither.
+  const auto trained = pconv(d, "train --data " + (d / "photos").string() +
+                                    " --size 16 --depth 2 --width 4 --max-width 8 --batch 1 "
+                                    "--steps 2 -o " +
+                                    (d / "trained").string());
+  ASSERT_EQ(trained.rc, 0) << trained.output;
+  EXPECT_EQ(trained.output.find("skipped"), std::string::npos) << trained.output;
+  EXPECT_NE(trained.output.find("done: 2 steps; model written"), std::string::npos)
+      << trained.output;
+}
+
 TEST(Cli, ModelsAndCheckpointsAreNeverReplaced) {
   TempDir dir;
   const auto& d = dir.path();
@@ -1144,6 +1172,22 @@ TEST(EvalCli, SameSeedSameReports) {
       EXPECT_LT(bin.at("l1").get<double>(), 0.5);
     }
   }
+  // Photos smaller than the crops are upscaled, which the log and the reports say.
+  EXPECT_EQ(first.output.find("upscaled"), std::string::npos) << first.output;
+  EXPECT_TRUE(report.at("upscaled_photos").empty());
+  const auto upscaled =
+      pconv(d, "eval --data " + (d / "photos").string() +
+                   " --size 128 --per-bin 1 --no-baselines -o " + (d / "large").string());
+  ASSERT_EQ(upscaled.rc, 0) << upscaled.output;
+  EXPECT_NE(upscaled.output.find("3 of the photos are smaller than the 128x128 crops and were "
+                                 "upscaled"),
+            std::string::npos)
+      << upscaled.output;
+  EXPECT_NE(upscaled.output.find("p0.png (80x64)"), std::string::npos) << upscaled.output;
+  EXPECT_EQ(
+      nlohmann::json::parse(read_text(d / "large" / "eval.json")).at("upscaled_photos").size(), 3U);
+  EXPECT_NE(read_text(d / "large" / "eval.md").find("3 of the photos are smaller than the crops"),
+            std::string::npos);
   // Another seed gives other masks.
   const auto other = pconv(d, "eval --data " + (d / "photos").string() +
                                   " --size 64 --per-bin 2 --seed 5 -o " + (d / "three").string());

@@ -104,8 +104,13 @@ std::vector<std::filesystem::path> list_images(
 
 torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions& options,
                            bool random, uint64_t seed) {
+  return crop_image(io::read_image(path).pixels, path, options, random, seed);
+}
+
+torch::Tensor crop_image(const torch::Tensor& pixels, const std::filesystem::path& path,
+                         const CropOptions& options, bool random, uint64_t seed) {
   const int64_t size = options.size();
-  const auto image = without_alpha(io::read_image(path).pixels);
+  const auto image = without_alpha(pixels);
   const int64_t height = image.size(1);
   const int64_t width = image.size(2);
   const int64_t shorter = std::min(height, width);

@@ -3,13 +3,16 @@
 #include "pconv/data/image_folder.h"
 #include "pconv/data/mask_generator.h"
 #include "pconv/eval/metrics.h"
+#include "pconv/io/image_file.h"
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <sstream>
+#include <string>
 
 namespace pconv::eval {
 namespace {
@@ -131,7 +134,13 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
       const int64_t photo = options.per_bin() > 0 ? (static_cast<int64_t>(b) * per_bin + j) % n : j;
       auto& truth = crops[photo];
       if (!truth.defined()) {
-        truth = data::crop_example(photos[static_cast<size_t>(photo)], crop_options, false, 0);
+        const auto& path = photos[static_cast<size_t>(photo)];
+        const auto pixels = io::read_image(path).pixels;
+        if (std::min(pixels.size(1), pixels.size(2)) < options.size()) {
+          report.upscaled.push_back(path.string() + " (" + std::to_string(pixels.size(2)) + "x" +
+                                    std::to_string(pixels.size(1)) + ")");
+        }
+        truth = data::crop_image(pixels, path, crop_options, false, 0);
       }
       auto hole_bytes = masks.holes(static_cast<uint64_t>(j));
       const auto holes =
@@ -247,7 +256,14 @@ std::string to_markdown(const EvalReport& report) {
               ? ", " + format("%g", report.thin_strokes) + " of the strokes thin (1-3 px)"
               : std::string())
       << "; metrics of the composite (known pixels kept), 8-bit"
-      << (report.methods.size() > 1 ? "; best of each row in bold" : "") << ".\n\n"
+      << (report.methods.size() > 1 ? "; best of each row in bold" : "") << ".";
+  if (!report.upscaled.empty()) {
+    out << " " << report.upscaled.size() << " of the photos "
+        << (report.upscaled.size() == 1 ? "is" : "are") << " smaller than the crops and "
+        << (report.upscaled.size() == 1 ? "was" : "were")
+        << " upscaled to them (smoother, so easier to fill, than real photos).";
+  }
+  out << "\n\n"
       << "Time per image (this run):";
   for (size_t m = 0; m < report.methods.size(); ++m) {
     out << (m ? "," : "") << ' ' << report.methods[m] << ' '

@@ -957,6 +957,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     throw;
   }
   result.step = step_;
+  result.skipped_steps = skipped_steps_;
   const double run_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   const double wait_seconds = std::chrono::duration<double>(data_wait).count();

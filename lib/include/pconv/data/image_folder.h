@@ -65,6 +65,10 @@ struct Batch {
 torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions& options,
                            bool random, uint64_t seed);
 
+/// crop_example's crop of an image already read from `path` (io::read_image's pixels).
+torch::Tensor crop_image(const torch::Tensor& pixels, const std::filesystem::path& path,
+                         const CropOptions& options, bool random, uint64_t seed);
+
 /// Where a stream's masks come from: mask `index` as (1, S, S), 1 = valid. It must depend only
 /// on the index (MaskGenerator::mask and MaskFolder::mask do) and be safe to call from several
 /// threads.

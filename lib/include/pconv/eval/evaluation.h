@@ -70,6 +70,9 @@ struct EvalReport {
   int64_t size = 0;
   uint64_t seed = 0;
   double thin_strokes = 0.0;
+  /// The photos evaluated whose shorter side is below `size`, as "PATH (WxH)": they are
+  /// upscaled to the crop, which makes them smoother, and their holes easier, than real ones.
+  std::vector<std::string> upscaled;
 };
 
 /// Runs every method on every example. `on_example` is called after each (for progress).

@@ -108,6 +108,8 @@ struct RunResult {
   std::vector<ValidationReport> validations;
   /// Fraction of the run's wall time spent waiting for the data workers.
   double data_wait_fraction = 0;
+  /// float16 steps of this run skipped for overflowing gradients (they count in `step`).
+  int64_t skipped_steps = 0;
 };
 
 class Trainer {
