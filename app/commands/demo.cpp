@@ -22,9 +22,26 @@ constexpr double kPi = 3.14159265358979323846;
 // The kernel sizes of the paper's UNet encoder: 7, 5, 5, then 3.
 int64_t encoder_kernel(int64_t layer) { return layer == 0 ? 7 : (layer < 3 ? 5 : 3); }
 
-// A disc-shaped hole in the middle of the image covering `hole_ratio` of it (mask 0 = hole).
+// The fraction of a unit square that a disc of radius `r` at its centre covers: the disc's area
+// less the four segments past the sides once r > 1/2.
+double covered_fraction(double r) {
+  if (r <= 0.5) return kPi * r * r;
+  if (r >= std::sqrt(0.5)) return 1.0;
+  const double segment = r * r * std::acos(0.5 / r) - 0.5 * std::sqrt(r * r - 0.25);
+  return kPi * r * r - 4.0 * segment;
+}
+
+// A disc-shaped hole in the middle of the image covering `hole_ratio` of it (mask 0 = hole);
+// past pi/4 (0.785) the disc is wider than the image, and its radius is the one whose part
+// inside the image has that area.
 torch::Tensor disc_mask(int64_t size, double hole_ratio, c10::Device device) {
-  const double radius = std::sqrt(hole_ratio * static_cast<double>(size * size) / kPi);
+  double low = 0.0;
+  double high = std::sqrt(0.5);
+  for (int i = 0; i < 60; ++i) {  // covered_fraction grows with r
+    const double middle = 0.5 * (low + high);
+    (covered_fraction(middle) < hole_ratio ? low : high) = middle;
+  }
+  const double radius = 0.5 * (low + high) * static_cast<double>(size);
   const auto coords = at::arange(size, at::TensorOptions(at::kFloat).device(device)) -
                       static_cast<double>(size - 1) / 2.0;
   const auto distance2 = coords.view({-1, 1}).pow(2) + coords.view({1, -1}).pow(2);
@@ -42,7 +59,10 @@ void setup_demo(CLI::App& app) {
   command->add_option("--size", options->size, "Image height and width in pixels")
       ->check(whole_number(8, 8192))
       ->capture_default_str();
-  command->add_option("--hole-ratio", options->hole_ratio, "Fraction of the image that is hole")
+  command
+      ->add_option(
+          "--hole-ratio", options->hole_ratio,
+          "Fraction of the image that is hole (a disc; above 0.785 it reaches past the edges)")
       ->check(number_in(0.0, 0.95))
       ->capture_default_str();
   command->add_option("--layers", options->layers, "Number of stride-2 layers")
