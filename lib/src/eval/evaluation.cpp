@@ -10,9 +10,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace pconv::eval {
 namespace {
@@ -125,31 +126,54 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
 
   const int64_t n = report.photos;
   const int64_t per_bin = options.per_bin() > 0 ? options.per_bin() : n;
-  std::map<int64_t, at::Tensor> crops;  // decoded once
-  const auto crop_options = data::CropOptions().size(options.size()).min_fraction(0.0);
-  for (size_t b = 0; b < report.bins.size(); ++b) {
-    const auto masks = bin_masks(report.bins[b], static_cast<int64_t>(b), options.size(),
-                                 options.seed(), options.thin_strokes());
+  const size_t bin_count = report.bins.size();
+  std::vector<data::MaskGenerator> masks;
+  for (size_t b = 0; b < bin_count; ++b) {
+    masks.push_back(bin_masks(report.bins[b], static_cast<int64_t>(b), options.size(),
+                              options.seed(), options.thin_strokes()));
+  }
+  // Example j of bin b is on photo j (one per photo), or on photo (b * per_bin + j) mod n. Each
+  // photo is decoded once and its examples done together, so that one crop at a time is in
+  // memory however many photos there are. Scores are summed afterwards in example order.
+  std::vector<std::vector<std::pair<size_t, int64_t>>> uses(static_cast<size_t>(n));
+  for (size_t b = 0; b < bin_count; ++b) {
     for (int64_t j = 0; j < per_bin; ++j) {
       const int64_t photo = options.per_bin() > 0 ? (static_cast<int64_t>(b) * per_bin + j) % n : j;
-      auto& truth = crops[photo];
-      if (!truth.defined()) {
-        const auto& path = photos[static_cast<size_t>(photo)];
-        const auto pixels = io::read_image(path).pixels;
-        if (std::min(pixels.size(1), pixels.size(2)) < options.size()) {
-          report.upscaled.push_back(path.string() + " (" + std::to_string(pixels.size(2)) + "x" +
-                                    std::to_string(pixels.size(1)) + ")");
-        }
-        truth = data::crop_image(pixels, path, crop_options, false, 0);
-      }
-      auto hole_bytes = masks.holes(static_cast<uint64_t>(j));
+      uses[static_cast<size_t>(photo)].emplace_back(b, j);
+    }
+  }
+  struct Result {
+    double psnr = 0;
+    double ssim = 0;
+    double l1 = 0;
+  };
+  // [method][bin][example]
+  std::vector<std::vector<std::vector<Result>>> results(
+      method_count, std::vector<std::vector<Result>>(
+                        bin_count, std::vector<Result>(static_cast<size_t>(per_bin))));
+  std::vector<std::vector<double>> ratios(bin_count,
+                                          std::vector<double>(static_cast<size_t>(per_bin)));
+  const int64_t kept_per_bin = std::min(options.examples_per_bin(), per_bin);
+  std::vector<std::vector<Example>> kept(
+      bin_count, std::vector<Example>(static_cast<size_t>(std::max<int64_t>(kept_per_bin, 0))));
+  const auto crop_options = data::CropOptions().size(options.size()).min_fraction(0.0);
+  for (int64_t photo = 0; photo < n; ++photo) {
+    if (uses[static_cast<size_t>(photo)].empty()) continue;
+    const auto& path = photos[static_cast<size_t>(photo)];
+    const auto pixels = io::read_image(path).pixels;
+    if (std::min(pixels.size(1), pixels.size(2)) < options.size()) {
+      report.upscaled.push_back(path.string() + " (" + std::to_string(pixels.size(2)) + "x" +
+                                std::to_string(pixels.size(1)) + ")");
+    }
+    const auto truth = data::crop_image(pixels, path, crop_options, false, 0);
+    for (const auto& [b, j] : uses[static_cast<size_t>(photo)]) {
+      auto hole_bytes = masks[b].holes(static_cast<uint64_t>(j));
       const auto holes =
           at::from_blob(hole_bytes.data(), {options.size(), options.size()}, at::kByte).ne(0);
-      report.mean_hole_ratio[b] +=
-          holes.to(at::kDouble).mean().item<double>() / static_cast<double>(per_bin);
+      ratios[b][static_cast<size_t>(j)] = holes.to(at::kDouble).mean().item<double>();
       const auto input = truth * holes.logical_not().unsqueeze(0);
       Example example;
-      const bool keep = j < options.examples_per_bin();
+      const bool keep = j < kept_per_bin;
       if (keep) {
         example.truth = truth;
         example.holes = holes;
@@ -163,15 +187,29 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
             as_8_bit(at::where(holes.unsqueeze(0), output.to(at::kCPU, at::kFloat), truth))
                 .unsqueeze(0);
         const auto reference = truth.unsqueeze(0);
-        auto& scores = report.per_bin[m][b];
-        scores.psnr += psnr(composite, reference).item<double>();
-        scores.ssim += ssim(composite, reference).item<double>();
-        scores.l1 += l1_error(composite, reference).item<double>();
-        ++scores.count;
+        auto& result = results[m][b][static_cast<size_t>(j)];
+        result.psnr = psnr(composite, reference).item<double>();
+        result.ssim = ssim(composite, reference).item<double>();
+        result.l1 = l1_error(composite, reference).item<double>();
         if (keep) example.outputs.push_back(composite.squeeze(0));
       }
-      if (keep) report.examples.push_back(example);
+      if (keep) kept[b][static_cast<size_t>(j)] = std::move(example);
       if (on_example) on_example();
+    }
+  }
+  for (size_t b = 0; b < bin_count; ++b) {
+    for (const double ratio : ratios[b]) {
+      report.mean_hole_ratio[b] += ratio / static_cast<double>(per_bin);
+    }
+    for (auto& example : kept[b]) report.examples.push_back(std::move(example));
+    for (size_t m = 0; m < method_count; ++m) {
+      auto& scores = report.per_bin[m][b];
+      for (const auto& result : results[m][b]) {
+        scores.psnr += result.psnr;
+        scores.ssim += result.ssim;
+        scores.l1 += result.l1;
+        ++scores.count;
+      }
     }
   }
   for (size_t m = 0; m < method_count; ++m) {
