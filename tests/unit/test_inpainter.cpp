@@ -1,5 +1,6 @@
 // Tests of pconv::infer::Inpainter: hole regions, every strategy, sizes that are not multiples
 // of the network's, compositing (known pixels bit-exact), grey and RGBA, the auto choice.
+#include <pconv/error.h>
 #include <pconv/infer/inpainter.h>
 #include <pconv/io/model_file.h>
 
@@ -7,11 +8,14 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -130,7 +134,8 @@ TEST(Inpainter, ThinScratchesAreNotFilledDark) {
 
 TEST(Inpainter, FullIsTheNetworkOnThePaddedImage) {
   auto model = small_model();
-  Inpainter inpainter(model, c10::kCPU);
+  Inpainter inpainter(model, c10::kCPU, InferenceOptions().layout(NetworkLayout::kNchw));
+  model->eval();  // as the inpainter's copy
   const int64_t multiple = model->size_multiple();
   // A size the network takes as it is, and an odd one that is padded (with missing data).
   for (const auto& [height, width] : {std::pair<int64_t, int64_t>{16, 24}, {19, 27}}) {
@@ -237,15 +242,98 @@ TEST(Inpainter, GreyStaysGreyAndAlphaPassesThrough) {
   EXPECT_FALSE(at::equal(rgba_out.pixels[0], rgba_out.pixels[1]));
 }
 
+// The inpainter works on a copy: the caller's model keeps its mode, element type and layout, and
+// a second inpainter of another type made from it leaves the first working.
+TEST(Inpainter, LeavesTheCallersModelAsItIs) {
+  auto model = small_model();
+  model->train();
+  const auto before = model->parameters()[0].detach().clone();
+  const Inpainter first(model, c10::kCPU);  // channels-last on a CPU
+  EXPECT_TRUE(model->is_training());
+  EXPECT_EQ(model->parameters()[0].scalar_type(), at::kFloat);
+  EXPECT_TRUE(model->parameters()[0].is_contiguous());
+  EXPECT_TRUE(at::equal(model->parameters()[0], before));
+  const auto image = at::rand({3, 16, 16});
+  const auto holes = holes_of(16, 16, {{2, 3, 9, 12}});
+  const auto expected = first.inpaint(image, holes).pixels;
+  const Inpainter second(model, c10::kCPU,
+                         InferenceOptions().dtype(at::kBFloat16).layout(NetworkLayout::kNchw));
+  EXPECT_TRUE(at::equal(first.inpaint(image, holes).pixels, expected));
+  EXPECT_EQ(second.inpaint(image, holes).pixels.sizes(), image.sizes());
+}
+
+// One inpainter serves several threads at once: each gets what it would get alone (the layers'
+// mask caches are shared and guarded).
+TEST(Inpainter, OneInpainterServesSeveralThreads) {
+  const Inpainter inpainter(small_model(), c10::kCPU);
+  constexpr int kThreads = 4;
+  std::vector<at::Tensor> images;
+  std::vector<at::Tensor> holes;
+  std::vector<at::Tensor> alone;
+  for (int i = 0; i < kThreads; ++i) {
+    images.push_back(at::rand({3, 16 + 8 * (i % 2), 24}));
+    holes.push_back(holes_of(images.back().size(1), 24, {{i, 2 * i, 8 + i, 12 + i}}));
+    alone.push_back(inpainter.inpaint(images.back(), holes.back()).pixels);
+  }
+  std::vector<int> mismatches(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      for (int round = 0; round < 20; ++round) {
+        if (!at::equal(inpainter.inpaint(images[i], holes[i]).pixels, alone[i])) ++mismatches[i];
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int i = 0; i < kThreads; ++i) EXPECT_EQ(mismatches[i], 0) << "thread " << i;
+}
+
+// What the constructor and the options cannot use is a pconv::ArgumentError saying so.
+TEST(Inpainter, RejectsDevicesAndOptionsItCannotUse) {
+  const auto message = [](const std::function<void()>& call) {
+    try {
+      call();
+    } catch (const pconv::ArgumentError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  // One past the last GPU (cuda:0 where there is none).
+  const auto gpus = static_cast<c10::DeviceIndex>(torch::cuda::device_count());
+  EXPECT_THAT(message([&] { Inpainter(small_model(), c10::Device(c10::kCUDA, gpus)); }),
+              ::testing::HasSubstr(gpus == 0 ? "no CUDA GPU is usable here" : "CUDA GPU"));
+  EXPECT_THAT(message([] { Inpainter(pconv::nn::PConvUNet(nullptr), c10::kCPU); }),
+              ::testing::HasSubstr("no model"));
+  EXPECT_THAT(
+      message([] { Inpainter(small_model(), c10::kCPU, InferenceOptions().thin_hole_growth(-1)); }),
+      ::testing::HasSubstr("thin_hole_growth must not be negative"));
+  const Inpainter inpainter(small_model(), c10::kCPU);
+  const auto image = at::rand({3, 16, 16});
+  const auto holes = holes_of(16, 16, {{2, 3, 9, 12}});
+  EXPECT_THAT(message([&] { inpainter.inpaint(image, holes, InpaintOptions().crop_margin(-5)); }),
+              ::testing::HasSubstr("crop_margin must not be negative; got -5"));
+  EXPECT_THAT(message([&] {
+                inpainter.inpaint(image, holes,
+                                  InpaintOptions().strategy(Strategy::kResize).resize_side(0));
+              }),
+              ::testing::HasSubstr("resize_side must be at least 1; got 0"));
+  EXPECT_THAT(message([&] { inpainter.inpaint(image, holes, InpaintOptions().memory_budget(0)); }),
+              ::testing::HasSubstr("memory_budget must be at least 1 byte"));
+  EXPECT_THAT(message([] {
+                pconv::infer::hole_regions(at::zeros({2, 3, 4}), 1);
+              }),
+              ::testing::HasSubstr("the hole map must be (H, W)"));
+}
+
 TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {
   Inpainter inpainter(small_model(), c10::kCPU);
-  EXPECT_THROW(inpainter.inpaint(at::rand({2, 8, 8}), at::zeros({8, 8})), std::invalid_argument);
-  EXPECT_THROW(inpainter.inpaint(at::rand({3, 8, 8}), at::zeros({8, 9})), std::invalid_argument);
+  EXPECT_THROW(inpainter.inpaint(at::rand({2, 8, 8}), at::zeros({8, 8})), pconv::ArgumentError);
+  EXPECT_THROW(inpainter.inpaint(at::rand({3, 8, 8}), at::zeros({8, 9})), pconv::ArgumentError);
   // Each refusal says what is wrong: never a LibTorch error or a silently wrong fill.
   const auto message = [&](const at::Tensor& image, const at::Tensor& holes) {
     try {
       inpainter.inpaint(image, holes);
-    } catch (const std::invalid_argument& error) {
+    } catch (const pconv::ArgumentError& error) {
       return std::string(error.what());
     }
     return std::string("no error");
@@ -263,17 +351,17 @@ TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {
   EXPECT_TRUE(has(message(at::rand({3, 8, 8}), at::ones({8, 8})), "every pixel is a hole"));
   EXPECT_EQ(message(at::rand({3, 8, 8}, at::kDouble), some_holes), "no error");
   EXPECT_THROW(Inpainter(small_model(), c10::kCPU, InferenceOptions().dtype(at::kHalf)),
-               std::invalid_argument);
+               pconv::ArgumentError);
   EXPECT_THROW(Inpainter(small_model(), c10::kCPU, InferenceOptions().dtype(at::kLong)),
-               std::invalid_argument);
+               pconv::ArgumentError);
   EXPECT_EQ(pconv::infer::parse_precision("bf16"), at::kBFloat16);
   EXPECT_EQ(pconv::infer::parse_precision("float16"), at::kHalf);
-  EXPECT_THROW(pconv::infer::parse_precision("fp8"), std::invalid_argument);
+  EXPECT_THROW(pconv::infer::parse_precision("fp8"), pconv::ArgumentError);
   for (const char* name : {"fp32", "fp16", "bf16"}) {
     EXPECT_EQ(pconv::infer::precision_name(pconv::infer::parse_precision(name)), name);
   }
   EXPECT_EQ(pconv::infer::parse_strategy("crop"), Strategy::kCrop);
-  EXPECT_THROW(pconv::infer::parse_strategy("tile"), std::invalid_argument);
+  EXPECT_THROW(pconv::infer::parse_strategy("tile"), pconv::ArgumentError);
 }
 
 // The largest absolute difference between two results' pixels.

@@ -61,11 +61,21 @@ TEST(MaskGeneratorTest, TensorIsOneWhereValid) {
   EXPECT_NEAR(1.0 - mask.mean().item<double>(), MaskGenerator::hole_ratio(holes), 1e-6);
 }
 
+TEST(MaskGeneratorTest, HoleMapIsTheHolesAsATensor) {
+  const MaskGenerator generator(MaskGeneratorOptions(24, 16), 3);
+  const auto map = generator.hole_map(5);
+  ASSERT_EQ(map.sizes(), (std::vector<int64_t>{24, 16}));
+  EXPECT_EQ(map.scalar_type(), at::kBool);
+  auto bytes = generator.holes(5);
+  EXPECT_TRUE(at::equal(map, at::from_blob(bytes.data(), {24, 16}, at::kByte).ne(0)));
+  EXPECT_TRUE(at::equal(map, generator.mask(5).squeeze(0).eq(0)));
+}
+
 TEST(MaskGeneratorTest, RejectsImpossibleOptions) {
-  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(0, 10)), c10::Error);
+  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(0, 10)), pconv::ArgumentError);
   EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_ratio(0.5).max_ratio(0.2)),
-               c10::Error);
-  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_width(0.0)), c10::Error);
+               pconv::ArgumentError);
+  EXPECT_THROW(MaskGenerator(MaskGeneratorOptions(10, 10).min_width(0.0)), pconv::ArgumentError);
   // Valid options that no mask of the size fits: an input error naming the size and range.
   EXPECT_THAT([] { MaskGenerator(MaskGeneratorOptions(1, 1)).holes(0); },
               ::testing::ThrowsMessage<pconv::InputError>(

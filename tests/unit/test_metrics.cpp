@@ -1,4 +1,5 @@
 // Tests of the quality metrics against values computed by hand.
+#include <pconv/error.h>
 #include <pconv/eval/metrics.h>
 
 #include <ATen/ATen.h>
@@ -68,7 +69,7 @@ TEST(MetricsTest, L1IsTheMeanAbsoluteDifference) {
   const auto truth = at::zeros({1, 1, 2, 2}, at::kDouble);
   const auto image = torch::tensor({0.1, -0.2, 0.3, 0.0}, at::kDouble).view({1, 1, 2, 2});
   EXPECT_NEAR(E::l1_error(image, truth)[0].item<double>(), 0.6 / 4, 1e-9);
-  EXPECT_THROW(E::l1_error(image, at::zeros({1, 1, 2, 3})), c10::Error);
+  EXPECT_THROW(E::l1_error(image, at::zeros({1, 1, 2, 3})), pconv::ArgumentError);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Mixed precision: the autocast scope, dynamic loss scaling (skip on overflow, shrink, grow),
 // and the network and loss staying finite under bfloat16 and float16 autocast.
+#include <pconv/error.h>
 #include <pconv/loss/inpainting_loss.h>
 #include <pconv/nn/pconv_unet.h>
 #include <pconv/train/mixed_precision.h>
@@ -21,7 +22,7 @@ TEST(MixedPrecision, ParsesTheModes) {
   EXPECT_FALSE(pconv::train::parse_amp("off").has_value());
   EXPECT_EQ(pconv::train::parse_amp("bf16"), c10::kBFloat16);
   EXPECT_EQ(pconv::train::parse_amp("fp16"), c10::kHalf);
-  EXPECT_THROW(pconv::train::parse_amp("fp8"), std::invalid_argument);
+  EXPECT_THROW(pconv::train::parse_amp("fp8"), pconv::ArgumentError);
 }
 
 TEST(MixedPrecision, AutocastScopeCastsInsideAndRestoresAfter) {

@@ -1000,6 +1000,17 @@ TEST_F(PartialConv2dTest, BadArgumentsNameTheArgumentAndTheShape) {
                                   F::PartialConv2dFuncOptions().groups(2));
               }),
               ::testing::AllOf(HasSubstr("groups"), HasSubstr("[1, 5, 8, 8]")));
+  // An input of another element type than the layer's, outside autocast: which is which, and
+  // the remedy, on both paths.
+  for (const bool fused : {true, false}) {
+    const FusedKernels kernels(fused);
+    EXPECT_THAT(error_message([&] {
+                  conv(input.to(at::kDouble), at::ones({2, 1, 8, 8}));
+                }),
+                ::testing::AllOf(HasSubstr("the input is Double but the weight is Float"),
+                                 HasSubstr("convert the input")))
+        << (fused ? "fused" : "reference");
+  }
   // Terms on another device than the input: an error, never a kernel reading foreign memory.
   F::PartialConv2dMaskTerms elsewhere;
   elsewhere.ratio = at::ones({1, 1, 8, 8}, at::device(at::kMeta));

@@ -1,5 +1,7 @@
-// The exceptions pconv throws for problems a caller can act on (bad input files, bad model
-// files); programming errors in tensor shapes are reported by TORCH_CHECK (c10::Error).
+// The exceptions pconv throws for problems a caller can act on: bad input files, bad model
+// files, and arguments the library's functions and classes cannot use. The layers
+// (pconv::nn), like LibTorch's own, report wrong tensor shapes and types with TORCH_CHECK
+// (c10::Error); LibTorch's failures (out of memory, a CUDA error) pass through as c10::Error.
 #pragma once
 
 #include <exception>
@@ -24,6 +26,14 @@ class InputError : public Error {
 /// A model or checkpoint file that cannot be used: missing, truncated, corrupt, or for another
 /// architecture. The message names the file.
 class ModelError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// An argument a function or class of the library cannot use: a tensor of the wrong shape,
+/// element type or range, an option out of its range, a device that does not exist here, an
+/// unknown name. The message says which and why.
+class ArgumentError : public Error {
  public:
   using Error::Error;
 };

@@ -1,5 +1,7 @@
 #include "pconv/data/image_folder.h"
 
+#include "../check_argument.h"
+
 #include "seed_mix.h"
 
 #include "pconv/error.h"
@@ -162,12 +164,13 @@ TrainingStream::TrainingStream(std::vector<std::filesystem::path> files, CropOpt
       seed_(seed),
       capacity_(std::max<int64_t>(2 * batch_size, int64_t{4} * std::max(workers, 1))),
       worker_count_(std::max(workers, 0)) {
-  TORCH_CHECK(!files_.empty(), "TrainingStream: no files");
-  TORCH_CHECK(batch_size_ > 0, "TrainingStream: batch size must be positive; got ", batch_size_);
-  TORCH_CHECK(shards_ > 0 && shard_ >= 0 && shard_ < shards_, "TrainingStream: shard ", shard_,
-              " of ", shards_);
-  TORCH_CHECK(first_example_ >= 0, "TrainingStream: the first example must be >= 0; got ",
-              first_example_);
+  PCONV_CHECK_ARGUMENT(!files_.empty(), "TrainingStream: no files");
+  PCONV_CHECK_ARGUMENT(batch_size_ > 0, "TrainingStream: batch size must be positive; got ",
+                       batch_size_);
+  PCONV_CHECK_ARGUMENT(shards_ > 0 && shard_ >= 0 && shard_ < shards_, "TrainingStream: shard ",
+                       shard_, " of ", shards_);
+  PCONV_CHECK_ARGUMENT(first_example_ >= 0, "TrainingStream: the first example must be >= 0; got ",
+                       first_example_);
 }
 
 TrainingStream::~TrainingStream() { stop_workers(); }
@@ -258,10 +261,11 @@ Example TrainingStream::make_example(int64_t local_index) {
     }
     // The mask source's failures are its own (no mask can be read at all), not the photo's.
     example.mask = masks_(static_cast<uint64_t>(index));
-    TORCH_CHECK(example.mask.dim() == 3 && example.mask.size(0) == 1 &&
-                    example.mask.size(1) == crop_.size() && example.mask.size(2) == crop_.size(),
-                "TrainingStream: mask ", index, " is ", example.mask.sizes(), "; expected (1, ",
-                crop_.size(), ", ", crop_.size(), ")");
+    PCONV_CHECK_ARGUMENT(example.mask.dim() == 3 && example.mask.size(0) == 1 &&
+                             example.mask.size(1) == crop_.size() &&
+                             example.mask.size(2) == crop_.size(),
+                         "TrainingStream: mask ", index, " is ", example.mask.sizes(),
+                         "; expected (1, ", crop_.size(), ", ", crop_.size(), ")");
     return example;
   }
   throw InputError("no usable photo left among the " + std::to_string(count) + " files (" +

@@ -1,5 +1,7 @@
 #include "pconv/data/mask_generator.h"
 
+#include "../check_argument.h"
+
 #include "pconv/error.h"
 #include "seed_mix.h"
 
@@ -95,20 +97,22 @@ class Canvas {
 
 MaskGenerator::MaskGenerator(MaskGeneratorOptions options, uint64_t seed)
     : options_(options), seed_(seed) {
-  TORCH_CHECK(options_.height() > 0 && options_.width() > 0,
-              "MaskGenerator: size must be positive; got ", options_.width(), "x",
-              options_.height());
-  TORCH_CHECK(options_.min_ratio() >= 0.0 && options_.min_ratio() <= options_.max_ratio() &&
-                  options_.max_ratio() <= 1.0,
-              "MaskGenerator: need 0 <= min_ratio <= max_ratio <= 1; got ", options_.min_ratio(),
-              " and ", options_.max_ratio());
-  TORCH_CHECK(options_.thin_probability() >= 0.0 && options_.thin_probability() <= 1.0,
-              "MaskGenerator: need 0 <= thin_probability <= 1; got ", options_.thin_probability());
-  TORCH_CHECK(options_.min_width() > 0.0 && options_.min_width() <= options_.max_width(),
-              "MaskGenerator: need 0 < min_width <= max_width; got ", options_.min_width(), " and ",
-              options_.max_width());
-  TORCH_CHECK(options_.max_vertices() >= 1, "MaskGenerator: max_vertices must be >= 1; got ",
-              options_.max_vertices());
+  PCONV_CHECK_ARGUMENT(options_.height() > 0 && options_.width() > 0,
+                       "MaskGenerator: size must be positive; got ", options_.width(), "x",
+                       options_.height());
+  PCONV_CHECK_ARGUMENT(options_.min_ratio() >= 0.0 &&
+                           options_.min_ratio() <= options_.max_ratio() &&
+                           options_.max_ratio() <= 1.0,
+                       "MaskGenerator: need 0 <= min_ratio <= max_ratio <= 1; got ",
+                       options_.min_ratio(), " and ", options_.max_ratio());
+  PCONV_CHECK_ARGUMENT(options_.thin_probability() >= 0.0 && options_.thin_probability() <= 1.0,
+                       "MaskGenerator: need 0 <= thin_probability <= 1; got ",
+                       options_.thin_probability());
+  PCONV_CHECK_ARGUMENT(options_.min_width() > 0.0 && options_.min_width() <= options_.max_width(),
+                       "MaskGenerator: need 0 < min_width <= max_width; got ", options_.min_width(),
+                       " and ", options_.max_width());
+  PCONV_CHECK_ARGUMENT(options_.max_vertices() >= 1,
+                       "MaskGenerator: max_vertices must be >= 1; got ", options_.max_vertices());
 }
 
 double MaskGenerator::hole_ratio(const std::vector<uint8_t>& holes) {
@@ -180,6 +184,11 @@ torch::Tensor MaskGenerator::mask(uint64_t index) const {
   const auto bytes = at::from_blob(const_cast<uint8_t*>(hole_map.data()),
                                    {1, options_.height(), options_.width()}, at::kByte);
   return 1.0 - bytes.to(at::kFloat);
+}
+
+torch::Tensor MaskGenerator::hole_map(uint64_t index) const {
+  auto bytes = holes(index);
+  return at::from_blob(bytes.data(), {options_.height(), options_.width()}, at::kByte).ne(0);
 }
 
 }  // namespace pconv::data

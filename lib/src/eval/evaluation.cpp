@@ -1,5 +1,7 @@
 #include "pconv/eval/evaluation.h"
 
+#include "../check_argument.h"
+
 #include "pconv/data/image_folder.h"
 #include "pconv/data/mask_generator.h"
 #include "pconv/eval/metrics.h"
@@ -109,7 +111,7 @@ std::vector<HoleBin> paper_bins() {
 EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
                     const std::vector<std::pair<std::string, Method>>& methods,
                     const EvalOptions& options, const std::function<void()>& on_example) {
-  TORCH_CHECK(!photos.empty(), "evaluate: no photos");
+  PCONV_CHECK_ARGUMENT(!photos.empty(), "evaluate: no photos");
   const auto begin = std::chrono::steady_clock::now();
   EvalReport report;
   report.bins = paper_bins();
@@ -347,7 +349,7 @@ torch::Tensor with_white_holes(const torch::Tensor& image, const torch::Tensor& 
 }
 
 torch::Tensor side_by_side(const std::vector<torch::Tensor>& pictures, int64_t gap) {
-  TORCH_CHECK(!pictures.empty(), "side_by_side: no pictures");
+  PCONV_CHECK_ARGUMENT(!pictures.empty(), "side_by_side: no pictures");
   std::vector<at::Tensor> spaced;
   for (const auto& picture : pictures) {
     if (!spaced.empty()) spaced.push_back(at::ones({picture.size(0), picture.size(1), gap}));
@@ -366,7 +368,7 @@ torch::Tensor example_grid(const EvalReport& report) {
     if (!rows.empty()) rows.push_back(at::ones({3, 4, row.size(2)}));
     rows.push_back(std::move(row));
   }
-  TORCH_CHECK(!rows.empty(), "example_grid: the report kept no examples");
+  PCONV_CHECK_ARGUMENT(!rows.empty(), "example_grid: the report kept no examples");
   return at::cat(rows, 1);
 }
 

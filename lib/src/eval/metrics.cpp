@@ -1,5 +1,7 @@
 #include "pconv/eval/metrics.h"
 
+#include "../check_argument.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -10,8 +12,9 @@ namespace pconv::eval {
 namespace {
 
 void check_pair(const torch::Tensor& image, const torch::Tensor& truth, const char* metric) {
-  TORCH_CHECK(image.dim() == 4 && image.sizes() == truth.sizes(), metric, ": image ", image.sizes(),
-              " and truth ", truth.sizes(), " must be the same (N, C, H, W)");
+  PCONV_CHECK_ARGUMENT(image.dim() == 4 && image.sizes() == truth.sizes(), metric, ": image ",
+                       image.sizes(), " and truth ", truth.sizes(),
+                       " must be the same (N, C, H, W)");
 }
 
 }  // namespace
@@ -28,8 +31,9 @@ torch::Tensor ssim(const torch::Tensor& image, const torch::Tensor& truth) {
   constexpr double kSigma = 1.5;
   constexpr double kC1 = 0.01 * 0.01;
   constexpr double kC2 = 0.03 * 0.03;
-  TORCH_CHECK(image.size(2) >= kWindow && image.size(3) >= kWindow,
-              "ssim: images must be at least 11x11; got ", image.size(2), "x", image.size(3));
+  PCONV_CHECK_ARGUMENT(image.size(2) >= kWindow && image.size(3) >= kWindow,
+                       "ssim: images must be at least 11x11; got ", image.size(2), "x",
+                       image.size(3));
   const auto x = image.to(at::kDouble);
   const auto y = truth.to(at::kDouble);
   const int64_t channels = x.size(1);

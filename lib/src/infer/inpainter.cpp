@@ -1,7 +1,10 @@
 #include "pconv/infer/inpainter.h"
 
+#include "pconv/error.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/cuda.h>
 
 #include <algorithm>
 #include <cmath>
@@ -30,7 +33,7 @@ Strategy parse_strategy(const std::string& name) {
   for (auto strategy : {Strategy::kAuto, Strategy::kFull, Strategy::kCrop, Strategy::kResize}) {
     if (to_string(strategy) == name) return strategy;
   }
-  throw std::invalid_argument("unknown strategy '" + name + "' (auto, full, crop or resize)");
+  throw ArgumentError("unknown strategy '" + name + "' (auto, full, crop or resize)");
 }
 
 namespace {
@@ -117,17 +120,17 @@ std::string sizes_of(const at::Tensor& tensor) {
 at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
   if (!image.defined() || image.dim() != 3 ||
       (image.size(0) != 1 && image.size(0) != 3 && image.size(0) != 4)) {
-    throw std::invalid_argument("inpaint: the image must be (C, H, W) with C = 1, 3 or 4; got " +
-                                (image.defined() ? sizes_of(image) : std::string("none")));
+    throw ArgumentError("inpaint: the image must be (C, H, W) with C = 1, 3 or 4; got " +
+                        (image.defined() ? sizes_of(image) : std::string("none")));
   }
   if (image.size(1) == 0 || image.size(2) == 0) {
-    throw std::invalid_argument("inpaint: the image is empty: " + sizes_of(image));
+    throw ArgumentError("inpaint: the image is empty: " + sizes_of(image));
   }
   if (!image.is_floating_point()) {
-    throw std::invalid_argument(std::string("inpaint: the image must be floating point in [0, 1]; "
-                                            "got ") +
-                                c10::toString(image.scalar_type()) +
-                                " (divide 8-bit samples by 255, 16-bit ones by 65535)");
+    throw ArgumentError(std::string("inpaint: the image must be floating point in [0, 1]; "
+                                    "got ") +
+                        c10::toString(image.scalar_type()) +
+                        " (divide 8-bit samples by 255, 16-bit ones by 65535)");
   }
   const auto [low, high] = at::aminmax(image.to(at::kFloat));
   const auto lowest = low.item<double>();
@@ -136,17 +139,16 @@ at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
     std::ostringstream text;
     text << "inpaint: the image's values must lie in [0, 1]; they span [" << lowest << ", "
          << highest << "]";
-    throw std::invalid_argument(text.str());
+    throw ArgumentError(text.str());
   }
   if (!holes.defined() || holes.dim() != 2 || holes.size(0) != image.size(1) ||
       holes.size(1) != image.size(2)) {
-    throw std::invalid_argument("inpaint: the hole map must be (H, W) like the image " +
-                                sizes_of(image) + "; got " +
-                                (holes.defined() ? sizes_of(holes) : std::string("none")));
+    throw ArgumentError("inpaint: the hole map must be (H, W) like the image " + sizes_of(image) +
+                        "; got " + (holes.defined() ? sizes_of(holes) : std::string("none")));
   }
   auto hole_map = holes.to(at::kCPU).ne(0);
   if (hole_map.all().item<bool>()) {
-    throw std::invalid_argument("inpaint: every pixel is a hole: there is nothing to inpaint from");
+    throw ArgumentError("inpaint: every pixel is a hole: there is nothing to inpaint from");
   }
   return hole_map;
 }
@@ -154,8 +156,13 @@ at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
 }  // namespace
 
 std::vector<Box> hole_regions(const torch::Tensor& holes, int64_t margin) {
-  TORCH_CHECK(holes.dim() == 2, "hole_regions: holes must be (H, W)");
-  TORCH_CHECK(margin >= 0, "hole_regions: the margin must not be negative");
+  if (!holes.defined() || holes.dim() != 2) {
+    throw ArgumentError("hole_regions: the hole map must be (H, W); got " +
+                        (holes.defined() ? sizes_of(holes) : std::string("none")));
+  }
+  if (margin < 0) {
+    throw ArgumentError("the crop margin must not be negative; got " + std::to_string(margin));
+  }
   const auto map = holes.to(at::kCPU).ne(0).contiguous();
   const int64_t height = map.size(0);
   const int64_t width = map.size(1);
@@ -176,7 +183,7 @@ c10::ScalarType parse_precision(const std::string& name) {
   if (name == "fp32" || name == "float32") return at::kFloat;
   if (name == "fp16" || name == "float16") return at::kHalf;
   if (name == "bf16" || name == "bfloat16") return at::kBFloat16;
-  throw std::invalid_argument("unknown precision '" + name + "' (fp32, fp16 or bf16)");
+  throw ArgumentError("unknown precision '" + name + "' (fp32, fp16 or bf16)");
 }
 
 std::string to_string(NetworkLayout layout) {
@@ -198,19 +205,40 @@ std::string precision_name(c10::ScalarType dtype) {
   return c10::toString(dtype);
 }
 
-Inpainter::Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions options)
-    : model_(std::move(model)), device_(device), options_(options) {
+Inpainter::Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOptions options)
+    : model_(nullptr), device_(device), options_(options) {
+  if (model.is_empty()) throw ArgumentError("Inpainter: no model (an empty module holder)");
+  if (device_.is_cuda()) {
+    const auto count = static_cast<int64_t>(torch::cuda::device_count());
+    if (count == 0) {
+      throw ArgumentError("Inpainter: " + device_.str() +
+                          " was asked for, but no CUDA GPU is usable here");
+    }
+    if (device_.has_index() && device_.index() >= count) {
+      throw ArgumentError("Inpainter: " + device_.str() + " was asked for, but this machine has " +
+                          std::to_string(count) + " CUDA GPU" + (count == 1 ? "" : "s"));
+    }
+  } else if (!device_.is_cpu()) {
+    throw ArgumentError("Inpainter: runs on a CPU or a CUDA GPU, not " + device_.str());
+  }
+  if (options_.thin_hole_growth() < 0) {
+    throw ArgumentError("Inpainter: thin_hole_growth must not be negative; got " +
+                        std::to_string(options_.thin_hole_growth()));
+  }
   const auto dtype = options_.dtype();
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
-    throw std::invalid_argument(
-        std::string("inference runs in float32, float16 or bfloat16, not ") + c10::toString(dtype));
+    throw ArgumentError(std::string("inference runs in float32, float16 or bfloat16, not ") +
+                        c10::toString(dtype));
   }
   if (dtype == at::kHalf && !device_.is_cuda()) {
-    throw std::invalid_argument("float16 inference needs a CUDA device");
+    throw ArgumentError("float16 inference needs a CUDA device");
   }
   if (options_.layout() == NetworkLayout::kAuto) {
     options_.layout(device_.is_cpu() ? NetworkLayout::kChannelsLast : NetworkLayout::kNchw);
   }
+  // A copy of its own: converting the caller's module in place would change it under them, and
+  // under every other Inpainter made from it.
+  model_ = nn::PConvUNet(std::dynamic_pointer_cast<nn::PConvUNetImpl>(model->clone()));
   model_->eval();
   model_->to(device_, dtype);
   if (channels_last()) nn::to_channels_last(*model_);
@@ -336,6 +364,17 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
 
 InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor& holes,
                                  const InpaintOptions& options) const {
+  if (options.crop_margin() < 0) {
+    throw ArgumentError("inpaint: crop_margin must not be negative; got " +
+                        std::to_string(options.crop_margin()));
+  }
+  if (options.resize_side() < 1 || options.memory_budget() < 1) {
+    throw ArgumentError(options.resize_side() < 1
+                            ? "inpaint: resize_side must be at least 1; got " +
+                                  std::to_string(options.resize_side())
+                            : "inpaint: memory_budget must be at least 1 byte; got " +
+                                  std::to_string(options.memory_budget()));
+  }
   const auto hole_map = check_holes(image, holes);
   const auto pixels = image.to(at::kCPU, at::kFloat);
   const int64_t channels = pixels.size(0);

@@ -1,5 +1,7 @@
 #include "pconv/io/classical_inpaint.h"
 
+#include "../check_argument.h"
+
 #ifdef PCONV_WITH_OPENCV
 #include <opencv2/core.hpp>
 #include <opencv2/photo.hpp>
@@ -21,9 +23,11 @@ bool classical_inpaint_available() {
 
 torch::Tensor classical_inpaint(const torch::Tensor& image, const torch::Tensor& holes,
                                 ClassicalMethod method, double radius) {
-  TORCH_CHECK(image.dim() == 3 && image.size(0) == 3, "classical_inpaint: image must be (3, H, W)");
-  TORCH_CHECK(holes.dim() == 2 && holes.size(0) == image.size(1) && holes.size(1) == image.size(2),
-              "classical_inpaint: holes must be (H, W) like the image");
+  PCONV_CHECK_ARGUMENT(image.dim() == 3 && image.size(0) == 3,
+                       "classical_inpaint: image must be (3, H, W)");
+  PCONV_CHECK_ARGUMENT(
+      holes.dim() == 2 && holes.size(0) == image.size(1) && holes.size(1) == image.size(2),
+      "classical_inpaint: holes must be (H, W) like the image");
 #ifdef PCONV_WITH_OPENCV
   const int height = static_cast<int>(image.size(1));
   const int width = static_cast<int>(image.size(2));

@@ -1,5 +1,7 @@
 #include "pconv/io/image_file.h"
 
+#include "../check_argument.h"
+
 #include "file_problem.h"
 #include "stderr_capture.h"
 #include "stored_tensor.h"
@@ -465,10 +467,11 @@ Image read_image(const std::filesystem::path& path) {
 }
 
 void write_image(const std::filesystem::path& path, const torch::Tensor& pixels, int bit_depth) {
-  TORCH_CHECK(
+  PCONV_CHECK_ARGUMENT(
       pixels.dim() == 3 && (pixels.size(0) == 1 || pixels.size(0) == 3 || pixels.size(0) == 4),
       "write_image: pixels must be (C, H, W) with C = 1, 3 or 4; got ", pixels.sizes());
-  TORCH_CHECK(bit_depth == 8 || bit_depth == 16, "write_image: bit depth 8 or 16; got ", bit_depth);
+  PCONV_CHECK_ARGUMENT(bit_depth == 8 || bit_depth == 16, "write_image: bit depth 8 or 16; got ",
+                       bit_depth);
   const double scale = bit_depth == 16 ? 65535.0 : 255.0;
   const auto hwc = (pixels.detach().to(at::kCPU, at::kFloat).clamp(0.0, 1.0) * scale)
                        .round()
@@ -502,7 +505,7 @@ torch::Tensor holes_from_mask(const Image& mask, MaskConvention convention) {
 
 torch::Tensor holes_from_alpha(const Image& image) {
   if (image.pixels.size(0) != 4) {
-    throw std::invalid_argument("holes_from_alpha: the image has no alpha channel");
+    throw ArgumentError("holes_from_alpha: the image has no alpha channel");
   }
   return image.pixels[3].lt(0.5);
 }

@@ -1,5 +1,7 @@
 #include "pconv/io/torchscript_export.h"
 
+#include "../check_argument.h"
+
 #include "pconv/io/atomic_file.h"
 #include "pconv/version.h"
 
@@ -22,7 +24,8 @@ constexpr double kDecoderSlope = 0.2;
 
 // The shortest decimal text that reads back as exactly `value`, always a float literal.
 std::string float_literal(double value) {
-  TORCH_CHECK(std::isfinite(value), "export_torchscript: cannot write ", value, " as a literal");
+  PCONV_CHECK_ARGUMENT(std::isfinite(value), "export_torchscript: cannot write ", value,
+                       " as a literal");
   char text[32];
   for (int precision = 1; precision <= 17; ++precision) {
     std::snprintf(text, sizeof text, "%.*g", precision, value);
@@ -53,7 +56,7 @@ ConvGeometry conv_geometry(const std::string& name, const nn::PartialConv2d& con
   const auto& padding = *options.padding();
   // The exported window sums are average pools, which have no dilation and no groups; the UNet
   // builds neither.
-  TORCH_CHECK(
+  PCONV_CHECK_ARGUMENT(
       options.groups() == 1 && (*options.dilation())[0] == 1 && (*options.dilation())[1] == 1,
       "export_torchscript: ", name, " has groups or dilation, which export does not support");
   return {name,
@@ -81,8 +84,9 @@ void emit_conv(std::ostringstream& source, const ConvGeometry& conv, const std::
 void emit_batch_norm(std::ostringstream& source, const std::string& name,
                      const torch::nn::BatchNorm2d& bn) {
   const auto& options = bn->options;
-  TORCH_CHECK(options.affine() && options.track_running_stats(), "export_torchscript: ", name,
-              " must be affine and track running statistics");
+  PCONV_CHECK_ARGUMENT(options.affine() && options.track_running_stats(),
+                       "export_torchscript: ", name,
+                       " must be affine and track running statistics");
   const std::string self = "self." + name;
   source << "    x = torch.batch_norm(x, " << self << ".weight, " << self << ".bias, " << self
          << ".running_mean, " << self << ".running_var, False, 0.0, "
@@ -154,9 +158,9 @@ std::string forward_source(const nn::PConvUNetImpl& model) {
     const std::string name = "decoder" + std::to_string(level);
     const int64_t up_channels = model.encoder_width(level);
     const int64_t skip_channels = model.encoder_width(level - 1);
-    TORCH_CHECK(conv->options.in_channels() == up_channels + skip_channels,
-                "export_torchscript: ", name, " has ", conv->options.in_channels(),
-                " input channels; expected ", up_channels, " + ", skip_channels);
+    PCONV_CHECK_ARGUMENT(conv->options.in_channels() == up_channels + skip_channels,
+                         "export_torchscript: ", name, " has ", conv->options.in_channels(),
+                         " input channels; expected ", up_channels, " + ", skip_channels);
     std::string size = "[skip";  // the size of the skip input: [skipN.size(2), skipN.size(3)]
     size.append(below).append(".size(2), skip").append(below).append(".size(3)]");
     source << "    # " << name << "\n"
@@ -256,8 +260,8 @@ torch::jit::Module to_torchscript(nn::PConvUNet& model) {
   module.register_attribute("training", c10::BoolType::get(), false);
   for (const auto& child : model->named_children()) {
     const bool conv = child.value()->as<nn::PartialConv2d>() != nullptr;
-    TORCH_CHECK(conv || child.value()->as<torch::nn::BatchNorm2d>() != nullptr,
-                "export_torchscript: unexpected submodule ", child.key());
+    PCONV_CHECK_ARGUMENT(conv || child.value()->as<torch::nn::BatchNorm2d>() != nullptr,
+                         "export_torchscript: unexpected submodule ", child.key());
     const std::string class_name = conv ? "PartialConv2d" : "BatchNorm2d";
     module.register_module(child.key(), parameter_holder(class_name, *child.value(), unit));
   }

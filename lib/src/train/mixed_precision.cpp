@@ -1,5 +1,7 @@
 #include "pconv/train/mixed_precision.h"
 
+#include "pconv/error.h"
+
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
@@ -11,7 +13,7 @@ std::optional<c10::ScalarType> parse_amp(const std::string& name) {
   if (name == "off") return std::nullopt;
   if (name == "bf16") return c10::kBFloat16;
   if (name == "fp16") return c10::kHalf;
-  throw std::invalid_argument("unknown mixed precision '" + name + "' (off, bf16 or fp16)");
+  throw ArgumentError("unknown mixed precision '" + name + "' (off, bf16 or fp16)");
 }
 
 AutocastScope::AutocastScope(c10::DeviceType device, std::optional<c10::ScalarType> type)

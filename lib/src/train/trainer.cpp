@@ -325,11 +325,7 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
       model_(seeded_model(options_)),
       loss_(options_.loss_weights()) {
   if (train_files_.empty()) throw InputError("no training images");
-  try {
-    amp_type_ = parse_amp(options_.amp());
-  } catch (const std::invalid_argument& error) {
-    throw InputError(error.what());
-  }
+  amp_type_ = parse_amp(options_.amp());  // pconv::ArgumentError for an unknown name
   if (!options_.mask_dir().empty()) {
     data::MaskFolder check(options_.mask_dir(), {}, 0);  // a bad mask folder fails here, early
   }

@@ -47,6 +47,10 @@ class MaskGenerator {
   /// Mask `index` as a (1, H, W) float tensor in the network's convention: 1 = valid, 0 = hole.
   torch::Tensor mask(uint64_t index) const;
 
+  /// Mask `index` as an (H, W) bool tensor, true = hole: the hole map infer::Inpainter::inpaint
+  /// takes.
+  torch::Tensor hole_map(uint64_t index) const;
+
   /// The fraction of hole pixels in a hole map.
   static double hole_ratio(const std::vector<uint8_t>& holes);
 

@@ -25,7 +25,7 @@ enum class Strategy {
 
 /// "auto", "full", "crop" or "resize".
 std::string to_string(Strategy strategy);
-/// Parses a strategy name; throws std::invalid_argument otherwise.
+/// Parses a strategy name; throws pconv::ArgumentError otherwise.
 Strategy parse_strategy(const std::string& name);
 
 struct InpaintOptions {
@@ -35,9 +35,10 @@ struct InpaintOptions {
   /// Context kept around the holes in the crop strategy, in pixels (at least; a box also grows
   /// to the network's multiple).
   TORCH_ARG(int64_t, crop_margin) = 96;
-  /// The resize strategy scales the longer side down to this.
+  /// The resize strategy scales the longer side down to this (pixels, at least 1).
   TORCH_ARG(int64_t, resize_side) = 1024;
-  /// Auto uses the full image when a full pass is estimated to need at most this many bytes.
+  /// Auto uses the full image when a full pass is estimated to need at most this many bytes
+  /// (bytes, where the command's --max-memory is in MB).
   TORCH_ARG(int64_t, memory_budget) = int64_t{3} << 30;
 };
 
@@ -76,7 +77,7 @@ struct InferenceOptions {
 torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth);
 
 /// "fp32", "fp16" or "bf16" (also "float32", "float16", "bfloat16") to the element type;
-/// throws std::invalid_argument otherwise.
+/// throws pconv::ArgumentError otherwise.
 c10::ScalarType parse_precision(const std::string& name);
 /// The short name parse_precision reads: "fp32", "fp16" or "bf16" (else c10's name).
 std::string precision_name(c10::ScalarType dtype);
@@ -107,16 +108,17 @@ struct InpaintResult {
 
 class Inpainter {
  public:
-  /// Takes the model for inference on `device`. The model is converted in place (eval mode,
-  /// device, element type, layout; a module holder shares it): pass a clone to keep the
-  /// original. Throws std::invalid_argument for float16 on a CPU or an element type that is not
-  /// floating point.
-  Inpainter(nn::PConvUNet model, c10::Device device, InferenceOptions options = {});
+  /// A copy of `model` for inference on `device` (eval mode, element type and layout of
+  /// `options`); `model` itself is left as it is. Throws pconv::ArgumentError for an empty
+  /// model, a device that is not here (a CUDA GPU on a machine without one), float16 on a CPU,
+  /// an element type that is not floating point, or a negative thin_hole_growth.
+  Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOptions options = {});
 
   /// Fills `holes` ((H, W), non-zero = hole) in `image` ((C, H, W) float in [0, 1]; C = 1, 3
   /// or 4: grey goes through the network as RGB and comes back as the channel mean, alpha is
-  /// passed through). Throws std::invalid_argument for bad shapes, an empty image, an image
-  /// that is not floating point or has values outside [0, 1], and a hole map that is all hole.
+  /// passed through). Throws pconv::ArgumentError for bad shapes, an empty image, an image
+  /// that is not floating point or has values outside [0, 1], a hole map that is all hole, and
+  /// options out of their range (a negative crop_margin; a resize_side or memory_budget below 1).
   InpaintResult inpaint(const torch::Tensor& image, const torch::Tensor& holes,
                         const InpaintOptions& options = {}) const;
 

@@ -88,7 +88,7 @@ enum class MaskConvention {
 torch::Tensor holes_from_mask(const Image& mask, MaskConvention convention);
 
 /// For an RGBA image without a mask: the hole map (H, W) bool, true where alpha is below half.
-/// Throws std::invalid_argument if the image has no alpha channel.
+/// Throws pconv::ArgumentError if the image has no alpha channel.
 torch::Tensor holes_from_alpha(const Image& image);
 
 /// Whether write_image can store 16-bit samples in the format `path` names (png, tiff, .pt).

@@ -14,7 +14,7 @@
 
 namespace pconv::train {
 
-/// "off", "bf16" or "fp16" -> the autocast type (nullopt: off). Throws std::invalid_argument.
+/// "off", "bf16" or "fp16" -> the autocast type (nullopt: off). Throws pconv::ArgumentError.
 std::optional<c10::ScalarType> parse_amp(const std::string& name);
 
 /// Autocast on `device` to `type` while alive (nothing when `type` is nullopt).

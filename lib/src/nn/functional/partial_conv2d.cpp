@@ -1,6 +1,7 @@
 #include "pconv/nn/functional/partial_conv2d.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -59,6 +60,16 @@ void check_weight(const torch::Tensor& input, const torch::Tensor& weight,
               " with groups=", groups, " expects ", weight.size(1) * groups);
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "partial_conv2d: bias must be (", weight.size(0), "); got ", bias.sizes());
+  // Outside autocast (which converts both itself) the convolution needs one element type; said
+  // here with the remedy rather than by ATen as "expected scalar type ... but found ...".
+  if (!at::autocast::is_autocast_enabled(input.device().type())) {
+    TORCH_CHECK(input.scalar_type() == weight.scalar_type() &&
+                    (!bias.defined() || bias.scalar_type() == weight.scalar_type()),
+                "partial_conv2d: the input is ", input.scalar_type(), " but the weight is ",
+                weight.scalar_type(), bias.defined() ? " and the bias " : "",
+                bias.defined() ? c10::toString(bias.scalar_type()) : "",
+                "; convert the input (input.to(weight.dtype())) or the layer (module->to(dtype))");
+  }
 }
 
 // conv(masked_input, weight) with the terms checked against its output (input and weight
