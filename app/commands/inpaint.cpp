@@ -477,8 +477,7 @@ void run_inpaint(const InpaintOptions& options) {
   const c10::Device device = resolve_device(options.common);
   const auto network = inference_options(options.inference, device);
   io::ModelMetadata metadata;
-  auto model = io::load_model(model_path, &metadata);
-  const infer::Inpainter inpainter(model, device, network);
+  const infer::Inpainter inpainter(io::load_model(model_path, &metadata), device, network);
   spdlog::debug("model {} ({} steps) on {}, {}, {}", model_path, metadata.steps, device.str(),
                 infer::precision_name(inpainter.options().dtype()),
                 infer::to_string(inpainter.options().layout()));
