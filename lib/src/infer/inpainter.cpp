@@ -209,7 +209,7 @@ Inpainter::Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOp
     : model_(nullptr), device_(device), options_(options) {
   if (model.is_empty()) throw ArgumentError("Inpainter: no model (an empty module holder)");
   if (device_.is_cuda()) {
-    const auto count = static_cast<int64_t>(torch::cuda::device_count());
+    const int64_t count = static_cast<unsigned char>(torch::cuda::device_count());
     if (count == 0) {
       throw ArgumentError("Inpainter: " + device_.str() +
                           " was asked for, but no CUDA GPU is usable here");
