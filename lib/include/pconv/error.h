@@ -1,7 +1,8 @@
 // The exceptions pconv throws for problems a caller can act on: bad input files, bad model
 // files, and arguments the library's functions and classes cannot use. The layers
-// (pconv::nn), like LibTorch's own, report wrong tensor shapes and types with TORCH_CHECK
-// (c10::Error); LibTorch's failures (out of memory, a CUDA error) pass through as c10::Error.
+// (pconv::nn) and the loss (pconv::loss), like LibTorch's modules, report wrong tensor shapes
+// and types with TORCH_CHECK (c10::Error); LibTorch's failures (out of memory, a CUDA error)
+// pass through as c10::Error.
 #pragma once
 
 #include <exception>
