@@ -38,8 +38,8 @@ struct Loaded {
   bool holes_from_alpha = false;
 };
 
-// The hole map of `image` from `mask_path` (or, with none, from the image's alpha channel).
-// Without a mask the image's alpha channel marks the holes; `no_mask` says why there is none.
+// The image and its hole map from `mask_path` or, with none, from the image's alpha channel;
+// `no_mask` says why there is none, for the error of an image without alpha.
 Loaded load(const fs::path& image_path, const fs::path& mask_path, const InpaintOptions& options,
             const std::string& no_mask = "no mask given") {
   Loaded loaded;
@@ -69,12 +69,7 @@ Loaded load(const fs::path& image_path, const fs::path& mask_path, const Inpaint
   loaded.holes = io::holes_from_mask(mask, options.white_valid ? io::MaskConvention::kWhiteIsValid
                                                                : io::MaskConvention::kWhiteIsHole);
   if (mask_h != height || mask_w != width) {
-    // A pixel of the image is a hole where any mask pixel its area covers is one: a thin
-    // scratch drawn on a larger mask stays whole, where a nearest-neighbour scaling would cut
-    // it into dashes or drop it.
-    const auto covered = std::get<0>(at::adaptive_max_pool2d(
-        loaded.holes.to(at::kFloat).unsqueeze(0).unsqueeze(0), {height, width}));
-    loaded.holes = covered.squeeze(0).squeeze(0).gt(0);
+    loaded.holes = infer::scale_holes(loaded.holes, height, width);  // a thin scratch stays
   }
   return loaded;
 }

@@ -106,7 +106,7 @@ void run_masks(const MasksOptions& options) {
     kept[static_cast<size_t>(index)] = true;
   }
 
-  const auto kept_count = std::count(kept.begin(), kept.end(), true);
+  const int64_t kept_count = std::count(kept.begin(), kept.end(), true);
   if (kept_count == options.count) {
     out_folder.keep();
     spdlog::info(
@@ -117,7 +117,6 @@ void run_masks(const MasksOptions& options) {
   }
   Progress progress("masks", options.count - kept_count);  // the masks to write
   double ratio_sum = 0.0;
-  int64_t skipped = 0;
   for (int64_t index = 0; index < options.count; ++index) {
     if (stop_requested()) {
       out_folder.keep();  // whole masks; the same command goes on (existing ones are kept)
@@ -125,9 +124,7 @@ void run_masks(const MasksOptions& options) {
                                     out_dir.string()));
     }
     const auto path = out_dir / fmt::format("mask_{:05d}.png", index);
-    if (kept[static_cast<size_t>(index)]) {
-      ++skipped;
-    } else {
+    if (!kept[static_cast<size_t>(index)]) {
       const auto holes = index == 0 ? first_holes : generator.holes(static_cast<uint64_t>(index));
       ratio_sum += data::MaskGenerator::hole_ratio(holes);
       io::write_mask(path, holes, height, width);
@@ -136,12 +133,13 @@ void run_masks(const MasksOptions& options) {
   }
   progress.finish();
   out_folder.keep();
-  const int64_t written = options.count - skipped;
+  const int64_t written = options.count - kept_count;  // at least one: all kept returned above
   spdlog::info(
       "wrote {} mask{} of {}x{} to {} (mean hole ratio {:.3f}){}", written, written == 1 ? "" : "s",
-      width, height, out_dir.string(), written > 0 ? ratio_sum / static_cast<double>(written) : 0.0,
-      skipped > 0 ? fmt::format("; {} existed and were kept (--overwrite replaces them)", skipped)
-                  : std::string());
+      width, height, out_dir.string(), ratio_sum / static_cast<double>(written),
+      kept_count > 0
+          ? fmt::format("; {} existed and were kept (--overwrite replaces them)", kept_count)
+          : std::string());
 }
 
 }  // namespace pconv::app

@@ -91,7 +91,8 @@ TEST_F(ImageFolderTest, ReadsEveryFormatDepthAndChannelCount) {
     EXPECT_GE(image.pixels.min().item<float>(), 0.0F);
     EXPECT_LE(image.pixels.max().item<float>(), 1.0F);
     if (c.name.find(".png") != std::string::npos || c.name.find(".tif") != std::string::npos ||
-        c.name.find(".bmp") != std::string::npos || c.name.find(".p") != std::string::npos) {
+        c.name.find(".bmp") != std::string::npos || c.name.find(".ppm") != std::string::npos ||
+        c.name.find(".pnm") != std::string::npos) {
       // Lossless: the first pixel comes back exactly, in RGB order.
       const double scale = c.bit_depth == 16 ? 65535.0 : 255.0;
       const int bgr_channel = c.channels >= 3 ? 2 : 0;

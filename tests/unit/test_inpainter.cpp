@@ -88,6 +88,23 @@ TEST(Inpainter, FullPadsOddSizesAndKeepsKnownPixelsBitExact) {
                         raw.pixels.masked_select(known.logical_not())));
 }
 
+// Scaled down, a one-pixel scratch stays (every pixel whose area it crosses is a hole); scaled
+// up, each hole pixel covers the pixels under it.
+TEST(ScaleHoles, KeepsThinScratchesAndCoversWhatAHoleCovers) {
+  auto scratch = at::zeros({80, 80}, at::kBool);
+  scratch[21].fill_(true);  // crosses row 5 of 20 (rows 20..23)
+  const auto down = pconv::infer::scale_holes(scratch, 20, 20);
+  ASSERT_EQ(down.sizes(), (std::vector<int64_t>{20, 20}));
+  EXPECT_EQ(down.scalar_type(), at::kBool);
+  EXPECT_TRUE(down[5].all().item<bool>());
+  EXPECT_EQ(down.sum().item<int64_t>(), 20);
+  auto dot = at::zeros({10, 10}, at::kByte);  // any non-zero value is a hole
+  dot[3][4] = 255;
+  const auto up = pconv::infer::scale_holes(dot, 20, 20);
+  EXPECT_EQ(up.sum().item<int64_t>(), 4);
+  EXPECT_TRUE(up.narrow(0, 6, 2).narrow(1, 8, 2).all().item<bool>());
+}
+
 // What a 5x5 square cannot cover (here a 1-pixel line) is widened by 2 pixels, with a disk; a
 // hole that such a square covers (a 6x6 block) stays as it is, and growth 0 changes nothing.
 TEST(WidenThinHoles, WidensOnlyWhatASquareCannotCover) {
@@ -301,7 +318,9 @@ TEST(Inpainter, RejectsDevicesAndOptionsItCannotUse) {
   // One past the last GPU (cuda:0 where there is none).
   const auto gpus = static_cast<c10::DeviceIndex>(torch::cuda::device_count());
   EXPECT_THAT(message([&] { Inpainter(small_model(), c10::Device(c10::kCUDA, gpus)); }),
-              ::testing::HasSubstr(gpus == 0 ? "no CUDA GPU is usable here" : "CUDA GPU"));
+              ::testing::HasSubstr(gpus == 0 ? std::string("no CUDA GPU is usable here")
+                                             : "but this machine has " + std::to_string(gpus) +
+                                                   " CUDA GPU"));
   EXPECT_THAT(message([] { Inpainter(pconv::nn::PConvUNet(nullptr), c10::kCPU); }),
               ::testing::HasSubstr("no model"));
   EXPECT_THAT(

@@ -180,10 +180,7 @@ std::vector<uint8_t> MaskGenerator::holes(uint64_t index) const {
 }
 
 torch::Tensor MaskGenerator::mask(uint64_t index) const {
-  const auto hole_map = holes(index);
-  const auto bytes = at::from_blob(const_cast<uint8_t*>(hole_map.data()),
-                                   {1, options_.height(), options_.width()}, at::kByte);
-  return 1.0 - bytes.to(at::kFloat);
+  return 1.0 - hole_map(index).unsqueeze(0).to(at::kFloat);
 }
 
 torch::Tensor MaskGenerator::hole_map(uint64_t index) const {

@@ -169,9 +169,7 @@ EvalReport evaluate(const std::vector<std::filesystem::path>& photos,
     }
     const auto truth = data::crop_image(pixels, path, crop_options, false, 0);
     for (const auto& [b, j] : uses[static_cast<size_t>(photo)]) {
-      auto hole_bytes = masks[b].holes(static_cast<uint64_t>(j));
-      const auto holes =
-          at::from_blob(hole_bytes.data(), {options.size(), options.size()}, at::kByte).ne(0);
+      const auto holes = masks[b].hole_map(static_cast<uint64_t>(j));
       ratios[b][static_cast<size_t>(j)] = holes.to(at::kDouble).mean().item<double>();
       const auto input = truth * holes.logical_not().unsqueeze(0);
       Example example;

@@ -289,6 +289,12 @@ torch::Tensor Inpainter::run(const torch::Tensor& rgb, const torch::Tensor& vali
       .contiguous();
 }
 
+torch::Tensor scale_holes(const torch::Tensor& holes, int64_t height, int64_t width) {
+  const auto covered = std::get<0>(at::adaptive_max_pool2d(
+      holes.ne(0).to(at::kFloat).unsqueeze(0).unsqueeze(0), {height, width}));
+  return covered.squeeze(0).squeeze(0).gt(0);
+}
+
 torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
   if (growth <= 0) return holes;
   const int64_t side = 2 * growth + 1;
@@ -349,14 +355,7 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
   const auto small = at::_upsample_bilinear2d_aa(rgb.unsqueeze(0), {small_h, small_w}, false)
                          .squeeze(0)
                          .clamp(0.0, 1.0);
-  // A small pixel is missing when any pixel it covers is.
-  const auto small_holes =
-      std::get<0>(at::adaptive_max_pool2d(holes.to(at::kFloat).unsqueeze(0).unsqueeze(0),
-                                          {small_h, small_w}))
-          .squeeze(0)
-          .squeeze(0)
-          .gt(0);
-  const auto filled = full(small, small_holes);
+  const auto filled = full(small, scale_holes(holes, small_h, small_w));
   return at::upsample_bilinear2d(filled.unsqueeze(0), {height, width}, false)
       .squeeze(0)
       .clamp(0.0, 1.0);
@@ -368,12 +367,13 @@ InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor
     throw ArgumentError("inpaint: crop_margin must not be negative; got " +
                         std::to_string(options.crop_margin()));
   }
-  if (options.resize_side() < 1 || options.memory_budget() < 1) {
-    throw ArgumentError(options.resize_side() < 1
-                            ? "inpaint: resize_side must be at least 1; got " +
-                                  std::to_string(options.resize_side())
-                            : "inpaint: memory_budget must be at least 1 byte; got " +
-                                  std::to_string(options.memory_budget()));
+  if (options.resize_side() < 1) {
+    throw ArgumentError("inpaint: resize_side must be at least 1; got " +
+                        std::to_string(options.resize_side()));
+  }
+  if (options.memory_budget() < 1) {
+    throw ArgumentError("inpaint: memory_budget must be at least 1 byte; got " +
+                        std::to_string(options.memory_budget()));
   }
   const auto hole_map = check_holes(image, holes);
   const auto pixels = image.to(at::kCPU, at::kFloat);

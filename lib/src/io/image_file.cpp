@@ -294,13 +294,7 @@ const std::vector<std::string>& image_extensions() {
   return extensions;
 }
 
-std::string image_extensions_text() {
-  std::string text;
-  for (const auto& extension : image_extensions()) {
-    text += (text.empty() ? "" : " ") + extension;
-  }
-  return text;
-}
+std::string image_extensions_text() { return c10::Join(" ", image_extensions()); }
 
 void set_max_image_pixels(int64_t pixels) {
   g_max_image_pixels = std::clamp<int64_t>(pixels, 1, int64_t{1} << 30);

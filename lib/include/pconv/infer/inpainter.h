@@ -76,6 +76,11 @@ struct InferenceOptions {
 /// `growth` pixels (InferenceOptions::thin_hole_growth); the rest as it is.
 torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth);
 
+/// `holes` ((H, W), non-zero = hole) scaled to height x width, as bool: a pixel is a hole where
+/// any pixel of `holes` under its area is one, so that a thin scratch survives scaling down
+/// (nearest-neighbour scaling would cut it into dashes or drop it).
+torch::Tensor scale_holes(const torch::Tensor& holes, int64_t height, int64_t width);
+
 /// "fp32", "fp16" or "bf16" (also "float32", "float16", "bfloat16") to the element type;
 /// throws pconv::ArgumentError otherwise.
 c10::ScalarType parse_precision(const std::string& name);
