@@ -222,18 +222,19 @@ std::string kind_in_words(io::StoredKind kind) {
 }  // namespace
 
 void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
-                               std::initializer_list<std::filesystem::path> inputs,
-                               bool may_replace_export) {
+                               std::initializer_list<NamedInput> inputs, bool may_replace_export) {
   if (output.empty()) return;
   const auto target = resolved(output);
-  for (const auto& input : inputs) {
+  for (const auto& [input, role] : inputs) {
     if (input.empty()) continue;
     std::error_code error;
     const bool same =
         resolved(input) == target || std::filesystem::equivalent(input, output, error);
     if (same) {
-      throw CLI::ValidationError(option, "'" + output.string() + "' is the same file as '" +
-                                             input.string() + "'; choose another path");
+      // The input's own spelling where it differs (a link, another relative path).
+      const std::string spelled = input == output ? "" : " '" + input.string() + "'";
+      throw CLI::ValidationError(option, "'" + output.string() + "' is the same file as " + role +
+                                             spelled + "; choose another path");
     }
   }
   const auto kind = io::stored_kind(output);
@@ -313,6 +314,11 @@ void handle_stop_signals() {
   // Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported as any failed
   // write is, instead of the process being killed with its temporary file left behind.
   std::signal(SIGXFSZ, SIG_IGN);
+}
+
+void ignore_stop_signals() {
+  std::signal(SIGINT, SIG_IGN);
+  std::signal(SIGTERM, SIG_IGN);
 }
 
 StopOnSignal::StopOnSignal() {

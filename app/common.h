@@ -88,12 +88,18 @@ std::string out_of_memory_message(const std::string& text);
 /// empty.
 std::string pconv_file_kind(const std::filesystem::path& path);
 
+/// A file a command reads, and what it is to the command ("the image", "--model"), for messages.
+struct NamedInput {
+  std::filesystem::path path;
+  std::string role;
+};
+
 /// Throws CLI::ValidationError naming `option` when `output` is the same file as one of
 /// `inputs` (empty paths are ignored), or is a pconv model file, training checkpoint or (unless
 /// `may_replace_export`, for pconv export itself) TorchScript export: writing it would destroy
 /// that input, or a model.
 void refuse_overwriting_inputs(const std::filesystem::path& output, const std::string& option,
-                               std::initializer_list<std::filesystem::path> inputs,
+                               std::initializer_list<NamedInput> inputs,
                                bool may_replace_export = false);
 
 /// Whether `path` is `folder` or lies inside it (both resolved: links, "..", relative paths).
@@ -104,6 +110,10 @@ bool is_within(const std::filesystem::path& path, const std::filesystem::path& f
 /// even where SIGINT came in ignored (a background job of a script, whose Ctrl-C then reaches
 /// pconv as it reaches the script).
 void handle_stop_signals();
+
+/// SIGINT and SIGTERM ignored from here to the exit: for a command whose result is complete
+/// and reported, so that a late signal cannot turn its success into 130 or 143.
+void ignore_stop_signals();
 
 /// While alive, SIGINT and SIGTERM only ask the command to stop (stop_requested() turns true):
 /// a long job then stops at its next step, keeps or takes away what it wrote, and exits 130.

@@ -15,7 +15,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -69,6 +72,15 @@ Loaded load(const fs::path& image_path, const fs::path& mask_path, const Inpaint
   loaded.holes = io::holes_from_mask(mask, options.white_valid ? io::MaskConvention::kWhiteIsValid
                                                                : io::MaskConvention::kWhiteIsHole);
   if (mask_h != height || mask_w != width) {
+    // Another shape (a mask of the rotated picture, a crop) is stretched: said, not hidden.
+    const double stretch =
+        static_cast<double>(mask_w * height) / static_cast<double>(mask_h * width);
+    if (stretch > 1.02 || stretch < 1 / 1.02) {
+      spdlog::warn(
+          "{}: the mask ({}x{}) has another shape than the image {} ({}x{}); "
+          "--resize-mask stretches it by {:.2f} in width against height",
+          mask_path.string(), mask_w, mask_h, image_path.string(), width, height, 1 / stretch);
+    }
     loaded.holes = infer::scale_holes(loaded.holes, height, width);  // a thin scratch stays
   }
   return loaded;
@@ -101,8 +113,19 @@ std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
   const int bit_depth = io::keeps_16_bit(out_path) ? loaded.image.bit_depth : 8;
   const auto hole_count = loaded.holes.sum().item<int64_t>();
   const auto& hole_source = mask_path.empty() ? image_path : mask_path;
+  // Transparency the output's format cannot hold is said, not lost silently.
+  const auto warn_if_alpha_dropped = [&](const at::Tensor& written) {
+    if (written.size(0) == 4 && !io::keeps_alpha(out_path) &&
+        (written[3] < 1.0).any().item<bool>()) {
+      spdlog::warn(
+          "{}: the format keeps no transparency, so the alpha channel is left out (.png, "
+          ".tif and .webp keep it)",
+          out_path.string());
+    }
+  };
   if (hole_count == 0) {
     spdlog::warn("{}: no hole pixel; writing the image unchanged", hole_source.string());
+    warn_if_alpha_dropped(pixels);
     if (before_writing) before_writing();
     io::write_image(out_path, pixels, bit_depth);
     return "unchanged (no hole)";
@@ -119,6 +142,7 @@ std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  warn_if_alpha_dropped(result.pixels);
   if (before_writing) before_writing();
   // The side-by-side picture first, so that a bad --compare path leaves no result behind; and
   // removed again if the result cannot be written.
@@ -136,8 +160,12 @@ std::string inpaint_one(const infer::Inpainter& inpainter, const Loaded& loaded,
                      result.passes == 1 ? "" : "es", seconds);
 }
 
+// IMAGE.inpainted.EXT beside the image, in its format; as PNG where pconv writes no such
+// format (a name without an extension, .jfif, .gif).
 fs::path default_output(const fs::path& image) {
-  return image.parent_path() / (image.stem().string() + ".inpainted" + image.extension().string());
+  const std::string extension =
+      io::has_image_extension(image) ? image.extension().string() : std::string(".png");
+  return image.parent_path() / (image.stem().string() + ".inpainted" + extension);
 }
 
 // Checks that a file can be written in `folder`.
@@ -180,8 +208,18 @@ void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options
   spdlog::info("{}: {}", options.image, summary);
   for (const auto& folder : out_folders) folder->keep();
   fmt::print("{}\n", out.string());
+  // The path must arrive (a full disk, a closed pipe); where it cannot, the error says where
+  // the result is, which is kept.
+  errno = 0;
+  if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
+    throw InputError(fmt::format("cannot write to the standard output: {}; the result is in {}",
+                                 errno != 0 ? std::strerror(errno) : "write error", out.string()));
+  }
   if (!options.compare.empty()) spdlog::info("side-by-side picture: {}", options.compare);
   if (stop_requested()) spdlog::info("interrupted while the result was written; it is complete");
+  // The result and its path are out: from here to the exit (LibTorch's tear-down included) a
+  // signal no longer turns the success into 130 or 143.
+  ignore_stop_signals();
 }
 
 void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
@@ -458,10 +496,15 @@ void run_inpaint(const InpaintOptions& options) {
                                 path.string(), io::image_extensions_text()));
       }
     }
-    refuse_overwriting_inputs(out, options.out.empty() ? "the default output (give -o)" : "-o",
-                              {options.image, options.mask, model_path});
+    const std::string out_option = options.out.empty() ? "the default output (give -o)" : "-o";
+    refuse_overwriting_inputs(
+        out, out_option,
+        {{options.image, "the image"}, {options.mask, "the mask"}, {model_path, "the model"}});
     refuse_overwriting_inputs(options.compare, "--compare",
-                              {options.image, options.mask, model_path, out});
+                              {{options.image, "the image"},
+                               {options.mask, "the mask"},
+                               {model_path, "the model"},
+                               {out, options.out.empty() ? "the default output" : "-o"}});
     if (options.skip_existing && fs::is_regular_file(out) &&
         (options.compare.empty() || fs::is_regular_file(options.compare))) {
       spdlog::info("{} exists; left as it is (--skip-existing)", out.string());

@@ -9,7 +9,8 @@
 // rank 0's next collective must fail with a clear error within the (3 s) timeout instead of
 // hanging; dead_overlapped and stuck_overlapped: the same with the collective inside
 // GradientReducer::backward. Exit 0 when the rank saw what it should. Reports go to stderr:
-// execute_process pipes rank 0's stdout into rank 1.
+// execute_process pipes rank 0's stdout into rank 1. Without ranks: compare A B TOLERANCE
+// (two model files) and logs A B TOLERANCE (two training logs), below.
 #include <pconv/error.h>
 #include <pconv/io/model_file.h>
 #include <pconv/train/distributed.h>
@@ -20,9 +21,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -63,8 +66,8 @@ int compare(const std::string& first, const std::string& second, double toleranc
     for (const auto& item : items_a) {
       const at::Tensor* other = items_b.find(item.key());
       if (other == nullptr || !other->sizes().equals(item.value().sizes())) {
-        std::fprintf(stderr, "%s %s missing or of another shape in %s\n", kind,
-                     item.key().c_str(), second.c_str());
+        std::fprintf(stderr, "%s %s missing or of another shape in %s\n", kind, item.key().c_str(),
+                     second.c_str());
         ok = false;
         continue;
       }
@@ -81,6 +84,61 @@ int compare(const std::string& first, const std::string& second, double toleranc
   check(a->named_buffers(), b->named_buffers(), "buffer");
   std::fprintf(stderr, "largest parameter/buffer difference %.3g (tolerance %.3g)\n", largest,
                tolerance);
+  return ok ? 0 : 1;
+}
+
+// logs A B TOLERANCE: two training logs (log.csv) have the same header and steps, and every
+// loss term of every row within the tolerance (the last column, images/s, left out). Exit 0
+// when they do.
+int compare_logs(const std::string& first, const std::string& second, double tolerance) {
+  const auto rows = [](const std::string& path) {
+    std::vector<std::vector<std::string>> table;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      std::vector<std::string> fields;
+      std::stringstream cells(line);
+      for (std::string cell; std::getline(cells, cell, ',');) fields.push_back(cell);
+      if (!line.empty() && line.back() == ',') fields.emplace_back();
+      table.push_back(fields);
+    }
+    return table;
+  };
+  const auto a = rows(first);
+  const auto b = rows(second);
+  if (a.size() < 2 || a.size() != b.size() || a.front() != b.front()) {
+    std::fprintf(stderr, "logs differ in their header or row count (%zu vs %zu lines)\n", a.size(),
+                 b.size());
+    return 1;
+  }
+  double largest = 0;
+  bool ok = true;
+  for (size_t row = 1; row < a.size(); ++row) {
+    if (a[row].size() != a.front().size() || b[row].size() != a.front().size() ||
+        a[row].front() != b[row].front()) {
+      std::fprintf(stderr, "line %zu: another step or field count\n", row + 1);
+      ok = false;
+      continue;
+    }
+    for (size_t column = 1; column + 1 < a.front().size(); ++column) {
+      if (a[row][column].empty() != b[row][column].empty()) {
+        std::fprintf(stderr, "line %zu: %s is in one log only\n", row + 1,
+                     a.front()[column].c_str());
+        ok = false;
+        continue;
+      }
+      if (a[row][column].empty()) continue;  // a term neither run has
+      const double difference =
+          std::abs(std::atof(a[row][column].c_str()) - std::atof(b[row][column].c_str()));
+      if (!(difference <= tolerance)) {
+        std::fprintf(stderr, "step %s: %s %s vs %s\n", a[row].front().c_str(),
+                     a.front()[column].c_str(), a[row][column].c_str(), b[row][column].c_str());
+        ok = false;
+      }
+      if (!std::isnan(difference)) largest = std::max(largest, difference);
+    }
+  }
+  std::fprintf(stderr, "%zu rows; largest loss difference %.3g (tolerance %.3g)\n", a.size() - 1,
+               largest, tolerance);
   return ok ? 0 : 1;
 }
 
@@ -180,6 +238,7 @@ bool check_reducer(const std::shared_ptr<pconv::train::ProcessGroup>& group) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "compare" && argc == 5) return compare(argv[2], argv[3], std::atof(argv[4]));
+  if (mode == "logs" && argc == 5) return compare_logs(argv[2], argv[3], std::atof(argv[4]));
   try {
     auto options = pconv::train::distributed_from_environment();
     if (!options) {
@@ -211,8 +270,8 @@ int main(int argc, char** argv) {
       const bool mean = at::allclose(grads[0], base.narrow(0, 0, 10) * factor) &&
                         at::allclose(grads[2], base.narrow(0, 10, 30).reshape({5, 6}) * factor);
       group.barrier();
-      std::fprintf(stderr, "rank %d of %d: broadcast %s, mean %s\n", rank, world, same ? "ok" : "WRONG",
-                  mean ? "ok" : "WRONG");
+      std::fprintf(stderr, "rank %d of %d: broadcast %s, mean %s\n", rank, world,
+                   same ? "ok" : "WRONG", mean ? "ok" : "WRONG");
       return same && mean ? 0 : 1;
     }
     if (failure_mode) {
@@ -250,8 +309,8 @@ int main(int argc, char** argv) {
             message.rfind("rank 0 of 2: ", 0) == 0 && message.find('\n') == std::string::npos;
         // A rank that stops taking part is caught by the 3 s timeout, not before and not by its
         // exit; one that is gone may be noticed at once.
-        const bool in_time = mode.rfind("stuck", 0) == 0 ? seconds >= 2.5 && seconds < 9
-                                                          : seconds < 9;
+        const bool in_time =
+            mode.rfind("stuck", 0) == 0 ? seconds >= 2.5 && seconds < 9 : seconds < 9;
         return in_time && clear ? 0 : 1;
       }
       std::fprintf(stderr, "rank 0: the collective succeeded with a rank gone\n");

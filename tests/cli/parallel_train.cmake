@@ -31,6 +31,12 @@ run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/parallel/model.pt 1
 if(NOT last_output MATCHES "metric val_psnr")
   message(FATAL_ERROR "no validation metrics compared")
 endif()
+# Rank 0 logs the whole global batch's losses (each rank's mean over its part, averaged), as
+# the single process does (log.csv keeps 6 decimals).
+run(${CHECK} logs ${WORK_DIR}/single/log.csv ${WORK_DIR}/parallel/log.csv 5e-6)
+if(NOT last_output MATCHES "4 rows")
+  message(FATAL_ERROR "the logs' 4 rows were not compared")
+endif()
 # Stopped after 2 steps and resumed to 4: the same model again.
 run(${launch} ${validated} --steps 2 -o ${WORK_DIR}/resumed)
 run(${launch} ${validated} --steps 4 -o ${WORK_DIR}/resumed --resume)

@@ -366,13 +366,13 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       // Never over an input: the image, the mask, the result as the side-by-side picture, the
       // input folder (the photo and masks in it are checked unchanged below).
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + photo, 2,
-       "is the same file as"},
+       "-o: '" + photo + "' is the same file as the image; choose another path"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " +
            (d / "sub" / ".." / "mask.png").string(),
-       2, "is the same file as"},
+       2, "is the same file as the mask '" + (d / "mask.png").string() + "'"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "x.png").string() +
            " --compare " + (d / "x.png").string(),
-       2, "--compare"},
+       2, "--compare: '" + (d / "x.png").string() + "' is the same file as -o;"},
       {"inpaint --input " + d.string() + " --masks " + (d / "mask.png").string() + " -o " +
            d.string(),
        2, "would hold the results among the images of --input"},
@@ -451,6 +451,16 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
                                       " --resize-mask -o " + (d / "s.png").string());
   EXPECT_EQ(scratched.rc, 0) << scratched.output;
   EXPECT_EQ(scratched.output.find("no hole pixel"), std::string::npos) << scratched.output;
+  EXPECT_EQ(scratched.output.find("another shape"), std::string::npos) << scratched.output;
+  // A mask of another shape is stretched, with a warning.
+  write_holes(d / "wide_mask.png", rectangle_holes(10, 30));
+  const auto stretched = pconv(d, "inpaint " + photo + " " + (d / "wide_mask.png").string() +
+                                      " --resize-mask -o " + (d / "w.png").string());
+  EXPECT_EQ(stretched.rc, 0) << stretched.output;
+  EXPECT_NE(stretched.output.find("wide_mask.png: the mask (30x10) has another shape than the "
+                                  "image"),
+            std::string::npos)
+      << stretched.output;
   const auto changed = (samples(d / "s.png") != samples(d / "photo.png")).any(0);
   EXPECT_TRUE(changed[5].any().item<bool>());
   EXPECT_EQ(changed.sum().item<int64_t>(), changed[5].sum().item<int64_t>());
@@ -594,6 +604,68 @@ TEST(Cli, AFailedWriteToStdoutIsAnError) {
   EXPECT_NE(full.output.find("pconv: error: cannot write to the standard output: No space left"),
             std::string::npos)
       << full.output;
+  // A result whose path cannot be printed is kept, and the error says where it is.
+  const auto& d = dir.path();
+  pconv::io::write_image(d / "photo.png", picture(3, 16, 16));
+  write_holes(d / "mask.png", rectangle_holes(16, 16));
+  const auto result =
+      shell(d, "(" + std::string(PCONV_BINARY) + " inpaint " + (d / "photo.png").string() + " " +
+                   (d / "mask.png").string() + " -o " + (d / "out.png").string() + " > /dev/full)");
+  EXPECT_EQ(result.rc, 3) << result.output;
+  EXPECT_NE(
+      result.output.find("No space left on device; the result is in " + (d / "out.png").string()),
+      std::string::npos)
+      << result.output;
+  EXPECT_TRUE(fs::is_regular_file(d / "out.png"));
+}
+
+// Formats that hold less than the image are written with what they hold, never refused after
+// the network has run: grey as RGB in .ppm, RGBA without its alpha in .pnm and .jpg (with a
+// warning where some pixel was not opaque); an image whose extension pconv does not write
+// gets its default output as .png.
+TEST(InpaintCli, OutputFormatsThatHoldLessStillGetTheResult) {
+  TempDir dir;
+  const auto& d = dir.path();
+  const auto holes = rectangle_holes(24, 20);
+  write_holes(d / "mask.png", holes);
+  pconv::io::write_image(d / "grey.png", picture(1, 24, 20));
+  auto rgba = picture(4, 24, 20);
+  rgba[3].fill_(0.8);  // partly transparent everywhere: no hole from alpha, a mask gives them
+  pconv::io::write_image(d / "rgba.png", rgba);
+  const std::string mask = " " + (d / "mask.png").string();
+
+  const auto grey =
+      pconv(d, "inpaint " + (d / "grey.png").string() + mask + " -o " + (d / "grey.ppm").string());
+  ASSERT_EQ(grey.rc, 0) << grey.output;
+  const auto grey_samples = samples(d / "grey.ppm");
+  ASSERT_EQ(grey_samples.size(0), 3);
+  EXPECT_TRUE(at::equal(grey_samples[0], grey_samples[2]));  // grey as RGB
+  for (const std::string name : {"rgba.pnm", "rgba.jpg"}) {
+    const auto run =
+        pconv(d, "inpaint " + (d / "rgba.png").string() + mask + " -o " + (d / name).string());
+    ASSERT_EQ(run.rc, 0) << run.output;
+    EXPECT_EQ(samples(d / name).size(0), 3) << name;
+    EXPECT_NE(run.output.find("pconv: warning: " + (d / name).string() +
+                              ": the format keeps no transparency"),
+              std::string::npos)
+        << run.output;
+  }
+  const auto kept = pconv(
+      d, "inpaint " + (d / "rgba.png").string() + mask + " -o " + (d / "rgba-out.png").string());
+  ASSERT_EQ(kept.rc, 0) << kept.output;
+  EXPECT_EQ(kept.output.find("transparency"), std::string::npos) << kept.output;
+  EXPECT_EQ(samples(d / "rgba-out.png").size(0), 4);
+
+  // No extension, and one pconv reads (by content) but does not write.
+  fs::copy_file(d / "grey.png", d / "noext");
+  fs::copy_file(d / "grey.png", d / "grey.gif");
+  for (const std::string name : {"noext", "grey.gif"}) {
+    const auto run = pconv(d, "inpaint " + (d / name).string() + mask);
+    ASSERT_EQ(run.rc, 0) << run.output;
+    const auto expected = d / (fs::path(name).stem().string() + ".inpainted.png");
+    EXPECT_NE(run.output.find(expected.string()), std::string::npos) << run.output;
+    expect_known_pixels_kept(d / "grey.png", expected, holes);
+  }
 }
 
 // Missing folders on the way to -o and --compare (inpaint) and -o (export) are made.
@@ -643,6 +715,31 @@ TEST(Cli, CutShortWritesLeaveNoTemporaryFile) {
   EXPECT_NE(signalled.output.find("caught"), std::string::npos) << signalled.output;
   // keep.ts and nothing else: no .x.ts.tmp* and no .keep.ts.tmp*.
   EXPECT_EQ(std::distance(fs::directory_iterator(d / "out"), fs::directory_iterator()), 1);
+}
+
+// A training log that cannot be written (here past a file-size limit, as on a full disk) ends
+// the run with its one-line error, exit 3, instead of training on with the rows lost.
+TEST(Cli, ATrainingLogThatCannotBeWrittenEndsTheRun) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  for (int i = 0; i < 3; ++i) {
+    pconv::io::write_image(d / "photos" / ("p" + std::to_string(i) + ".png"),
+                           picture(3, 40, 36 + i));
+  }
+  // config.txt (about 430 bytes) fits in 2 KiB; log.csv's rows (about 55 bytes) pass it near
+  // step 35.
+  const auto run = shell(d, "(ulimit -f 2; " + std::string(PCONV_BINARY) + " train --data " +
+                                (d / "photos").string() +
+                                " --size 32 --depth 3 --width 8 --max-width 16 --workers 1 "
+                                "--steps 200 --validate-every 0 --sample-every 0 "
+                                "--checkpoint-every 0 -o " +
+                                (d / "run").string() + ")");
+  EXPECT_EQ(run.rc, 3) << run.output;
+  EXPECT_NE(run.output.find("pconv: error: " + (d / "run" / "log.csv").string() +
+                            ": cannot write the log: File too large"),
+            std::string::npos)
+      << run.output;
 }
 
 // Two commands writing into one folder at once would mix their files (masks of two seeds,

@@ -183,6 +183,28 @@ TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
                                                          "widths 64..1099511627776, 3 channels) "
                                                          "is not one pconv makes")));
 
+  // An altered architecture record: a depth-3 model's weights under depth 2 (the weights the
+  // smaller net has would load, and the rest be dropped without a word).
+  {
+    const auto altered = dir_ / "altered.pt";
+    torch::serialize::OutputArchive header;
+    header.write("magic", c10::IValue(std::string("pconv-model")));
+    header.write("format", c10::IValue(int64_t{1}));
+    header.write("options.depth", c10::IValue(int64_t{2}));
+    header.write("options.base_width", c10::IValue(int64_t{4}));
+    header.write("options.max_width", c10::IValue(int64_t{8}));
+    header.write("options.image_channels", c10::IValue(int64_t{3}));
+    torch::serialize::OutputArchive weights;
+    for (const auto& item : model_->named_parameters()) weights.write(item.key(), item.value());
+    for (const auto& item : model_->named_buffers()) weights.write(item.key(), item.value(), true);
+    header.write("weights", weights);
+    header.save_to(altered.string());
+    EXPECT_THAT([&] { pconv::io::load_model(altered); },
+                ThrowsMessage<pconv::ModelError>(HasSubstr(
+                    "altered.pt: holds a weight 'encoder3.weight' that its architecture (depth 2) "
+                    "has no place for")));
+  }
+
   EXPECT_THAT([&] { pconv::io::load_model(dir_ / "absent.pt"); },
               ThrowsMessage<pconv::ModelError>(HasSubstr("absent.pt: no such model file")));
   EXPECT_THAT([&] { pconv::io::save_model(dir_ / "no" / "such" / "dir.pt", model_, {}); },

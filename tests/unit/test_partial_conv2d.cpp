@@ -1011,6 +1011,38 @@ TEST_F(PartialConv2dTest, BadArgumentsNameTheArgumentAndTheShape) {
                                  HasSubstr("convert the input")))
         << (fused ? "fused" : "reference");
   }
+  // A float32 bias is taken with a bfloat16 weight (autocast leaves the bias so), not with a
+  // float32 weight of another type: the output and its gradients are those of the layer with
+  // its bias in bfloat16, within bfloat16's rounding, and the bias gradient stays float32.
+  {
+    PartialConv2d reduced(PartialConv2dOptions(3, 4, 3).padding(1));
+    reduced->to(at::kBFloat16);
+    PartialConv2d mixed(PartialConv2dOptions(3, 4, 3).padding(1));
+    mixed->weight.set_data(reduced->weight.detach().clone());
+    mixed->bias.set_data(reduced->bias.detach().to(at::kFloat));
+    const auto x = input.to(at::kBFloat16);
+    const auto m = (at::rand({2, 1, 8, 8}) > 0.4).to(at::kBFloat16);
+    for (const bool fused : {true, false}) {
+      SCOPED_TRACE(fused ? "fused" : "reference");
+      const FusedKernels kernels(fused);
+      for (auto* layer : {&reduced, &mixed}) (*layer)->zero_grad();
+      const auto expected = std::get<0>(reduced(x, m)).to(at::kFloat);
+      const auto actual = std::get<0>(mixed(x, m));
+      EXPECT_EQ(actual.scalar_type(), at::kBFloat16);
+      EXPECT_TRUE(at::allclose(actual.to(at::kFloat), expected, 2e-2, 2e-2));
+      expected.sum().backward();
+      actual.to(at::kFloat).sum().backward();
+      EXPECT_EQ(mixed->bias.grad().scalar_type(), at::kFloat);
+      EXPECT_TRUE(
+          at::allclose(mixed->bias.grad(), reduced->bias.grad().to(at::kFloat), 2e-2, 2e-2));
+    }
+    PartialConv2d doubled(PartialConv2dOptions(3, 4, 3).padding(1));
+    doubled->bias.set_data(doubled->bias.detach().to(at::kDouble));
+    EXPECT_THAT(error_message([&] {
+                  doubled(input, at::ones({2, 1, 8, 8}));
+                }),
+                HasSubstr("the input is Float but the weight is Float and the bias Double"));
+  }
   // Terms on another device than the input: an error, never a kernel reading foreign memory.
   F::PartialConv2dMaskTerms elsewhere;
   elsewhere.ratio = at::ones({1, 1, 8, 8}, at::device(at::kMeta));
@@ -1166,10 +1198,15 @@ TEST_F(PartialConv2dCudaTest, KernelsRunOnThisGpuOnAnyStreamAndOnEdgeShapes_CUDA
     SCOPED_TRACE(channels_last ? "channels-last 1x1" : "NCHW 1x1");
     PartialConv2d one(PartialConv2dOptions(4, 6, 1));
     one->to(gpu);
-    const auto format =
-        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-    const auto x = at::randn({3, 4, 1, 1}, gpu).contiguous(format);
-    const auto m = (at::rand({3, 1, 1, 1}, gpu) > 0.5).to(at::kFloat).contiguous(format);
+    // .contiguous(ChannelsLast) keeps a 1x1 tensor's NCHW strides (it is both already): the
+    // strides a channels-last network gives it are made here.
+    const auto strided = [&](const at::Tensor& t) {
+      if (!channels_last) return t;
+      const int64_t c = t.size(1);
+      return at::empty_strided(t.sizes(), {c, 1, c, c}, t.options()).copy_(t);
+    };
+    const auto x = strided(at::randn({3, 4, 1, 1}, gpu));
+    const auto m = strided((at::rand({3, 1, 1, 1}, gpu) > 0.5).to(at::kFloat));
     const auto [fused, plain] = run_fused_and_plain(one, x, m, at::randn({3, 6, 1, 1}, gpu));
     expect_close(fused, plain, 1e-5);
   }

@@ -19,8 +19,10 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -160,6 +162,82 @@ TEST_F(TrainerTest, AStopDuringValidationEndsItEarly) {
   EXPECT_EQ(validations, 0);
   EXPECT_TRUE(result.validations.empty());
   EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoint.pt"));
+}
+
+// A stop during the last step's validation (Ctrl-C in the last seconds of a run) leaves the
+// run unfinished, not finished without its scores: no model file, the checkpoint at the last
+// step, no validation row. The resume validates and writes the model a straight run writes; so
+// does a resume of a finished run, which keeps one validation row for the last step.
+TEST_F(TrainerTest, AStopDuringTheLastValidationLeavesTheModelToTheResume) {
+  double psnr = 0;
+  {
+    T::Trainer straight(tiny(2), files_, files_, dir_ / "straight", false);
+    const auto straight_result = straight.run();
+    ASSERT_EQ(straight_result.validations.size(), 1U);
+    psnr = straight_result.validations.front().psnr;
+  }
+  const auto data_rows = [](const fs::path& csv) {
+    std::ifstream in(csv);
+    std::vector<std::string> rows;
+    for (std::string line; std::getline(in, line);) rows.push_back(line);
+    if (!rows.empty()) rows.erase(rows.begin());  // the header
+    return rows;
+  };
+  {
+    T::Trainer stopped(tiny(2), files_, files_, dir_ / "run", false);
+    T::TrainerCallbacks callbacks;
+    std::vector<std::string> messages;
+    callbacks.on_message = [&](const std::string& text) { messages.push_back(text); };
+    callbacks.should_stop = [&] { return stopped.step() == 2; };  // the validation's question
+    const auto result = stopped.run(callbacks);
+    EXPECT_TRUE(result.stopped_early);
+    EXPECT_EQ(result.step, 2);
+    EXPECT_TRUE(result.validations.empty());
+    EXPECT_THAT(messages, ::testing::Contains("step 2: validation left out (stopped)"));
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "model.pt"));
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoint.pt"));
+  EXPECT_TRUE(data_rows(dir_ / "run" / "validation.csv").empty());
+
+  for (const auto& run : {dir_ / "run", dir_ / "straight"}) {
+    SCOPED_TRACE(run.string());
+    T::Trainer resumed(tiny(2), files_, files_, run, true);
+    EXPECT_EQ(resumed.step(), 2);
+    const auto result = resumed.run();
+    EXPECT_FALSE(result.stopped_early);
+    ASSERT_EQ(result.validations.size(), 1U);
+    EXPECT_EQ(result.validations.front().step, 2);
+    EXPECT_NEAR(result.validations.front().psnr, psnr, 1e-9);
+    pconv::io::ModelMetadata metadata;
+    pconv::io::load_model(run / "model.pt", &metadata);
+    EXPECT_NEAR(metadata.metrics.at("val_psnr"), psnr, 1e-9);
+    const auto rows = data_rows(run / "validation.csv");
+    ASSERT_EQ(rows.size(), 1U);
+    EXPECT_EQ(rows.front().substr(0, 2), "2,");
+  }
+}
+
+// The data workers' warnings (a photo that cannot be read) reach on_message on the thread
+// that runs the trainer, never on a worker's.
+TEST_F(TrainerTest, CallbacksComeOnTheCallersThread) {
+  std::ofstream(dir_ / "photos" / ("broken" + kImageExtension)) << "not an image";
+  auto files = files_;
+  files.push_back(dir_ / "photos" / ("broken" + kImageExtension));
+  T::Trainer trainer(tiny(8).workers(3), files, {}, dir_ / "run", false);
+  const auto caller = std::this_thread::get_id();
+  std::mutex mutex;
+  std::vector<std::string> messages;
+  std::vector<std::thread::id> threads;
+  T::TrainerCallbacks callbacks;
+  callbacks.on_message = [&](const std::string& text) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    messages.push_back(text);
+    threads.push_back(std::this_thread::get_id());
+  };
+  trainer.run(callbacks);
+  const std::lock_guard<std::mutex> lock(mutex);
+  EXPECT_THAT(messages, ::testing::Contains(::testing::HasSubstr("broken")));
+  for (size_t i = 0; i < threads.size(); ++i) EXPECT_EQ(threads[i], caller) << messages[i];
 }
 
 TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
@@ -218,6 +219,9 @@ Inpainter::Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOp
       throw ArgumentError("Inpainter: " + device_.str() + " was asked for, but this machine has " +
                           std::to_string(count) + " CUDA GPU" + (count == 1 ? "" : "s"));
     }
+    // "cuda" is the GPU current now: the model and every later input go there, whichever GPU is
+    // current when inpaint runs.
+    if (!device_.has_index()) device_ = c10::impl::getDeviceGuardImpl(c10::kCUDA)->getDevice();
   } else if (!device_.is_cpu()) {
     throw ArgumentError("Inpainter: runs on a CPU or a CUDA GPU, not " + device_.str());
   }

@@ -153,7 +153,12 @@ void encode_and_write(const std::filesystem::path& path, const at::Tensor& hwc_s
     return;
   }
 #ifdef PCONV_WITH_OPENCV
-  const auto samples_int = hwc_samples.to(at::kInt).contiguous();
+  // A format without transparency gets the colour channels (OpenCV drops alpha itself for JPEG
+  // and BMP, but refuses it for Netpbm); .ppm holds RGB only, so grey is written as RGB.
+  at::Tensor colour = hwc_samples;
+  if (colour.size(2) == 4 && !keeps_alpha(path)) colour = colour.narrow(2, 0, 3);
+  if (colour.size(2) == 1 && lower_extension(path) == ".ppm") colour = colour.expand({-1, -1, 3});
+  const auto samples_int = colour.to(at::kInt).contiguous();
   const int height = static_cast<int>(samples_int.size(0));
   const int width = static_cast<int>(samples_int.size(1));
   const int channels = static_cast<int>(samples_int.size(2));
@@ -502,6 +507,12 @@ torch::Tensor holes_from_alpha(const Image& image) {
     throw ArgumentError("holes_from_alpha: the image has no alpha channel");
   }
   return image.pixels[3].lt(0.5);
+}
+
+bool keeps_alpha(const std::filesystem::path& path) {
+  const auto extension = lower_extension(path);
+  return extension == ".png" || extension == ".tif" || extension == ".tiff" ||
+         extension == ".webp" || extension == kTensorImageExtension;
 }
 
 bool keeps_16_bit(const std::filesystem::path& path) {

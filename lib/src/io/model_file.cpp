@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <string>
 
 namespace pconv::io {
 namespace {
@@ -91,7 +93,8 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
       throw ModelError(
           name + (holds_string(archive, kCheckpointRecord)
                       ? ": a training checkpoint, not a model file (the run writes model.pt next "
-                        "to it when it ends)"
+                        "to it when it ends; to end it now, resume it with --steps set to the "
+                        "step it is at)"
                   : stored_kind(path) == StoredKind::kExport
                       ? ": a TorchScript export of a pconv model (for torch.jit.load), not a "
                         "model file: give the model it was exported from"
@@ -156,6 +159,19 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
       }
       item.value().copy_(stored);
       loaded.push_back(stored);
+    }
+    // Weights the architecture has no place for: a file whose recorded architecture was
+    // altered (a deeper net's weights under a smaller depth would otherwise be dropped silently,
+    // and the holes filled by what is left).
+    std::set<std::string> known{"training"};  // every TorchScript module's own attribute
+    for (const auto& item : model->named_parameters()) known.insert(item.key());
+    for (const auto& item : model->named_buffers()) known.insert(item.key());
+    for (const auto& key : weights.keys()) {
+      if (known.count(key) == 0) {
+        throw ModelError(name + ": holds a weight '" + key + "' that its architecture (depth " +
+                         std::to_string(options.depth()) +
+                         ") has no place for: a damaged or altered file");
+      }
     }
     if (!records_fill(bytes, loaded)) {
       throw ModelError(name +

@@ -19,6 +19,7 @@
 #include <torch/serialize/output-archive.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstring>
@@ -27,6 +28,7 @@
 #include <iomanip>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string_view>
@@ -491,9 +493,14 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
       };
       note_dropped(run_dir_ / kLogFile, truncate_log(run_dir_ / kLogFile, step_, kLogHeader));
       // A run validated before keeps its rows up to the checkpoint, with or without --val now.
+      // At the last step already (a run whose model was not written, or was stopped during its
+      // last validation), the final validation is done again before the model is written:
+      // its row, if any, is left out of the log, to be written anew.
+      const bool validates_again = step_ == options_.steps() && !validation_files_.empty();
       if (!validation_files_.empty() || std::filesystem::exists(run_dir_ / kValidationFile)) {
         note_dropped(run_dir_ / kValidationFile,
-                     truncate_log(run_dir_ / kValidationFile, step_, kValidationHeader));
+                     truncate_log(run_dir_ / kValidationFile, validates_again ? step_ - 1 : step_,
+                                  kValidationHeader));
       }
       record_resumed_config();
     }
@@ -749,6 +756,22 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
             " examples");
   }
   for (const auto& note : notes_) message(note);
+  // The data workers' warnings (a photo or mask skipped) come from their threads: they are
+  // queued and reach on_message here, on the caller's thread, between steps.
+  std::mutex warnings_mutex;
+  std::vector<std::string> warnings;
+  const auto queue_warning = [&warnings_mutex, &warnings](const std::string& text) {
+    const std::lock_guard<std::mutex> lock(warnings_mutex);
+    warnings.push_back(text);
+  };
+  const auto deliver_warnings = [&] {
+    std::vector<std::string> ready;
+    {
+      const std::lock_guard<std::mutex> lock(warnings_mutex);
+      ready.swap(warnings);
+    }
+    for (const auto& text : ready) message(text);
+  };
 
   data::MaskSource mask_source;
   if (options_.mask_dir().empty()) {
@@ -761,7 +784,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   } else {
     data::MaskFolder folder(options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),
                             options_.seed());
-    folder.set_warning_hook(message);
+    folder.set_warning_hook(queue_warning);
     mask_source = [folder](uint64_t index) { return folder.mask(index); };
     message("masks: augmented from the mask images in " + options_.mask_dir());
   }
@@ -782,15 +805,39 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   // parameter of the network takes part in every step.
   std::unique_ptr<GradientReducer> reducer;
   if (group) reducer = std::make_unique<GradientReducer>(group, trainable);
-  stream.set_warning_hook(message);
+  stream.set_warning_hook(queue_warning);
 
   std::ofstream log;
   std::ofstream validation_log;
+  // A row that cannot be written (a full disk) ends the run, with a checkpoint: the logs would
+  // miss it, and every row after it, while the run went on.
+  const auto check_written = [](const std::ofstream& file, const std::filesystem::path& path) {
+    if (!file) {
+      throw InputError(path.string() + ": cannot write the log" +
+                       (errno != 0 ? std::string(": ") + std::strerror(errno) : std::string()));
+    }
+  };
   if (writes_files()) {
+    errno = 0;
     log.open(run_dir_ / kLogFile, std::ios::app);
-    if (validation_images_.defined())
+    check_written(log, run_dir_ / kLogFile);
+    if (validation_images_.defined()) {
       validation_log.open(run_dir_ / kValidationFile, std::ios::app);
+      check_written(validation_log, run_dir_ / kValidationFile);
+    }
   }
+  // The validation of the last step, and whether it was left out for a stop.
+  std::optional<ValidationReport> final_validation;
+  bool final_validation_stopped = false;
+  // Rank 0 keeps a validation: in the result, its log and the caller's callback.
+  const auto record_validation = [&](const ValidationReport& validation) {
+    result.validations.push_back(validation);
+    validation_log << validation.step << ',' << validation.psnr << ',' << validation.ssim << ','
+                   << validation.images << '\n';
+    validation_log.flush();
+    check_written(validation_log, run_dir_ / kValidationFile);
+    if (callbacks.on_validation) callbacks.on_validation(validation);
+  };
   const int64_t last = options_.steps();
   const auto run_start = std::chrono::steady_clock::now();
   std::chrono::steady_clock::duration data_wait{};
@@ -830,6 +877,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       const auto wait_start = std::chrono::steady_clock::now();
       const auto batch = stream.next();
       data_wait += std::chrono::steady_clock::now() - wait_start;
+      deliver_warnings();
       const auto format =
           options_.channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
       const auto images = batch.images.to(options_.device()).contiguous(format);
@@ -870,16 +918,27 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       StepReport report;
       report.step = step_;
       report.losses = terms.values();
+      if (group) {
+        // Each rank's terms are the means over its part of the batch: their mean over the ranks
+        // is the whole batch's, as one process would report it.
+        std::vector<double> values;
+        for (const auto& term : report.losses) values.push_back(term.second);
+        auto sums = at::tensor(values, at::kDouble);
+        group->all_reduce_sum({sums});
+        sums.div_(static_cast<double>(ranks));
+        for (size_t i = 0; i < report.losses.size(); ++i) {
+          report.losses[i].second = sums[static_cast<int64_t>(i)].item<double>();
+        }
+      }
       report.learning_rate = options_.learning_rate();
       report.images_per_second = seconds > 0 ? static_cast<double>(window_images) / seconds : 0;
       if (seconds > 10.0) {  // a rate over the last ~10 s
         window_start = now;
         window_images = 0;
       }
-      if (callbacks.on_step) callbacks.on_step(report);
-
-      // Rank 0 logs the step first: a validation that fails (a rank lost in its all-reduce)
-      // leaves the step whole, its row included, for the checkpoint the failure saves.
+      // Rank 0 logs the step first: a callback or a validation that fails (a rank lost in its
+      // all-reduce) leaves the step whole, its row included, for the checkpoint the failure
+      // saves.
       if (writes_files()) {
         std::map<std::string, double> values(report.losses.begin(), report.losses.end());
         auto field = [&](const char* name) {
@@ -891,7 +950,9 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
             << field("total") << ',' << report.learning_rate << ',' << report.images_per_second
             << '\n';
         log.flush();
+        check_written(log, run_dir_ / kLogFile);
       }
+      if (callbacks.on_step) callbacks.on_step(report);
 
       // Every rank validates its part of the images; rank 0 reports.
       std::optional<ValidationReport> validation;
@@ -904,18 +965,16 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
         validation = validate(callbacks.should_stop);
         if (!validation)
           message("step " + std::to_string(step_) + ": validation left out (stopped)");
+        if (step_ == last) {
+          final_validation = validation;
+          final_validation_stopped = !validation;
+        }
         // The step rate is training's own: the time spent validating is left out of it.
         window_start += std::chrono::steady_clock::now() - validation_start;
       }
 
       if (!writes_files()) continue;  // rank 0 logs, samples and checkpoints
-      if (validation) {
-        result.validations.push_back(*validation);
-        validation_log << validation->step << ',' << validation->psnr << ',' << validation->ssim
-                       << ',' << validation->images << '\n';
-        validation_log.flush();
-        if (callbacks.on_validation) callbacks.on_validation(*validation);
-      }
+      if (validation) record_validation(*validation);
       if (due(step_, options_.sample_every(), last)) {
         std::ostringstream name;
         // A build without OpenCV writes tensor images.
@@ -936,10 +995,31 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
         saved_step = step_;
       }
     }
+    // Resumed at the last step (a run stopped in its last validation, or whose model could not
+    // be written): the model is written with the last step's validation, done now.
+    if (!result.stopped_early && step_ == last && !final_validation &&
+        validation_images_.defined()) {
+      if (writes_files()) {
+        message("step " + std::to_string(step_) + ": validating on " +
+                std::to_string(validation_images_.size(0)) + " images");
+      }
+      final_validation = validate(callbacks.should_stop);
+      final_validation_stopped = !final_validation;
+      if (final_validation_stopped) {
+        message("step " + std::to_string(step_) + ": validation left out (stopped)");
+      } else if (writes_files()) {
+        record_validation(*final_validation);
+      }
+    }
+    // A stop during the last validation: the run is not done, though its steps are (and
+    // checkpointed): --resume validates and writes the model.
+    if (final_validation_stopped) result.stopped_early = true;
+    deliver_warnings();
   } catch (...) {
     // A failure mid-run (no photo left to read, a rank lost, a log that cannot be written)
     // keeps the steps done since the last checkpoint: the parameters are those of step_, whole,
     // and the running statistics are put back to theirs.
+    deliver_warnings();
     if (inside_step) copy_buffers(buffers, buffers_before);
     if (writes_files() && step_ > saved_step) {
       try {

@@ -131,6 +131,8 @@ class Inpainter {
   int64_t estimate_bytes(int64_t height, int64_t width) const;
 
   const nn::PConvUNet& model() const { return model_; }
+  /// Where the network runs; "cuda" without an index is the GPU that was current when the
+  /// Inpainter was made.
   c10::Device device() const { return device_; }
   /// How the network runs, its layout decided (never NetworkLayout::kAuto).
   const InferenceOptions& options() const { return options_; }

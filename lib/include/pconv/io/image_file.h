@@ -65,7 +65,8 @@ bool is_tensor_image(const std::filesystem::path& path);
 
 /// Writes `pixels` ((C, H, W), C = 1, 3 or 4, RGB order, values in [0, 1], clamped) as an
 /// image with `bit_depth` 8 or 16 bits per sample, in the format the extension names,
-/// atomically. Throws pconv::InputError naming the file on failure.
+/// atomically (alpha only where keeps_alpha; grey as RGB in .ppm). Throws pconv::InputError
+/// naming the file on failure.
 void write_image(const std::filesystem::path& path, const torch::Tensor& pixels, int bit_depth = 8);
 
 /// Writes a hole map (height x width bytes, non-zero = hole) as an 8-bit grey image, white
@@ -93,5 +94,9 @@ torch::Tensor holes_from_alpha(const Image& image);
 
 /// Whether write_image can store 16-bit samples in the format `path` names (png, tiff, .pt).
 bool keeps_16_bit(const std::filesystem::path& path);
+
+/// Whether write_image keeps an alpha channel in the format `path` names (png, tiff, webp,
+/// .pt); the others get the colour channels alone.
+bool keeps_alpha(const std::filesystem::path& path);
 
 }  // namespace pconv::io

@@ -91,12 +91,17 @@ struct ValidationReport {
   int64_t images = 0;
 };
 
+/// Every callback is called on the thread that runs Trainer::run, one at a time (the data
+/// workers' warnings are queued and passed on between steps).
 struct TrainerCallbacks {
+  /// After each step; in a data-parallel run the losses are the means over every rank's part.
   std::function<void(const StepReport&)> on_step;
   std::function<void(const ValidationReport&)> on_validation;
   /// One-line notes worth showing (skipped files, checkpoints, what the loss uses).
   std::function<void(const std::string&)> on_message;
-  /// Polled between steps; true saves a checkpoint and ends the run early.
+  /// Polled between steps (and, in a one-process run, during validation); true saves a
+  /// checkpoint and ends the run early. A stop during the last step's validation ends it early
+  /// too, with every step done: a resume then validates and writes the model.
   std::function<bool()> should_stop;
 };
 

@@ -61,10 +61,14 @@ void check_weight(const torch::Tensor& input, const torch::Tensor& weight,
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
               "partial_conv2d: bias must be (", weight.size(0), "); got ", bias.sizes());
   // Outside autocast (which converts both itself) the convolution needs one element type; said
-  // here with the remedy rather than by ATen as "expected scalar type ... but found ...".
+  // here with the remedy rather than by ATen as "expected scalar type ... but found ...". A
+  // float32 bias with a float16 or bfloat16 weight is what autocast leaves, and the epilogue
+  // takes it as it is (its gradient stays float32).
   if (!at::autocast::is_autocast_enabled(input.device().type())) {
+    const bool reduced = weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16;
     TORCH_CHECK(input.scalar_type() == weight.scalar_type() &&
-                    (!bias.defined() || bias.scalar_type() == weight.scalar_type()),
+                    (!bias.defined() || bias.scalar_type() == weight.scalar_type() ||
+                     (reduced && bias.scalar_type() == at::kFloat)),
                 "partial_conv2d: the input is ", input.scalar_type(), " but the weight is ",
                 weight.scalar_type(), bias.defined() ? " and the bias " : "",
                 bias.defined() ? c10::toString(bias.scalar_type()) : "",

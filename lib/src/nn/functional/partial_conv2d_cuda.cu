@@ -429,6 +429,8 @@ void renormalize_backward(const at::TensorBase& grad, const at::TensorBase& rati
 bool kernels_run_on(c10::DeviceIndex device) {
   // Per device: 0 not yet asked, 1 runs, 2 does not (a GPU the build has no code for).
   static std::array<std::atomic<uint8_t>, C10_COMPILE_TIME_MAX_GPUS> known{};
+  // "cuda" without an index: the current device, as LibTorch places such tensors.
+  if (device < 0 && c10::cuda::device_count() > 0) device = c10::cuda::current_device();
   if (device < 0 || static_cast<size_t>(device) >= known.size()) return false;
   auto& state = known[static_cast<size_t>(device)];
   uint8_t value = state.load(std::memory_order_acquire);

@@ -1209,7 +1209,7 @@ bool cuda_kernels_built() { return detail::kCudaKernels; }
 
 bool cuda_kernels_run_on(const c10::Device& device) {
   return detail::kCudaKernels && device.is_cuda() &&
-         detail::cuda::kernels_run_on(device.has_index() ? device.index() : c10::DeviceIndex{0});
+         detail::cuda::kernels_run_on(device.has_index() ? device.index() : c10::DeviceIndex{-1});
 }
 
 }  // namespace pconv::nn::functional

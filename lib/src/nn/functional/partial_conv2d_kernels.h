@@ -193,6 +193,7 @@ void bias_gradient(const at::TensorBase& bias_sums, const at::TensorBase& grad_b
 
 /// Whether the kernels have code the GPU `device` runs (this build's architectures, or PTX it
 /// can compile); asked of the driver once per device. Where not, CUDA takes the ATen path.
+/// A negative index is the current device.
 bool kernels_run_on(c10::DeviceIndex device);
 
 }  // namespace cuda
