@@ -314,6 +314,9 @@ void handle_stop_signals() {
   // Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported as any failed
   // write is, instead of the process being killed with its temporary file left behind.
   std::signal(SIGXFSZ, SIG_IGN);
+  // A standard output whose reader is gone (`| true`) is a failed write too (EPIPE, exit 3 with
+  // its line, which says where a result is), not a silent death by SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
 }
 
 void ignore_stop_signals() {

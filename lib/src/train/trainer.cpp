@@ -168,16 +168,18 @@ std::string shared_settings(const std::string& config) {
 
 // The option (or what else) that sets a config.txt key, for messages.
 std::string option_of(const std::string& key) {
-  static const std::map<std::string, std::string> names{{"learning_rate", "--lr"},
-                                                        {"base_width", "--width"},
-                                                        {"max_width", "--max-width"},
-                                                        {"batch_size", "--batch"},
-                                                        {"train_images", "photos in --data"},
-                                                        {"processes", "WORLD_SIZE"},
-                                                        {"hole_ratio", "hole ratios"},
-                                                        {"validation_crops",
-                                                         "readable photos in --val (at most "
-                                                         "--val-count)"}};
+  static const std::map<std::string, std::string> names{
+      {"learning_rate", "--lr"},
+      {"base_width", "--width"},
+      {"max_width", "--max-width"},
+      {"batch_size", "--batch"},
+      {"train_images", "photos in --data"},
+      {"processes", "WORLD_SIZE"},
+      {"perceptual_and_style_terms", "--vgg given"},
+      {"hole_ratio", "hole ratios"},
+      {"validation_crops",
+       "readable photos in --val (at most "
+       "--val-count)"}};
   if (const auto it = names.find(key); it != names.end()) return it->second;
   std::string option = "--" + key;
   std::replace(option.begin(), option.end(), '_', '-');
@@ -459,11 +461,13 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
 
   if (const auto& group = options_.process_group()) {
     // Every rank validates its part of the same crops: how often, and how many, must agree, or
-    // one rank's validation all-reduce would meet another's next collective.
+    // one rank's validation all-reduce would meet another's next collective. The loss terms
+    // (VGG16's or not: its path may differ) must agree too: every step averages them.
     check_same_settings(
         *group,
         shared_settings(config_text(options_, train_files_.size(), validation_files_.size())) +
-            "resume " + (resume ? "yes" : "no") + "\nvalidate_every " +
+            "resume " + (resume ? "yes" : "no") + "\nperceptual_and_style_terms " +
+            (loss_.has_features() ? "yes" : "no") + "\nvalidate_every " +
             std::to_string(validation_images_.defined() ? options_.validate_every() : 0) +
             "\nvalidation_crops " +
             std::to_string(validation_images_.defined() ? validation_images_.size(0) : 0) + "\n");
@@ -829,6 +833,22 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   // The validation of the last step, and whether it was left out for a stop.
   std::optional<ValidationReport> final_validation;
   bool final_validation_stopped = false;
+  // Rank 0's sample grid of this step; one that cannot be written is only a message.
+  const auto write_step_samples = [&] {
+    std::ostringstream name;
+    // A build without OpenCV writes tensor images.
+#ifdef PCONV_WITH_OPENCV
+    const char* extension = ".png";
+#else
+    const char* extension = io::kTensorImageExtension;
+#endif
+    name << "step_" << std::setw(7) << std::setfill('0') << step_ << extension;
+    try {
+      write_samples(name.str());
+    } catch (const InputError& error) {
+      message(std::string("sample not written: ") + error.what());  // the run goes on
+    }
+  };
   // Rank 0 keeps a validation: in the result, its log and the caller's callback.
   const auto record_validation = [&](const ValidationReport& validation) {
     result.validations.push_back(validation);
@@ -975,21 +995,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
 
       if (!writes_files()) continue;  // rank 0 logs, samples and checkpoints
       if (validation) record_validation(*validation);
-      if (due(step_, options_.sample_every(), last)) {
-        std::ostringstream name;
-        // A build without OpenCV writes tensor images.
-#ifdef PCONV_WITH_OPENCV
-        const char* extension = ".png";
-#else
-        const char* extension = io::kTensorImageExtension;
-#endif
-        name << "step_" << std::setw(7) << std::setfill('0') << step_ << extension;
-        try {
-          write_samples(name.str());
-        } catch (const InputError& error) {
-          message(std::string("sample not written: ") + error.what());  // the run goes on
-        }
-      }
+      if (due(step_, options_.sample_every(), last)) write_step_samples();
       if (due(step_, options_.checkpoint_every(), last)) {
         save_checkpoint();
         saved_step = step_;
@@ -997,7 +1003,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     }
     // Resumed at the last step (a run stopped in its last validation, or whose model could not
     // be written): the model is written with the last step's validation, done now.
-    if (!result.stopped_early && step_ == last && !final_validation &&
+    if (!result.stopped_early && step_ == last && !final_validation && !final_validation_stopped &&
         validation_images_.defined()) {
       if (writes_files()) {
         message("step " + std::to_string(step_) + ": validating on " +
@@ -1009,6 +1015,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
         message("step " + std::to_string(step_) + ": validation left out (stopped)");
       } else if (writes_files()) {
         record_validation(*final_validation);
+        write_step_samples();
       }
     }
     // A stop during the last validation: the run is not done, though its steps are (and
@@ -1019,7 +1026,6 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     // A failure mid-run (no photo left to read, a rank lost, a log that cannot be written)
     // keeps the steps done since the last checkpoint: the parameters are those of step_, whole,
     // and the running statistics are put back to theirs.
-    deliver_warnings();
     if (inside_step) copy_buffers(buffers, buffers_before);
     if (writes_files() && step_ > saved_step) {
       try {
@@ -1029,6 +1035,11 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       } catch (const std::exception&) {
         // the disk may be what failed: the error that ended the run is the one to report
       }
+    }
+    try {
+      deliver_warnings();
+    } catch (...) {
+      // the caller's callback failing now: the error that ended the run is the one to report
     }
     throw;
   }

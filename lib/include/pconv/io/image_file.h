@@ -95,8 +95,8 @@ torch::Tensor holes_from_alpha(const Image& image);
 /// Whether write_image can store 16-bit samples in the format `path` names (png, tiff, .pt).
 bool keeps_16_bit(const std::filesystem::path& path);
 
-/// Whether write_image keeps an alpha channel in the format `path` names (png, tiff, webp,
-/// .pt); the others get the colour channels alone.
+/// Whether write_image keeps an alpha channel in the format `path` names (png, also for a
+/// name without an extension, tiff, webp, .pt); the others get the colour channels alone.
 bool keeps_alpha(const std::filesystem::path& path);
 
 }  // namespace pconv::io
