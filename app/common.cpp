@@ -76,6 +76,12 @@ void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
                   "trained on wider strokes, fills 1-2 pixel scratches dark otherwise; 0: off")
       ->check(whole_number(0, 16))
       ->capture_default_str();
+  command
+      .add_option("--hole-growth", options.hole_growth,
+                  "Widen every hole by N pixels for the network (the known pixels are kept all "
+                  "the same), so that its border pixels are filled from inside a hole; 0: off")
+      ->check(whole_number(0, 16))
+      ->capture_default_str();
 }
 
 infer::InferenceOptions inference_options(const InferenceCliOptions& options, c10::Device device) {
@@ -92,8 +98,11 @@ infer::InferenceOptions inference_options(const InferenceCliOptions& options, c1
         "--nchw with bf16 on a CPU: oneDNN's NCHW bfloat16 convolutions can be about 50x slower "
         "than channels-last ones (the default)");
   }
-  return infer::InferenceOptions().dtype(dtype).layout(layout).thin_hole_growth(
-      options.thin_hole_growth);
+  return infer::InferenceOptions()
+      .dtype(dtype)
+      .layout(layout)
+      .thin_hole_growth(options.thin_hole_growth)
+      .hole_growth(options.hole_growth);
 }
 
 std::string default_model_path() {
@@ -233,8 +242,9 @@ void refuse_overwriting_inputs(const std::filesystem::path& output, const std::s
     if (same) {
       // The input's own spelling where it differs (a link, another relative path).
       const std::string spelled = input == output ? "" : " '" + input.string() + "'";
-      throw CLI::ValidationError(option, "'" + output.string() + "' is the same file as " + role +
-                                             spelled + "; choose another path");
+      throw CLI::ValidationError(
+          option, fmt::format("'{}' is the same file as {}{}; choose another path", output.string(),
+                              role, spelled));
     }
   }
   const auto kind = io::stored_kind(output);

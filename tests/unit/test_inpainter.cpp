@@ -125,6 +125,18 @@ TEST(WidenThinHoles, WidensOnlyWhatASquareCannotCover) {
   EXPECT_TRUE(pconv::infer::widen_thin_holes(holes, 0).equal(holes));
 }
 
+// Every hole widened by a disk of the growth's radius; growth 0 changes nothing.
+TEST(WidenHoles, WidensEveryHoleByADisk) {
+  auto holes = at::zeros({12, 12}, at::kBool);
+  holes[5][6] = true;
+  const auto widened = pconv::infer::widen_holes(holes, 2);
+  EXPECT_EQ(widened.sum().item<int64_t>(), 21);  // 5x5 less its 4 corners
+  EXPECT_TRUE(widened.narrow(0, 3, 5).narrow(1, 5, 3).all().item<bool>());
+  EXPECT_FALSE(widened[3][4].item<bool>());
+  EXPECT_TRUE(pconv::infer::widen_holes(holes, 0).equal(holes));
+  EXPECT_EQ(pconv::infer::widen_holes(holes, 1).sum().item<int64_t>(), 9);
+}
+
 // The default model never saw holes under 5 pixels wide in training: a 1-pixel scratch came
 // out nearly black. Seen widened, it is filled with the colours around it.
 TEST(Inpainter, ThinScratchesAreNotFilledDark) {

@@ -229,6 +229,10 @@ Inpainter::Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOp
     throw ArgumentError("Inpainter: thin_hole_growth must not be negative; got " +
                         std::to_string(options_.thin_hole_growth()));
   }
+  if (options_.hole_growth() < 0) {
+    throw ArgumentError("Inpainter: hole_growth must not be negative; got " +
+                        std::to_string(options_.hole_growth()));
+  }
   const auto dtype = options_.dtype();
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
     throw ArgumentError(std::string("inference runs in float32, float16 or bfloat16, not ") +
@@ -311,6 +315,12 @@ torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
   // erodes a hole nor widens one.)
   const auto opened = pool(1.0 - pool(1.0 - hole));
   const auto thin = hole * (1.0 - opened);
+  return holes.logical_or(widen_holes(thin.squeeze(0).squeeze(0).gt(0.5), growth));
+}
+
+torch::Tensor widen_holes(const torch::Tensor& holes, int64_t growth) {
+  if (growth <= 0) return holes;
+  const int64_t side = 2 * growth + 1;
   // Widened with a disk: the offsets (x, y) with x^2 + y^2 <= growth^2 + growth (for growth 2, a
   // 5x5 square less its corners).
   const auto offsets = at::arange(-growth, growth + 1, at::kFloat);
@@ -318,12 +328,16 @@ torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
                         .le(static_cast<double>(growth * growth + growth))
                         .to(at::kFloat)
                         .view({1, 1, side, side});
-  const auto widened = at::conv2d(thin, disk, {}, {1, 1}, {growth, growth}).gt(0.5);
-  return holes.logical_or(widened.squeeze(0).squeeze(0));
+  const auto hole = holes.to(at::kFloat).unsqueeze(0).unsqueeze(0);
+  const auto widened = at::conv2d(hole, disk, {}, {1, 1}, {growth, growth}).gt(0.5);
+  return holes.to(at::kBool).logical_or(widened.squeeze(0).squeeze(0));
 }
 
 torch::Tensor Inpainter::full(const torch::Tensor& rgb, const torch::Tensor& holes) const {
-  const auto seen = widen_thin_holes(holes, options_.thin_hole_growth());
+  auto seen =
+      widen_holes(widen_thin_holes(holes, options_.thin_hole_growth()), options_.hole_growth());
+  // Widened over every pixel (a small image), the network would see nothing: then as they are.
+  if (seen.all().item<bool>()) seen = holes;
   return run(rgb, seen.logical_not().to(at::kFloat).unsqueeze(0));
 }
 

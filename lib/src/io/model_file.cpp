@@ -8,6 +8,7 @@
 #include "pconv/io/torchscript_export.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/StringUtil.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
@@ -168,9 +169,9 @@ nn::PConvUNet load_model(const std::filesystem::path& path, ModelMetadata* metad
     for (const auto& item : model->named_buffers()) known.insert(item.key());
     for (const auto& key : weights.keys()) {
       if (known.count(key) == 0) {
-        throw ModelError(name + ": holds a weight '" + key + "' that its architecture (depth " +
-                         std::to_string(options.depth()) +
-                         ") has no place for: a damaged or altered file");
+        throw ModelError(c10::str(name, ": holds a weight '", key,
+                                  "' that its architecture (depth ", options.depth(),
+                                  ") has no place for: a damaged or altered file"));
       }
     }
     if (!records_fill(bytes, loaded)) {
