@@ -76,12 +76,6 @@ void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
                   "trained on wider strokes, fills 1-2 pixel scratches dark otherwise; 0: off")
       ->check(whole_number(0, 16))
       ->capture_default_str();
-  command
-      .add_option("--hole-growth", options.hole_growth,
-                  "Widen every hole by N pixels for the network (the known pixels are kept all "
-                  "the same), so that its border pixels are filled from inside a hole; 0: off")
-      ->check(whole_number(0, 16))
-      ->capture_default_str();
 }
 
 infer::InferenceOptions inference_options(const InferenceCliOptions& options, c10::Device device) {
@@ -98,11 +92,8 @@ infer::InferenceOptions inference_options(const InferenceCliOptions& options, c1
         "--nchw with bf16 on a CPU: oneDNN's NCHW bfloat16 convolutions can be about 50x slower "
         "than channels-last ones (the default)");
   }
-  return infer::InferenceOptions()
-      .dtype(dtype)
-      .layout(layout)
-      .thin_hole_growth(options.thin_hole_growth)
-      .hole_growth(options.hole_growth);
+  return infer::InferenceOptions().dtype(dtype).layout(layout).thin_hole_growth(
+      options.thin_hole_growth);
 }
 
 std::string default_model_path() {

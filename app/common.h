@@ -43,7 +43,6 @@ struct InferenceCliOptions {
   std::string precision = "fp32";
   bool half = false;  // the short form of --precision fp16
   int64_t thin_hole_growth = 2;
-  int64_t hole_growth = 0;
   bool channels_last = false;
   bool nchw = false;
 };

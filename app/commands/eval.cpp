@@ -146,10 +146,7 @@ void run_eval(const EvalOptions& options) {
       (nn::functional::fused_kernels_enabled() ? "" : ", reference kernels") +
       (inpainter->options().thin_hole_growth() > 0
            ? ", thin holes widened by " + std::to_string(inpainter->options().thin_hole_growth())
-           : std::string(", thin holes as they are")) +
-      (inpainter->options().hole_growth() > 0
-           ? ", every hole widened by " + std::to_string(inpainter->options().hole_growth())
-           : std::string());
+           : std::string(", thin holes as they are"));
   spdlog::info("{} photos in {}, {}x{} crops, {} per bin, model {} on {} ({})", photos.size(),
                options.data_dir, options.size, options.size, per_bin, model_path, device.str(),
                precision);

@@ -229,10 +229,6 @@ Inpainter::Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOp
     throw ArgumentError("Inpainter: thin_hole_growth must not be negative; got " +
                         std::to_string(options_.thin_hole_growth()));
   }
-  if (options_.hole_growth() < 0) {
-    throw ArgumentError("Inpainter: hole_growth must not be negative; got " +
-                        std::to_string(options_.hole_growth()));
-  }
   const auto dtype = options_.dtype();
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
     throw ArgumentError(std::string("inference runs in float32, float16 or bfloat16, not ") +
@@ -334,10 +330,13 @@ torch::Tensor widen_holes(const torch::Tensor& holes, int64_t growth) {
 }
 
 torch::Tensor Inpainter::full(const torch::Tensor& rgb, const torch::Tensor& holes) const {
-  auto seen =
-      widen_holes(widen_thin_holes(holes, options_.thin_hole_growth()), options_.hole_growth());
-  // Widened over every pixel (a small image), the network would see nothing: then as they are.
-  if (seen.all().item<bool>()) seen = holes;
+  auto seen = widen_thin_holes(holes, options_.thin_hole_growth());
+  // Widened over every pixel (a tiny image), the network would see nothing and fill black:
+  // then widened less, or not at all.
+  for (int64_t growth = options_.thin_hole_growth() - 1; growth >= 0 && seen.all().item<bool>();
+       --growth) {
+    seen = widen_thin_holes(holes, growth);
+  }
   return run(rgb, seen.logical_not().to(at::kFloat).unsqueeze(0));
 }
 

@@ -70,18 +70,15 @@ struct InferenceOptions {
   /// pixels wide, fills 1- and 2-pixel holes nearly black otherwise (measured in the model
   /// card). 0: the network sees the holes as they are.
   TORCH_ARG(int64_t, thin_hole_growth) = 2;
-  /// Every hole widened by `growth` pixels for the network (after the thin parts' widening),
-  /// so that the hole's own border pixels are filled from inside a hole, as the pixels away
-  /// from its edge are; the composite still keeps every known pixel. 0: off.
-  TORCH_ARG(int64_t, hole_growth) = 0;
 };
 
 /// `holes` ((H, W), true = hole) with its parts thinner than 2 x growth + 1 pixels widened by
 /// `growth` pixels (InferenceOptions::thin_hole_growth); the rest as it is.
 torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth);
 
-/// `holes` ((H, W), true = hole) widened by `growth` pixels (a disk; InferenceOptions::
-/// hole_growth).
+/// `holes` ((H, W), true = hole) widened by `growth` pixels, with a disk (widen_thin_holes's
+/// widening; widening every hole for the network costs the default model 0.5-1.4 dB per bin,
+/// tests/bench/results/cpu-2026-11-25-hole-growth).
 torch::Tensor widen_holes(const torch::Tensor& holes, int64_t growth);
 
 /// `holes` ((H, W), non-zero = hole) scaled to height x width, as bool: a pixel is a hole where
