@@ -13,9 +13,14 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <memory>
 #include <set>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace pconv::app {
 namespace {
@@ -28,6 +33,9 @@ void run_trainer(const train::TrainerOptions& trainer_options,
 
 // Every file and folder under `folder`, at any depth (none if it does not exist).
 std::set<std::filesystem::path> folder_entries(const std::filesystem::path& folder);
+
+// --resume: the options the command does not give are the run's own, from its config.txt.
+void take_the_runs_settings(const CLI::App& command, TrainOptions& options);
 
 }  // namespace
 
@@ -43,9 +51,9 @@ void setup_train(CLI::App& app) {
       "per rank with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (as torchrun\n"
       "does, or scripts/train-parallel.sh N ...); --batch is then per rank.\n\n" +
       std::string(kExitCodesHelp));
-  command
-      ->add_option("--data", options->data_dir, "Folder of training photos (searched recursively)")
-      ->required();
+  command->add_option("--data", options->data_dir,
+                      "Folder of training photos (searched recursively); required, except with "
+                      "--resume, which takes the run's");
   command->add_option("--val", options->validation_dir, "Folder of validation photos");
   command->add_option("-o,--out", options->out_dir, "Run folder")->capture_default_str();
   command
@@ -114,7 +122,9 @@ void setup_train(CLI::App& app) {
   command->add_option("--seed", options->seed, "Random seed (data order, crops, masks)")
       ->check(seed_number())
       ->capture_default_str();
-  command->add_flag("--resume", options->resume, "Continue the run in --out from its checkpoint");
+  command->add_flag("--resume", options->resume,
+                    "Continue the run in --out from its checkpoint, with the run's settings "
+                    "(config.txt) for the options not given");
   command
       ->add_option("--sample-every", options->sample_every,
                    "Steps between sample grids (0: only at the end)")
@@ -153,6 +163,8 @@ void setup_train(CLI::App& app) {
   add_common_options(*command, options->common);
   command->callback([options, command] {
     options->command_line = invocation();
+    if (options->resume) take_the_runs_settings(*command, *options);
+    if (options->data_dir.empty()) throw CLI::RequiredError("--data");
     // --init's architecture, where the command does not give one.
     if (!options->init_model.empty()) {
       const auto initial = io::load_model(options->init_model);
@@ -216,7 +228,8 @@ void run_train(const TrainOptions& options) {
           "through host memory");
     }
   }
-  if (options.finetune && options.init_model.empty()) {  // on --resume too: same options
+  // (A resumed fine-tuning takes its weights from the checkpoint.)
+  if (options.finetune && options.init_model.empty() && !options.resume) {
     throw CLI::ValidationError("--finetune",
                                "needs --init MODEL: fine-tuning starts from a trained model");
   }
@@ -342,6 +355,75 @@ void run_train(const TrainOptions& options) {
 }
 
 namespace {
+
+void take_the_runs_settings(const CLI::App& command, TrainOptions& options) {
+  const auto settings = train::recorded_settings(options.out_dir);
+  if (settings.empty()) return;  // no config.txt: the trainer says what is missing
+  const auto config = (std::filesystem::path(options.out_dir) / "config.txt").string();
+  std::vector<std::string> taken;  // what differs from the command's defaults, to say so
+  // Sets `field` from the run's `key` where the command does not give `option`; `none` is the
+  // value config.txt writes for an option that was not given (left as the default then).
+  const auto take = [&](const char* key, const char* option, auto& field,
+                        const std::string& none = {}) {
+    const auto found = settings.find(key);
+    if (found == settings.end() || command.count(option) > 0) return;
+    const std::string& value = found->second;
+    if (!none.empty() && value.rfind(none, 0) == 0) return;
+    using Field = std::decay_t<decltype(field)>;
+    const Field before = field;
+    try {
+      if constexpr (std::is_same_v<Field, std::string>) {
+        field = value;
+      } else if constexpr (std::is_same_v<Field, bool>) {
+        if (value != "0" && value != "1") throw std::invalid_argument(value);
+        field = value == "1";
+      } else if constexpr (std::is_floating_point_v<Field>) {
+        size_t used = 0;
+        field = std::stod(value, &used);
+        if (used != value.size()) throw std::invalid_argument(value);
+      } else {
+        Field parsed{};
+        const auto [end, error] =
+            std::from_chars(value.data(), value.data() + value.size(), parsed);
+        if (error != std::errc() || end != value.data() + value.size()) {
+          throw std::invalid_argument(value);
+        }
+        field = parsed;
+      }
+    } catch (const std::exception&) {
+      throw InputError(fmt::format("{}: '{} {}' is not a value of {}", config, key, value, option));
+    }
+    // Said where it is not what the command would have taken anyway.
+    if (field == before) return;
+    if constexpr (std::is_same_v<Field, bool>) {
+      taken.emplace_back(field ? option : std::string("no ") + option);
+    } else {
+      taken.push_back(fmt::format("{} {}", option, value));
+    }
+  };
+  take("data", "--data", options.data_dir, "(not given)");
+  take("val", "--val", options.validation_dir, "(none)");
+  take("size", "--size", options.size);
+  take("batch_size", "--batch", options.batch);
+  take("steps", "--steps", options.steps);
+  take("learning_rate", "--lr", options.learning_rate);
+  take("finetune", "--finetune", options.finetune);
+  take("depth", "--depth", options.depth);
+  take("base_width", "--width", options.width);
+  take("max_width", "--max-width", options.max_width);
+  take("loss_valid", "--loss-valid", options.loss_valid);
+  take("loss_hole", "--loss-hole", options.loss_hole);
+  take("loss_perceptual", "--loss-perceptual", options.loss_perceptual);
+  take("loss_style", "--loss-style", options.loss_style);
+  take("loss_tv", "--loss-tv", options.loss_tv);
+  take("vgg", "--vgg", options.vgg, "(none");
+  take("mask_dir", "--masks", options.mask_dir, "(none");
+  take("thin_strokes", "--thin-strokes", options.thin_strokes);
+  take("seed", "--seed", options.seed);
+  take("amp", "--amp", options.amp);
+  if (!taken.empty())
+    spdlog::info("--resume: the run's own {} (from {})", fmt::join(taken, " "), config);
+}
 
 std::set<std::filesystem::path> folder_entries(const std::filesystem::path& folder) {
   std::set<std::filesystem::path> entries;

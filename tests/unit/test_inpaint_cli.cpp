@@ -6,6 +6,7 @@
 #include <pconv/data/mask_generator.h>
 #include <pconv/io/folder_lock.h>
 #include <pconv/io/image_file.h>
+#include <pconv/io/model_file.h>
 
 #include <ATen/ATen.h>
 
@@ -715,6 +716,53 @@ TEST(Cli, CutShortWritesLeaveNoTemporaryFile) {
   EXPECT_NE(signalled.output.find("caught"), std::string::npos) << signalled.output;
   // keep.ts and nothing else: no .x.ts.tmp* and no .keep.ts.tmp*.
   EXPECT_EQ(std::distance(fs::directory_iterator(d / "out"), fs::directory_iterator()), 1);
+}
+
+// --resume takes the run's own settings (config.txt) for the options not given: the same
+// command with --resume alone continues it, to the model an uninterrupted run makes; a
+// fine-tuning run resumes without its --init (the checkpoint has the weights).
+TEST(Cli, AResumeTakesTheRunsOwnSettings) {
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  for (int i = 0; i < 3; ++i) {
+    pconv::io::write_image(d / "photos" / ("p" + std::to_string(i) + ".png"),
+                           picture(3, 40, 36 + i));
+  }
+  const std::string settings = " --data " + (d / "photos").string() +
+                               " --size 32 --depth 3 --width 8 --max-width 16 --batch 2 --seed 5 "
+                               "--thin-strokes 0.5 --lr 1e-3 --workers 1 ";
+  ASSERT_EQ(pconv(d, "train" + settings + "--steps 4 -o " + (d / "straight").string()).rc, 0);
+  ASSERT_EQ(pconv(d, "train" + settings + "--steps 2 -o " + (d / "run").string()).rc, 0);
+  const auto resumed = pconv(d, "train --resume --steps 4 -o " + (d / "run").string());
+  ASSERT_EQ(resumed.rc, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("--resume: the run's own --data " + (d / "photos").string() +
+                                " --size 32 --batch 2 --lr 0.001 --depth 3 --width 8 "
+                                "--max-width 16 --thin-strokes 0.5 --seed 5"),
+            std::string::npos)
+      << resumed.output;
+  const auto straight = pconv::io::load_model(d / "straight" / "model.pt");
+  const auto continued = pconv::io::load_model(d / "run" / "model.pt");
+  const auto expected = straight->named_parameters();
+  for (const auto& item : continued->named_parameters()) {
+    EXPECT_TRUE(at::equal(item.value(), expected[item.key()])) << item.key();
+  }
+  // Given options win over the run's: another seed is another run, refused (exit 3).
+  const auto other = pconv(d, "train --resume --steps 5 --seed 6 -o " + (d / "run").string());
+  EXPECT_EQ(other.rc, 3) << other.output;
+  // Fine-tuning, stopped at step 1 and resumed without --init.
+  ASSERT_EQ(pconv(d, "train --data " + (d / "photos").string() + " --size 32 --batch 2 " +
+                         "--workers 1 --steps 1 --finetune --init " +
+                         (d / "run" / "model.pt").string() + " -o " + (d / "fine").string())
+                .rc,
+            0);
+  const auto fine = pconv(d, "train --resume --steps 2 -o " + (d / "fine").string());
+  EXPECT_EQ(fine.rc, 0) << fine.output;
+  EXPECT_NE(fine.output.find("--finetune"), std::string::npos) << fine.output;
+  // Nothing to resume and no --data: --data is asked for.
+  const auto nothing = pconv(d, "train --resume -o " + (d / "none").string());
+  EXPECT_EQ(nothing.rc, 2) << nothing.output;
+  EXPECT_NE(nothing.output.find("--data is required"), std::string::npos) << nothing.output;
 }
 
 // A training log that cannot be written (here past a file-size limit, as on a full disk) ends

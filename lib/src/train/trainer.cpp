@@ -518,6 +518,21 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
   }
 }
 
+std::map<std::string, std::string> recorded_settings(const std::filesystem::path& run_dir) {
+  const auto path = run_dir / Trainer::kConfigFile;
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) return {};
+  if (!std::filesystem::is_regular_file(path, error) || !is_run_config(path)) {
+    throw InputError(path.string() + ": not the config.txt of a pconv training run");
+  }
+  std::ifstream in(path);
+  if (!in.is_open()) throw InputError(path.string() + ": cannot read the file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  const auto settings = config_settings(text.str());
+  return {settings.begin(), settings.end()};
+}
+
 void Trainer::record_resumed_config() {
   const auto path = run_dir_ / kConfigFile;
   const auto now = config_text(options_, train_files_.size(), validation_files_.size());

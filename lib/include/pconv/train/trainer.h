@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -116,6 +117,11 @@ struct RunResult {
   /// float16 steps of this run skipped for overflowing gradients (they count in `step`).
   int64_t skipped_steps = 0;
 };
+
+/// The settings a run folder's config.txt records ("size" -> "256", "data" -> the folder, ...),
+/// each with its latest value (a resume that changed it writes it again). Empty where the run
+/// has no config.txt; pconv::InputError where it is not one pconv wrote or cannot be read.
+std::map<std::string, std::string> recorded_settings(const std::filesystem::path& run_dir);
 
 class Trainer {
  public:
