@@ -718,17 +718,21 @@ TEST(Cli, CutShortWritesLeaveNoTemporaryFile) {
   EXPECT_EQ(std::distance(fs::directory_iterator(d / "out"), fs::directory_iterator()), 1);
 }
 
+// Three small photos for a training run.
+void write_training_photos(const fs::path& folder) {
+  fs::create_directories(folder);
+  for (int i = 0; i < 3; ++i) {
+    pconv::io::write_image(folder / ("p" + std::to_string(i) + ".png"), picture(3, 40, 36 + i));
+  }
+}
+
 // --resume takes the run's own settings (config.txt) for the options not given: the same
 // command with --resume alone continues it, to the model an uninterrupted run makes; a
 // fine-tuning run resumes without its --init (the checkpoint has the weights).
 TEST(Cli, AResumeTakesTheRunsOwnSettings) {
   TempDir dir;
   const auto& d = dir.path();
-  fs::create_directories(d / "photos");
-  for (int i = 0; i < 3; ++i) {
-    pconv::io::write_image(d / "photos" / ("p" + std::to_string(i) + ".png"),
-                           picture(3, 40, 36 + i));
-  }
+  write_training_photos(d / "photos");
   const std::string settings = " --data " + (d / "photos").string() +
                                " --size 32 --depth 3 --width 8 --max-width 16 --batch 2 --seed 5 "
                                "--thin-strokes 0.5 --lr 1e-3 --workers 1 ";
@@ -770,11 +774,7 @@ TEST(Cli, AResumeTakesTheRunsOwnSettings) {
 TEST(Cli, ATrainingLogThatCannotBeWrittenEndsTheRun) {
   TempDir dir;
   const auto& d = dir.path();
-  fs::create_directories(d / "photos");
-  for (int i = 0; i < 3; ++i) {
-    pconv::io::write_image(d / "photos" / ("p" + std::to_string(i) + ".png"),
-                           picture(3, 40, 36 + i));
-  }
+  write_training_photos(d / "photos");
   // config.txt (about 430 bytes) fits in 2 KiB; log.csv's rows (about 55 bytes) pass it near
   // step 35.
   const auto run = shell(d, "(ulimit -f 2; " + std::string(PCONV_BINARY) + " train --data " +
