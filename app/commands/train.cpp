@@ -53,7 +53,7 @@ void setup_train(CLI::App& app) {
       std::string(kExitCodesHelp));
   command->add_option("--data", options->data_dir,
                       "Folder of training photos (searched recursively); required, except with "
-                      "--resume, which takes the run's");
+                      "--resume, which takes the run's own");
   command->add_option("--val", options->validation_dir, "Folder of validation photos");
   command->add_option("-o,--out", options->out_dir, "Run folder")->capture_default_str();
   command

@@ -651,11 +651,13 @@ TEST(InpaintCli, OutputFormatsThatHoldLessStillGetTheResult) {
               std::string::npos)
         << run.output;
   }
-  const auto kept = pconv(
-      d, "inpaint " + (d / "rgba.png").string() + mask + " -o " + (d / "rgba-out.png").string());
-  ASSERT_EQ(kept.rc, 0) << kept.output;
-  EXPECT_EQ(kept.output.find("transparency"), std::string::npos) << kept.output;
-  EXPECT_EQ(samples(d / "rgba-out.png").size(0), 4);
+  for (const std::string name : {"rgba-out.png", "rgba-out.tif", "rgba-out.webp"}) {
+    const auto kept =
+        pconv(d, "inpaint " + (d / "rgba.png").string() + mask + " -o " + (d / name).string());
+    ASSERT_EQ(kept.rc, 0) << kept.output;
+    EXPECT_EQ(kept.output.find("transparency"), std::string::npos) << kept.output;
+    EXPECT_EQ(samples(d / name).size(0), 4) << name;
+  }
 
   // No extension, and one pconv reads (by content) but does not write.
   fs::copy_file(d / "grey.png", d / "noext");

@@ -511,8 +511,8 @@ torch::Tensor holes_from_alpha(const Image& image) {
 
 bool keeps_alpha(const std::filesystem::path& path) {
   const auto extension = lower_extension(path);
-  return extension.empty() || extension == ".png" ||  // no extension: written as PNG extension ==
-                                                      // ".tif" || extension == ".tiff" ||
+  // A name without an extension is written as PNG.
+  return extension.empty() || extension == ".png" || extension == ".tif" || extension == ".tiff" ||
          extension == ".webp" || extension == kTensorImageExtension;
 }
 
