@@ -1,10 +1,14 @@
 // Tests of the quality metrics against values computed by hand.
 #include <pconv/error.h>
+#include <pconv/eval/evaluation.h>
 #include <pconv/eval/metrics.h>
+#include <pconv/io/image_file.h>
 
 #include <ATen/ATen.h>
 
 #include <gtest/gtest.h>
+
+#include "temp_dir.h"
 
 #include <cmath>
 #include <vector>
@@ -70,6 +74,37 @@ TEST(MetricsTest, L1IsTheMeanAbsoluteDifference) {
   const auto image = torch::tensor({0.1, -0.2, 0.3, 0.0}, at::kDouble).view({1, 1, 2, 2});
   EXPECT_NEAR(E::l1_error(image, truth)[0].item<double>(), 0.6 / 4, 1e-9);
   EXPECT_THROW(E::l1_error(image, at::zeros({1, 1, 2, 3})), pconv::ArgumentError);
+}
+
+}  // namespace
+
+namespace {
+
+// The evaluation scores composites against the truth in 8 bits, as a saved file holds it: the
+// known pixels count nothing, also where the crop is scaled (between 8-bit levels before the
+// rounding, they gave every method up to 0.5/255 of error on each).
+TEST(Evaluation, KnownPixelsCountNothing) {
+  pconv::testing::TempDir dir;
+  const auto photo = dir.path() / "photo.pt";  // a tensor image: every build reads it
+  const auto small = at::rand({1, 3, 6, 5});
+  pconv::io::write_image(photo, at::upsample_bilinear2d(small, {90, 100}, false).squeeze(0));
+  const pconv::eval::Method zeros = [](const at::Tensor& image, const at::Tensor&) {
+    return at::zeros_like(image);
+  };
+  const auto report = pconv::eval::evaluate({photo}, {{"zeros", zeros}},
+                                            pconv::eval::EvalOptions().size(64).per_bin(1));
+  ASSERT_EQ(report.examples.size(), report.bins.size());
+  for (size_t b = 0; b < report.bins.size(); ++b) {
+    SCOPED_TRACE(report.bins[b].label());
+    const auto& example = report.examples[b];
+    const auto levels = example.truth * 255.0;
+    EXPECT_TRUE(at::allclose(levels, levels.round(), 0.0, 1e-4));
+    const auto composite = example.outputs.at(0);
+    const auto known = example.holes.logical_not().unsqueeze(0).expand_as(composite);
+    EXPECT_TRUE(at::equal(composite.masked_select(known), example.truth.masked_select(known)));
+    const auto hole_error = (composite.to(at::kDouble) - example.truth.to(at::kDouble)).abs();
+    EXPECT_NEAR(report.per_bin[0][b].l1, hole_error.mean().item<double>(), 1e-7);
+  }
 }
 
 }  // namespace

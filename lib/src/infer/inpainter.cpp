@@ -365,14 +365,31 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
                                 int64_t side) const {
   const int64_t height = rgb.size(1);
   const int64_t width = rgb.size(2);
-  const double scale =
-      std::min(1.0, static_cast<double>(side) / static_cast<double>(std::max(height, width)));
-  const int64_t small_h = std::max<int64_t>(1, std::lround(static_cast<double>(height) * scale));
-  const int64_t small_w = std::max<int64_t>(1, std::lround(static_cast<double>(width) * scale));
-  const auto small = at::_upsample_bilinear2d_aa(rgb.unsqueeze(0), {small_h, small_w}, false)
+  const int64_t longer = std::max(height, width);
+  // Holes finer than the scaling (a mesh, a fence) may cover the whole small picture, which
+  // the network would fill black: then the side grows, up to the full size.
+  int64_t small_h = height;
+  int64_t small_w = width;
+  at::Tensor small_holes;
+  for (int64_t target = std::min(side, longer);; target = std::min(longer, target * 3 / 2 + 1)) {
+    const double scale = static_cast<double>(target) / static_cast<double>(longer);
+    small_h = std::max<int64_t>(1, std::lround(static_cast<double>(height) * scale));
+    small_w = std::max<int64_t>(1, std::lround(static_cast<double>(width) * scale));
+    small_holes = scale_holes(holes, small_h, small_w);
+    if (target == longer || !small_holes.all().item<bool>()) break;
+  }
+  // Scaled from the known pixels alone (what lies under a hole, such as the object to take
+  // away, must not reach the small picture's known pixels through the filter's reach).
+  const auto known = holes.logical_not().to(at::kFloat).unsqueeze(0).unsqueeze(0);
+  const auto down = [&](const at::Tensor& t) {
+    return at::_upsample_bilinear2d_aa(t, {small_h, small_w}, false);
+  };
+  const auto weight = down(known);
+  const auto small = (down(rgb.unsqueeze(0) * known) / weight.clamp_min(1e-6))
+                         .masked_fill(weight.le(1e-6), 0.0)
                          .squeeze(0)
                          .clamp(0.0, 1.0);
-  const auto filled = full(small, scale_holes(holes, small_h, small_w));
+  const auto filled = full(small, small_holes);
   return at::upsample_bilinear2d(filled.unsqueeze(0), {height, width}, false)
       .squeeze(0)
       .clamp(0.0, 1.0);
@@ -398,7 +415,12 @@ InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor
   auto rgb = channels == 1 ? pixels.expand({3, -1, -1}).contiguous() : pixels.narrow(0, 0, 3);
   // A grey picture gets a grey fill: one channel, or colour channels that are all equal (as
   // OpenCV reads a grey PNG with alpha, or a grey photo saved as colour).
-  const bool grey = channels == 1 || (at::equal(rgb[0], rgb[1]) && at::equal(rgb[1], rgb[2]));
+  // Judged by the known pixels: what lies under a hole (a coloured mark) does not count.
+  const auto known_of = [&](const at::Tensor& channel) {
+    return channel.masked_select(hole_map.logical_not());
+  };
+  const bool grey = channels == 1 || (at::equal(known_of(rgb[0]), known_of(rgb[1])) &&
+                                      at::equal(known_of(rgb[1]), known_of(rgb[2])));
   const int64_t height = pixels.size(1);
   const int64_t width = pixels.size(2);
 
