@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -234,9 +235,12 @@ void run_batch(const infer::Inpainter& inpainter, const InpaintOptions& options,
   if (options.masks.empty()) {
     // Every image's transparency marks its holes.
   } else if (fs::is_directory(options.masks, masks_error)) {
+    // Two masks of one stem are a mistake only where an image of that name would take one.
+    std::set<std::string> image_stems;
+    for (const auto& file : files) image_stems.insert(file.stem().string());
     for (const auto& mask : list_images("--masks", options.masks)) {
       const auto [it, added] = masks_by_stem.emplace(mask.stem().string(), mask);
-      if (!added) {
+      if (!added && image_stems.count(mask.stem().string()) > 0) {
         throw InputError(fmt::format("{} and {}: two masks for the images named '{}'",
                                      it->second.string(), mask.string(), mask.stem().string()));
       }

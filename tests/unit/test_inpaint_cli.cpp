@@ -1121,6 +1121,24 @@ TEST(InpaintCli, BatchMatchesMasksByStemAndSkipsABadFile) {
   expect_known_pixels_kept(d / "in" / "a.png", d / "out" / "a.png", rectangle_holes(32, 40));
   EXPECT_TRUE(fs::exists(d / "out" / "sub" / "c.jpg"));
   EXPECT_FALSE(fs::exists(d / "out" / "b.png"));
+  // Two masks of one stem: an error where an image of that name would take one (before any
+  // work), nothing where none would.
+  fs::create_directories(d / "one");
+  fs::copy_file(d / "in" / "a.png", d / "one" / "a.png");
+  fs::create_directories(d / "masks2");
+  for (const std::string name : {"a.png", "z.png", "z.bmp"}) {
+    write_holes(d / "masks2" / name, rectangle_holes(32, 40));
+  }
+  const std::string one =
+      "inpaint --input " + (d / "one").string() + " --masks " + (d / "masks2").string() + " -o ";
+  const auto unused_pair = pconv(d, one + (d / "out2").string());
+  EXPECT_EQ(unused_pair.rc, 0) << unused_pair.output;
+  write_holes(d / "masks2" / "a.bmp", rectangle_holes(32, 40));
+  const auto used_pair = pconv(d, one + (d / "out3").string());
+  EXPECT_EQ(used_pair.rc, 3) << used_pair.output;
+  EXPECT_NE(used_pair.output.find("two masks for the images named 'a'"), std::string::npos)
+      << used_pair.output;
+  EXPECT_FALSE(fs::exists(d / "out3"));
   // Again with --skip-existing: the two done are left alone.
   const auto again = pconv(d, args + " --skip-existing");
   EXPECT_NE(again.output.find("0 inpainted, 3 skipped (output exists), 2 failed"),
