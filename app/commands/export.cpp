@@ -59,12 +59,9 @@ void run_export(const ExportOptions& options) {
                                          "' has an image's extension; TorchScript goes to a .ts "
                                          "(or .pt) file");
   }
-  // A file that is no model (an export already, a checkpoint) is said first, not that its
-  // export would go over it: load_model names what it is (exit 4).
-  if (const auto kind = io::stored_kind(options.model);
-      kind == io::StoredKind::kExport || kind == io::StoredKind::kCheckpoint) {
-    io::load_model(options.model);
-  }
+  // Read first: a file that is no model (an export already, a checkpoint) is said as such
+  // (exit 4), not that its export would go over it.
+  auto model = io::load_model(options.model, &metadata);
   const std::string option = options.out.empty() ? "the default output (give -o)" : "-o";
   if (out.filename().empty()) {
     throw CLI::ValidationError(option, "'" + out.string() + "' names a folder; give the export's " +
@@ -72,7 +69,6 @@ void run_export(const ExportOptions& options) {
   }
   refuse_overwriting_inputs(out, option, {{options.model, "the model"}},
                             /*may_replace_export=*/true);
-  auto model = io::load_model(options.model, &metadata);
   // As inpaint's -o: missing folders are made (one that cannot be made shows up as the
   // write's error, naming the file), and taken away again if the export fails.
   std::optional<OutputFolder> out_folder;

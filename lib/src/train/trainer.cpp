@@ -845,6 +845,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       check_written(validation_log, run_dir_ / kValidationFile);
     }
   }
+  const int64_t last = options_.steps();
   // The validation of the last step, and whether it was left out for a stop.
   std::optional<ValidationReport> final_validation;
   bool final_validation_stopped = false;
@@ -864,6 +865,21 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       message(std::string("sample not written: ") + error.what());  // the run goes on
     }
   };
+  // Every rank validates its part of the images (rank 0 announces the first validation); the
+  // last step's is kept, or that it was left out for a stop.
+  const auto validate_now = [&] {
+    if (result.validations.empty() && writes_files()) {
+      message("step " + std::to_string(step_) + ": validating on " +
+              std::to_string(validation_images_.size(0)) + " images");
+    }
+    auto validation = validate(callbacks.should_stop);
+    if (!validation) message("step " + std::to_string(step_) + ": validation left out (stopped)");
+    if (step_ == last) {
+      final_validation = validation;
+      final_validation_stopped = !validation;
+    }
+    return validation;
+  };
   // Rank 0 keeps a validation: in the result, its log and the caller's callback.
   const auto record_validation = [&](const ValidationReport& validation) {
     result.validations.push_back(validation);
@@ -873,7 +889,6 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     check_written(validation_log, run_dir_ / kValidationFile);
     if (callbacks.on_validation) callbacks.on_validation(validation);
   };
-  const int64_t last = options_.steps();
   const auto run_start = std::chrono::steady_clock::now();
   std::chrono::steady_clock::duration data_wait{};
   auto window_start = run_start;
@@ -993,17 +1008,7 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
       std::optional<ValidationReport> validation;
       if (due(step_, options_.validate_every(), last) && validation_images_.defined()) {
         const auto validation_start = std::chrono::steady_clock::now();
-        if (result.validations.empty() && writes_files()) {
-          message("step " + std::to_string(step_) + ": validating on " +
-                  std::to_string(validation_images_.size(0)) + " images");
-        }
-        validation = validate(callbacks.should_stop);
-        if (!validation)
-          message("step " + std::to_string(step_) + ": validation left out (stopped)");
-        if (step_ == last) {
-          final_validation = validation;
-          final_validation_stopped = !validation;
-        }
+        validation = validate_now();
         // The step rate is training's own: the time spent validating is left out of it.
         window_start += std::chrono::steady_clock::now() - validation_start;
       }
@@ -1020,16 +1025,8 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     // be written): the model is written with the last step's validation, done now.
     if (!result.stopped_early && step_ == last && !final_validation && !final_validation_stopped &&
         validation_images_.defined()) {
-      if (writes_files()) {
-        message("step " + std::to_string(step_) + ": validating on " +
-                std::to_string(validation_images_.size(0)) + " images");
-      }
-      final_validation = validate(callbacks.should_stop);
-      final_validation_stopped = !final_validation;
-      if (final_validation_stopped) {
-        message("step " + std::to_string(step_) + ": validation left out (stopped)");
-      } else if (writes_files()) {
-        record_validation(*final_validation);
+      if (const auto validation = validate_now(); validation && writes_files()) {
+        record_validation(*validation);
         write_step_samples();
       }
     }
