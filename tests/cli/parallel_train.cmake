@@ -14,8 +14,9 @@ function(run)
   set(last_output "${out}" PARENT_SCOPE)
 endfunction()
 run(${PCONV} masks -n 8 -o ${WORK_DIR}/photos --size 40x36 --seed 5 --min-ratio 0.2 --max-ratio 0.5)
-set(common --data ${WORK_DIR}/photos --size 32 --depth 3 --width 8 --max-width 16
-    --workers 1 --threads 1 --seed 3 --validate-every 0 --sample-every 0 --checkpoint-every 0)
+set(unthreaded --data ${WORK_DIR}/photos --size 32 --depth 3 --width 8 --max-width 16
+    --workers 1 --seed 3 --validate-every 0 --sample-every 0 --checkpoint-every 0)
+set(common ${unthreaded} --threads 1)
 # Validated too (each rank scores a part of the 3 images; rank 0 reports the whole): the model
 # files' validation metrics must agree as well.
 run(${PCONV} masks -n 3 -o ${WORK_DIR}/val --size 40x36 --seed 6 --min-ratio 0.2 --max-ratio 0.5)
@@ -27,6 +28,9 @@ run(${launch} ${validated} --steps 4 -o ${WORK_DIR}/parallel)
 if(NOT last_output MATCHES "step 4: validation PSNR [0-9.]+ dB, SSIM [0-9.]+ \\(3 images\\)")
   message(FATAL_ERROR "the parallel run reported no validation at step 4")
 endif()
+if(last_output MATCHES "processes on this machine")
+  message(FATAL_ERROR "the ranks chose their CPU threads although --threads was given")
+endif()
 run(${CHECK} compare ${WORK_DIR}/single/model.pt ${WORK_DIR}/parallel/model.pt 1e-6)
 if(NOT last_output MATCHES "metric val_psnr")
   message(FATAL_ERROR "no validation metrics compared")
@@ -36,6 +40,13 @@ endif()
 run(${CHECK} logs ${WORK_DIR}/single/log.csv ${WORK_DIR}/parallel/log.csv 5e-6)
 if(NOT last_output MATCHES "4 rows")
   message(FATAL_ERROR "the logs' 4 rows were not compared")
+endif()
+# Ranks on one machine share its cores: without --threads (and OMP_NUM_THREADS) each takes its
+# share of them, as the launcher's LOCAL_WORLD_SIZE tells it.
+run(${CMAKE_COMMAND} -E env --unset=OMP_NUM_THREADS PCONV=${PCONV} MASTER_PORT=${PORT} bash
+    ${LAUNCH} 2 ${unthreaded} --batch 2 --timeout 60 --steps 1 -o ${WORK_DIR}/shared-cores)
+if(NOT last_output MATCHES "2 processes on this machine: [0-9]+ CPU threads? each")
+  message(FATAL_ERROR "the ranks did not take their share of the CPU threads")
 endif()
 # Stopped after 2 steps and resumed to 4: the same model again.
 run(${launch} ${validated} --steps 2 -o ${WORK_DIR}/resumed)

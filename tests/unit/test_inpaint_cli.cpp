@@ -507,6 +507,7 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
       {"RANK", "train" + data, "RANK is set but WORLD_SIZE is not"},
       {"WORLD_SIZE", "train" + data, "WORLD_SIZE='2x': expected an integer"},
       {"WORLD_SIZE=2", "train" + data, "WORLD_SIZE is 2 but RANK is not set"},
+      {"LOCAL_WORLD_SIZE", "train" + data, "LOCAL_RANK is 1 but LOCAL_WORLD_SIZE is 1"},
       {"", "train" + data + " -o " + d.string(),
        "-o: '" + d.string() + "' would hold the run among the photos of --data"},
       {"",
@@ -528,9 +529,15 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
     if (c.environment == "RANK") setenv("RANK", "1", 1);
     if (c.environment == "WORLD_SIZE") setenv("WORLD_SIZE", "2x", 1);
     if (c.environment == "WORLD_SIZE=2") setenv("WORLD_SIZE", "2", 1);
+    if (c.environment == "LOCAL_WORLD_SIZE") {  // rank 1 of 2, as the only one on its machine
+      setenv("WORLD_SIZE", "2", 1);
+      setenv("RANK", "1", 1);
+      setenv("LOCAL_WORLD_SIZE", "1", 1);
+    }
     const auto run = pconv(d, c.args);
     unsetenv("RANK");
     unsetenv("WORLD_SIZE");
+    unsetenv("LOCAL_WORLD_SIZE");
     EXPECT_EQ(run.rc, 2) << run.output;
     EXPECT_NE(run.output.find("pconv: error: " + c.message), std::string::npos) << run.output;
   }
@@ -561,7 +568,7 @@ TEST(Cli, ImagesPastThePixelLimitAreInputErrors) {
 
 // Ctrl-C (here SIGINT after 6 s, well after start-up, as `timeout` sends it) stops a long job
 // between two items: exit 130, one warning line; eval leaves no folder, masks keep their whole
-// masks.
+// masks (neither job can end in 6 s: 600,000 evaluation crops, a million masks).
 TEST(Cli, InterruptedJobsStopCleanly) {
   TempDir dir;
   const auto& d = dir.path();
@@ -581,19 +588,23 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   EXPECT_NE(masks.output.find("pconv: warning: stopped after "), std::string::npos) << masks.output;
   EXPECT_GT(std::distance(fs::directory_iterator(d / "masks"), fs::directory_iterator()), 0);
 
-  // One image ends at once, also where SIGINT came in ignored (a script's background job):
-  // here the network's pass over 2400x2400 pixels takes several seconds on the CPU.
+  // One image ends at once, also where SIGINT came in ignored (a script's background job). The
+  // signal goes out as soon as pconv says the model is loaded (its -v line, before the image is
+  // read), not after a fixed time: the reading and the network's pass over 2400x2400 pixels
+  // that follow take seconds on any CPU, so it lands before the result whatever the machine.
   pconv::io::write_image(d / "large.png", picture(3, 2400, 2400));
   write_holes(d / "large-mask.png", rectangle_holes(2400, 2400));
-  const auto single =
-      shell(d, "cd " + d.string() + " && (trap '' INT; timeout --preserve-status -s INT 3 " +
-                   std::string(PCONV_BINARY) +
-                   " inpaint large.png large-mask.png --strategy full "
-                   "--threads 1 -o large-out.png)");
+  const auto single = shell(
+      d, "cd " + d.string() + " && (trap '' INT; " + std::string(PCONV_BINARY) +
+             " -v inpaint large.png large-mask.png --strategy full --threads 1 -o large-out.png "
+             "2> loaded.txt & job=$!; n=0; until grep -q 'debug: model' loaded.txt || "
+             "[ $n -ge 1200 ]; do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job; "
+             "status=$?; cat loaded.txt; exit $status)");
   EXPECT_EQ(single.rc, 130) << single.output;  // the interrupted exit code, not a crash
+  EXPECT_NE(single.output.find("debug: model"), std::string::npos) << single.output;
   EXPECT_FALSE(fs::exists(d / "large-out.png"));
-  // photos/, masks/, the two inputs and pconv.log: no result, no temporary file.
-  EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 5);
+  // photos/, masks/, the two inputs, loaded.txt and pconv.log: no result, no temporary file.
+  EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 6);
 }
 
 // What pconv prints on stdout must arrive: a full disk there is an error (exit 3), not success.

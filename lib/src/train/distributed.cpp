@@ -137,6 +137,12 @@ std::optional<DistributedOptions> distributed_from_environment() {
   }
   options.rank = integer_variable("RANK", 0, 0, options.world_size - 1);
   options.local_rank = integer_variable("LOCAL_RANK", options.rank, 0, options.world_size - 1);
+  options.local_world_size = integer_variable("LOCAL_WORLD_SIZE", 1, 1, options.world_size);
+  if (environment("LOCAL_WORLD_SIZE") && options.local_rank >= options.local_world_size) {
+    throw InputError("LOCAL_RANK is " + std::to_string(options.local_rank) +
+                     " but LOCAL_WORLD_SIZE is " + std::to_string(options.local_world_size) +
+                     ": a local rank is below the number of processes on its machine");
+  }
   options.master_addr = environment("MASTER_ADDR").value_or("127.0.0.1");
   options.master_port = integer_variable("MASTER_PORT", 29500, 1, 65535);
   return options;

@@ -1,8 +1,8 @@
 // Data-parallel building blocks on torch.distributed's c10d: joining a process group the way
-// torchrun describes it (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) through c10d's
-// TCPStore, and the collectives a data-parallel trainer needs (parameter broadcast, bucketed
-// gradient averaging, also overlapped with the backward pass by c10d's own DDP engine), each
-// with a timeout so that a rank that dies makes the others fail with a clear error instead of
+// torchrun describes it (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
+// through c10d's TCPStore, and the collectives a data-parallel trainer needs (parameter broadcast,
+// bucketed gradient averaging, also overlapped with the backward pass by c10d's own DDP engine),
+// each with a timeout so that a rank that dies makes the others fail with a clear error instead of
 // hanging. CPU tensors go over Gloo, CUDA tensors over NCCL (when built with it). The c10d
 // headers stay in the source: this header needs none of them.
 #pragma once
@@ -25,6 +25,9 @@ struct DistributedOptions {
   int rank = 0;
   int world_size = 1;
   int local_rank = 0;
+  /// Processes of the group on this machine (LOCAL_WORLD_SIZE, as torchrun sets it; 1 when
+  /// not set): they share its CPU cores.
+  int local_world_size = 1;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   /// How long joining and each collective may take before it is an error.
