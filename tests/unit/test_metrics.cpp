@@ -76,6 +76,30 @@ TEST(MetricsTest, L1IsTheMeanAbsoluteDifference) {
   EXPECT_THROW(E::l1_error(image, at::zeros({1, 1, 2, 3})), pconv::ArgumentError);
 }
 
+// The bins are half-open, (low, high], as their labels say: every mask's hole ratio lies in its
+// own bin, also on a crop as small as 16x16, where the edge 0.5 is a whole number of pixels.
+// (The generator stops at or past a random target ratio, so a mask exactly on a lower edge is
+// rare: none in these 1200, nor with 20x20; the bins' lower edges are excluded all the same.)
+TEST(Evaluation, MasksFallInsideTheirHalfOpenBins) {
+  pconv::testing::TempDir dir;
+  const auto photo = dir.path() / "photo.pt";
+  pconv::io::write_image(photo, at::rand({3, 16, 16}));
+  const pconv::eval::Method zeros = [](const at::Tensor& image, const at::Tensor&) {
+    return at::zeros_like(image);
+  };
+  const int64_t per_bin = 200;
+  const auto report = pconv::eval::evaluate(
+      {photo}, {{"zeros", zeros}},
+      pconv::eval::EvalOptions().size(16).per_bin(per_bin).examples_per_bin(per_bin));
+  ASSERT_EQ(report.examples.size(), report.bins.size() * per_bin);
+  for (size_t i = 0; i < report.examples.size(); ++i) {
+    const auto& bin = report.bins[i / per_bin];
+    const double ratio = report.examples[i].holes.to(at::kDouble).mean().item<double>();
+    EXPECT_GT(ratio, bin.low) << bin.label() << ", example " << i % per_bin;
+    EXPECT_LE(ratio, bin.high) << bin.label() << ", example " << i % per_bin;
+  }
+}
+
 }  // namespace
 
 namespace {

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 #include <string>
@@ -26,11 +27,12 @@ std::string format(const char* pattern, double value) {
   return buffer;
 }
 
-// The masks of bin `bin_index` for a seed: the same for every method and every run.
+// The masks of bin `bin_index` for a seed: the same for every method and every run. The bin is
+// (low, high], the generator's range closed: its lower edge is excluded by the next double.
 data::MaskGenerator bin_masks(const HoleBin& bin, int64_t bin_index, int64_t size, uint64_t seed,
                               double thin_strokes) {
   return data::MaskGenerator(data::MaskGeneratorOptions(size, size)
-                                 .min_ratio(bin.low)
+                                 .min_ratio(std::nextafter(bin.low, bin.high))
                                  .max_ratio(bin.high)
                                  .thin_probability(thin_strokes),
                              seed * 1000003ULL + static_cast<uint64_t>(bin_index));
