@@ -371,6 +371,20 @@ TEST(Inpainter, OneInpainterServesSeveralThreads) {
   for (int i = 0; i < kThreads; ++i) EXPECT_EQ(mismatches[i], 0) << "thread " << i;
 }
 
+// An image without a hole comes back as it is, in float32 on the CPU, without a network pass;
+// the raw output (composite off) still takes one.
+TEST(Inpainter, NoHoleMeansNoPass) {
+  const Inpainter inpainter(small_model(), c10::kCPU);
+  const auto image = at::rand({4, 12, 20}, at::kDouble);
+  const auto none = inpainter.inpaint(image, at::zeros({12, 20}, at::kBool));
+  EXPECT_EQ(none.passes, 0);
+  EXPECT_EQ(none.pixels.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(none.pixels, image.to(at::kFloat)));
+  const auto raw = inpainter.inpaint(image, at::zeros({12, 20}), InpaintOptions().composite(false));
+  EXPECT_EQ(raw.passes, 1);
+  EXPECT_FALSE(at::equal(raw.pixels, image.to(at::kFloat)));
+}
+
 // What the constructor and the options cannot use is a pconv::ArgumentError saying so.
 TEST(Inpainter, RejectsDevicesAndOptionsItCannotUse) {
   const auto message = [](const std::function<void()>& call) {
@@ -408,6 +422,12 @@ TEST(Inpainter, RejectsDevicesAndOptionsItCannotUse) {
                 pconv::infer::hole_regions(at::zeros({2, 3, 4}), 1);
               }),
               ::testing::HasSubstr("the hole map must be (H, W)"));
+  EXPECT_THAT(message([&] { pconv::infer::widen_thin_holes(holes, -1); }),
+              ::testing::HasSubstr("the growth must not be negative; got -1"));
+  EXPECT_THAT(message([&] { pconv::infer::widen_holes(holes, -2); }),
+              ::testing::HasSubstr("the growth must not be negative; got -2"));
+  EXPECT_THAT(message([&] { inpainter.estimate_bytes(-5, 10); }),
+              ::testing::HasSubstr("a size must not be negative; got -5x10"));
 }
 
 TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {
@@ -432,7 +452,16 @@ TEST(Inpainter, RejectsBadShapesAndHalfOnTheCpu) {
   EXPECT_TRUE(has(message(at::randint(0, 256, {3, 8, 8}, at::kByte), some_holes),
                   "floating point in [0, 1]; got Byte"));
   EXPECT_TRUE(has(message(at::rand({3, 8, 8}) * 255, some_holes), "must lie in [0, 1]"));
-  EXPECT_TRUE(has(message(at::full({3, 8, 8}, NAN), some_holes), "must lie in [0, 1]"));
+  EXPECT_TRUE(has(message(at::full({3, 8, 8}, NAN), some_holes), "holds NaN values"));
+  EXPECT_TRUE(has(message(at::rand({3, 8, 8}).index_put_({1, 2, 3}, NAN), some_holes), "NaN"));
+  // A hole map of other values than 0 and 1 (a grey mask's levels, an antialiased edge, -1).
+  for (const auto& odd :
+       {at::full({8, 8}, 0.4), at::full({8, 8}, -1, at::kLong), at::full({8, 8}, 255, at::kByte)}) {
+    EXPECT_TRUE(has(message(at::rand({3, 8, 8}), odd), "must be bool, or hold 0 and 1 alone"))
+        << odd.scalar_type();
+  }
+  EXPECT_EQ(message(at::rand({3, 8, 8}), some_holes.to(at::kInt)), "no error");
+  EXPECT_EQ(message(at::rand({3, 8, 8}), some_holes.to(at::kBool)), "no error");
   EXPECT_TRUE(has(message(at::rand({3, 8, 8}), at::ones({8, 8})), "every pixel is a hole"));
   EXPECT_EQ(message(at::rand({3, 8, 8}, at::kDouble), some_holes), "no error");
   EXPECT_THROW(Inpainter(small_model(), c10::kCPU, InferenceOptions().dtype(at::kHalf)),
@@ -464,7 +493,7 @@ TEST(Inpainter, ChannelsLastEqualsContiguous) {
   for (const auto dtype : {at::kFloat, at::kBFloat16}) {
     const Inpainter automatic(small_model(), c10::kCPU, InferenceOptions().dtype(dtype));
     EXPECT_EQ(automatic.options().layout(), NetworkLayout::kChannelsLast) << dtype;
-    EXPECT_TRUE(automatic.model()->parameters()[0].is_contiguous(at::MemoryFormat::ChannelsLast))
+    EXPECT_TRUE(automatic.model().parameters()[0].is_contiguous(at::MemoryFormat::ChannelsLast))
         << dtype;
   }
   torch::manual_seed(2);

@@ -189,6 +189,21 @@ TEST(TensorImage, WritesMasksWhiteForHoles) {
   pconv::io::write_mask(path, {0, 1, 0, 7}, 2, 2);
   const auto image = pconv::io::read_image(path);
   EXPECT_TRUE(at::equal(image.pixels.reshape({4}), at::tensor({0.0F, 1.0F, 0.0F, 1.0F})));
+  // A hole map of another size is the caller's mistake (ArgumentError), not the file's, and
+  // writes nothing.
+  EXPECT_THROW(pconv::io::write_mask(dir.path() / "short.pt", {0, 1, 0}, 2, 2),
+               pconv::ArgumentError);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "short.pt"));
+}
+
+// A mask without pixels (a default Image) is an ArgumentError, not a LibTorch error.
+TEST(TensorImage, HolesFromAMaskWithoutPixelsIsAnArgumentError) {
+  EXPECT_THROW(
+      pconv::io::holes_from_mask(pconv::io::Image{}, pconv::io::MaskConvention::kWhiteIsHole),
+      pconv::ArgumentError);
+  pconv::io::Image five_channels{at::zeros({5, 2, 2}), 8};
+  EXPECT_THROW(pconv::io::holes_from_mask(five_channels, pconv::io::MaskConvention::kWhiteIsHole),
+               pconv::ArgumentError);
 }
 
 }  // namespace

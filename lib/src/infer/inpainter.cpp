@@ -136,7 +136,10 @@ at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
   const auto [low, high] = at::aminmax(image.to(at::kFloat));
   const auto lowest = low.item<double>();
   const auto highest = high.item<double>();
-  if (!(lowest >= 0.0 && highest <= 1.0)) {  // NaN fails too
+  if (std::isnan(lowest) || std::isnan(highest)) {  // aminmax gives NaN where one is
+    throw ArgumentError("inpaint: the image holds NaN values; they must lie in [0, 1]");
+  }
+  if (!(lowest >= 0.0 && highest <= 1.0)) {
     std::ostringstream text;
     text << "inpaint: the image's values must lie in [0, 1]; they span [" << lowest << ", "
          << highest << "]";
@@ -147,7 +150,18 @@ at::Tensor check_holes(const at::Tensor& image, const at::Tensor& holes) {
     throw ArgumentError("inpaint: the hole map must be (H, W) like the image " + sizes_of(image) +
                         "; got " + (holes.defined() ? sizes_of(holes) : std::string("none")));
   }
-  auto hole_map = holes.to(at::kCPU).ne(0);
+  // Bool, or 0 and 1 alone: a mask in another form (the network's, 1 = valid, still passes;
+  // 0-255 samples, antialiased edges, or -1 do not) would make holes the caller did not mean.
+  const auto on_cpu = holes.to(at::kCPU);
+  if (on_cpu.scalar_type() != at::kBool &&
+      !on_cpu.eq(0).logical_or(on_cpu.eq(1)).all().item<bool>()) {
+    throw ArgumentError(std::string("inpaint: the hole map must be bool, or hold 0 and 1 alone "
+                                    "(1 = hole); this ") +
+                        c10::toString(on_cpu.scalar_type()) +
+                        " one holds other values (threshold a grey mask first, as "
+                        "io::holes_from_mask does)");
+  }
+  auto hole_map = on_cpu.ne(0);
   if (hole_map.all().item<bool>()) {
     throw ArgumentError("inpaint: every pixel is a hole: there is nothing to inpaint from");
   }
@@ -249,6 +263,10 @@ Inpainter::Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOp
 }
 
 int64_t Inpainter::estimate_bytes(int64_t height, int64_t width) const {
+  if (height < 0 || width < 0) {
+    throw ArgumentError("estimate_bytes: a size must not be negative; got " +
+                        std::to_string(height) + "x" + std::to_string(width));
+  }
   const auto& o = model_->options;
   const int64_t multiple = model_->size_multiple();
   const int64_t h = (height + multiple - 1) / multiple * multiple;
@@ -300,7 +318,11 @@ torch::Tensor scale_holes(const torch::Tensor& holes, int64_t height, int64_t wi
 }
 
 torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
-  if (growth <= 0) return holes;
+  if (growth < 0) {
+    throw ArgumentError("widen_thin_holes: the growth must not be negative; got " +
+                        std::to_string(growth));
+  }
+  if (growth == 0) return holes;
   const int64_t side = 2 * growth + 1;
   const auto hole = holes.to(at::kFloat).unsqueeze(0).unsqueeze(0);
   const auto pool = [&](const at::Tensor& t) {
@@ -315,7 +337,11 @@ torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
 }
 
 torch::Tensor widen_holes(const torch::Tensor& holes, int64_t growth) {
-  if (growth <= 0) return holes;
+  if (growth < 0) {
+    throw ArgumentError("widen_holes: the growth must not be negative; got " +
+                        std::to_string(growth));
+  }
+  if (growth == 0) return holes;
   const int64_t side = 2 * growth + 1;
   // Widened with a disk: the offsets (x, y) with x^2 + y^2 <= growth^2 + growth (for growth 2, a
   // 5x5 square less its corners).
@@ -411,6 +437,10 @@ InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor
   }
   const auto hole_map = check_holes(image, holes);
   const auto pixels = image.to(at::kCPU, at::kFloat);
+  // Nothing to fill: the image as it is, without a pass (the raw output still needs one).
+  if (options.composite() && !hole_map.any().item<bool>()) {
+    return {pixels.clone(at::MemoryFormat::Contiguous), Strategy::kFull, 0};
+  }
   const int64_t channels = pixels.size(0);
   auto rgb = channels == 1 ? pixels.expand({3, -1, -1}).contiguous() : pixels.narrow(0, 0, 3);
   // A grey picture gets a grey fill: one channel, or colour channels that are all equal (as

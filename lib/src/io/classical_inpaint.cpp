@@ -9,8 +9,6 @@
 
 #include <ATen/ATen.h>
 
-#include <stdexcept>
-
 namespace pconv::io {
 
 bool classical_inpaint_available() {
@@ -51,7 +49,7 @@ torch::Tensor classical_inpaint(const torch::Tensor& image, const torch::Tensor&
 #else
   (void)radius;
   (void)method;
-  throw std::runtime_error("classical inpainting needs a build with OpenCV");
+  throw Error("classical inpainting needs a build with OpenCV");
 #endif
 }
 

@@ -481,10 +481,10 @@ void write_image(const std::filesystem::path& path, const torch::Tensor& pixels,
 
 void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& holes,
                 int64_t height, int64_t width) {
-  if (static_cast<int64_t>(holes.size()) != height * width) {
-    throw InputError(path.string() + ": hole map of " + std::to_string(holes.size()) +
-                     " bytes does not match " + std::to_string(width) + "x" +
-                     std::to_string(height));
+  if (height < 0 || width < 0 || static_cast<int64_t>(holes.size()) != height * width) {
+    throw ArgumentError("write_mask: " + path.string() + ": a hole map of " +
+                        std::to_string(holes.size()) + " bytes for " + std::to_string(width) + "x" +
+                        std::to_string(height) + " pixels");
   }
   auto samples = at::from_blob(const_cast<uint8_t*>(holes.data()), {height, width, 1}, at::kByte)
                      .ne(0)
@@ -495,6 +495,14 @@ void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& h
 
 torch::Tensor holes_from_mask(const Image& mask, MaskConvention convention) {
   const auto& pixels = mask.pixels;
+  if (!pixels.defined() || pixels.dim() != 3 || pixels.size(0) < 1 || pixels.size(0) > 4) {
+    std::ostringstream shape;
+    if (pixels.defined()) shape << pixels.sizes();
+    throw ArgumentError(
+        "holes_from_mask: the mask's pixels must be (C, H, W) with C = 1 to 4; "
+        "got " +
+        (pixels.defined() ? shape.str() : std::string("none")));
+  }
   const int64_t channels = pixels.size(0);
   const int64_t colour = channels == 2 || channels == 4 ? channels - 1 : channels;
   auto white = std::get<0>(pixels.narrow(0, 0, colour).max(0)).ge(0.5);

@@ -73,12 +73,14 @@ struct InferenceOptions {
 };
 
 /// `holes` ((H, W), true = hole) with its parts thinner than 2 x growth + 1 pixels widened by
-/// `growth` pixels (InferenceOptions::thin_hole_growth); the rest as it is.
+/// `growth` pixels (InferenceOptions::thin_hole_growth); the rest as it is. Throws
+/// pconv::ArgumentError for a negative growth.
 torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth);
 
 /// `holes` ((H, W), true = hole) widened by `growth` pixels, with a disk (widen_thin_holes's
 /// widening; widening every hole for the network costs the default model 0.5-1.4 dB per bin,
-/// tests/bench/results/cpu-2026-11-25-hole-growth).
+/// tests/bench/results/cpu-2026-11-25-hole-growth). Throws pconv::ArgumentError for a negative
+/// growth.
 torch::Tensor widen_holes(const torch::Tensor& holes, int64_t growth);
 
 /// `holes` ((H, W), non-zero = hole) scaled to height x width, as bool: a pixel is a hole where
@@ -108,11 +110,12 @@ struct Box {
 std::vector<Box> hole_regions(const torch::Tensor& holes, int64_t margin);
 
 struct InpaintResult {
-  /// (C, H, W) float in [0, 1], the channels of the input.
+  /// (C, H, W) float32 in [0, 1] on the CPU, whatever the image's device and type; the
+  /// channels of the input.
   torch::Tensor pixels;
   /// The strategy used (never kAuto).
   Strategy strategy = Strategy::kFull;
-  /// Network passes made (crop: one per box).
+  /// Network passes made (crop: one per box; 0 when there was no hole to fill).
   int64_t passes = 0;
 };
 
@@ -124,18 +127,29 @@ class Inpainter {
   /// an element type that is not floating point, or a negative thin_hole_growth.
   Inpainter(const nn::PConvUNet& model, c10::Device device, InferenceOptions options = {});
 
-  /// Fills `holes` ((H, W), non-zero = hole) in `image` ((C, H, W) float in [0, 1]; C = 1, 3
-  /// or 4: grey goes through the network as RGB and comes back as the channel mean, alpha is
-  /// passed through). Throws pconv::ArgumentError for bad shapes, an empty image, an image
-  /// that is not floating point or has values outside [0, 1], a hole map that is all hole, and
-  /// options out of their range (a negative crop_margin; a resize_side or memory_budget below 1).
+  /// Fills `holes` in `image`, on any device; the work is done on this inpainter's device.
+  /// - `image`: (C, H, W) floating point in [0, 1], channels in RGB(A) order (OpenCV's own
+  ///   images are BGR: io::read_image gives RGB). C = 1, 3 or 4: grey goes through the network
+  ///   as RGB and comes back as the channel mean, alpha is passed through. An RGB image whose
+  ///   known pixels have three equal channels is taken as grey and gets a grey fill.
+  /// - `holes`: (H, W), bool (true = hole) or 0 and 1 alone (1 = hole), as io::holes_from_mask
+  ///   and data::MaskGenerator::hole_map give it; other values (a grey mask's levels) are
+  ///   refused. Without a hole (and with composite) the image comes back unchanged, no pass.
+  /// Throws pconv::ArgumentError for bad shapes, an empty image, an image that is not floating
+  /// point or has values outside [0, 1] (NaN included), a hole map of other values or that is
+  /// all hole, and options out of their range (a negative crop_margin; a resize_side or
+  /// memory_budget below 1). Safe to call from several threads at once.
   InpaintResult inpaint(const torch::Tensor& image, const torch::Tensor& holes,
                         const InpaintOptions& options = {}) const;
 
-  /// Estimated peak memory of one network pass over height x width pixels, in bytes.
+  /// Estimated peak memory of one network pass over height x width pixels, in bytes. Throws
+  /// pconv::ArgumentError for a negative size.
   int64_t estimate_bytes(int64_t height, int64_t width) const;
 
-  const nn::PConvUNet& model() const { return model_; }
+  /// The inpainter's own model, to read (its options, its size multiple); a const reference to
+  /// the module itself, not a handle: a copied handle would share, and could change, the model
+  /// the inpainter runs.
+  const nn::PConvUNetImpl& model() const { return *model_; }
   /// Where the network runs; "cuda" without an index is the GPU that was current when the
   /// Inpainter was made.
   c10::Device device() const { return device_; }

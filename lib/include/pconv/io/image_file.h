@@ -32,7 +32,8 @@ struct Image {
 };
 
 /// Reads an image file (png, jpg, webp, bmp, tiff, ...; grey, RGB or RGBA; 8 or 16 bit), or
-/// a tensor image. Without OpenCV only tensor images can be read.
+/// a tensor image. Without OpenCV only tensor images can be read. A JPEG's EXIF orientation is
+/// applied (the pixels come upright, as a viewer shows them, and as a mask drawn on one is).
 /// Throws pconv::InputError naming the file if it is missing, unreadable or not an image.
 Image read_image(const std::filesystem::path& path);
 
@@ -72,7 +73,8 @@ void write_image(const std::filesystem::path& path, const torch::Tensor& pixels,
 /// Writes a hole map (height x width bytes, non-zero = hole) as an 8-bit grey image, white
 /// where the hole is. The format follows the extension (.png recommended). The file appears
 /// whole or not at all: it is written under a temporary name and renamed. Throws
-/// pconv::InputError naming the file if it cannot be written.
+/// pconv::ArgumentError if `holes` does not hold height x width bytes, pconv::InputError
+/// naming the file if it cannot be written.
 void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& holes,
                 int64_t height, int64_t width);
 
@@ -85,7 +87,8 @@ enum class MaskConvention {
 /// The threshold rule for masks that are not pure black and white: a pixel is white when its
 /// brightest colour channel is at least half the full scale (128 of 255, 32768 of 65535) and,
 /// if the mask has an alpha channel, its alpha is at least half too (transparent is black).
-/// Returns the hole map (H, W) bool, true = hole, of a mask read by read_image.
+/// Returns the hole map (H, W) bool, true = hole, of a mask read by read_image. Throws
+/// pconv::ArgumentError if `mask.pixels` is not (C, H, W) with C = 1 to 4.
 torch::Tensor holes_from_mask(const Image& mask, MaskConvention convention);
 
 /// For an RGBA image without a mask: the hole map (H, W) bool, true where alpha is below half.
