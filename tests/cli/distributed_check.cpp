@@ -248,6 +248,15 @@ int main(int argc, char** argv) {
     const bool overlapped = mode == "dead_overlapped" || mode == "stuck_overlapped";
     const bool dead = mode == "dead" || mode == "dead_overlapped";
     const bool failure_mode = dead || overlapped || mode == "stuck";
+    if (failure_mode) {
+      // The ranks start together first, in a group of their own (100 ports up) with a long
+      // timeout: the short one below is for the failures, not for two processes loading
+      // LibTorch on a busy machine to reach the rendezvous within 3 s of each other.
+      auto start = *options;
+      start.master_port += 100;
+      start.timeout = std::chrono::seconds(60);
+      pconv::train::ProcessGroup together(start);
+    }
     options->timeout = std::chrono::seconds(failure_mode ? 3 : 60);
     auto shared_group = std::make_shared<pconv::train::ProcessGroup>(*options);
     auto& group = *shared_group;

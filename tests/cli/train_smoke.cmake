@@ -99,6 +99,16 @@ message("interrupted run -> ${rc}\n${out}")
 if(NOT rc EQUAL 130 OR NOT out MATCHES "checkpoint saved" OR NOT EXISTS ${WORK_DIR}/run_interrupted/checkpoint.pt)
   message(FATAL_ERROR "SIGINT did not save a checkpoint and exit with 130")
 endif()
+# ... which resumes (its own settings from config.txt) and finishes two steps further on.
+string(REGEX MATCH "stopped at step ([0-9]+)" stopped "${out}")
+set(stopped_step "${CMAKE_MATCH_1}")
+math(EXPR further "${stopped_step} + 2")
+pconv(0 train --resume -o ${WORK_DIR}/run_interrupted --steps ${further})
+if(NOT last_output MATCHES "resuming at step ${stopped_step}"
+   OR NOT last_output MATCHES "done: ${further} steps"
+   OR NOT EXISTS ${WORK_DIR}/run_interrupted/model.pt)
+  message(FATAL_ERROR "the interrupted run did not resume to step ${further}")
+endif()
 
 # Mixed precision runs on the CPU too: bfloat16 autocast, and float16 with loss scaling.
 foreach(amp bf16 fp16)

@@ -20,9 +20,16 @@ cleanup() {
   ip link del "$host_side" 2>/dev/null
 }
 trap cleanup EXIT
-# What a run killed on its timeout (no EXIT trap then) left behind would catch this one's packets.
-for stale in $(ip netns list 2>/dev/null | grep -o '^pconv-test-[0-9]*'); do ip netns del "$stale"; done
-for stale in $(ip -o link show 2>/dev/null | grep -o 'pcv[0-9]*a'); do ip link del "$stale"; done
+# What a run killed on its timeout (no EXIT trap then) left behind would catch this one's packets:
+# removed, where the run that made it (the number in its name) is gone; one still running (a
+# second checkout's tests) keeps its own.
+for stale in $(ip netns list 2>/dev/null | grep -o '^pconv-test-[0-9]*'); do
+  kill -0 "${stale#pconv-test-}" 2>/dev/null || ip netns del "$stale"
+done
+for stale in $(ip -o link show 2>/dev/null | grep -o 'pcv[0-9]*a'); do
+  pid=${stale#pcv}
+  kill -0 "${pid%a}" 2>/dev/null || ip link del "$stale"
+done
 # A link-local /30 of its own: it routes nothing but the pair.
 if ! { ip netns add "$ns" && ip link add "$host_side" type veth peer name "$ns_side" &&
        ip link set "$ns_side" netns "$ns" && ip addr add 169.254.77.1/30 dev "$host_side" &&

@@ -588,18 +588,56 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   EXPECT_NE(masks.output.find("pconv: warning: stopped after "), std::string::npos) << masks.output;
   EXPECT_GT(std::distance(fs::directory_iterator(d / "masks"), fs::directory_iterator()), 0);
 
+  // A batch stops between two images: exit 130 with the count, every result written whole, and
+  // --skip-existing goes on from there to the end. The signal goes out once the first result
+  // is there.
+  fs::create_directories(d / "batch");
+  constexpr int kImages = 40;
+  for (int i = 0; i < kImages; ++i) {
+    pconv::io::write_image(d / "batch" / ("b" + std::to_string(i) + ".png"), picture(3, 192, 192));
+  }
+  write_holes(d / "batch-mask.png", rectangle_holes(192, 192));
+  const std::string batch_command = std::string(PCONV_BINARY) +
+                                    " inpaint --input batch --masks batch-mask.png -o batch-out "
+                                    "--device cpu";
+  const auto batch =
+      shell(d, "cd " + d.string() + " && (" + batch_command +
+                   " & job=$!; n=0; until ls batch-out/*.png > /dev/null 2>&1 || [ $n -ge 1200 ]; "
+                   "do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job)");
+  EXPECT_EQ(batch.rc, 130) << batch.output;
+  EXPECT_NE(batch.output.find("pconv: warning: stopped after "), std::string::npos) << batch.output;
+  int64_t written = 0;
+  for (const auto& entry : fs::directory_iterator(d / "batch-out")) {
+    EXPECT_EQ(entry.path().extension(), ".png") << entry.path();  // no temporary file
+    EXPECT_EQ(pconv::io::read_image(entry.path()).pixels.sizes(), at::IntArrayRef({3, 192, 192}));
+    ++written;
+  }
+  EXPECT_GE(written, 1);
+  EXPECT_LT(written, kImages);
+  EXPECT_NE(batch.output.find("stopped after " + std::to_string(written) + " of 40 images"),
+            std::string::npos)
+      << batch.output;
+  const auto rest = shell(d, "cd " + d.string() + " && " + batch_command + " --skip-existing");
+  EXPECT_EQ(rest.rc, 0) << rest.output;
+  EXPECT_EQ(std::distance(fs::directory_iterator(d / "batch-out"), fs::directory_iterator()),
+            kImages);
+  fs::remove_all(d / "batch");
+  fs::remove_all(d / "batch-out");
+  fs::remove(d / "batch-mask.png");
+
   // One image ends at once, also where SIGINT came in ignored (a script's background job). The
   // signal goes out as soon as pconv says the model is loaded (its -v line, before the image is
   // read), not after a fixed time: the reading and the network's pass over 2400x2400 pixels
   // that follow take seconds on any CPU, so it lands before the result whatever the machine.
   pconv::io::write_image(d / "large.png", picture(3, 2400, 2400));
   write_holes(d / "large-mask.png", rectangle_holes(2400, 2400));
-  const auto single = shell(
-      d, "cd " + d.string() + " && (trap '' INT; " + std::string(PCONV_BINARY) +
-             " -v inpaint large.png large-mask.png --strategy full --threads 1 -o large-out.png "
-             "2> loaded.txt & job=$!; n=0; until grep -q 'debug: model' loaded.txt || "
-             "[ $n -ge 1200 ]; do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job; "
-             "status=$?; cat loaded.txt; exit $status)");
+  const auto single =
+      shell(d, "cd " + d.string() + " && (trap '' INT; " + std::string(PCONV_BINARY) +
+                   " -v inpaint large.png large-mask.png --strategy full --device cpu --threads 1 "
+                   "-o large-out.png "
+                   "2> loaded.txt & job=$!; n=0; until grep -q 'debug: model' loaded.txt || "
+                   "[ $n -ge 1200 ]; do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job; "
+                   "status=$?; cat loaded.txt; exit $status)");
   EXPECT_EQ(single.rc, 130) << single.output;  // the interrupted exit code, not a crash
   EXPECT_NE(single.output.find("debug: model"), std::string::npos) << single.output;
   EXPECT_FALSE(fs::exists(d / "large-out.png"));
@@ -629,6 +667,19 @@ TEST(Cli, AFailedWriteToStdoutIsAnError) {
       std::string::npos)
       << result.output;
   EXPECT_TRUE(fs::is_regular_file(d / "out.png"));
+  // So is a pipe whose reader is gone (`| true`): exit 3 with the same line, not a silent death
+  // by SIGPIPE (141).
+  const auto piped =
+      shell(d, "((" + std::string(PCONV_BINARY) + " inpaint " + (d / "photo.png").string() + " " +
+                   (d / "mask.png").string() + " -o " + (d / "piped.png").string() +
+                   "; echo \"exit $?\" >&2) | true)");
+  EXPECT_NE(piped.output.find("exit 3"), std::string::npos) << piped.output;
+  EXPECT_NE(piped.output.find("pconv: error: cannot write to the standard output: Broken pipe; "
+                              "the result is in " +
+                              (d / "piped.png").string()),
+            std::string::npos)
+      << piped.output;
+  EXPECT_TRUE(fs::is_regular_file(d / "piped.png"));
 }
 
 // Formats that hold less than the image are written with what they hold, never refused after
@@ -720,13 +771,16 @@ TEST(Cli, CutShortWritesLeaveNoTemporaryFile) {
   EXPECT_EQ(masks.rc, 3) << masks.output;
   EXPECT_FALSE(fs::exists(d / "masks")) << masks.output;
   // SIGTERM as soon as the export's temporary file appears (a few tries: the write may end
-  // before the shell sees it).
-  const auto signalled =
-      shell(d, "cd " + (d / "out").string() + " && for i in 1 2 3 4 5; do " + exporter +
-                   " -o x.ts & pid=$!; seen=0; while [ $seen = 0 ] && kill -0 $pid 2>/dev/null; do "
-                   "for f in .x.ts.tmp*; do if [ -e \"$f\" ]; then kill -TERM $pid; echo caught; "
-                   "seen=1; fi; done; done; wait $pid; rm -f x.ts; done");
-  EXPECT_NE(signalled.output.find("caught"), std::string::npos) << signalled.output;
+  // before the shell sees it). At least one try must have cut a write short: killed by the
+  // signal (143) with no x.ts, the temporary file gone too (checked below).
+  const auto signalled = shell(
+      d, "cd " + (d / "out").string() + " && for i in 1 2 3 4 5 6 7 8; do " + exporter +
+             " -o x.ts & pid=$!; seen=0; while [ $seen = 0 ] && kill -0 $pid 2>/dev/null; do "
+             "for f in .x.ts.tmp*; do if [ -e \"$f\" ]; then kill -TERM $pid; seen=1; fi; done; "
+             "done; wait $pid; status=$?; if [ $seen = 1 ]; then echo \"caught: exit $status, "
+             "$([ -e x.ts ] && echo written || echo nothing written)\"; fi; rm -f x.ts; done");
+  EXPECT_NE(signalled.output.find("caught: exit 143, nothing written"), std::string::npos)
+      << signalled.output;
   // keep.ts and nothing else: no .x.ts.tmp* and no .keep.ts.tmp*.
   EXPECT_EQ(std::distance(fs::directory_iterator(d / "out"), fs::directory_iterator()), 1);
 }

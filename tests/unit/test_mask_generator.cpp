@@ -40,6 +40,45 @@ TEST(MaskGeneratorTest, RatiosLandInTheAskedBin) {
   }
 }
 
+// The share of a hole map's pixels that a 5x5 square inside the holes can cover (an opening):
+// none of a hole at most 4 pixels wide, nearly all of a wide one.
+double wide_share(const at::Tensor& hole_map) {
+  const auto hole = hole_map.to(at::kFloat).unsqueeze(0).unsqueeze(0);
+  const auto pool = [](const at::Tensor& t) { return at::max_pool2d(t, {5, 5}, {1, 1}, {2, 2}); };
+  const auto opened = pool(1.0 - pool(1.0 - hole));
+  return opened.sum().item<double>() / hole.sum().item<double>();
+}
+
+// Thin strokes (thin_probability) are 1 to 3 pixels wide whatever the mask's size, and keep the
+// hole ratio in its range; the others are min_width..max_width of the side (5 pixels and more
+// at 256).
+TEST(MaskGeneratorTest, ThinStrokesAreOneToThreePixelsWide) {
+  const auto options =
+      MaskGeneratorOptions(256, 256).min_ratio(0.01).max_ratio(0.05).blob_probability(0.0);
+  const MaskGenerator thin(MaskGeneratorOptions(options).thin_probability(1.0), 4);
+  const MaskGenerator wide(options, 4);
+  double thin_share = 0.0;
+  double wide_share_sum = 0.0;
+  for (uint64_t index = 0; index < 8; ++index) {
+    const auto thin_map = thin.hole_map(index);
+    const double ratio = thin_map.to(at::kDouble).mean().item<double>();
+    EXPECT_GE(ratio, 0.01) << "mask " << index;
+    EXPECT_LE(ratio, 0.05) << "mask " << index;
+    thin_share += wide_share(thin_map) / 8;
+    wide_share_sum += wide_share(wide.hole_map(index)) / 8;
+  }
+  // Where thin strokes cross or run side by side a 5x5 square may fit: a few percent at most.
+  EXPECT_LT(thin_share, 0.05);
+  EXPECT_GT(wide_share_sum, 0.5);
+  // Some strokes thin: masks differ from the ones without (which the default, 0, draws).
+  const MaskGenerator some(MaskGeneratorOptions(options).thin_probability(0.5), 4);
+  int differ = 0;
+  for (uint64_t index = 0; index < 8; ++index) {
+    differ += at::equal(some.hole_map(index), wide.hole_map(index)) ? 0 : 1;
+  }
+  EXPECT_GT(differ, 0);
+}
+
 TEST(MaskGeneratorTest, ReproducibleForSeedAndIndex) {
   const auto options = MaskGeneratorOptions(64, 80).min_ratio(0.1).max_ratio(0.4);
   const MaskGenerator first(options, 3);

@@ -87,10 +87,11 @@ TEST(MixedPrecision, NetworkAndLossStayFiniteUnderAutocast) {
     std::vector<at::Tensor> grads;
     for (const auto& parameter : model->parameters()) grads.push_back(parameter.grad());
     EXPECT_TRUE(scaler.unscale(grads));
-    for (const auto& grad : grads) {
-      if (grad.defined()) {
-        EXPECT_TRUE(at::isfinite(grad).all().item<bool>());
-      }
+    // Every parameter takes part in the forward: an undefined gradient is a graph cut by
+    // autocast, not a parameter to skip.
+    for (size_t i = 0; i < grads.size(); ++i) {
+      ASSERT_TRUE(grads[i].defined()) << "parameter " << i;
+      EXPECT_TRUE(at::isfinite(grads[i]).all().item<bool>()) << "parameter " << i;
     }
   }
 }

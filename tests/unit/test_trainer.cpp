@@ -248,12 +248,14 @@ TEST_F(TrainerTest, CallbacksComeOnTheCallersThread) {
   for (size_t i = 0; i < threads.size(); ++i) EXPECT_EQ(threads[i], caller) << messages[i];
 }
 
+// Also with other numbers of data workers on each side of the stop: what a step trains on does
+// not depend on them.
 TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   T::Trainer straight(tiny(6), files_, {}, dir_ / "straight", false);
   straight.run();
 
   {
-    T::Trainer interrupted(tiny(6), files_, {}, dir_ / "resumed", false);
+    T::Trainer interrupted(tiny(6).workers(2), files_, {}, dir_ / "resumed", false);
     T::TrainerCallbacks callbacks;
     callbacks.should_stop = [&] { return interrupted.step() == 3; };  // as Ctrl-C would
     const auto result = interrupted.run(callbacks);
@@ -271,7 +273,7 @@ TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
   EXPECT_THAT([&] { T::Trainer(tiny(2), files_, {}, dir_ / "resumed", true); },
               ::testing::ThrowsMessage<pconv::InputError>(
                   ::testing::HasSubstr("at step 3 already, past --steps 2")));
-  T::Trainer resumed(tiny(6), files_, {}, dir_ / "resumed", true);
+  T::Trainer resumed(tiny(6).workers(3), files_, {}, dir_ / "resumed", true);
   EXPECT_EQ(resumed.step(), 3);
   EXPECT_EQ(resumed.examples(), 3 * 2);  // where the data stream goes on (batch 2)
   resumed.run();
