@@ -7,6 +7,7 @@
 #include <pconv/io/folder_lock.h>
 #include <pconv/io/image_file.h>
 #include <pconv/io/model_file.h>
+#include <pconv/train/distributed.h>
 
 #include <ATen/ATen.h>
 
@@ -643,6 +644,28 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   EXPECT_FALSE(fs::exists(d / "large-out.png"));
   // photos/, masks/, the two inputs, loaded.txt and pconv.log: no result, no temporary file.
   EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 6);
+}
+
+// Ctrl-C while a rank waits for the others to join (up to --timeout) ends the wait at once:
+// exit 130 with its one warning, no run folder. Rank 0 of 2 here, whose rank 1 never comes.
+TEST(Cli, CtrlCWhileJoiningTheProcessGroupExits130) {
+  if (!pconv::train::distributed_available()) GTEST_SKIP() << "built without Gloo";
+  TempDir dir;
+  const auto& d = dir.path();
+  fs::create_directories(d / "photos");
+  pconv::io::write_image(d / "photos" / "photo.png", picture(3, 40, 40));
+  const auto joining = shell(
+      d, "cd " + d.string() + " && (RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29790 " +
+             std::string(PCONV_BINARY) +
+             " train --data photos -o run --size 32 --depth 3 --timeout 120 2> joining.txt & "
+             "job=$!; n=0; until grep -q 'joining the process group' joining.txt || "
+             "[ $n -ge 1200 ]; do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job; "
+             "status=$?; cat joining.txt; exit $status)");
+  EXPECT_EQ(joining.rc, 130) << joining.output;
+  EXPECT_NE(joining.output.find("pconv: warning: stopped while joining the process group"),
+            std::string::npos)
+      << joining.output;
+  EXPECT_FALSE(fs::exists(d / "run"));
 }
 
 // What pconv prints on stdout must arrive: a full disk there is an error (exit 3), not success.
