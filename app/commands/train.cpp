@@ -107,9 +107,13 @@ void setup_train(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--vgg", options->vgg,
                       "VGG16 TorchScript file for the perceptual and style terms (see README)");
-  command->add_option("--masks", options->mask_dir,
-                      "Folder of mask images (white = hole) to train with, randomly flipped, "
-                      "rotated, dilated and cropped; default: generated masks");
+  command->add_option(
+      "--masks", options->mask_dir,
+      "Folder of mask images (white = hole, unless --white-valid) to train with, randomly "
+      "flipped, rotated, dilated, scaled to the crop and cropped; default: generated masks");
+  command->add_flag("--white-valid", options->masks_white_valid,
+                    "The --masks images are white where pixels are known (as pconv inpaint's "
+                    "--white-valid)");
   command
       ->add_option("--thin-strokes", options->thin_strokes,
                    "Fraction of the generated masks' strokes drawn 1 to 3 pixels wide, as "
@@ -281,6 +285,22 @@ void run_train(const TrainOptions& options) {
   }
   if (!options.mask_dir.empty()) {
     keep_apart(options.out_dir, "the run", "the masks", "--masks", options.mask_dir);
+    // Both folders are listed with their subfolders: masks among the photos would be trained
+    // on as photos.
+    for (const auto& [option, folder] :
+         {std::pair<const char*, const std::string&>{"--data", options.data_dir},
+          {"--val", options.validation_dir}}) {
+      if (!folder.empty() &&
+          (is_within(options.mask_dir, folder) || is_within(folder, options.mask_dir))) {
+        throw CLI::ValidationError(
+            "--masks", fmt::format("'{}' overlaps the photos of {} '{}'; keep the masks in a "
+                                   "folder of their own",
+                                   options.mask_dir, option, folder));
+      }
+    }
+  } else if (options.masks_white_valid) {
+    throw CLI::ValidationError("--white-valid",
+                               "only with --masks (it says how mask images are drawn)");
   }
   auto train_files = list_images("--data", options.data_dir);
   std::vector<std::filesystem::path> validation_files;
@@ -314,6 +334,7 @@ void run_train(const TrainOptions& options) {
       .vgg_path(options.vgg)
       .init_model(options.init_model)
       .mask_dir(options.mask_dir)
+      .masks_white_valid(options.masks_white_valid)
       .thin_strokes(options.thin_strokes)
       .workers(options.workers)
       .seed(options.seed)
@@ -431,6 +452,7 @@ void take_the_runs_settings(const CLI::App& command, TrainOptions& options) {
   take("loss_tv", "--loss-tv", options.loss_tv);
   take("vgg", "--vgg", options.vgg, "(none");
   take("mask_dir", "--masks", options.mask_dir, "(none");
+  take("masks_white_valid", "--white-valid", options.masks_white_valid);
   take("thin_strokes", "--thin-strokes", options.thin_strokes);
   take("seed", "--seed", options.seed);
   take("amp", "--amp", options.amp);
@@ -460,7 +482,13 @@ void run_trainer(const train::TrainerOptions& trainer_options,
   progress.resume_at(first_step);
   train::TrainerCallbacks callbacks;
   callbacks.on_message = [&](const std::string& text) {
-    // Skipped photos are warnings; the rest is information.
+    // Skipped photos and what the trainer marks as a warning are warnings; the rest is
+    // information.
+    constexpr std::string_view kWarning = "warning: ";
+    if (text.rfind(kWarning, 0) == 0) {
+      progress.note(text.substr(kWarning.size()), true);
+      return;
+    }
     progress.note(text, text.find("(skipped)") != std::string::npos ||
                             text.find("(left out") != std::string::npos);
   };

@@ -29,6 +29,7 @@ struct TrainOptions {
   std::string vgg;
   std::string init_model;
   std::string mask_dir;
+  bool masks_white_valid = false;
   double thin_strokes = 0.25;
   int workers = 2;
   uint64_t seed = 0;

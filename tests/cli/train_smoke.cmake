@@ -82,11 +82,17 @@ if(NOT left STREQUAL "notes.txt")
   message(FATAL_ERROR "the failed run changed the existing folder: ${left}")
 endif()
 
-# Training on a mask folder (the generated pictures serve as masks too).
-pconv(0 train --data ${WORK_DIR}/photos --masks ${WORK_DIR}/photos -o ${WORK_DIR}/run_masks
+# Training on a mask folder (the generated validation pictures are masks, white = hole).
+pconv(0 train --data ${WORK_DIR}/photos --masks ${WORK_DIR}/val -o ${WORK_DIR}/run_masks
       ${model_args} --steps 2)
-if(NOT last_output MATCHES "masks: augmented from the mask images")
-  message(FATAL_ERROR "the mask folder was not used")
+if(NOT last_output MATCHES "masks: augmented from the mask images" OR last_output MATCHES "warning")
+  message(FATAL_ERROR "the mask folder was not used, or not without a warning")
+endif()
+# The same masks read the other way round (--white-valid) are mostly hole: a warning says so.
+pconv(0 train --data ${WORK_DIR}/photos --masks ${WORK_DIR}/val --white-valid
+      -o ${WORK_DIR}/run_masks_inverted ${model_args} --steps 1)
+if(NOT last_output MATCHES "pconv: warning: the mask images in .* are [0-9]+% hole on average \\(white = known\\)")
+  message(FATAL_ERROR "no warning of masks that are mostly hole")
 endif()
 
 # SIGINT in the middle of a long run: a checkpoint, exit code 130, and a resumable run.

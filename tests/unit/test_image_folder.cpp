@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -580,6 +581,89 @@ TEST_F(ImageFolderTest, MaskFolderGivesAugmentedBinaryMasksReproducibly) {
   EXPECT_THAT([&] { D::MaskFolder(dir_ / "broken_masks", {}, 0).mask(0); },
               ::testing::ThrowsMessage<pconv::InputError>(
                   ::testing::HasSubstr("broken_masks: none of its 1 mask images can be read")));
+}
+
+// The share of the larger of the hole's two principal spreads over the smaller (1 for a disk):
+// (the eigenvalues of the covariance of the hole pixels' coordinates).
+double spread_ratio(const at::Tensor& holes) {
+  const auto where = at::nonzero(holes).to(at::kDouble);  // (n, 2): y, x
+  const auto centred = where - where.mean(0, true);
+  const auto covariance = centred.t().mm(centred) / static_cast<double>(where.size(0));
+  const double a = covariance[0][0].item<double>();
+  const double b = covariance[1][1].item<double>();
+  const double c = covariance[0][1].item<double>();
+  const double root = std::sqrt((a - b) * (a - b) / 4 + c * c);
+  return ((a + b) / 2 + root) / ((a + b) / 2 - root);
+}
+
+// A mask of another shape than square is rotated, not sheared: a disk stays a disk (with the
+// rotation written for a square, a 2:1 mask's disk came out a tilted ellipse). A larger mask is
+// scaled down to about the crop, so that the crop sees about the whole mask; a mask is
+// thresholded as pconv inpaint reads one (the brightest colour channel), in either convention.
+TEST_F(ImageFolderTest, MaskFolderRotatesScalesAndThresholdsAsInpaintDoes) {
+  const int64_t height = 48;
+  const int64_t width = 96;
+  std::vector<uint8_t> disk(height * width, 0);
+  for (int64_t y = 0; y < height; ++y) {
+    for (int64_t x = 0; x < width; ++x) {
+      const double dy = static_cast<double>(y) - 23.5;
+      const double dx = static_cast<double>(x) - 47.5;
+      disk[y * width + x] = dx * dx + dy * dy <= 9.0 * 9.0 ? 1 : 0;
+    }
+  }
+  fs::create_directories(dir_ / "disk");
+  pconv::io::write_mask(dir_ / "disk" / "disk.png", disk, height, width);
+  const D::MaskFolder rotated(dir_ / "disk", D::MaskFolderOptions().size(48).max_dilation(0), 3);
+  int whole = 0;
+  for (uint64_t index = 0; index < 24; ++index) {
+    const auto holes = rotated.mask(index)[0].eq(0);
+    // Only disks the crop did not cut.
+    if (holes.select(0, 0).any().item<bool>() || holes.select(0, 47).any().item<bool>() ||
+        holes.select(1, 0).any().item<bool>() || holes.select(1, 47).any().item<bool>()) {
+      continue;
+    }
+    ++whole;
+    EXPECT_LT(spread_ratio(holes), 1.3) << "mask " << index;
+  }
+  EXPECT_GE(whole, 8);
+
+  // A 256x256 mask whose centre quarter is hole, at crops of 64: about a quarter of every crop
+  // is hole (cropped at its own size, most crops were all hole or had none).
+  std::vector<uint8_t> centre(256 * 256, 0);
+  for (int64_t y = 64; y < 192; ++y) {
+    for (int64_t x = 64; x < 192; ++x) centre[y * 256 + x] = 1;
+  }
+  fs::create_directories(dir_ / "large");
+  pconv::io::write_mask(dir_ / "large" / "centre.png", centre, 256, 256);
+  const D::MaskFolder scaled(dir_ / "large",
+                             D::MaskFolderOptions().size(64).max_dilation(0).max_rotation(0), 3);
+  for (uint64_t index = 0; index < 12; ++index) {
+    const double ratio = scaled.mask(index).eq(0).to(at::kDouble).mean().item<double>();
+    EXPECT_GT(ratio, 0.12) << "mask " << index;
+    EXPECT_LT(ratio, 0.45) << "mask " << index;
+  }
+
+  // Green strokes are holes (brightest channel at least half), as for pconv inpaint; with
+  // white = valid the same file's holes are the rest.
+  fs::create_directories(dir_ / "green");
+  auto green = at::zeros({3, 64, 64});
+  green[1].narrow(1, 0, 16).fill_(1.0);  // a band 16 pixels wide on the left
+  pconv::io::write_image(dir_ / "green" / "green.png", green);
+  const auto options = D::MaskFolderOptions().size(64).max_dilation(0).max_rotation(0);
+  const D::MaskFolder hole(dir_ / "green", options, 3);
+  const D::MaskFolder valid(
+      dir_ / "green",
+      D::MaskFolderOptions(options).convention(pconv::io::MaskConvention::kWhiteIsValid), 3);
+  const double hole_ratio = hole.mask(0).eq(0).to(at::kDouble).mean().item<double>();
+  EXPECT_GT(hole_ratio, 0.15);
+  EXPECT_LT(hole_ratio, 0.35);
+  const double inverted = valid.mask(0).eq(0).to(at::kDouble).mean().item<double>();
+  EXPECT_GT(inverted, 0.65);
+  EXPECT_LT(inverted, 0.85);
+  // The survey sees the same: the inverted reading is mostly hole.
+  EXPECT_NEAR(hole.survey(8).mean_hole_ratio, 0.25, 1e-9);
+  EXPECT_NEAR(valid.survey(8).mean_hole_ratio, 0.75, 1e-9);
+  EXPECT_EQ(valid.survey(8).files_read, 1U);
 }
 
 }  // namespace

@@ -524,6 +524,10 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
        "train --data " + (d / "val").string() + " --masks " + d.string() + " -o " +
            (d / "run").string(),
        "-o: '" + (d / "run").string() + "' would hold the run among the masks of --masks"},
+      // Masks among the photos would be trained on as photos.
+      {"", "train" + data + " --masks " + (d / "val").string(),
+       "--masks: '" + (d / "val").string() + "' overlaps the photos of --data"},
+      {"", "train" + data + " --white-valid", "--white-valid: only with --masks"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.environment + " " + c.args);

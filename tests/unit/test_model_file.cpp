@@ -16,6 +16,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 
 namespace {
@@ -209,6 +210,20 @@ TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
               ThrowsMessage<pconv::ModelError>(HasSubstr("absent.pt: no such model file")));
   EXPECT_THAT([&] { pconv::io::save_model(dir_ / "no" / "such" / "dir.pt", model_, {}); },
               ThrowsMessage<pconv::InputError>(HasSubstr("dir.pt")));
+}
+
+}  // namespace
+
+namespace {
+
+// A damaged file can trip an internal assertion of LibTorch's: the one-line message names the
+// check that failed, not where it is in LibTorch's source nor its advice to report a bug.
+TEST(ModelFile, BriefNamesLibTorchsFailedCheckWithoutItsAdvice) {
+  const std::runtime_error error(
+      "args.at(0).toStringRef() == \"storage\" INTERNAL ASSERT FAILED at "
+      "\"/pytorch/torch/csrc/jit/serialization/unpickler.cpp\":552, please report a bug to "
+      "PyTorch. \nException raised from ...");
+  EXPECT_EQ(pconv::brief(error), "LibTorch's check args.at(0).toStringRef() == \"storage\" failed");
 }
 
 }  // namespace

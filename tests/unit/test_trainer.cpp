@@ -474,6 +474,21 @@ TEST_F(TrainerTest, DamagedCheckpointIsAModelErrorNotACrash) {
           << records[i] << " cut to " << keep << " bytes";
     }
   }
+  // A run identity with a setting pconv never writes (one letter changed, checksums made anew,
+  // as a fuzzer made it): damaged, not "of another run" (which named depth=3 against 3).
+  fs::remove(checkpoint);
+  int changed = 0;
+  pconv::testing::copy_with_changed_records(
+      sound, checkpoint, [&](const std::string&, std::string& bytes) {
+        for (auto at = bytes.find("depth="); at != std::string::npos; at = bytes.find("depth=")) {
+          bytes[at + 1] = 'z';
+          ++changed;
+        }
+      });
+  ASSERT_EQ(changed, 1);
+  EXPECT_THAT([&] { T::Trainer(tiny(4), files_, {}, dir_ / "run", true); },
+              ::testing::ThrowsMessage<pconv::ModelError>(::testing::HasSubstr(
+                  "checkpoint.pt: is damaged (its run identity holds 'dzpth=3'")));
   fs::remove(checkpoint);
   pconv::testing::copy_with_short_record(sound, checkpoint, "", 0);
   T::Trainer resumed(tiny(4), files_, {}, dir_ / "run", true);  // the copy itself is sound

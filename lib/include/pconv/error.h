@@ -41,10 +41,15 @@ class ArgumentError : public Error {
 
 /// The gist of another library's exception, to end a one-line message with: the first sentence
 /// of its first line (LibTorch adds a backtrace and advice on further lines and sentences),
-/// without LibTorch's "PytorchStreamReader " prefix.
+/// without LibTorch's "PytorchStreamReader " prefix. An internal assertion of LibTorch's (which
+/// a damaged file can trip) is named as a failed check, without where it is in LibTorch's source
+/// and its advice to report a bug to PyTorch.
 inline std::string brief(const std::exception& error) {
   std::string text = error.what();
   text = text.substr(0, text.find('\n'));
+  if (const auto assertion = text.find(" INTERNAL ASSERT FAILED"); assertion != std::string::npos) {
+    return "LibTorch's check " + text.substr(0, assertion) + " failed";
+  }
   text = text.substr(0, text.find(". "));
   const std::string prefix = "PytorchStreamReader ";
   if (text.rfind(prefix, 0) == 0) text = text.substr(prefix.size());

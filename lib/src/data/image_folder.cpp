@@ -106,7 +106,12 @@ std::vector<std::filesystem::path> list_images(
 
 torch::Tensor crop_example(const std::filesystem::path& path, const CropOptions& options,
                            bool random, uint64_t seed) {
-  return crop_image(io::read_image(path).pixels, path, options, random, seed);
+  // A photo larger than any crop asks for is scaled down as it is read, on its 8- or 16-bit
+  // samples: a 6000x4000 photo took 0.9 s and 0.6 GB a crop in float (2026-11-25, session xi).
+  // Its shorter side stays at least the largest a crop scales to, so crop_image draws the same.
+  const auto largest = static_cast<int64_t>(
+      std::ceil(std::max(1.0, options.max_scale()) * static_cast<double>(options.size())));
+  return crop_image(io::read_image(path, largest).pixels, path, options, random, seed);
 }
 
 torch::Tensor crop_image(const torch::Tensor& pixels, const std::filesystem::path& path,

@@ -16,6 +16,10 @@ namespace pconv::data {
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
+// A mask's shorter side is scaled to 1 to this many times the crop's side.
+constexpr double kMostScaleOverCrop = 1.25;
+// Random places tried for a crop with both holes and valid pixels.
+constexpr int kCropAttempts = 8;
 
 }  // namespace
 
@@ -53,8 +57,11 @@ torch::Tensor MaskFolder::mask(uint64_t index) const {
     throw InputError(folder_.string() + ": none of its " + std::to_string(files_.size()) +
                      " mask images can be read");
   }
-  // Hole where the first channel is above half the range; (1, 1, H, W), 1 = hole.
-  auto holes = (pixels.narrow(0, 0, 1) > 0.5).to(at::kFloat).unsqueeze(0);
+  // (1, 1, H, W), 1 = hole; thresholded as pconv inpaint reads a mask.
+  auto holes = io::holes_from_mask(io::Image{pixels, 8}, options_.convention())
+                   .to(at::kFloat)
+                   .unsqueeze(0)
+                   .unsqueeze(0);
 
   if (std::bernoulli_distribution(0.5)(rng)) holes = holes.flip({3});
   if (std::bernoulli_distribution(0.5)(rng)) holes = holes.flip({2});
@@ -62,9 +69,12 @@ torch::Tensor MaskFolder::mask(uint64_t index) const {
                                                               options_.max_rotation())(rng) *
                        kPi / 180.0;
   if (angle != 0.0) {
-    // Rotation about the centre; what comes in from outside the picture is valid.
-    const auto theta = torch::tensor({std::cos(angle), -std::sin(angle), 0.0, std::sin(angle),
-                                      std::cos(angle), 0.0})
+    // Rotation about the centre; what comes in from outside the picture is valid. The grid's
+    // coordinates run over [-1, 1] on both sides, so a W x H mask's rotation has the aspect
+    // ratio in it (without, a non-square mask would be sheared).
+    const double aspect = static_cast<double>(holes.size(3)) / static_cast<double>(holes.size(2));
+    const auto theta = torch::tensor({std::cos(angle), -std::sin(angle) / aspect, 0.0,
+                                      std::sin(angle) * aspect, std::cos(angle), 0.0})
                            .view({1, 2, 3})
                            .to(at::kFloat);
     const auto grid = at::affine_grid_generator(theta, holes.sizes(), /*align_corners=*/false);
@@ -75,20 +85,54 @@ torch::Tensor MaskFolder::mask(uint64_t index) const {
       std::uniform_int_distribution<int64_t>(0, std::max<int64_t>(0, options_.max_dilation()))(rng);
   if (dilation > 0) holes = at::max_pool2d(holes, 2 * dilation + 1, 1, dilation);
 
+  // Scaled so that the shorter side is 1 to 1.25 x S: up by nearest neighbour, down by area
+  // and a threshold at half (which keeps the hole ratio).
   const int64_t size = options_.size();
   const int64_t height = holes.size(2);
   const int64_t width = holes.size(3);
-  const double scale =
-      std::max(1.0, static_cast<double>(size) / static_cast<double>(std::min(height, width)));
-  if (scale > 1.0) {
-    holes = at::upsample_nearest2d(
-        holes,
-        {std::max(size, static_cast<int64_t>(std::ceil(static_cast<double>(height) * scale))),
-         std::max(size, static_cast<int64_t>(std::ceil(static_cast<double>(width) * scale)))});
+  const double shorter = static_cast<double>(size) *
+                         std::uniform_real_distribution<double>(1.0, kMostScaleOverCrop)(rng);
+  const double scale = shorter / static_cast<double>(std::min(height, width));
+  const int64_t scaled_h =
+      std::max(size, static_cast<int64_t>(std::lround(static_cast<double>(height) * scale)));
+  const int64_t scaled_w =
+      std::max(size, static_cast<int64_t>(std::lround(static_cast<double>(width) * scale)));
+  if (scaled_h > height || scaled_w > width) {
+    holes = at::upsample_nearest2d(holes, {scaled_h, scaled_w});
+  } else if (scaled_h < height || scaled_w < width) {
+    holes = at::_upsample_bilinear2d_aa(holes, {scaled_h, scaled_w}, false).ge(0.5).to(at::kFloat);
   }
-  const int64_t top = std::uniform_int_distribution<int64_t>(0, holes.size(2) - size)(rng);
-  const int64_t left = std::uniform_int_distribution<int64_t>(0, holes.size(3) - size)(rng);
-  return 1.0 - holes.narrow(2, top, size).narrow(3, left, size).squeeze(0).contiguous();
+  // A crop with a hole and something known, where one of a few places has it.
+  at::Tensor crop;
+  for (int attempt = 0; attempt < kCropAttempts; ++attempt) {
+    const int64_t top = std::uniform_int_distribution<int64_t>(0, holes.size(2) - size)(rng);
+    const int64_t left = std::uniform_int_distribution<int64_t>(0, holes.size(3) - size)(rng);
+    crop = holes.narrow(2, top, size).narrow(3, left, size);
+    const double ratio = crop.mean().item<double>();
+    if (ratio > 0.0 && ratio < 1.0) break;
+  }
+  return 1.0 - crop.squeeze(0).contiguous();
+}
+
+MaskSurvey MaskFolder::survey(size_t most) const {
+  MaskSurvey survey;
+  const size_t count = std::min(most, files_.size());
+  for (size_t i = 0; i < count; ++i) {
+    const auto& path = files_[i * files_.size() / count];
+    at::Tensor holes;
+    try {
+      holes = io::holes_from_mask(io::read_image(path), options_.convention());
+    } catch (const InputError&) {
+      continue;  // mask() reports it, once
+    }
+    const double ratio = holes.to(at::kDouble).mean().item<double>();
+    ++survey.files_read;
+    survey.mean_hole_ratio += ratio;
+    if (ratio == 0.0) ++survey.without_holes;
+    if (ratio == 1.0) ++survey.all_hole;
+  }
+  if (survey.files_read > 0) survey.mean_hole_ratio /= static_cast<double>(survey.files_read);
+  return survey;
 }
 
 }  // namespace pconv::data

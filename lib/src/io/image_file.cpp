@@ -26,6 +26,7 @@
 #include <array>
 #include <atomic>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -374,12 +375,29 @@ bool has_image_extension(const std::filesystem::path& path) {
   return std::find(known.begin(), known.end(), lower_extension(path)) != known.end();
 }
 
-Image read_image(const std::filesystem::path& path) {
+Image read_image(const std::filesystem::path& path, int64_t shrink_to) {
   const std::string name = path.string();
   if (const auto problem = file_problem(path, "image file"); !problem.empty()) {
     throw InputError(name + ": " + problem);
   }
-  if (is_tensor_image(path)) return read_tensor_image(path);
+  if (is_tensor_image(path)) {
+    auto image = read_tensor_image(path);
+    const int64_t shorter = std::min(image.pixels.size(1), image.pixels.size(2));
+    if (shrink_to > 0 && shorter > shrink_to) {
+      const double scale = static_cast<double>(shrink_to) / static_cast<double>(shorter);
+      const auto side = [&](int64_t length) {
+        return std::max(shrink_to,
+                        static_cast<int64_t>(std::lround(static_cast<double>(length) * scale)));
+      };
+      image.pixels = at::_upsample_bilinear2d_aa(
+                         image.pixels.unsqueeze(0),
+                         {side(image.pixels.size(1)), side(image.pixels.size(2))}, false)
+                         .squeeze(0)
+                         .clamp(0.0, 1.0)
+                         .contiguous();
+    }
+    return image;
+  }
 #ifdef PCONV_WITH_OPENCV
   // A JPEG's EXIF orientation is applied, as every viewer (and so every mask drawn on one)
   // does; IMREAD_UNCHANGED would skip it, and a JPEG has no alpha for it to keep.
@@ -433,6 +451,18 @@ Image read_image(const std::filesystem::path& path) {
     }
   }
 #endif
+  if (const int shorter = std::min(decoded.rows, decoded.cols);
+      shrink_to > 0 && shorter > shrink_to) {
+    const double scale = static_cast<double>(shrink_to) / static_cast<double>(shorter);
+    const auto side = [&](int length) {
+      return std::max(static_cast<int>(shrink_to),
+                      static_cast<int>(std::lround(static_cast<double>(length) * scale)));
+    };
+    cv::Mat smaller;
+    cv::resize(decoded, smaller, cv::Size(side(decoded.cols), side(decoded.rows)), 0, 0,
+               cv::INTER_AREA);
+    decoded = smaller;
+  }
   const int channels = decoded.channels();
   cv::Mat rgb;
   switch (channels) {

@@ -22,6 +22,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -80,7 +81,8 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\namp " << o.amp()
       << "\nhole_ratio " << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nthin_strokes "
       << o.thin_strokes() << "\nmask_dir "
-      << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\ndata "
+      << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\nmasks_white_valid "
+      << o.masks_white_valid() << "\ndata "
       << (o.data_description().empty() ? "(not given)" : o.data_description()) << "\nval "
       << (o.validation_description().empty() ? "(none)" : o.validation_description())
       << "\nprocesses " << processes << "\ntrain_images " << train_count << "\nvalidation_images "
@@ -633,6 +635,18 @@ void Trainer::load_checkpoint() {
     archive.load_from(bytes.data(), bytes.size(), options_.device());
     c10::IValue value;
     archive.read("identity", value);
+    // Settings a checkpoint's identity may name; anything else is a damaged record.
+    static const std::set<std::string> identity_keys{"size",       "batch",     "seed",     "depth",
+                                                     "base_width", "max_width", "finetune", "amp"};
+    {
+      std::istringstream words(value.toStringRef());
+      for (std::string word; words >> word;) {
+        if (identity_keys.count(word.substr(0, word.find('='))) == 0) {
+          throw ModelError(path.string() + ": is damaged (its run identity holds '" + word +
+                           "', which pconv does not write)");
+        }
+      }
+    }
     if (const auto mine = run_identity(options_); value.toStringRef() != mine) {
       // The settings that differ, as "amp=bf16 (this command: off)".
       std::istringstream theirs(value.toStringRef());
@@ -801,11 +815,33 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
                            .thin_probability(options_.thin_strokes()),
                        options_.seed())](uint64_t index) { return generator.mask(index); };
   } else {
-    data::MaskFolder folder(options_.mask_dir(), data::MaskFolderOptions().size(options_.size()),
+    const auto convention = options_.masks_white_valid() ? io::MaskConvention::kWhiteIsValid
+                                                         : io::MaskConvention::kWhiteIsHole;
+    data::MaskFolder folder(options_.mask_dir(),
+                            data::MaskFolderOptions().size(options_.size()).convention(convention),
                             options_.seed());
     folder.set_warning_hook(queue_warning);
     mask_source = [folder](uint64_t index) { return folder.mask(index); };
-    message("masks: augmented from the mask images in " + options_.mask_dir());
+    const char* white = options_.masks_white_valid() ? "white = known" : "white = hole";
+    message(std::string("masks: augmented from the mask images in ") + options_.mask_dir() + " (" +
+            white + ")");
+    // Masks in the other convention train on mostly-hole crops without a word: said here.
+    const auto survey = folder.survey(64);
+    if (survey.files_read > 0 && survey.mean_hole_ratio > 0.5) {
+      message("warning: the mask images in " + options_.mask_dir() + " are " +
+              std::to_string(static_cast<int>(std::lround(100 * survey.mean_hole_ratio))) +
+              "% hole on average (" + white + "), where holes are usually the lesser part: " +
+              (options_.masks_white_valid() ? "leave out --white-valid"
+                                            : "if they are white where pixels are known, give "
+                                              "--white-valid") +
+              " (" + std::to_string(survey.files_read) + " files read)");
+    }
+    if (survey.without_holes + survey.all_hole > 0) {
+      message("warning: of " + std::to_string(survey.files_read) + " mask images read in " +
+              options_.mask_dir() + ", " + std::to_string(survey.without_holes) +
+              " have no hole and " + std::to_string(survey.all_hole) +
+              " are hole everywhere: they teach nothing");
+    }
   }
   const auto& group = options_.process_group();
   const int64_t ranks = group ? group->world_size() : 1;

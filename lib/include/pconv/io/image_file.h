@@ -35,7 +35,11 @@ struct Image {
 /// a tensor image. Without OpenCV only tensor images can be read. A JPEG's EXIF orientation is
 /// applied (the pixels come upright, as a viewer shows them, and as a mask drawn on one is).
 /// Throws pconv::InputError naming the file if it is missing, unreadable or not an image.
-Image read_image(const std::filesystem::path& path);
+/// With `shrink_to` > 0, an image whose shorter side is longer than that is scaled down (area
+/// averaging, on the file's own samples) so that its shorter side is `shrink_to` pixels, before
+/// the conversion to float: a large photo of which only a small crop is wanted then costs a
+/// fraction of the memory and time (training crops of camera photos).
+Image read_image(const std::filesystem::path& path, int64_t shrink_to = 0);
 
 /// What read_image does with what an image decoder printed about an image it did decode, such
 /// as libjpeg's "Premature end of JPEG file" (the rest of the picture is grey): calls `handler`
@@ -81,7 +85,7 @@ void write_mask(const std::filesystem::path& path, const std::vector<uint8_t>& h
 /// How a mask image marks the holes.
 enum class MaskConvention {
   kWhiteIsHole,   // pconv's default, as OpenCV's cv::inpaint, LaMa and IOPaint
-  kWhiteIsValid,  // the paper's masks: white where pixels are known
+  kWhiteIsValid,  // white where pixels are known (as the paper's mask M is 1 there)
 };
 
 /// The threshold rule for masks that are not pure black and white: a pixel is white when its

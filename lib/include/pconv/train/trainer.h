@@ -46,6 +46,8 @@ struct TrainerOptions {
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
   /// A folder of mask images (white = hole) to train with, augmented; empty: generated masks.
   TORCH_ARG(std::string, mask_dir) = "";
+  /// The mask images are white where pixels are known (pconv inpaint's --white-valid).
+  TORCH_ARG(bool, masks_white_valid) = false;
   /// Hole ratios of the generated training masks.
   TORCH_ARG(double, min_hole_ratio) = 0.01;
   TORCH_ARG(double, max_hole_ratio) = 0.6;
@@ -98,7 +100,8 @@ struct TrainerCallbacks {
   /// After each step; in a data-parallel run the losses are the means over every rank's part.
   std::function<void(const StepReport&)> on_step;
   std::function<void(const ValidationReport&)> on_validation;
-  /// One-line notes worth showing (skipped files, checkpoints, what the loss uses).
+  /// One-line notes worth showing (skipped files, checkpoints, what the loss uses). Those that
+  /// warn of something likely wrong (mask files that look inverted) begin with "warning: ".
   std::function<void(const std::string&)> on_message;
   /// Polled between steps (and, in a one-process run, during validation); true saves a
   /// checkpoint and ends the run early. A stop during the last step's validation ends it early
