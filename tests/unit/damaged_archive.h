@@ -55,22 +55,9 @@ void copy_with_changed_records(const std::filesystem::path& from, const std::fil
 inline void copy_with_short_record(const std::filesystem::path& from,
                                    const std::filesystem::path& to, const std::string& record,
                                    size_t keep) {
-  caffe2::serialize::PyTorchStreamReader reader(from.string());
-  std::ofstream out(to, std::ios::binary);
-  caffe2::serialize::PyTorchStreamWriter writer([&out](const void* data, size_t size) {
-    out.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
-    return size;
+  copy_with_changed_records(from, to, [&](const std::string& name, std::string& bytes) {
+    if (name == record) bytes.resize(std::min(keep, bytes.size()));
   });
-  for (const auto& name : reader.getAllRecords()) {
-    // The writer adds these itself.
-    if (name == ".data/version" || name == "version" || name == "byteorder" ||
-        name == ".data/serialization_id") {
-      continue;
-    }
-    const auto [data, size] = reader.getRecord(name);
-    writer.writeRecord(name, data.get(), name == record ? std::min(keep, size) : size);
-  }
-  writer.writeEndOfFile();
 }
 
 }  // namespace pconv::testing
