@@ -108,7 +108,7 @@ torch::Tensor MaskFolder::mask(uint64_t index) const {
     const int64_t top = std::uniform_int_distribution<int64_t>(0, holes.size(2) - size)(rng);
     const int64_t left = std::uniform_int_distribution<int64_t>(0, holes.size(3) - size)(rng);
     crop = holes.narrow(2, top, size).narrow(3, left, size);
-    const double ratio = crop.mean().item<double>();
+    const auto ratio = crop.mean().item<double>();
     if (ratio > 0.0 && ratio < 1.0) break;
   }
   return 1.0 - crop.squeeze(0).contiguous();
@@ -125,7 +125,7 @@ MaskSurvey MaskFolder::survey(size_t most) const {
     } catch (const InputError&) {
       continue;  // mask() reports it, once
     }
-    const double ratio = holes.to(at::kDouble).mean().item<double>();
+    const auto ratio = holes.to(at::kDouble).mean().item<double>();
     ++survey.files_read;
     survey.mean_hole_ratio += ratio;
     if (ratio == 0.0) ++survey.without_holes;
