@@ -111,9 +111,10 @@ void setup_train(CLI::App& app) {
       "--masks", options->mask_dir,
       "Folder of mask images (white = hole, unless --white-valid) to train with, randomly "
       "flipped, rotated, dilated, scaled to the crop and cropped; default: generated masks");
-  command->add_flag("--white-valid", options->masks_white_valid,
+  command->add_flag("--white-valid,!--no-white-valid", options->masks_white_valid,
                     "The --masks images are white where pixels are known (as pconv inpaint's "
-                    "--white-valid)");
+                    "--white-valid); --no-white-valid: white = hole, also on --resume of a run "
+                    "that had --white-valid");
   command
       ->add_option("--thin-strokes", options->thin_strokes,
                    "Fraction of the generated masks' strokes drawn 1 to 3 pixels wide, as "

@@ -256,6 +256,7 @@ int main(int argc, char** argv) {
       start.master_port += 100;
       start.timeout = std::chrono::seconds(60);
       pconv::train::ProcessGroup together(start);
+      together.barrier();
     }
     options->timeout = std::chrono::seconds(failure_mode ? 3 : 60);
     auto shared_group = std::make_shared<pconv::train::ProcessGroup>(*options);

@@ -21,8 +21,8 @@ cleanup() {
 }
 trap cleanup EXIT
 # What a run killed on its timeout (no EXIT trap then) left behind would catch this one's packets:
-# removed, where the run that made it (the number in its name) is gone; one still running (a
-# second checkout's tests) keeps its own.
+# removed, where the run that made it (the number in its name) is gone. (Two runs at once would
+# still share the link-local addresses and the port, and fail: one run at a time.)
 for stale in $(ip netns list 2>/dev/null | grep -o '^pconv-test-[0-9]*'); do
   kill -0 "${stale#pconv-test-}" 2>/dev/null || ip netns del "$stale"
 done

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -66,6 +67,29 @@ void expect_reducer_keeps_gradients(torch::Device device) {
       EXPECT_TRUE(at::allclose(parameters[index].grad(), expected[index]))
           << "parameter " << index << " at step " << step;
     }
+  }
+}
+
+// torchrun's variables: LOCAL_RANK, when not set, is the rank's place on its machine where
+// LOCAL_WORLD_SIZE says how many processes it runs (two machines of two: rank 3 is local rank
+// 1), else the rank; a LOCAL_RANK past LOCAL_WORLD_SIZE is an error naming both.
+TEST(Distributed, LocalRankFollowsTheProcessesPerMachine) {
+  setenv("WORLD_SIZE", "4", 1);
+  setenv("RANK", "3", 1);
+  auto options = pconv::train::distributed_from_environment();
+  ASSERT_TRUE(options.has_value());
+  EXPECT_EQ(options->local_rank, 3);
+  EXPECT_EQ(options->local_world_size, 1);
+  setenv("LOCAL_WORLD_SIZE", "2", 1);
+  options = pconv::train::distributed_from_environment();
+  EXPECT_EQ(options->local_rank, 1);
+  EXPECT_EQ(options->local_world_size, 2);
+  setenv("LOCAL_RANK", "2", 1);
+  EXPECT_THAT([] { pconv::train::distributed_from_environment(); },
+              ::testing::ThrowsMessage<pconv::InputError>(
+                  ::testing::HasSubstr("LOCAL_RANK is 2 but LOCAL_WORLD_SIZE is 2")));
+  for (const char* name : {"WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK"}) {
+    unsetenv(name);
   }
 }
 
@@ -133,9 +157,9 @@ TEST(Distributed, JoiningASilentMasterEndsAtTheTimeoutOrAStopRequest) {
   options.timeout = std::chrono::seconds(1);
   const auto start = std::chrono::steady_clock::now();
   EXPECT_THAT([&] { ProcessGroup group(options); },
-              ::testing::ThrowsMessage<pconv::Error>(::testing::HasSubstr(
-                  "rank 1 of 2: cannot join the process group at 127.0.0.1:" +
-                  std::to_string(master.port()) + ": no answer within 1 s")));
+              ::testing::ThrowsMessage<pconv::Error>(
+                  ::testing::HasSubstr("rank 1 of 2: cannot join the process group at 127.0.0.1:" +
+                                       std::to_string(master.port()) + ": no answer within 1 s")));
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 
   options.timeout = std::chrono::minutes(10);

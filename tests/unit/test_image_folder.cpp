@@ -583,6 +583,27 @@ TEST_F(ImageFolderTest, MaskFolderGivesAugmentedBinaryMasksReproducibly) {
                   ::testing::HasSubstr("broken_masks: none of its 1 mask images can be read")));
 }
 
+// read_image can scale a large image down as it reads it (training crops of camera photos):
+// to the asked shorter side, the aspect kept, 8-bit PNG and tensor image alike.
+TEST_F(ImageFolderTest, ReadImageShrinksLargeImages) {
+  const auto picture = at::rand({3, 300, 400});
+  pconv::io::write_image(dir_ / "large.png", picture);
+  pconv::io::write_image(dir_ / "large.pt", picture);
+  for (const char* name : {"large.png", "large.pt"}) {
+    EXPECT_EQ(pconv::io::read_image(dir_ / name, 100).pixels.sizes(),
+              (at::IntArrayRef{3, 100, 133}))
+        << name;
+    EXPECT_EQ(pconv::io::read_image(dir_ / name, 300).pixels.sizes(),
+              (at::IntArrayRef{3, 300, 400}))
+        << name;
+    EXPECT_EQ(pconv::io::read_image(dir_ / name).pixels.sizes(), (at::IntArrayRef{3, 300, 400}))
+        << name;
+  }
+  // Area averaging: a mean level is kept.
+  const auto small = pconv::io::read_image(dir_ / "large.png", 100).pixels;
+  EXPECT_NEAR(small.mean().item<double>(), picture.mean().item<double>(), 0.01);
+}
+
 // The share of the larger of the hole's two principal spreads over the smaller (1 for a disk):
 // (the eigenvalues of the covariance of the hole pixels' coordinates).
 double spread_ratio(const at::Tensor& holes) {
@@ -641,6 +662,17 @@ TEST_F(ImageFolderTest, MaskFolderRotatesScalesAndThresholdsAsInpaintDoes) {
     const double ratio = scaled.mask(index).eq(0).to(at::kDouble).mean().item<double>();
     EXPECT_GT(ratio, 0.12) << "mask " << index;
     EXPECT_LT(ratio, 0.45) << "mask " << index;
+  }
+
+  // A 1-pixel scratch in a 256x256 mask survives the scaling down to crops of 64.
+  std::vector<uint8_t> scratch(256 * 256, 0);
+  for (int64_t x = 0; x < 256; ++x) scratch[128 * 256 + x] = 1;
+  fs::create_directories(dir_ / "scratch");
+  pconv::io::write_mask(dir_ / "scratch" / "scratch.png", scratch, 256, 256);
+  const D::MaskFolder thin(dir_ / "scratch",
+                           D::MaskFolderOptions().size(64).max_dilation(0).max_rotation(0), 3);
+  for (uint64_t index = 0; index < 6; ++index) {
+    EXPECT_GT(thin.mask(index).eq(0).sum().item<int64_t>(), 0) << "mask " << index;
   }
 
   // Green strokes are holes (brightest channel at least half), as for pconv inpaint; with

@@ -534,14 +534,16 @@ TEST(Cli, EmptyAndOutOfRangeValuesAreUsageErrors) {
     if (c.environment == "RANK") setenv("RANK", "1", 1);
     if (c.environment == "WORLD_SIZE") setenv("WORLD_SIZE", "2x", 1);
     if (c.environment == "WORLD_SIZE=2") setenv("WORLD_SIZE", "2", 1);
-    if (c.environment == "LOCAL_WORLD_SIZE") {  // rank 1 of 2, as the only one on its machine
+    if (c.environment == "LOCAL_WORLD_SIZE") {  // local rank 1 of a machine of 1 process
       setenv("WORLD_SIZE", "2", 1);
       setenv("RANK", "1", 1);
+      setenv("LOCAL_RANK", "1", 1);
       setenv("LOCAL_WORLD_SIZE", "1", 1);
     }
     const auto run = pconv(d, c.args);
     unsetenv("RANK");
     unsetenv("WORLD_SIZE");
+    unsetenv("LOCAL_RANK");
     unsetenv("LOCAL_WORLD_SIZE");
     EXPECT_EQ(run.rc, 2) << run.output;
     EXPECT_NE(run.output.find("pconv: error: " + c.message), std::string::npos) << run.output;

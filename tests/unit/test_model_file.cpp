@@ -224,6 +224,11 @@ TEST(ModelFile, BriefNamesLibTorchsFailedCheckWithoutItsAdvice) {
       "\"/pytorch/torch/csrc/jit/serialization/unpickler.cpp\":552, please report a bug to "
       "PyTorch. \nException raised from ...");
   EXPECT_EQ(pconv::brief(error), "LibTorch's check args.at(0).toStringRef() == \"storage\" failed");
+  // With TORCH_INTERNAL_ASSERT's own message, which follows the advice.
+  const std::runtime_error with_message(
+      "false INTERNAL ASSERT FAILED at \"x.cpp\":7, please report a bug to PyTorch. Unknown "
+      "storage type. More text");
+  EXPECT_EQ(pconv::brief(with_message), "LibTorch's check false failed: Unknown storage type");
 }
 
 }  // namespace

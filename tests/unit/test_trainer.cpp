@@ -248,6 +248,19 @@ TEST_F(TrainerTest, CallbacksComeOnTheCallersThread) {
   for (size_t i = 0; i < threads.size(); ++i) EXPECT_EQ(threads[i], caller) << messages[i];
 }
 
+// A config.txt of a run from before an option existed reads as that run trained: no thin
+// strokes, masks white = hole (not today's defaults, which a resume would switch to mid-run).
+TEST_F(TrainerTest, OlderRunsSettingsReadAsTheyTrained) {
+  fs::create_directories(dir_ / "old");
+  std::ofstream(dir_ / "old" / "config.txt") << "pconv 0.1.0 training run\nsize 32\nseed 9\n";
+  const auto settings = T::recorded_settings(dir_ / "old");
+  EXPECT_EQ(settings.at("size"), "32");
+  EXPECT_EQ(settings.at("thin_strokes"), "0");
+  EXPECT_EQ(settings.at("masks_white_valid"), "0");
+  std::ofstream(dir_ / "old" / "config.txt", std::ios::app) << "thin_strokes 0.25\n";
+  EXPECT_EQ(T::recorded_settings(dir_ / "old").at("thin_strokes"), "0.25");
+}
+
 // Also with other numbers of data workers on each side of the stop: what a step trains on does
 // not depend on them.
 TEST_F(TrainerTest, StoppedAndResumedRunEqualsAnUninterruptedOne) {
@@ -486,9 +499,10 @@ TEST_F(TrainerTest, DamagedCheckpointIsAModelErrorNotACrash) {
         }
       });
   ASSERT_EQ(changed, 1);
-  EXPECT_THAT([&] { T::Trainer(tiny(4), files_, {}, dir_ / "run", true); },
-              ::testing::ThrowsMessage<pconv::ModelError>(::testing::HasSubstr(
-                  "checkpoint.pt: is damaged (its run identity holds 'dzpth=3'")));
+  EXPECT_THAT(
+      [&] { T::Trainer(tiny(4), files_, {}, dir_ / "run", true); },
+      ::testing::ThrowsMessage<pconv::ModelError>(::testing::HasSubstr(
+          "checkpoint.pt: is damaged, or of a newer pconv (its run identity holds 'dzpth=3'")));
   fs::remove(checkpoint);
   pconv::testing::copy_with_short_record(sound, checkpoint, "", 0);
   T::Trainer resumed(tiny(4), files_, {}, dir_ / "run", true);  // the copy itself is sound

@@ -48,7 +48,13 @@ inline std::string brief(const std::exception& error) {
   std::string text = error.what();
   text = text.substr(0, text.find('\n'));
   if (const auto assertion = text.find(" INTERNAL ASSERT FAILED"); assertion != std::string::npos) {
-    return "LibTorch's check " + text.substr(0, assertion) + " failed";
+    // What TORCH_INTERNAL_ASSERT(condition, message) adds comes after LibTorch's advice.
+    const std::string advice = "report a bug to PyTorch. ";
+    const auto after = text.find(advice, assertion);
+    const std::string message =
+        after == std::string::npos ? std::string() : text.substr(after + advice.size());
+    return "LibTorch's check " + text.substr(0, assertion) + " failed" +
+           (message.empty() ? "" : ": " + message.substr(0, message.find(". ")));
   }
   text = text.substr(0, text.find(". "));
   const std::string prefix = "PytorchStreamReader ";

@@ -83,10 +83,10 @@ torch::Tensor MaskFolder::mask(uint64_t index) const {
   }
   const int64_t dilation =
       std::uniform_int_distribution<int64_t>(0, std::max<int64_t>(0, options_.max_dilation()))(rng);
-  if (dilation > 0) holes = at::max_pool2d(holes, 2 * dilation + 1, 1, dilation);
 
-  // Scaled so that the shorter side is 1 to 1.25 x S: up by nearest neighbour, down by area
-  // and a threshold at half (which keeps the hole ratio).
+  // Scaled so that the shorter side is 1 to 1.25 x S: up by nearest neighbour; down with a
+  // pixel a hole where any part of it is one, so that a 1-pixel scratch survives (a wide hole
+  // grows by up to a pixel at its edges).
   const int64_t size = options_.size();
   const int64_t height = holes.size(2);
   const int64_t width = holes.size(3);
@@ -100,8 +100,10 @@ torch::Tensor MaskFolder::mask(uint64_t index) const {
   if (scaled_h > height || scaled_w > width) {
     holes = at::upsample_nearest2d(holes, {scaled_h, scaled_w});
   } else if (scaled_h < height || scaled_w < width) {
-    holes = at::_upsample_bilinear2d_aa(holes, {scaled_h, scaled_w}, false).ge(0.5).to(at::kFloat);
+    holes = std::get<0>(at::adaptive_max_pool2d(holes, {scaled_h, scaled_w}));
   }
+  // Dilated at the crop's scale: max_dilation is in the crop's pixels.
+  if (dilation > 0) holes = at::max_pool2d(holes, 2 * dilation + 1, 1, dilation);
   // A crop with a hole and something known, where one of a few places has it.
   at::Tensor crop;
   for (int attempt = 0; attempt < kCropAttempts; ++attempt) {

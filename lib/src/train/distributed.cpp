@@ -136,8 +136,14 @@ std::optional<DistributedOptions> distributed_from_environment() {
                      " but RANK is not set: set both (as torchrun does), or neither");
   }
   options.rank = integer_variable("RANK", 0, 0, options.world_size - 1);
-  options.local_rank = integer_variable("LOCAL_RANK", options.rank, 0, options.world_size - 1);
   options.local_world_size = integer_variable("LOCAL_WORLD_SIZE", 1, 1, options.world_size);
+  // Without LOCAL_RANK: the rank's place among its machine's processes, where LOCAL_WORLD_SIZE
+  // says how many there are (ranks numbered machine by machine, as torchrun numbers them), else
+  // the rank itself (one machine).
+  options.local_rank = integer_variable(
+      "LOCAL_RANK",
+      environment("LOCAL_WORLD_SIZE") ? options.rank % options.local_world_size : options.rank, 0,
+      options.world_size - 1);
   if (environment("LOCAL_WORLD_SIZE") && options.local_rank >= options.local_world_size) {
     throw InputError("LOCAL_RANK is " + std::to_string(options.local_rank) +
                      " but LOCAL_WORLD_SIZE is " + std::to_string(options.local_world_size) +

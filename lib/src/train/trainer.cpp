@@ -112,6 +112,15 @@ std::vector<std::pair<std::string, std::string>> config_settings(const std::stri
       it->second = value;
     }
   }
+  // Settings added after the first runs were made: a config.txt without one is of a run that
+  // trained as its absence meant then (no thin strokes, masks white = hole), not as the
+  // option's default of today, which would change the run on resume.
+  for (const auto& [key, then] :
+       {std::pair<const char*, const char*>{"thin_strokes", "0"}, {"masks_white_valid", "0"}}) {
+    const bool present = std::any_of(settings.begin(), settings.end(),
+                                     [&](const auto& setting) { return setting.first == key; });
+    if (!present && !settings.empty()) settings.emplace_back(key, then);
+  }
   return settings;
 }
 
@@ -179,6 +188,7 @@ std::string option_of(const std::string& key) {
       {"processes", "WORLD_SIZE"},
       {"perceptual_and_style_terms", "--vgg given"},
       {"hole_ratio", "hole ratios"},
+      {"masks_white_valid", "--white-valid"},
       {"validation_crops",
        "readable photos in --val (at most "
        "--val-count)"}};
@@ -642,8 +652,10 @@ void Trainer::load_checkpoint() {
       std::istringstream words(value.toStringRef());
       for (std::string word; words >> word;) {
         if (identity_keys.count(word.substr(0, word.find('='))) == 0) {
-          throw ModelError(path.string() + ": is damaged (its run identity holds '" + word +
-                           "', which pconv does not write)");
+          throw ModelError(path.string() +
+                           ": is damaged, or of a newer pconv (its run identity "
+                           "holds '" +
+                           word + "', which this pconv does not write)");
         }
       }
     }
@@ -826,7 +838,8 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
     message(std::string("masks: augmented from the mask images in ") + options_.mask_dir() + " (" +
             white + ")");
     // Masks in the other convention train on mostly-hole crops without a word: said here.
-    const auto survey = folder.survey(64);
+    // (Rank 0 alone: the others would say the same, once each.)
+    const auto survey = writes_files() ? folder.survey(64) : data::MaskSurvey{};
     if (survey.files_read > 0 && survey.mean_hole_ratio > 0.5) {
       message("warning: the mask images in " + options_.mask_dir() + " are " +
               std::to_string(static_cast<int>(std::lround(100 * survey.mean_hole_ratio))) +

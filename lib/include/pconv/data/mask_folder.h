@@ -21,7 +21,8 @@ namespace pconv::data {
 struct MaskFolderOptions {
   /// Side of the square masks produced.
   TORCH_ARG(int64_t, size) = 256;
-  /// Largest dilation of the holes, in pixels (a random 0..max is applied).
+  /// Largest dilation of the holes, in pixels of the produced mask (a random 0..max is applied,
+  /// after the scaling).
   TORCH_ARG(int64_t, max_dilation) = 4;
   /// Largest rotation, in degrees (a random angle in [-max, max]).
   TORCH_ARG(double, max_rotation) = 45.0;
@@ -46,9 +47,10 @@ class MaskFolder {
   MaskFolder(const std::filesystem::path& folder, MaskFolderOptions options, uint64_t seed);
 
   /// Mask `index` as a (1, S, S) float tensor, 1 = valid, 0 = hole: the file chosen by the
-  /// index, randomly flipped, rotated, dilated, scaled so that its shorter side is 1 to 1.25 x S
-  /// (a larger mask is scaled down, so that a crop sees about the whole mask, as drawn for its
-  /// picture) and cropped where the crop has a hole and some valid pixels, if one of 8 random
+  /// index, randomly flipped, rotated, scaled so that its shorter side is 1 to 1.25 x S (a
+  /// larger mask is scaled down, a pixel a hole where any part of it is, so that a crop sees
+  /// about the whole mask as drawn for its picture and thin strokes survive), dilated and
+  /// cropped where the crop has a hole and some valid pixels, if one of 8 random
   /// places has. A file that cannot be read is passed over for the next one in the folder (the
   /// same for every index and run, so training stays reproducible); throws pconv::InputError
   /// naming the folder only when no file can be read.

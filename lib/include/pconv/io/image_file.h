@@ -35,10 +35,11 @@ struct Image {
 /// a tensor image. Without OpenCV only tensor images can be read. A JPEG's EXIF orientation is
 /// applied (the pixels come upright, as a viewer shows them, and as a mask drawn on one is).
 /// Throws pconv::InputError naming the file if it is missing, unreadable or not an image.
-/// With `shrink_to` > 0, an image whose shorter side is longer than that is scaled down (area
-/// averaging, on the file's own samples) so that its shorter side is `shrink_to` pixels, before
-/// the conversion to float: a large photo of which only a small crop is wanted then costs a
-/// fraction of the memory and time (training crops of camera photos).
+/// With `shrink_to` > 0, an image whose shorter side is longer than that is scaled down so that
+/// its shorter side is `shrink_to` pixels: for the files OpenCV reads by area averaging on the
+/// file's own samples, before the conversion to float, so that a large photo of which only a
+/// small crop is wanted costs a fraction of the memory and time (training crops of camera
+/// photos); a tensor image is scaled after it (antialiased bilinear).
 Image read_image(const std::filesystem::path& path, int64_t shrink_to = 0);
 
 /// What read_image does with what an image decoder printed about an image it did decode, such
