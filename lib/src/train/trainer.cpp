@@ -117,8 +117,9 @@ std::vector<std::pair<std::string, std::string>> config_settings(const std::stri
   // option's default of today, which would change the run on resume.
   for (const auto& [key, then] :
        {std::pair<const char*, const char*>{"thin_strokes", "0"}, {"masks_white_valid", "0"}}) {
-    const bool present = std::any_of(settings.begin(), settings.end(),
-                                     [&](const auto& setting) { return setting.first == key; });
+    const bool present =
+        std::any_of(settings.begin(), settings.end(),
+                    [&key = key](const auto& setting) { return setting.first == key; });
     if (!present && !settings.empty()) settings.emplace_back(key, then);
   }
   return settings;
