@@ -646,7 +646,7 @@ void Trainer::load_checkpoint() {
     archive.load_from(bytes.data(), bytes.size(), options_.device());
     c10::IValue value;
     archive.read("identity", value);
-    // Settings a checkpoint's identity may name; anything else is a damaged record.
+    // Settings a checkpoint's identity may name; anything else is damage, or a newer pconv's.
     static const std::set<std::string> identity_keys{"size",       "batch",     "seed",     "depth",
                                                      "base_width", "max_width", "finetune", "amp"};
     {
