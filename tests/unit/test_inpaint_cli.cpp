@@ -54,6 +54,13 @@ Result shell(const fs::path& dir, const std::string& command_line) {
   return result;
 }
 
+// A shell snippet: `command` in the background, SIGINT to it once `ready` (a shell test, polled
+// every 0.05 s for at most a minute) holds, then its exit status.
+std::string interrupt_once(const std::string& command, const std::string& ready) {
+  return command + " & job=$!; n=0; until " + ready +
+         " || [ $n -ge 1200 ]; do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job";
+}
+
 Result pconv(const fs::path& dir, const std::string& args) {
   return shell(dir, std::string(PCONV_BINARY) + " " + args);
 }
@@ -608,9 +615,8 @@ TEST(Cli, InterruptedJobsStopCleanly) {
                                     " inpaint --input batch --masks batch-mask.png -o batch-out "
                                     "--device cpu";
   const auto batch =
-      shell(d, "cd " + d.string() + " && (" + batch_command +
-                   " & job=$!; n=0; until ls batch-out/*.png > /dev/null 2>&1 || [ $n -ge 1200 ]; "
-                   "do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job)");
+      shell(d, "cd " + d.string() + " && (" +
+                   interrupt_once(batch_command, "ls batch-out/*.png > /dev/null 2>&1") + ")");
   EXPECT_EQ(batch.rc, 130) << batch.output;
   EXPECT_NE(batch.output.find("pconv: warning: stopped after "), std::string::npos) << batch.output;
   int64_t written = 0;
@@ -639,12 +645,12 @@ TEST(Cli, InterruptedJobsStopCleanly) {
   pconv::io::write_image(d / "large.png", picture(3, 2400, 2400));
   write_holes(d / "large-mask.png", rectangle_holes(2400, 2400));
   const auto single =
-      shell(d, "cd " + d.string() + " && (trap '' INT; " + std::string(PCONV_BINARY) +
-                   " -v inpaint large.png large-mask.png --strategy full --device cpu --threads 1 "
-                   "-o large-out.png "
-                   "2> loaded.txt & job=$!; n=0; until grep -q 'debug: model' loaded.txt || "
-                   "[ $n -ge 1200 ]; do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job; "
-                   "status=$?; cat loaded.txt; exit $status)");
+      shell(d, "cd " + d.string() + " && (trap '' INT; " +
+                   interrupt_once(std::string(PCONV_BINARY) +
+                                      " -v inpaint large.png large-mask.png --strategy full "
+                                      "--device cpu --threads 1 -o large-out.png 2> loaded.txt",
+                                  "grep -q 'debug: model' loaded.txt") +
+                   "; status=$?; cat loaded.txt; exit $status)");
   EXPECT_EQ(single.rc, 130) << single.output;  // the interrupted exit code, not a crash
   EXPECT_NE(single.output.find("debug: model"), std::string::npos) << single.output;
   EXPECT_FALSE(fs::exists(d / "large-out.png"));
@@ -661,12 +667,13 @@ TEST(Cli, CtrlCWhileJoiningTheProcessGroupExits130) {
   fs::create_directories(d / "photos");
   pconv::io::write_image(d / "photos" / "photo.png", picture(3, 40, 40));
   const auto joining = shell(
-      d, "cd " + d.string() + " && (RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29790 " +
-             std::string(PCONV_BINARY) +
-             " train --data photos -o run --size 32 --depth 3 --timeout 120 2> joining.txt & "
-             "job=$!; n=0; until grep -q 'joining the process group' joining.txt || "
-             "[ $n -ge 1200 ]; do sleep 0.05; n=$((n + 1)); done; kill -INT $job; wait $job; "
-             "status=$?; cat joining.txt; exit $status)");
+      d, "cd " + d.string() + " && (" +
+             interrupt_once("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29790 " +
+                                std::string(PCONV_BINARY) +
+                                " train --data photos -o run --size 32 --depth 3 --timeout 120 "
+                                "2> joining.txt",
+                            "grep -q 'joining the process group' joining.txt") +
+             "; status=$?; cat joining.txt; exit $status)");
   EXPECT_EQ(joining.rc, 130) << joining.output;
   EXPECT_NE(joining.output.find("pconv: warning: stopped while joining the process group"),
             std::string::npos)

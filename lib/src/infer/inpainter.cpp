@@ -317,11 +317,17 @@ torch::Tensor scale_holes(const torch::Tensor& holes, int64_t height, int64_t wi
   return covered.squeeze(0).squeeze(0).gt(0);
 }
 
-torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
+namespace {
+void check_growth(const char* function, int64_t growth) {
   if (growth < 0) {
-    throw ArgumentError("widen_thin_holes: the growth must not be negative; got " +
+    throw ArgumentError(std::string(function) + ": the growth must not be negative; got " +
                         std::to_string(growth));
   }
+}
+}  // namespace
+
+torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
+  check_growth("widen_thin_holes", growth);
   if (growth == 0) return holes;
   const int64_t side = 2 * growth + 1;
   const auto hole = holes.to(at::kFloat).unsqueeze(0).unsqueeze(0);
@@ -337,10 +343,7 @@ torch::Tensor widen_thin_holes(const torch::Tensor& holes, int64_t growth) {
 }
 
 torch::Tensor widen_holes(const torch::Tensor& holes, int64_t growth) {
-  if (growth < 0) {
-    throw ArgumentError("widen_holes: the growth must not be negative; got " +
-                        std::to_string(growth));
-  }
+  check_growth("widen_holes", growth);
   if (growth == 0) return holes;
   const int64_t side = 2 * growth + 1;
   // Widened with a disk: the offsets (x, y) with x^2 + y^2 <= growth^2 + growth (for growth 2, a

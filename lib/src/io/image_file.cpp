@@ -31,6 +31,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <sstream>
 #include <stdexcept>
@@ -375,6 +376,22 @@ bool has_image_extension(const std::filesystem::path& path) {
   return std::find(known.begin(), known.end(), lower_extension(path)) != known.end();
 }
 
+namespace {
+// The (height, width) that read_image's `shrink_to` scales an image of height x width to: its
+// shorter side shrink_to, the aspect kept; nullopt where it is not larger than that already.
+std::optional<std::pair<int64_t, int64_t>> shrunk_size(int64_t height, int64_t width,
+                                                       int64_t shrink_to) {
+  const int64_t shorter = std::min(height, width);
+  if (shrink_to <= 0 || shorter <= shrink_to) return std::nullopt;
+  const double scale = static_cast<double>(shrink_to) / static_cast<double>(shorter);
+  const auto side = [&](int64_t length) {
+    return std::max(shrink_to,
+                    static_cast<int64_t>(std::lround(static_cast<double>(length) * scale)));
+  };
+  return std::pair{side(height), side(width)};
+}
+}  // namespace
+
 Image read_image(const std::filesystem::path& path, int64_t shrink_to) {
   const std::string name = path.string();
   if (const auto problem = file_problem(path, "image file"); !problem.empty()) {
@@ -382,19 +399,12 @@ Image read_image(const std::filesystem::path& path, int64_t shrink_to) {
   }
   if (is_tensor_image(path)) {
     auto image = read_tensor_image(path);
-    const int64_t shorter = std::min(image.pixels.size(1), image.pixels.size(2));
-    if (shrink_to > 0 && shorter > shrink_to) {
-      const double scale = static_cast<double>(shrink_to) / static_cast<double>(shorter);
-      const auto side = [&](int64_t length) {
-        return std::max(shrink_to,
-                        static_cast<int64_t>(std::lround(static_cast<double>(length) * scale)));
-      };
-      image.pixels = at::_upsample_bilinear2d_aa(
-                         image.pixels.unsqueeze(0),
-                         {side(image.pixels.size(1)), side(image.pixels.size(2))}, false)
-                         .squeeze(0)
-                         .clamp(0.0, 1.0)
-                         .contiguous();
+    if (const auto size = shrunk_size(image.pixels.size(1), image.pixels.size(2), shrink_to)) {
+      image.pixels =
+          at::_upsample_bilinear2d_aa(image.pixels.unsqueeze(0), {size->first, size->second}, false)
+              .squeeze(0)
+              .clamp(0.0, 1.0)
+              .contiguous();
     }
     return image;
   }
@@ -451,15 +461,10 @@ Image read_image(const std::filesystem::path& path, int64_t shrink_to) {
     }
   }
 #endif
-  if (const int shorter = std::min(decoded.rows, decoded.cols);
-      shrink_to > 0 && shorter > shrink_to) {
-    const double scale = static_cast<double>(shrink_to) / static_cast<double>(shorter);
-    const auto side = [&](int length) {
-      return std::max(static_cast<int>(shrink_to),
-                      static_cast<int>(std::lround(static_cast<double>(length) * scale)));
-    };
+  if (const auto size = shrunk_size(decoded.rows, decoded.cols, shrink_to)) {
     cv::Mat smaller;
-    cv::resize(decoded, smaller, cv::Size(side(decoded.cols), side(decoded.rows)), 0, 0,
+    cv::resize(decoded, smaller,
+               cv::Size(static_cast<int>(size->second), static_cast<int>(size->first)), 0, 0,
                cv::INTER_AREA);
     decoded = smaller;
   }
