@@ -16,7 +16,7 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # --- Debian packages -------------------------------------------------------------------------
 packages=(build-essential cmake ninja-build python3 python3-venv
           libopencv-dev libcli11-dev libspdlog-dev libfmt-dev libgtest-dev nlohmann-json3-dev libgloo-dev libbenchmark-dev
-          zlib1g-dev libpng-dev)
+          zlib1g-dev libpng-dev libjpeg-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||

@@ -604,6 +604,70 @@ TEST_F(ImageFolderTest, ReadImageShrinksLargeImages) {
   EXPECT_NEAR(small.mean().item<double>(), picture.mean().item<double>(), 0.01);
 }
 
+// A JPEG wanted at a fraction of its size is decoded smaller by libjpeg (1/2, 1/4, 1/8, where
+// that divides its sides) and then area-averaged: the size a whole decode would give, about
+// the same pixels (not stretched by a partial last block), grey stays grey, EXIF still turns
+// it, and the pixel limit holds for the stored size.
+TEST_F(ImageFolderTest, ReadImageShrinksLargeJpegsAsTheyDecode) {
+  const auto smooth = [](int height, int width) {
+    cv::Mat image(height, width, CV_8UC3);
+    for (int y = 0; y < height; ++y) {
+      for (int x = 0; x < width; ++x) {
+        for (int c = 0; c < 3; ++c) {
+          image.ptr<uint8_t>(y)[x * 3 + c] = cv::saturate_cast<uint8_t>(
+              128.0 + 90.0 * std::sin(x / (25.0 + 10.0 * c)) * std::cos(y / 33.0));
+        }
+      }
+    }
+    return image;
+  };
+  // 512x704 divides by 8: shorter sides of 60, 100 and 200 decode at 1/8, 1/4 and 1/2, 300
+  // whole. 500x700 divides by 4 only, 501x701 by nothing.
+  for (const auto& [height, width] : {std::pair{512, 704}, {500, 700}, {501, 701}}) {
+    const auto file = dir_ / ("smooth" + std::to_string(height) + ".jpg");
+    cv::imwrite(file.string(), smooth(height, width), {cv::IMWRITE_JPEG_QUALITY, 95});
+    const auto whole = pconv::io::read_image(file).pixels;
+    ASSERT_EQ(whole.sizes(), (at::IntArrayRef{3, height, width}));
+    for (const int64_t shorter : {60, 100, 200, 300}) {
+      const auto small = pconv::io::read_image(file, shorter).pixels;
+      const int64_t expected_width =
+          std::lround(static_cast<double>(width * shorter) / static_cast<double>(height));
+      ASSERT_EQ(small.sizes(), (at::IntArrayRef{3, shorter, expected_width}))
+          << file << " " << shorter;
+      const auto expected =
+          at::adaptive_avg_pool2d(whole.unsqueeze(0), {small.size(1), small.size(2)}).squeeze(0);
+      EXPECT_LT((small - expected).abs().mean().item<double>(), 1.0 / 255.0)
+          << file << " " << shorter;
+    }
+  }
+  const auto smooth_image = smooth(512, 704);
+  const auto file = dir_ / "smooth512.jpg";
+  cv::Mat grey;
+  cv::cvtColor(smooth_image, grey, cv::COLOR_BGR2GRAY);
+  cv::imwrite((dir_ / "grey.jpg").string(), grey);
+  EXPECT_EQ(pconv::io::read_image(dir_ / "grey.jpg", 60).pixels.sizes(),
+            (at::IntArrayRef{1, 60, 83}));
+  // Turned a quarter by its EXIF orientation (as in JpegExifOrientationIsApplied): 704 rows.
+  std::vector<uint8_t> jpeg;
+  cv::imencode(".jpg", smooth_image, jpeg);
+  const std::vector<uint8_t> exif = {0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0x00,
+                                     0x00, 'I',  'I',  0x2A, 0x00, 0x08, 0x00, 0x00, 0x00,
+                                     0x01, 0x00, 0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00,
+                                     0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  jpeg.insert(jpeg.begin() + 2, exif.begin(), exif.end());
+  std::ofstream(dir_ / "turned.jpg", std::ios::binary)
+      .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size()));
+  EXPECT_EQ(pconv::io::read_image(dir_ / "turned.jpg", 60).pixels.sizes(),
+            (at::IntArrayRef{3, 83, 60}));
+  // The limit is on the stored size, not on the smaller decode.
+  const int64_t before = pconv::io::max_image_pixels();
+  pconv::io::set_max_image_pixels(512 * 704 - 1);
+  EXPECT_THAT([&] { pconv::io::read_image(file, 60); },
+              ::testing::ThrowsMessage<pconv::InputError>(
+                  ::testing::HasSubstr("smooth512.jpg: 704x512 is more pixels than")));
+  pconv::io::set_max_image_pixels(before);
+}
+
 // The share of the larger of the hole's two principal spreads over the smaller (1 for a disk):
 // (the eigenvalues of the covariance of the hole pixels' coordinates).
 double spread_ratio(const at::Tensor& holes) {

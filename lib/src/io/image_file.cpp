@@ -15,7 +15,13 @@
 #endif
 #ifdef PCONV_WITH_PNG
 #include <png.h>
+#endif
+#ifdef PCONV_WITH_JPEG
+#include <cstdio>  // jpeglib.h needs FILE and size_t first
 
+#include <jpeglib.h>
+#endif
+#if defined(PCONV_WITH_PNG) || defined(PCONV_WITH_JPEG)
 #include <csetjmp>
 #endif
 
@@ -277,6 +283,82 @@ int grey_png_colour_key(const std::string& file_name, int decoded_depth) {
 }
 #endif
 
+#ifdef PCONV_WITH_JPEG
+// What a JPEG's header says: its stored size (before any EXIF turn, which keeps the shorter
+// side) and colour components.
+struct JpegHeader {
+  int64_t height = 0;
+  int64_t width = 0;
+  int components = 0;
+};
+
+struct JpegErrors {
+  jpeg_error_mgr manager;
+  std::jmp_buf leave;
+};
+
+[[noreturn]] void leave_jpeg_reader(j_common_ptr info) {
+  // NOLINTNEXTLINE(cert-err52-cpp): libjpeg's way out; only libjpeg's own memory lives there
+  std::longjmp(reinterpret_cast<JpegErrors*>(info->err)->leave, 1);
+}
+// A warning about a header that still reads: the decode that follows reports what matters.
+void ignore_jpeg_message(j_common_ptr /*info*/, int /*level*/) {}
+
+// The header of a JPEG file, read without decoding a pixel; nullopt where libjpeg cannot read
+// one (the decode then says why).
+std::optional<JpegHeader> read_jpeg_header(const std::string& file_name) {
+  std::FILE* file = std::fopen(file_name.c_str(), "rb");
+  if (file == nullptr) return std::nullopt;
+  jpeg_decompress_struct info{};
+  JpegErrors errors{};
+  info.err = jpeg_std_error(&errors.manager);
+  errors.manager.error_exit = leave_jpeg_reader;
+  errors.manager.emit_message = ignore_jpeg_message;
+  volatile bool read = false;  // set after setjmp, read after a longjmp
+  JpegHeader header;
+  if (setjmp(errors.leave) == 0) {  // NOLINT(cert-err52-cpp): libjpeg's API
+    jpeg_create_decompress(&info);
+    jpeg_stdio_src(&info, file);
+    if (jpeg_read_header(&info, TRUE) == JPEG_HEADER_OK) {
+      header.height = info.image_height;
+      header.width = info.image_width;
+      header.components = info.num_components;
+      read = true;
+    }
+  }
+  jpeg_destroy_decompress(&info);
+  std::fclose(file);
+  if (!read) return std::nullopt;
+  return header;
+}
+
+// The flags for OpenCV to decode a JPEG at 1/2, 1/4 or 1/8 of its size in libjpeg's DCT (its
+// shorter side still at least `shrink_to`), which skips most of the decoding and of the scaling
+// down after it; 0 where no such step fits. Only a factor that divides both sides: libjpeg
+// rounds a scaled side up, and the last row and column, made partly of the encoder's padding,
+// would stretch the picture by up to 7 pixels at its far edges (or its near ones, after an EXIF
+// turn, which OpenCV applies without saying which). Camera photos (6000x4000, 4032x3024) divide
+// by 8. Grey stays grey.
+int reduced_jpeg_flags(const JpegHeader& header, int64_t shrink_to) {
+  const int64_t shorter = std::min(header.height, header.width);
+  for (const int factor : {8, 4, 2}) {
+    if (header.height % factor != 0 || header.width % factor != 0 || shorter / factor < shrink_to) {
+      continue;
+    }
+    const bool grey = header.components == 1;
+    switch (factor) {
+      case 8:
+        return grey ? cv::IMREAD_REDUCED_GRAYSCALE_8 : cv::IMREAD_REDUCED_COLOR_8;
+      case 4:
+        return grey ? cv::IMREAD_REDUCED_GRAYSCALE_4 : cv::IMREAD_REDUCED_COLOR_4;
+      default:
+        return grey ? cv::IMREAD_REDUCED_GRAYSCALE_2 : cv::IMREAD_REDUCED_COLOR_2;
+    }
+  }
+  return 0;
+}
+#endif
+
 }  // namespace
 
 void set_decoder_warning_handler(std::function<void(const std::string&)> handler) {
@@ -412,9 +494,23 @@ Image read_image(const std::filesystem::path& path, int64_t shrink_to) {
   // A JPEG's EXIF orientation is applied, as every viewer (and so every mask drawn on one)
   // does; IMREAD_UNCHANGED would skip it, and a JPEG has no alpha for it to keep.
   const auto extension = lower_extension(path);
-  const int flags = extension == ".jpg" || extension == ".jpeg"
-                        ? cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR
-                        : cv::IMREAD_UNCHANGED;
+  const bool jpeg = extension == ".jpg" || extension == ".jpeg";
+  int flags = jpeg ? cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR : cv::IMREAD_UNCHANGED;
+#ifdef PCONV_WITH_JPEG
+  // A JPEG wanted much smaller is decoded smaller: a 6000x4000 photo for a 256 training crop
+  // at an eighth of its size, where OpenCV reads no header alone.
+  if (jpeg && shrink_to > 0) {
+    if (const auto header = read_jpeg_header(name)) {
+      if (header->height * header->width > g_max_image_pixels.load()) {
+        throw InputError(too_many_pixels(
+            name, std::to_string(header->width) + "x" + std::to_string(header->height) + " is "));
+      }
+      if (const int reduced = reduced_jpeg_flags(*header, shrink_to); reduced != 0) {
+        flags = reduced;
+      }
+    }
+  }
+#endif
   auto decode_result = decode(name, flags);
   cv::Mat decoded = std::move(decode_result.image);
   const std::string& exception = decode_result.exception;

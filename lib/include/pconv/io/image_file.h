@@ -39,7 +39,9 @@ struct Image {
 /// its shorter side is `shrink_to` pixels: for the files OpenCV reads by area averaging on the
 /// file's own samples, before the conversion to float, so that a large photo of which only a
 /// small crop is wanted costs a fraction of the memory and time (training crops of camera
-/// photos); a tensor image is scaled after it (antialiased bilinear).
+/// photos); a JPEG whose sides divide by 2, 4 or 8 is first decoded at that fraction by libjpeg
+/// where that still leaves `shrink_to` (and the pixel limit applies to its stored size); a
+/// tensor image is scaled after it (antialiased bilinear).
 Image read_image(const std::filesystem::path& path, int64_t shrink_to = 0);
 
 /// What read_image does with what an image decoder printed about an image it did decode, such
