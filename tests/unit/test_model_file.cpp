@@ -212,6 +212,21 @@ TEST_F(ModelFileTest, BadFilesAreModelErrorsNamingTheFile) {
               ThrowsMessage<pconv::InputError>(HasSubstr("dir.pt")));
 }
 
+// A large file that is no zip archive (a video or a disk image given by mistake) is refused
+// from its last 64 KiB, not read whole: a 1 TiB sparse file was "out of memory", an 8 GiB one
+// took 33 s.
+TEST_F(ModelFileTest, AHugeFileThatIsNoArchiveIsRefusedFromItsTail) {
+  const auto huge = dir_ / "disk.img";
+  std::ofstream(huge) << "no archive";
+  std::error_code error;
+  fs::resize_file(huge, std::uintmax_t{1} << 40, error);  // sparse: no disk space taken
+  if (error) GTEST_SKIP() << "this file system has no 1 TiB sparse files: " << error.message();
+  EXPECT_THAT([&] { pconv::io::load_model(huge); },
+              ThrowsMessage<pconv::ModelError>(
+                  HasSubstr("disk.img: cannot read the model (not a pconv model, or truncated")));
+  fs::remove(huge);
+}
+
 }  // namespace
 
 namespace {

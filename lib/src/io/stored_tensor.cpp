@@ -16,6 +16,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace pconv::io {
@@ -70,9 +71,23 @@ std::vector<char> read_archive(const std::string& file_name) {
   std::error_code error;
   const auto file_size = std::filesystem::file_size(file_name, error);
   if (error) return {};
-  std::vector<char> bytes(static_cast<size_t>(file_size));
   std::ifstream in(file_name, std::ios::binary);
-  if (!in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()))) return {};
+  // A zip archive ends in its end-of-directory record: 22 bytes and a comment of at most 65535.
+  // A file without one there is no archive, and that tail is all the load needs to say so: a
+  // large file given by mistake (a video, a disk image) is not read whole (an 8 GiB one took
+  // 33 s, a 1 TiB sparse one ran out of memory).
+  const uint64_t tail_size = std::min<uint64_t>(file_size, 22 + 65535);
+  std::vector<char> tail(static_cast<size_t>(tail_size));
+  if (!in.seekg(static_cast<std::streamoff>(file_size - tail_size)) ||
+      !in.read(tail.data(), static_cast<std::streamsize>(tail.size()))) {
+    return {};
+  }
+  if (tail_size == file_size ||
+      std::string_view(tail.data(), tail.size()).rfind("PK\x05\x06") == std::string_view::npos) {
+    return tail;
+  }
+  std::vector<char> bytes(static_cast<size_t>(file_size));
+  if (!in.seekg(0) || !in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()))) return {};
   return bytes;
 }
 

@@ -16,7 +16,8 @@ bool has_all_its_bytes(const at::Tensor& tensor);
 
 /// The bytes of the file `file_name`, read once, for the checks below and for LibTorch to load
 /// from (InputArchive::load_from(data, size)); empty when it cannot be read (the load then
-/// says what is wrong).
+/// says what is wrong). Of a file that is no zip archive (no end-of-directory record in its
+/// last 64 KiB) only that tail, which is enough for the load to say so.
 std::vector<char> read_archive(const std::string& file_name);
 
 /// Whether each distinct storage of `loaded`, read from `archive` (a torch::serialize archive
