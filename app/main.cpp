@@ -26,6 +26,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +35,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -112,6 +114,47 @@ __attribute__((section(".preinit_array"),
                used)) void (*const early_signal_handling)(int, char**,
                                                           char**) = handle_signals_early;
 
+// What CLI11's "The following arguments were not expected: ..." means, for `command`: the
+// first word the command line gave that nothing took, named as an unknown option (with the
+// command's option it most likely meant), an option of the command given before the command,
+// or an unexpected argument.
+std::string unexpected_words(const CLI::App& app, const CLI::App& command, int argc, char** argv) {
+  const auto left = app.remaining(/*recurse=*/true);
+  const std::set<std::string> unexpected(left.begin(), left.end());
+  std::string word = left.empty() ? std::string() : left.front();
+  for (int i = 1; i < argc; ++i) {
+    if (unexpected.count(argv[i]) > 0) {
+      word = argv[i];
+      break;
+    }
+  }
+  const std::string name = "pconv " + command.get_name();
+  if (word.rfind('-', 0) != 0 || word == "-") {
+    return fmt::format("unexpected argument '{}' for {}", word, name);
+  }
+  const std::string option = word.substr(0, word.find('='));
+  const bool before_command =
+      std::find(argv + 1, argv + argc, command.get_name()) > std::find(argv + 1, argv + argc, word);
+  if (command.get_option_no_throw(option) != nullptr && before_command) {
+    return fmt::format("'{}' is an option of {}: give it after '{}'", option, name,
+                       command.get_name());
+  }
+  // A long name that begins with another's, or the other way round (--output for --out).
+  std::string near;
+  if (option.rfind("--", 0) == 0 && option.size() > 3) {
+    for (const auto* candidate : command.get_options()) {
+      for (const auto& long_name : candidate->get_lnames()) {
+        const std::string known = "--" + long_name;
+        if (known.size() > 3 && (known.rfind(option, 0) == 0 || option.rfind(known, 0) == 0)) {
+          near = known;
+        }
+      }
+    }
+  }
+  return fmt::format("unknown option '{}' for {}{}", option, name,
+                     near.empty() ? "" : fmt::format(" (did you mean '{}'?)", near));
+}
+
 }  // namespace
 
 static int run_pconv(int argc, char** argv) {
@@ -169,6 +212,11 @@ static int run_pconv(int argc, char** argv) {
     // CLI11's words for an option given twice.
     const auto twice = what.find("At Most 1 required but received");
     if (twice != std::string::npos) what = what.substr(0, twice) + "given more than once";
+    // Words a command does not take: the first as given (CLI11 lists them in another order),
+    // and where it is an option of the command given before it, or a near name of one, so.
+    if (!parsed.empty() && dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr) {
+      what = unexpected_words(app, *parsed.front(), argc, argv);
+    }
     // A word that is no subcommand, before any subcommand: name it as such.
     if (parsed.empty() && dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr) {
       std::vector<std::string> names;

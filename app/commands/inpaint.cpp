@@ -27,8 +27,11 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <string_view>
 #include <utility>
 #include <vector>
+
+#include <unistd.h>
 
 namespace pconv::app {
 namespace {
@@ -72,6 +75,19 @@ Loaded load(const fs::path& image_path, const fs::path& mask_path, const Inpaint
   }
   loaded.holes = io::holes_from_mask(mask, options.white_valid ? io::MaskConvention::kWhiteIsValid
                                                                : io::MaskConvention::kWhiteIsHole);
+  // A photo given as the mask (IMG and MASK swapped, a wrong file) still thresholds to some
+  // holes: said, where a quarter of the mask is neither near black nor near white (a drawn
+  // mask's soft edges are a few percent).
+  const auto colours = mask.pixels.narrow(0, 0, std::min<int64_t>(mask.pixels.size(0), 3));
+  const auto brightest = std::get<0>(colours.to(at::kFloat).max(0));
+  const double grey =
+      brightest.gt(0.125).logical_and(brightest.lt(0.875)).to(at::kFloat).mean().item<double>();
+  if (grey > 0.25) {
+    spdlog::warn(
+        "{}: {:.0f}% of the mask is grey, neither near black nor near white: a photo "
+        "rather than a mask? (read as {} where at least half bright)",
+        mask_path.string(), 100.0 * grey, options.white_valid ? "known" : "hole");
+  }
   if (mask_h != height || mask_w != width) {
     // Another shape (a mask of the rotated picture, a crop) is stretched: said, not hidden.
     const double stretch =
@@ -169,16 +185,29 @@ fs::path default_output(const fs::path& image) {
   return image.parent_path() / (image.stem().string() + ".inpainted" + extension);
 }
 
-// Checks that a file can be written in `folder`.
-void check_writable_folder(const fs::path& folder) {
-  const auto probe = folder / ".pconv-write-test";
+// Why no file can be written in `folder` (not writable, a read-only file system), found by
+// writing and removing an empty one; empty where one can.
+std::string write_problem(const fs::path& folder) {
+  const auto probe = (folder.empty() ? fs::path(".") : folder) /
+                     (".pconv-write-test." + std::to_string(::getpid()));
   try {
     io::write_file_atomically(probe, std::string());
-  } catch (const std::exception&) {
-    throw InputError(folder.string() + ": the output folder is not writable");
+  } catch (const std::exception& error) {
+    const std::string text = error.what();
+    constexpr std::string_view kCannot = ": cannot write the file: ";
+    const auto reason = text.find(kCannot);
+    return reason == std::string::npos ? text : text.substr(reason + kCannot.size());
   }
   std::error_code ignored;
   fs::remove(probe, ignored);
+  return {};
+}
+
+// Checks that a file can be written in `folder`.
+void check_writable_folder(const fs::path& folder) {
+  if (!write_problem(folder).empty()) {
+    throw InputError(folder.string() + ": the output folder is not writable");
+  }
 }
 
 fs::path single_output(const InpaintOptions& options) {
@@ -197,6 +226,13 @@ void run_single(const infer::Inpainter& inpainter, const InpaintOptions& options
       out_folders.push_back(std::make_unique<OutputFolder>(file.parent_path()));
     } catch (const InputError& error) {
       throw InputError(file.string() + ": cannot write the file: " + error.what());
+    }
+  }
+  // Before the network runs, not after it: a result that cannot be written is all work lost.
+  for (const auto& file : {out, fs::path(options.compare)}) {
+    if (file.empty()) continue;
+    if (const auto problem = write_problem(file.parent_path()); !problem.empty()) {
+      throw InputError(file.string() + ": cannot write the file: " + problem);
     }
   }
   const auto loaded = load(options.image, options.mask, options);
@@ -381,8 +417,9 @@ void setup_inpaint(CLI::App& app) {
       "Masks are white where pixels are missing, unless --white-valid; a pixel\n"
       "counts as white when its brightest channel is at least half the full scale (and its\n"
       "alpha, if any, too). An RGBA image without a mask uses its transparent pixels (alpha\n"
-      "below half) as the holes. The known pixels are kept exactly (unless --raw), and the\n"
-      "result has the input's format, channels and bit depth unless -o names another format.\n"
+      "below half) as the holes, and is made opaque there; with a mask, alpha is kept as\n"
+      "it is. The known pixels are kept exactly (unless --raw), and the result has the\n"
+      "input's format, channels and bit depth unless -o names another format.\n"
       "Prints the output path. Batch: pconv inpaint --input DIR --masks DIR|FILE -o DIR; masks\n"
       "are matched by file stem (or one mask for all); bad files are reported and skipped\n"
       "(exit code 3 at the end).\n\n" +
@@ -426,7 +463,8 @@ void setup_inpaint(CLI::App& app) {
   command
       ->add_option("--resize-side", options->resize_side,
                    "Longer side the resize strategy scales the image to (at least 64: below it "
-                   "the network sees too little to fill from)")
+                   "the network sees too little to fill from; the shorter side is not scaled "
+                   "below 64 either)")
       ->check(whole_number(64, 65536))
       ->capture_default_str();
   add_inference_options(*command, options->inference);
@@ -489,16 +527,31 @@ void run_inpaint(const InpaintOptions& options) {
          {std::pair<fs::path, const char*>{options.out, "-o"}, {options.compare, "--compare"}}) {
       std::error_code ignored;
       if (!path.empty() && fs::is_directory(path, ignored)) {
+        const bool is_out = std::string_view(option) == "-o";
         throw CLI::ValidationError(
-            option, fmt::format("'{}' is a folder; give the file to write (for a folder of images: "
-                                "--input DIR --masks ... -o DIR)",
-                                path.string()));
+            option,
+            fmt::format("'{}' is a folder; give the file to write{}", path.string(),
+                        is_out ? " (for a folder of images: --input DIR --masks ... -o DIR)" : ""));
       }
       if (!path.empty() && !io::has_image_extension(path)) {
         throw CLI::ValidationError(
-            option, fmt::format("'{}': the extension names no image format pconv writes ({})",
-                                path.string(), io::image_extensions_text()));
+            option, fmt::format("'{}': {} no image format pconv writes ({})", path.string(),
+                                path.has_extension() ? "the extension names"
+                                                     : "no extension, so the name gives",
+                                io::image_extensions_text()));
       }
+    }
+    std::error_code same_error;
+    if (fs::is_directory(options.image, same_error)) {
+      throw InputError(options.image +
+                       ": is a folder, not an image file (for a folder of images: "
+                       "--input DIR --masks ... -o DIR)");
+    }
+    if (!options.mask.empty() && fs::equivalent(options.image, options.mask, same_error)) {
+      throw CLI::ValidationError("MASK", fmt::format("'{}' is the image itself; give the mask of "
+                                                     "its holes (white = hole), or no MASK for an "
+                                                     "image with transparent holes",
+                                                     options.mask));
     }
     const std::string out_option = options.out.empty() ? "the default output (give -o)" : "-o";
     refuse_overwriting_inputs(

@@ -79,8 +79,8 @@ void run_masks(const MasksOptions& options) {
   OutputFolder out_folder(out_dir);  // taken away again if the command fails
   out_folder.lock();                 // one command writing into it at a time
 
-  // The masks kept from an earlier run must at least be of the size asked for now: checked
-  // before anything is written.
+  // The masks kept from an earlier run must be masks of the size asked for now: checked before
+  // anything is written.
   std::vector<bool> kept(static_cast<size_t>(options.count), false);
   std::error_code listing_error;
   for (std::filesystem::directory_iterator it(out_dir, listing_error), end;
@@ -102,6 +102,15 @@ void run_masks(const MasksOptions& options) {
           "{}: a {}x{} mask from an earlier run, not {}x{}; --overwrite replaces the masks, or "
           "choose another folder",
           path.string(), mask.pixels.size(2), mask.pixels.size(1), width, height));
+    }
+    // Black and white in one channel, as this command writes them: a photo or a drawing of
+    // that name would otherwise be kept as a mask.
+    const auto& levels = mask.pixels;
+    if (levels.size(0) != 1 || !levels.eq(0).logical_or(levels.eq(1)).all().item<bool>()) {
+      throw InputError(
+          fmt::format("{}: not a mask as pconv masks writes them (black and white, one channel); "
+                      "--overwrite replaces the masks, or choose another folder",
+                      path.string()));
     }
     kept[static_cast<size_t>(index)] = true;
   }

@@ -132,7 +132,8 @@ void setup_train(CLI::App& app) {
       ->capture_default_str();
   command->add_flag("--resume", options->resume,
                     "Continue the run in --out from its checkpoint, with the run's settings "
-                    "(config.txt) for the options not given");
+                    "(config.txt) for the options not given (but --device, --threads and "
+                    "--timeout: this machine's)");
   command
       ->add_option("--sample-every", options->sample_every,
                    "Steps between sample grids (0: only at the end)")
@@ -160,10 +161,10 @@ void setup_train(CLI::App& app) {
                    "loss scaling; overflowing steps are skipped) or off")
       ->check(CLI::IsMember({"off", "bf16", "fp16"}))
       ->capture_default_str();
-  command->add_flag("--channels-last", options->channels_last,
+  command->add_flag("--channels-last,!--no-channels-last", options->channels_last,
                     "Channels-last (NHWC) memory format for weights and activations, the layout "
                     "of cuDNN's tensor-core kernels");
-  command->add_flag("--half-weights", options->half_weights,
+  command->add_flag("--half-weights,!--no-half-weights", options->half_weights,
                     "Store the final model's weights as float16 (half the file size)");
   command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
       ->check(whole_number(0, 10000000))
@@ -172,7 +173,17 @@ void setup_train(CLI::App& app) {
   command->callback([options, command] {
     options->command_line = invocation();
     if (options->resume) take_the_runs_settings(*command, *options);
-    if (options->data_dir.empty()) throw CLI::RequiredError("--data");
+    if (options->data_dir.empty()) {
+      // No config.txt to take --data from: most likely no run there at all.
+      if (options->resume &&
+          !std::filesystem::exists(std::filesystem::path(options->out_dir) / "config.txt")) {
+        throw CLI::ValidationError(
+            "--resume", fmt::format("{}: holds no training run to resume (no config.txt); to "
+                                    "start a new run there, leave out --resume and give --data",
+                                    options->out_dir));
+      }
+      throw CLI::RequiredError("--data");
+    }
     // --init's architecture, where the command does not give one.
     if (!options->init_model.empty()) {
       const auto initial = io::load_model(options->init_model);
@@ -457,6 +468,13 @@ void take_the_runs_settings(const CLI::App& command, TrainOptions& options) {
   take("thin_strokes", "--thin-strokes", options.thin_strokes);
   take("seed", "--seed", options.seed);
   take("amp", "--amp", options.amp);
+  take("channels_last", "--channels-last", options.channels_last);
+  take("workers", "--workers", options.workers);
+  take("val_count", "--val-count", options.validation_count);
+  take("validate_every", "--validate-every", options.validate_every);
+  take("sample_every", "--sample-every", options.sample_every);
+  take("checkpoint_every", "--checkpoint-every", options.checkpoint_every);
+  take("half_weights", "--half-weights", options.half_weights);
   if (!taken.empty())
     spdlog::info("--resume: the run's own {} (from {})", fmt::join(taken, " "), config);
 }
@@ -503,8 +521,9 @@ void run_trainer(const train::TrainerOptions& trainer_options,
     progress.advance();
   };
   callbacks.on_validation = [&](const train::ValidationReport& report) {
-    progress.note(fmt::format("step {}: validation PSNR {:.2f} dB, SSIM {:.4f} ({} images)",
-                              report.step, report.psnr, report.ssim, report.images));
+    progress.note(fmt::format("step {}: validation PSNR {:.2f} dB, SSIM {:.4f} ({} image{})",
+                              report.step, report.psnr, report.ssim, report.images,
+                              report.images == 1 ? "" : "s"));
   };
   const auto result = trainer.run(callbacks);
   progress.finish();

@@ -408,6 +408,25 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint " + photo + " " + (d / "mask.png").string() + " --compare " +
            (d / "c.xyz").string(),
        2, "--compare: '" + (d / "c.xyz").string() + "': the extension names no image format"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -o " + (d / "noext").string(), 2,
+       "-o: '" + (d / "noext").string() + "': no extension, so the name gives no image format"},
+      // Mistakes in the command line, named (session xii: the same file as image and mask was
+      // read as a mask; a folder had no hint; CLI11 listed unknown words in reverse).
+      {"inpaint " + photo + " " + photo, 2, "MASK: '" + photo + "' is the image itself"},
+      {"inpaint " + d.string() + " " + (d / "mask.png").string(), 3,
+       d.string() + ": is a folder, not an image file (for a folder of images: --input DIR"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --output " +
+           (d / "x.png").string(),
+       2, "unknown option '--output' for pconv inpaint (did you mean '--out'?)"},
+      {"--threads 1 inpaint " + photo + " " + (d / "mask.png").string(), 2,
+       "'--threads' is an option of pconv inpaint: give it after 'inpaint'"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " surplus", 2,
+       "unexpected argument 'surplus' for pconv inpaint"},
+      // An output that cannot be written is found before the work (here before the image is
+      // read): until session xii, after the network had run.
+      {"inpaint " + (d / "absent.png").string() + " " + (d / "mask.png").string() +
+           " -o /proc/pconv-no.png",
+       3, "/proc/pconv-no.png: cannot write the file"},
   };
   const auto photo_before = samples(d / "photo.png");
   const auto mask_before = samples(d / "mask.png");
@@ -446,6 +465,15 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
   EXPECT_TRUE(fs::is_fifo(d / "fifo.png"));
   EXPECT_TRUE(at::equal(samples(d / "photo.png"), photo_before));
   EXPECT_TRUE(at::equal(samples(d / "mask.png"), mask_before));
+  // The image given as the mask, the mask as the image: the "mask" is mostly grey, said so.
+  const auto swapped = pconv(d, "inpaint " + (d / "mask.png").string() + " " + photo + " -o " +
+                                    (d / "swapped.png").string());
+  EXPECT_NE(swapped.output.find("photo.png: "), std::string::npos) << swapped.output;
+  EXPECT_NE(swapped.output.find("of the mask is grey, neither near black nor near white: a photo "
+                                "rather than a mask?"),
+            std::string::npos)
+      << swapped.output;
+  EXPECT_EQ(pconv(d, inpaint_photo).output.find("of the mask is grey"), std::string::npos);
   // A mask of another size is scaled on request; a mask with no hole leaves the image as it is.
   EXPECT_EQ(pconv(d, "inpaint " + photo + " " + (d / "small_mask.png").string() +
                          " --resize-mask -o " + (d / "r.png").string())
@@ -836,18 +864,40 @@ TEST(Cli, AResumeTakesTheRunsOwnSettings) {
   TempDir dir;
   const auto& d = dir.path();
   write_training_photos(d / "photos");
-  const std::string settings = " --data " + (d / "photos").string() +
+  write_training_photos(d / "val");
+  const std::string settings = " --data " + (d / "photos").string() + " --val " +
+                               (d / "val").string() +
                                " --size 32 --depth 3 --width 8 --max-width 16 --batch 2 --seed 5 "
-                               "--thin-strokes 0.5 --lr 1e-3 --workers 1 ";
+                               "--thin-strokes 0.5 --lr 1e-3 --workers 1 --val-count 1 "
+                               "--validate-every 1 --sample-every 1 --checkpoint-every 1 "
+                               "--half-weights ";
   ASSERT_EQ(pconv(d, "train" + settings + "--steps 4 -o " + (d / "straight").string()).rc, 0);
   ASSERT_EQ(pconv(d, "train" + settings + "--steps 2 -o " + (d / "run").string()).rc, 0);
   const auto resumed = pconv(d, "train --resume --steps 4 -o " + (d / "run").string());
   ASSERT_EQ(resumed.rc, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("--resume: the run's own --data " + (d / "photos").string() +
+                                " --val " + (d / "val").string() +
                                 " --size 32 --batch 2 --lr 0.001 --depth 3 --width 8 "
-                                "--max-width 16 --thin-strokes 0.5 --seed 5"),
+                                "--max-width 16 --thin-strokes 0.5 --seed 5 --workers 1 "
+                                "--val-count 1 --validate-every 1 --sample-every 1 "
+                                "--checkpoint-every 1 --half-weights"),
             std::string::npos)
       << resumed.output;
+  // Until session xii the last six went back to their defaults: validation on all 3 photos
+  // and samples every 500 steps, float32 weights.
+  EXPECT_EQ(read_text(d / "run" / "validation.csv"), read_text(d / "straight" / "validation.csv"));
+  const auto names = [](const fs::path& folder) {
+    std::set<std::string> found;
+    for (const auto& entry : fs::directory_iterator(folder)) {
+      found.insert(entry.path().filename().string());
+    }
+    return found;
+  };
+  EXPECT_EQ(names(d / "run" / "samples"), names(d / "straight" / "samples"));
+  // Half weights: float32 ones would be some 25 KB more; the files differ in their recorded
+  // command lines.
+  EXPECT_NEAR(static_cast<double>(fs::file_size(d / "run" / "model.pt")),
+              static_cast<double>(fs::file_size(d / "straight" / "model.pt")), 2000.0);
   const auto straight = pconv::io::load_model(d / "straight" / "model.pt");
   const auto continued = pconv::io::load_model(d / "run" / "model.pt");
   const auto expected = straight->named_parameters();
@@ -866,10 +916,12 @@ TEST(Cli, AResumeTakesTheRunsOwnSettings) {
   const auto fine = pconv(d, "train --resume --steps 2 -o " + (d / "fine").string());
   EXPECT_EQ(fine.rc, 0) << fine.output;
   EXPECT_NE(fine.output.find("--finetune"), std::string::npos) << fine.output;
-  // Nothing to resume and no --data: --data is asked for.
+  // Nothing to resume: said so (it was "--data is required").
   const auto nothing = pconv(d, "train --resume -o " + (d / "none").string());
   EXPECT_EQ(nothing.rc, 2) << nothing.output;
-  EXPECT_NE(nothing.output.find("--data is required"), std::string::npos) << nothing.output;
+  EXPECT_NE(nothing.output.find("none: holds no training run to resume (no config.txt)"),
+            std::string::npos)
+      << nothing.output;
 }
 
 // A training log that cannot be written (here past a file-size limit, as on a full disk) ends
@@ -1147,6 +1199,13 @@ TEST(MasksCli, KeptMasksMustHaveTheSizeAskedFor) {
   EXPECT_FALSE(fs::exists(d / "masks" / "mask_00000.png"));
   EXPECT_EQ(pconv(d, "masks -n 3 --size 64x64 --overwrite -o " + out).rc, 0);
   EXPECT_EQ(pconv::io::read_image(d / "masks" / "mask_00002.png").pixels.size(2), 64);
+  // A picture of the right size under a mask's name is no mask either (it was kept as one).
+  pconv::io::write_image(d / "masks" / "mask_00001.png", picture(3, 64, 64));
+  const auto photo = pconv(d, "masks -n 3 --size 64x64 -o " + out);
+  EXPECT_EQ(photo.rc, 3) << photo.output;
+  EXPECT_NE(photo.output.find("mask_00001.png: not a mask as pconv masks writes them"),
+            std::string::npos)
+      << photo.output;
 }
 
 // A command that fails takes away the output folders it made: nothing is left to look like a

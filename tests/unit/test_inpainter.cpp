@@ -240,18 +240,29 @@ TEST(Inpainter, CropFillsEachRegionAndLeavesTheRestAlone) {
 
 TEST(Inpainter, ResizeAtFullSizeEqualsFullAndSmallerStillComposites) {
   Inpainter inpainter(small_model(), c10::kCPU);
-  const auto image = at::rand({3, 48, 64});
-  const auto holes = holes_of(48, 64, {{10, 10, 30, 40}});
+  const auto image = at::rand({3, 96, 128});
+  const auto holes = holes_of(96, 128, {{20, 20, 60, 80}});
   const auto full = inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kFull));
-  const auto same =
-      inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64));
+  const auto same = inpainter.inpaint(
+      image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(128));
   EXPECT_TRUE(at::allclose(same.pixels, full.pixels, 1e-5, 1e-5));
   const auto small =
       inpainter.inpaint(image, holes, InpaintOptions().strategy(Strategy::kResize).resize_side(24));
   EXPECT_EQ(small.strategy, Strategy::kResize);
+  EXPECT_FALSE(at::allclose(small.pixels, full.pixels, 1e-3, 1e-3));  // scaled (to 64x85)
   ASSERT_EQ(small.pixels.sizes(), image.sizes());
   const auto known = holes.logical_not().unsqueeze(0).expand_as(image);
   EXPECT_TRUE(at::equal(small.pixels.masked_select(known), image.masked_select(known)));
+  // A picture whose shorter side is 64 pixels or less is not scaled at all: a 40x640 one was
+  // scaled to 4x64 and filled from almost nothing.
+  const auto wide = at::rand({3, 40, 640});
+  const auto wide_holes = holes_of(40, 640, {{10, 100, 30, 140}});
+  EXPECT_TRUE(at::allclose(
+      inpainter
+          .inpaint(wide, wide_holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64))
+          .pixels,
+      inpainter.inpaint(wide, wide_holes, InpaintOptions().strategy(Strategy::kFull)).pixels, 1e-5,
+      1e-5));
 }
 
 // Scaled down, what lies under a hole (the object to take away) does not reach the known

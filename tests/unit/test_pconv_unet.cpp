@@ -2,6 +2,7 @@
 // composition of multi-channel PartialConv2d layers, the inference path (BatchNorm and
 // activations in the layers' epilogues) against the training-time forward, encoder BatchNorm
 // freezing, bad input.
+#include <pconv/nn/functional/partial_conv2d.h>
 #include <pconv/nn/pconv_unet.h>
 
 #include "fused_kernels.h"
@@ -195,6 +196,9 @@ TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward) {
 // zeroing) against the training-time forward on the plain ATen path.
 TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward_CUDA) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  // Else both sides would be the ATen path.
+  ASSERT_TRUE(pconv::nn::functional::cuda_kernels_run_on(c10::Device(c10::kCUDA, 0)))
+      << "this build has no fused kernels for this GPU";
   at::globalContext().setAllowTF32CuDNN(false);
   for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
     for (const bool channels_last : {false, true}) {
@@ -227,6 +231,13 @@ TEST_F(PConvUNetTest, InferenceEpilogueEqualsTheTrainingTimeForward_CUDA) {
       EXPECT_LE(error, tolerance * scale) << "at scale " << scale;
       EXPECT_TRUE(output.isfinite().all().item<bool>());
       EXPECT_TRUE(at::equal(out_mask.to(at::kCPU), expected_mask.to(at::kCPU)));
+      // The fused epilogue ran (the profiler sees the ATen calls made for CUDA tensors too).
+      const auto names = pconv::testing::operators_called([&] { net(image, mask); });
+      EXPECT_GT(names.count("aten::convolution"), 0U);
+      for (const char* unfused :
+           {"aten::batch_norm", "aten::relu", "aten::leaky_relu", "aten::addcmul_", "aten::cat"}) {
+        EXPECT_EQ(names.count(unfused), 0U) << unfused;
+      }
     }
   }
 }

@@ -395,17 +395,23 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
   const int64_t height = rgb.size(1);
   const int64_t width = rgb.size(2);
   const int64_t longer = std::max(height, width);
+  const int64_t shorter = std::min(height, width);
+  // The shorter side stays at least kResizeShortest pixels (or its own): a 4000x50 picture
+  // scaled to a longer side of 1024 was 13 pixels high, too little to fill anything from.
+  const double least_scale =
+      std::min(1.0, static_cast<double>(kResizeShortest) / static_cast<double>(shorter));
   // Holes finer than the scaling (a mesh, a fence) may cover the whole small picture, which
   // the network would fill black: then the side grows, up to the full size.
   int64_t small_h = height;
   int64_t small_w = width;
   at::Tensor small_holes;
   for (int64_t target = std::min(side, longer);; target = std::min(longer, target * 3 / 2 + 1)) {
-    const double scale = static_cast<double>(target) / static_cast<double>(longer);
+    const double scale =
+        std::max(least_scale, static_cast<double>(target) / static_cast<double>(longer));
     small_h = std::max<int64_t>(1, std::lround(static_cast<double>(height) * scale));
     small_w = std::max<int64_t>(1, std::lround(static_cast<double>(width) * scale));
     small_holes = scale_holes(holes, small_h, small_w);
-    if (target == longer || !small_holes.all().item<bool>()) break;
+    if (target == longer || scale == 1.0 || !small_holes.all().item<bool>()) break;
   }
   // Scaled from the known pixels alone (what lies under a hole, such as the object to take
   // away, must not reach the small picture's known pixels through the filter's reach).

@@ -79,6 +79,9 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << (o.vgg_path().empty() ? "(none: pixel terms only)" : o.vgg_path()) << "\ninit_model "
       << (o.init_model().empty() ? "(none)" : o.init_model()) << "\nworkers " << o.workers()
       << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\namp " << o.amp()
+      << "\nchannels_last " << o.channels_last() << "\nval_count " << o.validation_count()
+      << "\nvalidate_every " << o.validate_every() << "\nsample_every " << o.sample_every()
+      << "\ncheckpoint_every " << o.checkpoint_every() << "\nhalf_weights " << o.half_weights()
       << "\nhole_ratio " << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nthin_strokes "
       << o.thin_strokes() << "\nmask_dir "
       << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\nmasks_white_valid "
@@ -169,8 +172,11 @@ std::string now_iso() {
 // the number of steps, the arithmetic and the data to shard. Paths may differ between machines
 // and are left out, as is what each process decides for itself (workers, device).
 std::string shared_settings(const std::string& config) {
-  static const std::set<std::string> own{"vgg",      "init_model", "workers", "device",
-                                         "mask_dir", "data",       "val",     "validation_images"};
+  // (How often and on how many crops to validate are compared as what the ranks will do,
+  // below: a rank without validation photos validates on none.)
+  static const std::set<std::string> own{
+      "vgg",  "init_model", "workers",           "device",    "mask_dir",
+      "data", "val",        "validation_images", "val_count", "validate_every"};
   std::string text;
   for (const auto& [key, value] : config_settings(config)) {
     if (own.count(key) == 0) text.append(key).append(" ").append(value).append("\n");
@@ -920,7 +926,8 @@ RunResult Trainer::run(const TrainerCallbacks& callbacks) {
   const auto validate_now = [&] {
     if (result.validations.empty() && writes_files()) {
       message("step " + std::to_string(step_) + ": validating on " +
-              std::to_string(validation_images_.size(0)) + " images");
+              std::to_string(validation_images_.size(0)) +
+              (validation_images_.size(0) == 1 ? " image" : " images"));
     }
     auto validation = validate(callbacks.should_stop);
     if (!validation) message("step " + std::to_string(step_) + ": validation left out (stopped)");

@@ -28,6 +28,9 @@ std::string to_string(Strategy strategy);
 /// Parses a strategy name; throws pconv::ArgumentError otherwise.
 Strategy parse_strategy(const std::string& name);
 
+/// The least shorter side the resize strategy scales a picture to (where it has as many).
+constexpr int64_t kResizeShortest = 64;
+
 struct InpaintOptions {
   TORCH_ARG(Strategy, strategy) = Strategy::kAuto;
   /// Keep the known pixels of the input exactly (composite); false: the raw network output.
@@ -35,7 +38,8 @@ struct InpaintOptions {
   /// Context kept around the holes in the crop strategy, in pixels (at least; a box also grows
   /// to the network's multiple).
   TORCH_ARG(int64_t, crop_margin) = 96;
-  /// The resize strategy scales the longer side down to this (pixels, at least 1).
+  /// The resize strategy scales the longer side down to this (pixels, at least 1), but not the
+  /// shorter side below kResizeShortest pixels (a very wide or tall picture is scaled less).
   TORCH_ARG(int64_t, resize_side) = 1024;
   /// Auto uses the full image when a full pass is estimated to need at most this many bytes
   /// (bytes, where the command's --max-memory is in MB).
