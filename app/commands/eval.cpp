@@ -77,8 +77,11 @@ void setup_eval(CLI::App& app) {
                       "Model file (default: $PCONV_MODEL, else the shipped default model)");
   command->add_option("-o,--out", options->out_dir, "Folder for the reports")
       ->capture_default_str();
-  command->add_option("--size", options->size, "Side of the square centre crops")
-      ->check(whole_number(16, 8192))
+  command
+      ->add_option("--size", options->size,
+                   "Side of the square centre crops (at least 64: SSIM's 11x11 windows weigh "
+                   "the 5 pixels at each edge less, which on a 16x16 crop hid whole holes)")
+      ->check(whole_number(64, 8192))
       ->capture_default_str();
   command->add_option("--per-bin", options->per_bin, "Examples per bin (0: one per photo)")
       ->check(whole_number(0, 100000))
