@@ -166,7 +166,9 @@ void setup_train(CLI::App& app) {
                     "of cuDNN's tensor-core kernels");
   command->add_flag("--half-weights,!--no-half-weights", options->half_weights,
                     "Store the final model's weights as float16 (half the file size)");
-  command->add_option("--val-count", options->validation_count, "Validation photos used (0: all)")
+  command
+      ->add_option("--val-count", options->validation_count,
+                   "Validation photos used, spread evenly over the sorted list (0: all)")
       ->check(whole_number(0, 10000000))
       ->capture_default_str();
   add_common_options(*command, options->common);
@@ -355,6 +357,7 @@ void run_train(const TrainOptions& options) {
       .checkpoint_every(options.checkpoint_every)
       .validate_every(options.validate_every)
       .validation_count(options.validation_count)
+      .validation_spread(options.validation_spread)
       .half_weights(options.half_weights)
       .process_group(group)
       .amp(options.amp)
@@ -475,6 +478,10 @@ void take_the_runs_settings(const CLI::App& command, TrainOptions& options) {
   take("sample_every", "--sample-every", options.sample_every);
   take("checkpoint_every", "--checkpoint-every", options.checkpoint_every);
   take("half_weights", "--half-weights", options.half_weights);
+  // Which validation photos --val-count leaves out: no option; a run keeps its own.
+  if (const auto spread = settings.find("val_spread"); spread != settings.end()) {
+    options.validation_spread = spread->second != "0";
+  }
   if (!taken.empty())
     spdlog::info("--resume: the run's own {} (from {})", fmt::join(taken, " "), config);
 }

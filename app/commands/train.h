@@ -38,6 +38,7 @@ struct TrainOptions {
   int64_t checkpoint_every = 500;
   int64_t validate_every = 500;
   int64_t validation_count = 32;
+  bool validation_spread = true;  // no option: false only for a resumed run from before it
   bool half_weights = false;
   bool channels_last = false;
   int64_t timeout_seconds = 300;

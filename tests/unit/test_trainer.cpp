@@ -257,8 +257,41 @@ TEST_F(TrainerTest, OlderRunsSettingsReadAsTheyTrained) {
   EXPECT_EQ(settings.at("size"), "32");
   EXPECT_EQ(settings.at("thin_strokes"), "0");
   EXPECT_EQ(settings.at("masks_white_valid"), "0");
+  EXPECT_EQ(settings.at("val_spread"), "0");
   std::ofstream(dir_ / "old" / "config.txt", std::ios::app) << "thin_strokes 0.25\n";
   EXPECT_EQ(T::recorded_settings(dir_ / "old").at("thin_strokes"), "0.25");
+}
+
+// --val-count takes photos spread over the sorted list: with 6 and a count of 2, the second and
+// the fifth (the middle of each half), here unreadable, so named, and others stand in. Until
+// session xii the first two; a resumed run from before (validation_spread false) keeps them.
+TEST_F(TrainerTest, ValidationCountSpreadsThePhotos) {
+  fs::create_directories(dir_ / "val");
+  std::vector<fs::path> validation;
+  for (int i = 0; i < 6; ++i) {
+    const auto path = dir_ / "val" / ("v" + std::to_string(i) + kImageExtension);
+    if (i == 1 || i == 4) {
+      std::ofstream(path) << "not an image";
+    } else {
+      fs::copy_file(files_[static_cast<size_t>(i)], path);
+    }
+    validation.push_back(path);
+  }
+  for (const bool spread : {true, false}) {
+    SCOPED_TRACE(spread ? "spread" : "first ones");
+    std::vector<std::string> messages;
+    T::TrainerCallbacks callbacks;
+    callbacks.on_message = [&](const std::string& text) { messages.push_back(text); };
+    const auto run = dir_ / (spread ? "spread" : "first");
+    T::Trainer trainer(tiny(1).validation_count(2).validation_spread(spread), files_, validation,
+                       run, false);
+    trainer.run(callbacks);
+    std::string all;
+    for (const auto& text : messages) all += text + "\n";
+    EXPECT_NE(all.find("v1" + kImageExtension), std::string::npos) << all;
+    EXPECT_EQ(all.find("v4" + kImageExtension) != std::string::npos, spread) << all;
+    EXPECT_NE(all.find("validating on 2 images"), std::string::npos) << all;
+  }
 }
 
 // Also with other numbers of data workers on each side of the stop: what a step trains on does

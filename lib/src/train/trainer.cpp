@@ -80,10 +80,10 @@ std::string config_text(const TrainerOptions& o, size_t train_count, size_t vali
       << (o.init_model().empty() ? "(none)" : o.init_model()) << "\nworkers " << o.workers()
       << "\nseed " << o.seed() << "\ndevice " << o.device().str() << "\namp " << o.amp()
       << "\nchannels_last " << o.channels_last() << "\nval_count " << o.validation_count()
-      << "\nvalidate_every " << o.validate_every() << "\nsample_every " << o.sample_every()
-      << "\ncheckpoint_every " << o.checkpoint_every() << "\nhalf_weights " << o.half_weights()
-      << "\nhole_ratio " << o.min_hole_ratio() << "-" << o.max_hole_ratio() << "\nthin_strokes "
-      << o.thin_strokes() << "\nmask_dir "
+      << "\nval_spread " << o.validation_spread() << "\nvalidate_every " << o.validate_every()
+      << "\nsample_every " << o.sample_every() << "\ncheckpoint_every " << o.checkpoint_every()
+      << "\nhalf_weights " << o.half_weights() << "\nhole_ratio " << o.min_hole_ratio() << "-"
+      << o.max_hole_ratio() << "\nthin_strokes " << o.thin_strokes() << "\nmask_dir "
       << (o.mask_dir().empty() ? "(none: generated masks)" : o.mask_dir()) << "\nmasks_white_valid "
       << o.masks_white_valid() << "\ndata "
       << (o.data_description().empty() ? "(not given)" : o.data_description()) << "\nval "
@@ -118,8 +118,9 @@ std::vector<std::pair<std::string, std::string>> config_settings(const std::stri
   // Settings added after the first runs were made: a config.txt without one is of a run that
   // trained as its absence meant then (no thin strokes, masks white = hole), not as the
   // option's default of today, which would change the run on resume.
-  for (const auto& [key, then] :
-       {std::pair<const char*, const char*>{"thin_strokes", "0"}, {"masks_white_valid", "0"}}) {
+  for (const auto& [key, then] : {std::pair<const char*, const char*>{"thin_strokes", "0"},
+                                  {"masks_white_valid", "0"},
+                                  {"val_spread", "0"}}) {
     const bool present =
         std::any_of(settings.begin(), settings.end(),
                     [&key = key](const auto& setting) { return setting.first == key; });
@@ -459,7 +460,25 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
     const auto limit = options_.validation_count() > 0
                            ? std::min<size_t>(validation_files_.size(), options_.validation_count())
                            : validation_files_.size();
-    for (const auto& path : validation_files_) {
+    // The photos to read, in order: with a limit, evenly spread ones first (the middle of each
+    // of `limit` equal parts of the list), then the rest, which stand in for unreadable ones.
+    std::vector<size_t> order;
+    const size_t count = validation_files_.size();
+    if (options_.validation_spread() && limit < count) {
+      std::vector<bool> picked(count, false);
+      for (size_t part = 0; part < limit; ++part) {
+        const size_t index = (2 * part + 1) * count / (2 * limit);
+        order.push_back(index);
+        picked[index] = true;
+      }
+      for (size_t index = 0; index < count; ++index) {
+        if (!picked[index]) order.push_back(index);
+      }
+    } else {
+      for (size_t index = 0; index < count; ++index) order.push_back(index);
+    }
+    for (const size_t index : order) {
+      const auto& path = validation_files_[index];
       if (images.size() >= limit) break;
       try {
         images.push_back(data::crop_example(path, crop, /*random=*/false, 0));

@@ -61,6 +61,10 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, validate_every) = 500;
   /// Validation photos used (centre crops, fixed masks); 0: all.
   TORCH_ARG(int64_t, validation_count) = 32;
+  /// Where validation_count leaves photos out: true takes them evenly across the sorted list
+  /// (folders named by source or date are all represented); false the first ones in path
+  /// order, as runs before session xii (a resume of one keeps its validation photos).
+  TORCH_ARG(bool, validation_spread) = true;
   /// Store the final model file's weights in float16 (half the size; read back as float32).
   TORCH_ARG(bool, half_weights) = false;
   /// What the training photos are (e.g. their folder), recorded in the model file.
