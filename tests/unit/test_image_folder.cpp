@@ -376,11 +376,11 @@ TEST_F(ImageFolderTest, ColourProfileRemarksAreNotWarnings) {
 }
 #endif
 
-// A JPEG's EXIF orientation is applied, as viewers do: a mask drawn on the picture as it is
-// shown fits it.
-TEST_F(ImageFolderTest, JpegExifOrientationIsApplied) {
+// Writes `image` as a JPEG at `path` marked to be shown turned a quarter clockwise (EXIF
+// orientation 6); returns the file's bytes.
+std::vector<uint8_t> write_turned_jpeg(const fs::path& path, const cv::Mat& image) {
   std::vector<uint8_t> jpeg;
-  cv::imencode(".jpg", gradient(40, 48, CV_8UC3), jpeg);
+  cv::imencode(".jpg", image, jpeg);
   // An APP1 segment right after the start marker: "Exif", a little-endian TIFF header and one
   // IFD entry, orientation (0x0112, SHORT) = 6: rotate 90 degrees clockwise to show.
   const std::vector<uint8_t> exif = {0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0x00,
@@ -388,8 +388,15 @@ TEST_F(ImageFolderTest, JpegExifOrientationIsApplied) {
                                      0x01, 0x00, 0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00,
                                      0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
   jpeg.insert(jpeg.begin() + 2, exif.begin(), exif.end());
-  std::ofstream(dir_ / "turned.jpg", std::ios::binary)
+  std::ofstream(path, std::ios::binary)
       .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size()));
+  return jpeg;
+}
+
+// A JPEG's EXIF orientation is applied, as viewers do: a mask drawn on the picture as it is
+// shown fits it.
+TEST_F(ImageFolderTest, JpegExifOrientationIsApplied) {
+  const auto jpeg = write_turned_jpeg(dir_ / "turned.jpg", gradient(40, 48, CV_8UC3));
   const auto turned = pconv::io::read_image(dir_ / "turned.jpg");
   ASSERT_EQ(turned.pixels.sizes(), (at::IntArrayRef{3, 48, 40}));  // was 40 rows, 48 columns
   // The pixels too: the stored picture turned clockwise (not anticlockwise, not transposed).
@@ -648,15 +655,7 @@ TEST_F(ImageFolderTest, ReadImageShrinksLargeJpegsAsTheyDecode) {
   EXPECT_EQ(pconv::io::read_image(dir_ / "grey.jpg", 60).pixels.sizes(),
             (at::IntArrayRef{1, 60, 83}));
   // Turned a quarter by its EXIF orientation (as in JpegExifOrientationIsApplied): 704 rows.
-  std::vector<uint8_t> jpeg;
-  cv::imencode(".jpg", smooth_image, jpeg);
-  const std::vector<uint8_t> exif = {0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0x00,
-                                     0x00, 'I',  'I',  0x2A, 0x00, 0x08, 0x00, 0x00, 0x00,
-                                     0x01, 0x00, 0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00,
-                                     0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
-  jpeg.insert(jpeg.begin() + 2, exif.begin(), exif.end());
-  std::ofstream(dir_ / "turned.jpg", std::ios::binary)
-      .write(reinterpret_cast<const char*>(jpeg.data()), static_cast<std::streamsize>(jpeg.size()));
+  write_turned_jpeg(dir_ / "turned.jpg", smooth_image);
   EXPECT_EQ(pconv::io::read_image(dir_ / "turned.jpg", 60).pixels.sizes(),
             (at::IntArrayRef{3, 83, 60}));
   // The limit is on the stored size, not on the smaller decode.
