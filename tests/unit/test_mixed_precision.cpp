@@ -64,6 +64,22 @@ TEST(MixedPrecision, ScalerUnscalesGrowsAndBacksOff) {
   EXPECT_EQ(scaler.scale_value(), 8.0);
 }
 
+// The style loss's Gram matrices stay float32 under autocast (bmm is on its lower-precision
+// list): in float16, activations of a few units over 128x128 positions overflowed to inf.
+TEST(MixedPrecision, GramMatricesStayFloat32UnderAutocast) {
+  const auto features = at::rand({1, 4, 128, 128}) * 10.0;
+  const auto reference = pconv::loss::gram_matrix(features.to(at::kDouble));
+  for (const auto type : {c10::kBFloat16, c10::kHalf}) {
+    SCOPED_TRACE(c10::toString(type));
+    const AutocastScope scope(c10::kCPU, type);
+    const auto flat = features.view({4, -1});
+    ASSERT_EQ(at::mm(flat, flat.t()).scalar_type(), type);  // autocast is on
+    const auto gram = pconv::loss::gram_matrix(features);
+    EXPECT_EQ(gram.scalar_type(), c10::kFloat);
+    EXPECT_TRUE(at::allclose(gram.to(at::kDouble), reference, 1e-5, 1e-4));
+  }
+}
+
 TEST(MixedPrecision, NetworkAndLossStayFiniteUnderAutocast) {
   for (const auto type : {c10::kBFloat16, c10::kHalf}) {
     SCOPED_TRACE(c10::toString(type));

@@ -1,6 +1,7 @@
 #include "pconv/loss/inpainting_loss.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <string>
@@ -37,7 +38,10 @@ torch::Tensor gram_matrix(const torch::Tensor& features) {
   const int64_t batch = features.size(0);
   const int64_t channels = features.size(1);
   const int64_t positions = features.size(2) * features.size(3);
-  // At least float32: half would overflow for large activations (sums of H*W products).
+  // At least float32: half would overflow for large activations (sums of H*W products). Also
+  // under autocast, which would cast bmm's float32 inputs back to its type: with --amp fp16 a
+  // 256 crop's pool1 Gram matrix (16384 products a sum) overflowed to inf.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto dtype = features.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   const auto flat = features.to(dtype).reshape({batch, channels, positions});
   return at::bmm(flat, flat.transpose(1, 2)) / static_cast<double>(channels * positions);
