@@ -332,8 +332,7 @@ void run_train(const TrainOptions& options) {
   trainer_options.size(options.size)
       .batch_size(options.batch)
       .steps(options.steps)
-      .learning_rate(options.learning_rate > 0 ? options.learning_rate
-                                               : (options.finetune ? 5e-5 : 2e-4))
+      .learning_rate(options.learning_rate)  // 0: the stage's own, as the library picks it
       .finetune(options.finetune)
       .model(nn::PConvUNetOptions()
                  .depth(options.depth)

@@ -262,6 +262,22 @@ TEST_F(TrainerTest, OlderRunsSettingsReadAsTheyTrained) {
   EXPECT_EQ(T::recorded_settings(dir_ / "old").at("thin_strokes"), "0.25");
 }
 
+// Without a learning rate the stage's own: the paper's 2e-4, or 5e-5 for fine-tuning (it was
+// 2e-4 for both: a library fine-tuning ran at four times the paper's rate).
+TEST_F(TrainerTest, TheDefaultLearningRateIsTheStages) {
+  for (const bool finetune : {false, true}) {
+    T::Trainer trainer(tiny(1).learning_rate(0).finetune(finetune), files_, {},
+                       dir_ / (finetune ? "fine" : "first"), false);
+    double rate = 0;
+    T::TrainerCallbacks callbacks;
+    callbacks.on_step = [&](const T::StepReport& report) { rate = report.learning_rate; };
+    trainer.run(callbacks);
+    EXPECT_DOUBLE_EQ(rate, finetune ? 5e-5 : 2e-4);
+  }
+  EXPECT_THROW(T::Trainer(tiny(1).learning_rate(-1), files_, {}, dir_ / "negative", false),
+               pconv::ArgumentError);
+}
+
 // --val-count takes photos spread over the sorted list: with 6 and a count of 2, the second and
 // the fifth (the middle of each half), here unreadable, so named, and others stand in. Until
 // session xii the first two; a resumed run from before (validation_spread false) keeps them.

@@ -81,7 +81,9 @@ void PConvUNetImpl::reset() {
   encoder_bn.clear();
   decoder_bn.clear();
 
-  // A bias only where no BatchNorm follows: BatchNorm would cancel it.
+  // A bias only where no BatchNorm follows: BatchNorm's own shift takes its place. (Not exactly
+  // the same: a partial convolution adds its bias only where a window sees a known pixel, so
+  // with windows that see none the two differ there; a small difference, kept.)
   for (int64_t level = 1; level <= depth; ++level) {
     const int64_t kernel = encoder_kernel(level);
     const auto geometry = encoder_geometry(level);

@@ -349,6 +349,12 @@ Trainer::Trainer(TrainerOptions options, std::vector<std::filesystem::path> trai
       model_(seeded_model(options_)),
       loss_(options_.loss_weights()) {
   if (train_files_.empty()) throw InputError("no training images");
+  // 0: the paper's rate for the stage (a fine-tuning at 2e-4 was the default's trap).
+  if (!(options_.learning_rate() >= 0) || !std::isfinite(options_.learning_rate())) {
+    throw ArgumentError("train: learning_rate must be positive (or 0 for the paper's); got " +
+                        std::to_string(options_.learning_rate()));
+  }
+  if (options_.learning_rate() == 0) options_.learning_rate(options_.finetune() ? 5e-5 : 2e-4);
   amp_type_ = parse_amp(options_.amp());  // pconv::ArgumentError for an unknown name
   if (!options_.mask_dir().empty()) {
     data::MaskFolder check(options_.mask_dir(), {}, 0);  // a bad mask folder fails here, early

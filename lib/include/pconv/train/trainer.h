@@ -30,8 +30,8 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, batch_size) = 4;
   /// Total optimisation steps of the run (a resumed run continues up to this).
   TORCH_ARG(int64_t, steps) = 1000;
-  /// Adam's learning rate: the paper uses 2e-4, and 5e-5 for fine-tuning.
-  TORCH_ARG(double, learning_rate) = 2e-4;
+  /// Adam's learning rate; 0 (the default): the paper's, 2e-4, or 5e-5 for fine-tuning.
+  TORCH_ARG(double, learning_rate) = 0;
   /// Fine-tuning stage: encoder BatchNorm frozen.
   TORCH_ARG(bool, finetune) = false;
   TORCH_ARG(nn::PConvUNetOptions, model) = {};
