@@ -80,7 +80,7 @@ Loaded load(const fs::path& image_path, const fs::path& mask_path, const Inpaint
   // mask's soft edges are a few percent).
   const auto colours = mask.pixels.narrow(0, 0, std::min<int64_t>(mask.pixels.size(0), 3));
   const auto brightest = std::get<0>(colours.to(at::kFloat).max(0));
-  const double grey =
+  const auto grey =
       brightest.gt(0.125).logical_and(brightest.lt(0.875)).to(at::kFloat).mean().item<double>();
   if (grey > 0.25) {
     spdlog::warn(
