@@ -29,6 +29,7 @@
 #include <functional>
 #include <iterator>
 #include <regex>
+#include <thread>
 #include <utility>
 
 namespace pconv::app {
@@ -39,8 +40,14 @@ void add_common_options(CLI::App& command, CommonOptions& options) {
                   "Where to compute: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda "
                   "or cuda:N")
       ->capture_default_str();
-  command.add_option("--threads", options.threads, "CPU threads for LibTorch (0: its default)")
-      ->check(whole_number(0, 1024))
+  // At most one a core: more never helps, and where the system cannot make them (a memory or
+  // thread limit) LibTorch's thread pool waited for them forever.
+  const auto cores = static_cast<int64_t>(std::max(1U, std::thread::hardware_concurrency()));
+  command
+      .add_option("--threads", options.threads,
+                  "CPU threads for LibTorch (0: its default; at most this machine's " +
+                      std::to_string(cores) + " cores)")
+      ->transform(whole_number(0, cores))
       ->capture_default_str();
   command.add_flag("--reference-kernels", options.reference_kernels,
                    "Compute the partial convolutions' mask terms and renormalisation with plain "
@@ -74,7 +81,7 @@ void add_inference_options(CLI::App& command, InferenceCliOptions& options) {
                   "Widen the parts of the holes thinner than 2N+1 pixels by N pixels for the "
                   "network (the known pixels are kept all the same): the default model, "
                   "trained on wider strokes, fills 1-2 pixel scratches dark otherwise; 0: off")
-      ->check(whole_number(0, 16))
+      ->transform(whole_number(0, 16))
       ->capture_default_str();
 }
 
@@ -482,6 +489,8 @@ CLI::Validator whole_number(int64_t low, int64_t high) {
             if (error != std::errc() || stop != end || value < low || value > high) {
               return "'" + text + "' is not a whole number in " + range;
             }
+            // As read here, in decimal: CLI11 would read "010" as octal 8.
+            text = std::to_string(value);
             return {};
           },
           "INT in " + range, "whole number"};
@@ -495,6 +504,7 @@ CLI::Validator seed_number() {
             if (text.empty() || text.front() == '-' || error != std::errc() || stop != end) {
               return "'" + text + "' is not a whole number from 0 to 18446744073709551615";
             }
+            text = std::to_string(value);  // decimal, as read here (CLI11: "010" is octal)
             return {};
           },
           "", "seed"};

@@ -23,6 +23,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <fcntl.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -107,7 +108,20 @@ void setup_logging() {
 // SIGINT and SIGTERM handled from before the shared libraries' static initialisers run
 // (LibTorch's registrations take a good part of the start-up): the executable's .preinit_array
 // runs first of all initialisers. Only the loader's mapping of the libraries comes before.
+// Also first: a standard stream the command was started without (`>&-`) is held by /dev/null,
+// opened read-only so that writing there still fails (the result's path is not lost without a
+// word). Left free, the next file opened took its number: stdout then wrote into the copy of
+// stderr the decoders' capture makes, or into whatever file came next.
 void handle_signals_early(int /*argc*/, char** /*argv*/, char** /*environment*/) {
+  for (int stream = 0; stream <= 2; ++stream) {
+    if (::fcntl(stream, F_GETFD) == -1 && errno == EBADF) {
+      const int held = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // the lowest free number
+      if (held >= 0 && held != stream) {
+        ::dup2(held, stream);
+        ::close(held);
+      }
+    }
+  }
   pconv::app::handle_stop_signals();
 }
 __attribute__((section(".preinit_array"),
@@ -135,17 +149,28 @@ std::string unexpected_words(const CLI::App& app, const CLI::App& command, int a
   const std::string option = word.substr(0, word.find('='));
   const bool before_command =
       std::find(argv + 1, argv + argc, command.get_name()) > std::find(argv + 1, argv + argc, word);
-  if (command.get_option_no_throw(option) != nullptr && before_command) {
-    return fmt::format("'{}' is an option of {}: give it after '{}'", option, name,
-                       command.get_name());
+  if (command.get_option_no_throw(option) != nullptr) {
+    if (before_command) {
+      return fmt::format("'{}' is an option of {}: give it after '{}'", option, name,
+                         command.get_name());
+    }
+    // An option's name CLI11 left as a word: after "--", which ends the options.
+    return fmt::format("unexpected argument '{}' for {} (after '--' it is not an option)", word,
+                       name);
   }
-  // A long name that begins with another's, or the other way round (--output for --out).
+  // A long name that begins with another's, or the other way round (--output for --out); of
+  // several, the one nearest in length (--valid: --val, not --validate-every).
   std::string near;
   if (option.rfind("--", 0) == 0 && option.size() > 3) {
+    const auto distance = [&](const std::string& known) {
+      return known.size() > option.size() ? known.size() - option.size()
+                                          : option.size() - known.size();
+    };
     for (const auto* candidate : command.get_options()) {
       for (const auto& long_name : candidate->get_lnames()) {
         const std::string known = "--" + long_name;
-        if (known.size() > 3 && (known.rfind(option, 0) == 0 || option.rfind(known, 0) == 0)) {
+        if (known.size() > 3 && (known.rfind(option, 0) == 0 || option.rfind(known, 0) == 0) &&
+            (near.empty() || distance(known) < distance(near))) {
           near = known;
         }
       }

@@ -73,8 +73,10 @@ case "$command" in
     build_pconv
     # Every CTest test (unit tests one by one, *_CUDA included; distributed; package), without
     # the benchmark smoke runs; failures with their output.
-    # 8 tests at a time, each with its share of the cores: with 16 OpenMP threads each, a
-    # CPU-heavy test took 125 s there (H100, 2026-11-23) and 0.7 s alone on the 2-core machine.
+    # 8 tests at a time, each unit test's own LibTorch with its share of the cores: with 16
+    # OpenMP threads each, a CPU-heavy one took 125 s there (H100, 2026-11-23) and 0.7 s alone
+    # on the 2-core machine. (The pconv commands the CLI tests start do not inherit it: the
+    # tests clear OMP_NUM_THREADS for them.)
     OMP_NUM_THREADS=$(( $(nproc) / 8 > 0 ? $(nproc) / 8 : 1 )) \
       ctest --test-dir "$build" -j 8 --timeout 150 -E '^bench[.]' ${PCONV_GPU_TESTS:+-R "$PCONV_GPU_TESTS"} \
       --output-on-failure > "$out_dir/ctest.log" 2>&1 || true

@@ -57,7 +57,7 @@ void setup_demo(CLI::App& app) {
       "Run a stack of stride-2 partial convolutions (the paper's encoder) over a random image "
       "with a round hole and print how the hole shrinks layer by layer");
   command->add_option("--size", options->size, "Image height and width in pixels")
-      ->check(whole_number(8, 8192))
+      ->transform(whole_number(8, 8192))
       ->capture_default_str();
   command
       ->add_option(
@@ -66,16 +66,16 @@ void setup_demo(CLI::App& app) {
       ->check(number_in(0.0, 0.95))
       ->capture_default_str();
   command->add_option("--layers", options->layers, "Number of stride-2 layers")
-      ->check(whole_number(1, 10))
+      ->transform(whole_number(1, 10))
       ->capture_default_str();
   command
       ->add_option("--width", options->width,
                    "Channels of the first layer (doubled per layer, "
                    "at most 8x)")
-      ->check(whole_number(1, 512))
+      ->transform(whole_number(1, 512))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed")
-      ->check(seed_number())
+      ->transform(seed_number())
       ->capture_default_str();
   add_common_options(*command, options->common);
   command->callback([options] { run_demo(*options); });

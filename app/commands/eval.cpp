@@ -81,13 +81,13 @@ void setup_eval(CLI::App& app) {
       ->add_option("--size", options->size,
                    "Side of the square centre crops (at least 64: SSIM's 11x11 windows weigh "
                    "the 5 pixels at each edge less, which on a 16x16 crop hid whole holes)")
-      ->check(whole_number(64, 8192))
+      ->transform(whole_number(64, 8192))
       ->capture_default_str();
   command->add_option("--per-bin", options->per_bin, "Examples per bin (0: one per photo)")
-      ->check(whole_number(0, 100000))
+      ->transform(whole_number(0, 100000))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Seed of the masks")
-      ->check(seed_number())
+      ->transform(seed_number())
       ->capture_default_str();
   command
       ->add_option("--thin-strokes", options->thin_strokes,
@@ -99,7 +99,7 @@ void setup_eval(CLI::App& app) {
       ->check(positive_number())
       ->capture_default_str();
   command->add_option("--examples", options->examples, "Examples per bin in examples.png")
-      ->check(whole_number(1, 16))
+      ->transform(whole_number(1, 16))
       ->capture_default_str();
   command->add_flag("--no-baselines", options->no_baselines, "Only the model");
   add_inference_options(*command, options->inference);

@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace pconv::app {
@@ -186,27 +187,21 @@ fs::path default_output(const fs::path& image) {
 }
 
 // Why no file can be written in `folder` (not writable, a read-only file system), found by
-// writing and removing an empty one; empty where one can.
+// making an empty one and removing it at once; empty where one can be.
 std::string write_problem(const fs::path& folder) {
   const auto probe = (folder.empty() ? fs::path(".") : folder) /
                      (".pconv-write-test." + std::to_string(::getpid()));
-  try {
-    io::write_file_atomically(probe, std::string());
-  } catch (const std::exception& error) {
-    const std::string text = error.what();
-    constexpr std::string_view kCannot = ": cannot write the file: ";
-    const auto reason = text.find(kCannot);
-    return reason == std::string::npos ? text : text.substr(reason + kCannot.size());
-  }
-  std::error_code ignored;
-  fs::remove(probe, ignored);
+  const int descriptor = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (descriptor < 0) return errno == EEXIST ? std::string() : std::strerror(errno);
+  ::unlink(probe.c_str());
+  ::close(descriptor);
   return {};
 }
 
 // Checks that a file can be written in `folder`.
 void check_writable_folder(const fs::path& folder) {
-  if (!write_problem(folder).empty()) {
-    throw InputError(folder.string() + ": the output folder is not writable");
+  if (const auto problem = write_problem(folder); !problem.empty()) {
+    throw InputError(folder.string() + ": the output folder is not writable (" + problem + ")");
   }
 }
 
@@ -455,17 +450,17 @@ void setup_inpaint(CLI::App& app) {
   command
       ->add_option("--max-memory", options->max_memory_mb,
                    "Memory budget in MB for one network pass (auto strategy)")
-      ->check(whole_number(1, int64_t{1} << 30))
+      ->transform(whole_number(1, int64_t{1} << 30))
       ->capture_default_str();
   command->add_option("--margin", options->margin, "Context around holes for crop, in pixels")
-      ->check(whole_number(0, 65536))
+      ->transform(whole_number(0, 65536))
       ->capture_default_str();
   command
       ->add_option("--resize-side", options->resize_side,
                    "Longer side the resize strategy scales the image to (at least 64: below it "
                    "the network sees too little to fill from; the shorter side is not scaled "
                    "below 64 either)")
-      ->check(whole_number(64, 65536))
+      ->transform(whole_number(64, 65536))
       ->capture_default_str();
   add_inference_options(*command, options->inference);
   command->add_option("--compare", options->compare,

@@ -25,13 +25,13 @@ void setup_masks(CLI::App& app) {
       "Write generated irregular hole masks (free-form strokes and blobs) as PNG files, "
       "white = hole, named mask_00000.png, mask_00001.png, ...");
   command->add_option("-n,--count", options->count, "Number of masks")
-      ->check(whole_number(1, 10000000))
+      ->transform(whole_number(1, 10000000))
       ->capture_default_str();
   command->add_option("-o,--out", options->out_dir, "Folder to write into (created if missing)")
       ->required();
   command->add_option("--size", options->size, "Mask size, WIDTHxHEIGHT")->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed: the same seed gives the same masks")
-      ->check(seed_number())
+      ->transform(seed_number())
       ->capture_default_str();
   command->add_option("--min-ratio", options->min_ratio, "Smallest hole fraction")
       ->check(number_in(0.0, 1.0))
@@ -96,7 +96,14 @@ void run_masks(const MasksOptions& options) {
     // Only a file counts as a mask already there; anything else is the write's error.
     std::error_code status_error;
     if (!std::filesystem::is_regular_file(path, status_error)) continue;
-    const auto mask = io::read_image(path);
+    io::Image mask;
+    try {
+      mask = io::read_image(path);
+    } catch (const InputError& error) {
+      throw InputError(std::string(error.what()) +
+                       "; it has a mask's name: --overwrite replaces the masks, or choose another "
+                       "folder");
+    }
     if (mask.pixels.size(1) != height || mask.pixels.size(2) != width) {
       throw InputError(fmt::format(
           "{}: a {}x{} mask from an earlier run, not {}x{}; --overwrite replaces the masks, or "

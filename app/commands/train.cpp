@@ -63,13 +63,13 @@ void setup_train(CLI::App& app) {
       ->add_option("--size", options->size,
                    "Crop size (a multiple of 2^depth; at least 16, the validation's SSIM "
                    "window needs 11)")
-      ->check(whole_number(16, 4096))
+      ->transform(whole_number(16, 4096))
       ->capture_default_str();
   command->add_option("--batch", options->batch, "Batch size")
-      ->check(whole_number(1, 4096))
+      ->transform(whole_number(1, 4096))
       ->capture_default_str();
   command->add_option("--steps", options->steps, "Total optimisation steps")
-      ->check(whole_number(1, 100000000))
+      ->transform(whole_number(1, 100000000))
       ->capture_default_str();
   command
       ->add_option("--lr", options->learning_rate,
@@ -81,13 +81,13 @@ void setup_train(CLI::App& app) {
   command
       ->add_option("--depth", options->depth,
                    "Stride-2 layers of the UNet (paper: 7 at 256, 8 at 512)")
-      ->check(whole_number(1, 10))
+      ->transform(whole_number(1, 10))
       ->capture_default_str();
   command->add_option("--width", options->width, "Channels of the first layer (paper: 64)")
-      ->check(whole_number(1, 1024))
+      ->transform(whole_number(1, 1024))
       ->capture_default_str();
   command->add_option("--max-width", options->max_width, "Most channels of any layer (paper: 512)")
-      ->check(whole_number(1, 4096))
+      ->transform(whole_number(1, 4096))
       ->capture_default_str();
   command->add_option("--loss-valid", options->loss_valid, "Weight of the valid-pixel L1 term")
       ->check(number_in(0.0, 1e6))
@@ -125,10 +125,10 @@ void setup_train(CLI::App& app) {
                       "Start from the weights of this pconv model file (its architecture is the "
                       "default for --depth, --width and --max-width)");
   command->add_option("--workers", options->workers, "Threads decoding photos")
-      ->check(whole_number(0, 64))
+      ->transform(whole_number(0, 64))
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Random seed (data order, crops, masks)")
-      ->check(seed_number())
+      ->transform(seed_number())
       ->capture_default_str();
   command->add_flag("--resume", options->resume,
                     "Continue the run in --out from its checkpoint, with the run's settings "
@@ -137,23 +137,23 @@ void setup_train(CLI::App& app) {
   command
       ->add_option("--sample-every", options->sample_every,
                    "Steps between sample grids (0: only at the end)")
-      ->check(whole_number(0, 100000000))
+      ->transform(whole_number(0, 100000000))
       ->capture_default_str();
   command
       ->add_option("--checkpoint-every", options->checkpoint_every,
                    "Steps between checkpoints (0: only at the end)")
-      ->check(whole_number(0, 100000000))
+      ->transform(whole_number(0, 100000000))
       ->capture_default_str();
   command
       ->add_option("--validate-every", options->validate_every,
                    "Steps between validations (0: only at the end)")
-      ->check(whole_number(0, 100000000))
+      ->transform(whole_number(0, 100000000))
       ->capture_default_str();
   command
       ->add_option("--timeout", options->timeout_seconds,
                    "Data-parallel runs: seconds a collective may wait for the other ranks "
                    "before the run fails")
-      ->check(whole_number(1, 604800))
+      ->transform(whole_number(1, 604800))
       ->capture_default_str();
   command
       ->add_option("--amp", options->amp,
@@ -169,7 +169,7 @@ void setup_train(CLI::App& app) {
   command
       ->add_option("--val-count", options->validation_count,
                    "Validation photos used, spread evenly over the sorted list (0: all)")
-      ->check(whole_number(0, 10000000))
+      ->transform(whole_number(0, 10000000))
       ->capture_default_str();
   add_common_options(*command, options->common);
   command->callback([options, command] {
@@ -177,8 +177,9 @@ void setup_train(CLI::App& app) {
     if (options->resume) take_the_runs_settings(*command, *options);
     if (options->data_dir.empty()) {
       // No config.txt to take --data from: most likely no run there at all.
-      if (options->resume &&
-          !std::filesystem::exists(std::filesystem::path(options->out_dir) / "config.txt")) {
+      std::error_code ignored;
+      if (options->resume && !std::filesystem::exists(
+                                 std::filesystem::path(options->out_dir) / "config.txt", ignored)) {
         throw CLI::ValidationError(
             "--resume", fmt::format("{}: holds no training run to resume (no config.txt); to "
                                     "start a new run there, leave out --resume and give --data",
@@ -328,6 +329,11 @@ void run_train(const TrainOptions& options) {
                    : fmt::format(", {} validation photo{} in {}", validation_files.size(),
                                  validation_files.size() == 1 ? "" : "s", options.validation_dir));
 
+  // Paths as config.txt keeps them for a resume: whole, so that one from another folder finds
+  // them (as typed, `--data photos` was looked for where the resume ran).
+  const auto whole = [](const std::string& path) {
+    return path.empty() ? path : std::filesystem::absolute(path).lexically_normal().string();
+  };
   train::TrainerOptions trainer_options;
   trainer_options.size(options.size)
       .batch_size(options.batch)
@@ -344,9 +350,9 @@ void run_train(const TrainOptions& options) {
                         .perceptual(options.loss_perceptual)
                         .style(options.loss_style)
                         .tv(options.loss_tv))
-      .vgg_path(options.vgg)
-      .init_model(options.init_model)
-      .mask_dir(options.mask_dir)
+      .vgg_path(whole(options.vgg))
+      .init_model(whole(options.init_model))
+      .mask_dir(whole(options.mask_dir))
       .masks_white_valid(options.masks_white_valid)
       .thin_strokes(options.thin_strokes)
       .workers(options.workers)
@@ -361,8 +367,8 @@ void run_train(const TrainOptions& options) {
       .process_group(group)
       .amp(options.amp)
       .channels_last(options.channels_last)
-      .data_description(options.data_dir)
-      .validation_description(options.validation_dir);
+      .data_description(whole(options.data_dir))
+      .validation_description(whole(options.validation_dir));
   // A new run that fails before its first checkpoint (unreadable photos, a bad --init or
   // --vgg file, ...) takes away what it wrote: the whole run folder if it made it, else the
   // files it added to it. Rank 0 owns the folder.

@@ -658,6 +658,18 @@ TEST_F(ImageFolderTest, ReadImageShrinksLargeJpegsAsTheyDecode) {
   write_turned_jpeg(dir_ / "turned.jpg", smooth_image);
   EXPECT_EQ(pconv::io::read_image(dir_ / "turned.jpg", 60).pixels.sizes(),
             (at::IntArrayRef{3, 83, 60}));
+#ifdef PCONV_WITH_JPEG
+  // It is libjpeg's eighth that is scaled: exactly OpenCV's reduced decode, area-averaged.
+  cv::Mat eighth = cv::imread(file.string(), cv::IMREAD_REDUCED_COLOR_8);
+  ASSERT_EQ(eighth.rows, 64);
+  cv::resize(eighth, eighth, cv::Size(83, 60), 0, 0, cv::INTER_AREA);
+  cv::cvtColor(eighth, eighth, cv::COLOR_BGR2RGB);
+  const auto reduced = at::from_blob(eighth.data, {60, 83, 3}, at::kByte)
+                           .permute({2, 0, 1})
+                           .to(at::kFloat)
+                           .div(255.0);
+  EXPECT_LT((pconv::io::read_image(file, 60).pixels - reduced).abs().max().item<double>(), 1e-6);
+#endif
   // The limit is on the stored size, not on the smaller decode.
   const int64_t before = pconv::io::max_image_pixels();
   pconv::io::set_max_image_pixels(512 * 704 - 1);

@@ -415,13 +415,18 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint " + photo + " " + photo, 2, "MASK: '" + photo + "' is the image itself"},
       {"inpaint " + d.string() + " " + (d / "mask.png").string(), 3,
        d.string() + ": is a folder, not an image file (for a folder of images: --input DIR"},
-      {"inpaint " + photo + " " + (d / "mask.png").string() + " --output " +
-           (d / "x.png").string(),
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --output " + (d / "x.png").string(),
        2, "unknown option '--output' for pconv inpaint (did you mean '--out'?)"},
       {"--threads 1 inpaint " + photo + " " + (d / "mask.png").string(), 2,
        "'--threads' is an option of pconv inpaint: give it after 'inpaint'"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " surplus", 2,
        "unexpected argument 'surplus' for pconv inpaint"},
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " -- --raw", 2,
+       "unexpected argument '--raw' for pconv inpaint (after '--' it is not an option)"},
+      // More threads than cores never helps, and where they cannot be made LibTorch's pool
+      // waited for them forever.
+      {"inpaint " + photo + " " + (d / "mask.png").string() + " --threads 100000", 2,
+       "--threads: '100000' is not a whole number in [0 - "},
       // An output that cannot be written is found before the work (here before the image is
       // read): until session xii, after the network had run.
       {"inpaint " + (d / "absent.png").string() + " " + (d / "mask.png").string() +
@@ -744,6 +749,18 @@ TEST(Cli, AFailedWriteToStdoutIsAnError) {
             std::string::npos)
       << piped.output;
   EXPECT_TRUE(fs::is_regular_file(d / "piped.png"));
+  // Started without a standard output (`>&-`): exit 3 too. Its number was free, so the copy of
+  // stderr that decoding makes took it and the path went to stderr with exit 0; worse, a file
+  // opened next could have taken it and received the output.
+  const auto closed =
+      shell(d, "(" + std::string(PCONV_BINARY) + " inpaint " + (d / "photo.png").string() + " " +
+                   (d / "mask.png").string() + " -o " + (d / "closed.png").string() + " >&-)");
+  EXPECT_EQ(closed.rc, 3) << closed.output;
+  EXPECT_NE(closed.output.find("pconv: error: cannot write to the standard output: Bad file "
+                               "descriptor; the result is in " +
+                               (d / "closed.png").string()),
+            std::string::npos)
+      << closed.output;
 }
 
 // Formats that hold less than the image are written with what they hold, never refused after
@@ -1199,6 +1216,17 @@ TEST(MasksCli, KeptMasksMustHaveTheSizeAskedFor) {
   EXPECT_FALSE(fs::exists(d / "masks" / "mask_00000.png"));
   EXPECT_EQ(pconv(d, "masks -n 3 --size 64x64 --overwrite -o " + out).rc, 0);
   EXPECT_EQ(pconv::io::read_image(d / "masks" / "mask_00002.png").pixels.size(2), 64);
+  // A file under a mask's name that is no image: named as in the way, with the way out.
+  std::ofstream(d / "masks" / "mask_00000.png") << "not a png";
+  const auto broken = pconv(d, "masks -n 3 --size 64x64 -o " + out);
+  EXPECT_EQ(broken.rc, 3) << broken.output;
+  EXPECT_NE(broken.output.find("it has a mask's name: --overwrite replaces the masks"),
+            std::string::npos)
+      << broken.output;
+  fs::remove(d / "masks" / "mask_00000.png");
+  // A count is read in decimal (CLI11 read "010" as octal 8).
+  const auto decimal = pconv(d, "masks -n 010 --size 16x16 -o " + (d / "ten").string());
+  EXPECT_NE(decimal.output.find("wrote 10 masks"), std::string::npos) << decimal.output;
   // A picture of the right size under a mask's name is no mask either (it was kept as one).
   pconv::io::write_image(d / "masks" / "mask_00001.png", picture(3, 64, 64));
   const auto photo = pconv(d, "masks -n 3 --size 64x64 -o " + out);

@@ -257,12 +257,15 @@ TEST(Inpainter, ResizeAtFullSizeEqualsFullAndSmallerStillComposites) {
   // scaled to 4x64 and filled from almost nothing.
   const auto wide = at::rand({3, 40, 640});
   const auto wide_holes = holes_of(40, 640, {{10, 100, 30, 140}});
-  EXPECT_TRUE(at::allclose(
-      inpainter
-          .inpaint(wide, wide_holes, InpaintOptions().strategy(Strategy::kResize).resize_side(64))
-          .pixels,
-      inpainter.inpaint(wide, wide_holes, InpaintOptions().strategy(Strategy::kFull)).pixels, 1e-5,
-      1e-5));
+  const auto wide_full =
+      inpainter.inpaint(wide, wide_holes, InpaintOptions().strategy(Strategy::kFull)).pixels;
+  const auto as_asked = InpaintOptions().strategy(Strategy::kResize).resize_side(64);
+  EXPECT_TRUE(
+      at::allclose(inpainter.inpaint(wide, wide_holes, as_asked).pixels, wide_full, 1e-5, 1e-5));
+  // Unless that pass would not fit the memory budget: then scaled as asked.
+  const auto tight = InpaintOptions(as_asked).memory_budget(inpainter.estimate_bytes(16, 64));
+  EXPECT_FALSE(
+      at::allclose(inpainter.inpaint(wide, wide_holes, tight).pixels, wide_full, 1e-3, 1e-3));
 }
 
 // Scaled down, what lies under a hole (the object to take away) does not reach the known

@@ -491,13 +491,30 @@ TEST_F(TrainerTest, AResumeKeepsTheRunFolderTrue) {
   T::Trainer(tiny(6).learning_rate(1e-3), files_, {}, dir_ / "run", true).run();
   EXPECT_NE(read(dir_ / "run" / "config.txt").find("config.txt was missing: written anew"),
             std::string::npos);
+  // A config.txt of an older pconv, without a setting recorded since: the resume writes it
+  // down, so that the next resume takes it (before, only values that changed were written).
+  {
+    auto older = read(dir_ / "run" / "config.txt");
+    const auto line = older.find("checkpoint_every ");
+    ASSERT_NE(line, std::string::npos);
+    older.erase(line, older.find('\n', line) + 1 - line);
+    std::ofstream(dir_ / "run" / "config.txt") << older;
+    messages.clear();
+    T::Trainer(tiny(7).learning_rate(1e-3), files_, {}, dir_ / "run", true).run(callbacks);
+    const auto recorded = read(dir_ / "run" / "config.txt");
+    EXPECT_NE(recorded.find("resumed at step 6, with:\nsteps 7\ncheckpoint_every 0\n"),
+              std::string::npos)
+        << recorded;
+    EXPECT_THAT(messages,
+                ::testing::Contains(::testing::HasSubstr("checkpoint_every (not recorded) -> 0")));
+  }
   EXPECT_FALSE(fs::exists(dir_ / "run" / "validation.csv"));
   // A resume that brings validation photos starts both.
-  T::Trainer(tiny(7).learning_rate(1e-3).validate_every(1).sample_every(1), files_, files_,
+  T::Trainer(tiny(8).learning_rate(1e-3).validate_every(1).sample_every(1), files_, files_,
              dir_ / "run", true)
       .run();
-  EXPECT_TRUE(fs::exists(dir_ / "run" / "samples" / ("step_0000007" + kImageExtension)));
-  EXPECT_EQ(read(dir_ / "run" / "validation.csv").rfind("step,psnr,ssim,images\n7,", 0), 0U)
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "samples" / ("step_0000008" + kImageExtension)));
+  EXPECT_EQ(read(dir_ / "run" / "validation.csv").rfind("step,psnr,ssim,images\n8,", 0), 0U)
       << read(dir_ / "run" / "validation.csv");
 }
 

@@ -15,6 +15,8 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <string>
+#include <system_error>
 #include <utility>
 
 namespace pconv::data {
@@ -183,18 +185,28 @@ TrainingStream::~TrainingStream() { stop_workers(); }
 void TrainingStream::start_workers() {
   // At the first batch, not in the constructor: a warning hook set in between hears of every
   // photo skipped.
+  int started = 0;
   try {
-    for (int worker = 0; worker < worker_count_; ++worker) {
+    for (; started < worker_count_; ++started) {
       workers_.emplace_back([this] { work(); });
     }
   } catch (...) {
     // A thread that cannot be started: the others are joined, not abandoned, and a later
     // next() decodes on the caller's thread.
+    const int asked = worker_count_;
     stop_workers();
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = false;
-    worker_count_ = 0;
-    throw;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = false;
+      worker_count_ = 0;
+    }
+    try {
+      throw;
+    } catch (const std::system_error& error) {  // the system's reason alone named nothing
+      throw Error("cannot start data worker " + std::to_string(started + 1) + " of " +
+                  std::to_string(asked) + ": " + error.what() +
+                  " (the system's limit on threads or memory; fewer workers would do)");
+    }
   }
 }
 

@@ -390,16 +390,23 @@ torch::Tensor Inpainter::crop(const torch::Tensor& rgb, const torch::Tensor& hol
   return output;
 }
 
-torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& holes,
-                                int64_t side) const {
+torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& holes, int64_t side,
+                                int64_t memory_budget) const {
   const int64_t height = rgb.size(1);
   const int64_t width = rgb.size(2);
   const int64_t longer = std::max(height, width);
   const int64_t shorter = std::min(height, width);
+  const auto scaled = [](int64_t length, double scale) {
+    return std::max<int64_t>(1, std::lround(static_cast<double>(length) * scale));
+  };
   // The shorter side stays at least kResizeShortest pixels (or its own): a 4000x50 picture
   // scaled to a longer side of 1024 was 13 pixels high, too little to fill anything from.
-  const double least_scale =
+  // Unless that pass would not fit the memory budget (a 200000x64 strip): then as asked.
+  double least_scale =
       std::min(1.0, static_cast<double>(kResizeShortest) / static_cast<double>(shorter));
+  if (estimate_bytes(scaled(height, least_scale), scaled(width, least_scale)) > memory_budget) {
+    least_scale = 0;
+  }
   // Holes finer than the scaling (a mesh, a fence) may cover the whole small picture, which
   // the network would fill black: then the side grows, up to the full size.
   int64_t small_h = height;
@@ -408,8 +415,8 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
   for (int64_t target = std::min(side, longer);; target = std::min(longer, target * 3 / 2 + 1)) {
     const double scale =
         std::max(least_scale, static_cast<double>(target) / static_cast<double>(longer));
-    small_h = std::max<int64_t>(1, std::lround(static_cast<double>(height) * scale));
-    small_w = std::max<int64_t>(1, std::lround(static_cast<double>(width) * scale));
+    small_h = scaled(height, scale);
+    small_w = scaled(width, scale);
     small_holes = scale_holes(holes, small_h, small_w);
     if (target == longer || scale == 1.0 || !small_holes.all().item<bool>()) break;
   }
@@ -489,7 +496,7 @@ InpaintResult Inpainter::inpaint(const torch::Tensor& image, const torch::Tensor
       result.passes = static_cast<int64_t>(regions.size());
       break;
     case Strategy::kResize:
-      filled = resize(rgb, hole_map, options.resize_side());
+      filled = resize(rgb, hole_map, options.resize_side(), options.memory_budget());
       result.passes = 1;
       break;
     default:

@@ -130,7 +130,8 @@ std::vector<std::pair<std::string, std::string>> config_settings(const std::stri
 }
 
 // A setting of the config.txt text `now` whose value differs from the one in `before`; a key
-// that `before` lacks (a config.txt of an older pconv) is no difference.
+// that `before` lacks (a config.txt of an older pconv, which did not record it) is one too,
+// from "(not recorded)": written down, a later resume takes it.
 struct ChangedSetting {
   std::string key, before, now;
 };
@@ -141,7 +142,11 @@ std::vector<ChangedSetting> changed_settings(const std::string& before, const st
     const auto it = std::find_if(earlier.begin(), earlier.end(), [&key = key](const auto& setting) {
       return setting.first == key;
     });
-    if (it != earlier.end() && it->second != value) changed.push_back({key, it->second, value});
+    if (it == earlier.end()) {
+      changed.push_back({key, "(not recorded)", value});
+    } else if (it->second != value) {
+      changed.push_back({key, it->second, value});
+    }
   }
   return changed;
 }
@@ -197,6 +202,9 @@ std::string option_of(const std::string& key) {
       {"perceptual_and_style_terms", "--vgg given"},
       {"hole_ratio", "hole ratios"},
       {"masks_white_valid", "--white-valid"},
+      {"val_spread",
+       "the choice of validation photos (a run from before session xii takes the first ones: "
+       "copy its config.txt into every rank's -o)"},
       {"validation_crops",
        "readable photos in --val (at most "
        "--val-count)"}};

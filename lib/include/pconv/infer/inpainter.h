@@ -39,7 +39,8 @@ struct InpaintOptions {
   /// to the network's multiple).
   TORCH_ARG(int64_t, crop_margin) = 96;
   /// The resize strategy scales the longer side down to this (pixels, at least 1), but not the
-  /// shorter side below kResizeShortest pixels (a very wide or tall picture is scaled less).
+  /// shorter side below kResizeShortest pixels (a very wide or tall picture is scaled less)
+  /// where that pass fits memory_budget.
   TORCH_ARG(int64_t, resize_side) = 1024;
   /// Auto uses the full image when a full pass is estimated to need at most this many bytes
   /// (bytes, where the command's --max-memory is in MB).
@@ -168,7 +169,8 @@ class Inpainter {
   torch::Tensor full(const torch::Tensor& rgb, const torch::Tensor& holes) const;
   torch::Tensor crop(const torch::Tensor& rgb, const torch::Tensor& holes,
                      const std::vector<Box>& regions) const;
-  torch::Tensor resize(const torch::Tensor& rgb, const torch::Tensor& holes, int64_t side) const;
+  torch::Tensor resize(const torch::Tensor& rgb, const torch::Tensor& holes, int64_t side,
+                       int64_t memory_budget) const;
 
   // Not changed by inference (eval mode), but LibTorch's forward is not const.
   mutable nn::PConvUNet model_;

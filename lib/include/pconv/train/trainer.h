@@ -63,7 +63,8 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, validation_count) = 32;
   /// Where validation_count leaves photos out: true takes them evenly across the sorted list
   /// (folders named by source or date are all represented); false the first ones in path
-  /// order, as runs before session xii (a resume of one keeps its validation photos).
+  /// order, as runs before session xii did (`pconv train --resume` of such a run passes false,
+  /// from its config.txt, which recorded_settings reads as val_spread 0).
   TORCH_ARG(bool, validation_spread) = true;
   /// Store the final model file's weights in float16 (half the size; read back as float32).
   TORCH_ARG(bool, half_weights) = false;
