@@ -516,8 +516,19 @@ void refuse_empty_values(CLI::App& app) {
         return text.empty() ? std::string("an empty value") : std::string();
       },
       "", "not empty");
+  // "-o=out.png" gives the short option "=out.png" (CLI11 takes '=' after long names only).
+  const CLI::Validator no_equals_sign(
+      [](std::string& text) {
+        return text.rfind('=', 0) == 0 ? "'" + text +
+                                             "' begins with '=': give a short option's "
+                                             "value after a space (-o FILE)"
+                                       : std::string();
+      },
+      "", "no leading =");
   for (auto* option : app.get_options()) {
-    if (option->get_type_size() != 0) option->check(not_empty);
+    if (option->get_type_size() == 0) continue;
+    option->check(not_empty);
+    if (!option->get_snames().empty()) option->check(no_equals_sign);
   }
   for (auto* subcommand : app.get_subcommands([](CLI::App*) { return true; })) {
     refuse_empty_values(*subcommand);

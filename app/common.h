@@ -192,7 +192,8 @@ CLI::Validator whole_number(int64_t low, int64_t high);
 CLI::Validator seed_number();
 
 /// Adds to every option of `app` and its subcommands that takes a value a check that the value
-/// is not empty (CLI11 would take "" as the default).
+/// is not empty (CLI11 would take "" as the default) and, for one with a short name, does not
+/// begin with '=' ("-o=out.png" would write "=out.png").
 void refuse_empty_values(CLI::App& app);
 
 /// Parses "WIDTHxHEIGHT" (e.g. 512x384) into (width, height); throws CLI::ValidationError
