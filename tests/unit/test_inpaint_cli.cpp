@@ -1207,11 +1207,13 @@ TEST(MasksCli, KeptMasksMustHaveTheSizeAskedFor) {
             std::string::npos)
       << none.output;
   EXPECT_EQ(none.output.find("masks: "), std::string::npos) << none.output;
-  const auto other = pconv(d, "masks -n 3 --size 64x64 -o " + out);
-  EXPECT_EQ(other.rc, 3) << other.output;
-  EXPECT_NE(other.output.find("mask_00000.png: a 48x32 mask from an earlier run, not 64x64"),
-            std::string::npos)
-      << other.output;
+  // Refused with exit 3 and `message`, before anything is written.
+  const auto refused = [&](const std::string& message) {
+    const auto run = pconv(d, "masks -n 3 --size 64x64 -o " + out);
+    EXPECT_EQ(run.rc, 3) << run.output;
+    EXPECT_NE(run.output.find(message), std::string::npos) << run.output;
+  };
+  refused("mask_00000.png: a 48x32 mask from an earlier run, not 64x64");
   // Checked before anything is written: with only mask 2 kept, masks 0 and 1 are not made.
   fs::remove(d / "masks" / "mask_00000.png");
   fs::remove(d / "masks" / "mask_00001.png");
@@ -1221,22 +1223,14 @@ TEST(MasksCli, KeptMasksMustHaveTheSizeAskedFor) {
   EXPECT_EQ(pconv::io::read_image(d / "masks" / "mask_00002.png").pixels.size(2), 64);
   // A file under a mask's name that is no image: named as in the way, with the way out.
   std::ofstream(d / "masks" / "mask_00000.png") << "not a png";
-  const auto broken = pconv(d, "masks -n 3 --size 64x64 -o " + out);
-  EXPECT_EQ(broken.rc, 3) << broken.output;
-  EXPECT_NE(broken.output.find("it has a mask's name: --overwrite replaces the masks"),
-            std::string::npos)
-      << broken.output;
+  refused("it has a mask's name: --overwrite replaces the masks");
   fs::remove(d / "masks" / "mask_00000.png");
   // A count is read in decimal (CLI11 read "010" as octal 8).
   const auto decimal = pconv(d, "masks -n 010 --size 16x16 -o " + (d / "ten").string());
   EXPECT_NE(decimal.output.find("wrote 10 masks"), std::string::npos) << decimal.output;
   // A picture of the right size under a mask's name is no mask either (it was kept as one).
   pconv::io::write_image(d / "masks" / "mask_00001.png", picture(3, 64, 64));
-  const auto photo = pconv(d, "masks -n 3 --size 64x64 -o " + out);
-  EXPECT_EQ(photo.rc, 3) << photo.output;
-  EXPECT_NE(photo.output.find("mask_00001.png: not a mask as pconv masks writes them"),
-            std::string::npos)
-      << photo.output;
+  refused("mask_00001.png: not a mask as pconv masks writes them");
 }
 
 // A command that fails takes away the output folders it made: nothing is left to look like a
