@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,19 +35,32 @@
 
 namespace pconv::app {
 
+namespace {
+// The cores this process may run on (its affinity: a container's or a job's share), else the
+// machine's; at least 1.
+int64_t usable_cores() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (::sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) > 0) {
+    return CPU_COUNT(&allowed);
+  }
+  return std::max(1U, std::thread::hardware_concurrency());
+}
+}  // namespace
+
 void add_common_options(CLI::App& command, CommonOptions& options) {
   command
       .add_option("--device", options.device,
                   "Where to compute: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda "
                   "or cuda:N")
       ->capture_default_str();
-  // At most one a core: more never helps, and where the system cannot make them (a memory or
-  // thread limit) LibTorch's thread pool waited for them forever.
-  const auto cores = static_cast<int64_t>(std::max(1U, std::thread::hardware_concurrency()));
+  // At most one a core this process may run on: more never help, and where a memory limit kept
+  // them from being made LibTorch's thread pool waited for them forever.
+  const int64_t cores = usable_cores();
   command
       .add_option("--threads", options.threads,
-                  "CPU threads for LibTorch (0: its default; at most this machine's " +
-                      std::to_string(cores) + " cores)")
+                  "CPU threads for LibTorch (0: its default; at most " + std::to_string(cores) +
+                      ", the cores this process may use)")
       ->transform(whole_number(0, cores))
       ->capture_default_str();
   command.add_flag("--reference-kernels", options.reference_kernels,
@@ -519,10 +533,11 @@ void refuse_empty_values(CLI::App& app) {
   // "-o=out.png" gives the short option "=out.png" (CLI11 takes '=' after long names only).
   const CLI::Validator no_equals_sign(
       [](std::string& text) {
-        return text.rfind('=', 0) == 0 ? "'" + text +
-                                             "' begins with '=': give a short option's "
-                                             "value after a space (-o FILE)"
-                                       : std::string();
+        return text.rfind('=', 0) == 0
+                   ? "'" + text +
+                         "' begins with '=': for -o=FILE write -o FILE; a name that "
+                         "begins with '=' as ./=NAME"
+                   : std::string();
       },
       "", "no leading =");
   for (auto* option : app.get_options()) {

@@ -115,7 +115,7 @@ void setup_logging() {
 void handle_signals_early(int /*argc*/, char** /*argv*/, char** /*environment*/) {
   for (int stream = 0; stream <= 2; ++stream) {
     if (::fcntl(stream, F_GETFD) == -1 && errno == EBADF) {
-      const int held = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // the lowest free number
+      const int held = ::open("/dev/null", O_RDONLY);  // the lowest free number; inherited
       if (held >= 0 && held != stream) {
         ::dup2(held, stream);
         ::close(held);

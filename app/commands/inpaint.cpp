@@ -448,8 +448,10 @@ void setup_inpaint(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "full", "crop", "resize"}))
       ->capture_default_str();
   command
-      ->add_option("--max-memory", options->max_memory_mb,
-                   "Memory budget in MB for one network pass (auto strategy)")
+      ->add_option(
+          "--max-memory", options->max_memory_mb,
+          "Memory budget in MB for one network pass (auto strategy; how far resize keeps a "
+          "narrow picture's shorter side at 64)")
       ->transform(whole_number(1, int64_t{1} << 30))
       ->capture_default_str();
   command->add_option("--margin", options->margin, "Context around holes for crop, in pixels")

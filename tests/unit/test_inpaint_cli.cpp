@@ -422,8 +422,7 @@ TEST(InpaintCli, BadInputsAreOneLineErrorsWithTheirExitCodes) {
       {"inpaint " + photo + " " + (d / "mask.png").string() + " surplus", 2,
        "unexpected argument 'surplus' for pconv inpaint"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -o=" + (d / "x.png").string(), 2,
-       "--out: '=" + (d / "x.png").string() +
-           "' begins with '=': give a short option's value after a"},
+       "--out: '=" + (d / "x.png").string() + "' begins with '=': for -o=FILE write -o FILE"},
       {"inpaint " + photo + " " + (d / "mask.png").string() + " -- --raw", 2,
        "unexpected argument '--raw' for pconv inpaint (after '--' it is not an option)"},
       // More threads than cores never helps, and where they cannot be made LibTorch's pool

@@ -401,11 +401,14 @@ torch::Tensor Inpainter::resize(const torch::Tensor& rgb, const torch::Tensor& h
   };
   // The shorter side stays at least kResizeShortest pixels (or its own): a 4000x50 picture
   // scaled to a longer side of 1024 was 13 pixels high, too little to fill anything from.
-  // Unless that pass would not fit the memory budget (a 200000x64 strip): then as asked.
+  // Where that pass would not fit the memory budget (a 200000x64 strip), as close to it as
+  // fits, down to the scale asked for.
+  const double asked = static_cast<double>(std::min(side, longer)) / static_cast<double>(longer);
   double least_scale =
       std::min(1.0, static_cast<double>(kResizeShortest) / static_cast<double>(shorter));
-  if (estimate_bytes(scaled(height, least_scale), scaled(width, least_scale)) > memory_budget) {
-    least_scale = 0;
+  while (least_scale > asked &&
+         estimate_bytes(scaled(height, least_scale), scaled(width, least_scale)) > memory_budget) {
+    least_scale = std::max(asked, least_scale * 0.8);
   }
   // Holes finer than the scaling (a mesh, a fence) may cover the whole small picture, which
   // the network would fill black: then the side grows, up to the full size.

@@ -39,8 +39,8 @@ struct InpaintOptions {
   /// to the network's multiple).
   TORCH_ARG(int64_t, crop_margin) = 96;
   /// The resize strategy scales the longer side down to this (pixels, at least 1), but not the
-  /// shorter side below kResizeShortest pixels (a very wide or tall picture is scaled less)
-  /// where that pass fits memory_budget.
+  /// shorter side below kResizeShortest pixels (a very wide or tall picture is scaled less), or
+  /// as near to that as memory_budget allows.
   TORCH_ARG(int64_t, resize_side) = 1024;
   /// Auto uses the full image when a full pass is estimated to need at most this many bytes
   /// (bytes, where the command's --max-memory is in MB).
