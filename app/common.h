@@ -185,10 +185,13 @@ CLI::Validator number_in(double low, double high);
 CLI::Validator non_negative_number();
 
 /// A CLI11 check for a whole number from `low` to `high` (CLI11 would cap a larger one at the
-/// type's limit, or wrap a negative one into an unsigned type, without a word).
+/// type's limit, or wrap a negative one into an unsigned type, without a word). It writes the
+/// value back in decimal, so attach it with ->transform: ->check discards what a validator
+/// writes, and CLI11 then reads "010" as octal 8.
 CLI::Validator whole_number(int64_t low, int64_t high);
 
-/// A CLI11 check for a seed: a whole number from 0 to 2^64 - 1.
+/// A CLI11 check for a seed: a whole number from 0 to 2^64 - 1; attached with ->transform, as
+/// whole_number.
 CLI::Validator seed_number();
 
 /// Adds to every option of `app` and its subcommands that takes a value a check that the value
